@@ -1,0 +1,91 @@
+//! `tracer attach` captures the lines a running node process writes to
+//! stdout, stderr and a log file: every line once, byte-exact, on the right
+//! stream. Needs root (loads BPF programs).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{
+    assert_log_lines, logs_fixture_lines, require_root, start_node, StdoutTo, TempDir, Tracer,
+};
+
+/// The fixture exits by itself after writing; the tracer should then end on
+/// its own. `--duration` only bounds the run if it does not.
+const DURATION_CAP: &str = "60";
+const FINISH_TIMEOUT: Duration = Duration::from_secs(75);
+
+#[test]
+fn logs_with_piped_stdout() {
+    if !require_root("logs_with_piped_stdout") {
+        return;
+    }
+    let dir = TempDir::new("logs-pipe");
+    let log_path = dir.path().join("app.log");
+    let log_arg = log_path.to_str().expect("utf-8 path");
+    let (mut node, _) = start_node("logs.js", &[], &[log_arg], StdoutTo::Pipe);
+    let pid = node.pid();
+
+    let tracer = Tracer::attach(&[pid], &["--duration", DURATION_CAP]);
+    node.send_line("go");
+    let status = node.expect_exit(Duration::from_secs(20));
+    assert!(status.success(), "logs.js failed: {status}");
+    let run = tracer.finish(FINISH_TIMEOUT);
+
+    let expected = logs_fixture_lines(&log_path);
+    // The fixture really wrote those lines (this checks the fixture, and that
+    // attaching did not disturb the process).
+    node.drain(Duration::from_secs(5));
+    let own_stdout: Vec<&String> = node.stdout.as_ref().expect("piped").seen().iter().collect();
+    let want_stdout: Vec<&String> = expected
+        .iter()
+        .filter(|l| l.stream == "stdout")
+        .map(|l| &l.text)
+        .collect();
+    assert_eq!(own_stdout, want_stdout, "the fixture's own stdout");
+    let file = std::fs::read_to_string(&log_path).expect("the fixture wrote its log file");
+    assert_eq!(
+        file,
+        "file line 1 appended\nfile line 2 appended\nfile line 3 appended\n"
+    );
+
+    run.assert_clean_end();
+    assert_log_lines(&run, pid, "node", &expected, "stdout piped");
+}
+
+#[test]
+fn logs_with_stdout_redirected_to_a_file() {
+    if !require_root("logs_with_stdout_redirected_to_a_file") {
+        return;
+    }
+    let dir = TempDir::new("logs-file");
+    let log_path = dir.path().join("app.log");
+    let out_path = dir.path().join("stdout.txt");
+    let log_arg = log_path.to_str().expect("utf-8 path");
+    let (mut node, _) = start_node("logs.js", &[], &[log_arg], StdoutTo::File(out_path.clone()));
+    let pid = node.pid();
+
+    let tracer = Tracer::attach(&[pid], &["--duration", DURATION_CAP]);
+    node.send_line("go");
+    let status = node.expect_exit(Duration::from_secs(20));
+    assert!(status.success(), "logs.js failed: {status}");
+    let run = tracer.finish(FINISH_TIMEOUT);
+
+    // fd 1 is still the process's stdout when it points to a regular file:
+    // its lines are `stdout` lines (docs/events.md: "Each write() to stdout
+    // (fd 1), stderr (fd 2) or a regular file"), without a path.
+    let expected = logs_fixture_lines(&log_path);
+    let mut want_file = String::new();
+    for l in expected.iter().filter(|l| l.stream == "stdout") {
+        want_file.push_str(&l.text);
+        want_file.push('\n');
+    }
+    let got_file = std::fs::read_to_string(&out_path).expect("stdout file");
+    assert!(
+        got_file == want_file,
+        "the fixture's own stdout file differs from the expected lines"
+    );
+
+    run.assert_clean_end();
+    assert_log_lines(&run, pid, "node", &expected, "stdout redirected to a file");
+}
