@@ -1,0 +1,206 @@
+//! How `tracer attach` ends: when its target exits (with an `exit` event and
+//! the summary last), on a bad pid (exit 1, no panic), and on a process that
+//! is not node (attached with the node-only probes skipped). Needs root.
+
+mod common;
+
+use std::{
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use common::{
+    assert_log_lines, require_root, short, start_node, wait_ready_line, LogLine, Proc, StdoutTo,
+    Tracer,
+};
+
+#[test]
+fn target_exit_code_ends_the_run() {
+    if !require_root("target_exit_code_ends_the_run") {
+        return;
+    }
+    let (mut node, _) = start_node("exit.js", &[], &["code", "3"], StdoutTo::Pipe);
+    let pid = node.pid();
+    // No --duration: the target's exit must end the run.
+    let mut tracer = Tracer::attach(&[pid], &[]);
+    node.send_line("go");
+    let status = node.expect_exit(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(3), "exit.js should exit with 3");
+    let exited = Instant::now();
+    // Within a few seconds of the target's exit the tracer is gone by itself.
+    let ended = tracer.proc.wait_exit(Duration::from_secs(5));
+    assert!(
+        ended.is_some(),
+        "the tracer was still running 5 s after its only target (pid {pid}) exited"
+    );
+    let took = exited.elapsed();
+    let run = tracer.finish(Duration::from_secs(1));
+    run.assert_clean_end();
+
+    let exits = run.of("exit", pid);
+    assert_eq!(
+        exits.len(),
+        1,
+        "expected one exit event for pid {pid}, got {exits:?} (after {took:?})"
+    );
+    let e = exits[0];
+    assert_eq!(e["exit_code"], 3, "exit_code: {e}");
+    assert!(
+        e.get("signal").is_none_or(|s| s.is_null()),
+        "no signal for a normal exit: {e}"
+    );
+    // The exit event is the last event before the summary.
+    let before_summary = &run.events[run.events.len() - 2];
+    assert_eq!(
+        before_summary, e,
+        "the exit event should be the last event before the summary"
+    );
+}
+
+#[test]
+fn target_killed_by_a_signal() {
+    if !require_root("target_killed_by_a_signal") {
+        return;
+    }
+    let (mut node, _) = start_node("exit.js", &[], &["hang"], StdoutTo::Pipe);
+    let pid = node.pid();
+    let tracer = Tracer::attach(&[pid], &[]);
+    node.send_line("go");
+    // Let it run a moment under the tracer, then kill it.
+    std::thread::sleep(Duration::from_millis(200));
+    node.signal(libc::SIGKILL);
+    let status = node.expect_exit(Duration::from_secs(10));
+    assert!(
+        status.code().is_none(),
+        "exit.js should die of SIGKILL, got {status}"
+    );
+    let run = tracer.finish(Duration::from_secs(5));
+    run.assert_clean_end();
+
+    let exits = run.of("exit", pid);
+    assert_eq!(
+        exits.len(),
+        1,
+        "expected one exit event for pid {pid}, got {exits:?}"
+    );
+    let e = exits[0];
+    assert!(
+        e["exit_code"].is_null(),
+        "exit_code must be null when killed: {e}"
+    );
+    assert_eq!(e["signal"], libc::SIGKILL, "signal: {e}");
+}
+
+/// A pid no process has right now.
+fn unused_pid() -> u32 {
+    let max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .expect("reading pid_max")
+        .trim()
+        .parse()
+        .expect("pid_max is a number");
+    (1..1000)
+        .map(|i| max - i)
+        .find(|p| !Path::new(&format!("/proc/{p}")).exists())
+        .expect("some pid near pid_max is unused")
+}
+
+#[test]
+fn nonexistent_pid_is_an_error() {
+    if !require_root("nonexistent_pid_is_an_error") {
+        return;
+    }
+    let pid = unused_pid();
+    let mut cmd = Command::new(common::TRACER);
+    cmd.args(["attach", "--json", "--pid", &pid.to_string()]);
+    let mut tracer = Proc::spawn("tracer", cmd, true);
+    let status = tracer.expect_exit(Duration::from_secs(30));
+    tracer.drain(Duration::from_secs(5));
+    let stderr = tracer.stderr.seen().join("\n");
+    let stdout = tracer.stdout.as_ref().expect("piped").seen().join("\n");
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "tracer attach --pid {pid} (no such process) must exit 1. stderr:\n{stderr}"
+    );
+    assert!(
+        !stderr.contains("panicked"),
+        "the tracer panicked:\n{stderr}"
+    );
+    let error_line = tracer
+        .stderr
+        .seen()
+        .iter()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_else(|| panic!("no `error: ...` line on stderr:\n{stderr}"));
+    assert!(
+        error_line.contains(&pid.to_string()),
+        "the error must name pid {pid}: {error_line}"
+    );
+    assert!(
+        !stderr.lines().any(|l| l == "tracer: ready"),
+        "the tracer must not claim to be ready:\n{stderr}"
+    );
+    assert!(
+        stdout.is_empty(),
+        "no events on stdout expected, got:\n{}",
+        short(&stdout)
+    );
+}
+
+#[test]
+fn non_node_process_is_traced_with_node_probes_skipped() {
+    if !require_root("non_node_process_is_traced_with_node_probes_skipped") {
+        return;
+    }
+    // dash, not node: no libuv or V8 symbols for the runtime probes, but its
+    // writes are still lines and it still exits.
+    let script = "echo READY >&2; read x; echo 'from sh 1'; echo 'to stderr' >&2; \
+                  printf 'from sh 2\\n'; exit 0";
+    let mut cmd = Command::new("/bin/sh");
+    cmd.args(["-c", script]);
+    let mut sh = Proc::spawn("sh", cmd, true);
+    wait_ready_line(&mut sh);
+    let pid = sh.pid();
+    let tracer = Tracer::attach(&[pid], &["--duration", "60"]);
+    sh.send_line("go");
+    let status = sh.expect_exit(Duration::from_secs(10));
+    assert!(status.success(), "sh failed: {status}");
+    let run = tracer.finish(Duration::from_secs(10));
+    run.assert_clean_end();
+
+    let skip_lines: Vec<&String> = run
+        .stderr
+        .iter()
+        .filter(|l| l.to_lowercase().contains("skipp"))
+        .collect();
+    let names_what = |l: &str| {
+        let l = l.to_lowercase();
+        ["runtime", "gc", "loop", "uv__io_poll", "collectgarbage"]
+            .iter()
+            .any(|w| l.contains(w))
+    };
+    assert!(
+        skip_lines.iter().any(|l| names_what(l)),
+        "stderr must say which probes were skipped for pid {pid} (a line containing \"skipp\" \
+         and naming the runtime/gc/loop probes); stderr:\n{}",
+        run.stderr_text()
+    );
+    assert!(
+        skip_lines.iter().any(|l| l.contains(&pid.to_string())),
+        "the skip message should name the pid {pid} it is about; stderr:\n{}",
+        run.stderr_text()
+    );
+
+    let expected = [
+        LogLine::new("stdout", None, "from sh 1"),
+        LogLine::new("stderr", None, "to stderr"),
+        LogLine::new("stdout", None, "from sh 2"),
+    ];
+    assert_log_lines(&run, pid, "sh", &expected, "sh");
+    let exits = run.of("exit", pid);
+    assert!(
+        exits.len() == 1 && exits[0]["exit_code"] == 0,
+        "expected one exit event with exit_code 0 for sh, got {exits:?}"
+    );
+}
