@@ -1,0 +1,40 @@
+//! `cargo xtask lint`: formatting, then clippy on the host crates and on the
+//! eBPF crate for its own target (host clippy can't see BPF-only code paths).
+
+use std::process::Command;
+
+use anyhow::{Context, Result};
+
+use crate::{bootstrap::BPF_TOOLCHAIN, cmd};
+
+pub fn run() -> Result<()> {
+    cmd::run(cmd::cargo().args(["fmt", "--all", "--", "--check"]))
+        .context("formatting differs; run `cargo fmt --all`")?;
+    cmd::run(cmd::cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))
+    .context("clippy (host) found problems")?;
+    cmd::run(&mut bpf_clippy()).context(
+        "clippy (eBPF crate, bpfel-unknown-none) found problems; \
+         if it could not start, run `cargo xtask bootstrap`",
+    )?;
+    eprintln!("[lint] ok");
+    Ok(())
+}
+
+/// The eBPF crate only builds for bpfel-unknown-none with build-std, which
+/// needs Debian's toolchain (it ships the std source) and nightly flags on it.
+fn bpf_clippy() -> Command {
+    let mut cmd = Command::new("rustup");
+    cmd.current_dir(cmd::workspace_root().join("tracer-ebpf"))
+        .env("RUSTC_BOOTSTRAP", "1")
+        .args(["run", BPF_TOOLCHAIN, "cargo", "clippy", "-p", "tracer-ebpf"])
+        .args(["--release", "-Z", "build-std=core"])
+        .args(["--target", "bpfel-unknown-none", "--", "-D", "warnings"]);
+    cmd
+}

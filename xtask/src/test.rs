@@ -1,0 +1,42 @@
+//! `cargo xtask test`: the whole check CI runs — bootstrap, lint, release
+//! build, then every test with the root-only integration tests made mandatory.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+
+use crate::{bootstrap, cmd, lint, tracer};
+
+/// Integration tests skip themselves when not root; with this set a skip is a
+/// failure, so CI can't pass by testing nothing.
+const REQUIRE_ROOT_TESTS: &str = "TRACER_REQUIRE_ROOT_TESTS";
+
+type Step = fn() -> Result<()>;
+
+pub fn run() -> ExitCode {
+    let steps: [(&str, Step); 4] = [
+        ("bootstrap", bootstrap::run),
+        ("lint", lint::run),
+        ("build", tracer::build_release),
+        ("test", run_tests),
+    ];
+    for (name, step) in steps {
+        eprintln!("[test] === {name} ===");
+        if let Err(err) = step() {
+            eprintln!("error: {err:#}");
+            eprintln!("xtask test: FAILED at step `{name}`");
+            return ExitCode::FAILURE;
+        }
+    }
+    eprintln!("xtask test: PASSED (bootstrap, lint, build, test)");
+    ExitCode::SUCCESS
+}
+
+fn run_tests() -> Result<()> {
+    cmd::run(
+        cmd::cargo()
+            .args(["test", "--workspace", "--release"])
+            .env(REQUIRE_ROOT_TESTS, "1"),
+    )
+    .context("tests failed (see the output above)")
+}
