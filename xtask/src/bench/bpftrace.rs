@@ -78,6 +78,22 @@ pub fn attach_ready(script_path: &Path) -> Result<Spawned> {
     }
 }
 
+/// bpftrace prints its maps when stopped. Under load the server's event loop
+/// turns many times a second, so a missing or zero `@loop_turns` means the
+/// probes were not really attached and the round measured nothing.
+pub fn check_fired(maps: &str) -> Result<()> {
+    let turns = maps
+        .lines()
+        .find_map(|line| line.strip_prefix("@loop_turns:"))
+        .and_then(|n| n.trim().parse::<u64>().ok());
+    match turns {
+        Some(n) if n > 0 => Ok(()),
+        _ => bail!(
+            "bpftrace's uv__io_poll probes did not fire during the round; its output:\n{maps}"
+        ),
+    }
+}
+
 fn perf_event_fds(pid: u32) -> usize {
     let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else {
         return 0;
@@ -116,6 +132,13 @@ mod tests {
         assert_eq!(count_cpu_list("0"), Some(1));
         assert_eq!(count_cpu_list("0-3,6,8-9"), Some(7));
         assert_eq!(count_cpu_list("x"), None);
+    }
+
+    #[test]
+    fn fired_only_with_loop_turns() {
+        assert!(check_fired("@writes[1]: 10\n@loop_turns: 42\n").is_ok());
+        assert!(check_fired("@writes[1]: 10\n").is_err());
+        assert!(check_fired("@loop_turns: 0\n").is_err());
     }
 
     #[test]

@@ -101,20 +101,28 @@ impl Config {
 /// Whatever is attached to the server during one measurement.
 enum Attached {
     Nothing,
-    /// tracer or bpftrace; both stop cleanly on SIGINT.
-    Tool(Spawned),
+    Tracer(Spawned),
+    Bpftrace(Spawned),
 }
 
 impl Attached {
+    /// Stops the tool with SIGINT (both exit cleanly on it) and checks that
+    /// it did, so a tool that crashed mid-round can't pass as "cheap".
     fn detach(self) -> Result<()> {
-        if let Attached::Tool(mut tool) = self {
-            let status = tool.stop(Signal::SIGINT, Duration::from_secs(15))?;
-            if !status.success() {
-                bail!(
-                    "it exited with {status} when stopped; its output:\n{}",
-                    tool.output()
-                );
-            }
+        let (mut tool, is_bpftrace) = match self {
+            Attached::Nothing => return Ok(()),
+            Attached::Tracer(tool) => (tool, false),
+            Attached::Bpftrace(tool) => (tool, true),
+        };
+        let status = tool.stop(Signal::SIGINT, Duration::from_secs(15))?;
+        if !status.success() {
+            bail!(
+                "it exited with {status} when stopped; its output:\n{}",
+                tool.output()
+            );
+        }
+        if is_bpftrace {
+            bpftrace::check_fired(&tool.final_stdout())?;
         }
         Ok(())
     }
@@ -243,8 +251,8 @@ fn measure(
     bpftrace_script: &std::path::Path,
 ) -> Result<Sample> {
     let attached = match (config, config.tracer_args()) {
-        (_, Some(extra)) => Attached::Tool(tracer::attach_ready(&[pid], extra, Stdio::null())?),
-        (Config::Bpftrace, None) => Attached::Tool(bpftrace::attach_ready(bpftrace_script)?),
+        (_, Some(extra)) => Attached::Tracer(tracer::attach_ready(&[pid], extra, Stdio::null())?),
+        (Config::Bpftrace, None) => Attached::Bpftrace(bpftrace::attach_ready(bpftrace_script)?),
         _ => Attached::Nothing,
     };
     let sample = wrk::run(port, seconds, WRK_CPU)?;
