@@ -1,0 +1,299 @@
+//! The one definition of the kernel <-> user wire format.
+//!
+//! Every record the probes put in the `EVENTS` ring buffer starts with an
+//! [`EventHeader`]; the user-space decoder reads `kind` at offset 0 to know
+//! which struct follows. All structs are `#[repr(C)]` with explicit padding so
+//! both compilers (the BPF one and the host one) agree on every offset; the
+//! `const` size assertions below fail the build if they ever drift.
+//!
+//! Map key/value types and the load-time globals live here too, because the
+//! user side writes what the BPF side reads.
+#![no_std]
+
+use core::mem::size_of;
+
+/// Length of a task's `comm` as the kernel stores it.
+pub const COMM_LEN: usize = 16;
+/// Most bytes of written data carried by one [`LogChunk`] record. Records
+/// are variable-sized (header + the bytes actually written), so a short log
+/// line costs its own length in the ring, not this.
+pub const LOG_CHUNK_BYTES: usize = 16 * 1024;
+/// Hard upper bound on chunks copied from one write() / one iovec, so the
+/// verifier sees a short bounded loop: 16 * 16 KiB = 256 KiB per buffer.
+/// (16 KiB + header keeps the per-CPU scratch under the 32 KiB per-CPU
+/// value limit.)
+pub const MAX_LOG_CHUNKS: u32 = 16;
+/// The largest per-buffer copy cap user space may configure.
+pub const MAX_BUFFER_CAP: u32 = LOG_CHUNK_BYTES as u32 * MAX_LOG_CHUNKS;
+/// At most this many iovecs of one writev() are inspected.
+pub const MAX_IOVECS: u32 = 16;
+
+/// Record kinds. `#[repr(u32)]` and first in every record.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    Log = 1,
+    TcpConnect = 2,
+    TcpAccept = 3,
+    TcpClose = 4,
+    TcpRetransmit = 5,
+    Loop = 6,
+    Gc = 7,
+    Exit = 8,
+    Exec = 9,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 9] = [
+        EventKind::Log,
+        EventKind::TcpConnect,
+        EventKind::TcpAccept,
+        EventKind::TcpClose,
+        EventKind::TcpRetransmit,
+        EventKind::Loop,
+        EventKind::Gc,
+        EventKind::Exit,
+        EventKind::Exec,
+    ];
+
+    pub fn from_u32(v: u32) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| *k as u32 == v)
+    }
+}
+
+/// Number of slots in the per-CPU `LOST` array: one per [`EventKind`] value
+/// (index = kind as u32), slot 0 unused.
+pub const LOST_SLOTS: u32 = 16;
+
+/// First in every ring record. The decoder relies on `kind` being at offset 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct EventHeader {
+    pub kind: u32,
+    /// Process id (kernel tgid).
+    pub pid: u32,
+    /// Thread id (kernel pid). Equals `pid` for events seen outside process
+    /// context (TCP state changes in softirq), where the owner comes from maps.
+    pub tid: u32,
+    pub _pad: u32,
+    /// CLOCK_MONOTONIC (bpf_ktime_get_ns); user space converts to wall time.
+    pub ts_ns: u64,
+    /// Zeroed when the event was seen outside the owner's context.
+    pub comm: [u8; COMM_LEN],
+}
+const _: () = assert!(size_of::<EventHeader>() == 40);
+
+/// Which stream a written buffer belongs to.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stream {
+    Stdout = 1,
+    Stderr = 2,
+    File = 3,
+}
+
+impl Stream {
+    pub fn from_u32(v: u32) -> Option<Self> {
+        match v {
+            1 => Some(Stream::Stdout),
+            2 => Some(Stream::Stderr),
+            3 => Some(Stream::File),
+            _ => None,
+        }
+    }
+}
+
+/// Fixed part of a [`LogChunk`]. The record in the ring is this header
+/// followed by exactly `len` bytes of data (records are variable-sized).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct LogChunkHeader {
+    pub hdr: EventHeader,
+    pub fd: u32,
+    /// A [`Stream`] value.
+    pub stream: u32,
+    /// Bytes the process asked to write in this buffer (write() count or one
+    /// iovec's length), before any cap.
+    pub buffer_len: u64,
+    /// Offset of this chunk within the buffer.
+    pub offset: u32,
+    /// Bytes of data following this header.
+    pub len: u32,
+    /// Inode of the written file, so user space can tell a reused fd apart.
+    pub ino: u64,
+}
+const _: () = assert!(size_of::<LogChunkHeader>() == 72);
+
+/// Scratch layout the probe fills before copying `size_of::<LogChunkHeader>()
+/// + len` bytes of it into the ring.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct LogChunk {
+    pub head: LogChunkHeader,
+    pub data: [u8; LOG_CHUNK_BYTES],
+}
+const _: () = assert!(size_of::<LogChunk>() == 72 + LOG_CHUNK_BYTES);
+
+/// The connection existed before the tracer attached: no start time known.
+pub const TCP_FLAG_PREEXISTING: u16 = 1;
+/// The connection never reached ESTABLISHED (e.g. connect refused).
+pub const TCP_FLAG_FAILED: u16 = 2;
+
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
+/// tcp_connect / tcp_accept / tcp_close / tcp_retransmit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct TcpEvent {
+    pub hdr: EventHeader,
+    pub family: u16,
+    /// Host byte order.
+    pub sport: u16,
+    /// Host byte order.
+    pub dport: u16,
+    pub flags: u16,
+    /// Inode number of the socket's network namespace (0 if unknown).
+    pub netns: u32,
+    pub _pad: u32,
+    /// IPv4 uses the first 4 bytes.
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    /// tcp_sock.bytes_acked at close: payload bytes the peer acknowledged.
+    pub bytes_sent: u64,
+    /// tcp_sock.bytes_received at close.
+    pub bytes_received: u64,
+    /// Close: time since connect/accept. 0 when unknown.
+    pub duration_ns: u64,
+}
+const _: () = assert!(size_of::<TcpEvent>() == 40 + 16 + 32 + 24);
+
+/// One event-loop turn: time blocked in uv__io_poll, then time running
+/// callbacks until the next poll.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct LoopEvent {
+    pub hdr: EventHeader,
+    pub poll_ns: u64,
+    pub busy_ns: u64,
+}
+const _: () = assert!(size_of::<LoopEvent>() == 56);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct GcEvent {
+    pub hdr: EventHeader,
+    pub duration_ns: u64,
+}
+const _: () = assert!(size_of::<GcEvent>() == 48);
+
+/// Process exit (last thread) or exec of a traced process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ProcEvent {
+    pub hdr: EventHeader,
+    /// task_struct.exit_code: `(status << 8) | signal`. 0 for exec.
+    pub exit_code: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<ProcEvent>() == 48);
+
+// ---- map types ----
+
+/// Value of `CONNS` (key: the kernel `struct sock *`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ConnInfo {
+    pub pid: u32,
+    pub tid: u32,
+    pub start_ns: u64,
+    /// [`EventKind::TcpConnect`] or [`EventKind::TcpAccept`].
+    pub kind: u32,
+    pub flags: u32,
+    pub comm: [u8; COMM_LEN],
+}
+const _: () = assert!(size_of::<ConnInfo>() == 40);
+
+/// Key of `LISTENERS`: a listening port inside one network namespace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ListenKey {
+    pub netns: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(size_of::<ListenKey>() == 8);
+
+/// Key of `PREEXISTING`: a connection open before attach, by its ports.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PortPairKey {
+    pub netns: u32,
+    pub lport: u16,
+    pub rport: u16,
+}
+const _: () = assert!(size_of::<PortPairKey>() == 8);
+
+/// Per-thread uv__io_poll bookkeeping (`POLL_STATE`, key: tid).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PollState {
+    pub enter_ns: u64,
+    pub prev_exit_ns: u64,
+    pub prev_poll_ns: u64,
+}
+
+/// Value of `TARGETS`: why a pid/tid is traced.
+pub const TARGET_ROOT: u32 = 1;
+pub const TARGET_CHILD: u32 = 2;
+
+/// Byte offsets of kernel struct fields, read from the running kernel's BTF
+/// by user space and set as a read-only global before load (no CO-RE in
+/// Rust BPF yet). All zero when the kernel has no BTF: the probes then
+/// degrade (e.g. report 0 bytes) rather than read garbage.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// struct tcp_sock.bytes_received (u64)
+    pub tcp_bytes_received: u32,
+    /// struct tcp_sock.bytes_acked (u64)
+    pub tcp_bytes_acked: u32,
+    /// struct sock_common.skc_net (possible_net_t, first member `net`)
+    pub sk_net: u32,
+    /// struct net.ns.inum (u32)
+    pub net_ns_inum: u32,
+    /// struct task_struct.files
+    pub task_files: u32,
+    /// struct task_struct.exit_code (int)
+    pub task_exit_code: u32,
+    /// struct files_struct.fdt
+    pub files_fdt: u32,
+    /// struct fdtable.fd (struct file **)
+    pub fdtable_fd: u32,
+    /// struct fdtable.max_fds (unsigned int)
+    pub fdtable_max_fds: u32,
+    /// struct file.f_inode
+    pub file_inode: u32,
+    /// struct inode.i_mode (umode_t, u16)
+    pub inode_mode: u32,
+    /// struct inode.i_ino (unsigned long)
+    pub inode_ino: u32,
+}
+const _: () = assert!(size_of::<KernelOffsets>() == 48);
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+
+    // SAFETY: all of these are #[repr(C)] plain integers/arrays with explicit
+    // padding fields, so every bit pattern is valid and there are no holes.
+    unsafe impl aya::Pod for KernelOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ConnInfo {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ListenKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for PortPairKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for PollState {}
+}

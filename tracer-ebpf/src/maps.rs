@@ -1,0 +1,101 @@
+//! Maps and load-time globals shared by all probe families.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+};
+use tracer_common::{
+    ConnInfo, KernelOffsets, LOST_SLOTS, ListenKey, LogChunk, PollState, PortPairKey,
+};
+
+/// Every event goes through this one ring. Default flags (adaptive wakeup):
+/// the kernel only wakes the reader when it has caught up, so under load
+/// records are consumed in batches without a wakeup per record. User space
+/// can resize it with `EbpfLoader::map_max_entries`.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
+
+/// Failed ring reservations per CPU, indexed by `EventKind as u32`.
+#[map]
+pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOST_SLOTS, 0);
+
+/// Traced processes (tgid) and the threads/children that inherit tracing.
+#[map]
+pub static TARGETS: HashMap<u32, u32> = HashMap::with_max_entries(16384, 0);
+
+/// Live TCP connections of traced processes, keyed by `struct sock *`.
+#[map]
+pub static CONNS: LruHashMap<u64, ConnInfo> = LruHashMap::with_max_entries(65536, 0);
+
+/// Listening ports of traced processes -> owning tgid. Seeded by user space
+/// for sockets that were listening before attach.
+#[map]
+pub static LISTENERS: HashMap<ListenKey, u32> = HashMap::with_max_entries(4096, 0);
+
+/// Connections open before attach (seeded by user space from /proc) -> tgid.
+#[map]
+pub static PREEXISTING: HashMap<PortPairKey, u32> = HashMap::with_max_entries(65536, 0);
+
+/// uv__io_poll bookkeeping per thread.
+#[map]
+pub static POLL_STATE: LruHashMap<u32, PollState> = LruHashMap::with_max_entries(4096, 0);
+
+/// Start of a running Heap::CollectGarbage per thread.
+#[map]
+pub static GC_START: LruHashMap<u32, u64> = LruHashMap::with_max_entries(4096, 0);
+
+/// Per-CPU scratch for a log chunk (too big for the 512-byte BPF stack).
+#[map]
+pub static LOG_SCRATCH: PerCpuArray<LogChunk> = PerCpuArray::with_max_entries(1, 0);
+
+// Read-only globals, set by user space with `EbpfLoader::set_global` before
+// load (the libbpf `const volatile` pattern). Always read with read_volatile
+// so the compiler cannot fold the defaults in.
+
+#[unsafe(no_mangle)]
+static OFFSETS: KernelOffsets = KernelOffsets {
+    tcp_bytes_received: 0,
+    tcp_bytes_acked: 0,
+    sk_net: 0,
+    net_ns_inum: 0,
+    task_files: 0,
+    task_exit_code: 0,
+    files_fdt: 0,
+    fdtable_fd: 0,
+    fdtable_max_fds: 0,
+    file_inode: 0,
+    inode_mode: 0,
+    inode_ino: 0,
+};
+
+/// Bytes of one written buffer copied into the ring; the rest is counted but
+/// not copied, and user space marks the line truncated.
+#[unsafe(no_mangle)]
+static MAX_BUFFER_BYTES: u32 = 256 * 1024;
+
+/// Loop turns whose callback time is below this are not reported.
+#[unsafe(no_mangle)]
+static LOOP_MIN_BUSY_NS: u64 = 0;
+
+#[inline(always)]
+pub fn offsets() -> KernelOffsets {
+    // SAFETY: reading a static; volatile so the loader-set value is used.
+    unsafe { core::ptr::read_volatile(&OFFSETS) }
+}
+
+#[inline(always)]
+pub fn max_buffer_bytes() -> u32 {
+    // SAFETY: as above.
+    unsafe { core::ptr::read_volatile(&MAX_BUFFER_BYTES) }
+}
+
+#[inline(always)]
+pub fn loop_min_busy_ns() -> u64 {
+    // SAFETY: as above.
+    unsafe { core::ptr::read_volatile(&LOOP_MIN_BUSY_NS) }
+}
+
+#[inline(always)]
+pub fn is_target(id: u32) -> bool {
+    TARGETS.get_ptr(id).is_some()
+}

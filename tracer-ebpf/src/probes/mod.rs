@@ -1,0 +1,5 @@
+//! One module per probe family.
+pub mod logs;
+pub mod process;
+pub mod runtime;
+pub mod tcp;

@@ -1,0 +1,277 @@
+//! TCP connections of traced processes, from non-syscall tracepoints only:
+//! one program run per state change and per retransmit, nothing per packet
+//! or per send/recv. Byte counts come from the socket's own counters
+//! (tcp_sock.bytes_acked / bytes_received) read once at close.
+//!
+//! match-proto: sock:inet_sock_set_state (skaddr @8, oldstate @16,
+//!   newstate @20, sport @24, dport @26 host order, family @28, protocol @30,
+//!   saddr @32[4], daddr @36[4], saddr_v6 @40[16], daddr_v6 @56[16]);
+//!   tcp:tcp_retransmit_skb (skaddr @16, sport @28, dport @30, family @32,
+//!   saddr @34[4], daddr @38[4], saddr_v6 @42[16], daddr_v6 @58[16]).
+//!
+//! Who owns a socket: state changes often run in softirq context, where the
+//! current task is unrelated. So ownership is recorded where it is known —
+//! connect() enters SYN_SENT in the caller's context, listen() enters LISTEN
+//! in the caller's context — and carried in maps (CONNS, LISTENERS).
+//! Accepted sockets are owned by whoever owns the listening port in that
+//! network namespace.
+
+use aya_ebpf::{helpers::bpf_get_current_comm, macros::tracepoint, programs::TracePointContext};
+use tracer_common::{
+    AF_INET, COMM_LEN, ConnInfo, EventHeader, EventKind, ListenKey, PortPairKey, TCP_FLAG_FAILED,
+    TCP_FLAG_PREEXISTING, TcpEvent,
+};
+
+use crate::{
+    emit::{current_ids, now_ns, output},
+    kernel::{sock_netns, tcp_bytes},
+    maps::{CONNS, LISTENERS, PREEXISTING, is_target},
+};
+
+const IPPROTO_TCP: u16 = 6;
+const TCP_ESTABLISHED: i32 = 1;
+const TCP_SYN_SENT: i32 = 2;
+const TCP_SYN_RECV: i32 = 3;
+const TCP_CLOSE: i32 = 7;
+const TCP_LISTEN: i32 = 10;
+
+/// Connection identity as the tracepoints carry it.
+struct Tuple {
+    family: u16,
+    sport: u16,
+    dport: u16,
+    saddr: [u8; 16],
+    daddr: [u8; 16],
+}
+
+/// Read the tuple from a tracepoint record laid out like
+/// inet_sock_set_state (`base` = offset of sport).
+#[inline(always)]
+fn read_tuple(ctx: &TracePointContext, base: usize) -> Option<Tuple> {
+    // SAFETY: offsets from the tracepoint formats in the module docs; both
+    // tracepoints put sport, dport, family, saddr, daddr, saddr_v6, daddr_v6
+    // in this relative order (retransmit has no `protocol` field).
+    unsafe {
+        let sport = ctx.read_at::<u16>(base).ok()?;
+        let dport = ctx.read_at::<u16>(base + 2).ok()?;
+        let family = ctx.read_at::<u16>(base + 4).ok()?;
+        let v4 = if base == 24 { base + 8 } else { base + 6 };
+        let mut saddr = [0u8; 16];
+        let mut daddr = [0u8; 16];
+        if family == AF_INET {
+            let s = ctx.read_at::<[u8; 4]>(v4).ok()?;
+            let d = ctx.read_at::<[u8; 4]>(v4 + 4).ok()?;
+            saddr[..4].copy_from_slice(&s);
+            daddr[..4].copy_from_slice(&d);
+        } else {
+            saddr = ctx.read_at::<[u8; 16]>(v4 + 8).ok()?;
+            daddr = ctx.read_at::<[u8; 16]>(v4 + 24).ok()?;
+        }
+        Some(Tuple {
+            family,
+            sport,
+            dport,
+            saddr,
+            daddr,
+        })
+    }
+}
+
+#[inline(always)]
+fn emit(kind: EventKind, owner: &ConnInfo, t: &Tuple, netns: u32, sk: u64, flags: u16) {
+    let now = now_ns();
+    let (bytes_sent, bytes_received, duration_ns) = if kind == EventKind::TcpClose {
+        let (sent, received) = tcp_bytes(sk);
+        let duration = if owner.start_ns == 0 {
+            0
+        } else {
+            now.saturating_sub(owner.start_ns)
+        };
+        (sent, received, duration)
+    } else {
+        (0, 0, 0)
+    };
+    output(
+        kind,
+        TcpEvent {
+            hdr: EventHeader {
+                kind: kind as u32,
+                pid: owner.pid,
+                tid: owner.tid,
+                _pad: 0,
+                ts_ns: now,
+                comm: owner.comm,
+            },
+            family: t.family,
+            sport: t.sport,
+            dport: t.dport,
+            flags: flags | owner.flags as u16,
+            netns,
+            _pad: 0,
+            saddr: t.saddr,
+            daddr: t.daddr,
+            bytes_sent,
+            bytes_received,
+            duration_ns,
+        },
+    );
+}
+
+#[tracepoint]
+pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    let _ = try_set_state(&ctx);
+    0
+}
+
+fn try_set_state(ctx: &TracePointContext) -> Option<()> {
+    // SAFETY: offsets from the tracepoint format.
+    let (protocol, sk, old, new) = unsafe {
+        (
+            ctx.read_at::<u16>(30).ok()?,
+            ctx.read_at::<u64>(8).ok()?,
+            ctx.read_at::<i32>(16).ok()?,
+            ctx.read_at::<i32>(20).ok()?,
+        )
+    };
+    if protocol != IPPROTO_TCP {
+        return None;
+    }
+    match (old, new) {
+        (TCP_CLOSE, TCP_SYN_SENT) => {
+            // connect(): process context.
+            let (pid, tid) = current_ids();
+            if !is_target(pid) {
+                return None;
+            }
+            let info = ConnInfo {
+                pid,
+                tid,
+                start_ns: now_ns(),
+                kind: EventKind::TcpConnect as u32,
+                flags: 0,
+                comm: bpf_get_current_comm().unwrap_or([0u8; COMM_LEN]),
+            };
+            let _ = CONNS.insert(sk, info, 0);
+        }
+        (TCP_SYN_SENT, TCP_ESTABLISHED) => {
+            // SAFETY: value copied out immediately.
+            let owner = unsafe { CONNS.get(sk) }.copied()?;
+            let t = read_tuple(ctx, 24)?;
+            emit(EventKind::TcpConnect, &owner, &t, sock_netns(sk), sk, 0);
+        }
+        (TCP_SYN_RECV, TCP_ESTABLISHED) => {
+            let t = read_tuple(ctx, 24)?;
+            let netns = sock_netns(sk);
+            let key = ListenKey {
+                netns,
+                port: t.sport,
+                _pad: 0,
+            };
+            // SAFETY: value copied out immediately.
+            let pid = unsafe { LISTENERS.get(key) }.copied()?;
+            let owner = ConnInfo {
+                pid,
+                tid: pid,
+                start_ns: now_ns(),
+                kind: EventKind::TcpAccept as u32,
+                flags: 0,
+                comm: [0u8; COMM_LEN],
+            };
+            let _ = CONNS.insert(sk, owner, 0);
+            emit(EventKind::TcpAccept, &owner, &t, netns, sk, 0);
+        }
+        (_, TCP_LISTEN) => {
+            // listen(): process context.
+            let (pid, _) = current_ids();
+            if !is_target(pid) {
+                return None;
+            }
+            let t = read_tuple(ctx, 24)?;
+            let key = ListenKey {
+                netns: sock_netns(sk),
+                port: t.sport,
+                _pad: 0,
+            };
+            let _ = LISTENERS.insert(key, pid, 0);
+        }
+        (TCP_LISTEN, TCP_CLOSE) => {
+            let t = read_tuple(ctx, 24)?;
+            let key = ListenKey {
+                netns: sock_netns(sk),
+                port: t.sport,
+                _pad: 0,
+            };
+            let _ = LISTENERS.remove(key);
+        }
+        (_, TCP_CLOSE) => {
+            let t = read_tuple(ctx, 24)?;
+            let netns = sock_netns(sk);
+            // SAFETY: value copied out immediately.
+            if let Some(owner) = unsafe { CONNS.get(sk) }.copied() {
+                let _ = CONNS.remove(sk);
+                let flags = if old == TCP_SYN_SENT {
+                    TCP_FLAG_FAILED
+                } else {
+                    0
+                };
+                emit(EventKind::TcpClose, &owner, &t, netns, sk, flags);
+            } else {
+                let key = PortPairKey {
+                    netns,
+                    lport: t.sport,
+                    rport: t.dport,
+                };
+                // SAFETY: value copied out immediately.
+                let pid = unsafe { PREEXISTING.get(key) }.copied()?;
+                let _ = PREEXISTING.remove(key);
+                let owner = ConnInfo {
+                    pid,
+                    tid: pid,
+                    start_ns: 0,
+                    kind: EventKind::TcpClose as u32,
+                    flags: TCP_FLAG_PREEXISTING as u32,
+                    comm: [0u8; COMM_LEN],
+                };
+                emit(EventKind::TcpClose, &owner, &t, netns, sk, 0);
+            }
+        }
+        _ => {}
+    }
+    Some(())
+}
+
+#[tracepoint]
+pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
+    let _ = try_retransmit(&ctx);
+    0
+}
+
+fn try_retransmit(ctx: &TracePointContext) -> Option<()> {
+    // SAFETY: offset from the tracepoint format.
+    let sk = unsafe { ctx.read_at::<u64>(16) }.ok()?;
+    let t = read_tuple(ctx, 28)?;
+    let netns = sock_netns(sk);
+    // SAFETY: value copied out immediately.
+    let owner = match unsafe { CONNS.get(sk) }.copied() {
+        Some(owner) => owner,
+        None => {
+            let key = PortPairKey {
+                netns,
+                lport: t.sport,
+                rport: t.dport,
+            };
+            // SAFETY: value copied out immediately.
+            let pid = unsafe { PREEXISTING.get(key) }.copied()?;
+            ConnInfo {
+                pid,
+                tid: pid,
+                start_ns: 0,
+                kind: EventKind::TcpRetransmit as u32,
+                flags: TCP_FLAG_PREEXISTING as u32,
+                comm: [0u8; COMM_LEN],
+            }
+        }
+    };
+    emit(EventKind::TcpRetransmit, &owner, &t, netns, sk, 0);
+    Some(())
+}

@@ -1,0 +1,316 @@
+//! The capture core shared by every front end: load the probes, attach them,
+//! manage which processes are traced, and hand out the ring buffer.
+
+pub mod offsets;
+pub mod preflight;
+pub mod ring;
+pub mod seed;
+pub mod symbols;
+
+use std::{collections::HashMap, num::NonZeroU32, path::Path};
+
+use anyhow::{Context as _, Result, anyhow};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    programs::{TracePoint, UProbe, uprobe::UProbeAttachLocation, uprobe::UProbeLinkId},
+};
+use tracer_common::{EventKind, KernelOffsets, LOST_SLOTS, TARGET_ROOT};
+
+use self::symbols::{Resolved, SymbolMatch};
+
+/// The probe families, selectable with `--probes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum Family {
+    /// stdout/stderr/file writes (syscall tracepoints)
+    Logs,
+    /// connect/accept/close/retransmit (sock and tcp tracepoints)
+    Tcp,
+    /// event-loop turns and GC pauses (uprobes on the node binary)
+    Runtime,
+}
+
+#[derive(Debug, Clone)]
+pub struct CaptureConfig {
+    pub families: Vec<Family>,
+    /// Bytes of one written buffer copied by the kernel; also the line cap.
+    pub max_buffer_bytes: u32,
+    pub loop_min_busy_ns: u64,
+    pub ring_bytes: u32,
+}
+
+impl CaptureConfig {
+    fn has(&self, f: Family) -> bool {
+        self.families.contains(&f)
+    }
+}
+
+/// What attaching to one process did.
+#[derive(Debug, Default)]
+pub struct TargetReport {
+    pub exe: String,
+    pub attached: Vec<String>,
+    pub skipped: Vec<String>,
+}
+
+pub const UV_IO_POLL: SymbolMatch = SymbolMatch::Exact("uv__io_poll");
+/// `v8::internal::Heap::CollectGarbage(...)`, any parameter list.
+pub const COLLECT_GARBAGE: SymbolMatch =
+    SymbolMatch::Prefix("_ZN2v88internal4Heap14CollectGarbageE");
+
+/// The eBPF object, embedded at build time (tracer-user/build.rs).
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
+
+pub struct Capture {
+    ebpf: Ebpf,
+    config: CaptureConfig,
+    offsets_known: bool,
+    /// Per traced process: the uprobe links to detach when it goes away.
+    uprobe_links: HashMap<u32, Vec<(&'static str, UProbeLinkId)>>,
+    /// Non-fatal notes for the user (e.g. "mounted tracefs").
+    pub notes: Vec<String>,
+}
+
+impl Capture {
+    /// Check privileges and tracefs, load the probes, attach the tracepoints.
+    pub fn load(config: CaptureConfig) -> Result<Self> {
+        preflight::check_privileges()?;
+        let mut notes = Vec::new();
+        if let Some(note) = preflight::ensure_tracefs()? {
+            notes.push(note);
+        }
+        let btf_path = Path::new(offsets::VMLINUX_BTF);
+        let (kernel_offsets, offsets_known) = match offsets::kernel_offsets(btf_path) {
+            Ok(o) => (o, true),
+            Err(e) => {
+                notes.push(format!(
+                    "kernel BTF unusable ({e:#}); TCP byte counts, network namespaces, \
+                     file logs and exit codes are unavailable. A kernel built with \
+                     CONFIG_DEBUG_INFO_BTF=y provides {}",
+                    offsets::VMLINUX_BTF
+                ));
+                (KernelOffsets::default(), false)
+            }
+        };
+        let ebpf = EbpfLoader::new()
+            .override_global("OFFSETS", &kernel_offsets, true)
+            .override_global("MAX_BUFFER_BYTES", &config.max_buffer_bytes, true)
+            .override_global("LOOP_MIN_BUSY_NS", &config.loop_min_busy_ns, true)
+            .map_max_entries("EVENTS", config.ring_bytes)
+            .load(EBPF_OBJECT)
+            .context("loading the eBPF probes into the kernel")?;
+        let mut capture = Self {
+            ebpf,
+            config,
+            offsets_known,
+            uprobe_links: HashMap::new(),
+            notes,
+        };
+        capture.attach_tracepoints()?;
+        Ok(capture)
+    }
+
+    fn tracepoint(&mut self, prog: &str, category: &str, names: &[&str]) -> Result<()> {
+        let program: &mut TracePoint = self
+            .ebpf
+            .program_mut(prog)
+            .ok_or_else(|| anyhow!("probe {prog} missing from the eBPF object"))?
+            .try_into()?;
+        program
+            .load()
+            .with_context(|| format!("verifying probe {prog}"))?;
+        for name in names {
+            program
+                .attach(category, name)
+                .with_context(|| format!("attaching to tracepoint {category}:{name}"))?;
+        }
+        Ok(())
+    }
+
+    fn attach_tracepoints(&mut self) -> Result<()> {
+        // Process following is always on: it is what makes children traced
+        // and exits noticed, and it runs only on fork/exec/exit.
+        self.tracepoint("sched_process_fork", "sched", &["sched_process_fork"])?;
+        self.tracepoint("sched_process_exec", "sched", &["sched_process_exec"])?;
+        self.tracepoint("sched_process_exit", "sched", &["sched_process_exit"])?;
+        if self.config.has(Family::Logs) {
+            self.tracepoint(
+                "sys_enter_write",
+                "syscalls",
+                &["sys_enter_write", "sys_enter_pwrite64"],
+            )?;
+            self.tracepoint("sys_enter_writev", "syscalls", &["sys_enter_writev"])?;
+        }
+        if self.config.has(Family::Tcp) {
+            self.tracepoint("inet_sock_set_state", "sock", &["inet_sock_set_state"])?;
+            self.tracepoint("tcp_retransmit_skb", "tcp", &["tcp_retransmit_skb"])?;
+        }
+        if self.config.has(Family::Runtime) {
+            for prog in ["uv_io_poll_enter", "uv_io_poll_exit", "gc_enter", "gc_exit"] {
+                let p: &mut UProbe = self
+                    .ebpf
+                    .program_mut(prog)
+                    .ok_or_else(|| anyhow!("probe {prog} missing from the eBPF object"))?
+                    .try_into()?;
+                p.load()
+                    .with_context(|| format!("verifying probe {prog}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Start tracing `pid` (and, through fork, its future children).
+    pub fn add_target(&mut self, pid: u32, root: bool) -> Result<TargetReport> {
+        preflight::check_pid(pid)?;
+        let mut report = TargetReport {
+            exe: std::fs::read_link(format!("/proc/{pid}/exe"))
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|_| "?".into()),
+            ..Default::default()
+        };
+        {
+            let mut targets: BpfHashMap<_, u32, u32> =
+                BpfHashMap::try_from(self.ebpf.map_mut("TARGETS").context("TARGETS map")?)?;
+            let flag = if root {
+                TARGET_ROOT
+            } else {
+                tracer_common::TARGET_CHILD
+            };
+            targets
+                .insert(pid, flag, 0)
+                .context("adding the PID to TARGETS")?;
+            // Threads that already exist are covered by their tgid; the
+            // per-thread keys matter only for fork tracking.
+        }
+        if self.config.has(Family::Logs) {
+            report.attached.push("logs".into());
+        }
+        if self.config.has(Family::Tcp) {
+            self.seed_sockets(pid)?;
+            report.attached.push("tcp".into());
+        }
+        if self.config.has(Family::Runtime) {
+            self.attach_runtime(pid, &mut report);
+        }
+        Ok(report)
+    }
+
+    fn seed_sockets(&mut self, pid: u32) -> Result<()> {
+        let sockets = seed::sockets_of(pid, self.offsets_known)?;
+        let mut listeners: BpfHashMap<_, tracer_common::ListenKey, u32> =
+            BpfHashMap::try_from(self.ebpf.map_mut("LISTENERS").context("LISTENERS map")?)?;
+        for key in &sockets.listeners {
+            listeners.insert(key, pid, 0)?;
+        }
+        let mut pre: BpfHashMap<_, tracer_common::PortPairKey, u32> = BpfHashMap::try_from(
+            self.ebpf
+                .map_mut("PREEXISTING")
+                .context("PREEXISTING map")?,
+        )?;
+        for key in &sockets.connections {
+            pre.insert(key, pid, 0)?;
+        }
+        Ok(())
+    }
+
+    /// Uprobes for loop and GC timing. A process without the symbols (not
+    /// node, or a stripped build) is still traced; the report says why the
+    /// runtime probes were skipped.
+    fn attach_runtime(&mut self, pid: u32, report: &mut TargetReport) {
+        let exe = format!("/proc/{pid}/exe");
+        let found = match symbols::resolve(Path::new(&exe), &[UV_IO_POLL, COLLECT_GARBAGE]) {
+            Ok(found) => found,
+            Err(e) => {
+                report
+                    .skipped
+                    .push(format!("runtime: cannot read the executable ({e:#})"));
+                return;
+            }
+        };
+        let plan: [(&str, &str, &str, &Option<Resolved>); 2] = [
+            ("loop", "uv_io_poll_enter", "uv_io_poll_exit", &found[0]),
+            ("gc", "gc_enter", "gc_exit", &found[1]),
+        ];
+        for (what, entry, exit, sym) in plan {
+            let Some(sym) = sym else {
+                report.skipped.push(format!(
+                    "{what}: {} has no {} symbol (not node, or a stripped build)",
+                    report.exe,
+                    if what == "loop" {
+                        "uv__io_poll"
+                    } else {
+                        "v8::internal::Heap::CollectGarbage"
+                    }
+                ));
+                continue;
+            };
+            match self.attach_uprobe_pair(pid, &exe, sym.file_offset, entry, exit) {
+                Ok(()) => report.attached.push(what.into()),
+                Err(e) => report
+                    .skipped
+                    .push(format!("{what}: attaching to {} failed ({e:#})", sym.name)),
+            }
+        }
+    }
+
+    fn attach_uprobe_pair(
+        &mut self,
+        pid: u32,
+        exe: &str,
+        offset: u64,
+        entry: &'static str,
+        exit: &'static str,
+    ) -> Result<()> {
+        let scope = aya::programs::uprobe::UProbeScope::OneProcess(
+            NonZeroU32::new(pid).ok_or_else(|| anyhow!("PID 0"))?,
+        );
+        for prog in [entry, exit] {
+            let p: &mut UProbe = self
+                .ebpf
+                .program_mut(prog)
+                .ok_or_else(|| anyhow!("probe {prog} missing"))?
+                .try_into()?;
+            let link = p.attach(UProbeAttachLocation::AbsoluteOffset(offset), exe, scope)?;
+            self.uprobe_links.entry(pid).or_default().push((prog, link));
+        }
+        Ok(())
+    }
+
+    /// Detach what was attached for a process that is gone.
+    pub fn forget(&mut self, pid: u32) {
+        for (prog, link) in self.uprobe_links.remove(&pid).unwrap_or_default() {
+            if let Some(Ok(p)) = self.ebpf.program_mut(prog).map(<&mut UProbe>::try_from) {
+                // The process is gone; a failed detach only means the kernel
+                // already dropped the event.
+                let _ = p.detach(link);
+            }
+        }
+    }
+
+    /// The ring buffer, for the reader task. Can be taken once.
+    pub fn take_ring(&mut self) -> Result<RingBuf<MapData>> {
+        let map = self
+            .ebpf
+            .take_map("EVENTS")
+            .ok_or_else(|| anyhow!("EVENTS ring already taken"))?;
+        Ok(RingBuf::try_from(map)?)
+    }
+
+    /// Ring reservations that failed so far, per event kind, summed over CPUs.
+    pub fn ring_losses(&self) -> Result<Vec<(EventKind, u64)>> {
+        let lost: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.ebpf.map("LOST").context("LOST map")?)?;
+        let mut out = Vec::new();
+        for kind in EventKind::ALL {
+            let idx = kind as u32;
+            if idx >= LOST_SLOTS {
+                continue;
+            }
+            let total: u64 = lost.get(&idx, 0)?.iter().sum();
+            if total > 0 {
+                out.push((kind, total));
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,146 @@
+//! Kernel struct field offsets from the running kernel's BTF.
+//!
+//! Rust BPF has no CO-RE relocations yet, so the probes read kernel structs
+//! at offsets computed here and passed in as a load-time global. Each field
+//! is looked up by name, through anonymous structs/unions, so layout changes
+//! between kernel versions are followed automatically.
+
+use std::path::Path;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use btf_rs::{Btf, Type};
+use tracer_common::KernelOffsets;
+
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// Offsets of every field the probes read.
+pub fn kernel_offsets(btf_path: &Path) -> Result<KernelOffsets> {
+    let btf = Btf::from_file(btf_path)
+        .with_context(|| format!("reading kernel BTF from {}", btf_path.display()))?;
+    let f = |path: &str| field_offset(&btf, path);
+    Ok(KernelOffsets {
+        tcp_bytes_received: f("tcp_sock.bytes_received")?,
+        tcp_bytes_acked: f("tcp_sock.bytes_acked")?,
+        sk_net: f("sock_common.skc_net")?,
+        net_ns_inum: f("net.ns.inum")?,
+        task_files: f("task_struct.files")?,
+        task_exit_code: f("task_struct.exit_code")?,
+        files_fdt: f("files_struct.fdt")?,
+        fdtable_fd: f("fdtable.fd")?,
+        fdtable_max_fds: f("fdtable.max_fds")?,
+        file_inode: f("file.f_inode")?,
+        inode_mode: f("inode.i_mode")?,
+        inode_ino: f("inode.i_ino")?,
+    })
+}
+
+/// Byte offset of `struct.field[.field...]`.
+fn field_offset(btf: &Btf, path: &str) -> Result<u32> {
+    let mut parts = path.split('.');
+    let root = parts.next().ok_or_else(|| anyhow!("empty field path"))?;
+    let mut ty = named_struct(btf, root)?;
+    let mut total_bits = 0u32;
+    let mut fields = parts.peekable();
+    while let Some(field) = fields.next() {
+        let (bits, member_ty) = find_member(btf, &ty, field)?
+            .ok_or_else(|| anyhow!("kernel BTF: struct {root} has no field {field} ({path})"))?;
+        total_bits += bits;
+        if fields.peek().is_some() {
+            ty = as_struct(btf, member_ty)
+                .with_context(|| format!("kernel BTF: {path}: {field} is not a struct"))?;
+        }
+    }
+    if total_bits % 8 != 0 {
+        bail!("kernel BTF: {path} is a bitfield");
+    }
+    Ok(total_bits / 8)
+}
+
+fn named_struct(btf: &Btf, name: &str) -> Result<btf_rs::Struct> {
+    btf.resolve_types_by_name(name)
+        .with_context(|| format!("kernel BTF has no type {name}"))?
+        .into_iter()
+        .find_map(|t| match t {
+            Type::Struct(s) => Some(s),
+            _ => None,
+        })
+        .ok_or_else(|| anyhow!("kernel BTF: {name} is not a struct"))
+}
+
+/// Follow typedefs/const/volatile to a struct or union.
+fn as_struct(btf: &Btf, mut ty: Type) -> Result<btf_rs::Struct> {
+    for _ in 0..16 {
+        ty = match ty {
+            Type::Struct(s) | Type::Union(s) => return Ok(s),
+            Type::Typedef(t) => btf.resolve_chained_type(&t)?,
+            Type::Const(t) => btf.resolve_chained_type(&t)?,
+            Type::Volatile(t) => btf.resolve_chained_type(&t)?,
+            _ => bail!("not a struct or union"),
+        };
+    }
+    bail!("type chain too long")
+}
+
+/// (bit offset, type) of `field` in `s`, searching anonymous members too.
+fn find_member(btf: &Btf, s: &btf_rs::Struct, field: &str) -> Result<Option<(u32, Type)>> {
+    for m in &s.members {
+        let name = btf.resolve_name(m).unwrap_or_default();
+        let ty = btf.resolve_chained_type(m)?;
+        if name == field {
+            return Ok(Some((m.bit_offset(), ty)));
+        }
+        if name.is_empty() {
+            if let Ok(inner) = as_struct(btf, ty) {
+                if let Some((bits, t)) = find_member(btf, &inner, field)? {
+                    return Ok(Some((m.bit_offset() + bits, t)));
+                }
+            }
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs against this machine's kernel: the BTF file is readable without
+    /// privileges. Offsets must be non-zero and inside their structs.
+    #[test]
+    fn resolves_every_offset_from_running_kernel() {
+        let path = Path::new(VMLINUX_BTF);
+        if !path.exists() {
+            eprintln!("skipped: {VMLINUX_BTF} missing (kernel built without BTF)");
+            return;
+        }
+        let o = kernel_offsets(path).unwrap();
+        // bytes_acked and bytes_received are adjacent u64 counters far into
+        // tcp_sock (after struct inet_connection_sock).
+        assert!(o.tcp_bytes_received > 1000 && o.tcp_bytes_acked > 1000);
+        assert_ne!(o.tcp_bytes_received, o.tcp_bytes_acked);
+        // skc_net sits in the first cache line of sock_common.
+        assert!(o.sk_net < 64, "skc_net at {}", o.sk_net);
+        for v in [
+            o.task_files,
+            o.task_exit_code,
+            o.file_inode,
+            o.inode_ino,
+            o.net_ns_inum,
+        ] {
+            assert!(v > 0);
+        }
+        // i_mode is the first field of struct inode.
+        assert_eq!(o.inode_mode, 0);
+    }
+
+    #[test]
+    fn unknown_field_is_named_in_the_error() {
+        let path = Path::new(VMLINUX_BTF);
+        if !path.exists() {
+            return;
+        }
+        let btf = Btf::from_file(path).unwrap();
+        let err = field_offset(&btf, "tcp_sock.no_such_field").unwrap_err();
+        assert!(err.to_string().contains("no_such_field"), "{err}");
+    }
+}

@@ -1,0 +1,292 @@
+//! The public event model: what `--json` prints (docs/events.md) and what
+//! the text renderer shows. One struct for every front end.
+
+use std::{fmt::Write as _, net::IpAddr, time::Duration};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Wall clock, ns since the Unix epoch.
+    pub ts_ns: u64,
+    pub host: String,
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    #[serde(flatten)]
+    pub data: EventData,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamName {
+    Stdout,
+    Stderr,
+    File,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tuple {
+    pub saddr: IpAddr,
+    pub sport: u16,
+    pub daddr: IpAddr,
+    pub dport: u16,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum EventData {
+    Log {
+        stream: StreamName,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        path: Option<String>,
+        text: String,
+        #[serde(default, skip_serializing_if = "is_false")]
+        truncated: bool,
+    },
+    TcpConnect(Tuple),
+    TcpAccept(Tuple),
+    TcpClose {
+        #[serde(flatten)]
+        tuple: Tuple,
+        bytes_sent: u64,
+        bytes_received: u64,
+        /// None when the connection predates the tracer.
+        duration_ns: Option<u64>,
+        #[serde(default, skip_serializing_if = "is_false")]
+        preexisting: bool,
+        #[serde(default, skip_serializing_if = "is_false")]
+        failed: bool,
+    },
+    TcpRetransmit(Tuple),
+    Loop {
+        poll_ns: u64,
+        busy_ns: u64,
+    },
+    Gc {
+        duration_ns: u64,
+    },
+    Exec {
+        exe: String,
+    },
+    Lost {
+        count: u64,
+        stage: LossStage,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        for_kind: Option<String>,
+    },
+    Exit {
+        exit_code: Option<i32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signal: Option<i32>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum LossStage {
+    /// The kernel ring buffer was full.
+    Ring,
+    /// A record user space could not decode (a bug; reported, not hidden).
+    Decode,
+}
+
+impl EventData {
+    /// The `kind` string, as in JSON.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EventData::Log { .. } => "log",
+            EventData::TcpConnect(_) => "tcp_connect",
+            EventData::TcpAccept(_) => "tcp_accept",
+            EventData::TcpClose { .. } => "tcp_close",
+            EventData::TcpRetransmit(_) => "tcp_retransmit",
+            EventData::Loop { .. } => "loop",
+            EventData::Gc { .. } => "gc",
+            EventData::Exec { .. } => "exec",
+            EventData::Lost { .. } => "lost",
+            EventData::Exit { .. } => "exit",
+        }
+    }
+}
+
+fn ms(ns: u64) -> String {
+    format!("{:.3}ms", ns as f64 / 1e6)
+}
+
+fn endpoint(ip: &IpAddr, port: u16) -> String {
+    match ip {
+        IpAddr::V4(v4) => format!("{v4}:{port}"),
+        IpAddr::V6(v6) => format!("[{v6}]:{port}"),
+    }
+}
+
+impl Event {
+    /// One human-readable line (no trailing newline).
+    pub fn to_text(&self) -> String {
+        let ts = std::time::UNIX_EPOCH + Duration::from_nanos(self.ts_ns);
+        let mut s = format!(
+            "{} {} {}/{} {} {}",
+            humantime::format_rfc3339_micros(ts),
+            self.host,
+            self.pid,
+            self.tid,
+            self.comm,
+            self.data.kind()
+        );
+        let _ = match &self.data {
+            EventData::Log {
+                stream,
+                path,
+                text,
+                truncated,
+            } => {
+                let name = match stream {
+                    StreamName::Stdout => "stdout",
+                    StreamName::Stderr => "stderr",
+                    StreamName::File => path.as_deref().unwrap_or("file"),
+                };
+                let cut = if *truncated { " [truncated]" } else { "" };
+                write!(s, " {name}| {text}{cut}")
+            }
+            EventData::TcpConnect(t) | EventData::TcpAccept(t) | EventData::TcpRetransmit(t) => {
+                write!(
+                    s,
+                    " {} -> {}",
+                    endpoint(&t.saddr, t.sport),
+                    endpoint(&t.daddr, t.dport)
+                )
+            }
+            EventData::TcpClose {
+                tuple: t,
+                bytes_sent,
+                bytes_received,
+                duration_ns,
+                preexisting,
+                failed,
+            } => {
+                let dur = duration_ns.map_or_else(|| "?".to_string(), ms);
+                write!(
+                    s,
+                    " {} -> {} sent={bytes_sent} recv={bytes_received} dur={dur}{}{}",
+                    endpoint(&t.saddr, t.sport),
+                    endpoint(&t.daddr, t.dport),
+                    if *preexisting {
+                        " (opened before attach)"
+                    } else {
+                        ""
+                    },
+                    if *failed { " (never established)" } else { "" },
+                )
+            }
+            EventData::Loop { poll_ns, busy_ns } => {
+                write!(s, " poll={} busy={}", ms(*poll_ns), ms(*busy_ns))
+            }
+            EventData::Gc { duration_ns } => write!(s, " pause={}", ms(*duration_ns)),
+            EventData::Exec { exe } => write!(s, " {exe}"),
+            EventData::Lost {
+                count,
+                stage,
+                for_kind,
+            } => write!(
+                s,
+                " {count} events lost at the {} stage{}",
+                match stage {
+                    LossStage::Ring => "ring",
+                    LossStage::Decode => "decode",
+                },
+                for_kind
+                    .as_deref()
+                    .map(|k| format!(" ({k})"))
+                    .unwrap_or_default()
+            ),
+            EventData::Exit { exit_code, signal } => match (exit_code, signal) {
+                (_, Some(sig)) => write!(s, " killed by signal {sig}"),
+                (Some(code), None) => write!(s, " code={code}"),
+                (None, None) => write!(s, " code=unknown"),
+            },
+        };
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(data: EventData) -> Event {
+        Event {
+            ts_ns: 1_764_200_000_123_456_789,
+            host: "h1".into(),
+            pid: 1,
+            tid: 2,
+            comm: "node".into(),
+            data,
+        }
+    }
+
+    #[test]
+    fn json_has_flat_schema() {
+        let e = ev(EventData::TcpClose {
+            tuple: Tuple {
+                saddr: "127.0.0.1".parse().unwrap(),
+                sport: 80,
+                daddr: "::1".parse().unwrap(),
+                dport: 5000,
+            },
+            bytes_sent: 10,
+            bytes_received: 20,
+            duration_ns: Some(30),
+            preexisting: false,
+            failed: false,
+        });
+        let v: serde_json::Value = serde_json::to_value(&e).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "ts_ns": 1_764_200_000_123_456_789u64, "host": "h1", "pid": 1, "tid": 2,
+                "comm": "node", "kind": "tcp_close", "saddr": "127.0.0.1", "sport": 80,
+                "daddr": "::1", "dport": 5000, "bytes_sent": 10, "bytes_received": 20,
+                "duration_ns": 30
+            })
+        );
+        let back: Event = serde_json::from_value(v).unwrap();
+        assert_eq!(back, e);
+    }
+
+    #[test]
+    fn log_json_omits_absent_fields() {
+        let e = ev(EventData::Log {
+            stream: StreamName::Stdout,
+            path: None,
+            text: "hi <b>".into(),
+            truncated: false,
+        });
+        assert_eq!(
+            serde_json::to_string(&e).unwrap(),
+            r#"{"ts_ns":1764200000123456789,"host":"h1","pid":1,"tid":2,"comm":"node","kind":"log","stream":"stdout","text":"hi <b>"}"#
+        );
+    }
+
+    #[test]
+    fn text_rendering() {
+        let e = ev(EventData::Log {
+            stream: StreamName::File,
+            path: Some("/var/log/app.log".into()),
+            text: "hello".into(),
+            truncated: true,
+        });
+        assert_eq!(
+            e.to_text(),
+            "2025-11-26T23:33:20.123456Z h1 1/2 node log /var/log/app.log| hello [truncated]"
+        );
+        let e = ev(EventData::Exit {
+            exit_code: None,
+            signal: Some(9),
+        });
+        assert!(e.to_text().ends_with("exit killed by signal 9"));
+    }
+}

@@ -1,0 +1,13 @@
+//! tracer: eBPF tracing of running Node.js processes.
+//!
+//! Data flow (docs/architecture.md): probes (tracer-ebpf) -> ring buffer ->
+//! [`capture::ring`] reader -> [`decode`] -> [`pipeline`] (lines, clock,
+//! names) -> [`runner`] -> a front end's sink ([`attach`]).
+
+pub mod attach;
+pub mod capture;
+pub mod decode;
+pub mod event;
+pub mod lines;
+pub mod pipeline;
+pub mod runner;

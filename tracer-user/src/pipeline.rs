@@ -1,0 +1,399 @@
+//! Turning decoded ring records into public events: line reassembly,
+//! wall-clock time, command names, file paths, loss accounting and counts.
+//! Pure bookkeeping, no I/O except /proc lookups, so every front end shares
+//! it.
+
+use std::collections::{BTreeMap, HashMap};
+
+use tracer_common::{EventKind, Stream, TCP_FLAG_FAILED, TCP_FLAG_PREEXISTING};
+
+use crate::{
+    decode::{Head, Record, TcpRecord},
+    event::{Event, EventData, LossStage, StreamName, Tuple},
+    lines::{Line, LineAssembler},
+};
+
+/// CLOCK_MONOTONIC -> wall clock, measured once at start.
+#[derive(Debug, Clone, Copy)]
+pub struct WallClock {
+    offset_ns: i128,
+}
+
+fn clock_ns(clock: libc::clockid_t) -> i128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec; both clocks always exist on Linux.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+}
+
+impl WallClock {
+    /// `shift_ns` moves every timestamp (tests simulate skewed hosts with it).
+    pub fn new(shift_ns: i64) -> Self {
+        let mono = clock_ns(libc::CLOCK_MONOTONIC);
+        let real = clock_ns(libc::CLOCK_REALTIME);
+        Self {
+            offset_ns: real - mono + shift_ns as i128,
+        }
+    }
+
+    pub fn wall_ns(&self, mono_ns: u64) -> u64 {
+        (mono_ns as i128 + self.offset_ns).max(0) as u64
+    }
+
+    pub fn now_ns(&self) -> u64 {
+        self.wall_ns(clock_ns(libc::CLOCK_MONOTONIC) as u64)
+    }
+}
+
+pub struct Pipeline {
+    host: String,
+    clock: WallClock,
+    lines: LineAssembler,
+    comms: HashMap<u32, String>,
+    paths: HashMap<(u32, u32, u64), String>,
+    ring_lost_seen: HashMap<EventKind, u64>,
+    counts: BTreeMap<&'static str, u64>,
+    lost: BTreeMap<LossStage, u64>,
+}
+
+/// Decoded exit status: (exit_code, signal).
+pub fn exit_status(raw: u32) -> (Option<i32>, Option<i32>) {
+    let signal = (raw & 0x7f) as i32;
+    if signal != 0 {
+        (None, Some(signal))
+    } else {
+        (Some(((raw >> 8) & 0xff) as i32), None)
+    }
+}
+
+impl Pipeline {
+    pub fn new(host: String, clock: WallClock, max_line: usize) -> Self {
+        Self {
+            host,
+            clock,
+            lines: LineAssembler::new(max_line),
+            comms: HashMap::new(),
+            paths: HashMap::new(),
+            ring_lost_seen: HashMap::new(),
+            counts: BTreeMap::new(),
+            lost: BTreeMap::new(),
+        }
+    }
+
+    /// Events for one record (none, while a line is incomplete).
+    pub fn on_record(&mut self, record: Record) -> Vec<Event> {
+        let events = match record {
+            Record::Log(chunk) => {
+                let lines = self.lines.push(&chunk);
+                lines.into_iter().map(|l| self.line_event(l)).collect()
+            }
+            Record::Tcp(t) => vec![self.tcp_event(t)],
+            Record::Loop {
+                head,
+                poll_ns,
+                busy_ns,
+            } => vec![self.event(&head, EventData::Loop { poll_ns, busy_ns })],
+            Record::Gc { head, duration_ns } => {
+                vec![self.event(&head, EventData::Gc { duration_ns })]
+            }
+            Record::Exec { head } => {
+                self.comms.remove(&head.pid);
+                let exe = std::fs::read_link(format!("/proc/{}/exe", head.pid))
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|_| head.comm.clone());
+                vec![self.event(&head, EventData::Exec { exe })]
+            }
+            Record::Exit { head, exit_code } => {
+                // Lines still pending belong before the exit.
+                let mut out = self.flush_pid(head.pid);
+                let (exit_code, signal) = exit_status(exit_code);
+                out.push(self.event(&head, EventData::Exit { exit_code, signal }));
+                self.forget_pid(head.pid);
+                return self.counted(out);
+            }
+        };
+        self.counted(events)
+    }
+
+    /// An exit we learned of without the kernel's record (it was lost).
+    pub fn synthetic_exit(&mut self, pid: u32) -> Vec<Event> {
+        let mut out = self.flush_pid(pid);
+        let comm = self.comm_of(pid, "");
+        out.push(Event {
+            ts_ns: self.clock.now_ns(),
+            host: self.host.clone(),
+            pid,
+            tid: pid,
+            comm,
+            data: EventData::Exit {
+                exit_code: None,
+                signal: None,
+            },
+        });
+        self.forget_pid(pid);
+        self.counted(out)
+    }
+
+    /// `lost` events for ring reservations that failed since the last call.
+    /// `totals` are the kernel's cumulative per-kind counts.
+    pub fn on_ring_losses(&mut self, totals: &[(EventKind, u64)]) -> Vec<Event> {
+        let mut out = Vec::new();
+        for (kind, total) in totals {
+            let seen = self.ring_lost_seen.entry(*kind).or_insert(0);
+            if *total > *seen {
+                let count = *total - *seen;
+                *seen = *total;
+                out.push(self.loss(count, LossStage::Ring, Some(kind_name(*kind))));
+            }
+        }
+        self.counted(out)
+    }
+
+    /// `lost` event for records user space could not decode.
+    pub fn on_decode_errors(&mut self, count: u64) -> Vec<Event> {
+        let out = vec![self.loss(count, LossStage::Decode, None)];
+        self.counted(out)
+    }
+
+    fn loss(&mut self, count: u64, stage: LossStage, for_kind: Option<&str>) -> Event {
+        *self.lost.entry(stage).or_insert(0) += count;
+        Event {
+            ts_ns: self.clock.now_ns(),
+            host: self.host.clone(),
+            pid: 0,
+            tid: 0,
+            comm: String::new(),
+            data: EventData::Lost {
+                count,
+                stage,
+                for_kind: for_kind.map(str::to_string),
+            },
+        }
+    }
+
+    pub fn flush_pid(&mut self, pid: u32) -> Vec<Event> {
+        let lines = self.lines.flush_pid(pid);
+        let out = lines.into_iter().map(|l| self.line_event(l)).collect();
+        self.counted(out)
+    }
+
+    pub fn flush_all(&mut self) -> Vec<Event> {
+        let lines = self.lines.flush_all();
+        let out = lines.into_iter().map(|l| self.line_event(l)).collect();
+        self.counted(out)
+    }
+
+    pub fn counts(&self) -> &BTreeMap<&'static str, u64> {
+        &self.counts
+    }
+
+    pub fn lost(&self) -> &BTreeMap<LossStage, u64> {
+        &self.lost
+    }
+
+    fn counted(&mut self, events: Vec<Event>) -> Vec<Event> {
+        for e in &events {
+            *self.counts.entry(e.data.kind()).or_insert(0) += 1;
+        }
+        events
+    }
+
+    fn forget_pid(&mut self, pid: u32) {
+        self.comms.remove(&pid);
+        self.paths.retain(|(p, _, _), _| *p != pid);
+    }
+
+    /// The kernel's comm when it had one, else /proc, cached per process.
+    fn comm_of(&mut self, pid: u32, kernel_comm: &str) -> String {
+        if !kernel_comm.is_empty() {
+            return kernel_comm.to_string();
+        }
+        self.comms
+            .entry(pid)
+            .or_insert_with(|| {
+                std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .map(|s| s.trim_end().to_string())
+                    .unwrap_or_default()
+            })
+            .clone()
+    }
+
+    fn event(&mut self, head: &Head, data: EventData) -> Event {
+        Event {
+            ts_ns: self.clock.wall_ns(head.mono_ns),
+            host: self.host.clone(),
+            pid: head.pid,
+            tid: head.tid,
+            comm: self.comm_of(head.pid, &head.comm),
+            data,
+        }
+    }
+
+    fn line_event(&mut self, line: Line) -> Event {
+        let (stream, path) = match line.stream {
+            Stream::Stdout => (StreamName::Stdout, None),
+            Stream::Stderr => (StreamName::Stderr, None),
+            Stream::File => (
+                StreamName::File,
+                Some(self.path_of(line.pid, line.fd, line.ino)),
+            ),
+        };
+        Event {
+            ts_ns: self.clock.wall_ns(line.mono_ns),
+            host: self.host.clone(),
+            pid: line.pid,
+            tid: line.tid,
+            comm: self.comm_of(line.pid, &line.comm),
+            data: EventData::Log {
+                stream,
+                path,
+                text: line.text,
+                truncated: line.truncated,
+            },
+        }
+    }
+
+    /// Path of a written file. Resolved through /proc once per (fd, inode);
+    /// if the fd is already closed, the inode number is all we can say.
+    fn path_of(&mut self, pid: u32, fd: u32, ino: u64) -> String {
+        self.paths
+            .entry((pid, fd, ino))
+            .or_insert_with(|| {
+                std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|_| format!("<closed fd {fd}, inode {ino}>"))
+            })
+            .clone()
+    }
+
+    fn tcp_event(&mut self, t: TcpRecord) -> Event {
+        let tuple = Tuple {
+            saddr: t.saddr,
+            sport: t.sport,
+            daddr: t.daddr,
+            dport: t.dport,
+        };
+        let data = match t.head.kind {
+            EventKind::TcpConnect => EventData::TcpConnect(tuple),
+            EventKind::TcpAccept => EventData::TcpAccept(tuple),
+            EventKind::TcpRetransmit => EventData::TcpRetransmit(tuple),
+            _ => {
+                let preexisting = t.flags & TCP_FLAG_PREEXISTING != 0;
+                EventData::TcpClose {
+                    tuple,
+                    bytes_sent: t.bytes_sent,
+                    bytes_received: t.bytes_received,
+                    duration_ns: (!preexisting).then_some(t.duration_ns),
+                    preexisting,
+                    failed: t.flags & TCP_FLAG_FAILED != 0,
+                }
+            }
+        };
+        self.event(&t.head, data)
+    }
+}
+
+pub fn kind_name(kind: EventKind) -> &'static str {
+    match kind {
+        EventKind::Log => "log",
+        EventKind::TcpConnect => "tcp_connect",
+        EventKind::TcpAccept => "tcp_accept",
+        EventKind::TcpClose => "tcp_close",
+        EventKind::TcpRetransmit => "tcp_retransmit",
+        EventKind::Loop => "loop",
+        EventKind::Gc => "gc",
+        EventKind::Exit => "exit",
+        EventKind::Exec => "exec",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::{LogChunk, decode, tests::log_record};
+
+    fn pipeline() -> Pipeline {
+        Pipeline::new("h".into(), WallClock::new(0), 1024)
+    }
+
+    #[test]
+    fn exit_status_decoding() {
+        assert_eq!(exit_status(3 << 8), (Some(3), None));
+        assert_eq!(exit_status(0), (Some(0), None));
+        assert_eq!(exit_status(9), (None, Some(9)));
+        // Core dump bit set, SIGSEGV.
+        assert_eq!(exit_status(0x80 | 11), (None, Some(11)));
+    }
+
+    #[test]
+    fn lines_become_log_events_and_are_counted() {
+        let mut p = pipeline();
+        let rec = decode(&log_record(5, 2, Stream::Stderr, 0, b"one\ntw")).unwrap();
+        let ev = p.on_record(rec);
+        assert_eq!(ev.len(), 1);
+        assert_eq!(ev[0].comm, "node");
+        assert!(matches!(
+            &ev[0].data,
+            EventData::Log { stream: StreamName::Stderr, text, path: None, truncated: false } if text == "one"
+        ));
+        let rest = p.flush_all();
+        assert!(matches!(&rest[0].data, EventData::Log { text, .. } if text == "tw"));
+        assert_eq!(p.counts().get("log"), Some(&2));
+    }
+
+    #[test]
+    fn ring_losses_are_reported_as_deltas() {
+        let mut p = pipeline();
+        assert_eq!(p.on_ring_losses(&[(EventKind::Log, 3)]).len(), 1);
+        assert!(p.on_ring_losses(&[(EventKind::Log, 3)]).is_empty());
+        let ev = p.on_ring_losses(&[(EventKind::Log, 5), (EventKind::Gc, 1)]);
+        let counts: Vec<u64> = ev
+            .iter()
+            .map(|e| match e.data {
+                EventData::Lost { count, .. } => count,
+                _ => 0,
+            })
+            .collect();
+        assert_eq!(counts, [2, 1]);
+        assert_eq!(p.lost().get(&LossStage::Ring), Some(&6));
+    }
+
+    #[test]
+    fn wall_clock_shift_is_applied() {
+        let a = WallClock::new(0);
+        let b = WallClock::new(3_000_000_000);
+        let d = b.wall_ns(1000) as i128 - a.wall_ns(1000) as i128;
+        assert!((d - 3_000_000_000).abs() < 1_000_000, "{d}");
+    }
+
+    #[test]
+    fn exit_flushes_pending_lines_first() {
+        let mut p = pipeline();
+        let rec = decode(&log_record(5, 1, Stream::Stdout, 0, b"partial")).unwrap();
+        assert!(p.on_record(rec).is_empty());
+        let head = Head {
+            kind: EventKind::Exit,
+            pid: 5,
+            tid: 5,
+            mono_ns: 10,
+            comm: "node".into(),
+        };
+        let ev = p.on_record(Record::Exit {
+            head,
+            exit_code: 3 << 8,
+        });
+        assert_eq!(ev.len(), 2);
+        assert!(matches!(&ev[0].data, EventData::Log { text, .. } if text == "partial"));
+        assert!(matches!(
+            ev[1].data,
+            EventData::Exit {
+                exit_code: Some(3),
+                signal: None
+            }
+        ));
+        let _: Option<LogChunk> = None;
+    }
+}

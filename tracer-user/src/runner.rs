@@ -1,0 +1,245 @@
+//! The event loop every front end runs: read records, turn them into
+//! events, report losses, follow exits, stop cleanly.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    sync::{Arc, atomic::Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+    sync::{mpsc, watch},
+};
+
+use crate::{
+    capture::{
+        Capture,
+        ring::{self, ReaderStats},
+    },
+    decode::Record,
+    event::{Event, LossStage},
+    pipeline::Pipeline,
+};
+
+/// Where events go.
+pub trait Sink {
+    /// Err means the consumer is gone (e.g. a closed pipe): stop tracing.
+    fn emit(&mut self, event: &Event) -> Result<()>;
+    /// Called when the pipeline is idle, to push out buffered output.
+    fn flush(&mut self) -> Result<()>;
+}
+
+pub struct RunOptions {
+    /// The processes whose exit ends the run (all of them).
+    pub roots: Vec<u32>,
+    pub duration: Option<Duration>,
+}
+
+#[derive(Debug)]
+pub struct Summary {
+    pub elapsed: Duration,
+    pub counts: BTreeMap<&'static str, u64>,
+    pub lost: BTreeMap<LossStage, u64>,
+    pub stop_reason: String,
+}
+
+/// How long to wait for the kernel's exit record after a pidfd reports the
+/// process gone, before reporting the exit without its code.
+const EXIT_GRACE: Duration = Duration::from_millis(300);
+
+fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
+    // SAFETY: plain syscall with integer arguments.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this fd and nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+struct PidFd(OwnedFd);
+impl AsRawFd for PidFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+/// Tell `tx` when `pid` is gone (plus a grace period for its exit record).
+fn watch_exit(pid: u32, tx: mpsc::Sender<u32>) -> Result<()> {
+    let fd = pidfd_open(pid).with_context(|| format!("pidfd_open({pid})"))?;
+    // SAFETY: PidFd owns the fd and returns it unchanged until dropped.
+    let fd = unsafe { AsyncFd::register_with_interest(PidFd(fd), tokio::io::Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)?;
+    tokio::spawn(async move {
+        if fd.readable().await.is_ok() {
+            tokio::time::sleep(EXIT_GRACE).await;
+            let _ = tx.send(pid).await;
+        }
+    });
+    Ok(())
+}
+
+pub async fn run(
+    mut capture: Capture,
+    mut pipeline: Pipeline,
+    sink: &mut dyn Sink,
+    opts: RunOptions,
+) -> Result<Summary> {
+    let started = Instant::now();
+    let (tx, mut rx) = mpsc::channel::<Record>(8192);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stats = Arc::new(ReaderStats::default());
+    let reader = tokio::spawn(ring::run(capture.take_ring()?, tx, stats.clone(), stop_rx));
+
+    let (gone_tx, mut gone_rx) = mpsc::channel::<u32>(64);
+    for pid in &opts.roots {
+        watch_exit(*pid, gone_tx.clone())?;
+    }
+    let mut live_roots: HashSet<u32> = opts.roots.iter().copied().collect();
+
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
+    let mut loss_tick = tokio::time::interval(Duration::from_secs(1));
+    let mut decode_errors_seen = 0u64;
+
+    let emit_all = |events: Vec<Event>, sink: &mut dyn Sink| -> Result<()> {
+        for e in &events {
+            sink.emit(e)?;
+        }
+        Ok(())
+    };
+
+    let stop_reason: String = loop {
+        tokio::select! {
+            rec = rx.recv() => {
+                let Some(rec) = rec else { break "the ring reader stopped".into() };
+                let exit_pid = match &rec {
+                    Record::Exit { head, .. } => Some(head.pid),
+                    Record::Exec { head } => {
+                        capture.forget(head.pid);
+                        // Best effort: a child that exec'd node gets runtime probes.
+                        let _ = capture.add_target(head.pid, false);
+                        None
+                    }
+                    _ => None,
+                };
+                if emit_all(pipeline.on_record(rec), sink).is_err() {
+                    break "output closed".into();
+                }
+                if let Some(pid) = exit_pid {
+                    capture.forget(pid);
+                    live_roots.remove(&pid);
+                    if !opts.roots.is_empty() && live_roots.is_empty() {
+                        break "every traced process exited".into();
+                    }
+                }
+                if rx.is_empty() && sink.flush().is_err() {
+                    break "output closed".into();
+                }
+            }
+            Some(pid) = gone_rx.recv() => {
+                if live_roots.remove(&pid) {
+                    capture.forget(pid);
+                    if emit_all(pipeline.synthetic_exit(pid), sink).is_err() {
+                        break "output closed".into();
+                    }
+                    if live_roots.is_empty() {
+                        break "every traced process exited".into();
+                    }
+                }
+            }
+            _ = loss_tick.tick() => {
+                let mut events = pipeline.on_ring_losses(&capture.ring_losses()?);
+                let errors = stats.decode_errors.load(Ordering::Relaxed);
+                if errors > decode_errors_seen {
+                    events.extend(pipeline.on_decode_errors(errors - decode_errors_seen));
+                    decode_errors_seen = errors;
+                }
+                if emit_all(events, sink).is_err() || sink.flush().is_err() {
+                    break "output closed".into();
+                }
+            }
+            _ = sigint.recv() => break "interrupted".into(),
+            _ = sigterm.recv() => break "terminated".into(),
+            _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)).await }, if deadline.is_some() => {
+                break "duration elapsed".into();
+            }
+        }
+    };
+
+    // Drain: the reader empties the ring, then closes the channel.
+    let _ = stop_tx.send(true);
+    let mut output_ok = true;
+    while let Some(rec) = rx.recv().await {
+        if output_ok {
+            output_ok = emit_all(pipeline.on_record(rec), sink).is_ok();
+        }
+    }
+    reader.await.context("ring reader task")??;
+    let mut tail = pipeline.flush_all();
+    tail.extend(pipeline.on_ring_losses(&capture.ring_losses()?));
+    let errors = stats.decode_errors.load(Ordering::Relaxed);
+    if errors > decode_errors_seen {
+        tail.extend(pipeline.on_decode_errors(errors - decode_errors_seen));
+    }
+    if output_ok {
+        let _ = emit_all(tail, sink);
+        let _ = sink.flush();
+    }
+    drop(capture);
+    Ok(Summary {
+        elapsed: started.elapsed(),
+        counts: pipeline.counts().clone(),
+        lost: pipeline.lost().clone(),
+        stop_reason,
+    })
+}
+
+impl Summary {
+    pub fn to_json(&self) -> serde_json::Value {
+        let lost: BTreeMap<&str, u64> = [LossStage::Ring, LossStage::Decode]
+            .into_iter()
+            .map(|s| {
+                let name = match s {
+                    LossStage::Ring => "ring",
+                    LossStage::Decode => "decode",
+                };
+                (name, self.lost.get(&s).copied().unwrap_or(0))
+            })
+            .collect();
+        serde_json::json!({
+            "kind": "summary",
+            "elapsed_ns": self.elapsed.as_nanos() as u64,
+            "stop_reason": self.stop_reason,
+            "counts": self.counts,
+            "lost": lost,
+        })
+    }
+
+    pub fn to_text(&self) -> String {
+        let counts: Vec<String> = self
+            .counts
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let lost: u64 = self.lost.values().sum();
+        format!(
+            "tracer: stopped after {:.1}s ({}). events: {}. lost: {} (ring={}, decode={})",
+            self.elapsed.as_secs_f64(),
+            self.stop_reason,
+            if counts.is_empty() {
+                "none".into()
+            } else {
+                counts.join(" ")
+            },
+            lost,
+            self.lost.get(&LossStage::Ring).copied().unwrap_or(0),
+            self.lost.get(&LossStage::Decode).copied().unwrap_or(0),
+        )
+    }
+}
