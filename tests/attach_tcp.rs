@@ -53,6 +53,21 @@ fn tcp_connections_seen_from_both_ends() {
     if !require_root("tcp_connections_seen_from_both_ends") {
         return;
     }
+    // The fixture builds the same bytes: check that the two definitions agree.
+    let out = std::process::Command::new(common::NODE)
+        .current_dir(common::fixtures_dir())
+        .args([
+            "-e",
+            "const m = require('./tcp_messages.js'); \
+             process.stdout.write(m.request(7) + '|' + m.response(7));",
+        ])
+        .output()
+        .expect("running node");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{}|{}", request(7), response(7)),
+        "tests/fixtures/tcp_messages.js and this test build different messages"
+    );
     let req_len = request(1).len() as u64;
     let resp_len = response(1).len() as u64;
     assert!(
@@ -101,7 +116,6 @@ fn tcp_connections_seen_from_both_ends() {
     });
     tracer.interrupt();
     let run = tracer.finish(Duration::from_secs(15));
-    run.assert_clean_end();
     drop(server);
 
     let mut problems = Vec::new();
@@ -245,4 +259,6 @@ fn tcp_connections_seen_from_both_ends() {
         exits.len() == 1 && exits[0]["exit_code"] == 0,
         "expected one exit event with exit_code 0 for the client, got {exits:?}"
     );
+    // The run itself ended cleanly (status 0, summary last, counts match).
+    run.assert_clean_end();
 }

@@ -30,12 +30,12 @@ fn two_tracers_on_one_process() {
 
     let expected = logs_fixture_lines(&log_path);
     for (run, who) in [(&first, "first tracer"), (&second, "second tracer")] {
-        run.assert_clean_end();
         assert_log_lines(run, pid, "node", &expected, who);
         let exits = run.of("exit", pid);
         assert!(
             exits.len() == 1 && exits[0]["exit_code"] == 0,
             "{who}: expected one exit event with exit_code 0, got {exits:?}"
         );
+        run.assert_clean_end();
     }
 }

@@ -694,13 +694,6 @@ pub fn check_common_fields(e: &Value, host: &str, started_ns: u64, ended_ns: u64
     assert!(e["kind"].is_string(), "kind must be a string: {}", show());
 }
 
-/// Sends `go` to each fixture; they act on it.
-pub fn go(procs: &mut [&mut Proc]) {
-    for p in procs {
-        p.send_line("go");
-    }
-}
-
 /// One line a fixture writes: the stream it goes to, the file path for
 /// `file` lines, and the text without its `\n`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
