@@ -160,19 +160,24 @@ fn non_node_process_is_traced_with_node_probes_skipped() {
     if !require_root("non_node_process_is_traced_with_node_probes_skipped") {
         return;
     }
-    // dash, not node: no libuv or V8 symbols for the runtime probes, but its
-    // writes are still lines and it still exits.
-    let script = "echo READY >&2; read x; echo 'from sh 1'; echo 'to stderr' >&2; \
-                  printf 'from sh 2\\n'; exit 0";
-    let mut cmd = Command::new("/bin/sh");
+    // Python, not node: no libuv or V8 symbols for the runtime probes, but
+    // its writes are still lines and it still exits. (Not a shell: `echo x >&2`
+    // in dash is a write to fd 1 after dup2(2, 1).)
+    let script = "import os, sys\n\
+                  os.write(2, b'READY\\n')\n\
+                  sys.stdin.readline()\n\
+                  os.write(1, b'from python 1\\n')\n\
+                  os.write(2, b'to stderr\\n')\n\
+                  os.write(1, b'from python 2\\n')\n";
+    let mut cmd = Command::new("/usr/bin/python3");
     cmd.args(["-c", script]);
-    let mut sh = Proc::spawn("sh", cmd, true);
-    wait_ready_line(&mut sh);
-    let pid = sh.pid();
+    let mut py = Proc::spawn("python3", cmd, true);
+    wait_ready_line(&mut py);
+    let pid = py.pid();
     let tracer = Tracer::attach(&[pid], &["--duration", "60"]);
-    sh.send_line("go");
-    let status = sh.expect_exit(Duration::from_secs(10));
-    assert!(status.success(), "sh failed: {status}");
+    py.send_line("go");
+    let status = py.expect_exit(Duration::from_secs(10));
+    assert!(status.success(), "python3 failed: {status}");
     let run = tracer.finish(Duration::from_secs(10));
 
     let skip_lines: Vec<&String> = run
@@ -199,15 +204,15 @@ fn non_node_process_is_traced_with_node_probes_skipped() {
     );
 
     let expected = [
-        LogLine::new("stdout", None, "from sh 1"),
+        LogLine::new("stdout", None, "from python 1"),
         LogLine::new("stderr", None, "to stderr"),
-        LogLine::new("stdout", None, "from sh 2"),
+        LogLine::new("stdout", None, "from python 2"),
     ];
-    assert_log_lines(&run, pid, "sh", &expected, "sh");
+    assert_log_lines(&run, pid, "python3", &expected, "python3");
     let exits = run.of("exit", pid);
     assert!(
         exits.len() == 1 && exits[0]["exit_code"] == 0,
-        "expected one exit event with exit_code 0 for sh, got {exits:?}"
+        "expected one exit event with exit_code 0 for python3, got {exits:?}"
     );
     // The run itself ended cleanly (status 0, summary last, counts match).
     run.assert_clean_end();
