@@ -655,7 +655,7 @@ impl Run {
                 );
             }
         }
-        for stage in ["ring", "channel"] {
+        for stage in ["ring", "decode"] {
             assert_eq!(
                 summary["lost"][stage].as_u64(),
                 Some(0),
