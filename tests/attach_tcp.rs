@@ -6,7 +6,7 @@ mod common;
 
 use std::{collections::BTreeMap, time::Duration};
 
-use common::{require_root, short, start_node, StdoutTo, Tracer};
+use common::{list_problems, require_root, short, start_node, StdoutTo, Tracer};
 use serde_json::Value;
 
 /// Number of requests (one connection each).
@@ -184,28 +184,35 @@ fn tcp_connections_seen_from_both_ends() {
             problems.push(format!("server connection from port {p} closed twice: {e}"));
         }
     }
+    // One line per close event that is wrong, naming every wrong field.
     let check_close =
         |side: &str, e: &Value, sent: u64, received: u64, problems: &mut Vec<String>| {
+            let mut wrong = Vec::new();
             if e["bytes_sent"].as_u64() != Some(sent) {
-                problems.push(format!("{side} close: bytes_sent should be {sent}: {e}"));
+                wrong.push(format!("bytes_sent {} (want {sent})", e["bytes_sent"]));
             }
             if e["bytes_received"].as_u64() != Some(received) {
-                problems.push(format!(
-                    "{side} close: bytes_received should be {received}: {e}"
+                wrong.push(format!(
+                    "bytes_received {} (want {received})",
+                    e["bytes_received"]
                 ));
             }
             if !e["duration_ns"]
                 .as_u64()
                 .is_some_and(|d| d > 0 && d < 60_000_000_000)
             {
-                problems.push(format!(
-                    "{side} close: duration_ns should be > 0 (and < 60 s): {e}"
+                wrong.push(format!(
+                    "duration_ns {} (want > 0, < 60 s)",
+                    e["duration_ns"]
                 ));
             }
             if e.get("preexisting").is_some_and(|v| v != false)
                 || e.get("failed").is_some_and(|v| v != false)
             {
-                problems.push(format!("{side} close: neither preexisting nor failed: {e}"));
+                wrong.push("marked preexisting or failed".to_owned());
+            }
+            if !wrong.is_empty() {
+                problems.push(format!("{side} close: {}: {e}", wrong.join(", ")));
             }
         };
     for p in &client_ports {
@@ -215,7 +222,11 @@ fn tcp_connections_seen_from_both_ends() {
                 check_close("server", s, resp_len, req_len, &mut problems);
                 if c["bytes_sent"] != s["bytes_received"] || c["bytes_received"] != s["bytes_sent"]
                 {
-                    problems.push(format!("both ends of port {p} disagree:\n    {c}\n    {s}"));
+                    problems.push(format!(
+                        "both ends of port {p} disagree: client sent {} received {}, server \
+                         received {} sent {}",
+                        c["bytes_sent"], c["bytes_received"], s["bytes_received"], s["bytes_sent"]
+                    ));
                 }
             }
             (c, s) => problems.push(format!(
@@ -248,8 +259,8 @@ fn tcp_connections_seen_from_both_ends() {
     assert!(
         problems.is_empty(),
         "server pid {spid} port {port}, client pid {cpid}, request {req_len} bytes, response \
-         {resp_len} bytes:\n  {}\ntracer stderr:\n{}",
-        problems.join("\n  "),
+         {resp_len} bytes:\n{}\ntracer stderr:\n{}",
+        list_problems(&problems),
         run.stderr_text()
     );
 

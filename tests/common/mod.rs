@@ -553,6 +553,21 @@ impl Tracer {
     }
 }
 
+/// Lists problems for a failure message: the first 25, then how many more.
+pub fn list_problems(problems: &[String]) -> String {
+    const SHOWN: usize = 25;
+    let mut out = problems
+        .iter()
+        .take(SHOWN)
+        .map(|p| format!("  {p}"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    if problems.len() > SHOWN {
+        out.push_str(&format!("\n  ... and {} more", problems.len() - SHOWN));
+    }
+    out
+}
+
 /// Parses JSON Lines; panics on a line that is not a JSON object.
 pub fn parse_lines(lines: &[String]) -> Vec<Value> {
     lines
@@ -831,10 +846,10 @@ pub fn assert_log_lines(run: &Run, pid: u32, comm: &str, expected: &[LogLine], w
     assert!(
         problems.is_empty(),
         "{who}: the log events of pid {pid} differ from what the fixture wrote \
-         ({} expected, {} seen):\n  {}\ntracer stderr:\n{}",
+         ({} expected, {} seen):\n{}\ntracer stderr:\n{}",
         expected.len(),
         got.len(),
-        problems.join("\n  "),
+        list_problems(&problems),
         run.stderr_text()
     );
 }
