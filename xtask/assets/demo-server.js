@@ -1,6 +1,6 @@
 // Demo service: logs one line per request (errors to stderr), and runs a
-// 50 ms timer doing a few milliseconds of work, so the tracer has logs, TCP
-// connections, event-loop turns and the occasional GC to show.
+// 50 ms timer doing some work, so the tracer has logs, TCP connections,
+// busy event-loop turns and GC pauses to show.
 'use strict';
 const http = require('http');
 const crypto = require('crypto');
@@ -35,15 +35,18 @@ http
   })
   .listen(port, '127.0.0.1', () => console.log(`demo service listening on 127.0.0.1:${port}`));
 
-// Background work: a few ms of hashing and sorting per tick (so event-loop
-// turns cross the tracer's 1 ms report threshold), plus garbage that makes
-// V8 collect now and then.
+// Background work every 50 ms: usually a fraction of a millisecond, which
+// stays under the tracer's default 1 ms loop threshold; once a second a heavy
+// tick (sorting, garbage for V8 to collect) that shows up as a busy loop turn
+// and the occasional GC pause.
 setInterval(() => {
   ticks += 1;
   const hash = crypto.createHash('sha256');
-  for (let i = 0; i < 2000; i++) hash.update(String(i * ticks));
-  const numbers = Array.from({ length: 20000 }, () => Math.random()).sort((a, b) => a - b);
-  cache.push(numbers);
-  if (cache.length > 20) cache = [];
+  for (let i = 0; i < 50; i++) hash.update(String(i * ticks));
+  if (ticks % 20 === 0) {
+    const numbers = Array.from({ length: 50000 }, () => Math.random()).sort((a, b) => a - b);
+    cache.push(numbers);
+    if (cache.length > 10) cache = [];
+  }
   if (ticks % 100 === 0) console.log(`stats: ${served} requests served, digest ${hash.digest('hex').slice(0, 8)}`);
 }, 50);
