@@ -138,9 +138,19 @@ pub struct Lines {
 }
 
 impl Lines {
-    fn spawn(name: String, pipe: impl Read + Send + 'static) -> (Self, JoinHandle<()>) {
+    /// Reads `pipe` in a thread. With a `gate`, the thread does not read
+    /// until the gate is opened (a message or the sender dropped; at most
+    /// two minutes), so the writer meets a full pipe meanwhile.
+    fn spawn(
+        name: String,
+        pipe: impl Read + Send + 'static,
+        gate: Option<Receiver<()>>,
+    ) -> (Self, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel();
         let handle = thread::spawn(move || {
+            if let Some(gate) = gate {
+                let _ = gate.recv_timeout(Duration::from_secs(120));
+            }
             let mut reader = BufReader::new(pipe);
             let mut buf = Vec::new();
             loop {
@@ -258,6 +268,7 @@ pub struct Proc {
     pub stdin: Option<ChildStdin>,
     pub stdout: Option<Lines>,
     pub stderr: Lines,
+    stdout_gate: Option<mpsc::Sender<()>>,
     status: Option<ExitStatus>,
     readers: Vec<JoinHandle<()>>,
 }
@@ -265,7 +276,13 @@ pub struct Proc {
 impl Proc {
     /// Spawns `cmd` with stdin and stderr piped; stdout is piped unless the
     /// caller already set it (`stdout_piped == false`).
-    pub fn spawn(name: &str, mut cmd: Command, stdout_piped: bool) -> Self {
+    pub fn spawn(name: &str, cmd: Command, stdout_piped: bool) -> Self {
+        Self::spawn_gated(name, cmd, stdout_piped, false)
+    }
+
+    /// Like [`Proc::spawn`]; with `gated`, stdout (piped) is not read until
+    /// [`Proc::release_stdout`].
+    pub fn spawn_gated(name: &str, mut cmd: Command, stdout_piped: bool, gated: bool) -> Self {
         cmd.stdin(Stdio::piped()).stderr(Stdio::piped());
         if stdout_piped {
             cmd.stdout(Stdio::piped());
@@ -274,14 +291,21 @@ impl Proc {
             .spawn()
             .unwrap_or_else(|e| panic!("starting {name} ({cmd:?}): {e}"));
         let mut readers = Vec::new();
+        let (stdout_gate, gate) = if gated {
+            let (tx, rx) = mpsc::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
         let stdout = child.stdout.take().map(|p| {
-            let (lines, h) = Lines::spawn(format!("{name} stdout"), p);
+            let (lines, h) = Lines::spawn(format!("{name} stdout"), p, gate);
             readers.push(h);
             lines
         });
         let (stderr, h) = Lines::spawn(
             format!("{name} stderr"),
             child.stderr.take().expect("stderr is piped"),
+            None,
         );
         readers.push(h);
         Self {
@@ -290,9 +314,15 @@ impl Proc {
             child,
             stdout,
             stderr,
+            stdout_gate,
             status: None,
             readers,
         }
+    }
+
+    /// Lets the stdout reader start reading (see [`StdoutTo::GatedPipe`]).
+    pub fn release_stdout(&mut self) {
+        self.stdout_gate.take();
     }
 
     pub fn pid(&self) -> u32 {
@@ -380,6 +410,7 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         self.stdin.take();
+        self.stdout_gate.take();
         if self.try_status().is_none() {
             let _ = self.child.kill();
             let _ = self.child.wait();
@@ -395,6 +426,9 @@ impl Drop for Proc {
 pub enum StdoutTo {
     /// A pipe read (and kept) by a thread of the test.
     Pipe,
+    /// A pipe the test does not read until [`Proc::release_stdout`]: once
+    /// the pipe is full, node's writes meet EAGAIN and node queues them.
+    GatedPipe,
     /// A regular file (created or truncated).
     File(PathBuf),
 }
@@ -411,16 +445,17 @@ pub fn start_node(
     cmd.args(node_args)
         .arg(fixtures_dir().join(script))
         .args(args);
-    let piped = match stdout {
-        StdoutTo::Pipe => true,
+    let (piped, gated) = match stdout {
+        StdoutTo::Pipe => (true, false),
+        StdoutTo::GatedPipe => (true, true),
         StdoutTo::File(path) => {
             let f = std::fs::File::create(&path)
                 .unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
             cmd.stdout(f);
-            false
+            (false, false)
         }
     };
-    let mut p = Proc::spawn(script, cmd, piped);
+    let mut p = Proc::spawn_gated(script, cmd, piped, gated);
     let ready = wait_ready_line(&mut p);
     (p, ready)
 }
