@@ -25,8 +25,6 @@ pub const LOG_CHUNK_BYTES: usize = 16 * 1024;
 pub const MAX_LOG_CHUNKS: u32 = 16;
 /// The largest per-buffer copy cap user space may configure.
 pub const MAX_BUFFER_CAP: u32 = LOG_CHUNK_BYTES as u32 * MAX_LOG_CHUNKS;
-/// At most this many iovecs of one writev() are inspected.
-pub const MAX_IOVECS: u32 = 16;
 
 /// Record kinds. `#[repr(u32)]` and first in every record.
 #[repr(u32)]
@@ -41,10 +39,13 @@ pub enum EventKind {
     Gc = 7,
     Exit = 8,
     Exec = 9,
+    /// A traced process opened a regular file (gives written files a path
+    /// even when they are closed before user space could look them up).
+    FileOpen = 10,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 9] = [
+    pub const ALL: [EventKind; 10] = [
         EventKind::Log,
         EventKind::TcpConnect,
         EventKind::TcpAccept,
@@ -54,6 +55,7 @@ impl EventKind {
         EventKind::Gc,
         EventKind::Exit,
         EventKind::Exec,
+        EventKind::FileOpen,
     ];
 
     pub fn from_u32(v: u32) -> Option<Self> {
@@ -197,6 +199,21 @@ pub struct ProcEvent {
     pub _pad: u32,
 }
 const _: () = assert!(size_of::<ProcEvent>() == 48);
+
+/// Bytes of a path carried by [`FileOpenEvent`] (longer paths are cut).
+pub const PATH_BYTES: usize = 512;
+
+/// openat() of a regular file by a traced process: `fd` now names `path`
+/// (as the process passed it; relative paths are relative to its cwd).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct FileOpenEvent {
+    pub hdr: EventHeader,
+    pub fd: u32,
+    pub _pad: u32,
+    pub path: [u8; PATH_BYTES],
+}
+const _: () = assert!(size_of::<FileOpenEvent>() == 48 + PATH_BYTES);
 
 // ---- map types ----
 

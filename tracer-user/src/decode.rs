@@ -7,7 +7,7 @@ use std::mem::size_of;
 
 use thiserror::Error;
 use tracer_common::{
-    EventHeader, EventKind, GcEvent, LogChunkHeader, LoopEvent, ProcEvent, Stream, TcpEvent,
+    EventHeader, EventKind, FileOpenEvent, GcEvent, LogChunkHeader, LoopEvent, ProcEvent, Stream, TcpEvent,
 };
 
 /// One decoded ring record.
@@ -31,6 +31,12 @@ pub enum Record {
     Exec {
         head: Head,
     },
+    /// fd of `head.pid` now names `path` (as passed to openat).
+    FileOpen {
+        head: Head,
+        fd: u32,
+        path: String,
+    },
 }
 
 impl Record {
@@ -41,7 +47,8 @@ impl Record {
             Record::Loop { head, .. }
             | Record::Gc { head, .. }
             | Record::Exit { head, .. }
-            | Record::Exec { head } => head,
+            | Record::Exec { head }
+            | Record::FileOpen { head, .. } => head,
         }
     }
 }
@@ -108,6 +115,7 @@ fn read<T: Copy>(buf: &[u8]) -> Result<T, DecodeError> {
     Ok(unsafe { std::ptr::read_unaligned(buf.as_ptr().cast::<T>()) })
 }
 
+/// A NUL-terminated kernel string (comm, path) as text.
 fn comm_to_string(comm: &[u8]) -> String {
     let end = comm.iter().position(|b| *b == 0).unwrap_or(comm.len());
     String::from_utf8_lossy(&comm[..end]).into_owned()
@@ -204,6 +212,14 @@ pub fn decode(buf: &[u8]) -> Result<Record, DecodeError> {
             }
         }
         EventKind::Exec => Record::Exec { head: h },
+        EventKind::FileOpen => {
+            let f: FileOpenEvent = read(buf)?;
+            Record::FileOpen {
+                head: h,
+                fd: f.fd,
+                path: comm_to_string(&f.path),
+            }
+        }
     })
 }
 

@@ -54,6 +54,9 @@ pub struct Pipeline {
     lines: LineAssembler,
     comms: HashMap<u32, String>,
     paths: HashMap<(u32, u32, u64), String>,
+    /// Paths from openat records, by (pid, fd); newer opens of a reused fd
+    /// replace older ones, and records arrive in order.
+    opened: HashMap<(u32, u32), String>,
     ring_lost_seen: HashMap<EventKind, u64>,
     counts: BTreeMap<&'static str, u64>,
     lost: BTreeMap<LossStage, u64>,
@@ -77,6 +80,7 @@ impl Pipeline {
             lines: LineAssembler::new(max_line),
             comms: HashMap::new(),
             paths: HashMap::new(),
+            opened: HashMap::new(),
             ring_lost_seen: HashMap::new(),
             counts: BTreeMap::new(),
             lost: BTreeMap::new(),
@@ -105,6 +109,19 @@ impl Pipeline {
                     .map(|p| p.display().to_string())
                     .unwrap_or_else(|_| head.comm.clone());
                 vec![self.event(&head, EventData::Exec { exe })]
+            }
+            Record::FileOpen { head, fd, path } => {
+                let path = if path.starts_with('/') {
+                    path
+                } else {
+                    // Relative to the process's working directory.
+                    match std::fs::read_link(format!("/proc/{}/cwd", head.pid)) {
+                        Ok(cwd) => cwd.join(&path).display().to_string(),
+                        Err(_) => path,
+                    }
+                };
+                self.opened.insert((head.pid, fd), path);
+                Vec::new()
             }
             Record::Exit { head, exit_code } => {
                 // Lines still pending belong before the exit.
@@ -204,6 +221,7 @@ impl Pipeline {
     fn forget_pid(&mut self, pid: u32) {
         self.comms.remove(&pid);
         self.paths.retain(|(p, _, _), _| *p != pid);
+        self.opened.retain(|(p, _), _| *p != pid);
     }
 
     /// The kernel's comm when it had one, else /proc, cached per process.
@@ -256,9 +274,13 @@ impl Pipeline {
         }
     }
 
-    /// Path of a written file. Resolved through /proc once per (fd, inode);
-    /// if the fd is already closed, the inode number is all we can say.
+    /// Path of a written file: from the openat that created the fd if we saw
+    /// it, else through /proc once per (fd, inode) (files opened before
+    /// attach). If neither works, the inode number is all we can say.
     fn path_of(&mut self, pid: u32, fd: u32, ino: u64) -> String {
+        if let Some(path) = self.opened.get(&(pid, fd)) {
+            return path.clone();
+        }
         self.paths
             .entry((pid, fd, ino))
             .or_insert_with(|| {
@@ -307,6 +329,7 @@ pub fn kind_name(kind: EventKind) -> &'static str {
         EventKind::Gc => "gc",
         EventKind::Exit => "exit",
         EventKind::Exec => "exec",
+        EventKind::FileOpen => "file_open",
     }
 }
 

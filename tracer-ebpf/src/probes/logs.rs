@@ -3,40 +3,134 @@
 //!
 //! match-proto: syscalls:sys_enter_write / sys_enter_pwrite64
 //!   (fd @16 u64, buf @24 ptr, count @32 u64), syscalls:sys_enter_writev
-//!   (fd @16 u64, vec @24 ptr, vlen @32 u64) — /sys/kernel/tracing/events/syscalls/*/format.
+//!   (fd @16 u64, vec @24 ptr, vlen @32 u64), syscalls:sys_exit_{write,
+//!   pwrite64,writev,openat} (ret @16 i64), syscalls:sys_enter_openat
+//!   (filename @24 ptr) — /sys/kernel/tracing/events/syscalls/*/format.
+//!
+//! Data is copied at syscall *exit*, for the bytes actually written: a
+//! write to a full pipe can be partial and is then retried with the rest,
+//! so copying at entry would duplicate bytes. Entry only records the
+//! arguments of a write worth capturing (filter: TARGETS, then the fd class;
+//! sockets and pipes other than stdout/stderr are never copied).
 //!
 //! Cost note: enabling any syscall tracepoint puts every syscall of every
-//! process on the kernel's slow path (see docs/architecture.md). The filter
-//! here is first a TARGETS lookup, then the fd class: sockets and pipes other
-//! than stdout/stderr are never copied.
+//! process on the kernel's slow path (see docs/architecture.md).
 
 use aya_ebpf::{
-    cty::c_long, helpers::generated::bpf_probe_read_user, macros::tracepoint,
+    cty::{c_long, c_void},
+    helpers::{
+        bpf_probe_read_user_str_bytes,
+        generated::{bpf_loop, bpf_probe_read_user},
+    },
+    macros::{map, tracepoint},
+    maps::HashMap,
     programs::TracePointContext,
 };
 use tracer_common::{
-    EventKind, LOG_CHUNK_BYTES, LogChunkHeader, MAX_IOVECS, MAX_LOG_CHUNKS, Stream,
+    EventKind, FileOpenEvent, LOG_CHUNK_BYTES, LogChunkHeader, MAX_LOG_CHUNKS,
+    PATH_BYTES, Stream,
 };
 
 use crate::{
-    emit::{count_lost, current_header},
+    emit::{count_lost, current_header, current_ids},
     kernel::regular_file_ino,
     maps::{EVENTS, LOG_SCRATCH, is_target, max_buffer_bytes},
 };
 
 const HEADER_LEN: usize = core::mem::size_of::<LogChunkHeader>();
 
+/// Arguments of a write in flight, from entry to exit.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct WriteArgs {
+    ino: u64,
+    /// The buffer (write) or the iovec array (writev).
+    ptr: u64,
+    /// iovec count for writev.
+    vlen: u64,
+    fd: u32,
+    stream: u32,
+    is_vec: u32,
+    _pad: u32,
+}
+
+/// Writes (and opens) of traced threads between entry and exit, by tid.
+#[map]
+static WRITES_IN_FLIGHT: HashMap<u32, WriteArgs> = HashMap::with_max_entries(16384, 0);
+
+/// openat() filename pointers between entry and exit, by tid.
+#[map]
+static OPENS_IN_FLIGHT: HashMap<u32, u64> = HashMap::with_max_entries(16384, 0);
+
 #[tracepoint]
 pub fn sys_enter_write(ctx: TracePointContext) -> u32 {
     // write and pwrite64 share the first three fields.
-    let _ = try_write(&ctx);
+    let _ = remember_write(&ctx, false);
     0
 }
 
 #[tracepoint]
 pub fn sys_enter_writev(ctx: TracePointContext) -> u32 {
-    let _ = try_writev(&ctx);
+    let _ = remember_write(&ctx, true);
     0
+}
+
+#[tracepoint]
+pub fn sys_exit_write(ctx: TracePointContext) -> u32 {
+    let _ = copy_written(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_openat(ctx: TracePointContext) -> u32 {
+    let (pid, tid) = current_ids();
+    if is_target(pid) {
+        // SAFETY: offset from the tracepoint format.
+        if let Ok(filename) = unsafe { ctx.read_at::<u64>(24) } {
+            let _ = OPENS_IN_FLIGHT.insert(tid, filename, 0);
+        }
+    }
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_openat(ctx: TracePointContext) -> u32 {
+    let _ = report_open(&ctx);
+    0
+}
+
+fn report_open(ctx: &TracePointContext) -> Option<()> {
+    let (_, tid) = current_ids();
+    // SAFETY: value copied out immediately.
+    let filename = unsafe { OPENS_IN_FLIGHT.get(tid) }.copied()?;
+    let _ = OPENS_IN_FLIGHT.remove(tid);
+    // SAFETY: offset from the tracepoint format.
+    let fd = unsafe { ctx.read_at::<i64>(16) }.ok()?;
+    if fd < 0 {
+        return None;
+    }
+    let fd = fd as u32;
+    // Only regular files can be log files.
+    regular_file_ino(fd)?;
+    let Some(mut entry) = EVENTS.reserve::<FileOpenEvent>(0) else {
+        count_lost(EventKind::FileOpen);
+        return None;
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: `ev` points at reserved ring memory of the right size; every
+    // field is written before submit.
+    unsafe {
+        (*ev).hdr = current_header(EventKind::FileOpen);
+        (*ev).fd = fd;
+        (*ev)._pad = 0;
+        let path = &mut (*ev).path;
+        if bpf_probe_read_user_str_bytes(filename as *const u8, path).is_err() {
+            path[0] = 0;
+        }
+        path[PATH_BYTES - 1] = 0;
+    }
+    entry.submit(0);
+    Some(())
 }
 
 /// Which stream `fd` is, and the inode for files. None: not captured.
@@ -49,26 +143,30 @@ fn classify(fd: u32) -> Option<(Stream, u64)> {
     }
 }
 
-#[inline(always)]
-fn traced_fd(ctx: &TracePointContext) -> Option<(u32, Stream, u64)> {
-    let (pid, _) = crate::emit::current_ids();
+fn remember_write(ctx: &TracePointContext, is_vec: bool) -> Option<()> {
+    let (pid, tid) = current_ids();
     if !is_target(pid) {
         return None;
     }
-    // SAFETY: offsets from the tracepoint format (see module docs).
-    let fd = unsafe { ctx.read_at::<u64>(16) }.ok()? as u32;
+    // SAFETY: offsets from the tracepoint formats (see module docs).
+    let (fd, ptr, vlen) = unsafe {
+        (
+            ctx.read_at::<u64>(16).ok()? as u32,
+            ctx.read_at::<u64>(24).ok()?,
+            ctx.read_at::<u64>(32).ok()?,
+        )
+    };
     let (stream, ino) = classify(fd)?;
-    Some((fd, stream, ino))
-}
-
-fn try_write(ctx: &TracePointContext) -> Option<()> {
-    let (fd, stream, ino) = traced_fd(ctx)?;
-    // SAFETY: as above.
-    let buf = unsafe { ctx.read_at::<u64>(24) }.ok()?;
-    // SAFETY: as above.
-    let count = unsafe { ctx.read_at::<u64>(32) }.ok()?;
-    emit_buffer(fd, stream, ino, buf, count);
-    Some(())
+    let args = WriteArgs {
+        ino,
+        ptr,
+        vlen,
+        fd,
+        stream: stream as u32,
+        is_vec: is_vec as u32,
+        _pad: 0,
+    };
+    WRITES_IN_FLIGHT.insert(tid, args, 0).ok()
 }
 
 #[repr(C)]
@@ -78,32 +176,77 @@ struct Iovec {
     len: u64,
 }
 
-fn try_writev(ctx: &TracePointContext) -> Option<()> {
-    let (fd, stream, ino) = traced_fd(ctx)?;
-    // SAFETY: as above.
-    let vec = unsafe { ctx.read_at::<u64>(24) }.ok()?;
-    // SAFETY: as above.
-    let vlen = unsafe { ctx.read_at::<u64>(32) }.ok()?;
-    for i in 0..MAX_IOVECS {
-        if i as u64 >= vlen {
-            break;
-        }
-        let mut iov = Iovec { base: 0, len: 0 };
-        // SAFETY: copies one iovec from user memory into a stack value of
-        // exactly that size; the helper faults cleanly on a bad pointer.
-        let rc = unsafe {
-            bpf_probe_read_user(
-                (&mut iov as *mut Iovec).cast(),
-                core::mem::size_of::<Iovec>() as u32,
-                (vec + i as u64 * 16) as *const _,
-            )
-        };
-        if rc != 0 {
-            break;
-        }
-        emit_buffer(fd, stream, ino, iov.base, iov.len);
+/// Most iovecs of one writev() that are copied: the kernel's IOV_MAX, which
+/// is also what libuv batches queued stream writes up to.
+const IOV_MAX: u32 = 1024;
+
+fn copy_written(ctx: &TracePointContext) -> Option<()> {
+    let (_, tid) = current_ids();
+    // SAFETY: value copied out immediately.
+    let args = unsafe { WRITES_IN_FLIGHT.get(tid) }.copied()?;
+    let _ = WRITES_IN_FLIGHT.remove(tid);
+    // SAFETY: offset from the tracepoint format.
+    let written = unsafe { ctx.read_at::<i64>(16) }.ok()?;
+    if written <= 0 {
+        return None;
     }
+    if args.is_vec == 0 {
+        emit_buffer(&args, args.ptr, written as u64);
+        return Some(());
+    }
+    let mut state = IovWalk {
+        args,
+        remaining: written as u64,
+    };
+    let iterations = core::cmp::min(args.vlen, IOV_MAX as u64) as u32;
+    // bpf_loop: the verifier checks the callback once instead of unrolling
+    // up to 1024 iterations (node batches queued stdout writes into one
+    // writev with one iovec per line).
+    // SAFETY: the callback is a BPF subprogram with the signature bpf_loop
+    // expects, and `state` outlives the call.
+    unsafe {
+        bpf_loop(
+            iterations,
+            iov_step as *mut c_void,
+            (&mut state as *mut IovWalk).cast(),
+            0,
+        )
+    };
     Some(())
+}
+
+#[repr(C)]
+struct IovWalk {
+    args: WriteArgs,
+    /// Bytes the syscall wrote that are not yet copied.
+    remaining: u64,
+}
+
+/// bpf_loop callback: copy iovec `index`. Returns 1 to stop.
+extern "C" fn iov_step(index: u64, ctx: *mut c_void) -> c_long {
+    // SAFETY: bpf_loop passes back the pointer given in copy_written.
+    let state = unsafe { &mut *ctx.cast::<IovWalk>() };
+    if state.remaining == 0 {
+        return 1;
+    }
+    let mut iov = Iovec { base: 0, len: 0 };
+    // SAFETY: copies one iovec from user memory into a stack value of
+    // exactly that size; the helper faults cleanly on a bad pointer.
+    let rc = unsafe {
+        bpf_probe_read_user(
+            (&mut iov as *mut Iovec).cast(),
+            core::mem::size_of::<Iovec>() as u32,
+            (state.args.ptr + index * 16) as *const _,
+        )
+    };
+    if rc != 0 {
+        count_lost(EventKind::Log);
+        return 1;
+    }
+    let len = core::cmp::min(iov.len, state.remaining);
+    emit_buffer(&state.args, iov.base, len);
+    state.remaining -= len;
+    0
 }
 
 /// Copy one user buffer into the ring as a run of chunks. Chunks of one
@@ -113,7 +256,7 @@ fn try_writev(ctx: &TracePointContext) -> Option<()> {
 /// Not inlined on purpose: as a BPF-to-BPF call the verifier checks its loop
 /// without multiplying it into the caller's (writev's) loop states.
 #[inline(never)]
-fn emit_buffer(fd: u32, stream: Stream, ino: u64, buf: u64, count: u64) -> u32 {
+fn emit_buffer(args: &WriteArgs, buf: u64, count: u64) -> u32 {
     let Some(scratch) = LOG_SCRATCH.get_ptr_mut(0) else {
         return 0;
     };
@@ -122,12 +265,12 @@ fn emit_buffer(fd: u32, stream: Stream, ino: u64, buf: u64, count: u64) -> u32 {
     let cap = core::cmp::min(count, max_buffer_bytes() as u64);
     scratch.head = LogChunkHeader {
         hdr: current_header(EventKind::Log),
-        fd,
-        stream: stream as u32,
+        fd: args.fd,
+        stream: args.stream,
         buffer_len: count,
         offset: 0,
         len: 0,
-        ino,
+        ino: args.ino,
     };
     for i in 0..MAX_LOG_CHUNKS {
         let offset = i as u64 * LOG_CHUNK_BYTES as u64;
@@ -135,7 +278,7 @@ fn emit_buffer(fd: u32, stream: Stream, ino: u64, buf: u64, count: u64) -> u32 {
             break;
         }
         let remaining = cap - offset;
-        let len = if remaining > LOG_CHUNK_BYTES as u64 {
+        let len = if remaining >= LOG_CHUNK_BYTES as u64 {
             LOG_CHUNK_BYTES
         } else {
             // Masked so the verifier sees the helper's size bounded.
@@ -154,6 +297,8 @@ fn emit_buffer(fd: u32, stream: Stream, ino: u64, buf: u64, count: u64) -> u32 {
             )
         };
         if rc != 0 {
+            // User memory that could not be read (e.g. paged out).
+            count_lost(EventKind::Log);
             break;
         }
         scratch.head.offset = offset as u32;

@@ -140,6 +140,13 @@ impl Capture {
                 &["sys_enter_write", "sys_enter_pwrite64"],
             )?;
             self.tracepoint("sys_enter_writev", "syscalls", &["sys_enter_writev"])?;
+            self.tracepoint(
+                "sys_exit_write",
+                "syscalls",
+                &["sys_exit_write", "sys_exit_pwrite64", "sys_exit_writev"],
+            )?;
+            self.tracepoint("sys_enter_openat", "syscalls", &["sys_enter_openat"])?;
+            self.tracepoint("sys_exit_openat", "syscalls", &["sys_exit_openat"])?;
         }
         if self.config.has(Family::Tcp) {
             self.tracepoint("inet_sock_set_state", "sock", &["inet_sock_set_state"])?;
