@@ -136,3 +136,36 @@ fn logs_under_pipe_backpressure() {
     // The run itself ended cleanly (status 0, summary last, counts match).
     run.assert_clean_end();
 }
+
+/// `--max-line-bytes N`: a longer line is emitted with its first N bytes and
+/// `"truncated": true`, the rest of it is dropped, and the lines after it are
+/// intact; a line of exactly N bytes is not cut.
+#[test]
+fn long_lines_are_cut_at_max_line_bytes() {
+    if !require_root("long_lines_are_cut_at_max_line_bytes") {
+        return;
+    }
+    let (mut node, _) = start_node("truncate.js", &[], &[], StdoutTo::Pipe);
+    let pid = node.pid();
+    let tracer = Tracer::attach(
+        &[pid],
+        &["--duration", DURATION_CAP, "--max-line-bytes", "1000"],
+    );
+    node.send_line("go");
+    let status = node.expect_exit(Duration::from_secs(20));
+    assert!(status.success(), "truncate.js failed: {status}");
+    let run = tracer.finish(FINISH_TIMEOUT);
+
+    let b_and_c = format!("{}{}", "b".repeat(700), "c".repeat(300));
+    let expected = [
+        LogLine::cut("stdout", &"a".repeat(1000)),
+        LogLine::new("stdout", None, "after the long line"),
+        LogLine::cut("stdout", &b_and_c),
+        LogLine::new("stdout", None, "end"),
+        LogLine::new("stderr", None, &"d".repeat(1000)),
+        LogLine::new("stderr", None, "after the line at the cap"),
+    ];
+    assert_log_lines(&run, pid, "node", &expected, "--max-line-bytes 1000");
+    // The run itself ended cleanly (status 0, summary last, counts match).
+    run.assert_clean_end();
+}

@@ -745,12 +745,14 @@ pub fn check_common_fields(e: &Value, host: &str, started_ns: u64, ended_ns: u64
 }
 
 /// One line a fixture writes: the stream it goes to, the file path for
-/// `file` lines, and the text without its `\n`.
+/// `file` lines, the text without its `\n`, and whether the tracer must
+/// report it cut (`"truncated": true`).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct LogLine {
     pub stream: String,
     pub path: Option<String>,
     pub text: String,
+    pub truncated: bool,
 }
 
 impl LogLine {
@@ -759,13 +761,23 @@ impl LogLine {
             stream: stream.to_owned(),
             path: path.map(|p| p.to_str().expect("utf-8 path").to_owned()),
             text: text.to_owned(),
+            truncated: false,
+        }
+    }
+
+    /// A line the tracer must report cut to `text`.
+    pub fn cut(stream: &str, text: &str) -> Self {
+        Self {
+            truncated: true,
+            ..Self::new(stream, None, text)
         }
     }
 
     fn show(&self) -> String {
+        let cut = if self.truncated { " [truncated]" } else { "" };
         match &self.path {
-            Some(p) => format!("{}({p}): {}", self.stream, short(&self.text)),
-            None => format!("{}: {}", self.stream, short(&self.text)),
+            Some(p) => format!("{}({p}){cut}: {}", self.stream, short(&self.text)),
+            None => format!("{}{cut}: {}", self.stream, short(&self.text)),
         }
     }
 }
@@ -799,7 +811,7 @@ pub fn logs_fixture_lines(log_path: &Path) -> Vec<LogLine> {
 
 /// Asserts that the `log` events of `pid` are exactly `expected`: each line
 /// once, byte-exact, on the right stream (and path), in write order within
-/// each stream and path, none cut, none extra.
+/// each stream and path, `truncated` exactly where expected, none extra.
 pub fn assert_log_lines(run: &Run, pid: u32, comm: &str, expected: &[LogLine], who: &str) {
     let mut got = Vec::new();
     let mut problems = Vec::new();
@@ -820,12 +832,18 @@ pub fn assert_log_lines(run: &Run, pid: u32, comm: &str, expected: &[LogLine], w
             }
             (other, _) => panic!("unknown stream {other:?}: {}", show()),
         };
-        if let Some(t) = e.get("truncated") {
-            problems.push(format!(
-                "line marked truncated ({t}) although under the cap: {}",
-                show()
-            ));
-        }
+        // docs/events.md: "present and `true` only when the line was cut".
+        let truncated = match e.get("truncated") {
+            None => false,
+            Some(Value::Bool(true)) => true,
+            Some(t) => {
+                problems.push(format!(
+                    "`truncated` must be absent or true, got {t}: {}",
+                    show()
+                ));
+                false
+            }
+        };
         if e["tid"] != pid {
             problems.push(format!(
                 "the main thread wrote it, so tid must be {pid}: {}",
@@ -842,6 +860,7 @@ pub fn assert_log_lines(run: &Run, pid: u32, comm: &str, expected: &[LogLine], w
             stream: stream.to_owned(),
             path,
             text: text.to_owned(),
+            truncated,
         });
     }
     for want in expected {
