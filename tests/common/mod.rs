@@ -531,7 +531,12 @@ impl Tracer {
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => self.proc.stderr.closed = true,
+                Err(RecvTimeoutError::Disconnected) => {
+                    // stderr closed: the process is exiting; the next turn
+                    // sees its status.
+                    self.proc.stderr.closed = true;
+                    thread::sleep(step);
+                }
             }
         }
     }
@@ -663,6 +668,13 @@ impl Run {
         assert!(
             !self.stderr_text().contains("panicked"),
             "the tracer panicked:\n{}",
+            self.stderr_text()
+        );
+        let ready_lines = self.stderr.iter().filter(|l| *l == "tracer: ready").count();
+        assert_eq!(
+            ready_lines,
+            1,
+            "the tracer must print `tracer: ready` exactly once; stderr:\n{}",
             self.stderr_text()
         );
         let (summary, events) = self
