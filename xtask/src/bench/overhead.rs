@@ -150,6 +150,14 @@ pub fn run(args: &OverheadArgs) -> Result<()> {
         tracer::build_release()?;
     }
     procs::catch_interrupts()?;
+    let load_before = load_average();
+    if load_before.is_some_and(|load| load > BUSY_LOAD) {
+        eprintln!(
+            "[bench] warning: load average {:.2} before starting: other work on this machine \
+             will make the numbers noisy",
+            load_before.unwrap_or_default()
+        );
+    }
 
     let scripts = Scripts::write(&[BENCH_SERVER])?;
     let port = node::free_port()?;
@@ -214,12 +222,18 @@ pub fn run(args: &OverheadArgs) -> Result<()> {
 
     let table = report::table(&series);
     println!("\n{table}");
+    // Our own load (server + wrk) keeps it near 2 afterwards, so only the
+    // value from before says whether something else was running.
+    let load = format!(
+        "1-minute load average before the run: {}.",
+        load_text(load_before)
+    );
     let path = cmd::workspace_root().join("target/bench/overhead.md");
     let markdown = format!(
         "# Overhead: node http server under wrk\n\n\
          node (`res.end('hello world')`, one log line per 100 requests) on CPU {SERVER_CPU}; \
          wrk -t1 -c50 --latency on CPU {WRK_CPU}; {} rounds x {} s per config, alternating; \
-         medians.\n\n{table}\nreq/s per round:\n\n{}",
+         medians. {load}\n\n{table}\nreq/s per round:\n\n{}",
         args.rounds,
         args.seconds,
         report::rounds(&series)
@@ -230,6 +244,19 @@ pub fn run(args: &OverheadArgs) -> Result<()> {
     fs::write(&path, markdown).with_context(|| format!("could not write {}", path.display()))?;
     eprintln!("[bench] written to {}", path.display());
     Ok(())
+}
+
+/// With the server and wrk each keeping one of the two cores busy, anything
+/// else running shows up directly in the numbers.
+const BUSY_LOAD: f64 = 0.5;
+
+fn load_average() -> Option<f64> {
+    let text = fs::read_to_string("/proc/loadavg").ok()?;
+    text.split_whitespace().next()?.parse().ok()
+}
+
+fn load_text(load: Option<f64>) -> String {
+    load.map_or_else(|| "unknown".to_string(), |l| format!("{l:.2}"))
 }
 
 fn with_base_first(configs: &[Config]) -> Vec<Config> {
