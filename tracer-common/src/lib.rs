@@ -295,8 +295,19 @@ pub struct KernelOffsets {
     pub inode_mode: u32,
     /// struct inode.i_ino (unsigned long)
     pub inode_ino: u32,
+    /// struct sock.sk_shutdown (u8; SEND_SHUTDOWN = 2)
+    pub sk_shutdown: u32,
+    /// struct sock_common.skc_flags, a.k.a. sk_flags (bit set of enum sock_flags)
+    pub sk_flags: u32,
+    /// Bit number of SOCK_DONE in sk_flags (set when a FIN was received).
+    pub sock_done_bit: u32,
+    /// struct tcp_sock.snd_una (u32)
+    pub tcp_snd_una: u32,
+    /// struct tcp_sock.write_seq (u32)
+    pub tcp_write_seq: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<KernelOffsets>() == 48);
+const _: () = assert!(size_of::<KernelOffsets>() == 72);
 
 #[cfg(feature = "user")]
 mod user {

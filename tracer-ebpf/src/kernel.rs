@@ -29,16 +29,36 @@ pub fn sock_netns(sk: u64) -> u32 {
         .unwrap_or(0)
 }
 
-/// (bytes_acked, bytes_received) of a TCP socket.
+const SEND_SHUTDOWN: u8 = 2;
+
+/// Payload bytes (sent and acknowledged, received) of a TCP socket that is
+/// closing.
+///
+/// tcp_sock.bytes_acked / bytes_received count sequence space, which
+/// includes the SYN (acked by the peer of an active open) and the FINs. Those
+/// are taken off so the result is the application's bytes:
+/// - our SYN: counted in bytes_acked for an active open only;
+/// - our FIN: sent once we shut down writing (SEND_SHUTDOWN), and counted
+///   once acknowledged (snd_una has reached write_seq, which includes it);
+/// - the peer's FIN: counted in bytes_received; SOCK_DONE marks it received.
 #[inline(always)]
-pub fn tcp_bytes(sk: u64) -> (u64, u64) {
+pub fn tcp_payload_bytes(sk: u64, active_open: bool) -> (u64, u64) {
     let off = offsets();
     if off.tcp_bytes_acked == 0 {
         return (0, 0);
     }
+    let acked = read::<u64>(sk, off.tcp_bytes_acked).unwrap_or(0);
+    let received = read::<u64>(sk, off.tcp_bytes_received).unwrap_or(0);
+    let shutdown = read::<u8>(sk, off.sk_shutdown).unwrap_or(0);
+    let flags = read::<u64>(sk, off.sk_flags).unwrap_or(0);
+    let snd_una = read::<u32>(sk, off.tcp_snd_una).unwrap_or(0);
+    let write_seq = read::<u32>(sk, off.tcp_write_seq).unwrap_or(1);
+    let syn = active_open as u64;
+    let our_fin = (shutdown & SEND_SHUTDOWN != 0 && snd_una == write_seq) as u64;
+    let peer_fin = (flags >> (off.sock_done_bit & 63)) & 1;
     (
-        read::<u64>(sk, off.tcp_bytes_acked).unwrap_or(0),
-        read::<u64>(sk, off.tcp_bytes_received).unwrap_or(0),
+        acked.saturating_sub(syn + our_fin),
+        received.saturating_sub(peer_fin),
     )
 }
 

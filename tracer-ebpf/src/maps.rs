@@ -32,9 +32,10 @@ pub static CONNS: LruHashMap<u64, ConnInfo> = LruHashMap::with_max_entries(65536
 #[map]
 pub static LISTENERS: HashMap<ListenKey, u32> = HashMap::with_max_entries(4096, 0);
 
-/// Connections open before attach (seeded by user space from /proc) -> tgid.
+/// Connections open before attach (seeded by user space from /proc) -> the
+/// owner, flagged TCP_FLAG_PREEXISTING, with no start time.
 #[map]
-pub static PREEXISTING: HashMap<PortPairKey, u32> = HashMap::with_max_entries(65536, 0);
+pub static PREEXISTING: HashMap<PortPairKey, ConnInfo> = HashMap::with_max_entries(65536, 0);
 
 /// uv__io_poll bookkeeping per thread.
 #[map]
@@ -66,6 +67,12 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     file_inode: 0,
     inode_mode: 0,
     inode_ino: 0,
+    sk_shutdown: 0,
+    sk_flags: 0,
+    sock_done_bit: 0,
+    tcp_snd_una: 0,
+    tcp_write_seq: 0,
+    _pad: 0,
 };
 
 /// Bytes of one written buffer copied into the ring; the rest is counted but

@@ -7,7 +7,8 @@ use std::mem::size_of;
 
 use thiserror::Error;
 use tracer_common::{
-    EventHeader, EventKind, FileOpenEvent, GcEvent, LogChunkHeader, LoopEvent, ProcEvent, Stream, TcpEvent,
+    EventHeader, EventKind, FileOpenEvent, GcEvent, LogChunkHeader, LoopEvent, ProcEvent, Stream,
+    TcpEvent,
 };
 
 /// One decoded ring record.

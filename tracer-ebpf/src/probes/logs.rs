@@ -27,8 +27,7 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use tracer_common::{
-    EventKind, FileOpenEvent, LOG_CHUNK_BYTES, LogChunkHeader, MAX_LOG_CHUNKS,
-    PATH_BYTES, Stream,
+    EventKind, FileOpenEvent, LOG_CHUNK_BYTES, LogChunkHeader, MAX_LOG_CHUNKS, PATH_BYTES, Stream,
 };
 
 use crate::{

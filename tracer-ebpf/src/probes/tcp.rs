@@ -19,12 +19,12 @@
 use aya_ebpf::{helpers::bpf_get_current_comm, macros::tracepoint, programs::TracePointContext};
 use tracer_common::{
     AF_INET, COMM_LEN, ConnInfo, EventHeader, EventKind, ListenKey, PortPairKey, TCP_FLAG_FAILED,
-    TCP_FLAG_PREEXISTING, TcpEvent,
+    TcpEvent,
 };
 
 use crate::{
     emit::{current_ids, now_ns, output},
-    kernel::{sock_netns, tcp_bytes},
+    kernel::{sock_netns, tcp_payload_bytes},
     maps::{CONNS, LISTENERS, PREEXISTING, is_target},
 };
 
@@ -81,7 +81,8 @@ fn read_tuple(ctx: &TracePointContext, base: usize) -> Option<Tuple> {
 fn emit(kind: EventKind, owner: &ConnInfo, t: &Tuple, netns: u32, sk: u64, flags: u16) {
     let now = now_ns();
     let (bytes_sent, bytes_received, duration_ns) = if kind == EventKind::TcpClose {
-        let (sent, received) = tcp_bytes(sk);
+        let active_open = owner.kind == EventKind::TcpConnect as u32;
+        let (sent, received) = tcp_payload_bytes(sk, active_open);
         let duration = if owner.start_ns == 0 {
             0
         } else {
@@ -222,16 +223,8 @@ fn try_set_state(ctx: &TracePointContext) -> Option<()> {
                     rport: t.dport,
                 };
                 // SAFETY: value copied out immediately.
-                let pid = unsafe { PREEXISTING.get(key) }.copied()?;
+                let owner = unsafe { PREEXISTING.get(key) }.copied()?;
                 let _ = PREEXISTING.remove(key);
-                let owner = ConnInfo {
-                    pid,
-                    tid: pid,
-                    start_ns: 0,
-                    kind: EventKind::TcpClose as u32,
-                    flags: TCP_FLAG_PREEXISTING as u32,
-                    comm: [0u8; COMM_LEN],
-                };
                 emit(EventKind::TcpClose, &owner, &t, netns, sk, 0);
             }
         }
@@ -261,15 +254,7 @@ fn try_retransmit(ctx: &TracePointContext) -> Option<()> {
                 rport: t.dport,
             };
             // SAFETY: value copied out immediately.
-            let pid = unsafe { PREEXISTING.get(key) }.copied()?;
-            ConnInfo {
-                pid,
-                tid: pid,
-                start_ns: 0,
-                kind: EventKind::TcpRetransmit as u32,
-                flags: TCP_FLAG_PREEXISTING as u32,
-                comm: [0u8; COMM_LEN],
-            }
+            unsafe { PREEXISTING.get(key) }.copied()?
         }
     };
     emit(EventKind::TcpRetransmit, &owner, &t, netns, sk, 0);

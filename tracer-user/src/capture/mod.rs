@@ -15,7 +15,9 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{TracePoint, UProbe, uprobe::UProbeAttachLocation, uprobe::UProbeLinkId},
 };
-use tracer_common::{EventKind, KernelOffsets, LOST_SLOTS, TARGET_ROOT};
+use tracer_common::{
+    ConnInfo, EventKind, KernelOffsets, LOST_SLOTS, TARGET_ROOT, TCP_FLAG_PREEXISTING,
+};
 
 use self::symbols::{Resolved, SymbolMatch};
 
@@ -209,13 +211,26 @@ impl Capture {
         for key in &sockets.listeners {
             listeners.insert(key, pid, 0)?;
         }
-        let mut pre: BpfHashMap<_, tracer_common::PortPairKey, u32> = BpfHashMap::try_from(
+        let mut pre: BpfHashMap<_, tracer_common::PortPairKey, ConnInfo> = BpfHashMap::try_from(
             self.ebpf
                 .map_mut("PREEXISTING")
                 .context("PREEXISTING map")?,
         )?;
-        for key in &sockets.connections {
-            pre.insert(key, pid, 0)?;
+        for (key, accepted) in &sockets.connections {
+            let kind = if *accepted {
+                EventKind::TcpAccept
+            } else {
+                EventKind::TcpConnect
+            };
+            let owner = ConnInfo {
+                pid,
+                tid: pid,
+                start_ns: 0,
+                kind: kind as u32,
+                flags: u32::from(TCP_FLAG_PREEXISTING),
+                comm: [0; tracer_common::COMM_LEN],
+            };
+            pre.insert(key, owner, 0)?;
         }
         Ok(())
     }

@@ -31,7 +31,30 @@ pub fn kernel_offsets(btf_path: &Path) -> Result<KernelOffsets> {
         file_inode: f("file.f_inode")?,
         inode_mode: f("inode.i_mode")?,
         inode_ino: f("inode.i_ino")?,
+        sk_shutdown: f("sock.sk_shutdown")?,
+        sk_flags: f("sock_common.skc_flags")?,
+        sock_done_bit: enum_value(&btf, "sock_flags", "SOCK_DONE")?,
+        tcp_snd_una: f("tcp_sock.snd_una")?,
+        tcp_write_seq: f("tcp_sock.write_seq")?,
+        _pad: 0,
     })
+}
+
+/// Value of an enumerator (e.g. SOCK_DONE of enum sock_flags).
+fn enum_value(btf: &Btf, enum_name: &str, name: &str) -> Result<u32> {
+    let types = btf
+        .resolve_types_by_name(enum_name)
+        .with_context(|| format!("kernel BTF has no type {enum_name}"))?;
+    for ty in types {
+        if let Type::Enum(e) = ty {
+            for member in &e.members {
+                if btf.resolve_name(member).is_ok_and(|n| n == name) {
+                    return Ok(member.val());
+                }
+            }
+        }
+    }
+    bail!("kernel BTF: enum {enum_name} has no {name}")
 }
 
 /// Byte offset of `struct.field[.field...]`.
@@ -131,6 +154,9 @@ mod tests {
         }
         // i_mode is the first field of struct inode.
         assert_eq!(o.inode_mode, 0);
+        // enum sock_flags { SOCK_DEAD, SOCK_DONE, ... }
+        assert_eq!(o.sock_done_bit, 1);
+        assert!(o.tcp_snd_una > 0 && o.tcp_write_seq > 0 && o.sk_shutdown > 0);
     }
 
     #[test]

@@ -15,7 +15,9 @@ use tracer_common::{ListenKey, PortPairKey};
 pub struct Sockets {
     pub netns: u32,
     pub listeners: Vec<ListenKey>,
-    pub connections: Vec<PortPairKey>,
+    /// Open connections and whether we accepted them (local port is one we
+    /// listen on) rather than connected out.
+    pub connections: Vec<(PortPairKey, bool)>,
 }
 
 /// Network namespace inode of a process (0 if unreadable).
@@ -44,20 +46,29 @@ pub fn sockets_of(pid: u32, with_netns: bool) -> Result<Sockets> {
         netns,
         ..Default::default()
     };
-    for e in entries.into_iter().filter(|e| inodes.contains(&e.inode)) {
-        match e.state {
-            TcpState::Listen => out.listeners.push(ListenKey {
-                netns,
-                port: e.local_address.port(),
-                _pad: 0,
-            }),
-            TcpState::Close => {}
-            _ => out.connections.push(PortPairKey {
-                netns,
-                lport: e.local_address.port(),
-                rport: e.remote_address.port(),
-            }),
-        }
+    let owned: Vec<TcpNetEntry> = entries
+        .into_iter()
+        .filter(|e| inodes.contains(&e.inode))
+        .collect();
+    for e in owned.iter().filter(|e| e.state == TcpState::Listen) {
+        out.listeners.push(ListenKey {
+            netns,
+            port: e.local_address.port(),
+            _pad: 0,
+        });
+    }
+    for e in owned
+        .iter()
+        .filter(|e| !matches!(e.state, TcpState::Listen | TcpState::Close))
+    {
+        let lport = e.local_address.port();
+        let accepted = out.listeners.iter().any(|l| l.port == lport);
+        let key = PortPairKey {
+            netns,
+            lport,
+            rport: e.remote_address.port(),
+        };
+        out.connections.push((key, accepted));
     }
     Ok(out)
 }
@@ -83,13 +94,13 @@ mod tests {
         assert!(
             s.connections
                 .iter()
-                .any(|c| c.lport == cport && c.rport == port),
+                .any(|(c, accepted)| c.lport == cport && c.rport == port && !accepted),
             "client side missing: {s:?}"
         );
         assert!(
             s.connections
                 .iter()
-                .any(|c| c.lport == port && c.rport == cport),
+                .any(|(c, accepted)| c.lport == port && c.rport == cport && *accepted),
             "server side missing: {s:?}"
         );
     }
