@@ -19,12 +19,15 @@ pub const COMM_LEN: usize = 16;
 /// line costs its own length in the ring, not this.
 pub const LOG_CHUNK_BYTES: usize = 16 * 1024;
 /// Hard upper bound on chunks copied from one write() / one iovec, so the
-/// verifier sees a short bounded loop: 16 * 16 KiB = 256 KiB per buffer.
+/// verifier sees a short bounded loop: 16 * 16 KiB = 256 KiB per buffer, plus
+/// one chunk for the newline of a line of exactly 256 KiB.
 /// (16 KiB + header keeps the per-CPU scratch under the 32 KiB per-CPU
 /// value limit.)
-pub const MAX_LOG_CHUNKS: u32 = 16;
-/// The largest per-buffer copy cap user space may configure.
-pub const MAX_BUFFER_CAP: u32 = LOG_CHUNK_BYTES as u32 * MAX_LOG_CHUNKS;
+pub const MAX_LOG_CHUNKS: u32 = 17;
+/// The longest line user space may ask for (the kernel then copies one
+/// byte more per buffer, for the newline).
+pub const MAX_LINE_CAP: u32 = 256 * 1024;
+const _: () = assert!(MAX_LINE_CAP < LOG_CHUNK_BYTES as u32 * MAX_LOG_CHUNKS);
 
 /// Record kinds. `#[repr(u32)]` and first in every record.
 #[repr(u32)]

@@ -48,7 +48,7 @@ pub struct AttachArgs {
     /// Longest log line kept; longer lines are cut and marked truncated.
     /// Also the most bytes copied from a single write().
     #[arg(long, default_value_t = 256 * 1024, value_name = "BYTES",
-          value_parser = clap::value_parser!(u32).range(1..=tracer_common::MAX_BUFFER_CAP as i64))]
+          value_parser = clap::value_parser!(u32).range(1..=tracer_common::MAX_LINE_CAP as i64))]
     pub max_line_bytes: u32,
 
     /// Report only event-loop turns whose callbacks ran at least this long
@@ -118,7 +118,7 @@ pub async fn run(args: AttachArgs) -> Result<()> {
     }
     let config = CaptureConfig {
         families: args.probes.clone(),
-        max_buffer_bytes: args.max_line_bytes,
+        max_buffer_bytes: crate::lines::kernel_copy_cap(args.max_line_bytes as usize) as u32,
         loop_min_busy_ns: (args.loop_threshold_ms * 1e6) as u64,
         ring_bytes: args.ring_bytes,
     };

@@ -50,13 +50,21 @@ struct Pending {
     stream: Option<Stream>,
 }
 
+/// Bytes the kernel copies of one written buffer for a given line cap: one
+/// more than the line, so a line of exactly `max_line` bytes still gets its
+/// newline and is not reported as truncated.
+pub fn kernel_copy_cap(max_line: usize) -> usize {
+    max_line + 1
+}
+
 pub struct LineAssembler {
     max_line: usize,
     pending: HashMap<StreamKey, Pending>,
 }
 
 impl LineAssembler {
-    /// `max_line` caps a line's length and equals the kernel's per-buffer
+    /// `max_line` caps a line's length; the kernel copies
+    /// [`kernel_copy_cap`] bytes of each buffer (set from the same value).
     /// copy cap (`MAX_BUFFER_BYTES`).
     pub fn new(max_line: usize) -> Self {
         Self {
@@ -84,7 +92,7 @@ impl LineAssembler {
                 p.truncated = true;
             }
             p.next_offset = 0;
-            p.buffer_copied = chunk.buffer_len.min(max_line as u64);
+            p.buffer_copied = chunk.buffer_len.min(kernel_copy_cap(max_line) as u64);
         } else if u64::from(chunk.offset) != p.next_offset {
             p.truncated = true;
         }
@@ -292,12 +300,21 @@ mod tests {
     #[test]
     fn buffer_longer_than_kernel_cap_is_marked_truncated() {
         let mut a = LineAssembler::new(4);
-        // The process wrote 10 bytes; the kernel copied the first 4.
-        let lines = a.push(&chunk(1, 10, 0, b"abcd", 1));
+        // The process wrote 10 bytes; the kernel copied the first 5.
+        let lines = a.push(&chunk(1, 10, 0, b"abcde", 1));
         assert_eq!(texts(&lines), ["abcd"]);
         assert!(lines[0].truncated);
         let lines = writes(&mut a, 1, &[b"ok\n"]);
         assert_eq!(texts(&lines), ["ok"]);
+        assert!(!lines[0].truncated);
+    }
+
+    #[test]
+    fn line_of_exactly_the_cap_is_whole() {
+        let mut a = LineAssembler::new(4);
+        // 4 bytes + newline: the kernel copies cap + 1 = 5 bytes.
+        let lines = a.push(&chunk(1, 5, 0, b"abcd\n", 1));
+        assert_eq!(texts(&lines), ["abcd"]);
         assert!(!lines[0].truncated);
     }
 
