@@ -35,15 +35,11 @@ pub fn run() -> ExitCode {
 fn run_tests() -> Result<()> {
     // tracer-ebpf is a no_std BPF program with no host test harness (it doesn't
     // link on the host); what it does is tested through tracer-user's tests.
+    // --no-fail-fast: one CI run should show every failing test binary.
     cmd::run(
         cmd::cargo()
-            .args([
-                "test",
-                "--workspace",
-                "--exclude",
-                "tracer-ebpf",
-                "--release",
-            ])
+            .args(["test", "--workspace", "--exclude", "tracer-ebpf"])
+            .args(["--release", "--no-fail-fast"])
             .env(REQUIRE_ROOT_TESTS, "1"),
     )
     .context("tests failed (see the output above)")
