@@ -11,8 +11,8 @@ use std::{
 };
 
 use common::{
-    assert_log_lines, require_root, short, start_node, wait_ready_line, LogLine, Proc, StdoutTo,
-    Tracer,
+    LogLine, Proc, StdoutTo, Tracer, assert_log_lines, require_root, short, start_node,
+    wait_ready_line,
 };
 
 #[test]
@@ -215,5 +215,65 @@ fn non_node_process_is_traced_with_node_probes_skipped() {
         "expected one exit event with exit_code 0 for python3, got {exits:?}"
     );
     // The run itself ended cleanly (status 0, summary last, counts match).
+    run.assert_clean_end();
+}
+
+/// SIGTERM, like SIGINT, ends the run cleanly while the target keeps running.
+#[test]
+fn sigterm_ends_the_run() {
+    if !require_root("sigterm_ends_the_run") {
+        return;
+    }
+    let (mut node, _) = start_node("exit.js", &[], &["hang"], StdoutTo::Pipe);
+    let pid = node.pid();
+    let tracer = Tracer::attach(&[pid], &[]);
+    node.send_line("go");
+    std::thread::sleep(Duration::from_millis(200));
+    tracer.proc.signal(libc::SIGTERM);
+    let run = tracer.finish(Duration::from_secs(5));
+    assert!(
+        node.try_status().is_none(),
+        "stopping the tracer must leave the target running"
+    );
+    assert!(
+        run.of("exit", pid).is_empty(),
+        "no exit event for a target that is still running"
+    );
+    run.assert_clean_end();
+}
+
+/// `--duration` ends the run on time while the target keeps running.
+#[test]
+fn duration_ends_the_run() {
+    if !require_root("duration_ends_the_run") {
+        return;
+    }
+    let (mut node, _) = start_node("exit.js", &[], &["hang"], StdoutTo::Pipe);
+    let pid = node.pid();
+    let mut tracer = Tracer::attach(&[pid], &["--duration", "2"]);
+    let ready = Instant::now();
+    node.send_line("go");
+    let ended = tracer.proc.wait_exit(Duration::from_secs(8));
+    assert!(
+        ended.is_some(),
+        "the tracer was still running 8 s after `tracer: ready` with --duration 2"
+    );
+    let took = ready.elapsed();
+    // The duration may count from the start or from ready; the run cannot
+    // end before 2 s minus the attach time, and not much after.
+    assert!(
+        took < Duration::from_secs(6),
+        "with --duration 2 the tracer took {took:?} after ready to end"
+    );
+    let run = tracer.finish(Duration::from_secs(1));
+    assert!(
+        run.ended_ns - run.started_ns >= 2_000_000_000,
+        "with --duration 2 the tracer ended after {} ms",
+        (run.ended_ns - run.started_ns) / 1_000_000
+    );
+    assert!(
+        node.try_status().is_none(),
+        "ending the run must leave the target running"
+    );
     run.assert_clean_end();
 }

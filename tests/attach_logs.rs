@@ -7,8 +7,8 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    assert_log_lines, logs_fixture_lines, require_root, start_node, LogLine, StdoutTo, TempDir,
-    Tracer,
+    LogLine, StdoutTo, TempDir, Tracer, assert_log_lines, logs_fixture_lines, require_root,
+    start_node,
 };
 
 /// The fixture exits by itself after writing; the tracer should then end on

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{now_ns, require_root, start_node, StdoutTo, Tracer};
+use common::{StdoutTo, Tracer, now_ns, require_root, start_node};
 
 #[test]
 fn gc_events() {

@@ -6,7 +6,7 @@ mod common;
 
 use std::{collections::BTreeMap, time::Duration};
 
-use common::{list_problems, require_root, short, start_node, StdoutTo, Tracer};
+use common::{StdoutTo, Tracer, list_problems, require_root, short, start_node};
 use serde_json::Value;
 
 /// Number of requests (one connection each).
@@ -114,6 +114,11 @@ fn tcp_connections_seen_from_both_ends() {
     tracer.wait_events(Duration::from_secs(15), |evs| {
         count_kind(evs, "tcp_close", cpid) >= M && count_kind(evs, "tcp_close", spid) >= M
     });
+    // One of its two targets is still running, so the tracer must be too.
+    assert!(
+        tracer.proc.try_status().is_none(),
+        "the tracer ended although the server (pid {spid}) is still running"
+    );
     tracer.interrupt();
     let run = tracer.finish(Duration::from_secs(15));
     drop(server);

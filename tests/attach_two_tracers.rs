@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    assert_log_lines, logs_fixture_lines, require_root, start_node, StdoutTo, TempDir, Tracer,
+    StdoutTo, TempDir, Tracer, assert_log_lines, logs_fixture_lines, require_root, start_node,
 };
 
 #[test]
