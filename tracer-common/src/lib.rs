@@ -45,10 +45,13 @@ pub enum EventKind {
     /// A traced process opened a regular file (gives written files a path
     /// even when they are closed before user space could look them up).
     FileOpen = 10,
+    /// A connection open before attach was first used: its `struct sock *`
+    /// is now known (a [`TcpEvent`] with `sock`, ports and netns only).
+    ConnAdopt = 11,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 10] = [
+    pub const ALL: [EventKind; 11] = [
         EventKind::Log,
         EventKind::TcpConnect,
         EventKind::TcpAccept,
@@ -59,6 +62,7 @@ impl EventKind {
         EventKind::Exit,
         EventKind::Exec,
         EventKind::FileOpen,
+        EventKind::ConnAdopt,
     ];
 
     pub fn from_u32(v: u32) -> Option<Self> {
@@ -95,6 +99,10 @@ pub enum Stream {
     Stdout = 1,
     Stderr = 2,
     File = 3,
+    /// Bytes the process wrote to a traced TCP connection.
+    SocketSent = 4,
+    /// Bytes the process read from a traced TCP connection.
+    SocketReceived = 5,
 }
 
 impl Stream {
@@ -103,6 +111,8 @@ impl Stream {
             1 => Some(Stream::Stdout),
             2 => Some(Stream::Stderr),
             3 => Some(Stream::File),
+            4 => Some(Stream::SocketSent),
+            5 => Some(Stream::SocketReceived),
             _ => None,
         }
     }
@@ -124,7 +134,8 @@ pub struct LogChunkHeader {
     pub offset: u32,
     /// Bytes of data following this header.
     pub len: u32,
-    /// Inode of the written file, so user space can tell a reused fd apart.
+    /// Files: inode of the written file, so user space can tell a reused fd
+    /// apart. Sockets: the `struct sock *`, matching [`TcpEvent::sock`].
     pub ino: u64,
 }
 const _: () = assert!(size_of::<LogChunkHeader>() == 72);
@@ -170,8 +181,11 @@ pub struct TcpEvent {
     pub bytes_received: u64,
     /// Close: time since connect/accept. 0 when unknown.
     pub duration_ns: u64,
+    /// The kernel `struct sock *`, the key joining payload chunks to this
+    /// connection. Only an identity; never dereferenced by user space.
+    pub sock: u64,
 }
-const _: () = assert!(size_of::<TcpEvent>() == 40 + 16 + 32 + 24);
+const _: () = assert!(size_of::<TcpEvent>() == 40 + 16 + 32 + 32);
 
 /// One event-loop turn: time blocked in uv__io_poll, then time running
 /// callbacks until the next poll.
@@ -308,9 +322,16 @@ pub struct KernelOffsets {
     pub tcp_snd_una: u32,
     /// struct tcp_sock.write_seq (u32)
     pub tcp_write_seq: u32,
-    pub _pad: u32,
+    /// struct file.private_data (a `struct socket *` for sockets)
+    pub file_private_data: u32,
+    /// struct socket.sk
+    pub socket_sk: u32,
+    /// struct sock_common.skc_num (local port, host order)
+    pub skc_num: u32,
+    /// struct sock_common.skc_dport (remote port, network order)
+    pub skc_dport: u32,
 }
-const _: () = assert!(size_of::<KernelOffsets>() == 72);
+const _: () = assert!(size_of::<KernelOffsets>() == 84);
 
 #[cfg(feature = "user")]
 mod user {

@@ -81,9 +81,19 @@ pub fn current_exit_code() -> u32 {
 const S_IFMT: u16 = 0o170000;
 const S_IFREG: u16 = 0o100000;
 
-/// Inode number if `fd` of the current task is a regular file.
+const S_IFSOCK: u16 = 0o140000;
+
+/// What an fd of the current task refers to, as far as capture cares.
+pub enum FdObject {
+    /// A regular file, by inode number.
+    RegularFile(u64),
+    /// A socket, by its `struct sock *`.
+    Socket(u64),
+}
+
+/// Look up `fd` in the current task's fd table.
 #[inline(always)]
-pub fn regular_file_ino(fd: u32) -> Option<u64> {
+pub fn fd_object(fd: u32) -> Option<FdObject> {
     let off = offsets();
     if off.task_files == 0 {
         return None;
@@ -98,9 +108,34 @@ pub fn regular_file_ino(fd: u32) -> Option<u64> {
     // SAFETY: fault-tolerant read of one slot of the fd array.
     let file = unsafe { bpf_probe_read_kernel((fd_array + fd as u64 * 8) as *const u64) }.ok()?;
     let inode = read::<u64>(file, off.file_inode)?;
-    let mode = read::<u16>(inode, off.inode_mode)?;
-    if mode & S_IFMT != S_IFREG {
+    let mode = read::<u16>(inode, off.inode_mode)? & S_IFMT;
+    if mode == S_IFREG {
+        return read::<u64>(inode, off.inode_ino).map(FdObject::RegularFile);
+    }
+    if mode == S_IFSOCK {
+        let socket = read::<u64>(file, off.file_private_data)?;
+        return read::<u64>(socket, off.socket_sk).map(FdObject::Socket);
+    }
+    None
+}
+
+/// Inode number if `fd` of the current task is a regular file.
+#[inline(always)]
+pub fn regular_file_ino(fd: u32) -> Option<u64> {
+    match fd_object(fd)? {
+        FdObject::RegularFile(ino) => Some(ino),
+        FdObject::Socket(_) => None,
+    }
+}
+
+/// (local port, remote port) of a socket, host order.
+#[inline(always)]
+pub fn sock_ports(sk: u64) -> Option<(u16, u16)> {
+    let off = offsets();
+    if off.skc_num == 0 {
         return None;
     }
-    read::<u64>(inode, off.inode_ino)
+    let local = read::<u16>(sk, off.skc_num)?;
+    let remote = u16::from_be(read::<u16>(sk, off.skc_dport)?);
+    Some((local, remote))
 }

@@ -72,13 +72,30 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     sock_done_bit: 0,
     tcp_snd_una: 0,
     tcp_write_seq: 0,
-    _pad: 0,
+    file_private_data: 0,
+    socket_sk: 0,
+    skc_num: 0,
+    skc_dport: 0,
 };
 
 /// Bytes of one written buffer copied into the ring; the rest is counted but
 /// not copied, and user space marks the line truncated.
 #[unsafe(no_mangle)]
 static MAX_BUFFER_BYTES: u32 = 256 * 1024;
+
+/// Bytes copied of each read/write on a traced TCP connection (0: payload
+/// capture off). At most one chunk (LOG_CHUNK_BYTES).
+#[unsafe(no_mangle)]
+static SOCKET_CAPTURE_BYTES: u32 = 0;
+
+/// Capture stdout/stderr/file writes (the `logs` family).
+#[unsafe(no_mangle)]
+static CAPTURE_LOGS: u32 = 1;
+
+/// Report every exec on the host, not just of traced processes (the agent
+/// uses it to find node processes that start later).
+#[unsafe(no_mangle)]
+static REPORT_ALL_EXECS: u32 = 0;
 
 /// Loop turns whose callback time is below this are not reported.
 #[unsafe(no_mangle)]
@@ -94,6 +111,24 @@ pub fn offsets() -> KernelOffsets {
 pub fn max_buffer_bytes() -> u32 {
     // SAFETY: as above.
     unsafe { core::ptr::read_volatile(&MAX_BUFFER_BYTES) }
+}
+
+#[inline(always)]
+pub fn socket_capture_bytes() -> u32 {
+    // SAFETY: as above.
+    unsafe { core::ptr::read_volatile(&SOCKET_CAPTURE_BYTES) }
+}
+
+#[inline(always)]
+pub fn capture_logs() -> bool {
+    // SAFETY: as above.
+    unsafe { core::ptr::read_volatile(&CAPTURE_LOGS) != 0 }
+}
+
+#[inline(always)]
+pub fn report_all_execs() -> bool {
+    // SAFETY: as above.
+    unsafe { core::ptr::read_volatile(&REPORT_ALL_EXECS) != 0 }
 }
 
 #[inline(always)]

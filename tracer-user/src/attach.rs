@@ -42,7 +42,7 @@ pub struct AttachArgs {
     pub duration: Option<f64>,
 
     /// Probe families to enable.
-    #[arg(long, value_delimiter = ',', default_values = ["logs", "tcp", "runtime"])]
+    #[arg(long, value_delimiter = ',', default_values = ["logs", "tcp", "runtime", "http"])]
     pub probes: Vec<Family>,
 
     /// Longest log line kept; longer lines are cut and marked truncated.
@@ -60,6 +60,12 @@ pub struct AttachArgs {
     /// size). Bigger rides out longer bursts before events are lost.
     #[arg(long, default_value_t = 8 * 1024 * 1024, value_name = "BYTES")]
     pub ring_bytes: u32,
+
+    /// Bytes copied of each read/write on a traced connection for HTTP
+    /// parsing (headers; bodies need not be copied, their size is known).
+    #[arg(long, default_value_t = 4096, value_name = "BYTES",
+          value_parser = clap::value_parser!(u32).range(64..=tracer_common::LOG_CHUNK_BYTES as i64))]
+    pub http_capture_bytes: u32,
 
     /// Host name put in every event (default: this machine's).
     #[arg(long)]
@@ -121,6 +127,8 @@ pub async fn run(args: AttachArgs) -> Result<()> {
         max_buffer_bytes: crate::lines::kernel_copy_cap(args.max_line_bytes as usize) as u32,
         loop_min_busy_ns: (args.loop_threshold_ms * 1e6) as u64,
         ring_bytes: args.ring_bytes,
+        socket_capture_bytes: args.http_capture_bytes,
+        report_all_execs: false,
     };
     let mut capture = Capture::load(config)?;
     for note in &capture.notes {

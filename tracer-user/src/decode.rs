@@ -89,6 +89,8 @@ pub struct TcpRecord {
     pub bytes_sent: u64,
     pub bytes_received: u64,
     pub duration_ns: u64,
+    /// Identity of the kernel socket (joins payload chunks to this).
+    pub sock: u64,
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -175,7 +177,8 @@ pub fn decode(buf: &[u8]) -> Result<Record, DecodeError> {
         EventKind::TcpConnect
         | EventKind::TcpAccept
         | EventKind::TcpClose
-        | EventKind::TcpRetransmit => {
+        | EventKind::TcpRetransmit
+        | EventKind::ConnAdopt => {
             let t: TcpEvent = read(buf)?;
             Record::Tcp(TcpRecord {
                 head: h,
@@ -188,6 +191,7 @@ pub fn decode(buf: &[u8]) -> Result<Record, DecodeError> {
                 bytes_sent: t.bytes_sent,
                 bytes_received: t.bytes_received,
                 duration_ns: t.duration_ns,
+                sock: t.sock,
             })
         }
         EventKind::Loop => {
@@ -302,6 +306,7 @@ pub(crate) mod tests {
             bytes_sent: 120,
             bytes_received: 78,
             duration_ns: 5,
+            sock: 0xffff_8881_0000_1000,
         };
         t.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
         t.daddr[..4].copy_from_slice(&[10, 0, 0, 2]);

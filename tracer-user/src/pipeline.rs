@@ -90,9 +90,18 @@ impl Pipeline {
     /// Events for one record (none, while a line is incomplete).
     pub fn on_record(&mut self, record: Record) -> Vec<Event> {
         let events = match record {
+            Record::Log(chunk)
+                if matches!(chunk.stream, Stream::SocketSent | Stream::SocketReceived) =>
+            {
+                self.on_socket_chunk(chunk)
+            }
             Record::Log(chunk) => {
                 let lines = self.lines.push(&chunk);
                 lines.into_iter().map(|l| self.line_event(l)).collect()
+            }
+            Record::Tcp(t) if t.head.kind == EventKind::ConnAdopt => {
+                self.on_adopt(t);
+                Vec::new()
             }
             Record::Tcp(t) => vec![self.tcp_event(t)],
             Record::Loop {
@@ -134,6 +143,14 @@ impl Pipeline {
         };
         self.counted(events)
     }
+
+    /// Payload of a traced connection (HTTP parsing).
+    fn on_socket_chunk(&mut self, _chunk: crate::decode::LogChunk) -> Vec<Event> {
+        Vec::new()
+    }
+
+    /// A connection open before attach was first used.
+    fn on_adopt(&mut self, _t: TcpRecord) {}
 
     /// An exit we learned of without the kernel's record (it was lost).
     pub fn synthetic_exit(&mut self, pid: u32) -> Vec<Event> {
@@ -258,6 +275,8 @@ impl Pipeline {
                 StreamName::File,
                 Some(self.path_of(line.pid, line.fd, line.ino)),
             ),
+            // Socket bytes never reach the line assembler.
+            Stream::SocketSent | Stream::SocketReceived => (StreamName::File, None),
         };
         Event {
             ts_ns: self.clock.wall_ns(line.mono_ns),
@@ -330,6 +349,7 @@ pub fn kind_name(kind: EventKind) -> &'static str {
         EventKind::Exit => "exit",
         EventKind::Exec => "exec",
         EventKind::FileOpen => "file_open",
+        EventKind::ConnAdopt => "conn_adopt",
     }
 }
 

@@ -1,11 +1,13 @@
-//! Log capture: what a traced process writes to stdout, stderr and regular
-//! files.
+//! Log capture — what a traced process writes to stdout, stderr and regular
+//! files — and payload capture of its traced TCP connections (what it
+//! writes to and reads from them), both from the same syscall hooks.
 //!
 //! match-proto: syscalls:sys_enter_write / sys_enter_pwrite64
 //!   (fd @16 u64, buf @24 ptr, count @32 u64), syscalls:sys_enter_writev
 //!   (fd @16 u64, vec @24 ptr, vlen @32 u64), syscalls:sys_exit_{write,
-//!   pwrite64,writev,openat} (ret @16 i64), syscalls:sys_enter_openat
-//!   (filename @24 ptr) — /sys/kernel/tracing/events/syscalls/*/format.
+//!   pwrite64,writev,read,openat} (ret @16 i64), syscalls:sys_enter_read
+//!   (fd @16, buf @24, count @32), syscalls:sys_enter_openat (filename @24
+//!   ptr) — /sys/kernel/tracing/events/syscalls/*/format.
 //!
 //! Data is copied at syscall *exit*, for the bytes actually written: a
 //! write to a full pipe can be partial and is then retried with the rest,
@@ -32,8 +34,11 @@ use tracer_common::{
 
 use crate::{
     emit::{count_lost, current_header, current_ids},
-    kernel::regular_file_ino,
-    maps::{EVENTS, LOG_SCRATCH, is_target, max_buffer_bytes},
+    kernel::{FdObject, fd_object, regular_file_ino},
+    maps::{
+        EVENTS, LOG_SCRATCH, capture_logs, is_target, max_buffer_bytes, socket_capture_bytes,
+    },
+    probes::tcp::is_traced_conn,
 };
 
 const HEADER_LEN: usize = core::mem::size_of::<LogChunkHeader>();
@@ -74,9 +79,17 @@ pub fn sys_enter_writev(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// Shared by the exits of write, pwrite64, writev and read: all return the
+/// byte count, and the entry probe left what to copy in WRITES_IN_FLIGHT.
 #[tracepoint]
-pub fn sys_exit_write(ctx: TracePointContext) -> u32 {
+pub fn sys_exit_rw(ctx: TracePointContext) -> u32 {
     let _ = copy_written(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_read(ctx: TracePointContext) -> u32 {
+    let _ = remember_read(&ctx);
     0
 }
 
@@ -132,14 +145,50 @@ fn report_open(ctx: &TracePointContext) -> Option<()> {
     Some(())
 }
 
-/// Which stream `fd` is, and the inode for files. None: not captured.
+/// Which stream a write to `fd` belongs to, with the inode (files) or the
+/// `struct sock *` (connections). None: not captured.
 #[inline(always)]
 fn classify(fd: u32) -> Option<(Stream, u64)> {
+    let logs = capture_logs();
     match fd {
-        1 => Some((Stream::Stdout, 0)),
-        2 => Some((Stream::Stderr, 0)),
-        _ => regular_file_ino(fd).map(|ino| (Stream::File, ino)),
+        1 if logs => Some((Stream::Stdout, 0)),
+        2 if logs => Some((Stream::Stderr, 0)),
+        _ => match fd_object(fd)? {
+            FdObject::RegularFile(ino) => logs.then_some((Stream::File, ino)),
+            FdObject::Socket(sk) => traced_socket(sk).then_some((Stream::SocketSent, sk)),
+        },
     }
+}
+
+/// Payload capture is on and `sk` is a TCP connection of a traced process.
+#[inline(always)]
+fn traced_socket(sk: u64) -> bool {
+    socket_capture_bytes() != 0 && is_traced_conn(sk)
+}
+
+fn remember_read(ctx: &TracePointContext) -> Option<()> {
+    let (pid, tid) = current_ids();
+    if !is_target(pid) || socket_capture_bytes() == 0 {
+        return None;
+    }
+    // SAFETY: offsets from the tracepoint format (see module docs).
+    let (fd, ptr) = unsafe { (ctx.read_at::<u64>(16).ok()? as u32, ctx.read_at::<u64>(24).ok()?) };
+    let FdObject::Socket(sk) = fd_object(fd)? else {
+        return None;
+    };
+    if !is_traced_conn(sk) {
+        return None;
+    }
+    let args = WriteArgs {
+        ino: sk,
+        ptr,
+        vlen: 0,
+        fd,
+        stream: Stream::SocketReceived as u32,
+        is_vec: 0,
+        _pad: 0,
+    };
+    WRITES_IN_FLIGHT.insert(tid, args, 0).ok()
 }
 
 fn remember_write(ctx: &TracePointContext, is_vec: bool) -> Option<()> {
@@ -261,7 +310,14 @@ fn emit_buffer(args: &WriteArgs, buf: u64, count: u64) -> u32 {
     };
     // SAFETY: per-CPU scratch slot; nothing else on this CPU runs while we do.
     let scratch = unsafe { &mut *scratch };
-    let cap = core::cmp::min(count, max_buffer_bytes() as u64);
+    let is_socket =
+        args.stream == Stream::SocketSent as u32 || args.stream == Stream::SocketReceived as u32;
+    let limit = if is_socket {
+        socket_capture_bytes()
+    } else {
+        max_buffer_bytes()
+    };
+    let cap = core::cmp::min(count, limit as u64);
     scratch.head = LogChunkHeader {
         hdr: current_header(EventKind::Log),
         fd: args.fd,

@@ -11,7 +11,7 @@ use tracer_common::{EventKind, ProcEvent, TARGET_CHILD};
 use crate::{
     emit::{current_header, current_ids, output},
     kernel::current_exit_code,
-    maps::{GC_START, POLL_STATE, TARGETS, is_target},
+    maps::{GC_START, POLL_STATE, TARGETS, is_target, report_all_execs},
 };
 
 #[tracepoint]
@@ -32,7 +32,7 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
     let (pid, _) = current_ids();
-    if is_target(pid) {
+    if is_target(pid) || report_all_execs() {
         output(
             EventKind::Exec,
             ProcEvent {

@@ -24,7 +24,7 @@ use tracer_common::{
 
 use crate::{
     emit::{current_ids, now_ns, output},
-    kernel::{sock_netns, tcp_payload_bytes},
+    kernel::{sock_netns, sock_ports, tcp_payload_bytes},
     maps::{CONNS, LISTENERS, PREEXISTING, is_target},
 };
 
@@ -114,8 +114,40 @@ fn emit(kind: EventKind, owner: &ConnInfo, t: &Tuple, netns: u32, sk: u64, flags
             bytes_sent,
             bytes_received,
             duration_ns,
+            sock: sk,
         },
     );
+}
+
+/// `sk` is a connection of a traced process. A connection that was open
+/// before attach is adopted here on first use: found in PREEXISTING by its
+/// ports, moved into CONNS, and reported so user space learns its `sk`.
+#[inline(always)]
+pub fn is_traced_conn(sk: u64) -> bool {
+    CONNS.get_ptr(sk).is_some() || adopt(sk).is_some()
+}
+
+fn adopt(sk: u64) -> Option<()> {
+    let (lport, rport) = sock_ports(sk)?;
+    let netns = sock_netns(sk);
+    let key = PortPairKey {
+        netns,
+        lport,
+        rport,
+    };
+    // SAFETY: value copied out immediately.
+    let owner = unsafe { PREEXISTING.get(key) }.copied()?;
+    CONNS.insert(sk, owner, 0).ok()?;
+    let _ = PREEXISTING.remove(key);
+    let t = Tuple {
+        family: 0,
+        sport: lport,
+        dport: rport,
+        saddr: [0; 16],
+        daddr: [0; 16],
+    };
+    emit(EventKind::ConnAdopt, &owner, &t, netns, sk, 0);
+    Some(())
 }
 
 #[tracepoint]

@@ -30,6 +30,9 @@ pub enum Family {
     Tcp,
     /// event-loop turns and GC pauses (uprobes on the node binary)
     Runtime,
+    /// HTTP/1.x requests parsed from the bytes of traced TCP connections
+    /// (needs `tcp`)
+    Http,
 }
 
 #[derive(Debug, Clone)]
@@ -39,6 +42,10 @@ pub struct CaptureConfig {
     pub max_buffer_bytes: u32,
     pub loop_min_busy_ns: u64,
     pub ring_bytes: u32,
+    /// Bytes copied of each read/write on a traced connection (`http`).
+    pub socket_capture_bytes: u32,
+    /// Report every exec on the host (agent discovery).
+    pub report_all_execs: bool,
 }
 
 impl CaptureConfig {
@@ -53,6 +60,8 @@ pub struct TargetReport {
     pub exe: String,
     pub attached: Vec<String>,
     pub skipped: Vec<String>,
+    /// Connections open before attach: (netns, local, remote).
+    pub preexisting: Vec<(u32, std::net::SocketAddr, std::net::SocketAddr)>,
 }
 
 pub const UV_IO_POLL: SymbolMatch = SymbolMatch::Exact("uv__io_poll");
@@ -81,6 +90,7 @@ impl Capture {
         if let Some(note) = preflight::ensure_tracefs()? {
             notes.push(note);
         }
+        let started = std::time::Instant::now();
         let btf_path = Path::new(offsets::VMLINUX_BTF);
         let (kernel_offsets, offsets_known) = match offsets::kernel_offsets(btf_path) {
             Ok(o) => (o, true),
@@ -94,8 +104,21 @@ impl Capture {
                 (KernelOffsets::default(), false)
             }
         };
+        log::debug!("kernel offsets from BTF in {:?}", started.elapsed());
+        let socket_capture_bytes: u32 = if config.has(Family::Http) {
+            config
+                .socket_capture_bytes
+                .min(tracer_common::LOG_CHUNK_BYTES as u32)
+        } else {
+            0
+        };
+        let capture_logs = u32::from(config.has(Family::Logs));
+        let report_all_execs = u32::from(config.report_all_execs);
         let ebpf = EbpfLoader::new()
             .override_global("OFFSETS", &kernel_offsets, true)
+            .override_global("SOCKET_CAPTURE_BYTES", &socket_capture_bytes, true)
+            .override_global("CAPTURE_LOGS", &capture_logs, true)
+            .override_global("REPORT_ALL_EXECS", &report_all_execs, true)
             .override_global("MAX_BUFFER_BYTES", &config.max_buffer_bytes, true)
             .override_global("LOOP_MIN_BUSY_NS", &config.loop_min_busy_ns, true)
             .map_max_entries("EVENTS", config.ring_bytes)
@@ -108,7 +131,9 @@ impl Capture {
             uprobe_links: HashMap::new(),
             notes,
         };
+        log::debug!("probes loaded in {:?}", started.elapsed());
         capture.attach_tracepoints()?;
+        log::debug!("tracepoints attached in {:?}", started.elapsed());
         Ok(capture)
     }
 
@@ -135,22 +160,30 @@ impl Capture {
         self.tracepoint("sched_process_fork", "sched", &["sched_process_fork"])?;
         self.tracepoint("sched_process_exec", "sched", &["sched_process_exec"])?;
         self.tracepoint("sched_process_exit", "sched", &["sched_process_exit"])?;
-        if self.config.has(Family::Logs) {
+        let logs = self.config.has(Family::Logs);
+        let http = self.config.has(Family::Http);
+        if logs || http {
+            // Writes carry both log lines and connection payload.
             self.tracepoint(
                 "sys_enter_write",
                 "syscalls",
                 &["sys_enter_write", "sys_enter_pwrite64"],
             )?;
             self.tracepoint("sys_enter_writev", "syscalls", &["sys_enter_writev"])?;
-            self.tracepoint(
-                "sys_exit_write",
-                "syscalls",
-                &["sys_exit_write", "sys_exit_pwrite64", "sys_exit_writev"],
-            )?;
+            let mut exits = vec!["sys_exit_write", "sys_exit_pwrite64", "sys_exit_writev"];
+            if http {
+                exits.push("sys_exit_read");
+            }
+            self.tracepoint("sys_exit_rw", "syscalls", &exits)?;
+        }
+        if http {
+            self.tracepoint("sys_enter_read", "syscalls", &["sys_enter_read"])?;
+        }
+        if logs {
             self.tracepoint("sys_enter_openat", "syscalls", &["sys_enter_openat"])?;
             self.tracepoint("sys_exit_openat", "syscalls", &["sys_exit_openat"])?;
         }
-        if self.config.has(Family::Tcp) {
+        if self.config.has(Family::Tcp) || http {
             self.tracepoint("inet_sock_set_state", "sock", &["inet_sock_set_state"])?;
             self.tracepoint("tcp_retransmit_skb", "tcp", &["tcp_retransmit_skb"])?;
         }
@@ -194,9 +227,12 @@ impl Capture {
         if self.config.has(Family::Logs) {
             report.attached.push("logs".into());
         }
-        if self.config.has(Family::Tcp) {
-            self.seed_sockets(pid)?;
+        if self.config.has(Family::Tcp) || self.config.has(Family::Http) {
+            report.preexisting = self.seed_sockets(pid)?;
             report.attached.push("tcp".into());
+        }
+        if self.config.has(Family::Http) {
+            report.attached.push("http".into());
         }
         if self.config.has(Family::Runtime) {
             self.attach_runtime(pid, &mut report);
@@ -204,7 +240,10 @@ impl Capture {
         Ok(report)
     }
 
-    fn seed_sockets(&mut self, pid: u32) -> Result<()> {
+    fn seed_sockets(
+        &mut self,
+        pid: u32,
+    ) -> Result<Vec<(u32, std::net::SocketAddr, std::net::SocketAddr)>> {
         let sockets = seed::sockets_of(pid, self.offsets_known)?;
         let mut listeners: BpfHashMap<_, tracer_common::ListenKey, u32> =
             BpfHashMap::try_from(self.ebpf.map_mut("LISTENERS").context("LISTENERS map")?)?;
@@ -232,7 +271,11 @@ impl Capture {
             };
             pre.insert(key, owner, 0)?;
         }
-        Ok(())
+        Ok(sockets
+            .addresses
+            .iter()
+            .map(|(local, remote)| (sockets.netns, *local, *remote))
+            .collect())
     }
 
     /// Uprobes for loop and GC timing. A process without the symbols (not
@@ -240,6 +283,7 @@ impl Capture {
     /// runtime probes were skipped.
     fn attach_runtime(&mut self, pid: u32, report: &mut TargetReport) {
         let exe = format!("/proc/{pid}/exe");
+        let started = std::time::Instant::now();
         let found = match symbols::resolve(Path::new(&exe), &[UV_IO_POLL, COLLECT_GARBAGE]) {
             Ok(found) => found,
             Err(e) => {
@@ -249,6 +293,7 @@ impl Capture {
                 return;
             }
         };
+        log::debug!("symbols of {exe} resolved in {:?}", started.elapsed());
         let plan: [(&str, &str, &str, &Option<Resolved>); 2] = [
             ("loop", "uv_io_poll_enter", "uv_io_poll_exit", &found[0]),
             ("gc", "gc_enter", "gc_exit", &found[1]),

@@ -36,7 +36,10 @@ pub fn kernel_offsets(btf_path: &Path) -> Result<KernelOffsets> {
         sock_done_bit: enum_value(&btf, "sock_flags", "SOCK_DONE")?,
         tcp_snd_una: f("tcp_sock.snd_una")?,
         tcp_write_seq: f("tcp_sock.write_seq")?,
-        _pad: 0,
+        file_private_data: f("file.private_data")?,
+        socket_sk: f("socket.sk")?,
+        skc_num: f("sock_common.skc_num")?,
+        skc_dport: f("sock_common.skc_dport")?,
     })
 }
 

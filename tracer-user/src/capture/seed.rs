@@ -2,7 +2,7 @@
 //! its listening ports (so new accepts are attributed to it) and its open
 //! connections (so their close is reported, with byte counts).
 
-use std::{collections::HashSet, os::unix::fs::MetadataExt as _};
+use std::{collections::HashSet, net::SocketAddr, os::unix::fs::MetadataExt as _};
 
 use anyhow::{Context as _, Result};
 use procfs::{
@@ -18,6 +18,9 @@ pub struct Sockets {
     /// Open connections and whether we accepted them (local port is one we
     /// listen on) rather than connected out.
     pub connections: Vec<(PortPairKey, bool)>,
+    /// Full addresses of `connections`, same order (the probes only know
+    /// the ports of a connection they adopt).
+    pub addresses: Vec<(SocketAddr, SocketAddr)>,
 }
 
 /// Network namespace inode of a process (0 if unreadable).
@@ -69,6 +72,7 @@ pub fn sockets_of(pid: u32, with_netns: bool) -> Result<Sockets> {
             rport: e.remote_address.port(),
         };
         out.connections.push((key, accepted));
+        out.addresses.push((e.local_address, e.remote_address));
     }
     Ok(out)
 }
