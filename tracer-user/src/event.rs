@@ -47,7 +47,12 @@ pub enum EventData {
         text: String,
         #[serde(default, skip_serializing_if = "is_false")]
         truncated: bool,
+        /// The request this line was written while serving, when that is
+        /// certain (docs/correlation.md).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req_id: Option<String>,
     },
+    Http(Box<HttpExchange>),
     TcpConnect(Tuple),
     TcpAccept(Tuple),
     TcpClose {
@@ -86,6 +91,54 @@ pub enum EventData {
     },
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum HttpSide {
+    /// The traced process served the request.
+    Server,
+    /// The traced process made the request.
+    Client,
+}
+
+/// One HTTP/1.x request and its response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HttpExchange {
+    pub side: HttpSide,
+    pub method: String,
+    pub path: String,
+    /// 0 when the connection closed before a response.
+    pub status: u16,
+    /// First byte of the request to last byte of the response.
+    pub duration_ns: u64,
+    pub req_bytes: u64,
+    pub resp_bytes: u64,
+    #[serde(flatten)]
+    pub tuple: Tuple,
+    pub tls: bool,
+    /// Stable id of this request.
+    pub req_id: String,
+    /// For a client request: the server request being served when it was
+    /// made, when that is certain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_req_id: Option<String>,
+    /// W3C traceparent or x-request-id sent with the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// False when the exchange was cut (connection closed, capture gap).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub complete: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash, PartialOrd, Ord)]
 #[serde(rename_all = "snake_case")]
 pub enum LossStage {
@@ -100,6 +153,7 @@ impl EventData {
     pub fn kind(&self) -> &'static str {
         match self {
             EventData::Log { .. } => "log",
+            EventData::Http(_) => "http",
             EventData::TcpConnect(_) => "tcp_connect",
             EventData::TcpAccept(_) => "tcp_accept",
             EventData::TcpClose { .. } => "tcp_close",
@@ -138,11 +192,28 @@ impl Event {
             self.data.kind()
         );
         let _ = match &self.data {
+            EventData::Http(h) => write!(
+                s,
+                " {} {} {} {} {} {}ms req={} resp={}{}",
+                match h.side {
+                    HttpSide::Server => "served",
+                    HttpSide::Client => "called",
+                },
+                h.method,
+                h.path,
+                h.status,
+                endpoint(&h.tuple.daddr, h.tuple.dport),
+                format_args!("{:.3}", h.duration_ns as f64 / 1e6),
+                h.req_bytes,
+                h.resp_bytes,
+                if h.tls { " tls" } else { "" },
+            ),
             EventData::Log {
                 stream,
                 path,
                 text,
                 truncated,
+                ..
             } => {
                 let name = match stream {
                     StreamName::Stdout => "stdout",
@@ -264,6 +335,7 @@ mod tests {
             path: None,
             text: "hi <b>".into(),
             truncated: false,
+            req_id: None,
         });
         assert_eq!(
             serde_json::to_string(&e).unwrap(),
@@ -278,6 +350,7 @@ mod tests {
             path: Some("/var/log/app.log".into()),
             text: "hello".into(),
             truncated: true,
+            req_id: None,
         });
         assert_eq!(
             e.to_text(),

@@ -289,6 +289,7 @@ impl Pipeline {
                 path,
                 text: line.text,
                 truncated: line.truncated,
+                req_id: None,
             },
         }
     }
@@ -380,7 +381,7 @@ mod tests {
         assert_eq!(ev[0].comm, "node");
         assert!(matches!(
             &ev[0].data,
-            EventData::Log { stream: StreamName::Stderr, text, path: None, truncated: false } if text == "one"
+            EventData::Log { stream: StreamName::Stderr, text, path: None, truncated: false, req_id: None } if text == "one"
         ));
         let rest = p.flush_all();
         assert!(matches!(&rest[0].data, EventData::Log { text, .. } if text == "tw"));
