@@ -9,5 +9,7 @@ pub mod capture;
 pub mod decode;
 pub mod event;
 pub mod lines;
+pub mod options;
+pub mod output;
 pub mod pipeline;
 pub mod runner;

@@ -3,7 +3,10 @@
 //! Pure bookkeeping, no I/O except /proc lookups, so every front end shares
 //! it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+};
 
 use tracer_common::{EventKind, Stream, TCP_FLAG_FAILED, TCP_FLAG_PREEXISTING};
 
@@ -54,6 +57,9 @@ pub struct Pipeline {
     lines: LineAssembler,
     comms: HashMap<u32, String>,
     paths: HashMap<(u32, u32, u64), String>,
+    /// Addresses of connections open before attach, by (pid, netns, local
+    /// port, remote port).
+    preexisting: HashMap<(u32, u32, u16, u16), (SocketAddr, SocketAddr)>,
     /// Paths from openat records, by (pid, fd); newer opens of a reused fd
     /// replace older ones, and records arrive in order.
     opened: HashMap<(u32, u32), String>,
@@ -81,6 +87,7 @@ impl Pipeline {
             comms: HashMap::new(),
             paths: HashMap::new(),
             opened: HashMap::new(),
+            preexisting: HashMap::new(),
             ring_lost_seen: HashMap::new(),
             counts: BTreeMap::new(),
             lost: BTreeMap::new(),
@@ -142,6 +149,17 @@ impl Pipeline {
             }
         };
         self.counted(events)
+    }
+
+    /// Remember the addresses of connections `pid` had open before attach
+    /// (the kernel reports only their ports when it adopts them).
+    pub fn note_preexisting(&mut self, pid: u32, conns: &[(u32, SocketAddr, SocketAddr)]) {
+        for (netns, local, remote) in conns {
+            self.preexisting.insert(
+                (pid, *netns, local.port(), remote.port()),
+                (*local, *remote),
+            );
+        }
     }
 
     /// Payload of a traced connection (HTTP parsing).

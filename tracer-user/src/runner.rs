@@ -33,10 +33,17 @@ pub trait Sink {
     fn flush(&mut self) -> Result<()>;
 }
 
+/// Decides whether a process that just exec'd should be traced (agent
+/// discovery). Processes already traced are always followed.
+pub type Discover = Box<dyn FnMut(u32) -> bool + Send>;
+
 pub struct RunOptions {
-    /// The processes whose exit ends the run (all of them).
+    /// The processes traced from the start (a pidfd watches each).
     pub roots: Vec<u32>,
+    /// Stop once every root has exited (attach) or keep running (agent).
+    pub end_when_roots_exit: bool,
     pub duration: Option<Duration>,
+    pub discover: Option<Discover>,
 }
 
 #[derive(Debug)]
@@ -83,11 +90,54 @@ fn watch_exit(pid: u32, tx: mpsc::Sender<u32>) -> Result<()> {
     Ok(())
 }
 
+/// A process started a new program. Returns whether the record belongs in
+/// the event stream (it does for traced processes).
+fn on_exec(
+    capture: &mut Capture,
+    pipeline: &mut Pipeline,
+    discover: &mut Option<Discover>,
+    pid: u32,
+) -> bool {
+    if capture.is_traced(pid) {
+        // New program, new executable: its runtime probes start over.
+        capture.forget(pid);
+        if let Err(e) = capture.add_target(pid, false) {
+            log::warn!("re-attaching to PID {pid} after exec: {e:#}");
+        }
+        return true;
+    }
+    let Some(discover) = discover else {
+        return false;
+    };
+    if !discover(pid) {
+        return false;
+    }
+    match capture.add_target(pid, true) {
+        Ok(report) => {
+            eprintln!(
+                "tracer: now tracing PID {pid} ({}): {}",
+                report.exe,
+                report.attached.join(", ")
+            );
+            for skipped in &report.skipped {
+                eprintln!("tracer: PID {pid}: skipped {skipped}");
+            }
+            pipeline.note_preexisting(pid, &report.preexisting);
+            true
+        }
+        Err(e) => {
+            // It may have exited already; nothing to trace then.
+            log::info!("not tracing PID {pid}: {e:#}");
+            false
+        }
+    }
+}
+
 pub async fn run(
     mut capture: Capture,
     mut pipeline: Pipeline,
     sink: &mut dyn Sink,
-    opts: RunOptions,
+    mut opts: RunOptions,
 ) -> Result<Summary> {
     let started = Instant::now();
     let (tx, mut rx) = mpsc::channel::<Record>(8192);
@@ -121,9 +171,10 @@ pub async fn run(
                 let exit_pid = match &rec {
                     Record::Exit { head, .. } => Some(head.pid),
                     Record::Exec { head } => {
-                        capture.forget(head.pid);
-                        // Best effort: a child that exec'd node gets runtime probes.
-                        let _ = capture.add_target(head.pid, false);
+                        let pid = head.pid;
+                        if !on_exec(&mut capture, &mut pipeline, &mut opts.discover, pid) {
+                            continue;
+                        }
                         None
                     }
                     _ => None,
@@ -134,7 +185,7 @@ pub async fn run(
                 if let Some(pid) = exit_pid {
                     capture.forget(pid);
                     live_roots.remove(&pid);
-                    if !opts.roots.is_empty() && live_roots.is_empty() {
+                    if opts.end_when_roots_exit && !opts.roots.is_empty() && live_roots.is_empty() {
                         break "every traced process exited".into();
                     }
                 }
@@ -148,7 +199,7 @@ pub async fn run(
                     if emit_all(pipeline.synthetic_exit(pid), sink).is_err() {
                         break "output closed".into();
                     }
-                    if live_roots.is_empty() {
+                    if opts.end_when_roots_exit && live_roots.is_empty() {
                         break "every traced process exited".into();
                     }
                 }

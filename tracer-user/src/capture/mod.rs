@@ -343,6 +343,18 @@ impl Capture {
         Ok(())
     }
 
+    /// Whether `pid` is traced (in the kernel's TARGETS, which fork keeps
+    /// up to date for children).
+    pub fn is_traced(&self, pid: u32) -> bool {
+        let Some(map) = self.ebpf.map("TARGETS") else {
+            return false;
+        };
+        match BpfHashMap::<_, u32, u32>::try_from(map) {
+            Ok(targets) => targets.get(&pid, 0).is_ok(),
+            Err(_) => false,
+        }
+    }
+
     /// Detach what was attached for a process that is gone.
     pub fn forget(&mut self, pid: u32) {
         for (prog, link) in self.uprobe_links.remove(&pid).unwrap_or_default() {
