@@ -9,6 +9,7 @@ pub mod capture;
 pub mod decode;
 pub mod event;
 pub mod lines;
+pub mod metrics;
 pub mod options;
 pub mod output;
 pub mod pipeline;
