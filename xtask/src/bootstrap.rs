@@ -29,6 +29,7 @@ const PACKAGES: &[&str] = &[
     "wrk",
     "bpftrace",
     "iproute2",
+    "prometheus", // tests/agent_prometheus.rs scrapes the metrics endpoint with it
 ];
 
 /// The rustup name under which Debian's toolchain in /usr is linked;
