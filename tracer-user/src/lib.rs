@@ -8,6 +8,7 @@ pub mod attach;
 pub mod capture;
 pub mod decode;
 pub mod event;
+pub mod http;
 pub mod lines;
 pub mod metrics;
 pub mod options;
