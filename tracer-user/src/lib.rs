@@ -4,6 +4,7 @@
 //! [`capture::ring`] reader -> [`decode`] -> [`pipeline`] (lines, clock,
 //! names) -> [`runner`] -> a front end's sink ([`attach`]).
 
+pub mod agent;
 pub mod attach;
 pub mod capture;
 pub mod decode;

@@ -13,6 +13,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     Attach(tracer_user::attach::AttachArgs),
+    Agent(tracer_user::agent::AgentArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -32,6 +33,7 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Attach(args) => tracer_user::attach::run(args).await,
+            Command::Agent(args) => tracer_user::agent::run(args).await,
         }
     });
     match result {

@@ -1,0 +1,305 @@
+//! `tracer agent`: the per-host daemon. Traces every node process on the
+//! host (or a scoped subset), follows processes that start later, and
+//! serves Prometheus metrics derived from the same event stream.
+
+use std::{net::SocketAddr, os::unix::fs::MetadataExt as _, path::PathBuf, sync::Arc};
+
+use anyhow::{Context as _, Result};
+use clap::Args;
+use regex::Regex;
+
+use crate::{
+    capture::{Capture, seed::netns_of},
+    event::{Event, EventData},
+    metrics::Metrics,
+    options::CaptureArgs,
+    output::StdoutSink,
+    pipeline::{Pipeline, WallClock},
+    runner::{self, Discover, RunOptions, Sink},
+};
+
+/// Run the per-host agent: trace node processes, serve /metrics.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  tracer agent                                  # every node process on this host
+  tracer agent --match 'server\\.js'             # only node processes whose command line matches
+  tracer agent --netns /var/run/netns/blue      # only processes in that network namespace
+  curl -s 127.0.0.1:9464/metrics
+
+Processes that start later are picked up when they exec; processes that exit
+are dropped. Events go to stdout (JSON Lines with --json); metrics are served
+on --metrics-listen. Needs root. See docs/events.md and docs/metrics.md.")]
+pub struct AgentArgs {
+    /// Trace only these processes (and their children); no discovery.
+    #[arg(long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+
+    /// Trace only node processes whose command line matches this regex.
+    #[arg(long = "match", value_name = "REGEX")]
+    pub match_cmdline: Option<String>,
+
+    /// Trace only processes in this network namespace (a path such as
+    /// /var/run/netns/NAME or /proc/PID/ns/net).
+    #[arg(long, value_name = "PATH")]
+    pub netns: Option<PathBuf>,
+
+    /// Where to serve Prometheus metrics (GET /metrics).
+    #[arg(long, default_value = "127.0.0.1:9464", value_name = "ADDR")]
+    pub metrics_listen: SocketAddr,
+
+    /// Do not print events (metrics only).
+    #[arg(long)]
+    pub quiet: bool,
+
+    #[command(flatten)]
+    pub capture: CaptureArgs,
+}
+
+/// Which processes the agent traces.
+#[derive(Debug, Clone)]
+pub struct Scope {
+    pub cmdline: Option<Regex>,
+    pub netns: Option<u32>,
+}
+
+impl Scope {
+    pub fn from_args(args: &AgentArgs) -> Result<Self> {
+        let cmdline = args
+            .match_cmdline
+            .as_deref()
+            .map(Regex::new)
+            .transpose()
+            .context("--match is not a valid regular expression")?;
+        let netns = match &args.netns {
+            Some(path) => Some(
+                std::fs::metadata(path)
+                    .with_context(|| {
+                        format!(
+                            "--netns {}: cannot open it (create named namespaces with \
+                             `ip netns add NAME`; they live in /var/run/netns/)",
+                            path.display()
+                        )
+                    })?
+                    .ino() as u32,
+            ),
+            None => None,
+        };
+        Ok(Self { cmdline, netns })
+    }
+
+    /// Whether `pid` is a node process inside the scope.
+    pub fn selects(&self, pid: u32) -> bool {
+        let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else {
+            return false;
+        };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|raw| {
+                raw.split(|b| *b == 0)
+                    .filter(|a| !a.is_empty())
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_default();
+        if !is_node(&exe, &cmdline) {
+            return false;
+        }
+        if let Some(re) = &self.cmdline {
+            if !re.is_match(&cmdline) {
+                return false;
+            }
+        }
+        if let Some(ns) = self.netns {
+            if netns_of(pid) != ns {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// A node process: its executable is called node* (node, nodejs, a copy
+/// such as node-20), or its first argument is.
+pub fn is_node(exe: &std::path::Path, cmdline: &str) -> bool {
+    let base = |s: &str| s.rsplit('/').next().unwrap_or("").to_string();
+    let exe_name = exe
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let exe_name = exe_name.trim_end_matches(" (deleted)");
+    let argv0 = base(cmdline.split(' ').next().unwrap_or(""));
+    exe_name.starts_with("node") || argv0 == "node" || argv0 == "nodejs"
+}
+
+/// Every process on the host the scope selects, now.
+fn scan(scope: &Scope) -> Vec<u32> {
+    let me = std::process::id();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut pids: Vec<u32> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|pid| *pid != me && scope.selects(*pid))
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
+/// Feeds every event to the metrics, and prints those worth printing.
+struct AgentSink {
+    metrics: Arc<Metrics>,
+    out: Option<StdoutSink>,
+    loop_threshold_ns: u64,
+}
+
+impl Sink for AgentSink {
+    fn emit(&mut self, event: &Event) -> Result<()> {
+        self.metrics.observe(event);
+        let Some(out) = &mut self.out else {
+            return Ok(());
+        };
+        if let EventData::Loop { busy_ns, .. } = event.data {
+            // The kernel sends every turn for the histogram; print only
+            // those over the display threshold.
+            if busy_ns < self.loop_threshold_ns {
+                return Ok(());
+            }
+        }
+        out.emit(event)
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        match &mut self.out {
+            Some(out) => out.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+pub async fn run(args: AgentArgs) -> Result<()> {
+    args.capture.validate()?;
+    let scope = Scope::from_args(&args)?;
+    for pid in &args.pids {
+        crate::capture::preflight::check_pid(*pid)?;
+    }
+    // Every loop turn reaches user space, for the event-loop histogram.
+    let discovering = args.pids.is_empty();
+    let mut capture = Capture::load(args.capture.config(0, discovering))?;
+    for note in &capture.notes {
+        eprintln!("tracer: {note}");
+    }
+    let mut pipeline = Pipeline::new(
+        args.capture.host(),
+        WallClock::new(0),
+        args.capture.max_line_bytes as usize,
+    );
+    let initial = if discovering {
+        scan(&scope)
+    } else {
+        args.pids.clone()
+    };
+    let mut roots = Vec::new();
+    for pid in initial {
+        match capture.add_target(pid, true) {
+            Ok(report) => {
+                eprintln!(
+                    "tracer: tracing PID {pid} ({}): {}",
+                    report.exe,
+                    report.attached.join(", ")
+                );
+                for skipped in &report.skipped {
+                    eprintln!("tracer: PID {pid}: skipped {skipped}");
+                }
+                pipeline.note_preexisting(pid, &report.preexisting);
+                roots.push(pid);
+            }
+            // Exited between the scan and now.
+            Err(e) if discovering => log::info!("not tracing PID {pid}: {e:#}"),
+            Err(e) => return Err(e.context(format!("attaching to PID {pid}"))),
+        }
+    }
+
+    let metrics = Arc::new(Metrics::new());
+    let listener_metrics = metrics.clone();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(crate::metrics::serve(
+        args.metrics_listen,
+        listener_metrics,
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    eprintln!(
+        "tracer: agent ready: tracing {} process(es){}; metrics on http://{}/metrics",
+        roots.len(),
+        if discovering {
+            ", watching for new ones"
+        } else {
+            ""
+        },
+        args.metrics_listen
+    );
+    eprintln!("tracer: ready");
+
+    let discover: Option<Discover> = if discovering {
+        let scope = scope.clone();
+        Some(Box::new(move |pid| scope.selects(pid)))
+    } else {
+        None
+    };
+    let mut sink = AgentSink {
+        metrics,
+        out: (!args.quiet).then(|| StdoutSink::new(args.capture.json)),
+        loop_threshold_ns: args.capture.loop_threshold_ns(),
+    };
+    let summary = runner::run(
+        capture,
+        pipeline,
+        &mut sink,
+        RunOptions {
+            roots,
+            end_when_roots_exit: false,
+            duration: None,
+            discover,
+        },
+    )
+    .await?;
+    let _ = stop_tx.send(());
+    match server.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => eprintln!("tracer: metrics server: {e:#}"),
+        Err(e) => eprintln!("tracer: metrics server task: {e}"),
+    }
+    if let Some(out) = &mut sink.out {
+        out.finish(&summary.to_json());
+    }
+    eprintln!("{}", summary.to_text());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    #[test]
+    fn recognises_node_executables() {
+        assert!(is_node(Path::new("/usr/bin/node"), "node server.js"));
+        assert!(is_node(Path::new("/opt/x/node-copy"), "/opt/x/node-copy a.js"));
+        assert!(is_node(Path::new("/usr/bin/node (deleted)"), "node"));
+        assert!(!is_node(Path::new("/usr/bin/python3"), "python3 app.py"));
+        assert!(!is_node(Path::new("/usr/bin/bash"), "bash -c node"));
+    }
+
+    #[test]
+    fn scope_matches_cmdline_and_netns() {
+        // This test process is not node, so it is never selected.
+        let scope = Scope {
+            cmdline: None,
+            netns: None,
+        };
+        assert!(!scope.selects(std::process::id()));
+    }
+}
