@@ -17,7 +17,7 @@ use std::{
     future::Future,
     net::SocketAddr,
     sync::{
-        Arc, RwLock,
+        Arc, OnceLock, RwLock,
         atomic::{AtomicI64, Ordering},
     },
 };
@@ -252,6 +252,42 @@ struct Proc {
     labels: ProcLabels,
     /// Routes admitted for this process, at most [`MAX_ROUTES_PER_PROCESS`].
     routes: RwLock<HashSet<String>>,
+    /// Handles to this process's series with fixed labels, made on first
+    /// use, so a frequent event (a loop turn, a log line) costs no label
+    /// clone or family lookup.
+    series: Series,
+}
+
+/// `EventData` kinds counted per process (all but `lost`), in
+/// [`kind_slot`] order.
+const KINDS: usize = 10;
+
+#[derive(Default)]
+struct Series {
+    events: [OnceLock<Counter>; KINDS],
+    /// stdout, stderr, file.
+    log_lines: [OnceLock<Counter>; 3],
+    /// connect, accept.
+    opened: [OnceLock<Counter>; 2],
+    loop_busy: OnceLock<Histogram>,
+    loop_poll: OnceLock<Histogram>,
+}
+
+/// The index of a per-process kind in [`Series::events`]; None for `lost`.
+fn kind_slot(data: &EventData) -> Option<usize> {
+    Some(match data {
+        EventData::Log { .. } => 0,
+        EventData::Http(_) => 1,
+        EventData::TcpConnect(_) => 2,
+        EventData::TcpAccept(_) => 3,
+        EventData::TcpClose { .. } => 4,
+        EventData::TcpRetransmit(_) => 5,
+        EventData::Loop { .. } => 6,
+        EventData::Gc { .. } => 7,
+        EventData::Exec { .. } => 8,
+        EventData::Exit { .. } => 9,
+        EventData::Lost { .. } => return None,
+    })
 }
 
 /// Metrics derived from events. `Send + Sync`; an update is a couple of
@@ -361,13 +397,16 @@ impl Metrics {
         }
         let p = self.proc_of(event);
         let pl = &p.labels;
-        self.f
-            .events
-            .get_or_create(&KindLabels {
-                proc: pl.clone(),
-                kind: data.kind(),
-            })
-            .inc();
+        if let Some(slot) = kind_slot(data) {
+            p.series.events[slot]
+                .get_or_init(|| {
+                    self.f.events.get_or_create_owned(&KindLabels {
+                        proc: pl.clone(),
+                        kind: data.kind(),
+                    })
+                })
+                .inc();
+        }
         match data {
             EventData::Http(h) => {
                 let route = self.admit_route(&p, normalize_route(&h.path));
@@ -394,16 +433,16 @@ impl Metrics {
                     .observe(seconds(h.duration_ns));
             }
             EventData::TcpConnect(_) | EventData::TcpAccept(_) => {
-                let direction = if matches!(data, EventData::TcpConnect(_)) {
-                    "connect"
-                } else {
-                    "accept"
+                let (slot, direction) = match data {
+                    EventData::TcpConnect(_) => (0, "connect"),
+                    _ => (1, "accept"),
                 };
-                self.f
-                    .tcp_opened
-                    .get_or_create(&DirectionLabels {
-                        proc: pl.clone(),
-                        direction,
+                p.series.opened[slot]
+                    .get_or_init(|| {
+                        self.f.tcp_opened.get_or_create_owned(&DirectionLabels {
+                            proc: pl.clone(),
+                            direction,
+                        })
                     })
                     .inc();
                 self.f.tcp_open.get_or_create(pl).inc();
@@ -434,13 +473,13 @@ impl Metrics {
                 self.f.tcp_retransmits.get_or_create(pl).inc();
             }
             EventData::Loop { poll_ns, busy_ns } => {
-                self.f
+                p.series
                     .loop_busy
-                    .get_or_create(pl)
+                    .get_or_init(|| self.f.loop_busy.get_or_create_owned(pl))
                     .observe(seconds(*busy_ns));
-                self.f
+                p.series
                     .loop_poll
-                    .get_or_create(pl)
+                    .get_or_init(|| self.f.loop_poll.get_or_create_owned(pl))
                     .observe(seconds(*poll_ns));
             }
             EventData::Gc { duration_ns } => {
@@ -450,11 +489,17 @@ impl Metrics {
                     .observe(seconds(*duration_ns));
             }
             EventData::Log { stream, .. } => {
-                self.f
-                    .log_lines
-                    .get_or_create(&StreamLabels {
-                        proc: pl.clone(),
-                        stream: stream_name(*stream),
+                let slot = match stream {
+                    StreamName::Stdout => 0,
+                    StreamName::Stderr => 1,
+                    StreamName::File => 2,
+                };
+                p.series.log_lines[slot]
+                    .get_or_init(|| {
+                        self.f.log_lines.get_or_create_owned(&StreamLabels {
+                            proc: pl.clone(),
+                            stream: stream_name(*stream),
+                        })
                     })
                     .inc();
             }
@@ -512,6 +557,7 @@ impl Metrics {
                     comm: event.comm.clone(),
                 },
                 routes: RwLock::new(routes),
+                series: Series::default(),
             })
         };
         match slot {
