@@ -30,11 +30,19 @@ pub(super) enum Body {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Chunked {
     /// Reading the hex chunk size.
-    Size { value: u64, digits: u8 },
+    Size {
+        value: u64,
+        digits: u8,
+    },
     /// After the size: whitespace and `;chunk-ext`, up to the line end.
-    Ext { value: u64, len: usize },
+    Ext {
+        value: u64,
+        len: usize,
+    },
     /// Saw CR at the end of the size line.
-    SizeLf { value: u64 },
+    SizeLf {
+        value: u64,
+    },
     /// Chunk payload still to come.
     Data(u64),
     /// The CRLF after a chunk's payload.
@@ -42,9 +50,16 @@ pub(super) enum Chunked {
     DataLf,
     /// At the start of a trailer line, or of the empty line that ends the body;
     /// `total` counts trailer bytes so far (capped like a head).
-    TrailerStart { total: usize },
-    TrailerLine { total: usize },
-    TrailerLf { total: usize, empty: bool },
+    TrailerStart {
+        total: usize,
+    },
+    TrailerLine {
+        total: usize,
+    },
+    TrailerLf {
+        total: usize,
+        empty: bool,
+    },
 }
 
 /// Result of feeding bytes or a gap to a body.

@@ -67,6 +67,10 @@ pub enum Side {
 /// One request and its response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Exchange {
+    /// Position of the request on its connection (0, 1, ...): with the
+    /// connection, a stable identity, known from when the request head is
+    /// seen ([`HttpConn::in_flight`]) until the exchange is reported.
+    pub seq: u64,
     pub side: Side,
     pub method: String,
     /// As on the request line (query kept), at most [`MAX_PATH`] bytes.
@@ -142,7 +146,9 @@ enum Phase {
     Hunt,
     /// Expecting a head at the start of the buffer. `confirmed` is false when
     /// the head was found by hunting: failing to parse it only means hunting on.
-    Head { confirmed: bool },
+    Head {
+        confirmed: bool,
+    },
     Body(Body),
     /// Upgraded or closed: everything is ignored.
     Dead,
@@ -236,6 +242,9 @@ impl Stream {
 /// A request that has not been reported yet.
 #[derive(Debug)]
 struct Pending {
+    /// Position of this request on the connection (0, 1, ...), assigned when
+    /// its head is seen.
+    seq: u64,
     method: String,
     path: String,
     traceparent: Option<String>,
@@ -271,6 +280,7 @@ impl Pending {
             && !self.resp_cut
             && self.status >= 100;
         Exchange {
+            seq: self.seq,
             side,
             method: self.method,
             path: self.path,
@@ -310,6 +320,19 @@ pub struct HttpConn {
     out: Vec<Exchange>,
     stats: HttpStats,
     closed: bool,
+    /// Requests whose head was seen so far (the next `seq`).
+    requests_seen: u64,
+}
+
+/// A request whose head has been seen and whose exchange is not reported
+/// yet: for a server, being served right now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InFlight<'a> {
+    pub seq: u64,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub traceparent: Option<&'a str>,
+    pub request_id: Option<&'a str>,
 }
 
 impl Default for HttpConn {
@@ -327,7 +350,25 @@ impl HttpConn {
             out: Vec::new(),
             stats: HttpStats::default(),
             closed: false,
+            requests_seen: 0,
         }
+    }
+
+    /// Requests seen but not yet reported, oldest first.
+    pub fn in_flight(&self) -> impl Iterator<Item = InFlight<'_>> {
+        self.pending.iter().map(|p| InFlight {
+            seq: p.seq,
+            method: &p.method,
+            path: &p.path,
+            traceparent: p.traceparent.as_deref(),
+            request_id: p.request_id.as_deref(),
+        })
+    }
+
+    fn push_pending(&mut self, mut p: Pending) {
+        p.seq = self.requests_seen;
+        self.requests_seen += 1;
+        self.pending.push_back(p);
     }
 
     /// The traced process's role, once a request line has been seen.
@@ -502,15 +543,17 @@ impl HttpConn {
                 Phase::Hunt | Phase::Head { .. } if paused => {
                     // Hold the bytes (they may be another protocol) up to a
                     // head's worth.
-                    if buf.len() - cur > MAX_HEAD {
-                        if phase == (Phase::Head { confirmed: true }) {
-                            self.request_lost(&[], 0);
-                        }
-                        self.stats.discarded_bytes += (buf.len() - cur) as u64;
-                        cur = buf.len();
-                        self.streams[d].phase = Phase::Hunt;
+                    if buf.len() - cur <= MAX_HEAD {
+                        break;
                     }
-                    break;
+                    // Over that, what was held is lost (the same bytes
+                    // however the stream was cut).
+                    if phase == (Phase::Head { confirmed: true }) {
+                        self.request_lost(&[], 0);
+                    }
+                    self.stats.discarded_bytes += MAX_HEAD as u64 + 1;
+                    cur += MAX_HEAD + 1;
+                    self.streams[d].phase = Phase::Hunt;
                 }
                 Phase::Hunt => match self.hunt(&buf, cur, d, scan::request_line_start) {
                     Ok(start) => {
@@ -556,7 +599,7 @@ impl HttpConn {
                             let mut pending = pending;
                             pending.req_start_ns = start_ts;
                             pending.req_bytes = len as u64;
-                            self.pending.push_back(pending);
+                            self.push_pending(pending);
                             match body {
                                 Some(b) => self.streams[d].phase = Phase::Body(b),
                                 None => self.request_done(d),
@@ -669,7 +712,8 @@ impl HttpConn {
                     match parsed {
                         Ok((status, body)) => {
                             cur += len;
-                            let end_ts = self.streams[d].ts_at(self.streams[d].base + cur as u64 - 1);
+                            let end_ts =
+                                self.streams[d].ts_at(self.streams[d].base + cur as u64 - 1);
                             let Some(e) = self.awaiting_mut() else {
                                 break;
                             };
@@ -714,7 +758,8 @@ impl HttpConn {
                     match b.feed(&buf[cur..]) {
                         Ok(Progress { used, done }) => {
                             cur += used as usize;
-                            let end_ts = self.streams[d].ts_at(self.streams[d].base + cur as u64 - 1);
+                            let end_ts =
+                                self.streams[d].ts_at(self.streams[d].base + cur as u64 - 1);
                             if let Some(e) = self.awaiting_mut() {
                                 e.resp_bytes += used;
                                 e.resp_end_ns = end_ts;
@@ -880,7 +925,7 @@ impl HttpConn {
             p.req_done = true;
             p.req_cut = true;
             p.resync_after = true;
-            self.pending.push_back(p);
+            self.push_pending(p);
         }
     }
 
@@ -1076,7 +1121,8 @@ fn request_from(req: &httparse::Request<'_, '_>) -> Result<(Pending, Option<Body
         } else if h.name.eq_ignore_ascii_case("upgrade") {
             upgrade = true;
         }
-        p.headers.push((h.name.to_string(), redact_header(h.name, &value)));
+        p.headers
+            .push((h.name.to_string(), redact_header(h.name, &value)));
     }
     p.upgrade = upgrade;
     let body = match framing(req.headers)? {
@@ -1092,6 +1138,7 @@ fn request_from(req: &httparse::Request<'_, '_>) -> Result<(Pending, Option<Body
 
 fn new_pending(method: &str, path: &str) -> Pending {
     Pending {
+        seq: 0,
         method: method.to_string(),
         path: cap_path(path),
         traceparent: None,

@@ -53,7 +53,10 @@ const METHODS: &[&[u8]] = &[
 /// can resume at `resume` once more bytes arrive.
 pub(super) fn head_end(buf: &[u8], from: usize) -> Result<usize, usize> {
     let mut i = from;
-    while let Some(off) = buf.get(i..).and_then(|rest| rest.iter().position(|&b| b == b'\n')) {
+    while let Some(off) = buf
+        .get(i..)
+        .and_then(|rest| rest.iter().position(|&b| b == b'\n'))
+    {
         let nl = i + off;
         match (buf.get(nl + 1), buf.get(nl + 2)) {
             (Some(b'\n'), _) => return Ok(nl + 2),

@@ -67,7 +67,13 @@ impl Ex<'_> {
 }
 
 /// A complete server-side exchange with no request headers.
-fn served(method: &str, path: &str, status: u16, ts: (u64, u64), bytes: (usize, usize)) -> Exchange {
+fn served(
+    method: &str,
+    path: &str,
+    status: u16,
+    ts: (u64, u64),
+    bytes: (usize, usize),
+) -> Exchange {
     Ex {
         side: Side::Server,
         method,
@@ -201,7 +207,13 @@ fn chunked_request_and_response_with_trailers() {
                 complete: true,
             }
             .build(),
-            served("GET", "/after", 200, (30, 40), (next.len(), next_resp.len())),
+            served(
+                "GET",
+                "/after",
+                200,
+                (30, 40),
+                (next.len(), next_resp.len())
+            ),
         ]
     );
 }
@@ -236,7 +248,13 @@ fn no_body_responses_head_204_304() {
     assert_eq!(
         got,
         vec![
-            served("HEAD", "/h", 200, (10, 20), (head_req.len(), head_resp.len())),
+            served(
+                "HEAD",
+                "/h",
+                200,
+                (10, 20),
+                (head_req.len(), head_resp.len())
+            ),
             served("DELETE", "/d", 204, (30, 40), (del.len(), no_content.len())),
             cond_ex,
             served("GET", "/last", 200, (70, 80), (last.len(), last_resp.len())),
@@ -295,7 +313,13 @@ fn response_until_close() {
     );
     assert_eq!(
         got,
-        vec![served("GET", "/stream", 200, (10, 40), (req.len(), head.len() + 17))]
+        vec![served(
+            "GET",
+            "/stream",
+            200,
+            (10, 40),
+            (req.len(), head.len() + 17)
+        )]
     );
     // Only the close ends it.
     assert_eq!(per_step, vec![0, 0, 0, 0, 1]);
@@ -340,7 +364,14 @@ fn requests_without_response_at_close() {
 fn client_side() {
     let req = b"GET /api/users?id=7 HTTP/1.1\r\nHost: backend:8080\r\nx-request-id: abc-123\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n";
     let resp = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}";
-    let (got, _) = run(&[full(S, 100, req), full(R, 250, &resp[..20]), full(R, 260, &resp[20..])], 300);
+    let (got, _) = run(
+        &[
+            full(S, 100, req),
+            full(R, 250, &resp[..20]),
+            full(R, 260, &resp[20..]),
+        ],
+        300,
+    );
     let mut want = Ex {
         side: Side::Client,
         method: "GET",
@@ -370,7 +401,8 @@ fn client_side() {
 #[test]
 fn resync_from_mid_body_start() {
     let old_resp = b"ed\"}\r\n0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc";
-    let tail = b"ody\": \"GET / HTTP/1.1 is not a request\"}\r\n\r\nPUT /x HTTP/1.1 junk\r\nGET\r\n";
+    let tail =
+        b"ody\": \"GET / HTTP/1.1 is not a request\"}\r\n\r\nPUT /x HTTP/1.1 junk\r\nGET\r\n";
     let next = b"POST /next HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}";
     let resp = b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n";
     let joined = [&tail[..], &next[..]].concat();
@@ -423,7 +455,10 @@ fn gap_inside_content_length_body() {
     big.headers = vec![("Content-Length".into(), "100000".into())];
     assert_eq!(
         got,
-        vec![big, served("GET", "/next", 200, (30, 40), (next.len(), next_resp.len()))]
+        vec![
+            big,
+            served("GET", "/next", 200, (30, 40), (next.len(), next_resp.len()))
+        ]
     );
 }
 
@@ -509,7 +544,13 @@ fn gap_inside_headers_resyncs() {
     assert_eq!(
         got,
         vec![
-            served("GET", "/first", 200, (1, 2), (first.len(), first_resp.len())),
+            served(
+                "GET",
+                "/first",
+                200,
+                (1, 2),
+                (first.len(), first_resp.len())
+            ),
             Ex {
                 side: Side::Server,
                 method: "GET",
@@ -595,11 +636,15 @@ fn secrets_never_appear() {
 fn upgrade_stops_parsing() {
     let req = b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
     let frame_early = b"\x81\x05hello";
-    let switching = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+    let switching =
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
     let req_and_frame = [&req[..], &frame_early[..]].concat();
     let resp_and_frame = [&switching[..], b"\x81\x02hi"].concat();
     let mut conn = HttpConn::new();
-    assert!(conn.feed(R, 10, &req_and_frame, req_and_frame.len()).is_empty());
+    assert!(
+        conn.feed(R, 10, &req_and_frame, req_and_frame.len())
+            .is_empty()
+    );
     let got = conn.feed(S, 20, &resp_and_frame, resp_and_frame.len());
     let mut want = served("GET", "/ws", 101, (10, 20), (req.len(), switching.len()));
     want.headers = vec![
@@ -623,12 +668,18 @@ fn declined_upgrade_continues() {
     let then = b"GET /plain HTTP/1.1\r\n\r\n";
     let both = [&req[..], &then[..]].concat();
     let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
-    let (got, _) = run(&[full(R, 10, &both), full(S, 20, resp), full(S, 30, resp)], 40);
+    let (got, _) = run(
+        &[full(R, 10, &both), full(S, 20, resp), full(S, 30, resp)],
+        40,
+    );
     let mut first = served("GET", "/ws", 200, (10, 20), (req.len(), resp.len()));
     first.headers = vec![("Upgrade".into(), "h2c".into())];
     assert_eq!(
         got,
-        vec![first, served("GET", "/plain", 200, (10, 30), (then.len(), resp.len()))]
+        vec![
+            first,
+            served("GET", "/plain", 200, (10, 30), (then.len(), resp.len()))
+        ]
     );
 }
 
@@ -670,8 +721,14 @@ fn unsolicited_response_is_dropped() {
     let req = b"GET /a HTTP/1.1\r\n\r\n";
     let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
     let timeout = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n\r\n";
-    let (got, _) = run(&[full(R, 10, req), full(S, 20, resp), full(S, 30, timeout)], 40);
-    assert_eq!(got, vec![served("GET", "/a", 200, (10, 20), (req.len(), resp.len()))]);
+    let (got, _) = run(
+        &[full(R, 10, req), full(S, 20, resp), full(S, 30, timeout)],
+        40,
+    );
+    assert_eq!(
+        got,
+        vec![served("GET", "/a", 200, (10, 20), (req.len(), resp.len()))]
+    );
 }
 
 /// A malformed request head: hunting goes on past it, and a response seen
@@ -744,7 +801,9 @@ fn memory_stays_bounded() {
     // Pipelined requests without responses.
     let mut pipelined = Vec::new();
     for i in 0..1000 {
-        pipelined.extend_from_slice(format!("GET /{i} HTTP/1.1\r\nX-Pad: {}\r\n\r\n", "v".repeat(500)).as_bytes());
+        pipelined.extend_from_slice(
+            format!("GET /{i} HTTP/1.1\r\nX-Pad: {}\r\n\r\n", "v".repeat(500)).as_bytes(),
+        );
     }
     let mut conn = HttpConn::new();
     for c in pipelined.chunks(4096) {
@@ -897,10 +956,13 @@ fn resplit_gives_identical_exchanges() {
             .iter()
             .flat_map(|(d, b)| {
                 let cuts = random_cuts(&mut rng, b.len());
-                split_at(b, &cuts).into_iter().map(|piece| {
-                    ts += 1;
-                    (*d, ts, piece)
-                }).collect::<Vec<_>>()
+                split_at(b, &cuts)
+                    .into_iter()
+                    .map(|piece| {
+                        ts += 1;
+                        (*d, ts, piece)
+                    })
+                    .collect::<Vec<_>>()
             })
             .collect();
         assert_eq!(
@@ -932,7 +994,13 @@ fn chunked_body_split_anywhere() {
 
 #[test]
 fn chunked_body_errors() {
-    for bad in [&b"x\r\n"[..], b"\r\n", b"4\r\nWikiXX", b"1234567890abcdef0\r\n", b"0\r\nT: v\rX"] {
+    for bad in [
+        &b"x\r\n"[..],
+        b"\r\n",
+        b"4\r\nWikiXX",
+        b"1234567890abcdef0\r\n",
+        b"0\r\nT: v\rX",
+    ] {
         assert!(Body::chunked().feed(bad).is_err(), "{bad:?}");
     }
 }
@@ -940,23 +1008,62 @@ fn chunked_body_errors() {
 #[test]
 fn body_skip() {
     let mut b = Body::Length(10);
-    assert_eq!(b.skip(4), Progress { used: 4, done: false });
-    assert_eq!(b.skip(100), Progress { used: 6, done: true });
+    assert_eq!(
+        b.skip(4),
+        Progress {
+            used: 4,
+            done: false
+        }
+    );
+    assert_eq!(
+        b.skip(100),
+        Progress {
+            used: 6,
+            done: true
+        }
+    );
     // Payload and the CRLF after it can be skipped, a size line cannot.
     let mut c = Body::chunked();
-    assert_eq!(c.feed(b"10\r\nabc").unwrap(), Progress { used: 7, done: false });
-    assert_eq!(c.skip(13 + 2), Progress { used: 15, done: false });
-    assert_eq!(c.feed(b"0\r\n\r\n").unwrap(), Progress { used: 5, done: true });
+    assert_eq!(
+        c.feed(b"10\r\nabc").unwrap(),
+        Progress {
+            used: 7,
+            done: false
+        }
+    );
+    assert_eq!(
+        c.skip(13 + 2),
+        Progress {
+            used: 15,
+            done: false
+        }
+    );
+    assert_eq!(
+        c.feed(b"0\r\n\r\n").unwrap(),
+        Progress {
+            used: 5,
+            done: true
+        }
+    );
     let mut c = Body::chunked();
     c.feed(b"3\r\nabc").unwrap();
-    assert_eq!(c.skip(5), Progress { used: 2, done: false });
+    assert_eq!(
+        c.skip(5),
+        Progress {
+            used: 2,
+            done: false
+        }
+    );
 }
 
 #[test]
 fn start_lines() {
     use scan::{request_line_start, status_line_start};
     assert_eq!(request_line_start(b"GET / HTTP/1.1\r\n"), Some(0));
-    assert_eq!(request_line_start(b"}{\"a\":1}POST /x?y=1 HTTP/1.0\r\n"), Some(8));
+    assert_eq!(
+        request_line_start(b"}{\"a\":1}POST /x?y=1 HTTP/1.0\r\n"),
+        Some(8)
+    );
     assert_eq!(request_line_start(b"xxUNLOCK /f HTTP/1.1\r\n"), Some(2));
     assert_eq!(request_line_start(b"OPTIONS * HTTP/1.1\r\n"), Some(0));
     assert_eq!(request_line_start(b"CONNECT h:443 HTTP/1.1\r\n"), Some(0));
