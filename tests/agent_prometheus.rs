@@ -252,12 +252,14 @@ fn prometheus_scrapes_exact_counts() {
     let v: serde_json::Value = serde_json::from_str(&lines).expect("query JSON");
     assert_eq!(v["data"]["result"][0]["value"][1], "1", "{lines}");
 
-    drop(prometheus);
+    // The agent stops promptly while Prometheus still holds its keep-alive
+    // scrape connection.
     stop_tx
         .send(())
         .expect("the metrics server is still running");
     rt.block_on(async { tokio::time::timeout(Duration::from_secs(5), server).await })
-        .expect("serve did not stop on shutdown")
+        .expect("serve did not stop on shutdown while being scraped")
         .expect("serve task panicked")
         .expect("serve returned an error");
+    drop(prometheus);
 }
