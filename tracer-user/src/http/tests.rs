@@ -29,7 +29,17 @@ fn run(steps: &[Step<'_>], close_ts: u64) -> (Vec<Exchange>, Vec<usize>) {
     let at_close = conn.close(close_ts);
     per_step.push(at_close.len());
     all.extend(at_close);
-    (all, per_step)
+    (renumbered(all), per_step)
+}
+
+/// Every request is reported once, in order, so `seq` counts 0, 1, ...;
+/// checked here, then zeroed so expected exchanges need not spell it out.
+fn renumbered(mut all: Vec<Exchange>) -> Vec<Exchange> {
+    for (i, e) in all.iter_mut().enumerate() {
+        assert_eq!(e.seq, i as u64, "exchange {i} reported out of order: {e:?}");
+        e.seq = 0;
+    }
+    all
 }
 
 struct Ex<'a> {
@@ -46,6 +56,7 @@ struct Ex<'a> {
 impl Ex<'_> {
     fn build(&self) -> Exchange {
         Exchange {
+            seq: 0,
             side: self.side,
             method: self.method.to_string(),
             path: self.path.to_string(),
@@ -541,6 +552,7 @@ fn gap_inside_headers_resyncs() {
         got.extend(conn.feed(dir, ts, bytes, total.unwrap_or(bytes.len())));
     }
     got.extend(conn.close(50));
+    let got = renumbered(got);
     assert_eq!(
         got,
         vec![
@@ -858,7 +870,31 @@ fn feed_chunks(chunks: &[(Direction, u64, Vec<u8>)]) -> Vec<Exchange> {
         assert!(conn.footprint() <= MAX_FOOTPRINT);
     }
     out.extend(conn.close(1_000_000));
-    out
+    renumbered(out)
+}
+
+#[test]
+fn in_flight_requests_carry_the_seq_of_their_exchange() {
+    let head =
+        b"GET /a HTTP/1.1\r\nHost: x\r\nx-request-id: r1\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut conn2 = HttpConn::new();
+    assert!(conn2.feed(R, 1, head, head.len()).is_empty());
+    let seen: Vec<(u64, String, Option<String>)> = conn2
+        .in_flight()
+        .map(|f| (f.seq, f.path.to_string(), f.request_id.map(str::to_string)))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (0, "/a".to_string(), Some("r1".to_string())),
+            (1, "/b".to_string(), None)
+        ]
+    );
+    let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+    let done = conn2.feed(S, 2, resp, resp.len());
+    assert_eq!(done.len(), 1);
+    assert_eq!((done[0].seq, done[0].path.as_str()), (0, "/a"));
+    assert_eq!(conn2.in_flight().map(|f| f.seq).collect::<Vec<_>>(), [1]);
 }
 
 /// Cuts `bytes` at `cuts` (sorted, deduplicated, inside the slice).
