@@ -411,9 +411,13 @@ impl HttpConn {
             stream.base += captured.len() as u64 + gap;
             return Vec::new();
         }
-        stream.mark_chunk(ts_ns);
-        stream.buf.extend_from_slice(captured);
-        self.run(d);
+        if !captured.is_empty() {
+            // (No byte of a gap is ever looked up by timestamp: a gap-only
+            // read needs no mark.)
+            stream.mark_chunk(ts_ns);
+            stream.buf.extend_from_slice(captured);
+            self.run(d);
+        }
         if gap > 0 {
             self.skip(d, gap, ts_ns);
         }
