@@ -287,7 +287,10 @@ mod tests {
     #[test]
     fn recognises_node_executables() {
         assert!(is_node(Path::new("/usr/bin/node"), "node server.js"));
-        assert!(is_node(Path::new("/opt/x/node-copy"), "/opt/x/node-copy a.js"));
+        assert!(is_node(
+            Path::new("/opt/x/node-copy"),
+            "/opt/x/node-copy a.js"
+        ));
         assert!(is_node(Path::new("/usr/bin/node (deleted)"), "node"));
         assert!(!is_node(Path::new("/usr/bin/python3"), "python3 app.py"));
         assert!(!is_node(Path::new("/usr/bin/bash"), "bash -c node"));

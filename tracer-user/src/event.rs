@@ -146,6 +146,22 @@ pub enum LossStage {
     Ring,
     /// A record user space could not decode (a bug; reported, not hidden).
     Decode,
+    /// An HTTP parser lost framing on a connection (a capture gap, bytes
+    /// it could not parse) and resynchronised; requests may be missing.
+    Parse,
+}
+
+impl LossStage {
+    pub const ALL: [LossStage; 3] = [LossStage::Ring, LossStage::Decode, LossStage::Parse];
+
+    /// The name used in JSON, metrics labels and summaries.
+    pub fn name(self) -> &'static str {
+        match self {
+            LossStage::Ring => "ring",
+            LossStage::Decode => "decode",
+            LossStage::Parse => "parse",
+        }
+    }
 }
 
 impl EventData {
@@ -265,10 +281,7 @@ impl Event {
             } => write!(
                 s,
                 " {count} events lost at the {} stage{}",
-                match stage {
-                    LossStage::Ring => "ring",
-                    LossStage::Decode => "decode",
-                },
+                stage.name(),
                 for_kind
                     .as_deref()
                     .map(|k| format!(" ({k})"))

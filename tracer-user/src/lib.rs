@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod attach;
 pub mod capture;
+pub mod conns;
 pub mod decode;
 pub mod event;
 pub mod http;

@@ -313,10 +313,7 @@ impl std::fmt::Debug for Metrics {
 }
 
 fn loss_stage_name(stage: LossStage) -> &'static str {
-    match stage {
-        LossStage::Ring => "ring",
-        LossStage::Decode => "decode",
-    }
+    stage.name()
 }
 
 fn stream_name(stream: StreamName) -> &'static str {

@@ -11,8 +11,10 @@ use std::{
 use tracer_common::{EventKind, Stream, TCP_FLAG_FAILED, TCP_FLAG_PREEXISTING};
 
 use crate::{
+    conns::{Connections, Finished},
     decode::{Head, Record, TcpRecord},
     event::{Event, EventData, LossStage, StreamName, Tuple},
+    http::Direction,
     lines::{Line, LineAssembler},
 };
 
@@ -64,6 +66,7 @@ pub struct Pipeline {
     /// replace older ones, and records arrive in order.
     opened: HashMap<(u32, u32), String>,
     ring_lost_seen: HashMap<EventKind, u64>,
+    conns: Connections,
     counts: BTreeMap<&'static str, u64>,
     lost: BTreeMap<LossStage, u64>,
 }
@@ -81,7 +84,7 @@ pub fn exit_status(raw: u32) -> (Option<i32>, Option<i32>) {
 impl Pipeline {
     pub fn new(host: String, clock: WallClock, max_line: usize) -> Self {
         Self {
-            host,
+            host: host.clone(),
             clock,
             lines: LineAssembler::new(max_line),
             comms: HashMap::new(),
@@ -89,6 +92,7 @@ impl Pipeline {
             opened: HashMap::new(),
             preexisting: HashMap::new(),
             ring_lost_seen: HashMap::new(),
+            conns: Connections::new(&host, clock.now_ns()),
             counts: BTreeMap::new(),
             lost: BTreeMap::new(),
         }
@@ -110,7 +114,22 @@ impl Pipeline {
                 self.on_adopt(t);
                 Vec::new()
             }
-            Record::Tcp(t) => vec![self.tcp_event(t)],
+            Record::Tcp(t) => {
+                let mut out = Vec::new();
+                match t.head.kind {
+                    EventKind::TcpConnect | EventKind::TcpAccept => {
+                        self.conns.opened(t.head.pid, t.sock, tuple_of(&t));
+                    }
+                    EventKind::TcpClose => {
+                        // Requests still open on the connection end with it.
+                        let done = self.conns.closed(t.head.pid, t.sock, t.head.mono_ns);
+                        out.extend(done.into_iter().map(|f| self.http_event(f)));
+                    }
+                    _ => {}
+                }
+                out.push(self.tcp_event(t));
+                out
+            }
             Record::Loop {
                 head,
                 poll_ns,
@@ -163,12 +182,49 @@ impl Pipeline {
     }
 
     /// Payload of a traced connection (HTTP parsing).
-    fn on_socket_chunk(&mut self, _chunk: crate::decode::LogChunk) -> Vec<Event> {
-        Vec::new()
+    fn on_socket_chunk(&mut self, chunk: crate::decode::LogChunk) -> Vec<Event> {
+        let dir = if chunk.stream == Stream::SocketSent {
+            Direction::Sent
+        } else {
+            Direction::Received
+        };
+        let done = self.conns.data(
+            chunk.head.pid,
+            chunk.ino,
+            dir,
+            chunk.head.mono_ns,
+            &chunk.data,
+            chunk.buffer_len as usize,
+        );
+        done.into_iter().map(|f| self.http_event(f)).collect()
     }
 
-    /// A connection open before attach was first used.
-    fn on_adopt(&mut self, _t: TcpRecord) {}
+    /// A connection open before attach was first used: the kernel knows
+    /// its ports, the /proc seed its addresses.
+    fn on_adopt(&mut self, t: TcpRecord) {
+        let key = (t.head.pid, t.netns, t.sport, t.dport);
+        let tuple = match self.preexisting.get(&key) {
+            Some((local, remote)) => Tuple {
+                saddr: local.ip(),
+                sport: local.port(),
+                daddr: remote.ip(),
+                dport: remote.port(),
+            },
+            None => tuple_of(&t),
+        };
+        self.conns.opened(t.head.pid, t.sock, tuple);
+    }
+
+    fn http_event(&mut self, f: Finished) -> Event {
+        let head = Head {
+            kind: EventKind::TcpConnect,
+            pid: f.pid,
+            tid: f.pid,
+            mono_ns: f.start_mono_ns,
+            comm: String::new(),
+        };
+        self.event(&head, EventData::Http(Box::new(f.exchange)))
+    }
 
     /// An exit we learned of without the kernel's record (it was lost).
     pub fn synthetic_exit(&mut self, pid: u32) -> Vec<Event> {
@@ -193,6 +249,10 @@ impl Pipeline {
     /// `totals` are the kernel's cumulative per-kind counts.
     pub fn on_ring_losses(&mut self, totals: &[(EventKind, u64)]) -> Vec<Event> {
         let mut out = Vec::new();
+        let parse = std::mem::take(&mut self.conns.parse_losses);
+        if parse > 0 {
+            out.push(self.loss(parse, LossStage::Parse, Some("http")));
+        }
         for (kind, total) in totals {
             let seen = self.ring_lost_seen.entry(*kind).or_insert(0);
             if *total > *seen {
@@ -257,6 +317,7 @@ impl Pipeline {
         self.comms.remove(&pid);
         self.paths.retain(|(p, _, _), _| *p != pid);
         self.opened.retain(|(p, _), _| *p != pid);
+        self.conns.forget_pid(pid);
     }
 
     /// The kernel's comm when it had one, else /proc, cached per process.
@@ -305,9 +366,9 @@ impl Pipeline {
             data: EventData::Log {
                 stream,
                 path,
+                req_id: self.conns.req_id_for_line(line.pid, &line.text),
                 text: line.text,
                 truncated: line.truncated,
-                req_id: None,
             },
         }
     }
@@ -330,12 +391,7 @@ impl Pipeline {
     }
 
     fn tcp_event(&mut self, t: TcpRecord) -> Event {
-        let tuple = Tuple {
-            saddr: t.saddr,
-            sport: t.sport,
-            daddr: t.daddr,
-            dport: t.dport,
-        };
+        let tuple = tuple_of(&t);
         let data = match t.head.kind {
             EventKind::TcpConnect => EventData::TcpConnect(tuple),
             EventKind::TcpAccept => EventData::TcpAccept(tuple),
@@ -353,6 +409,15 @@ impl Pipeline {
             }
         };
         self.event(&t.head, data)
+    }
+}
+
+fn tuple_of(t: &TcpRecord) -> Tuple {
+    Tuple {
+        saddr: t.saddr,
+        sport: t.sport,
+        daddr: t.daddr,
+        dport: t.dport,
     }
 }
 

@@ -253,15 +253,9 @@ pub async fn run(
 
 impl Summary {
     pub fn to_json(&self) -> serde_json::Value {
-        let lost: BTreeMap<&str, u64> = [LossStage::Ring, LossStage::Decode]
+        let lost: BTreeMap<&str, u64> = LossStage::ALL
             .into_iter()
-            .map(|s| {
-                let name = match s {
-                    LossStage::Ring => "ring",
-                    LossStage::Decode => "decode",
-                };
-                (name, self.lost.get(&s).copied().unwrap_or(0))
-            })
+            .map(|s| (s.name(), self.lost.get(&s).copied().unwrap_or(0)))
             .collect();
         serde_json::json!({
             "kind": "summary",
@@ -280,7 +274,7 @@ impl Summary {
             .collect();
         let lost: u64 = self.lost.values().sum();
         format!(
-            "tracer: stopped after {:.1}s ({}). events: {}. lost: {} (ring={}, decode={})",
+            "tracer: stopped after {:.1}s ({}). events: {}. lost: {} (ring={}, decode={}, http parse={})",
             self.elapsed.as_secs_f64(),
             self.stop_reason,
             if counts.is_empty() {
@@ -291,6 +285,7 @@ impl Summary {
             lost,
             self.lost.get(&LossStage::Ring).copied().unwrap_or(0),
             self.lost.get(&LossStage::Decode).copied().unwrap_or(0),
+            self.lost.get(&LossStage::Parse).copied().unwrap_or(0),
         )
     }
 }

@@ -1009,6 +1009,44 @@ fn resplit_gives_identical_exchanges() {
     }
 }
 
+/// Empty reads (nothing moved, another timestamp) between every byte change
+/// nothing; the fuzzer found that they used to take timestamp marks.
+#[test]
+fn empty_reads_change_nothing() {
+    let stream = realistic_stream();
+    let whole = feed_chunks(&stream);
+    let mut chunks = Vec::new();
+    for (i, (d, ts, b)) in stream.iter().enumerate() {
+        for (j, &x) in b.iter().enumerate() {
+            for k in 0..3 {
+                let other = if k == 1 { R } else { S };
+                chunks.push((other, 5_000_000 + (i * 10_000 + j * 3 + k) as u64, Vec::new()));
+            }
+            chunks.push((*d, *ts, vec![x]));
+        }
+    }
+    assert_eq!(feed_chunks(&chunks), whole);
+}
+
+/// More pipelined requests than [`MAX_PENDING`]: the rest wait in the buffer
+/// and are all answered, in order.
+#[test]
+fn deep_pipeline_is_held_not_lost() {
+    let n = MAX_PENDING + 8;
+    let reqs: Vec<u8> = (0..n)
+        .flat_map(|i| format!("GET /{i} HTTP/1.1\r\n\r\n").into_bytes())
+        .collect();
+    let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+    let mut steps = vec![full(R, 10, &reqs)];
+    steps.extend((0..n).map(|i| full(S, 20 + i as u64, resp)));
+    let (got, per_step) = run(&steps, 1000);
+    let paths: Vec<String> = got.iter().map(|e| e.path.clone()).collect();
+    let want: Vec<String> = (0..n).map(|i| format!("/{i}")).collect();
+    assert_eq!(paths, want);
+    assert!(got.iter().all(|e| e.complete && e.status == 200));
+    assert!(per_step[1..=n].iter().all(|&k| k == 1));
+}
+
 // ---------------------------------------------------------------------------
 // The pieces.
 

@@ -1,0 +1,430 @@
+//! Traced TCP connections in user space: their HTTP parsers, request ids,
+//! and the requests each process is serving right now — which is what lets
+//! a log line or an outgoing request be tied to the request it belongs to.
+//!
+//! Correlation rules (docs/correlation.md): a log line, or a client request,
+//! gets the `req_id` of a server request of the same process only when that
+//! is certain:
+//! 1. exactly one in-flight server request carries an id (x-request-id, or
+//!    the trace id of its W3C traceparent) that appears in the log line (or
+//!    in the client request's own headers), or else
+//! 2. exactly one server request is in flight in the process.
+//!
+//! Otherwise the field stays empty; nothing is guessed.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::{
+    event::{HttpExchange, HttpSide, Tuple},
+    http::{Direction, Exchange, HttpConn, InFlight, Side},
+};
+
+struct Conn {
+    /// Random-looking per-connection id; with the request's seq it forms
+    /// the req_id.
+    id: u64,
+    tuple: Option<Tuple>,
+    http: HttpConn,
+    /// Client requests: parent req_id decided when the request was sent.
+    parents: HashMap<u64, Option<String>>,
+    resyncs_reported: u64,
+}
+
+/// An exchange ready to become an `http` event.
+pub struct Finished {
+    pub pid: u32,
+    pub exchange: HttpExchange,
+    /// Kernel (monotonic) time of the request's first byte.
+    pub start_mono_ns: u64,
+}
+
+#[derive(Default)]
+pub struct Connections {
+    conns: HashMap<(u32, u64), Conn>,
+    by_pid: HashMap<u32, HashSet<u64>>,
+    salt: u64,
+    /// Connections seen so far; makes every connection id distinct.
+    opened: u64,
+    /// Resynchronisations of the HTTP parsers (framing lost), not yet
+    /// reported.
+    pub parse_losses: u64,
+}
+
+/// The id the W3C traceparent carries for a whole trace:
+/// `00-<trace-id>-<parent-id>-<flags>`.
+fn trace_id(traceparent: &str) -> Option<&str> {
+    traceparent.split('-').nth(1).filter(|t| t.len() == 32)
+}
+
+fn req_id(conn_id: u64, seq: u64) -> String {
+    format!("{conn_id:016x}-{seq}")
+}
+
+/// A 64-bit mix (splitmix64 finaliser), to make ids that do not repeat
+/// across connections, processes or hosts.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+impl Connections {
+    pub fn new(host: &str, start_ns: u64) -> Self {
+        let salt = host
+            .bytes()
+            .fold(start_ns, |acc, b| mix(acc ^ u64::from(b)));
+        Self {
+            salt,
+            ..Default::default()
+        }
+    }
+
+    fn conn(&mut self, pid: u32, sk: u64) -> &mut Conn {
+        if !self.conns.contains_key(&(pid, sk)) {
+            self.opened += 1;
+        }
+        // Distinct per connection (counter), per run and host (salt).
+        let id = mix(self.salt.wrapping_add(self.opened));
+        self.by_pid.entry(pid).or_default().insert(sk);
+        self.conns.entry((pid, sk)).or_insert_with(|| Conn {
+            id,
+            tuple: None,
+            http: HttpConn::new(),
+            parents: HashMap::new(),
+            resyncs_reported: 0,
+        })
+    }
+
+    /// A connection was opened (or adopted): its addresses.
+    pub fn opened(&mut self, pid: u32, sk: u64, tuple: Tuple) {
+        // A new connection on a reused socket address starts afresh.
+        self.forget(pid, sk);
+        self.conn(pid, sk).tuple = Some(tuple);
+    }
+
+    /// Bytes read or written on a connection.
+    pub fn data(
+        &mut self,
+        pid: u32,
+        sk: u64,
+        dir: Direction,
+        mono_ns: u64,
+        captured: &[u8],
+        total: usize,
+    ) -> Vec<Finished> {
+        let conn = self.conn(pid, sk);
+        let known: HashSet<u64> = conn.http.in_flight().map(|f| f.seq).collect();
+        let done = conn.http.feed(dir, mono_ns, captured, total);
+        // Client requests sent just now: decide their parent while the
+        // server request that caused them is still in flight.
+        let new_client: Vec<(u64, Vec<String>)> = if conn.http.side() == Some(Side::Client) {
+            conn.http
+                .in_flight()
+                .filter(|f| !known.contains(&f.seq))
+                .map(|f| (f.seq, ids_of(&f)))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        // Exchanges completed by this very chunk were also "new".
+        let completed_new: Vec<(u64, Vec<String>)> = done
+            .iter()
+            .filter(|e| e.side == Side::Client && !known.contains(&e.seq))
+            .map(|e| {
+                let ids = [
+                    e.request_id.clone(),
+                    e.traceparent
+                        .as_deref()
+                        .and_then(trace_id)
+                        .map(str::to_string),
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
+                (e.seq, ids)
+            })
+            .collect();
+        for (seq, ids) in new_client.into_iter().chain(completed_new) {
+            let parent = self.serving(pid, |cands| pick(cands, &ids));
+            self.conn(pid, sk).parents.insert(seq, parent);
+        }
+        self.finish(pid, sk, done)
+    }
+
+    /// The connection closed: what its parser still held.
+    pub fn closed(&mut self, pid: u32, sk: u64, mono_ns: u64) -> Vec<Finished> {
+        let done = match self.conns.get_mut(&(pid, sk)) {
+            Some(conn) => conn.http.close(mono_ns),
+            None => return Vec::new(),
+        };
+        let out = self.finish(pid, sk, done);
+        self.forget(pid, sk);
+        out
+    }
+
+    /// The process exited: drop its connections.
+    pub fn forget_pid(&mut self, pid: u32) {
+        for sk in self.by_pid.remove(&pid).unwrap_or_default() {
+            self.conns.remove(&(pid, sk));
+        }
+    }
+
+    fn forget(&mut self, pid: u32, sk: u64) {
+        self.conns.remove(&(pid, sk));
+        if let Some(set) = self.by_pid.get_mut(&pid) {
+            set.remove(&sk);
+        }
+    }
+
+    /// req_id for a log line `text` written by `pid` now (rules above).
+    pub fn req_id_for_line(&self, pid: u32, text: &str) -> Option<String> {
+        self.serving(pid, |cands| {
+            let mentioned: Vec<&(String, Vec<String>)> = cands
+                .iter()
+                .filter(|(_, ids)| {
+                    ids.iter()
+                        .any(|id| !id.is_empty() && text.contains(id.as_str()))
+                })
+                .collect();
+            match mentioned.as_slice() {
+                [one] => Some(one.0.clone()),
+                [] if cands.len() == 1 => Some(cands[0].0.clone()),
+                _ => None,
+            }
+        })
+    }
+
+    /// Apply `choose` to the server requests `pid` is serving now:
+    /// (req_id, ids carried by the request).
+    fn serving<T>(
+        &self,
+        pid: u32,
+        choose: impl FnOnce(&[(String, Vec<String>)]) -> Option<T>,
+    ) -> Option<T> {
+        let mut cands = Vec::new();
+        for sk in self.by_pid.get(&pid)? {
+            let Some(conn) = self.conns.get(&(pid, *sk)) else {
+                continue;
+            };
+            if conn.http.side() != Some(Side::Server) {
+                continue;
+            }
+            for f in conn.http.in_flight() {
+                cands.push((req_id(conn.id, f.seq), ids_of(&f)));
+            }
+        }
+        choose(&cands)
+    }
+
+    fn finish(&mut self, pid: u32, sk: u64, done: Vec<Exchange>) -> Vec<Finished> {
+        let Some(conn) = self.conns.get_mut(&(pid, sk)) else {
+            return Vec::new();
+        };
+        let resyncs = conn.http.stats().resyncs;
+        self.parse_losses += resyncs - conn.resyncs_reported;
+        conn.resyncs_reported = resyncs;
+        let tuple = conn.tuple.clone().unwrap_or_else(unknown_tuple);
+        done.into_iter()
+            .map(|e| {
+                let parent_req_id = conn.parents.remove(&e.seq).flatten();
+                Finished {
+                    pid,
+                    start_mono_ns: e.req_start_ns,
+                    exchange: HttpExchange {
+                        side: match e.side {
+                            Side::Server => HttpSide::Server,
+                            Side::Client => HttpSide::Client,
+                        },
+                        method: e.method,
+                        path: e.path,
+                        status: e.status,
+                        duration_ns: e.resp_end_ns.saturating_sub(e.req_start_ns),
+                        req_bytes: e.req_bytes,
+                        resp_bytes: e.resp_bytes,
+                        tuple: tuple.clone(),
+                        tls: false,
+                        req_id: req_id(conn.id, e.seq),
+                        parent_req_id,
+                        traceparent: e.traceparent,
+                        request_id: e.request_id,
+                        complete: e.complete,
+                    },
+                }
+            })
+            .collect()
+    }
+}
+
+fn ids_of(f: &InFlight<'_>) -> Vec<String> {
+    [
+        f.request_id.map(str::to_string),
+        f.traceparent.and_then(trace_id).map(str::to_string),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// Parent of a client request carrying `ids` among the serving candidates.
+fn pick(cands: &[(String, Vec<String>)], ids: &[String]) -> Option<String> {
+    let matching: Vec<&(String, Vec<String>)> = cands
+        .iter()
+        .filter(|(_, cand_ids)| cand_ids.iter().any(|c| ids.contains(c)))
+        .collect();
+    match matching.as_slice() {
+        [one] => Some(one.0.clone()),
+        [] if cands.len() == 1 => Some(cands[0].0.clone()),
+        _ => None,
+    }
+}
+
+fn unknown_tuple() -> Tuple {
+    Tuple {
+        saddr: std::net::Ipv4Addr::UNSPECIFIED.into(),
+        sport: 0,
+        daddr: std::net::Ipv4Addr::UNSPECIFIED.into(),
+        dport: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Direction::{Received as R, Sent as S};
+
+    fn tuple(port: u16) -> Tuple {
+        Tuple {
+            saddr: "127.0.0.1".parse().unwrap(),
+            sport: port,
+            daddr: "127.0.0.1".parse().unwrap(),
+            dport: 40000,
+        }
+    }
+
+    fn feed(
+        c: &mut Connections,
+        pid: u32,
+        sk: u64,
+        dir: Direction,
+        ts: u64,
+        b: &[u8],
+    ) -> Vec<Finished> {
+        c.data(pid, sk, dir, ts, b, b.len())
+    }
+
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+
+    #[test]
+    fn single_request_in_flight_owns_the_log_line_and_the_outgoing_call() {
+        let mut c = Connections::new("h", 1);
+        c.opened(1, 0xa, tuple(80));
+        c.opened(1, 0xb, tuple(5000));
+        assert!(
+            feed(
+                &mut c,
+                1,
+                0xa,
+                R,
+                10,
+                b"GET /users/1 HTTP/1.1\r\nHost: x\r\n\r\n"
+            )
+            .is_empty()
+        );
+        let rid = c
+            .req_id_for_line(1, "loading user 1")
+            .expect("one request in flight");
+        assert!(c.req_id_for_line(2, "other process").is_none());
+        // The process calls a backend while serving.
+        assert!(
+            feed(
+                &mut c,
+                1,
+                0xb,
+                S,
+                11,
+                b"GET /db HTTP/1.1\r\nHost: db\r\n\r\n"
+            )
+            .is_empty()
+        );
+        let call = feed(&mut c, 1, 0xb, R, 12, OK);
+        assert_eq!(call.len(), 1);
+        assert_eq!(call[0].exchange.side, HttpSide::Client);
+        assert_eq!(
+            call[0].exchange.parent_req_id.as_deref(),
+            Some(rid.as_str())
+        );
+        let served = feed(&mut c, 1, 0xa, S, 13, OK);
+        assert_eq!(served[0].exchange.req_id, rid);
+        assert_eq!(served[0].exchange.duration_ns, 3);
+        assert_eq!(served[0].exchange.tuple.sport, 80);
+        // Nothing in flight any more: no guess.
+        assert!(c.req_id_for_line(1, "idle").is_none());
+    }
+
+    #[test]
+    fn two_in_flight_need_an_id_in_the_line() {
+        let mut c = Connections::new("h", 1);
+        feed(
+            &mut c,
+            1,
+            0xa,
+            R,
+            1,
+            b"GET /a HTTP/1.1\r\nx-request-id: req-aaa\r\n\r\n",
+        );
+        feed(
+            &mut c,
+            1,
+            0xb,
+            R,
+            2,
+            b"GET /b HTTP/1.1\r\nx-request-id: req-bbb\r\n\r\n",
+        );
+        assert!(c.req_id_for_line(1, "working").is_none());
+        let b = c.req_id_for_line(1, "[req-bbb] working").unwrap();
+        let a = c.req_id_for_line(1, "[req-aaa] working").unwrap();
+        assert_ne!(a, b);
+        let done = feed(&mut c, 1, 0xb, S, 3, OK);
+        assert_eq!(done[0].exchange.req_id, b);
+    }
+
+    #[test]
+    fn traceparent_links_a_call_among_several_in_flight() {
+        let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let mut c = Connections::new("h", 1);
+        feed(
+            &mut c,
+            1,
+            0xa,
+            R,
+            1,
+            format!("GET /a HTTP/1.1\r\ntraceparent: {tp}\r\n\r\n").as_bytes(),
+        );
+        feed(&mut c, 1, 0xb, R, 2, b"GET /b HTTP/1.1\r\n\r\n");
+        let a = c
+            .req_id_for_line(1, "0af7651916cd43dd8448eb211c80319c")
+            .unwrap();
+        let call = format!(
+            "GET /x HTTP/1.1\r\ntraceparent: 00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01\r\n\r\n"
+        );
+        feed(&mut c, 1, 0xc, S, 3, call.as_bytes());
+        let done = feed(&mut c, 1, 0xc, R, 4, OK);
+        assert_eq!(done[0].exchange.parent_req_id.as_deref(), Some(a.as_str()));
+        // Without an id and with two in flight: no parent.
+        feed(&mut c, 1, 0xd, S, 5, b"GET /y HTTP/1.1\r\n\r\n");
+        let done = feed(&mut c, 1, 0xd, R, 6, OK);
+        assert_eq!(done[0].exchange.parent_req_id, None);
+    }
+
+    #[test]
+    fn close_reports_unanswered_and_ids_differ_per_connection() {
+        let mut c = Connections::new("h", 1);
+        feed(&mut c, 1, 0xa, R, 1, b"GET /a HTTP/1.1\r\n\r\n");
+        let cut = c.closed(1, 0xa, 9);
+        assert_eq!(cut.len(), 1);
+        assert!(!cut[0].exchange.complete);
+        feed(&mut c, 1, 0xa, R, 10, b"GET /a HTTP/1.1\r\n\r\n");
+        let again = feed(&mut c, 1, 0xa, S, 11, OK);
+        assert_ne!(again[0].exchange.req_id, cut[0].exchange.req_id);
+    }
+}
