@@ -13,7 +13,10 @@
 use libfuzzer_sys::fuzz_target;
 
 #[path = "../../tracer-user/src/http/mod.rs"]
-#[expect(dead_code, reason = "the fuzz target uses only part of the module's API")]
+#[expect(
+    dead_code,
+    reason = "the fuzz target uses only part of the module's API"
+)]
 mod http;
 
 use http::{Direction, Exchange, HttpConn, MAX_FOOTPRINT, MAX_PATH};
@@ -110,7 +113,10 @@ fn run(ops: &[Op<'_>], close: Option<u64>, pieces: bool) -> Vec<Exchange> {
     }
     if let Some(ts) = close {
         out.extend(conn.close(ts));
-        assert!(conn.feed(Direction::Sent, ts, b"GET / HTTP/1.1\r\n\r\n", 18).is_empty());
+        assert!(
+            conn.feed(Direction::Sent, ts, b"GET / HTTP/1.1\r\n\r\n", 18)
+                .is_empty()
+        );
         assert!(conn.close(ts).is_empty());
     }
     out

@@ -11,9 +11,17 @@
 
 use super::{MAX_CHUNK_EXT, MAX_HEAD};
 
-/// Why a body's framing is broken (the connection must resynchronise).
+/// A body's framing is broken (the connection must resynchronise).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct FramingError;
+pub(super) struct FramingError {
+    /// Bytes of the body that came before the offending byte (counted
+    /// whatever the reads were: the result must not depend on them).
+    pub used: u64,
+}
+
+/// A framing byte that cannot be there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct BadByte;
 
 /// Where the framing of one body is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,13 +117,17 @@ impl Body {
                         continue;
                     }
                     let b = data[i];
-                    i += 1;
-                    if state.byte(b)? {
+                    if state
+                        .byte(b)
+                        .map_err(|BadByte| FramingError { used: i as u64 })?
+                    {
+                        i += 1;
                         return Ok(Progress {
                             used: i as u64,
                             done: true,
                         });
                     }
+                    i += 1;
                 }
                 Ok(Progress {
                     used: i as u64,
@@ -181,31 +193,31 @@ impl Body {
 
 impl Chunked {
     /// One byte. Returns true when this byte ended the body.
-    fn byte(&mut self, b: u8) -> Result<bool, FramingError> {
+    fn byte(&mut self, b: u8) -> Result<bool, BadByte> {
         *self = match *self {
             Chunked::Size { value, digits } => match hex(b) {
                 Some(d) => {
                     // 15 hex digits = 2^60 bytes: anything longer is garbage.
                     if digits >= 15 {
-                        return Err(FramingError);
+                        return Err(BadByte);
                     }
                     Chunked::Size {
                         value: value << 4 | u64::from(d),
                         digits: digits + 1,
                     }
                 }
-                None if digits == 0 => return Err(FramingError),
+                None if digits == 0 => return Err(BadByte),
                 None => match b {
                     b'\r' => Chunked::SizeLf { value },
                     b'\n' => Chunked::after_size(value),
                     b';' | b' ' | b'\t' => Chunked::Ext { value, len: 1 },
-                    _ => return Err(FramingError),
+                    _ => return Err(BadByte),
                 },
             },
             Chunked::Ext { value, len } => match b {
                 b'\r' => Chunked::SizeLf { value },
                 b'\n' => Chunked::after_size(value),
-                _ if len >= MAX_CHUNK_EXT => return Err(FramingError),
+                _ if len >= MAX_CHUNK_EXT => return Err(BadByte),
                 _ => Chunked::Ext {
                     value,
                     len: len + 1,
@@ -213,7 +225,7 @@ impl Chunked {
             },
             Chunked::SizeLf { value } => match b {
                 b'\n' => Chunked::after_size(value),
-                _ => return Err(FramingError),
+                _ => return Err(BadByte),
             },
             // Payload is consumed in bulk by `Body::feed`; one byte at a time is
             // the same thing.
@@ -225,14 +237,14 @@ impl Chunked {
                     value: 0,
                     digits: 0,
                 },
-                _ => return Err(FramingError),
+                _ => return Err(BadByte),
             },
             Chunked::DataLf => match b {
                 b'\n' => Chunked::Size {
                     value: 0,
                     digits: 0,
                 },
-                _ => return Err(FramingError),
+                _ => return Err(BadByte),
             },
             Chunked::TrailerStart { total } => match b {
                 b'\r' => Chunked::TrailerLf { total, empty: true },
@@ -254,7 +266,7 @@ impl Chunked {
             Chunked::TrailerLf { total, empty } => match b {
                 b'\n' if empty => return Ok(true),
                 b'\n' => Chunked::TrailerStart { total },
-                _ => return Err(FramingError),
+                _ => return Err(BadByte),
             },
         };
         Ok(false)
@@ -271,9 +283,9 @@ impl Chunked {
     }
 }
 
-fn trailer_total(total: usize) -> Result<usize, FramingError> {
+fn trailer_total(total: usize) -> Result<usize, BadByte> {
     if total >= MAX_HEAD {
-        Err(FramingError)
+        Err(BadByte)
     } else {
         Ok(total + 1)
     }

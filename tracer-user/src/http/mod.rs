@@ -24,7 +24,7 @@ mod tests;
 
 use std::collections::VecDeque;
 
-use body::{Body, Progress};
+use body::{Body, FramingError, Progress};
 
 /// Most bytes of a message head (start line, headers, or a chunked body's
 /// trailers) that are buffered; a longer head makes the direction resync.
@@ -638,8 +638,13 @@ impl HttpConn {
                                 self.streams[d].phase = Phase::Body(b);
                             }
                         }
-                        Err(_) => {
+                        Err(FramingError { used }) => {
+                            cur += used as usize;
+                            if let Some(e) = self.in_progress_mut() {
+                                e.req_bytes += used;
+                            }
                             self.request_lost(&[], 0);
+                            // Hunting resumes at the offending byte.
                             self.streams[d].phase = Phase::Hunt;
                         }
                     }
@@ -774,7 +779,18 @@ impl HttpConn {
                                 self.streams[d].phase = Phase::Body(b);
                             }
                         }
-                        Err(_) => self.response_lost(d, None),
+                        Err(FramingError { used }) => {
+                            cur += used as usize;
+                            if used > 0 {
+                                let end_ts =
+                                    self.streams[d].ts_at(self.streams[d].base + cur as u64 - 1);
+                                if let Some(e) = self.awaiting_mut() {
+                                    e.resp_bytes += used;
+                                    e.resp_end_ns = end_ts;
+                                }
+                            }
+                            self.response_lost(d, None);
+                        }
                     }
                 }
             }

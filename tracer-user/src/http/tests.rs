@@ -1020,12 +1020,30 @@ fn empty_reads_change_nothing() {
         for (j, &x) in b.iter().enumerate() {
             for k in 0..3 {
                 let other = if k == 1 { R } else { S };
-                chunks.push((other, 5_000_000 + (i * 10_000 + j * 3 + k) as u64, Vec::new()));
+                chunks.push((
+                    other,
+                    5_000_000 + (i * 10_000 + j * 3 + k) as u64,
+                    Vec::new(),
+                ));
             }
             chunks.push((*d, *ts, vec![x]));
         }
     }
     assert_eq!(feed_chunks(&chunks), whole);
+
+    // A request line found while resynchronising starts in a read that sits
+    // between older and newer ones: its timestamp is still exact.
+    let mut conn = HttpConn::new();
+    conn.feed(R, 1, b"tail of a body ", 15);
+    conn.feed(R, 2, b"GE", 2);
+    for ts in 3..200 {
+        conn.feed(R, ts, b"", 0);
+    }
+    conn.feed(R, 300, b"T /x HTTP/1.1\r\n\r\n", 17);
+    let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+    let got = conn.feed(S, 400, resp, resp.len());
+    assert_eq!(got.len(), 1);
+    assert_eq!((got[0].req_start_ns, got[0].resp_end_ns), (2, 400));
 }
 
 /// More pipelined requests than [`MAX_PENDING`]: the rest wait in the buffer
@@ -1045,6 +1063,24 @@ fn deep_pipeline_is_held_not_lost() {
     assert_eq!(paths, want);
     assert!(got.iter().all(|e| e.complete && e.status == 200));
     assert!(per_step[1..=n].iter().all(|&k| k == 1));
+}
+
+/// A chunked body broken after some payload in the same read: the bytes
+/// before the bad one count the same however the reads were cut (found by
+/// fuzzing).
+#[test]
+fn framing_error_counts_the_bytes_before_it() {
+    let req = b"GET /r HTTP/1.1\r\n\r\n";
+    let head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let body = b"3\r\nabcX trailing junk";
+    let whole = run(&[full(R, 1, req), full(S, 2, head), full(S, 3, body)], 9).0;
+    let mut steps = vec![full(R, 1, req), full(S, 2, head)];
+    steps.extend(body.chunks(1).map(|b| full(S, 3, b)));
+    let bytewise = run(&steps, 9).0;
+    let mut want = served("GET", "/r", 200, (1, 3), (req.len(), head.len() + 6));
+    want.complete = false;
+    assert_eq!(whole, vec![want]);
+    assert_eq!(bytewise, whole);
 }
 
 // ---------------------------------------------------------------------------
