@@ -103,6 +103,11 @@ pub enum Stream {
     SocketSent = 4,
     /// Bytes the process read from a traced TCP connection.
     SocketReceived = 5,
+    /// Plaintext the process handed to OpenSSL for a TLS connection
+    /// (SSL_write); `ino` is the connection's `struct sock *`.
+    TlsSent = 6,
+    /// Plaintext OpenSSL handed back (SSL_read).
+    TlsReceived = 7,
 }
 
 impl Stream {
@@ -113,6 +118,8 @@ impl Stream {
             3 => Some(Stream::File),
             4 => Some(Stream::SocketSent),
             5 => Some(Stream::SocketReceived),
+            6 => Some(Stream::TlsSent),
+            7 => Some(Stream::TlsReceived),
             _ => None,
         }
     }

@@ -25,6 +25,9 @@ struct Conn {
     id: u64,
     tuple: Option<Tuple>,
     http: HttpConn,
+    /// Plaintext arrives from the TLS probes; raw socket bytes (ciphertext
+    /// copied before the connection was known to be TLS) are ignored.
+    tls: bool,
     /// Client requests: parent req_id decided when the request was sent.
     parents: HashMap<u64, Option<String>>,
     resyncs_reported: u64,
@@ -90,6 +93,7 @@ impl Connections {
             id,
             tuple: None,
             http: HttpConn::new(),
+            tls: false,
             parents: HashMap::new(),
             resyncs_reported: 0,
         })
@@ -102,17 +106,26 @@ impl Connections {
         self.conn(pid, sk).tuple = Some(tuple);
     }
 
-    /// Bytes read or written on a connection.
+    /// Bytes read or written on a connection: on the socket itself, or
+    /// (`tls`) plaintext from the TLS probes.
     pub fn data(
         &mut self,
         pid: u32,
         sk: u64,
+        tls: bool,
         dir: Direction,
         mono_ns: u64,
         captured: &[u8],
         total: usize,
     ) -> Vec<Finished> {
         let conn = self.conn(pid, sk);
+        if tls && !conn.tls {
+            // First plaintext: whatever ciphertext was parsed is noise.
+            conn.tls = true;
+            conn.http = HttpConn::new();
+        } else if !tls && conn.tls {
+            return Vec::new();
+        }
         let known: HashSet<u64> = conn.http.in_flight().map(|f| f.seq).collect();
         let done = conn.http.feed(dir, mono_ns, captured, total);
         // Client requests sent just now: decide their parent while the
@@ -242,7 +255,7 @@ impl Connections {
                         req_bytes: e.req_bytes,
                         resp_bytes: e.resp_bytes,
                         tuple: tuple.clone(),
-                        tls: false,
+                        tls: conn.tls,
                         req_id: req_id(conn.id, e.seq),
                         parent_req_id,
                         traceparent: e.traceparent,
@@ -309,7 +322,7 @@ mod tests {
         ts: u64,
         b: &[u8],
     ) -> Vec<Finished> {
-        c.data(pid, sk, dir, ts, b, b.len())
+        c.data(pid, sk, false, dir, ts, b, b.len())
     }
 
     const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";

@@ -102,7 +102,13 @@ impl Pipeline {
     pub fn on_record(&mut self, record: Record) -> Vec<Event> {
         let events = match record {
             Record::Log(chunk)
-                if matches!(chunk.stream, Stream::SocketSent | Stream::SocketReceived) =>
+                if matches!(
+                    chunk.stream,
+                    Stream::SocketSent
+                        | Stream::SocketReceived
+                        | Stream::TlsSent
+                        | Stream::TlsReceived
+                ) =>
             {
                 self.on_socket_chunk(chunk)
             }
@@ -183,14 +189,15 @@ impl Pipeline {
 
     /// Payload of a traced connection (HTTP parsing).
     fn on_socket_chunk(&mut self, chunk: crate::decode::LogChunk) -> Vec<Event> {
-        let dir = if chunk.stream == Stream::SocketSent {
-            Direction::Sent
-        } else {
-            Direction::Received
+        let dir = match chunk.stream {
+            Stream::SocketSent | Stream::TlsSent => Direction::Sent,
+            _ => Direction::Received,
         };
+        let tls = matches!(chunk.stream, Stream::TlsSent | Stream::TlsReceived);
         let done = self.conns.data(
             chunk.head.pid,
             chunk.ino,
+            tls,
             dir,
             chunk.head.mono_ns,
             &chunk.data,
@@ -355,7 +362,9 @@ impl Pipeline {
                 Some(self.path_of(line.pid, line.fd, line.ino)),
             ),
             // Socket bytes never reach the line assembler.
-            Stream::SocketSent | Stream::SocketReceived => (StreamName::File, None),
+            Stream::SocketSent | Stream::SocketReceived | Stream::TlsSent | Stream::TlsReceived => {
+                (StreamName::File, None)
+            }
         };
         Event {
             ts_ns: self.clock.wall_ns(line.mono_ns),

@@ -35,10 +35,11 @@ use tracer_common::{
 use crate::{
     emit::{count_lost, current_header, current_ids},
     kernel::{FdObject, fd_object, regular_file_ino},
-    maps::{
-        EVENTS, LOG_SCRATCH, capture_logs, is_target, max_buffer_bytes, socket_capture_bytes,
+    maps::{EVENTS, LOG_SCRATCH, capture_logs, is_target, max_buffer_bytes, socket_capture_bytes},
+    probes::{
+        tcp::is_traced_conn,
+        tls::{self, LAST_SOCK, SSL_WRITE_PENDING, TLS_SOCKS},
     },
-    probes::tcp::is_traced_conn,
 };
 
 const HEADER_LEN: usize = core::mem::size_of::<LogChunkHeader>();
@@ -56,6 +57,38 @@ pub struct WriteArgs {
     stream: u32,
     is_vec: u32,
     _pad: u32,
+}
+
+impl WriteArgs {
+    /// A single buffer of `stream` (not writev).
+    #[inline(always)]
+    pub fn new(fd: u32, stream: Stream, ino: u64, ptr: u64) -> Self {
+        Self {
+            ino,
+            ptr,
+            vlen: 0,
+            fd,
+            stream: stream as u32,
+            is_vec: 0,
+            _pad: 0,
+        }
+    }
+}
+
+/// A thread is about to move bytes on traced connection `sk`: remember it
+/// for the TLS binding, and say whether its bytes are ciphertext (not worth
+/// copying; the TLS probes copy the plaintext).
+#[inline(always)]
+fn note_socket_use(tid: u32, sk: u64, writing: bool) -> bool {
+    let _ = LAST_SOCK.insert(tid, sk, 0);
+    if writing {
+        // SAFETY: value copied out immediately.
+        if let Some(ssl) = unsafe { SSL_WRITE_PENDING.get(tid) }.copied() {
+            let _ = SSL_WRITE_PENDING.remove(tid);
+            tls::bind(ssl, sk);
+        }
+    }
+    TLS_SOCKS.get_ptr(sk).is_some()
 }
 
 /// Writes (and opens) of traced threads between entry and exit, by tid.
@@ -172,22 +205,19 @@ fn remember_read(ctx: &TracePointContext) -> Option<()> {
         return None;
     }
     // SAFETY: offsets from the tracepoint format (see module docs).
-    let (fd, ptr) = unsafe { (ctx.read_at::<u64>(16).ok()? as u32, ctx.read_at::<u64>(24).ok()?) };
+    let (fd, ptr) = unsafe {
+        (
+            ctx.read_at::<u64>(16).ok()? as u32,
+            ctx.read_at::<u64>(24).ok()?,
+        )
+    };
     let FdObject::Socket(sk) = fd_object(fd)? else {
         return None;
     };
-    if !is_traced_conn(sk) {
+    if !is_traced_conn(sk) || note_socket_use(tid, sk, false) {
         return None;
     }
-    let args = WriteArgs {
-        ino: sk,
-        ptr,
-        vlen: 0,
-        fd,
-        stream: Stream::SocketReceived as u32,
-        is_vec: 0,
-        _pad: 0,
-    };
+    let args = WriteArgs::new(fd, Stream::SocketReceived, sk, ptr);
     WRITES_IN_FLIGHT.insert(tid, args, 0).ok()
 }
 
@@ -205,6 +235,9 @@ fn remember_write(ctx: &TracePointContext, is_vec: bool) -> Option<()> {
         )
     };
     let (stream, ino) = classify(fd)?;
+    if stream == Stream::SocketSent && note_socket_use(tid, ino, true) {
+        return None;
+    }
     let args = WriteArgs {
         ino,
         ptr,
@@ -304,14 +337,13 @@ extern "C" fn iov_step(index: u64, ctx: *mut c_void) -> c_long {
 /// Not inlined on purpose: as a BPF-to-BPF call the verifier checks its loop
 /// without multiplying it into the caller's (writev's) loop states.
 #[inline(never)]
-fn emit_buffer(args: &WriteArgs, buf: u64, count: u64) -> u32 {
+pub fn emit_buffer(args: &WriteArgs, buf: u64, count: u64) -> u32 {
     let Some(scratch) = LOG_SCRATCH.get_ptr_mut(0) else {
         return 0;
     };
     // SAFETY: per-CPU scratch slot; nothing else on this CPU runs while we do.
     let scratch = unsafe { &mut *scratch };
-    let is_socket =
-        args.stream == Stream::SocketSent as u32 || args.stream == Stream::SocketReceived as u32;
+    let is_socket = args.stream >= Stream::SocketSent as u32;
     let limit = if is_socket {
         socket_capture_bytes()
     } else {

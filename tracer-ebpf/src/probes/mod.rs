@@ -3,3 +3,4 @@ pub mod logs;
 pub mod process;
 pub mod runtime;
 pub mod tcp;
+pub mod tls;

@@ -242,6 +242,7 @@ fn try_set_state(ctx: &TracePointContext) -> Option<()> {
             // SAFETY: value copied out immediately.
             if let Some(owner) = unsafe { CONNS.get(sk) }.copied() {
                 let _ = CONNS.remove(sk);
+                super::tls::unbind_sock(sk);
                 let flags = if old == TCP_SYN_SENT {
                     TCP_FLAG_FAILED
                 } else {

@@ -65,6 +65,8 @@ pub struct TargetReport {
 }
 
 pub const UV_IO_POLL: SymbolMatch = SymbolMatch::Exact("uv__io_poll");
+pub const SSL_WRITE: SymbolMatch = SymbolMatch::Exact("SSL_write");
+pub const SSL_READ: SymbolMatch = SymbolMatch::Exact("SSL_read");
 /// `v8::internal::Heap::CollectGarbage(...)`, any parameter list.
 pub const COLLECT_GARBAGE: SymbolMatch =
     SymbolMatch::Prefix("_ZN2v88internal4Heap14CollectGarbageE");
@@ -187,16 +189,21 @@ impl Capture {
             self.tracepoint("inet_sock_set_state", "sock", &["inet_sock_set_state"])?;
             self.tracepoint("tcp_retransmit_skb", "tcp", &["tcp_retransmit_skb"])?;
         }
+        let mut uprobes: Vec<&str> = Vec::new();
         if self.config.has(Family::Runtime) {
-            for prog in ["uv_io_poll_enter", "uv_io_poll_exit", "gc_enter", "gc_exit"] {
-                let p: &mut UProbe = self
-                    .ebpf
-                    .program_mut(prog)
-                    .ok_or_else(|| anyhow!("probe {prog} missing from the eBPF object"))?
-                    .try_into()?;
-                p.load()
-                    .with_context(|| format!("verifying probe {prog}"))?;
-            }
+            uprobes.extend(["uv_io_poll_enter", "uv_io_poll_exit", "gc_enter", "gc_exit"]);
+        }
+        if http {
+            uprobes.extend(["ssl_write", "ssl_read_enter", "ssl_read_exit"]);
+        }
+        for prog in uprobes {
+            let p: &mut UProbe = self
+                .ebpf
+                .program_mut(prog)
+                .ok_or_else(|| anyhow!("probe {prog} missing from the eBPF object"))?
+                .try_into()?;
+            p.load()
+                .with_context(|| format!("verifying probe {prog}"))?;
         }
         Ok(())
     }
@@ -234,8 +241,10 @@ impl Capture {
         if self.config.has(Family::Http) {
             report.attached.push("http".into());
         }
-        if self.config.has(Family::Runtime) {
-            self.attach_runtime(pid, &mut report);
+        let runtime = self.config.has(Family::Runtime);
+        let http = self.config.has(Family::Http);
+        if runtime || http {
+            self.attach_uprobes(pid, runtime, http, &mut report);
         }
         Ok(report)
     }
@@ -278,40 +287,58 @@ impl Capture {
             .collect())
     }
 
-    /// Uprobes for loop and GC timing. A process without the symbols (not
-    /// node, or a stripped build) is still traced; the report says why the
-    /// runtime probes were skipped.
-    fn attach_runtime(&mut self, pid: u32, report: &mut TargetReport) {
+    /// Uprobes on the process's own executable: loop and GC timing
+    /// (`runtime`), TLS plaintext (`http`). A process without the symbols
+    /// (not node, or a stripped build) is still traced; the report says
+    /// which probes were skipped and why.
+    fn attach_uprobes(&mut self, pid: u32, runtime: bool, http: bool, report: &mut TargetReport) {
         let exe = format!("/proc/{pid}/exe");
         let started = std::time::Instant::now();
-        let found = match symbols::resolve(Path::new(&exe), &[UV_IO_POLL, COLLECT_GARBAGE]) {
+        let wanted = [UV_IO_POLL, COLLECT_GARBAGE, SSL_WRITE, SSL_READ];
+        let found = match symbols::resolve(Path::new(&exe), &wanted) {
             Ok(found) => found,
             Err(e) => {
-                report
-                    .skipped
-                    .push(format!("runtime: cannot read the executable ({e:#})"));
+                report.skipped.push(format!(
+                    "runtime and tls: cannot read the executable ({e:#})"
+                ));
                 return;
             }
         };
         log::debug!("symbols of {exe} resolved in {:?}", started.elapsed());
-        let plan: [(&str, &str, &str, &Option<Resolved>); 2] = [
-            ("loop", "uv_io_poll_enter", "uv_io_poll_exit", &found[0]),
-            ("gc", "gc_enter", "gc_exit", &found[1]),
-        ];
-        for (what, entry, exit, sym) in plan {
+        // (what, symbol shown to the user, resolved, [(program, is return probe)])
+        let mut plan: Vec<(&str, &str, &Option<Resolved>, Vec<&'static str>)> = Vec::new();
+        if runtime {
+            plan.push((
+                "loop",
+                "uv__io_poll",
+                &found[0],
+                vec!["uv_io_poll_enter", "uv_io_poll_exit"],
+            ));
+            plan.push((
+                "gc",
+                "v8::internal::Heap::CollectGarbage",
+                &found[1],
+                vec!["gc_enter", "gc_exit"],
+            ));
+        }
+        if http {
+            plan.push(("tls-write", "SSL_write", &found[2], vec!["ssl_write"]));
+            plan.push((
+                "tls-read",
+                "SSL_read",
+                &found[3],
+                vec!["ssl_read_enter", "ssl_read_exit"],
+            ));
+        }
+        for (what, symbol, sym, programs) in plan {
             let Some(sym) = sym else {
                 report.skipped.push(format!(
-                    "{what}: {} has no {} symbol (not node, or a stripped build)",
-                    report.exe,
-                    if what == "loop" {
-                        "uv__io_poll"
-                    } else {
-                        "v8::internal::Heap::CollectGarbage"
-                    }
+                    "{what}: {} has no {symbol} symbol (not node, or a stripped build)",
+                    report.exe
                 ));
                 continue;
             };
-            match self.attach_uprobe_pair(pid, &exe, sym.file_offset, entry, exit) {
+            match self.attach_uprobe_programs(pid, &exe, sym.file_offset, &programs) {
                 Ok(()) => report.attached.push(what.into()),
                 Err(e) => report
                     .skipped
@@ -320,18 +347,18 @@ impl Capture {
         }
     }
 
-    fn attach_uprobe_pair(
+    /// Attach each program (uprobe or uretprobe, as compiled) at `offset`.
+    fn attach_uprobe_programs(
         &mut self,
         pid: u32,
         exe: &str,
         offset: u64,
-        entry: &'static str,
-        exit: &'static str,
+        programs: &[&'static str],
     ) -> Result<()> {
         let scope = aya::programs::uprobe::UProbeScope::OneProcess(
             NonZeroU32::new(pid).ok_or_else(|| anyhow!("PID 0"))?,
         );
-        for prog in [entry, exit] {
+        for &prog in programs {
             let p: &mut UProbe = self
                 .ebpf
                 .program_mut(prog)
