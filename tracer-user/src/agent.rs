@@ -105,15 +105,15 @@ impl Scope {
         if !is_node(&exe, &cmdline) {
             return false;
         }
-        if let Some(re) = &self.cmdline {
-            if !re.is_match(&cmdline) {
-                return false;
-            }
+        if let Some(re) = &self.cmdline
+            && !re.is_match(&cmdline)
+        {
+            return false;
         }
-        if let Some(ns) = self.netns {
-            if netns_of(pid) != ns {
-                return false;
-            }
+        if let Some(ns) = self.netns
+            && netns_of(pid) != ns
+        {
+            return false;
         }
         true
     }

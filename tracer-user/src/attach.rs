@@ -41,10 +41,10 @@ pub struct AttachArgs {
 
 pub async fn run(args: AttachArgs) -> Result<()> {
     args.capture.validate()?;
-    if let Some(d) = args.duration {
-        if !(d > 0.0 && d.is_finite()) {
-            bail!("--duration must be a positive number of seconds");
-        }
+    if let Some(d) = args.duration
+        && !(d > 0.0 && d.is_finite())
+    {
+        bail!("--duration must be a positive number of seconds");
     }
     for pid in &args.pids {
         crate::capture::preflight::check_pid(*pid)?;

@@ -33,6 +33,17 @@ struct Conn {
     resyncs_reported: u64,
 }
 
+/// One read or write on a connection, as the probes saw it.
+pub struct Payload<'a> {
+    /// Plaintext from the TLS probes rather than bytes on the socket.
+    pub tls: bool,
+    pub dir: Direction,
+    pub mono_ns: u64,
+    /// A prefix of the `total` bytes moved.
+    pub captured: &'a [u8],
+    pub total: usize,
+}
+
 /// An exchange ready to become an `http` event.
 pub struct Finished {
     pub pid: u32,
@@ -106,18 +117,15 @@ impl Connections {
         self.conn(pid, sk).tuple = Some(tuple);
     }
 
-    /// Bytes read or written on a connection: on the socket itself, or
-    /// (`tls`) plaintext from the TLS probes.
-    pub fn data(
-        &mut self,
-        pid: u32,
-        sk: u64,
-        tls: bool,
-        dir: Direction,
-        mono_ns: u64,
-        captured: &[u8],
-        total: usize,
-    ) -> Vec<Finished> {
+    /// Bytes read or written on a connection.
+    pub fn data(&mut self, pid: u32, sk: u64, payload: Payload<'_>) -> Vec<Finished> {
+        let Payload {
+            tls,
+            dir,
+            mono_ns,
+            captured,
+            total,
+        } = payload;
         let conn = self.conn(pid, sk);
         if tls && !conn.tls {
             // First plaintext: whatever ciphertext was parsed is noise.
@@ -322,7 +330,14 @@ mod tests {
         ts: u64,
         b: &[u8],
     ) -> Vec<Finished> {
-        c.data(pid, sk, false, dir, ts, b, b.len())
+        let payload = Payload {
+            tls: false,
+            dir,
+            mono_ns: ts,
+            captured: b,
+            total: b.len(),
+        };
+        c.data(pid, sk, payload)
     }
 
     const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
@@ -417,9 +432,7 @@ mod tests {
         let a = c
             .req_id_for_line(1, "0af7651916cd43dd8448eb211c80319c")
             .unwrap();
-        let call = format!(
-            "GET /x HTTP/1.1\r\ntraceparent: 00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01\r\n\r\n"
-        );
+        let call = "GET /x HTTP/1.1\r\ntraceparent: 00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01\r\n\r\n".to_string();
         feed(&mut c, 1, 0xc, S, 3, call.as_bytes());
         let done = feed(&mut c, 1, 0xc, R, 4, OK);
         assert_eq!(done[0].exchange.parent_req_id.as_deref(), Some(a.as_str()));

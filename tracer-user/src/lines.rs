@@ -126,10 +126,10 @@ impl LineAssembler {
             .collect();
         let mut out = Vec::new();
         for key in keys {
-            if let Some(mut p) = self.pending.remove(&key) {
-                if !p.bytes.is_empty() || p.truncated {
-                    out.push(take_line(key, &mut p));
-                }
+            if let Some(mut p) = self.pending.remove(&key)
+                && (!p.bytes.is_empty() || p.truncated)
+            {
+                out.push(take_line(key, &mut p));
             }
         }
         out.sort_by_key(|l| l.mono_ns);

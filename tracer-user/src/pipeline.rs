@@ -11,7 +11,7 @@ use std::{
 use tracer_common::{EventKind, Stream, TCP_FLAG_FAILED, TCP_FLAG_PREEXISTING};
 
 use crate::{
-    conns::{Connections, Finished},
+    conns::{Connections, Finished, Payload},
     decode::{Head, Record, TcpRecord},
     event::{Event, EventData, LossStage, StreamName, Tuple},
     http::Direction,
@@ -194,15 +194,14 @@ impl Pipeline {
             _ => Direction::Received,
         };
         let tls = matches!(chunk.stream, Stream::TlsSent | Stream::TlsReceived);
-        let done = self.conns.data(
-            chunk.head.pid,
-            chunk.ino,
+        let payload = Payload {
             tls,
             dir,
-            chunk.head.mono_ns,
-            &chunk.data,
-            chunk.buffer_len as usize,
-        );
+            mono_ns: chunk.head.mono_ns,
+            captured: &chunk.data,
+            total: chunk.buffer_len as usize,
+        };
+        let done = self.conns.data(chunk.head.pid, chunk.ino, payload);
         done.into_iter().map(|f| self.http_event(f)).collect()
     }
 

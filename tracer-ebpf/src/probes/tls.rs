@@ -99,10 +99,10 @@ pub fn ssl_write(ctx: ProbeContext) -> u32 {
         return 0;
     };
     let _ = SSL_WRITE_PENDING.insert(tid, ssl, 0);
-    if num > 0 {
-        if let Some(sk) = sock_of(ssl, tid) {
-            emit(Stream::TlsSent, sk, buf, num as u64);
-        }
+    if num > 0
+        && let Some(sk) = sock_of(ssl, tid)
+    {
+        emit(Stream::TlsSent, sk, buf, num as u64);
     }
     0
 }
@@ -125,10 +125,10 @@ pub fn ssl_read_exit(ctx: RetProbeContext) -> u32 {
     };
     let _ = SSL_READ_ARGS.remove(tid);
     let ret: i32 = ctx.ret();
-    if ret > 0 {
-        if let Some(sk) = sock_of(ssl, tid) {
-            emit(Stream::TlsReceived, sk, buf, ret as u64);
-        }
+    if ret > 0
+        && let Some(sk) = sock_of(ssl, tid)
+    {
+        emit(Stream::TlsReceived, sk, buf, ret as u64);
     }
     0
 }

@@ -76,7 +76,7 @@ fn field_offset(btf: &Btf, path: &str) -> Result<u32> {
                 .with_context(|| format!("kernel BTF: {path}: {field} is not a struct"))?;
         }
     }
-    if total_bits % 8 != 0 {
+    if !total_bits.is_multiple_of(8) {
         bail!("kernel BTF: {path} is a bitfield");
     }
     Ok(total_bits / 8)
@@ -115,12 +115,11 @@ fn find_member(btf: &Btf, s: &btf_rs::Struct, field: &str) -> Result<Option<(u32
         if name == field {
             return Ok(Some((m.bit_offset(), ty)));
         }
-        if name.is_empty() {
-            if let Ok(inner) = as_struct(btf, ty) {
-                if let Some((bits, t)) = find_member(btf, &inner, field)? {
-                    return Ok(Some((m.bit_offset() + bits, t)));
-                }
-            }
+        if name.is_empty()
+            && let Ok(inner) = as_struct(btf, ty)
+            && let Some((bits, t)) = find_member(btf, &inner, field)?
+        {
+            return Ok(Some((m.bit_offset() + bits, t)));
         }
     }
     Ok(None)

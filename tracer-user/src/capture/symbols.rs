@@ -48,13 +48,14 @@ pub fn resolve(path: &Path, wanted: &[SymbolMatch]) -> Result<Vec<Option<Resolve
         }
         let Ok(name) = sym.name() else { continue };
         for (slot, want) in found.iter_mut().zip(wanted) {
-            if slot.is_none() && want.matches(name) {
-                if let Some(file_offset) = file_offset(&file, sym.address()) {
-                    *slot = Some(Resolved {
-                        name: name.to_string(),
-                        file_offset,
-                    });
-                }
+            if slot.is_none()
+                && want.matches(name)
+                && let Some(file_offset) = file_offset(&file, sym.address())
+            {
+                *slot = Some(Resolved {
+                    name: name.to_string(),
+                    file_offset,
+                });
             }
         }
         if found.iter().all(Option::is_some) {
