@@ -906,6 +906,22 @@ impl HttpConn {
             Phase::Head { confirmed: true }
         };
         self.emit();
+        self.resume_requests(d);
+    }
+
+    /// Parses request bytes that were held (for the answer to an upgrade, or
+    /// for room in the pipeline) as soon as a response releases them, before
+    /// the rest of the response stream: they came first, and the rest may
+    /// answer them. (Doing it after the whole read instead would make the
+    /// result depend on how the response stream was cut.)
+    fn resume_requests(&mut self, resp: usize) {
+        if let Some(req) = self.request_dir()
+            && req != resp
+            && !self.streams[req].buf.is_empty()
+            && !self.request_paused()
+        {
+            self.run_request(req);
+        }
     }
 
     /// The request stream lost framing. The request being parsed is cut (or,
@@ -973,6 +989,7 @@ impl HttpConn {
             self.streams[req].phase = Phase::Hunt;
         }
         self.emit();
+        self.resume_requests(d);
     }
 
     /// 101 Switching Protocols or a successful CONNECT: the rest of the

@@ -695,6 +695,39 @@ fn declined_upgrade_continues() {
     );
 }
 
+/// The request held behind a declined CONNECT is parsed as soon as the
+/// refusal is read, so a response right behind the refusal (same read) is
+/// its answer (found by fuzzing).
+#[test]
+fn held_request_is_answered_in_the_same_read() {
+    let reqs = b"CONNECT h:443 HTTP/1.1\r\n\r\nGET /x HTTP/1.1\r\n\r\n";
+    let refused = b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n\r\n";
+    let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+    let both = [&refused[..], &ok[..]].concat();
+    let (got, per_step) = run(&[full(S, 10, reqs), full(R, 20, &both)], 30);
+    let client = |method, path, status, bytes| {
+        Ex {
+            side: Side::Client,
+            method,
+            path,
+            status,
+            ts: (10, 20),
+            bytes,
+            headers: &[],
+            complete: true,
+        }
+        .build()
+    };
+    assert_eq!(
+        got,
+        vec![
+            client("CONNECT", "h:443", 407, (reqs.len() - 19, refused.len())),
+            client("GET", "/x", 200, (19, ok.len())),
+        ]
+    );
+    assert_eq!(per_step, vec![0, 2, 0]);
+}
+
 #[test]
 fn connect_tunnel_stops_parsing() {
     let req = b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n";
