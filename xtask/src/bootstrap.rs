@@ -30,6 +30,8 @@ const PACKAGES: &[&str] = &[
     "bpftrace",
     "iproute2",
     "prometheus", // tests/agent_prometheus.rs scrapes the metrics endpoint with it
+    "openssl",    // HTTPS tests and the TLS bench make self-signed certificates
+    "curl",       // agent tests fetch /metrics and drive traffic in namespaces
 ];
 
 /// The rustup name under which Debian's toolchain in /usr is linked;
