@@ -212,6 +212,11 @@ impl Stream {
             .map_or(0, |&(_, ts)| ts)
     }
 
+    /// Timestamp of the newest chunk.
+    fn last_ts(&self) -> u64 {
+        self.chunks.back().map_or(0, |&(_, ts)| ts)
+    }
+
     /// Forgets the marks of chunks whose bytes are all consumed.
     fn prune_marks(&mut self) {
         while self.chunks.len() >= 2 && self.chunks[1].0 <= self.base {
@@ -706,7 +711,7 @@ impl HttpConn {
                         }
                         if confirmed {
                             let status = partial_status(&buf[cur..cur + MAX_HEAD]);
-                            self.response_lost(d, status);
+                            self.response_lost(d, status, self.streams[d].last_ts());
                         }
                         self.stats.discarded_bytes += MAX_HEAD as u64;
                         cur += MAX_HEAD;
@@ -731,7 +736,7 @@ impl HttpConn {
                             if status == 101 || (e.connect && (200..300).contains(&status)) {
                                 e.status = status;
                                 e.resp_done = true;
-                                self.upgrade();
+                                self.upgrade(end_ts);
                                 cur = buf.len();
                                 break;
                             }
@@ -745,13 +750,13 @@ impl HttpConn {
                             match body {
                                 Ok(Some(b)) => self.streams[d].phase = Phase::Body(b),
                                 Ok(None) => self.response_done(d),
-                                Err(()) => self.response_lost(d, None),
+                                Err(()) => self.response_lost(d, None, self.streams[d].last_ts()),
                             }
                         }
                         Err(()) => {
                             if confirmed {
                                 let status = partial_status(head);
-                                self.response_lost(d, status);
+                                self.response_lost(d, status, self.streams[d].last_ts());
                             }
                             let line = first_line_len(head);
                             self.stats.discarded_bytes += line as u64;
@@ -789,7 +794,7 @@ impl HttpConn {
                                     e.resp_end_ns = end_ts;
                                 }
                             }
-                            self.response_lost(d, None);
+                            self.response_lost(d, None, self.streams[d].last_ts());
                         }
                     }
                 }
@@ -969,7 +974,7 @@ impl HttpConn {
     /// (with `status` if only its head was cut short), requests still awaiting
     /// one are given up (their responses may have been in what was lost), and
     /// the stream hunts for the next status line once a new request comes.
-    fn response_lost(&mut self, d: usize, status: Option<u16>) {
+    fn response_lost(&mut self, d: usize, status: Option<u16>, ts: u64) {
         self.stats.resyncs += 1;
         let mut first = true;
         let mut released_upgrade = false;
@@ -981,6 +986,9 @@ impl HttpConn {
             released_upgrade |= (e.upgrade || e.connect) && e.req_done;
             e.resp_done = true;
             e.resp_cut = true;
+            if e.resp_end_ns == 0 {
+                e.resp_end_ns = ts;
+            }
         }
         self.streams[d].phase = Phase::Hunt;
         if released_upgrade && let Some(req) = self.request_dir() {
@@ -994,7 +1002,7 @@ impl HttpConn {
 
     /// 101 Switching Protocols or a successful CONNECT: the rest of the
     /// connection is not HTTP/1. Everything pending is reported now.
-    fn upgrade(&mut self) {
+    fn upgrade(&mut self, ts: u64) {
         self.stats.upgraded = true;
         for e in &mut self.pending {
             if !e.req_done {
@@ -1004,6 +1012,7 @@ impl HttpConn {
             if !e.resp_done {
                 e.resp_done = true;
                 e.resp_cut = true;
+                e.resp_end_ns = ts;
             }
         }
         self.emit();
@@ -1048,7 +1057,7 @@ impl HttpConn {
                     } else if n > 0 {
                         // The gap covers framing (a chunk-size line).
                         if is_response {
-                            self.response_lost(d, None);
+                            self.response_lost(d, None, ts);
                         } else {
                             self.request_lost(&[], 0);
                         }
@@ -1063,7 +1072,7 @@ impl HttpConn {
                         let awaiting = self.pending.iter().any(|e| !e.resp_done);
                         if awaiting {
                             let status = partial_status(&self.streams[d].buf);
-                            self.response_lost(d, status);
+                            self.response_lost(d, status, ts);
                         }
                     } else {
                         let s = &self.streams[d];

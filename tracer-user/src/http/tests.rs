@@ -581,6 +581,50 @@ fn gap_inside_headers_resyncs() {
     assert!(!format!("{got:?}").contains("SECRET"));
 }
 
+/// When a response loses framing, the requests still waiting are given up
+/// (their responses may have been in what was lost) and pairing restarts
+/// with the next request.
+#[test]
+fn response_loss_gives_up_waiting_requests() {
+    let reqs = b"GET /1 HTTP/1.1\r\n\r\nGET /2 HTTP/1.1\r\n\r\n";
+    let broken = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n";
+    let late = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+    let next = b"GET /3 HTTP/1.1\r\n\r\n";
+    let next_resp = b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n";
+    let (got, per_step) = run(
+        &[
+            full(R, 10, reqs),
+            full(S, 20, broken),
+            full(S, 25, late),
+            full(R, 30, next),
+            full(S, 40, next_resp),
+        ],
+        50,
+    );
+    let cut = |path, status, resp_end, resp_bytes| {
+        Ex {
+            side: Side::Server,
+            method: "GET",
+            path,
+            status,
+            ts: (10, resp_end),
+            bytes: (reqs.len() / 2, resp_bytes),
+            headers: &[],
+            complete: false,
+        }
+        .build()
+    };
+    assert_eq!(
+        got,
+        vec![
+            cut("/1", 200, 20, broken.len() - b"zz\r\n".len()),
+            cut("/2", 0, 20, 0),
+            served("GET", "/3", 201, (30, 40), (next.len(), next_resp.len())),
+        ]
+    );
+    assert_eq!(per_step, vec![0, 2, 0, 0, 1, 0]);
+}
+
 #[test]
 fn oversized_headers_resync() {
     let mut huge = b"GET /huge HTTP/1.1\r\nX-Big: ".to_vec();
