@@ -420,8 +420,7 @@ impl HttpConn {
             // (No byte of a gap is ever looked up by timestamp: a gap-only
             // read needs no mark.)
             stream.mark_chunk(ts_ns);
-            stream.buf.extend_from_slice(captured);
-            self.run(d);
+            self.run(d, captured);
         }
         if gap > 0 {
             self.skip(d, gap, ts_ns);
@@ -431,7 +430,7 @@ impl HttpConn {
         if let Some(req) = self.request_dir()
             && req != d
         {
-            self.run(req);
+            self.run(req, &[]);
         }
         for s in &mut self.streams {
             s.prune_marks();
@@ -526,18 +525,48 @@ impl HttpConn {
                 .any(|e| (e.upgrade || e.connect) && e.req_done && !e.resp_done)
     }
 
-    fn run(&mut self, d: usize) {
+    /// Parses what direction `d` holds followed by `fresh`. Bytes are copied
+    /// into the stream's buffer only when they cannot be parsed yet (a head
+    /// still arriving): a body passes straight through.
+    fn run(&mut self, d: usize, fresh: &[u8]) {
+        let mut held = std::mem::take(&mut self.streams[d].buf);
+        if held.is_empty() {
+            let cur = self.parse(d, fresh);
+            let s = &mut self.streams[d];
+            if s.phase == Phase::Dead {
+                s.base += fresh.len() as u64;
+            } else {
+                s.base += cur as u64;
+                held.extend_from_slice(&fresh[cur..]);
+            }
+        } else {
+            held.extend_from_slice(fresh);
+            let cur = self.parse(d, &held);
+            let s = &mut self.streams[d];
+            if s.phase == Phase::Dead {
+                s.base += held.len() as u64;
+                held.clear();
+            } else {
+                s.base += cur as u64;
+                held.drain(..cur);
+            }
+        }
+        self.streams[d].buf = held;
+    }
+
+    /// Parses `buf`, which starts at the stream's `base`; returns how many
+    /// bytes were consumed.
+    fn parse(&mut self, d: usize, buf: &[u8]) -> usize {
         if Some(d) == self.response_dir() {
-            self.run_response(d);
+            self.run_response(d, buf)
         } else {
             // Before the side is known both directions look for a request.
-            self.run_request(d);
+            self.run_request(d, buf)
         }
     }
 
     /// Parses the request direction (or, before the side is known, either).
-    fn run_request(&mut self, d: usize) {
-        let buf = std::mem::take(&mut self.streams[d].buf);
+    fn run_request(&mut self, d: usize, buf: &[u8]) -> usize {
         let mut cur = 0usize;
         loop {
             let base = self.streams[d].base;
@@ -564,13 +593,13 @@ impl HttpConn {
                     cur += MAX_HEAD + 1;
                     self.streams[d].phase = Phase::Hunt;
                 }
-                Phase::Hunt => match self.hunt(&buf, cur, d, scan::request_line_start) {
+                Phase::Hunt => match self.hunt(buf, cur, d, scan::request_line_start) {
                     Ok(start) => {
                         cur = start;
                         self.streams[d].phase = Phase::Head { confirmed: false };
                     }
                     Err(line_start) => {
-                        cur = self.hunt_trim(&buf, line_start);
+                        cur = self.hunt_trim(buf, line_start);
                         break;
                     }
                 },
@@ -584,7 +613,7 @@ impl HttpConn {
                     if cur == buf.len() {
                         break;
                     }
-                    let Some(len) = self.find_head(&buf, cur, d) else {
+                    let Some(len) = self.find_head(buf, cur, d) else {
                         if buf.len() - cur < MAX_HEAD {
                             break;
                         }
@@ -656,12 +685,11 @@ impl HttpConn {
                 }
             }
         }
-        self.consume(d, buf, cur);
+        cur
     }
 
     /// Parses the response direction.
-    fn run_response(&mut self, d: usize) {
-        let buf = std::mem::take(&mut self.streams[d].buf);
+    fn run_response(&mut self, d: usize, buf: &[u8]) -> usize {
         let mut cur = 0usize;
         loop {
             let phase = self.streams[d].phase;
@@ -685,13 +713,13 @@ impl HttpConn {
                     cur = buf.len();
                     break;
                 }
-                Phase::Hunt => match self.hunt(&buf, cur, d, scan::status_line_start) {
+                Phase::Hunt => match self.hunt(buf, cur, d, scan::status_line_start) {
                     Ok(start) => {
                         cur = start;
                         self.streams[d].phase = Phase::Head { confirmed: false };
                     }
                     Err(line_start) => {
-                        cur = self.hunt_trim(&buf, line_start);
+                        cur = self.hunt_trim(buf, line_start);
                         break;
                     }
                 },
@@ -705,7 +733,7 @@ impl HttpConn {
                     if cur == buf.len() {
                         break;
                     }
-                    let Some(len) = self.find_head(&buf, cur, d) else {
+                    let Some(len) = self.find_head(buf, cur, d) else {
                         if buf.len() - cur < MAX_HEAD {
                             break;
                         }
@@ -800,20 +828,7 @@ impl HttpConn {
                 }
             }
         }
-        self.consume(d, buf, cur);
-    }
-
-    /// Puts back what is left of `buf` after `cur` bytes were consumed.
-    fn consume(&mut self, d: usize, mut buf: Vec<u8>, cur: usize) {
-        let s = &mut self.streams[d];
-        if s.phase == Phase::Dead {
-            s.base += buf.len() as u64;
-            buf.clear();
-        } else {
-            s.base += cur as u64;
-            buf.drain(..cur);
-        }
-        s.buf = buf;
+        cur
     }
 
     /// Looks for a start line from `buf[cur..]` one complete line at a time;
@@ -925,7 +940,7 @@ impl HttpConn {
             && !self.streams[req].buf.is_empty()
             && !self.request_paused()
         {
-            self.run_request(req);
+            self.run(req, &[]);
         }
     }
 
