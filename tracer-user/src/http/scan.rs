@@ -4,6 +4,12 @@
 //! Resync works one complete line at a time: a candidate is only judged once
 //! its `\n` has arrived, so the verdict does not depend on how the stream was
 //! split, and every byte is looked at a bounded number of times.
+//!
+//! These only *find* where a start line may begin inside arbitrary bytes,
+//! with a rule stricter than httparse's (known methods, CRLF, HTTP/1.x, a
+//! plausible target): httparse parses a head from a known start and accepts
+//! any token as a method. The head found is then parsed by httparse like any
+//! other.
 
 use super::MAX_LINE;
 
