@@ -1,6 +1,12 @@
 //! The reference point: bpftrace hooking what tracer hooks (write syscalls,
-//! TCP state changes and retransmits, the event loop's poll) and counting
-//! into maps, i.e. the cheapest possible version of the same probes.
+//! TCP state changes and retransmits, the event loop's poll; node's
+//! SSL_read/SSL_write for TLS) and counting into maps, i.e. the cheapest
+//! possible version of the same probes.
+//!
+//! bpftrace runs with `-p PID`, so its uprobes trap only in the server, as
+//! tracer's do (`UProbeScope::OneProcess`). Without it a uprobe on
+//! `/proc/PID/exe` is set in every process running that node binary,
+//! including other people's on a shared machine.
 
 use std::{
     fs,
@@ -16,7 +22,9 @@ use crate::procs::{self, Spawned, Stream};
 
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(60);
 
-pub fn script(pid: u32) -> String {
+/// What the overhead benchmark compares tracer's logs, tcp and runtime
+/// families with.
+pub fn overhead_script(pid: u32) -> String {
     format!(
         "\
 tracepoint:syscalls:sys_enter_write /pid == {pid}/ {{ @writes[args->fd] = count(); }}
@@ -33,11 +41,25 @@ uretprobe:/proc/{pid}/exe:uv__io_poll /@poll_start[tid]/ {{
     )
 }
 
-/// Starts bpftrace on `script_path` and returns once all its probes are
-/// attached.
-pub fn attach_ready(script_path: &Path) -> Result<Spawned> {
+/// What tracer's TLS plaintext capture hooks: a uprobe on SSL_write (the
+/// plaintext is in its arguments) and a uprobe + uretprobe pair on SSL_read
+/// (the plaintext is there only on return).
+pub fn tls_script(pid: u32) -> String {
+    format!(
+        "\
+uprobe:/proc/{pid}/exe:SSL_write /pid == {pid}/ {{ @ssl_write_calls = count(); }}
+uprobe:/proc/{pid}/exe:SSL_read /pid == {pid}/ {{ @ssl_read_calls = count(); }}
+uretprobe:/proc/{pid}/exe:SSL_read /pid == {pid}/ {{ @ssl_read_returns = count(); }}
+"
+    )
+}
+
+/// Starts `bpftrace -p <pid> <script_path>` and returns once all its probes
+/// are attached.
+pub fn attach_ready(script_path: &Path, pid: u32) -> Result<Spawned> {
     let mut command = Command::new("bpftrace");
     command
+        .args(["-p", &pid.to_string()])
         .arg(script_path)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -78,19 +100,19 @@ pub fn attach_ready(script_path: &Path) -> Result<Spawned> {
     }
 }
 
-/// bpftrace prints its maps when stopped. Under load the server's event loop
-/// turns many times a second, so a missing or zero `@loop_turns` means the
-/// probes were not really attached and the round measured nothing.
-pub fn check_fired(maps: &str) -> Result<()> {
-    let turns = maps
+/// bpftrace prints its maps when stopped. Under load the counter `map`
+/// (`@loop_turns`, `@ssl_write_calls`, ...) grows many times a second, so a
+/// missing or zero one means the probes were not really attached and the
+/// round measured nothing.
+pub fn check_fired(maps: &str, map: &str) -> Result<()> {
+    let prefix = format!("{map}:");
+    let count = maps
         .lines()
-        .find_map(|line| line.strip_prefix("@loop_turns:"))
+        .find_map(|line| line.strip_prefix(&prefix))
         .and_then(|n| n.trim().parse::<u64>().ok());
-    match turns {
+    match count {
         Some(n) if n > 0 => Ok(()),
-        _ => bail!(
-            "bpftrace's uv__io_poll probes did not fire during the round; its output:\n{maps}"
-        ),
+        _ => bail!("bpftrace's {map} stayed at 0 during the round; its output:\n{maps}"),
     }
 }
 
@@ -135,16 +157,22 @@ mod tests {
     }
 
     #[test]
-    fn fired_only_with_loop_turns() {
-        assert!(check_fired("@writes[1]: 10\n@loop_turns: 42\n").is_ok());
-        assert!(check_fired("@writes[1]: 10\n").is_err());
-        assert!(check_fired("@loop_turns: 0\n").is_err());
+    fn fired_only_with_a_count() {
+        let maps = "@writes[1]: 10\n@loop_turns: 42\n";
+        assert!(check_fired(maps, "@loop_turns").is_ok());
+        assert!(check_fired("@writes[1]: 10\n", "@loop_turns").is_err());
+        assert!(check_fired("@loop_turns: 0\n", "@loop_turns").is_err());
+        assert!(check_fired("@ssl_write_calls: 7\n", "@ssl_write_calls").is_ok());
     }
 
     #[test]
-    fn script_filters_on_the_pid() {
-        let text = script(4242);
+    fn scripts_filter_on_the_pid() {
+        let text = overhead_script(4242);
         assert!(text.contains("uprobe:/proc/4242/exe:uv__io_poll /pid == 4242/"));
+        assert_eq!(text.matches("/pid == 4242/").count(), 3);
+        let text = tls_script(4242);
+        assert!(text.contains("uprobe:/proc/4242/exe:SSL_write /pid == 4242/"));
+        assert!(text.contains("uretprobe:/proc/4242/exe:SSL_read /pid == 4242/"));
         assert_eq!(text.matches("/pid == 4242/").count(), 3);
     }
 }

@@ -1,11 +1,15 @@
 //! `cargo xtask bench ...`: benchmarks. On these 2-core shared machines the
 //! same setup swings by up to ±20% between runs, so every benchmark compares
 //! configurations inside one run, alternating them round by round, and
-//! reports medians.
+//! reports medians, with how busy the rest of the machine was.
 
+mod agent_cpu;
 mod bpftrace;
+mod cpu;
+mod harness;
 mod overhead;
 mod report;
+mod tls;
 mod wrk;
 
 use anyhow::Result;
@@ -20,10 +24,27 @@ pub enum BenchCommand {
     /// node runs on CPU 0, wrk (1 thread, 50 keep-alive connections) on CPU 1.
     /// Results go to the terminal and to target/bench/overhead.md.
     Overhead(overhead::OverheadArgs),
+    /// What TLS plaintext capture costs a busy node https server: nothing
+    /// attached vs `tracer attach --probes tcp,http` (uprobes on node's
+    /// SSL_write/SSL_read) vs all probes vs bpftrace on the same functions.
+    ///
+    /// A self-signed key and certificate are generated for the run. Results go
+    /// to the terminal and to target/bench/tls.md.
+    Tls(tls::TlsArgs),
+    /// The CPU time `tracer agent` itself spends per traced request (from
+    /// /proc/PID/stat around the load window), next to the server's
+    /// requests/s with and without it.
+    ///
+    /// The tracer's kernel-side cost is not in that number: it shows in the
+    /// server's throughput. Results go to the terminal and to
+    /// target/bench/agent-cpu.md.
+    AgentCpu(agent_cpu::AgentCpuArgs),
 }
 
 pub fn run(command: &BenchCommand) -> Result<()> {
     match command {
         BenchCommand::Overhead(args) => overhead::run(args),
+        BenchCommand::Tls(args) => tls::run(args),
+        BenchCommand::AgentCpu(args) => agent_cpu::run(args),
     }
 }

@@ -14,19 +14,21 @@ use crate::procs::Spawned;
 pub struct Sample {
     pub requests_per_sec: f64,
     pub p99_us: f64,
+    /// Responses wrk completed in the run (`N requests in ...`).
+    pub requests: u64,
     /// Socket errors plus non-2xx/3xx responses; should be 0.
     pub errors: u64,
 }
 
-/// `wrk -t1 -c50 -d<seconds>s --latency` against 127.0.0.1:`port`, pinned to
-/// `cpu`.
-pub fn run(port: u16, seconds: u32, cpu: u32) -> Result<Sample> {
+/// `wrk -t1 -c50 -d<seconds>s --latency <url>` (keep-alive, also over
+/// https), pinned to `cpu`.
+pub fn run(url: &str, seconds: u32, cpu: u32) -> Result<Sample> {
     let mut command = Command::new("taskset");
     command
         .args(["-c", &cpu.to_string(), "wrk", "-t1", "-c50"])
         .arg(format!("-d{seconds}s"))
         .arg("--latency")
-        .arg(format!("http://127.0.0.1:{port}/"))
+        .arg(url)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -46,6 +48,7 @@ pub fn run(port: u16, seconds: u32, cpu: u32) -> Result<Sample> {
 pub fn parse(report: &str) -> Result<Sample> {
     let mut requests_per_sec = None;
     let mut p99_us = None;
+    let mut requests = None;
     let mut errors = 0;
     for line in report.lines().map(str::trim) {
         if let Some(value) = line.strip_prefix("Requests/sec:") {
@@ -57,6 +60,12 @@ pub fn parse(report: &str) -> Result<Sample> {
             );
         } else if let Some(value) = line.strip_prefix("99%") {
             p99_us = Some(parse_duration_us(value.trim())?);
+        } else if let Some((count, _)) = line.split_once(" requests in ") {
+            requests = Some(
+                count
+                    .parse::<u64>()
+                    .with_context(|| format!("bad request count line `{line}`"))?,
+            );
         } else if let Some(value) = line.strip_prefix("Non-2xx or 3xx responses:") {
             errors += value.trim().parse::<u64>().unwrap_or(0);
         } else if let Some(value) = line.strip_prefix("Socket errors:") {
@@ -70,6 +79,7 @@ pub fn parse(report: &str) -> Result<Sample> {
     Ok(Sample {
         requests_per_sec: requests_per_sec.context("no `Requests/sec:` line")?,
         p99_us: p99_us.context("no `99%` latency line (was wrk run with --latency?)")?,
+        requests: requests.context("no `N requests in ...` line")?,
         errors,
     })
 }
@@ -119,6 +129,7 @@ Transfer/sec:      9.06MB
         let sample = parse(REPORT).expect("report parses");
         assert_eq!(sample.requests_per_sec, 91357.80);
         assert!((sample.p99_us - 1230.0).abs() < 1e-6);
+        assert_eq!(sample.requests, 456789);
         assert_eq!(sample.errors, 0);
     }
 
