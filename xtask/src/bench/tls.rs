@@ -85,8 +85,9 @@ Each request costs node one SSL_write and about two SSL_read calls (the \
 second returns WANT_READ), so tracer's TLS capture takes about four uprobe \
 traps per request; the bpftrace row is the price of those traps alone, \
 counting and nothing else. tracer's `http` row also pays the syscall \
-tracepoints the HTTP family always enables (here they see ciphertext and \
-skip it). `tool CPU` is the attached process's own CPU time during the load \
+tracepoints the HTTP family always enables (on a TLS connection they only \
+note which socket the thread used; the ciphertext is not copied). \
+`tool CPU` is the attached process's own CPU time during the load \
 (the BPF programs run in the server's context and show up in req/s); \
 `HTTP seen` is HTTP events reported over requests wrk completed.";
 
