@@ -367,13 +367,15 @@ impl Round<'_> {
         thread::sleep(TEARDOWN);
         let foreign_cores = cpu::machine_busy_cores(QUIET_WINDOW)?;
         let attached = self.attach(config, bt_script)?;
-        let result = self.load(config, attached.as_ref());
-        // Detach even when the load failed, so the error below is the first one.
-        let http_events = match attached {
-            Some(attached) => detach(config, attached)?,
-            None => None,
+        let loaded = self.load(config, attached.as_ref());
+        // Detach even when the load failed; the load's error is the one to
+        // report then.
+        let detached = match attached {
+            Some(attached) => detach(config, attached),
+            None => Ok(None),
         };
-        let (wrk, tool_cpu_us) = result?;
+        let (wrk, tool_cpu_us) = loaded?;
+        let http_events = detached?;
         Ok(Measured {
             wrk,
             tool_cpu_us,
@@ -425,7 +427,11 @@ impl Round<'_> {
         attached: Option<&Attached>,
     ) -> Result<(wrk::Sample, Option<f64>)> {
         let tool_pid = attached.map(|a| a.process.pid());
-        let before = tool_pid.map(cpu::process_ticks).transpose()?;
+        // Whatever the tool still does after printing ready (seeding from
+        // /proc, say) is setup, not per-request work: wait for it.
+        let before = tool_pid
+            .map(|pid| cpu::ticks_when_settled(pid, SETTLE_QUIET, SETTLE_LIMIT))
+            .transpose()?;
         let sample = wrk::run(self.url, self.seconds, WRK_CPU)?;
         let cpu_us = match (tool_pid, before) {
             (Some(pid), Some(before)) => {
