@@ -11,6 +11,7 @@ use regex::Regex;
 use crate::{
     capture::{Capture, seed::netns_of},
     event::{Event, EventData},
+    forward::{ForwardConfig, ForwardHandle},
     metrics::Metrics,
     options::CaptureArgs,
     output::StdoutSink,
@@ -48,9 +49,42 @@ pub struct AgentArgs {
     #[arg(long, default_value = "127.0.0.1:9464", value_name = "ADDR")]
     pub metrics_listen: SocketAddr,
 
-    /// Do not print events (metrics only).
+    /// Do not print events (metrics and forwarding only).
     #[arg(long)]
     pub quiet: bool,
+
+    /// Forward events to this aggregator (http://HOST:PORT or https://...).
+    #[arg(long, value_name = "URL")]
+    pub aggregator: Option<String>,
+
+    /// File holding the aggregator's ingest token (required with --aggregator).
+    #[arg(long, value_name = "FILE", requires = "aggregator")]
+    pub token_file: Option<PathBuf>,
+
+    /// Unacknowledged batches are kept here until the aggregator has them,
+    /// across restarts of the agent.
+    #[arg(long, default_value = "/var/lib/tracer/spool", value_name = "DIR")]
+    pub spool: PathBuf,
+
+    /// Most bytes kept in the spool; past it the oldest batches are dropped
+    /// (and the loss is reported).
+    #[arg(long, default_value_t = 256 * 1024 * 1024, value_name = "BYTES")]
+    pub spool_max_bytes: u64,
+
+    /// Extra CA certificate (PEM) to trust for an https:// aggregator.
+    #[arg(long, value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
+
+    /// Testing only: shift every timestamp by this many milliseconds, to
+    /// simulate a host whose clock is off.
+    #[arg(
+        long,
+        default_value_t = 0,
+        value_name = "MS",
+        allow_hyphen_values = true,
+        hide = true
+    )]
+    pub debug_clock_offset_ms: i64,
 
     #[command(flatten)]
     pub capture: CaptureArgs,
@@ -146,27 +180,32 @@ fn scan(scope: &Scope) -> Vec<u32> {
     pids
 }
 
-/// Feeds every event to the metrics, and prints those worth printing.
+/// Feeds every event to the metrics, and prints and forwards those worth
+/// keeping.
 struct AgentSink {
     metrics: Arc<Metrics>,
     out: Option<StdoutSink>,
+    forward: Option<ForwardHandle>,
     loop_threshold_ns: u64,
 }
 
 impl Sink for AgentSink {
     fn emit(&mut self, event: &Event) -> Result<()> {
         self.metrics.observe(event);
-        let Some(out) = &mut self.out else {
-            return Ok(());
-        };
         if let EventData::Loop { busy_ns, .. } = event.data {
-            // The kernel sends every turn for the histogram; print only
+            // The kernel sends every turn for the histogram; keep only
             // those over the display threshold.
             if busy_ns < self.loop_threshold_ns {
                 return Ok(());
             }
         }
-        out.emit(event)
+        if let Some(forward) = &self.forward {
+            forward.push(event);
+        }
+        match &mut self.out {
+            Some(out) => out.emit(event),
+            None => Ok(()),
+        }
     }
 
     fn flush(&mut self) -> Result<()> {
@@ -189,11 +228,39 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     for note in &capture.notes {
         eprintln!("tracer: {note}");
     }
+    let host = args.capture.host();
     let mut pipeline = Pipeline::new(
-        args.capture.host(),
-        WallClock::new(0),
+        host.clone(),
+        WallClock::new(args.debug_clock_offset_ms.saturating_mul(1_000_000)),
         args.capture.max_line_bytes as usize,
     );
+    let forward = match &args.aggregator {
+        Some(url) => {
+            let token_file = args.token_file.as_ref().context(
+                "--aggregator needs --token-file FILE (the token the aggregator was started with)",
+            )?;
+            let token = std::fs::read_to_string(token_file)
+                .with_context(|| format!("reading --token-file {}", token_file.display()))?
+                .trim()
+                .to_string();
+            if token.is_empty() {
+                anyhow::bail!("--token-file {} is empty", token_file.display());
+            }
+            let cfg = ForwardConfig {
+                url: url.clone(),
+                token,
+                host: host.clone(),
+                spool_dir: args.spool.clone(),
+                spool_max_bytes: args.spool_max_bytes,
+                ca_cert: args.ca_cert.clone(),
+            };
+            Some(crate::forward::start(
+                cfg,
+                std::time::Duration::from_secs(5),
+            )?)
+        }
+        None => None,
+    };
     let initial = if discovering {
         scan(&scope)
     } else {
@@ -248,9 +315,14 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     } else {
         None
     };
+    let (forward_handle, forward_task) = match forward {
+        Some((handle, task)) => (Some(handle), Some(task)),
+        None => (None, None),
+    };
     let mut sink = AgentSink {
         metrics,
         out: (!args.quiet).then(|| StdoutSink::new(args.capture.json)),
+        forward: forward_handle,
         loop_threshold_ns: args.capture.loop_threshold_ns(),
     };
     let summary = runner::run(
@@ -266,6 +338,29 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     )
     .await?;
     let _ = stop_tx.send(());
+    // Dropping the handle lets the forwarder send its last batches.
+    if let Some(handle) = sink.forward.take() {
+        let stats = handle.stats.clone();
+        drop(handle);
+        if let Some(task) = forward_task {
+            let _ = task.await;
+        }
+        eprintln!(
+            "tracer: forwarded {} batches; dropped: {} (queue full), {} (spool full); refused by the aggregator: {}",
+            stats
+                .acked_batches
+                .load(std::sync::atomic::Ordering::Relaxed),
+            stats
+                .queue_dropped
+                .load(std::sync::atomic::Ordering::Relaxed),
+            stats
+                .spool_dropped
+                .load(std::sync::atomic::Ordering::Relaxed),
+            stats
+                .rejected_batches
+                .load(std::sync::atomic::Ordering::Relaxed),
+        );
+    }
     match server.await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => eprintln!("tracer: metrics server: {e:#}"),

@@ -149,10 +149,21 @@ pub enum LossStage {
     /// An HTTP parser lost framing on a connection (a capture gap, bytes
     /// it could not parse) and resynchronised; requests may be missing.
     Parse,
+    /// The agent's queue to its forwarder was full.
+    Forward,
+    /// The agent's on-disk spool hit its cap while the aggregator was
+    /// unreachable; the oldest batches were deleted.
+    Spool,
 }
 
 impl LossStage {
-    pub const ALL: [LossStage; 3] = [LossStage::Ring, LossStage::Decode, LossStage::Parse];
+    pub const ALL: [LossStage; 5] = [
+        LossStage::Ring,
+        LossStage::Decode,
+        LossStage::Parse,
+        LossStage::Forward,
+        LossStage::Spool,
+    ];
 
     /// The name used in JSON, metrics labels and summaries.
     pub fn name(self) -> &'static str {
@@ -160,6 +171,8 @@ impl LossStage {
             LossStage::Ring => "ring",
             LossStage::Decode => "decode",
             LossStage::Parse => "parse",
+            LossStage::Forward => "forward",
+            LossStage::Spool => "spool",
         }
     }
 }

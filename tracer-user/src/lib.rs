@@ -5,11 +5,14 @@
 //! names) -> [`runner`] -> a front end's sink ([`attach`]).
 
 pub mod agent;
+pub mod aggregator;
 pub mod attach;
 pub mod capture;
 pub mod conns;
 pub mod decode;
+pub mod demo;
 pub mod event;
+pub mod forward;
 pub mod http;
 pub mod lines;
 pub mod metrics;

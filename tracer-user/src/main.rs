@@ -14,6 +14,9 @@ struct Cli {
 enum Command {
     Attach(tracer_user::attach::AttachArgs),
     Agent(tracer_user::agent::AgentArgs),
+    Demo(tracer_user::demo::DemoArgs),
+    #[command(flatten)]
+    Cluster(tracer_user::aggregator::ClusterCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -34,6 +37,8 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Attach(args) => tracer_user::attach::run(args).await,
             Command::Agent(args) => tracer_user::agent::run(args).await,
+            Command::Demo(args) => tracer_user::demo::run(args).await,
+            Command::Cluster(cmd) => tracer_user::aggregator::run(cmd).await,
         }
     });
     match result {

@@ -1,0 +1,288 @@
+//! `tracer demo`: a 3-host cluster on this one machine, traced live.
+//!
+//! Each "host" is a network namespace joined to a bridge by a veth pair and
+//! runs one node service of a gateway -> api -> store chain. One agent per
+//! host (scoped with `--netns`) forwards to one aggregator; a traffic
+//! generator calls the gateway. Everything it creates is named `trc-demo*`
+//! and removed on exit — also what a crashed earlier run left behind, at
+//! start. Traffic stays inside the namespaces and the bridge it creates.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::Args;
+
+const BRIDGE: &str = "trc-demo-br";
+const SUBNET: &str = "10.77.0";
+const SERVICE_JS: &str = include_str!("../assets/demo-service.js");
+const TRAFFIC_JS: &str = include_str!("../assets/demo-traffic.js");
+const HOSTS: [(&str, &str); 3] = [("gateway", "h1"), ("api", "h2"), ("store", "h3")];
+const PORT: u16 = 8080;
+
+/// Run a 3-host demo cluster (network namespaces) with agents, an
+/// aggregator and traffic, until Ctrl-C.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Where the aggregator listens (its query API is what grep/tail use).
+    #[arg(long, default_value = "127.0.0.1:7878")]
+    pub listen: String,
+    /// Aggregator data, token and agent spools (default: a temp dir).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Milliseconds between requests of the traffic generator.
+    #[arg(long, default_value_t = 200)]
+    pub interval_ms: u64,
+}
+
+/// Processes and network objects to remove when the demo ends.
+struct Cluster {
+    children: Vec<(String, Child)>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for (_, child) in self.children.iter_mut().rev() {
+            // SAFETY: plain kill(2) on a child we started.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        }
+        for (_, child) in self.children.iter_mut().rev() {
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while std::time::Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        teardown_network();
+    }
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    let status = Command::new("ip")
+        .args(args)
+        .status()
+        .context("running `ip` (package iproute2)")?;
+    if !status.success() {
+        bail!("`ip {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn netns_name(host: &str) -> String {
+    format!("trc-demo-{host}")
+}
+
+/// Remove what this demo (or a crashed earlier one) created.
+fn teardown_network() {
+    for (_, host) in HOSTS {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &netns_name(host)])
+            .stderr(Stdio::null())
+            .status();
+        let _ = Command::new("ip")
+            .args(["link", "del", &format!("trc-demo-{host}v")])
+            .stderr(Stdio::null())
+            .status();
+    }
+    let _ = Command::new("ip")
+        .args(["link", "del", BRIDGE])
+        .stderr(Stdio::null())
+        .status();
+}
+
+fn setup_network() -> Result<()> {
+    teardown_network();
+    ip(&["link", "add", BRIDGE, "type", "bridge"])?;
+    ip(&["addr", "add", &format!("{SUBNET}.1/24"), "dev", BRIDGE])?;
+    ip(&["link", "set", BRIDGE, "up"])?;
+    for (i, (_, host)) in HOSTS.iter().enumerate() {
+        let ns = netns_name(host);
+        let outer = format!("trc-demo-{host}v");
+        let addr = format!("{SUBNET}.{}/24", 11 + i);
+        ip(&["netns", "add", &ns])?;
+        ip(&[
+            "link", "add", &outer, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+        ])?;
+        ip(&["link", "set", &outer, "master", BRIDGE, "up"])?;
+        ip(&["-n", &ns, "addr", "add", &addr, "dev", "eth0"])?;
+        ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+        ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+    }
+    Ok(())
+}
+
+fn spawn(cluster: &mut Cluster, name: &str, cmd: &mut Command) -> Result<u32> {
+    let child = cmd.spawn().with_context(|| format!("starting {name}"))?;
+    let pid = child.id();
+    cluster.children.push((name.to_string(), child));
+    Ok(pid)
+}
+
+fn host_addr(i: usize) -> String {
+    format!("{SUBNET}.{}", 11 + i)
+}
+
+pub async fn run(args: DemoArgs) -> Result<()> {
+    crate::capture::preflight::check_privileges()?;
+    let dir = match &args.dir {
+        Some(d) => d.clone(),
+        None => std::env::temp_dir().join("tracer-demo"),
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let token_file = dir.join("token");
+    if !token_file.exists() {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        // The ingest token is a secret: only root reads it.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&token_file)
+            .and_then(|mut f| f.write_all(uuid::Uuid::new_v4().to_string().as_bytes()))
+            .with_context(|| format!("writing {}", token_file.display()))?;
+    }
+    let service_js = dir.join("demo-service.js");
+    std::fs::write(&service_js, SERVICE_JS)?;
+    let traffic_js = dir.join("demo-traffic.js");
+    std::fs::write(&traffic_js, TRAFFIC_JS)?;
+    let exe = std::env::current_exe().context("finding the tracer binary")?;
+
+    eprintln!(
+        "[demo] network: bridge {BRIDGE} {SUBNET}.1/24, hosts h1..h3 in namespaces trc-demo-h1..h3"
+    );
+    setup_network()?;
+    let mut cluster = Cluster {
+        children: Vec::new(),
+    };
+    let aggregator_url = format!("http://{}", args.listen);
+    spawn(
+        &mut cluster,
+        "aggregator",
+        Command::new(&exe)
+            .args(["aggregator", "--listen", &args.listen, "--data"])
+            .arg(dir.join("data"))
+            .arg("--token-file")
+            .arg(&token_file)
+            .stdout(Stdio::null()),
+    )?;
+    // Agents first, so the services are traced from their first request.
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<String>();
+    for (i, (_, host)) in HOSTS.iter().enumerate() {
+        let ns_path = format!("/var/run/netns/{}", netns_name(host));
+        spawn(
+            &mut cluster,
+            &format!("agent {host}"),
+            Command::new(&exe)
+                .args(["agent", "--quiet", "--host", host, "--netns", &ns_path])
+                .args(["--aggregator", &aggregator_url, "--token-file"])
+                .arg(&token_file)
+                .arg("--spool")
+                .arg(dir.join(format!("spool-{host}")))
+                .args(["--metrics-listen", &format!("127.0.0.1:{}", 9464 + i)])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped()),
+        )?;
+        let stderr = cluster
+            .children
+            .last_mut()
+            .and_then(|(_, c)| c.stderr.take())
+            .context("agent stderr")?;
+        watch_ready(host, stderr, ready_tx.clone());
+    }
+    wait_for_agents(&ready_rx, HOSTS.len())?;
+    for (i, (name, host)) in HOSTS.iter().enumerate() {
+        let next = HOSTS
+            .get(i + 1)
+            .map(|_| format!("http://{}:{PORT}", host_addr(i + 1)))
+            .unwrap_or_default();
+        spawn(
+            &mut cluster,
+            name,
+            Command::new("ip")
+                .args(["netns", "exec", &netns_name(host), "node"])
+                .arg(&service_js)
+                .env("NAME", name)
+                .env("PORT", PORT.to_string())
+                .env("NEXT", next)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        )?;
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    spawn(
+        &mut cluster,
+        "traffic",
+        Command::new("node")
+            .arg(&traffic_js)
+            .env("TARGET", format!("http://{}:{PORT}", host_addr(0)))
+            .env("INTERVAL_MS", args.interval_ms.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )?;
+    print_help(&exe, &args.listen, &token_file);
+
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = sigint.recv() => {}
+        _ = sigterm.recv() => {}
+    }
+    eprintln!("[demo] stopping: services, agents, aggregator, then the namespaces");
+    drop(cluster);
+    eprintln!("[demo] cleaned up");
+    Ok(())
+}
+
+/// Report on `tx` when an agent prints `tracer: ready`; show its errors.
+fn watch_ready(host: &str, stderr: std::process::ChildStderr, tx: std::sync::mpsc::Sender<String>) {
+    use std::io::BufRead as _;
+    let host = host.to_string();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line == "tracer: ready" {
+                let _ = tx.send(host.clone());
+            } else if line.starts_with("error:") {
+                eprintln!("[demo] agent {host}: {line}");
+            }
+        }
+    });
+}
+
+/// Wait until every agent has its probes attached (bounded).
+fn wait_for_agents(ready: &std::sync::mpsc::Receiver<String>, n: usize) -> Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    for _ in 0..n {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        ready
+            .recv_timeout(left)
+            .context("an agent did not get ready within 60 s (see its error above)")?;
+    }
+    eprintln!("[demo] {n} agents ready");
+    Ok(())
+}
+
+fn print_help(exe: &Path, listen: &str, token_file: &Path) {
+    let t = token_file.display();
+    let x = exe.display();
+    eprintln!(
+        "\n[demo] running: traffic -> gateway (h1, {gw}) -> api (h2) -> store (h3); every hop logs a line.\n\
+         [demo] try, in another terminal:\n\
+         \x20   {x} tail -f --aggregator http://{listen} --token-file {t}\n\
+         \x20   {x} grep 'store #' --since 5m --aggregator http://{listen} --token-file {t}\n\
+         \x20   {x} timeline --since 1m --kind http --aggregator http://{listen} --token-file {t}\n\
+         \x20   curl -s 127.0.0.1:9464/metrics    # host h1's agent (h2: 9465, h3: 9466)\n\
+         [demo] Ctrl-C stops everything and removes the namespaces.\n",
+        gw = host_addr(0),
+    );
+}

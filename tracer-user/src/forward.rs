@@ -1,0 +1,404 @@
+//! Forwarding the agent's events to the aggregator, at least once.
+//!
+//! Events are cut into batches (up to `BATCH_EVENTS` or `BATCH_DELAY`),
+//! each written to the on-disk spool *before* it is sent, and deleted only
+//! when the aggregator has acknowledged it (it acknowledges after its commit).
+//! A batch is identified by (host, run id, seq), so a resend after a lost
+//! acknowledgement, an aggregator outage or an agent restart is recognised
+//! and stored once. Spool files of earlier runs are sent first after a
+//! restart. When the spool exceeds its cap, the oldest batches are deleted
+//! and the loss is reported in the stream itself (a `lost` event with
+//! `stage: spool` in the next batch) and in the metrics.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde::Serialize;
+use tokio::sync::{Notify, mpsc};
+
+use crate::event::{Event, EventData, LossStage};
+
+/// Most events in one batch.
+pub const BATCH_EVENTS: usize = 2000;
+/// Longest an event waits before its batch is cut (keeps `tail -f` live).
+pub const BATCH_DELAY: Duration = Duration::from_millis(50);
+/// Events waiting for the batcher; beyond this they are dropped and counted.
+const QUEUE: usize = 65536;
+
+#[derive(Debug, Clone)]
+pub struct ForwardConfig {
+    /// Base URL of the aggregator, e.g. http://10.0.0.1:7878
+    pub url: String,
+    pub token: String,
+    pub host: String,
+    pub spool_dir: PathBuf,
+    pub spool_max_bytes: u64,
+    /// Extra CA certificate (PEM) to trust for an https:// aggregator.
+    pub ca_cert: Option<PathBuf>,
+}
+
+#[derive(Serialize)]
+struct Batch<'a> {
+    host: &'a str,
+    run_id: &'a str,
+    seq: u64,
+    events: &'a [Event],
+}
+
+/// The agent's side of the queue.
+#[derive(Clone)]
+pub struct ForwardHandle {
+    tx: mpsc::Sender<Event>,
+    pub stats: Arc<ForwardStats>,
+}
+
+#[derive(Debug, Default)]
+pub struct ForwardStats {
+    /// Events dropped because the queue to the batcher was full.
+    pub queue_dropped: AtomicU64,
+    /// Events in batches deleted from a full spool.
+    pub spool_dropped: AtomicU64,
+    /// Batches acknowledged by the aggregator.
+    pub acked_batches: AtomicU64,
+    /// Batches the aggregator refused as invalid (4xx other than 401).
+    pub rejected_batches: AtomicU64,
+}
+
+impl ForwardHandle {
+    pub fn push(&self, event: &Event) {
+        if self.tx.try_send(event.clone()).is_err() {
+            self.stats.queue_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Start the batcher and the sender; returns the handle and a task that
+/// finishes once the handle is dropped and everything spooled was sent (or
+/// `drain_timeout` passed).
+pub fn start(
+    cfg: ForwardConfig,
+    drain_timeout: Duration,
+) -> Result<(ForwardHandle, tokio::task::JoinHandle<()>)> {
+    std::fs::create_dir_all(&cfg.spool_dir)
+        .with_context(|| format!("creating the spool directory {}", cfg.spool_dir.display()))?;
+    let client = client(&cfg)?;
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let stats = Arc::new(ForwardStats::default());
+    let wake = Arc::new(Notify::new());
+    let run_id = uuid::Uuid::new_v4().to_string();
+    let spool = Spool {
+        dir: cfg.spool_dir.clone(),
+        max_bytes: cfg.spool_max_bytes,
+    };
+    let batcher = tokio::spawn(batcher(
+        rx,
+        cfg.host.clone(),
+        run_id,
+        spool.clone(),
+        stats.clone(),
+        wake.clone(),
+    ));
+    let sender_stats = stats.clone();
+    let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sender_finished = finished.clone();
+    let task = tokio::spawn(async move {
+        let sender = tokio::spawn(sender(
+            client,
+            cfg,
+            spool,
+            sender_stats,
+            wake.clone(),
+            sender_finished,
+        ));
+        // The batcher ends when the handle is dropped, after its last batch.
+        let _ = batcher.await;
+        finished.store(true, Ordering::SeqCst);
+        wake.notify_one();
+        let _ = tokio::time::timeout(drain_timeout, sender).await;
+    });
+    Ok((ForwardHandle { tx, stats }, task))
+}
+
+fn client(cfg: &ForwardConfig) -> Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .connect_timeout(Duration::from_secs(3));
+    if let Some(ca) = &cfg.ca_cert {
+        let pem =
+            std::fs::read(ca).with_context(|| format!("reading --ca-cert {}", ca.display()))?;
+        let cert = reqwest::Certificate::from_pem(&pem)
+            .with_context(|| format!("{} is not a PEM certificate", ca.display()))?;
+        builder = builder.add_root_certificate(cert);
+    }
+    if !(cfg.url.starts_with("http://") || cfg.url.starts_with("https://")) {
+        bail!(
+            "--aggregator {} must start with http:// or https://",
+            cfg.url
+        );
+    }
+    Ok(builder.build()?)
+}
+
+#[derive(Clone)]
+struct Spool {
+    dir: PathBuf,
+    max_bytes: u64,
+}
+
+impl Spool {
+    /// Batch files, oldest first (names start with a creation timestamp).
+    fn files(&self) -> Vec<(PathBuf, u64, u64)> {
+        let Ok(dir) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut files: Vec<(PathBuf, u64, u64)> = dir
+            .filter_map(|e| {
+                let e = e.ok()?;
+                let name = e.file_name().into_string().ok()?;
+                let events = batch_events(&name)?;
+                Some((e.path(), e.metadata().ok()?.len(), events))
+            })
+            .collect();
+        files.sort();
+        files
+    }
+
+    /// Write a batch durably (temp file, fsync, rename), then enforce the cap.
+    /// Returns the number of events in batches deleted to make room.
+    fn write(&self, name: &str, body: &[u8]) -> Result<u64> {
+        use std::io::Write as _;
+        let tmp = self.dir.join(format!(".{name}.tmp"));
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(body)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, self.dir.join(name))?;
+        let mut dropped = 0;
+        let mut files = self.files();
+        let mut total: u64 = files.iter().map(|f| f.1).sum();
+        // Never delete the batch just written.
+        while total > self.max_bytes && files.len() > 1 {
+            let (path, len, events) = files.remove(0);
+            if std::fs::remove_file(&path).is_ok() {
+                total -= len;
+                dropped += events;
+            }
+        }
+        Ok(dropped)
+    }
+}
+
+/// `<ms>-<run>-<seq>-<events>.zst` -> events
+fn batch_events(name: &str) -> Option<u64> {
+    let stem = name.strip_suffix(".zst")?;
+    stem.rsplit('-').next()?.parse().ok()
+}
+
+async fn batcher(
+    mut rx: mpsc::Receiver<Event>,
+    host: String,
+    run_id: String,
+    spool: Spool,
+    stats: Arc<ForwardStats>,
+    wake: Arc<Notify>,
+) {
+    let mut seq = 0u64;
+    let mut pending: Vec<Event> = Vec::new();
+    let mut reported_queue_drops = 0u64;
+    let mut unreported_spool_drops = 0u64;
+    loop {
+        let first = if pending.is_empty() {
+            match rx.recv().await {
+                Some(e) => Some(e),
+                None => break,
+            }
+        } else {
+            None
+        };
+        pending.extend(first);
+        let deadline = tokio::time::Instant::now() + BATCH_DELAY;
+        let mut closed = false;
+        while pending.len() < BATCH_EVENTS {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(e)) => pending.push(e),
+                Ok(None) => {
+                    closed = true;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        // Losses travel with the data, so the aggregator shows them too.
+        let queue_drops = stats.queue_dropped.load(Ordering::Relaxed);
+        if queue_drops > reported_queue_drops {
+            pending.push(loss_event(
+                &host,
+                queue_drops - reported_queue_drops,
+                LossStage::Forward,
+            ));
+            reported_queue_drops = queue_drops;
+        }
+        if unreported_spool_drops > 0 {
+            pending.push(loss_event(&host, unreported_spool_drops, LossStage::Spool));
+            unreported_spool_drops = 0;
+        }
+        if !pending.is_empty() {
+            match write_batch(&spool, &host, &run_id, seq, &pending) {
+                Ok(dropped) => {
+                    seq += 1;
+                    if dropped > 0 {
+                        stats.spool_dropped.fetch_add(dropped, Ordering::Relaxed);
+                        unreported_spool_drops += dropped;
+                        eprintln!(
+                            "tracer: spool full ({} bytes): dropped the oldest batches ({dropped} events)",
+                            spool.max_bytes
+                        );
+                    }
+                    pending.clear();
+                    wake.notify_one();
+                }
+                Err(e) => {
+                    // Disk trouble: keep the events and try again shortly.
+                    eprintln!(
+                        "tracer: cannot write to the spool {}: {e:#}",
+                        spool.dir.display()
+                    );
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+        if closed {
+            break;
+        }
+    }
+}
+
+fn loss_event(host: &str, count: u64, stage: LossStage) -> Event {
+    Event {
+        ts_ns: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0),
+        host: host.to_string(),
+        pid: 0,
+        tid: 0,
+        comm: String::new(),
+        data: EventData::Lost {
+            count,
+            stage,
+            for_kind: None,
+        },
+    }
+}
+
+fn write_batch(spool: &Spool, host: &str, run_id: &str, seq: u64, events: &[Event]) -> Result<u64> {
+    let json = serde_json::to_vec(&Batch {
+        host,
+        run_id,
+        seq,
+        events,
+    })?;
+    let body = zstd::encode_all(&json[..], 3)?;
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis();
+    let name = format!("{ms:016}-{run_id}-{seq:012}-{}.zst", events.len());
+    spool.write(&name, &body)
+}
+
+async fn sender(
+    client: reqwest::Client,
+    cfg: ForwardConfig,
+    spool: Spool,
+    stats: Arc<ForwardStats>,
+    wake: Arc<Notify>,
+    finished: Arc<std::sync::atomic::AtomicBool>,
+) {
+    let url = format!("{}/v1/ingest", cfg.url.trim_end_matches('/'));
+    let mut backoff = Duration::from_millis(100);
+    let mut down_reported = false;
+    loop {
+        let files = spool.files();
+        if files.is_empty() {
+            if finished.load(Ordering::SeqCst) {
+                return;
+            }
+            wake.notified().await;
+            continue;
+        }
+        let mut progressed = true;
+        for (path, _, _) in files {
+            match send_file(&client, &url, &cfg.token, &path).await {
+                Ok(sent) => {
+                    let counter = match sent {
+                        Sent::Acked => &stats.acked_batches,
+                        Sent::Rejected => &stats.rejected_batches,
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    let _ = std::fs::remove_file(&path);
+                    backoff = Duration::from_millis(100);
+                    if down_reported {
+                        eprintln!("tracer: aggregator reachable again; sending the spool");
+                        down_reported = false;
+                    }
+                }
+                Err(e) => {
+                    if !down_reported {
+                        eprintln!(
+                            "tracer: {e:#}; keeping batches in {} and retrying",
+                            cfg.spool_dir.display()
+                        );
+                        down_reported = true;
+                    }
+                    progressed = false;
+                    break;
+                }
+            }
+        }
+        if !progressed {
+            // Retry after a growing pause, or sooner if new data arrives.
+            let _ = tokio::time::timeout(backoff, wake.notified()).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+}
+
+enum Sent {
+    Acked,
+    /// Invalid batch (4xx other than 401): resending cannot help.
+    Rejected,
+}
+
+async fn send_file(client: &reqwest::Client, url: &str, token: &str, path: &Path) -> Result<Sent> {
+    let body = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let resp = client
+        .post(url)
+        .bearer_auth(token)
+        .header("content-encoding", "zstd")
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the aggregator at {url}"))?;
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(Sent::Acked);
+    }
+    if status == reqwest::StatusCode::UNAUTHORIZED {
+        bail!("the aggregator at {url} rejected the token (check --token-file)");
+    }
+    if status.is_client_error() {
+        eprintln!(
+            "tracer: the aggregator refused batch {} ({status}); dropping it",
+            path.display()
+        );
+        return Ok(Sent::Rejected);
+    }
+    bail!("the aggregator at {url} answered {status}")
+}
