@@ -22,14 +22,6 @@ pub struct Script {
     pub source: &'static str,
 }
 
-pub const DEMO_SERVER: Script = Script {
-    name: "demo-server.js",
-    source: include_str!("../assets/demo-server.js"),
-};
-pub const DEMO_CLIENT: Script = Script {
-    name: "demo-client.js",
-    source: include_str!("../assets/demo-client.js"),
-};
 pub const BENCH_SERVER: Script = Script {
     name: "bench-server.js",
     source: include_str!("../assets/bench-server.js"),
