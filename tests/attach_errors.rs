@@ -121,14 +121,9 @@ fn unprivileged_user_gets_a_clear_error() {
         .expect("chmod the tracer copy");
 
     let mut cmd = Command::new("setpriv");
-    cmd.args([
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-        "--",
-    ])
-    .arg(&tracer)
-    .args(["attach", "--json", "--pid", &pid]);
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(&tracer)
+        .args(["attach", "--json", "--pid", &pid]);
     let run = run_to_end("tracer as uid 65534", cmd);
     let line = run.assert_failed("tracer as uid 65534", &[1]);
     assert!(

@@ -154,7 +154,11 @@ fn worker_thread_lines_carry_the_worker_tid() {
     }
     for i in 1..=3 {
         expected.push(Expected {
-            line: LogLine::new("file", Some(&log_path), &format!("worker file line {i} of 3")),
+            line: LogLine::new(
+                "file",
+                Some(&log_path),
+                &format!("worker file line {i} of 3"),
+            ),
             tid,
             comm: comm.clone(),
         });
@@ -262,7 +266,8 @@ fn child_process_is_followed() {
         |l| l.starts_with("child exited with "),
     );
     assert_eq!(
-        exited_line, "child exited with 4 null",
+        exited_line,
+        "child exited with 4 null",
         "child.js should exit with status 4; parent stderr:\n{}",
         parent.stderr.tail(20)
     );
@@ -322,8 +327,10 @@ fn child_process_is_followed() {
         .iter()
         .filter_map(|e| e["ts_ns"].as_u64())
         .min();
-    if let (Some(exec), Some(log)) = (execs.first().and_then(|e| e["ts_ns"].as_u64()), first_child_log)
-        && exec > log
+    if let (Some(exec), Some(log)) = (
+        execs.first().and_then(|e| e["ts_ns"].as_u64()),
+        first_child_log,
+    ) && exec > log
     {
         problems.push(format!(
             "the child's exec event (ts {exec}) comes after its first line (ts {log})"
@@ -426,7 +433,7 @@ fn child_process_is_followed() {
         .events
         .iter()
         .filter(|e| e["kind"] != "summary" && e["pid"] != ppid && e["pid"] != cpid)
-        .map(|e| show(e))
+        .map(show)
         .collect();
     assert!(
         foreign.is_empty(),

@@ -80,7 +80,9 @@ fn node_from_a_private_mount_namespace() {
         "the loop and gc probes must be attached to pid {pid}: {attached}\nstderr:\n{stderr}"
     );
     assert!(
-        !run.stderr.iter().any(|l| l.to_lowercase().contains("skipp")),
+        !run.stderr
+            .iter()
+            .any(|l| l.to_lowercase().contains("skipp")),
         "no probe may be skipped for node-copy:\n{stderr}"
     );
 
@@ -96,7 +98,10 @@ fn node_from_a_private_mount_namespace() {
         "expected one loop event with busy_ns in [300 ms, 1.5 s) for pid {pid}, got busy_ns \
          {long:?} among {} loop events: {:?}\nstderr:\n{stderr}",
         loops.len(),
-        loops.iter().map(|e| short(&e.to_string())).collect::<Vec<_>>()
+        loops
+            .iter()
+            .map(|e| short(&e.to_string()))
+            .collect::<Vec<_>>()
     );
     // Three gc() calls after `go`: at least three collections.
     let gcs = run.of("gc", pid);

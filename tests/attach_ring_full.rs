@@ -42,7 +42,10 @@ fn assert_ended_well_with_losses(run: &Run) {
         "the tracer should exit with status 0, got {}. Its stderr:\n{stderr}",
         run.status
     );
-    assert!(!stderr.contains("panicked"), "the tracer panicked:\n{stderr}");
+    assert!(
+        !stderr.contains("panicked"),
+        "the tracer panicked:\n{stderr}"
+    );
     assert_eq!(
         run.stderr.iter().filter(|l| *l == "tracer: ready").count(),
         1,
