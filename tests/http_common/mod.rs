@@ -56,36 +56,67 @@ pub fn request_bytes(method: &str, path: &str, headers: &[(&str, &str)], body: &
     head.into_bytes()
 }
 
-/// Sends `request` on a new connection to `addr` and reads the response
-/// until the server closes the connection (at most 20 s).
-pub fn raw_request(addr: SocketAddr, request: &[u8]) -> RawExchange {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+/// A request sent on a connection of its own, its response not read yet.
+pub struct PendingRaw {
+    addr: SocketAddr,
+    stream: TcpStream,
+    port: u16,
+    req_bytes: u64,
+}
+
+/// Sends `request` on a new connection to `addr`; [`PendingRaw::finish`]
+/// reads the response.
+pub fn send_raw(addr: SocketAddr, request: &[u8]) -> PendingRaw {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
         .unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
-    s.set_read_timeout(Some(Duration::from_secs(20)))
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
         .expect("read timeout");
-    let port = s.local_addr().expect("local address").port();
-    s.write_all(request)
+    let port = stream.local_addr().expect("local address").port();
+    stream
+        .write_all(request)
         .unwrap_or_else(|e| panic!("writing a request to {addr}: {e}"));
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp)
-        .unwrap_or_else(|e| panic!("reading the response from {addr}: {e}"));
-    let text = String::from_utf8_lossy(&resp).into_owned();
-    let status = text
-        .strip_prefix("HTTP/1.1 ")
-        .and_then(|r| r.get(..3))
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("not an HTTP/1.1 response from {addr}: {}", short(&text)));
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    RawExchange {
+    PendingRaw {
+        addr,
+        stream,
         port,
-        status,
         req_bytes: request.len() as u64,
-        resp_bytes: resp.len() as u64,
-        body,
     }
+}
+
+impl PendingRaw {
+    /// Reads the response until the server closes the connection (at most
+    /// 20 s).
+    pub fn finish(mut self) -> RawExchange {
+        let addr = self.addr;
+        let mut resp = Vec::new();
+        self.stream
+            .read_to_end(&mut resp)
+            .unwrap_or_else(|e| panic!("reading the response from {addr}: {e}"));
+        let text = String::from_utf8_lossy(&resp).into_owned();
+        let status = text
+            .strip_prefix("HTTP/1.1 ")
+            .and_then(|r| r.get(..3))
+            .and_then(|c| c.parse().ok())
+            .unwrap_or_else(|| panic!("not an HTTP/1.1 response from {addr}: {}", short(&text)));
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        RawExchange {
+            port: self.port,
+            status,
+            req_bytes: self.req_bytes,
+            resp_bytes: resp.len() as u64,
+            body,
+        }
+    }
+}
+
+/// Sends `request` on a new connection to `addr` and reads the response
+/// until the server closes the connection.
+pub fn raw_request(addr: SocketAddr, request: &[u8]) -> RawExchange {
+    send_raw(addr, request).finish()
 }
 
 /// Starts `tracer agent --json <args>` and waits for `tracer: ready`.
