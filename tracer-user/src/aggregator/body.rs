@@ -1,0 +1,156 @@
+//! Reading ingest bodies within hard limits: the bytes on the wire
+//! (`--max-body`) and the bytes after zstd decompression
+//! (`--max-decompressed`). Neither limit can be passed by a crafted body: the
+//! wire bytes are counted as they arrive, and decompression streams into a
+//! buffer that stops one byte past the cap, with the zstd window itself
+//! capped, so a "zstd bomb" costs at most the cap.
+
+use std::{io::Read as _, time::Duration};
+
+use axum::body::Body;
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt as _;
+
+/// The largest zstd window accepted (2^23 = 8 MiB, what `zstd -19` uses).
+/// Frames asking for more are refused before anything is allocated.
+pub const ZSTD_WINDOW_LOG_MAX: u32 = 23;
+/// After the limit is passed, up to this much more of the body is read and
+/// thrown away (for at most [`DRAIN_TIME`]) so the client sees the 413
+/// instead of a reset connection.
+const DRAIN_BYTES: u64 = 64 << 20;
+const DRAIN_TIME: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("the body is larger than {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("decompressed, the body is larger than {limit} bytes")]
+    DecompressedTooLarge { limit: u64 },
+    #[error("reading the body: {0}")]
+    Read(String),
+    #[error("the body is not valid zstd: {0}")]
+    BadZstd(String),
+}
+
+/// Reads the whole body, failing once more than `limit` bytes arrived.
+pub async fn read_limited(body: Body, limit: u64) -> Result<Bytes, BodyError> {
+    let mut stream = body.into_data_stream();
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| BodyError::Read(e.to_string()))?;
+        if (buf.len() + chunk.len()) as u64 > limit {
+            let mut drained = 0u64;
+            let drain = async {
+                while let Some(Ok(c)) = stream.next().await {
+                    drained += c.len() as u64;
+                    if drained > DRAIN_BYTES {
+                        break;
+                    }
+                }
+            };
+            // Timing out only ends the draining early.
+            let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
+            return Err(BodyError::TooLarge { limit });
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+/// Decompresses one or more zstd frames, failing as soon as the output
+/// would pass `limit`. Blocking (CPU): call it off the async workers.
+pub fn zstd_decompress(data: &[u8], limit: u64) -> Result<Vec<u8>, BodyError> {
+    let mut decoder = zstd::stream::read::Decoder::with_buffer(data)
+        .map_err(|e| BodyError::BadZstd(e.to_string()))?;
+    decoder
+        .window_log_max(ZSTD_WINDOW_LOG_MAX)
+        .map_err(|e| BodyError::BadZstd(e.to_string()))?;
+    let mut out = Vec::new();
+    // `take` stops the decoder one byte past the limit, whatever the frame
+    // claims its content size is.
+    let read = decoder
+        .take(limit.saturating_add(1))
+        .read_to_end(&mut out)
+        .map_err(|e| {
+            let msg = e.to_string();
+            if msg.contains("Frame requires too much memory") {
+                BodyError::DecompressedTooLarge { limit }
+            } else {
+                BodyError::BadZstd(msg)
+            }
+        })?;
+    if read as u64 > limit {
+        return Err(BodyError::DecompressedTooLarge { limit });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+
+    use super::*;
+
+    fn zeros_compressed(n: usize) -> Vec<u8> {
+        let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+        let chunk = vec![0u8; 1 << 20];
+        let mut left = n;
+        while left > 0 {
+            let k = left.min(chunk.len());
+            enc.write_all(&chunk[..k]).unwrap();
+            left -= k;
+        }
+        enc.finish().unwrap()
+    }
+
+    #[test]
+    fn zstd_roundtrip_within_limit() {
+        let data = zstd::encode_all(&b"hello hello hello"[..], 3).unwrap();
+        assert_eq!(zstd_decompress(&data, 17).unwrap(), b"hello hello hello");
+        assert!(matches!(
+            zstd_decompress(&data, 16),
+            Err(BodyError::DecompressedTooLarge { limit: 16 })
+        ));
+    }
+
+    #[test]
+    fn zstd_bomb_stops_at_the_cap() {
+        let bomb = zeros_compressed(256 << 20);
+        assert!(bomb.len() < 64 << 10, "{} bytes", bomb.len());
+        let start = std::time::Instant::now();
+        assert!(matches!(
+            zstd_decompress(&bomb, 1 << 20),
+            Err(BodyError::DecompressedTooLarge { .. })
+        ));
+        assert!(start.elapsed() < Duration::from_secs(2));
+    }
+
+    #[test]
+    fn garbage_is_bad_zstd() {
+        assert!(matches!(
+            zstd_decompress(b"definitely not zstd", 1 << 20),
+            Err(BodyError::BadZstd(_))
+        ));
+    }
+
+    #[test]
+    fn huge_window_is_refused() {
+        let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+        enc.window_log(27).unwrap();
+        enc.long_distance_matching(true).unwrap();
+        enc.write_all(&[7u8; 1 << 16]).unwrap();
+        let data = enc.finish().unwrap();
+        assert!(zstd_decompress(&data, 1 << 30).is_err());
+    }
+
+    #[tokio::test]
+    async fn body_limit() {
+        let body = Body::from(vec![1u8; 100]);
+        assert_eq!(read_limited(body, 100).await.unwrap().len(), 100);
+        let body = Body::from(vec![1u8; 101]);
+        assert!(matches!(
+            read_limited(body, 100).await,
+            Err(BodyError::TooLarge { limit: 100 })
+        ));
+    }
+}

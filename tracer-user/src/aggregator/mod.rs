@@ -1,0 +1,178 @@
+//! The central aggregator (the cluster part of tracer) and the clients that
+//! query it: `tracer aggregator`, `tracer timeline`, `tracer grep`,
+//! `tracer tail`. docs/aggregator.md describes the API and the storage.
+//!
+//! Agents POST batches of events to `/v1/ingest`; the aggregator stores them
+//! through a [`store::Store`] (SQLite: [`sqlite::SqliteStore`]) and answers
+//! queries over every host's events in one time order.
+
+pub mod body;
+pub mod client;
+pub mod server;
+pub mod sqlite;
+pub mod store;
+pub mod timespec;
+
+use std::{
+    io::IsTerminal as _, net::SocketAddr, os::unix::fs::PermissionsExt as _, path::PathBuf,
+    sync::Arc,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Args, Subcommand};
+use tokio::sync::watch;
+
+use self::{
+    server::{AppState, Limits, router},
+    sqlite::SqliteStore,
+};
+
+/// The cluster subcommands (flattened into `tracer`'s own).
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    Aggregator(AggregatorArgs),
+    Timeline(client::TimelineArgs),
+    Grep(client::GrepArgs),
+    Tail(client::TailArgs),
+}
+
+pub async fn run(cmd: ClusterCommand) -> Result<()> {
+    match cmd {
+        ClusterCommand::Aggregator(args) => serve(args).await,
+        ClusterCommand::Timeline(args) => client::timeline(args).await,
+        ClusterCommand::Grep(args) => client::grep(args).await,
+        ClusterCommand::Tail(args) => client::tail(args).await,
+    }
+}
+
+/// Run the central aggregator: receive events from agents, store them,
+/// answer timeline/grep/tail queries.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  head -c 32 /dev/urandom | base64 > /etc/tracer/token && chmod 600 /etc/tracer/token
+  tracer aggregator --data /var/lib/tracer --token-file /etc/tracer/token
+  tracer timeline --since 5m --token-file /etc/tracer/token
+
+Every request needs `Authorization: Bearer <token>`. Batches are acknowledged
+only once committed to disk. The API is plain HTTP: keep it on loopback or a
+private network, or put a TLS proxy in front. See docs/aggregator.md.")]
+pub struct AggregatorArgs {
+    /// Address to listen on (port 0 picks a free port; the address is
+    /// printed on stderr).
+    #[arg(long, default_value = "127.0.0.1:7878", value_name = "ADDR")]
+    pub listen: SocketAddr,
+
+    /// Directory for the event store (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub data: PathBuf,
+
+    /// File holding the API token agents and clients must present.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: PathBuf,
+
+    /// Largest request body accepted, as sent (compressed).
+    #[arg(long, default_value_t = 16 << 20, value_name = "BYTES")]
+    pub max_body: u64,
+
+    /// Largest ingest body accepted once zstd-decompressed.
+    #[arg(long, default_value_t = 128 << 20, value_name = "BYTES")]
+    pub max_decompressed: u64,
+}
+
+/// Reads a token file: its content without surrounding whitespace.
+pub fn read_token(path: &std::path::Path) -> Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the token file {}", path.display()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        bail!("the token file {} is empty", path.display());
+    }
+    if token.contains(|c: char| c.is_whitespace() || c.is_control()) {
+        bail!(
+            "the token file {} holds more than one word; put the token alone in it",
+            path.display()
+        );
+    }
+    Ok(token.to_string())
+}
+
+async fn serve(args: AggregatorArgs) -> Result<()> {
+    let token = read_token(&args.token_file)?;
+    if token.len() < 16 {
+        eprintln!(
+            "tracer: warning: the token is shorter than 16 characters; use a long random one"
+        );
+    }
+    if let Ok(meta) = std::fs::metadata(&args.token_file)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        eprintln!(
+            "tracer: warning: {} is readable by other users (chmod 600 it)",
+            args.token_file.display()
+        );
+    }
+    if args.max_body == 0 || args.max_decompressed == 0 {
+        bail!("--max-body and --max-decompressed must be above 0");
+    }
+    let data = args.data.clone();
+    let store = tokio::task::spawn_blocking(move || SqliteStore::open(&data))
+        .await
+        .context("opening the store")?
+        .with_context(|| format!("opening the store in {}", args.data.display()))?;
+    let db = store.path().to_path_buf();
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let addr = listener.local_addr().context("reading the bound address")?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let state = AppState::new(
+        Arc::new(store),
+        token.into_bytes(),
+        Limits {
+            max_body: args.max_body,
+            max_decompressed: args.max_decompressed,
+        },
+        stop_rx,
+    );
+    if !addr.ip().is_loopback() {
+        eprintln!(
+            "tracer: warning: listening on {addr}, beyond this machine, over plain HTTP: \
+             the token and events cross the network unencrypted"
+        );
+    }
+    eprintln!(
+        "tracer: aggregator listening on http://{addr} (store: {})",
+        db.display()
+    );
+    if std::io::stderr().is_terminal() {
+        eprintln!("tracer: Ctrl-C to stop");
+    }
+    let shutdown = async move {
+        crate::aggregator::shutdown_signal().await;
+        eprintln!("tracer: stopping");
+        // Ends live tails; in-flight ingests finish (and commit) first.
+        let _ = stop_tx.send(true);
+    };
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("serving the API")
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(e) => {
+            eprintln!("tracer: warning: cannot watch SIGTERM ({e}); stop with Ctrl-C");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

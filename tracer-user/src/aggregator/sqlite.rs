@@ -1,0 +1,782 @@
+//! The SQLite backend: one file, `events.sqlite`, in the data directory.
+//!
+//! Durability: WAL journal with `synchronous=FULL`, so each COMMIT fsyncs
+//! the WAL before it returns; a batch acknowledged after its commit
+//! survives a crash of the process and of the machine. The WAL is folded
+//! into the database by SQLite's automatic checkpoint (every 1000 pages,
+//! run by the committing connection) and truncated back to
+//! `journal_size_limit` afterwards. docs/aggregator.md has the reasoning.
+//!
+//! One writer connection behind a mutex (SQLite has one writer at a time
+//! anyway); readers take a connection from a small pool, so queries run
+//! beside ingest (WAL readers see the last commit and never block it).
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{Mutex, MutexGuard, PoisonError},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use regex::Regex;
+use rusqlite::{
+    Connection, OpenFlags, OptionalExtension as _, TransactionBehavior,
+    functions::FunctionFlags,
+    params,
+    types::{Value, ValueRef},
+};
+
+use super::store::{
+    Batch, Filter, IngestOutcome, Query, Result, Store, StoreError, Stored, TextMatch, corrected,
+    stream_name,
+};
+use crate::event::{Event, EventData, HttpExchange};
+
+/// The database file inside the data directory.
+pub const DB_FILE: &str = "events.sqlite";
+/// Reader connections kept open between queries.
+const POOL_MAX: usize = 8;
+/// Schema version in `PRAGMA user_version`.
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS events (
+    id        INTEGER PRIMARY KEY,      -- commit order (one writer: increasing)
+    ts_ns     INTEGER NOT NULL,         -- corrected: raw_ts_ns + offset_ns
+    raw_ts_ns INTEGER NOT NULL,         -- as the agent sent it
+    offset_ns INTEGER NOT NULL,         -- host_offset(host) at ingest
+    host      TEXT NOT NULL,
+    pid       INTEGER NOT NULL,
+    kind      TEXT NOT NULL,
+    stream    TEXT,                     -- log: stdout | stderr | file
+    text      TEXT,                     -- log: the line
+    req_id    TEXT,                     -- log, http: tracer's request id
+    trace_id  TEXT,                     -- W3C trace id or x-request-id
+    json      TEXT NOT NULL             -- the event as received
+);
+CREATE INDEX IF NOT EXISTS events_ts ON events(ts_ns);
+CREATE INDEX IF NOT EXISTS events_host_ts ON events(host, ts_ns);
+CREATE INDEX IF NOT EXISTS events_trace ON events(trace_id) WHERE trace_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS events_req ON events(req_id) WHERE req_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS batches (
+    host        TEXT NOT NULL,
+    run_id      TEXT NOT NULL,
+    seq         INTEGER NOT NULL,
+    events      INTEGER NOT NULL,
+    received_ns INTEGER NOT NULL,
+    PRIMARY KEY (host, run_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS host_offsets (
+    host       TEXT PRIMARY KEY,
+    offset_ns  INTEGER NOT NULL,
+    updated_ns INTEGER NOT NULL
+) WITHOUT ROWID;
+";
+
+pub struct SqliteStore {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+/// A connection left in a consistent state by a panicking holder (an open
+/// transaction rolls back when dropped) stays usable.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
+/// `tracer_match(pattern, text)`: the `regex` crate over log text. The
+/// compiled regex is cached per statement by SQLite (auxdata).
+fn register_match(conn: &Connection) -> rusqlite::Result<()> {
+    conn.create_scalar_function(
+        "tracer_match",
+        2,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+        |ctx| {
+            let re = ctx.get_or_create_aux(0, |pattern| -> Result<Regex, StoreError> {
+                let pattern = pattern.as_str().map_err(|e| {
+                    StoreError::Open(format!("tracer_match pattern is not text: {e}"))
+                })?;
+                Ok(TextMatch {
+                    pattern: pattern.to_owned(),
+                    case_insensitive: false,
+                }
+                .compile()?)
+            })?;
+            Ok(match ctx.get_raw(1) {
+                ValueRef::Text(t) => std::str::from_utf8(t).is_ok_and(|s| re.is_match(s)),
+                _ => false,
+            })
+        },
+    )
+}
+
+/// The pattern as passed to `tracer_match` (case folding as an inline flag,
+/// so one SQL parameter carries both).
+fn sql_pattern(t: &TextMatch) -> String {
+    if t.case_insensitive {
+        format!("(?i:{})", t.pattern)
+    } else {
+        t.pattern.clone()
+    }
+}
+
+/// Appends ` AND ...` conditions for `f` to `sql`.
+fn push_filter(f: &Filter, sql: &mut String, args: &mut Vec<Value>) {
+    fn list(sql: &mut String, args: &mut Vec<Value>, col: &str, items: &[String]) {
+        sql.push_str(&format!(" AND {col} IN ("));
+        for (i, it) in items.iter().enumerate() {
+            sql.push_str(if i == 0 { "?" } else { ",?" });
+            args.push(Value::Text(it.clone()));
+        }
+        sql.push(')');
+    }
+    if let Some(s) = f.since {
+        sql.push_str(" AND ts_ns >= ?");
+        args.push(Value::Integer(s));
+    }
+    if let Some(u) = f.until {
+        sql.push_str(" AND ts_ns < ?");
+        args.push(Value::Integer(u));
+    }
+    if !f.hosts.is_empty() {
+        list(sql, args, "host", &f.hosts);
+    }
+    if !f.kinds.is_empty() {
+        list(sql, args, "kind", &f.kinds);
+    }
+    if let Some(t) = &f.trace {
+        sql.push_str(" AND (trace_id = ? OR req_id = ?)");
+        args.push(Value::Text(t.clone()));
+        args.push(Value::Text(t.clone()));
+    }
+    if f.stream.is_some() || f.text.is_some() {
+        sql.push_str(" AND kind = 'log'");
+    }
+    if let Some(s) = &f.stream {
+        sql.push_str(" AND stream = ?");
+        args.push(Value::Text(s.clone()));
+    }
+    if let Some(t) = &f.text {
+        sql.push_str(" AND tracer_match(?, text)");
+        args.push(Value::Text(sql_pattern(t)));
+    }
+}
+
+/// The trace an HTTP exchange belongs to: the W3C trace id of its
+/// traceparent, else its x-request-id.
+fn http_trace_id(h: &HttpExchange) -> Option<String> {
+    h.traceparent
+        .as_deref()
+        .and_then(|tp| tp.split('-').nth(1))
+        .filter(|t| t.len() == 32)
+        .map(str::to_ascii_lowercase)
+        .or_else(|| h.request_id.clone())
+}
+
+/// Reads `id, ts_ns, json` rows into events with the corrected time.
+fn read_rows(stmt: &mut rusqlite::Statement<'_>, args: &[Value]) -> Result<Vec<Stored>> {
+    let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, String>(2)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, ts, json) = row?;
+        let mut event: Event =
+            serde_json::from_str(&json).map_err(|source| StoreError::Corrupt { id, source })?;
+        event.ts_ns = u64::try_from(ts).unwrap_or(0);
+        out.push(Stored { id, event });
+    }
+    Ok(out)
+}
+
+impl SqliteStore {
+    /// Opens (creating) `dir/events.sqlite`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Open(format!("creating {}: {e}", dir.display())))?;
+        let path = dir.join(DB_FILE);
+        let conn = Connection::open(&path)?;
+        let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Open(format!(
+                "{}: SQLite refused WAL mode (got {mode}); is the directory on a network \
+                 file system?",
+                path.display()
+            )));
+        }
+        conn.execute_batch(
+            "PRAGMA synchronous=FULL;
+             PRAGMA journal_size_limit=67108864;
+             PRAGMA busy_timeout=5000;",
+        )?;
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::Open(format!(
+                "{} has schema version {version}; this tracer knows up to {SCHEMA_VERSION}",
+                path.display()
+            )));
+        }
+        conn.execute_batch(SCHEMA)?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        Ok(Self {
+            path,
+            writer: Mutex::new(conn),
+            readers: Mutex::new(Vec::new()),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` on a pooled read connection.
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let pooled = lock(&self.readers).pop();
+        let conn = match pooled {
+            Some(c) => c,
+            None => {
+                let c = Connection::open_with_flags(
+                    &self.path,
+                    OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )?;
+                c.execute_batch("PRAGMA query_only=1; PRAGMA busy_timeout=5000;")?;
+                register_match(&c)?;
+                c
+            }
+        };
+        let out = f(&conn);
+        let mut pool = lock(&self.readers);
+        if pool.len() < POOL_MAX {
+            pool.push(conn);
+        }
+        out
+    }
+
+    fn offset_in(conn: &Connection, host: &str) -> Result<i64> {
+        Ok(conn
+            .query_row(
+                "SELECT offset_ns FROM host_offsets WHERE host = ?",
+                [host],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(0))
+    }
+}
+
+impl Store for SqliteStore {
+    fn ingest(&self, batch: Batch) -> Result<IngestOutcome> {
+        let mut conn = lock(&self.writer);
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let seq = i64::try_from(batch.seq).unwrap_or(i64::MAX);
+        let new = tx.execute(
+            "INSERT OR IGNORE INTO batches (host, run_id, seq, events, received_ns)
+             VALUES (?, ?, ?, ?, ?)",
+            params![
+                batch.host,
+                batch.run_id,
+                seq,
+                i64::try_from(batch.events.len()).unwrap_or(i64::MAX),
+                now_ns()
+            ],
+        )?;
+        if new == 0 {
+            // Dropping `tx` rolls back (nothing was written anyway).
+            return Ok(IngestOutcome {
+                duplicate: true,
+                stored: Vec::new(),
+            });
+        }
+        let offset = Self::offset_in(&tx, &batch.host)?;
+        let mut stored = Vec::with_capacity(batch.events.len());
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO events
+                 (ts_ns, raw_ts_ns, offset_ns, host, pid, kind, stream, text, req_id, trace_id, json)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )?;
+            let mut trace_of_req = tx.prepare_cached(
+                "SELECT trace_id FROM events
+                 WHERE req_id = ? AND host = ? AND trace_id IS NOT NULL LIMIT 1",
+            )?;
+            let mut tag_logs = tx.prepare_cached(
+                "UPDATE events SET trace_id = ?
+                 WHERE req_id = ? AND host = ? AND trace_id IS NULL",
+            )?;
+            for mut event in batch.events {
+                let json = serde_json::to_string(&event)
+                    .map_err(|source| StoreError::Corrupt { id: 0, source })?;
+                let raw = i64::try_from(event.ts_ns).unwrap_or(i64::MAX);
+                let ts = corrected(raw, offset);
+                let (stream, text, req_id, trace_id) = match &event.data {
+                    EventData::Log {
+                        stream,
+                        text,
+                        req_id,
+                        ..
+                    } => {
+                        let trace = match req_id {
+                            Some(r) => trace_of_req
+                                .query_row(params![r, event.host], |row| row.get(0))
+                                .optional()?,
+                            None => None,
+                        };
+                        (
+                            Some(stream_name(*stream)),
+                            Some(text.as_str()),
+                            req_id.clone(),
+                            trace,
+                        )
+                    }
+                    EventData::Http(h) => (None, None, Some(h.req_id.clone()), http_trace_id(h)),
+                    _ => (None, None, None, None),
+                };
+                insert.execute(params![
+                    ts,
+                    raw,
+                    offset,
+                    event.host,
+                    event.pid,
+                    event.data.kind(),
+                    stream,
+                    text,
+                    req_id,
+                    trace_id,
+                    json
+                ])?;
+                let id = tx.last_insert_rowid();
+                if let (EventData::Http(_), Some(r), Some(t)) = (&event.data, &req_id, &trace_id) {
+                    // Log lines of this request stored before its exchange
+                    // completed join the trace now.
+                    tag_logs.execute(params![t, r, event.host])?;
+                }
+                event.ts_ns = u64::try_from(ts).unwrap_or(0);
+                stored.push(Stored { id, event });
+            }
+        }
+        tx.commit()?;
+        Ok(IngestOutcome {
+            duplicate: false,
+            stored,
+        })
+    }
+
+    fn query(&self, q: &Query) -> Result<Vec<Stored>> {
+        let mut sql = String::from("SELECT id, ts_ns, json FROM events WHERE 1=1");
+        let mut args = Vec::new();
+        push_filter(&q.filter, &mut sql, &mut args);
+        if let Some(as_of) = q.as_of {
+            sql.push_str(" AND id <= ?");
+            args.push(Value::Integer(as_of));
+        }
+        let (cmp, dir) = if q.newest_first {
+            ("<", "DESC")
+        } else {
+            (">", "ASC")
+        };
+        if let Some(p) = q.after {
+            sql.push_str(&format!(" AND (ts_ns, id) {cmp} (?, ?)"));
+            args.push(Value::Integer(p.ts_ns));
+            args.push(Value::Integer(p.id));
+        }
+        sql.push_str(&format!(" ORDER BY ts_ns {dir}, id {dir} LIMIT ?"));
+        args.push(Value::Integer(i64::try_from(q.limit).unwrap_or(i64::MAX)));
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(&sql)?;
+            read_rows(&mut stmt, &args)
+        })
+    }
+
+    fn count(&self, f: &Filter) -> Result<u64> {
+        let mut sql = String::from("SELECT count(*) FROM events WHERE 1=1");
+        let mut args = Vec::new();
+        push_filter(f, &mut sql, &mut args);
+        self.read(|c| {
+            let n: i64 = c.query_row(&sql, rusqlite::params_from_iter(&args), |r| r.get(0))?;
+            Ok(u64::try_from(n).unwrap_or(0))
+        })
+    }
+
+    fn since_cursor(&self, cursor: i64, f: &Filter, limit: usize) -> Result<Vec<Stored>> {
+        let mut sql = String::from("SELECT id, ts_ns, json FROM events WHERE id > ?");
+        let mut args = vec![Value::Integer(cursor)];
+        push_filter(f, &mut sql, &mut args);
+        sql.push_str(" ORDER BY id LIMIT ?");
+        args.push(Value::Integer(i64::try_from(limit).unwrap_or(i64::MAX)));
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(&sql)?;
+            read_rows(&mut stmt, &args)
+        })
+    }
+
+    fn cursor(&self) -> Result<i64> {
+        self.read(|c| Ok(c.query_row("SELECT coalesce(max(id), 0) FROM events", [], |r| r.get(0))?))
+    }
+
+    fn host_offset(&self, host: &str) -> Result<i64> {
+        self.read(|c| Self::offset_in(c, host))
+    }
+
+    fn set_host_offset(&self, host: &str, offset_ns: i64) -> Result<()> {
+        lock(&self.writer).execute(
+            "INSERT INTO host_offsets (host, offset_ns, updated_ns) VALUES (?, ?, ?)
+             ON CONFLICT (host) DO UPDATE SET offset_ns = excluded.offset_ns,
+                                              updated_ns = excluded.updated_ns",
+            params![host, offset_ns, now_ns()],
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        aggregator::store::Position,
+        event::{HttpSide, StreamName, Tuple},
+    };
+
+    fn log(host: &str, ts: u64, stream: StreamName, text: &str) -> Event {
+        Event {
+            ts_ns: ts,
+            host: host.into(),
+            pid: 7,
+            tid: 7,
+            comm: "node".into(),
+            data: EventData::Log {
+                stream,
+                path: None,
+                text: text.into(),
+                truncated: false,
+                req_id: None,
+            },
+        }
+    }
+
+    fn batch(host: &str, seq: u64, events: Vec<Event>) -> Batch {
+        Batch {
+            host: host.into(),
+            run_id: "run-1".into(),
+            seq,
+            events,
+        }
+    }
+
+    fn texts(rows: &[Stored]) -> Vec<String> {
+        rows.iter()
+            .map(|s| match &s.event.data {
+                EventData::Log { text, .. } => format!("{}:{}", s.event.host, text),
+                other => format!("{}:{}", s.event.host, other.kind()),
+            })
+            .collect()
+    }
+
+    fn all(limit: usize) -> Query {
+        Query {
+            limit,
+            ..Query::default()
+        }
+    }
+
+    /// Two hosts whose events interleave in time.
+    fn two_hosts(store: &SqliteStore) {
+        let a = batch(
+            "a",
+            0,
+            vec![
+                log("a", 10, StreamName::Stdout, "a first"),
+                log("a", 30, StreamName::Stderr, "a ERROR disk"),
+                log("a", 50, StreamName::Stdout, "a third"),
+            ],
+        );
+        let b = batch(
+            "b",
+            0,
+            vec![
+                log("b", 20, StreamName::Stdout, "b error net"),
+                log("b", 30, StreamName::Stdout, "b tie"),
+                Event {
+                    data: EventData::Gc { duration_ns: 5 },
+                    ..log("b", 40, StreamName::Stdout, "")
+                },
+            ],
+        );
+        assert_eq!(store.ingest(a).unwrap().stored.len(), 3);
+        assert_eq!(store.ingest(b).unwrap().stored.len(), 3);
+    }
+
+    #[test]
+    fn ingest_dedupes_by_host_run_seq() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let b = batch("a", 3, vec![log("a", 1, StreamName::Stdout, "x")]);
+        let first = store.ingest(b.clone()).unwrap();
+        assert!(!first.duplicate);
+        assert_eq!(first.stored.len(), 1);
+        let again = store.ingest(b.clone()).unwrap();
+        assert!(again.duplicate);
+        assert!(again.stored.is_empty());
+        assert_eq!(store.count(&Filter::default()).unwrap(), 1);
+        // Another run or another seq is new.
+        let other_run = Batch {
+            run_id: "run-2".into(),
+            ..b.clone()
+        };
+        assert!(!store.ingest(other_run).unwrap().duplicate);
+        assert!(!store.ingest(Batch { seq: 4, ..b }).unwrap().duplicate);
+        assert_eq!(store.count(&Filter::default()).unwrap(), 3);
+        // Reopening keeps everything, including what was seen.
+        drop(store);
+        let store = SqliteStore::open(dir.path()).unwrap();
+        assert!(
+            store
+                .ingest(batch("a", 3, vec![log("a", 1, StreamName::Stdout, "x")]))
+                .unwrap()
+                .duplicate
+        );
+        assert_eq!(store.count(&Filter::default()).unwrap(), 3);
+    }
+
+    #[test]
+    fn query_orders_by_time_then_commit_and_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        two_hosts(&store);
+        let rows = store.query(&all(100)).unwrap();
+        assert_eq!(
+            texts(&rows),
+            [
+                "a:a first",
+                "b:b error net",
+                "a:a ERROR disk",
+                "b:b tie",
+                "b:gc",
+                "a:a third"
+            ]
+        );
+        // Paging after a position gives the same sequence.
+        let mut paged = Vec::new();
+        let mut q = all(2);
+        loop {
+            let page = store.query(&q).unwrap();
+            if page.is_empty() {
+                break;
+            }
+            q.after = page.last().map(Position::from);
+            paged.extend(page);
+        }
+        assert_eq!(paged, rows);
+        // Newest first, as of a cursor: host b's events after its first
+        // are not in the snapshot.
+        let newest = store
+            .query(&Query {
+                newest_first: true,
+                as_of: Some(rows[1].id),
+                ..all(2)
+            })
+            .unwrap();
+        assert_eq!(texts(&newest), ["a:a third", "a:a ERROR disk"]);
+        // Filters: time range, host, kind, stream.
+        let f = Filter {
+            since: Some(20),
+            until: Some(50),
+            hosts: vec!["b".into()],
+            ..Filter::default()
+        };
+        let rows = store
+            .query(&Query {
+                filter: f.clone(),
+                ..all(100)
+            })
+            .unwrap();
+        assert_eq!(texts(&rows), ["b:b error net", "b:b tie", "b:gc"]);
+        assert_eq!(store.count(&f).unwrap(), 3);
+        let kinds = Filter {
+            kinds: vec!["gc".into()],
+            ..Filter::default()
+        };
+        assert_eq!(store.count(&kinds).unwrap(), 1);
+        let stderr = Filter {
+            stream: Some("stderr".into()),
+            ..Filter::default()
+        };
+        assert_eq!(
+            texts(
+                &store
+                    .query(&Query {
+                        filter: stderr,
+                        ..all(10)
+                    })
+                    .unwrap()
+            ),
+            ["a:a ERROR disk"]
+        );
+    }
+
+    #[test]
+    fn grep_with_regex_and_case_folding() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        two_hosts(&store);
+        let grep = |pattern: &str, ci: bool| Filter {
+            text: Some(TextMatch {
+                pattern: pattern.into(),
+                case_insensitive: ci,
+            }),
+            ..Filter::default()
+        };
+        let q = |f: Filter| {
+            texts(
+                &store
+                    .query(&Query {
+                        filter: f,
+                        ..all(100)
+                    })
+                    .unwrap(),
+            )
+        };
+        assert_eq!(q(grep("error", false)), ["b:b error net"]);
+        assert_eq!(q(grep("error", true)), ["b:b error net", "a:a ERROR disk"]);
+        assert_eq!(q(grep(r"^a \w+ (disk|net)$", false)), ["a:a ERROR disk"]);
+        assert_eq!(store.count(&grep("error", true)).unwrap(), 2);
+        assert_eq!(store.count(&grep("e", false)).unwrap(), 2);
+        // The gc event has no text and never matches, even `.*`.
+        assert_eq!(store.count(&grep(".*", false)).unwrap(), 5);
+        let both = Filter {
+            hosts: vec!["a".into()],
+            ..grep("ERROR|error", false)
+        };
+        assert_eq!(q(both), ["a:a ERROR disk"]);
+    }
+
+    #[test]
+    fn since_cursor_follows_commit_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        assert_eq!(store.cursor().unwrap(), 0);
+        two_hosts(&store);
+        let c = store.cursor().unwrap();
+        let rows = store.since_cursor(0, &Filter::default(), 100).unwrap();
+        assert_eq!(rows.len(), 6);
+        assert_eq!(rows.last().unwrap().id, c);
+        // Commit order, not time order: host a's batch came first.
+        assert_eq!(
+            texts(&rows[..3]),
+            ["a:a first", "a:a ERROR disk", "a:a third"]
+        );
+        let after = store
+            .since_cursor(rows[2].id, &Filter::default(), 2)
+            .unwrap();
+        assert_eq!(texts(&after), ["b:b error net", "b:b tie"]);
+    }
+
+    #[test]
+    fn host_offset_applies_at_ingest() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        assert_eq!(store.host_offset("slow").unwrap(), 0);
+        store.set_host_offset("slow", 1_000).unwrap();
+        assert_eq!(store.host_offset("slow").unwrap(), 1_000);
+        let out = store
+            .ingest(batch(
+                "slow",
+                0,
+                vec![log("slow", 5, StreamName::Stdout, "x")],
+            ))
+            .unwrap();
+        assert_eq!(out.stored[0].event.ts_ns, 1_005);
+        store
+            .ingest(batch(
+                "fast",
+                0,
+                vec![log("fast", 500, StreamName::Stdout, "y")],
+            ))
+            .unwrap();
+        let rows = store.query(&all(10)).unwrap();
+        assert_eq!(texts(&rows), ["fast:y", "slow:x"]);
+        assert_eq!(rows[1].event.ts_ns, 1_005);
+        // The raw time is kept beside the corrected one.
+        let raw: i64 = lock(&store.writer)
+            .query_row(
+                "SELECT raw_ts_ns FROM events WHERE host = 'slow'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(raw, 5);
+    }
+
+    #[test]
+    fn trace_links_logs_to_their_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let tid = "4bf92f3577b34da6a3ce929d0e0e4736";
+        let mut line = log("a", 10, StreamName::Stdout, "handling");
+        if let EventData::Log { req_id, .. } = &mut line.data {
+            *req_id = Some("r1".into());
+        }
+        let http = Event {
+            data: EventData::Http(Box::new(HttpExchange {
+                side: HttpSide::Server,
+                method: "GET".into(),
+                path: "/".into(),
+                status: 200,
+                duration_ns: 1,
+                req_bytes: 1,
+                resp_bytes: 1,
+                tuple: Tuple {
+                    saddr: "127.0.0.1".parse().unwrap(),
+                    sport: 80,
+                    daddr: "127.0.0.1".parse().unwrap(),
+                    dport: 5000,
+                },
+                tls: false,
+                req_id: "r1".into(),
+                parent_req_id: None,
+                traceparent: Some(format!("00-{}-00f067aa0ba902b7-01", tid.to_uppercase())),
+                request_id: None,
+                complete: true,
+            })),
+            ..log("a", 20, StreamName::Stdout, "")
+        };
+        // The line arrives in an earlier batch than its exchange.
+        store.ingest(batch("a", 0, vec![line.clone()])).unwrap();
+        store.ingest(batch("a", 1, vec![http])).unwrap();
+        let mut late = line;
+        late.ts_ns = 30;
+        store.ingest(batch("a", 2, vec![late])).unwrap();
+        let f = Filter {
+            trace: Some(tid.into()),
+            ..Filter::default()
+        };
+        assert_eq!(store.count(&f).unwrap(), 3);
+        let by_req = Filter {
+            trace: Some("r1".into()),
+            ..Filter::default()
+        };
+        assert_eq!(store.count(&by_req).unwrap(), 3);
+    }
+
+    #[test]
+    fn wal_and_full_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let c = lock(&store.writer);
+        let mode: String = c
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        let sync: i64 = c.query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap();
+        assert_eq!(mode, "wal");
+        assert_eq!(sync, 2, "synchronous=FULL");
+    }
+}

@@ -1,0 +1,339 @@
+//! The aggregator's storage interface. Ingest and the query API only talk to
+//! a [`Store`]; SQLite ([`super::sqlite::SqliteStore`]) is the one backend so
+//! far, and another (ClickHouse) can be added without touching either.
+//!
+//! Times: every stored event keeps the `ts_ns` it was sent with (`raw`) and
+//! gets a corrected time, `raw + host_offset(host)`, applied at ingest with
+//! the offset in force when the batch arrived. Filters, ordering and the
+//! `ts_ns` of events handed back all use the corrected time.
+
+use regex::{Regex, RegexBuilder};
+use serde::{Deserialize, Serialize};
+
+use crate::event::{Event, EventData};
+
+/// What an agent sends: one POST /v1/ingest body. `(host, run_id, seq)`
+/// identifies it; a batch sent again (a retry after a lost reply) is stored
+/// once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Batch {
+    pub host: String,
+    /// Random per agent run (a uuid), so `seq` may restart at 0.
+    pub run_id: String,
+    pub seq: u64,
+    pub events: Vec<Event>,
+}
+
+/// Longest host name and run id accepted.
+pub const MAX_HOST_LEN: usize = 255;
+pub const MAX_RUN_ID_LEN: usize = 128;
+
+impl Batch {
+    /// Checks what the store relies on; the message goes back to the sender.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.host.is_empty() || self.host.len() > MAX_HOST_LEN {
+            return Err(format!("host must be 1 to {MAX_HOST_LEN} bytes"));
+        }
+        if self.run_id.is_empty() || self.run_id.len() > MAX_RUN_ID_LEN {
+            return Err(format!("run_id must be 1 to {MAX_RUN_ID_LEN} bytes"));
+        }
+        if i64::try_from(self.seq).is_err() {
+            return Err("seq must be below 2^63".into());
+        }
+        for (i, e) in self.events.iter().enumerate() {
+            if e.host != self.host {
+                return Err(format!(
+                    "events[{i}].host is {:?} but the batch is from {:?}",
+                    e.host, self.host
+                ));
+            }
+            if i64::try_from(e.ts_ns).is_err() {
+                return Err(format!("events[{i}].ts_ns must be below 2^63"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An event as stored: its position in commit order (`id`, increasing) and
+/// the event with `ts_ns` set to the corrected time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stored {
+    pub id: i64,
+    pub event: Event,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct IngestOutcome {
+    /// The batch was stored before; nothing was inserted.
+    pub duplicate: bool,
+    /// What this call inserted, in order.
+    pub stored: Vec<Stored>,
+}
+
+/// A regular expression over log text (the `regex` crate's syntax).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TextMatch {
+    pub pattern: String,
+    pub case_insensitive: bool,
+}
+
+/// Compiled-program size limit for user regexes (the `regex` crate is
+/// linear-time, so this bounds memory, not time).
+const REGEX_SIZE_LIMIT: usize = 4 << 20;
+
+impl TextMatch {
+    pub fn compile(&self) -> Result<Regex, regex::Error> {
+        RegexBuilder::new(&self.pattern)
+            .case_insensitive(self.case_insensitive)
+            .size_limit(REGEX_SIZE_LIMIT)
+            .build()
+    }
+}
+
+/// Which events. Every field narrows; the default matches everything.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Filter {
+    /// Corrected time, inclusive.
+    pub since: Option<i64>,
+    /// Corrected time, exclusive.
+    pub until: Option<i64>,
+    /// Any of these hosts (empty: all).
+    pub hosts: Vec<String>,
+    /// Any of these kinds (empty: all).
+    pub kinds: Vec<String>,
+    /// A trace id (W3C trace id or x-request-id) or a tracer `req_id`.
+    pub trace: Option<String>,
+    /// Log stream: `stdout`, `stderr` or `file` (implies kind `log`).
+    pub stream: Option<String>,
+    /// Log text matching this (implies kind `log`).
+    pub text: Option<TextMatch>,
+}
+
+impl Filter {
+    /// The same test as a store's query, for events not read from a store
+    /// (the live tail). `trace` is not checked here: the trace id of a log
+    /// line is resolved by the store.
+    pub fn matches(&self, event: &Event, text_re: Option<&Regex>) -> bool {
+        let ts = i64::try_from(event.ts_ns).unwrap_or(i64::MAX);
+        if self.since.is_some_and(|s| ts < s) || self.until.is_some_and(|u| ts >= u) {
+            return false;
+        }
+        if !self.hosts.is_empty() && !self.hosts.contains(&event.host) {
+            return false;
+        }
+        let kind = event.data.kind();
+        if !self.kinds.is_empty() && !self.kinds.iter().any(|k| k == kind) {
+            return false;
+        }
+        if self.stream.is_some() || self.text.is_some() {
+            let EventData::Log { stream, text, .. } = &event.data else {
+                return false;
+            };
+            if self
+                .stream
+                .as_deref()
+                .is_some_and(|s| s != stream_name(*stream))
+            {
+                return false;
+            }
+            if let Some(re) = text_re
+                && !re.is_match(text)
+            {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// A point in (corrected ts, id) order, for paging.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    pub ts_ns: i64,
+    pub id: i64,
+}
+
+impl From<&Stored> for Position {
+    fn from(s: &Stored) -> Self {
+        Position {
+            ts_ns: i64::try_from(s.event.ts_ns).unwrap_or(i64::MAX),
+            id: s.id,
+        }
+    }
+}
+
+/// One page of a query in corrected-time order (ties by id).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Query {
+    pub filter: Filter,
+    /// Strictly after this position (before it when `newest_first`).
+    pub after: Option<Position>,
+    /// Only events with `id <= as_of` (a snapshot at a cursor).
+    pub as_of: Option<i64>,
+    pub newest_first: bool,
+    pub limit: usize,
+}
+
+pub fn stream_name(s: crate::event::StreamName) -> &'static str {
+    match s {
+        crate::event::StreamName::Stdout => "stdout",
+        crate::event::StreamName::Stderr => "stderr",
+        crate::event::StreamName::File => "file",
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("opening the store: {0}")]
+    Open(String),
+    #[error("stored event {id} is not valid JSON for this version: {source}")]
+    Corrupt {
+        id: i64,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("invalid regex: {0}")]
+    Regex(#[from] regex::Error),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// The storage backend. Calls block (run them off the async workers).
+pub trait Store: Send + Sync {
+    /// Stores a validated batch in one transaction and returns only once it
+    /// is durable, or reports it as a duplicate and stores nothing.
+    fn ingest(&self, batch: Batch) -> Result<IngestOutcome>;
+
+    /// A page of events matching `q`, ordered by corrected time then id.
+    fn query(&self, q: &Query) -> Result<Vec<Stored>>;
+
+    /// How many events match.
+    fn count(&self, f: &Filter) -> Result<u64>;
+
+    /// Events with `id > cursor` matching `f`, in id (commit) order, at
+    /// most `limit`: how a live tail catches up.
+    fn since_cursor(&self, cursor: i64, f: &Filter, limit: usize) -> Result<Vec<Stored>>;
+
+    /// The id of the last committed event (0 when empty).
+    fn cursor(&self) -> Result<i64>;
+
+    /// Clock correction for `host`: ns added to its events' `ts_ns` at
+    /// ingest. 0 until an estimator sets one.
+    fn host_offset(&self, host: &str) -> Result<i64>;
+
+    /// Sets the correction for events of `host` ingested from now on.
+    fn set_host_offset(&self, host: &str, offset_ns: i64) -> Result<()>;
+}
+
+/// `raw + offset`, kept in 0..=i64::MAX.
+pub fn corrected(raw: i64, offset: i64) -> i64 {
+    raw.saturating_add(offset).max(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::StreamName;
+
+    fn log(host: &str, ts: u64, stream: StreamName, text: &str) -> Event {
+        Event {
+            ts_ns: ts,
+            host: host.into(),
+            pid: 1,
+            tid: 1,
+            comm: "node".into(),
+            data: EventData::Log {
+                stream,
+                path: None,
+                text: text.into(),
+                truncated: false,
+                req_id: None,
+            },
+        }
+    }
+
+    #[test]
+    fn validate_rejects_foreign_host_and_huge_values() {
+        let mut b = Batch {
+            host: "a".into(),
+            run_id: "r".into(),
+            seq: 0,
+            events: vec![log("a", 1, StreamName::Stdout, "x")],
+        };
+        assert_eq!(b.validate(), Ok(()));
+        b.events.push(log("b", 1, StreamName::Stdout, "x"));
+        assert!(b.validate().unwrap_err().contains("events[1].host"));
+        b.events.pop();
+        b.seq = u64::MAX;
+        assert!(b.validate().unwrap_err().contains("seq"));
+        b.seq = 0;
+        b.events[0].ts_ns = u64::MAX;
+        assert!(b.validate().unwrap_err().contains("ts_ns"));
+        b.run_id.clear();
+        assert!(b.validate().unwrap_err().contains("run_id"));
+    }
+
+    #[test]
+    fn filter_matches_like_the_store() {
+        let e = log("a", 100, StreamName::Stderr, "Boom here");
+        let all = Filter::default();
+        assert!(all.matches(&e, None));
+        let f = Filter {
+            since: Some(100),
+            until: Some(101),
+            hosts: vec!["b".into(), "a".into()],
+            kinds: vec!["log".into()],
+            stream: Some("stderr".into()),
+            text: Some(TextMatch {
+                pattern: "boom".into(),
+                case_insensitive: true,
+            }),
+            trace: None,
+        };
+        let re = f.text.as_ref().unwrap().compile().unwrap();
+        assert!(f.matches(&e, Some(&re)));
+        assert!(
+            !Filter {
+                until: Some(100),
+                ..f.clone()
+            }
+            .matches(&e, Some(&re))
+        );
+        assert!(
+            !Filter {
+                hosts: vec!["b".into()],
+                ..f.clone()
+            }
+            .matches(&e, Some(&re))
+        );
+        assert!(
+            !Filter {
+                stream: Some("stdout".into()),
+                ..f.clone()
+            }
+            .matches(&e, Some(&re))
+        );
+        let cs = TextMatch {
+            pattern: "boom".into(),
+            case_insensitive: false,
+        }
+        .compile()
+        .unwrap();
+        assert!(!f.matches(&e, Some(&cs)));
+        let gc = Event {
+            data: EventData::Gc { duration_ns: 1 },
+            ..e.clone()
+        };
+        assert!(!Filter { kinds: vec![], ..f }.matches(&gc, Some(&re)));
+    }
+
+    #[test]
+    fn corrected_saturates() {
+        assert_eq!(corrected(10, -3), 7);
+        assert_eq!(corrected(10, -30), 0);
+        assert_eq!(corrected(i64::MAX, 5), i64::MAX);
+    }
+}
