@@ -18,11 +18,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{NODE, Proc, TRACER, Tracer, fixtures_dir, now_ns, require_root, wait_ready_line};
+use common::{Proc, TRACER, Tracer, now_ns, require_root};
 use http_common::{
     HttpKey, assert_agent_clean_end, assert_no_losses, assert_no_problems, check_http_fields,
     count_http, diff_counts, free_port, http_counts, http_request_series, key, parse_exposition,
-    scrape, start_agent,
+    scrape, start_agent, start_node_with_env,
 };
 use serde_json::Value;
 
@@ -34,18 +34,6 @@ const REQUESTS: [(&str, &str, usize); 4] = [
     ("GET", "/raw", 1),
 ];
 const TOTAL: usize = 5;
-
-/// Starts a fixture with `env` and waits for its READY line.
-fn start_with_env(script: &str, args: &[&str], env: &[(&str, &str)]) -> (Proc, String) {
-    let mut cmd = Command::new(NODE);
-    cmd.arg(fixtures_dir().join(script)).args(args);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut p = Proc::spawn(script, cmd, true);
-    let ready = wait_ready_line(&mut p);
-    (p, ready)
-}
 
 /// Every string in a JSON value, keys included.
 fn strings(v: &Value, out: &mut Vec<String>) {
@@ -104,7 +92,7 @@ fn header_secrets_never_reach_output_or_metrics() {
         ("the proxy credentials", secret("PROXY")),
         ("the password in a body", secret("PASSWORD")),
     ];
-    let (server, port) = start_with_env(
+    let (server, port) = start_node_with_env(
         "secrets_server.js",
         &[],
         &[("SECRET_SET_COOKIE", &secrets[2].1)],
@@ -112,7 +100,7 @@ fn header_secrets_never_reach_output_or_metrics() {
     let port: u16 = port
         .parse()
         .unwrap_or_else(|e| panic!("secrets_server.js READY must carry its port ({port:?}): {e}"));
-    let (mut client, _) = start_with_env(
+    let (mut client, _) = start_node_with_env(
         "secrets_client.js",
         &[&port.to_string()],
         &[

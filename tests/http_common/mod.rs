@@ -20,7 +20,24 @@ use std::{
 
 use serde_json::{Value, json};
 
-use crate::common::{Lines, Proc, Run, TRACER, Tracer, hostname, list_problems, now_ns, short};
+use crate::common::{
+    Lines, NODE, Proc, Run, TRACER, Tracer, fixtures_dir, hostname, list_problems, now_ns, short,
+    wait_ready_line,
+};
+
+/// Starts `node tests/fixtures/<script> [args]` with extra environment
+/// variables, stdout piped, and waits for its READY line. Returns the
+/// process and the rest of the READY line.
+pub fn start_node_with_env(script: &str, args: &[&str], env: &[(&str, &str)]) -> (Proc, String) {
+    let mut cmd = Command::new(NODE);
+    cmd.arg(fixtures_dir().join(script)).args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut p = Proc::spawn(script, cmd, true);
+    let ready = wait_ready_line(&mut p);
+    (p, ready)
+}
 
 /// A TCP port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> u16 {
