@@ -18,11 +18,17 @@ pub fn run() -> Result<()> {
         "--exclude",
         "tracer-ebpf",
         "--all-targets",
+        // Same profile as the test build, so build scripts are shared.
+        "--release",
         "--",
         "-D",
         "warnings",
     ]))
     .context("clippy (host) found problems")?;
+    // The fuzz target is its own workspace (it needs nightly to run); make
+    // sure it keeps compiling against the parser.
+    cmd::run(cmd::cargo().args(["check", "--manifest-path", "fuzz/Cargo.toml"]))
+        .context("the fuzz target (fuzz/) no longer compiles")?;
     cmd::run(&mut bpf_clippy()).context(
         "clippy (eBPF crate, bpfel-unknown-none) found problems; \
          if it could not start, run `cargo xtask bootstrap`",
