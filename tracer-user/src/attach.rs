@@ -32,7 +32,7 @@ pub struct AttachArgs {
     pub pids: Vec<u32>,
 
     /// Stop after this many seconds (default: until Ctrl-C or every PID exits).
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, value_name = "SECS", allow_negative_numbers = true)]
     pub duration: Option<f64>,
 
     #[command(flatten)]

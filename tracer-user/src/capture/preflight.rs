@@ -96,8 +96,27 @@ pub fn check_pid(pid: u32) -> Result<()> {
             "no process with PID {pid} (it may have exited). Find node processes with `pgrep -a node`"
         );
     }
+    // A stat that cannot be read means the process is going away.
+    let Ok(stat) = procfs::process::Process::new(pid as i32).and_then(|p| p.stat()) else {
+        bail!("PID {pid} is exiting; nothing left to trace");
+    };
+    if stat.flags & PF_KTHREAD != 0 {
+        bail!(
+            "PID {pid} ({}) is a kernel thread, not a program; pass the PID of a node process",
+            stat.comm
+        );
+    }
+    if stat.state == 'Z' || stat.state == 'X' {
+        bail!(
+            "PID {pid} ({}) has already exited (a zombie waiting for its parent to collect it);              nothing left to trace",
+            stat.comm
+        );
+    }
     Ok(())
 }
+
+/// task->flags bit of kernel threads (include/linux/sched.h).
+const PF_KTHREAD: u32 = 0x0020_0000;
 
 #[cfg(test)]
 mod tests {
@@ -126,5 +145,8 @@ mod tests {
         let err = check_pid(4_000_000_000).unwrap_err().to_string();
         assert!(err.contains("no process with PID 4000000000"), "{err}");
         check_pid(std::process::id()).unwrap();
+        // kthreadd is PID 2 on Linux.
+        let err = check_pid(2).unwrap_err().to_string();
+        assert!(err.contains("kernel thread"), "{err}");
     }
 }
