@@ -10,6 +10,7 @@ pub mod body;
 pub mod client;
 pub mod server;
 pub mod sqlite;
+pub mod stitch;
 pub mod store;
 pub mod timespec;
 
