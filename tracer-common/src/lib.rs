@@ -337,8 +337,20 @@ pub struct KernelOffsets {
     pub skc_num: u32,
     /// struct sock_common.skc_dport (remote port, network order)
     pub skc_dport: u32,
+    /// struct sock_common.skc_family (u16)
+    pub skc_family: u32,
+    /// struct sock_common.skc_rcv_saddr (IPv4 local address, network order)
+    pub skc_rcv_saddr: u32,
+    /// struct sock_common.skc_daddr (IPv4 remote address)
+    pub skc_daddr: u32,
+    /// struct sock_common.skc_v6_rcv_saddr (struct in6_addr)
+    pub skc_v6_rcv_saddr: u32,
+    /// struct sock_common.skc_v6_daddr (struct in6_addr)
+    pub skc_v6_daddr: u32,
+    /// struct sock.sk_protocol (u16)
+    pub sk_protocol: u32,
 }
-const _: () = assert!(size_of::<KernelOffsets>() == 84);
+const _: () = assert!(size_of::<KernelOffsets>() == 108);
 
 #[cfg(feature = "user")]
 mod user {

@@ -128,6 +128,37 @@ pub fn regular_file_ino(fd: u32) -> Option<u64> {
     }
 }
 
+/// A socket's protocol (IPPROTO_*), 0 if unknown.
+#[inline(always)]
+pub fn sock_protocol(sk: u64) -> u16 {
+    let off = offsets();
+    if off.sk_protocol == 0 {
+        return 0;
+    }
+    read::<u16>(sk, off.sk_protocol).unwrap_or(0)
+}
+
+/// (family, local addr, remote addr) of a socket; IPv4 uses the first 4
+/// bytes of each address.
+#[inline(always)]
+pub fn sock_addrs(sk: u64) -> Option<(u16, [u8; 16], [u8; 16])> {
+    let off = offsets();
+    if off.skc_family == 0 {
+        return None;
+    }
+    let family = read::<u16>(sk, off.skc_family)?;
+    let mut local = [0u8; 16];
+    let mut remote = [0u8; 16];
+    if family == tracer_common::AF_INET {
+        local[..4].copy_from_slice(&read::<[u8; 4]>(sk, off.skc_rcv_saddr)?);
+        remote[..4].copy_from_slice(&read::<[u8; 4]>(sk, off.skc_daddr)?);
+    } else {
+        local = read::<[u8; 16]>(sk, off.skc_v6_rcv_saddr)?;
+        remote = read::<[u8; 16]>(sk, off.skc_v6_daddr)?;
+    }
+    Some((family, local, remote))
+}
+
 /// (local port, remote port) of a socket, host order.
 #[inline(always)]
 pub fn sock_ports(sk: u64) -> Option<(u16, u16)> {

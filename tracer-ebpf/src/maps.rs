@@ -76,6 +76,12 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     socket_sk: 0,
     skc_num: 0,
     skc_dport: 0,
+    skc_family: 0,
+    skc_rcv_saddr: 0,
+    skc_daddr: 0,
+    skc_v6_rcv_saddr: 0,
+    skc_v6_daddr: 0,
+    sk_protocol: 0,
 };
 
 /// Bytes of one written buffer copied into the ring; the rest is counted but

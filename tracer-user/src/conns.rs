@@ -110,6 +110,11 @@ impl Connections {
         })
     }
 
+    /// The addresses of a connection, if it was seen opening.
+    pub fn tuple(&self, pid: u32, sk: u64) -> Option<&Tuple> {
+        self.conns.get(&(pid, sk))?.tuple.as_ref()
+    }
+
     /// A connection was opened (or adopted): its addresses.
     pub fn opened(&mut self, pid: u32, sk: u64, tuple: Tuple) {
         // A new connection on a reused socket address starts afresh.

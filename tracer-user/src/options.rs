@@ -24,7 +24,12 @@ pub struct CaptureArgs {
 
     /// Report only event-loop turns whose callbacks ran at least this long
     /// (0 reports every turn).
-    #[arg(long, default_value_t = 1.0, value_name = "MS", allow_negative_numbers = true)]
+    #[arg(
+        long,
+        default_value_t = 1.0,
+        value_name = "MS",
+        allow_negative_numbers = true
+    )]
     pub loop_threshold_ms: f64,
 
     /// Size of the kernel ring buffer (a power of two, multiple of the page

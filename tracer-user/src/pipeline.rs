@@ -120,13 +120,21 @@ impl Pipeline {
                 self.on_adopt(t);
                 Vec::new()
             }
-            Record::Tcp(t) => {
+            Record::Tcp(mut t) => {
                 let mut out = Vec::new();
                 match t.head.kind {
                     EventKind::TcpConnect | EventKind::TcpAccept => {
                         self.conns.opened(t.head.pid, t.sock, tuple_of(&t));
                     }
                     EventKind::TcpClose => {
+                        // An active close has given the local port back by
+                        // the time the socket reaches CLOSE; the connection
+                        // still has it from when it opened.
+                        if t.sport == 0
+                            && let Some(known) = self.conns.tuple(t.head.pid, t.sock)
+                        {
+                            t.sport = known.sport;
+                        }
                         // Requests still open on the connection end with it.
                         let done = self.conns.closed(t.head.pid, t.sock, t.head.mono_ns);
                         out.extend(done.into_iter().map(|f| self.http_event(f)));

@@ -3,11 +3,16 @@
 //! or per send/recv. Byte counts come from the socket's own counters
 //! (tcp_sock.bytes_acked / bytes_received) read once at close.
 //!
-//! match-proto: sock:inet_sock_set_state (skaddr @8, oldstate @16,
-//!   newstate @20, sport @24, dport @26 host order, family @28, protocol @30,
-//!   saddr @32[4], daddr @36[4], saddr_v6 @40[16], daddr_v6 @56[16]);
-//!   tcp:tcp_retransmit_skb (skaddr @16, sport @28, dport @30, family @32,
-//!   saddr @34[4], daddr @38[4], saddr_v6 @42[16], daddr_v6 @58[16]).
+//! match-proto: raw tracepoints (TP_PROTO arguments)
+//!   inet_sock_set_state(const struct sock *sk, int oldstate, int newstate),
+//!   tcp_retransmit_skb(const struct sock *sk, const struct sk_buff *skb, ...).
+//!   The tuple and protocol are read from the socket at BTF offsets.
+//!
+//! Why raw tracepoints: these fire in softirq, often while one of our
+//! syscall probes is running on the same CPU. Perf-attached tracepoint
+//! programs share one per-CPU "a BPF program is active" guard, so the nested
+//! one would be skipped — silently dropping accepts, closes and retransmits
+//! under load. Raw tracepoint programs have a guard per program.
 //!
 //! Who owns a socket: state changes often run in softirq context, where the
 //! current task is unrelated. So ownership is recorded where it is known —
@@ -16,15 +21,16 @@
 //! Accepted sockets are owned by whoever owns the listening port in that
 //! network namespace.
 
-use aya_ebpf::{helpers::bpf_get_current_comm, macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    helpers::bpf_get_current_comm, macros::raw_tracepoint, programs::RawTracePointContext,
+};
 use tracer_common::{
-    AF_INET, COMM_LEN, ConnInfo, EventHeader, EventKind, ListenKey, PortPairKey, TCP_FLAG_FAILED,
-    TcpEvent,
+    COMM_LEN, ConnInfo, EventHeader, EventKind, ListenKey, PortPairKey, TCP_FLAG_FAILED, TcpEvent,
 };
 
 use crate::{
     emit::{current_ids, now_ns, output},
-    kernel::{sock_netns, sock_ports, tcp_payload_bytes},
+    kernel::{sock_addrs, sock_netns, sock_ports, sock_protocol, tcp_payload_bytes},
     maps::{CONNS, LISTENERS, PREEXISTING, is_target},
 };
 
@@ -44,37 +50,18 @@ struct Tuple {
     daddr: [u8; 16],
 }
 
-/// Read the tuple from a tracepoint record laid out like
-/// inet_sock_set_state (`base` = offset of sport).
+/// The connection's tuple, read from the socket itself.
 #[inline(always)]
-fn read_tuple(ctx: &TracePointContext, base: usize) -> Option<Tuple> {
-    // SAFETY: offsets from the tracepoint formats in the module docs; both
-    // tracepoints put sport, dport, family, saddr, daddr, saddr_v6, daddr_v6
-    // in this relative order (retransmit has no `protocol` field).
-    unsafe {
-        let sport = ctx.read_at::<u16>(base).ok()?;
-        let dport = ctx.read_at::<u16>(base + 2).ok()?;
-        let family = ctx.read_at::<u16>(base + 4).ok()?;
-        let v4 = if base == 24 { base + 8 } else { base + 6 };
-        let mut saddr = [0u8; 16];
-        let mut daddr = [0u8; 16];
-        if family == AF_INET {
-            let s = ctx.read_at::<[u8; 4]>(v4).ok()?;
-            let d = ctx.read_at::<[u8; 4]>(v4 + 4).ok()?;
-            saddr[..4].copy_from_slice(&s);
-            daddr[..4].copy_from_slice(&d);
-        } else {
-            saddr = ctx.read_at::<[u8; 16]>(v4 + 8).ok()?;
-            daddr = ctx.read_at::<[u8; 16]>(v4 + 24).ok()?;
-        }
-        Some(Tuple {
-            family,
-            sport,
-            dport,
-            saddr,
-            daddr,
-        })
-    }
+fn sock_tuple(sk: u64) -> Option<Tuple> {
+    let (family, saddr, daddr) = sock_addrs(sk)?;
+    let (sport, dport) = sock_ports(sk)?;
+    Some(Tuple {
+        family,
+        sport,
+        dport,
+        saddr,
+        daddr,
+    })
 }
 
 #[inline(always)]
@@ -150,23 +137,17 @@ fn adopt(sk: u64) -> Option<()> {
     Some(())
 }
 
-#[tracepoint]
-pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
     let _ = try_set_state(&ctx);
     0
 }
 
-fn try_set_state(ctx: &TracePointContext) -> Option<()> {
-    // SAFETY: offsets from the tracepoint format.
-    let (protocol, sk, old, new) = unsafe {
-        (
-            ctx.read_at::<u16>(30).ok()?,
-            ctx.read_at::<u64>(8).ok()?,
-            ctx.read_at::<i32>(16).ok()?,
-            ctx.read_at::<i32>(20).ok()?,
-        )
-    };
-    if protocol != IPPROTO_TCP {
+fn try_set_state(ctx: &RawTracePointContext) -> Option<()> {
+    let sk: u64 = ctx.arg(0);
+    let old = ctx.arg::<u64>(1) as i32;
+    let new = ctx.arg::<u64>(2) as i32;
+    if sock_protocol(sk) != IPPROTO_TCP {
         return None;
     }
     match (old, new) {
@@ -189,11 +170,11 @@ fn try_set_state(ctx: &TracePointContext) -> Option<()> {
         (TCP_SYN_SENT, TCP_ESTABLISHED) => {
             // SAFETY: value copied out immediately.
             let owner = unsafe { CONNS.get(sk) }.copied()?;
-            let t = read_tuple(ctx, 24)?;
+            let t = sock_tuple(sk)?;
             emit(EventKind::TcpConnect, &owner, &t, sock_netns(sk), sk, 0);
         }
         (TCP_SYN_RECV, TCP_ESTABLISHED) => {
-            let t = read_tuple(ctx, 24)?;
+            let t = sock_tuple(sk)?;
             let netns = sock_netns(sk);
             let key = ListenKey {
                 netns,
@@ -219,7 +200,7 @@ fn try_set_state(ctx: &TracePointContext) -> Option<()> {
             if !is_target(pid) {
                 return None;
             }
-            let t = read_tuple(ctx, 24)?;
+            let t = sock_tuple(sk)?;
             let key = ListenKey {
                 netns: sock_netns(sk),
                 port: t.sport,
@@ -228,7 +209,7 @@ fn try_set_state(ctx: &TracePointContext) -> Option<()> {
             let _ = LISTENERS.insert(key, pid, 0);
         }
         (TCP_LISTEN, TCP_CLOSE) => {
-            let t = read_tuple(ctx, 24)?;
+            let t = sock_tuple(sk)?;
             let key = ListenKey {
                 netns: sock_netns(sk),
                 port: t.sport,
@@ -237,7 +218,7 @@ fn try_set_state(ctx: &TracePointContext) -> Option<()> {
             let _ = LISTENERS.remove(key);
         }
         (_, TCP_CLOSE) => {
-            let t = read_tuple(ctx, 24)?;
+            let t = sock_tuple(sk)?;
             let netns = sock_netns(sk);
             // SAFETY: value copied out immediately.
             if let Some(owner) = unsafe { CONNS.get(sk) }.copied() {
@@ -266,16 +247,15 @@ fn try_set_state(ctx: &TracePointContext) -> Option<()> {
     Some(())
 }
 
-#[tracepoint]
-pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "tcp_retransmit_skb")]
+pub fn tcp_retransmit_skb(ctx: RawTracePointContext) -> i32 {
     let _ = try_retransmit(&ctx);
     0
 }
 
-fn try_retransmit(ctx: &TracePointContext) -> Option<()> {
-    // SAFETY: offset from the tracepoint format.
-    let sk = unsafe { ctx.read_at::<u64>(16) }.ok()?;
-    let t = read_tuple(ctx, 28)?;
+fn try_retransmit(ctx: &RawTracePointContext) -> Option<()> {
+    let sk: u64 = ctx.arg(0);
+    let t = sock_tuple(sk)?;
     let netns = sock_netns(sk);
     // SAFETY: value copied out immediately.
     let owner = match unsafe { CONNS.get(sk) }.copied() {

@@ -11,6 +11,7 @@ pub mod client;
 pub mod server;
 pub mod sqlite;
 pub mod stitch;
+pub mod stitch_sql;
 pub mod store;
 pub mod timespec;
 

@@ -105,6 +105,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/events", get(events))
         .route("/v1/grep", get(grep))
         .route("/v1/tail", get(tail))
+        .route("/v1/offsets", get(offsets))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth))
         .with_state(state)
 }
@@ -627,4 +628,14 @@ async fn report(tx: &mpsc::Sender<sse::Event>, msg: String) -> String {
         .send(sse::Event::default().event("error").data(msg.clone()))
         .await;
     msg
+}
+
+/// GET /v1/offsets: every host's clock correction (docs/aggregator.md,
+/// "Stitching"), as `{"offsets": [{"host", "offset_ns", "pairs",
+/// "reference", "updated_ns"}, ...]}` sorted by host.
+async fn offsets(State(st): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    let store = st.store.clone();
+    let rows = blocking(move || store.offsets()).await?;
+    let body = serde_json::json!({ "offsets": rows }).to_string() + "\n";
+    Ok(([(CONTENT_TYPE, "application/json")], body).into_response())
 }

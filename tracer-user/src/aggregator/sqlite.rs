@@ -26,17 +26,18 @@ use rusqlite::{
 };
 
 use super::store::{
-    Batch, Filter, IngestOutcome, Query, Result, Store, StoreError, Stored, TextMatch, corrected,
+    Batch, Filter, HostOffset, IngestOutcome, Query, Result, Store, StoreError, Stored, TextMatch, corrected,
     stream_name,
 };
-use crate::event::{Event, EventData, HttpExchange};
+use super::stitch_sql::{after_ingest, index_event, own_trace, retime};
+use crate::event::{Event, EventData};
 
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "events.sqlite";
 /// Reader connections kept open between queries.
 const POOL_MAX: usize = 8;
 /// Schema version in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS events (
@@ -72,6 +73,48 @@ CREATE TABLE IF NOT EXISTS host_offsets (
 ) WITHOUT ROWID;
 ";
 
+/// Version 2: cross-host stitching (docs/aggregator.md, "Stitching").
+const SCHEMA_V2: &str = "
+CREATE TABLE IF NOT EXISTS hosts (
+    host     TEXT PRIMARY KEY,
+    first_id INTEGER NOT NULL          -- first event stored: who is seen first
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS http_index (
+    id            INTEGER PRIMARY KEY, -- events.id of an http event
+    host          TEXT NOT NULL,
+    side          TEXT NOT NULL,       -- client | server
+    conn          TEXT NOT NULL,       -- stitch::conn_key: cip:cport>sip:sport
+    start_ns      INTEGER NOT NULL,    -- raw (the host's own clock)
+    end_ns        INTEGER NOT NULL,
+    req_id        TEXT NOT NULL,
+    parent_req_id TEXT,
+    own_trace     TEXT NOT NULL        -- traceparent's trace id, x-request-id, or req_id
+);
+CREATE INDEX IF NOT EXISTS http_conn ON http_index(conn);
+CREATE INDEX IF NOT EXISTS http_host_side ON http_index(host, side);
+CREATE INDEX IF NOT EXISTS http_req ON http_index(host, req_id);
+CREATE INDEX IF NOT EXISTS http_parent ON http_index(host, parent_req_id)
+    WHERE parent_req_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS links (
+    client      INTEGER PRIMARY KEY,   -- http_index.id (side client)
+    server      INTEGER NOT NULL UNIQUE,
+    client_host TEXT NOT NULL,
+    server_host TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS links_hosts ON links(client_host, server_host);
+CREATE TABLE IF NOT EXISTS host_pairs (
+    client_host TEXT NOT NULL,
+    server_host TEXT NOT NULL,
+    theta_ns    INTEGER NOT NULL,      -- server clock minus client clock
+    pairs       INTEGER NOT NULL,
+    PRIMARY KEY (client_host, server_host)
+) WITHOUT ROWID;
+";
+
+/// An estimated offset is applied to stored events again only when it
+/// moves by more than this (each change rewrites the host's events).
+pub(super) const RETIME_MIN_NS: i64 = 50_000;
+
 pub struct SqliteStore {
     path: PathBuf,
     writer: Mutex<Connection>,
@@ -84,7 +127,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn now_ns() -> i64 {
+pub(super) fn now_ns() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
@@ -151,7 +194,13 @@ fn push_filter(f: &Filter, sql: &mut String, args: &mut Vec<Value>) {
         list(sql, args, "kind", &f.kinds);
     }
     if let Some(t) = &f.trace {
-        sql.push_str(" AND (trace_id = ? OR req_id = ?)");
+        // A trace id, or any req_id in it (then the whole trace).
+        sql.push_str(
+            " AND (trace_id = ? OR req_id = ? OR trace_id IN \
+             (SELECT trace_id FROM events WHERE req_id = ? AND kind = 'http' \
+              AND trace_id IS NOT NULL))",
+        );
+        args.push(Value::Text(t.clone()));
         args.push(Value::Text(t.clone()));
         args.push(Value::Text(t.clone()));
     }
@@ -166,17 +215,6 @@ fn push_filter(f: &Filter, sql: &mut String, args: &mut Vec<Value>) {
         sql.push_str(" AND tracer_match(?, text)");
         args.push(Value::Text(sql_pattern(t)));
     }
-}
-
-/// The trace an HTTP exchange belongs to: the W3C trace id of its
-/// traceparent, else its x-request-id.
-fn http_trace_id(h: &HttpExchange) -> Option<String> {
-    h.traceparent
-        .as_deref()
-        .and_then(|tp| tp.split('-').nth(1))
-        .filter(|t| t.len() == 32)
-        .map(str::to_ascii_lowercase)
-        .or_else(|| h.request_id.clone())
 }
 
 /// Reads `id, ts_ns, json` rows into events with the corrected time.
@@ -197,6 +235,31 @@ fn read_rows(stmt: &mut rusqlite::Statement<'_>, args: &[Value]) -> Result<Vec<S
         out.push(Stored { id, event });
     }
     Ok(out)
+}
+
+/// Upgrading a version 1 store: index its HTTP exchanges and stitch them.
+fn backfill(conn: &mut Connection) -> Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute_batch(
+        "INSERT OR IGNORE INTO hosts (host, first_id)
+         SELECT host, min(id) FROM events GROUP BY host",
+    )?;
+    let rows: Vec<(i64, i64, String)> = tx
+        .prepare("SELECT id, raw_ts_ns, json FROM events WHERE kind = 'http' ORDER BY id")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut ids = Vec::with_capacity(rows.len());
+    for (id, raw, json) in rows {
+        let event: Event =
+            serde_json::from_str(&json).map_err(|source| StoreError::Corrupt { id, source })?;
+        if let EventData::Http(h) = &event.data {
+            index_event(&tx, id, &event.host, raw, Some(h))?;
+            ids.push(id);
+        }
+    }
+    after_ingest(&tx, &ids)?;
+    tx.commit()?;
+    Ok(())
 }
 
 impl SqliteStore {
@@ -227,6 +290,21 @@ impl SqliteStore {
             )));
         }
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(SCHEMA_V2)?;
+        let cols: Vec<String> = conn
+            .prepare("SELECT name FROM pragma_table_info('host_offsets')")?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        if !cols.iter().any(|c| c == "pairs") {
+            conn.execute_batch(
+                "ALTER TABLE host_offsets ADD COLUMN pairs INTEGER NOT NULL DEFAULT 0;
+                 ALTER TABLE host_offsets ADD COLUMN reference TEXT;",
+            )?;
+        }
+        let mut conn = conn;
+        if version == 1 {
+            backfill(&mut conn)?;
+        }
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         Ok(Self {
             path,
@@ -299,6 +377,7 @@ impl Store for SqliteStore {
         }
         let offset = Self::offset_in(&tx, &batch.host)?;
         let mut stored = Vec::with_capacity(batch.events.len());
+        let mut new_http = Vec::new();
         {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO events
@@ -307,11 +386,8 @@ impl Store for SqliteStore {
             )?;
             let mut trace_of_req = tx.prepare_cached(
                 "SELECT trace_id FROM events
-                 WHERE req_id = ? AND host = ? AND trace_id IS NOT NULL LIMIT 1",
-            )?;
-            let mut tag_logs = tx.prepare_cached(
-                "UPDATE events SET trace_id = ?
-                 WHERE req_id = ? AND host = ? AND trace_id IS NULL",
+                 WHERE req_id = ? AND host = ? AND kind = 'http' AND trace_id IS NOT NULL
+                 LIMIT 1",
             )?;
             for mut event in batch.events {
                 let json = serde_json::to_string(&event)
@@ -338,7 +414,7 @@ impl Store for SqliteStore {
                             trace,
                         )
                     }
-                    EventData::Http(h) => (None, None, Some(h.req_id.clone()), http_trace_id(h)),
+                    EventData::Http(h) => (None, None, Some(h.req_id.clone()), Some(own_trace(h))),
                     _ => (None, None, None, None),
                 };
                 insert.execute(params![
@@ -355,13 +431,25 @@ impl Store for SqliteStore {
                     json
                 ])?;
                 let id = tx.last_insert_rowid();
-                if let (EventData::Http(_), Some(r), Some(t)) = (&event.data, &req_id, &trace_id) {
-                    // Log lines of this request stored before its exchange
-                    // completed join the trace now.
-                    tag_logs.execute(params![t, r, event.host])?;
-                }
+                let http = match &event.data {
+                    EventData::Http(h) => {
+                        new_http.push(id);
+                        Some(h.as_ref())
+                    }
+                    _ => None,
+                };
+                index_event(&tx, id, &event.host, raw, http)?;
                 event.ts_ns = u64::try_from(ts).unwrap_or(0);
                 stored.push(Stored { id, event });
+            }
+        }
+        // Links, offsets and traces (log lines stored before their exchange
+        // join its trace here too).
+        let retimed = after_ingest(&tx, &new_http)?;
+        for s in &mut stored {
+            if let Some(&off) = retimed.get(&s.event.host) {
+                let raw = i64::try_from(s.event.ts_ns).unwrap_or(0) - offset;
+                s.event.ts_ns = u64::try_from(corrected(raw, off)).unwrap_or(0);
             }
         }
         tx.commit()?;
@@ -428,13 +516,36 @@ impl Store for SqliteStore {
     }
 
     fn set_host_offset(&self, host: &str, offset_ns: i64) -> Result<()> {
-        lock(&self.writer).execute(
+        let mut conn = lock(&self.writer);
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
             "INSERT INTO host_offsets (host, offset_ns, updated_ns) VALUES (?, ?, ?)
              ON CONFLICT (host) DO UPDATE SET offset_ns = excluded.offset_ns,
                                               updated_ns = excluded.updated_ns",
             params![host, offset_ns, now_ns()],
         )?;
+        retime(&tx, host, offset_ns)?;
+        tx.commit()?;
         Ok(())
+    }
+
+    fn offsets(&self) -> Result<Vec<HostOffset>> {
+        self.read(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT host, offset_ns, pairs, reference, updated_ns FROM host_offsets
+                 ORDER BY host",
+            )?;
+            let rows = st.query_map([], |r| {
+                Ok(HostOffset {
+                    host: r.get(0)?,
+                    offset_ns: r.get(1)?,
+                    pairs: r.get(2)?,
+                    reference: r.get(3)?,
+                    updated_ns: r.get(4)?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
     }
 }
 
@@ -443,7 +554,7 @@ mod tests {
     use super::*;
     use crate::{
         aggregator::store::Position,
-        event::{HttpSide, StreamName, Tuple},
+        event::{HttpExchange, HttpSide, StreamName, Tuple},
     };
 
     fn log(host: &str, ts: u64, stream: StreamName, text: &str) -> Event {

@@ -224,8 +224,27 @@ pub trait Store: Send + Sync {
     /// ingest. 0 until an estimator sets one.
     fn host_offset(&self, host: &str) -> Result<i64>;
 
-    /// Sets the correction for events of `host` ingested from now on.
+    /// Sets the correction for `host` and re-times its stored events. The
+    /// estimator (docs/aggregator.md, "Stitching") overrides it for hosts
+    /// it has matched pairs for.
     fn set_host_offset(&self, host: &str, offset_ns: i64) -> Result<()>;
+
+    /// Every host's correction, by host name.
+    fn offsets(&self) -> Result<Vec<HostOffset>>;
+}
+
+/// A host's clock correction, as `GET /v1/offsets` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostOffset {
+    pub host: String,
+    /// Added to the host's raw times.
+    pub offset_ns: i64,
+    /// Matched request pairs the estimate rests on (0: the reference host,
+    /// or set by hand).
+    pub pairs: i64,
+    /// The host the offset is relative to (absent: set by hand).
+    pub reference: Option<String>,
+    pub updated_ns: i64,
 }
 
 /// `raw + offset`, kept in 0..=i64::MAX.

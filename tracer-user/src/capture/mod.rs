@@ -13,7 +13,9 @@ use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
-    programs::{TracePoint, UProbe, uprobe::UProbeAttachLocation, uprobe::UProbeLinkId},
+    programs::{
+        RawTracePoint, TracePoint, UProbe, uprobe::UProbeAttachLocation, uprobe::UProbeLinkId,
+    },
 };
 use tracer_common::{
     ConnInfo, EventKind, KernelOffsets, LOST_SLOTS, TARGET_ROOT, TCP_FLAG_PREEXISTING,
@@ -156,6 +158,21 @@ impl Capture {
         Ok(())
     }
 
+    fn raw_tracepoint(&mut self, name: &str) -> Result<()> {
+        let program: &mut RawTracePoint = self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("probe {name} missing from the eBPF object"))?
+            .try_into()?;
+        program
+            .load()
+            .with_context(|| format!("verifying probe {name}"))?;
+        program
+            .attach(name)
+            .with_context(|| format!("attaching to raw tracepoint {name}"))?;
+        Ok(())
+    }
+
     fn attach_tracepoints(&mut self) -> Result<()> {
         // Process following is always on: it is what makes children traced
         // and exits noticed, and it runs only on fork/exec/exit.
@@ -186,8 +203,9 @@ impl Capture {
             self.tracepoint("sys_exit_openat", "syscalls", &["sys_exit_openat"])?;
         }
         if self.config.has(Family::Tcp) || http {
-            self.tracepoint("inet_sock_set_state", "sock", &["inet_sock_set_state"])?;
-            self.tracepoint("tcp_retransmit_skb", "tcp", &["tcp_retransmit_skb"])?;
+            // Raw tracepoints: see tracer-ebpf/src/probes/tcp.rs for why.
+            self.raw_tracepoint("inet_sock_set_state")?;
+            self.raw_tracepoint("tcp_retransmit_skb")?;
         }
         let mut uprobes: Vec<&str> = Vec::new();
         if self.config.has(Family::Runtime) {

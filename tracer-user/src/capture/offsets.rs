@@ -40,6 +40,12 @@ pub fn kernel_offsets(btf_path: &Path) -> Result<KernelOffsets> {
         socket_sk: f("socket.sk")?,
         skc_num: f("sock_common.skc_num")?,
         skc_dport: f("sock_common.skc_dport")?,
+        skc_family: f("sock_common.skc_family")?,
+        skc_rcv_saddr: f("sock_common.skc_rcv_saddr")?,
+        skc_daddr: f("sock_common.skc_daddr")?,
+        skc_v6_rcv_saddr: f("sock_common.skc_v6_rcv_saddr")?,
+        skc_v6_daddr: f("sock_common.skc_v6_daddr")?,
+        sk_protocol: f("sock.sk_protocol")?,
     })
 }
 
