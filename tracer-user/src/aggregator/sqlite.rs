@@ -25,11 +25,11 @@ use rusqlite::{
     types::{Value, ValueRef},
 };
 
-use super::store::{
-    Batch, Filter, HostOffset, IngestOutcome, Query, Result, Store, StoreError, Stored, TextMatch, corrected,
-    stream_name,
-};
 use super::stitch_sql::{after_ingest, index_event, own_trace, retime};
+use super::store::{
+    Batch, Filter, HostOffset, IngestOutcome, Query, Result, Store, StoreError, Stored, TextMatch,
+    corrected, stream_name,
+};
 use crate::event::{Event, EventData};
 
 /// The database file inside the data directory.

@@ -31,7 +31,13 @@ pub fn own_trace(h: &HttpExchange) -> String {
 }
 
 /// Records the host (first seen) and indexes an http event.
-pub fn index_event(conn: &Connection, id: i64, host: &str, raw_ts: i64, h: Option<&HttpExchange>) -> Result<()> {
+pub fn index_event(
+    conn: &Connection,
+    id: i64,
+    host: &str,
+    raw_ts: i64,
+    h: Option<&HttpExchange>,
+) -> Result<()> {
     conn.prepare_cached("INSERT OR IGNORE INTO hosts (host, first_id) VALUES (?, ?)")?
         .execute(params![host, id])?;
     let Some(h) = h else { return Ok(()) };
@@ -99,12 +105,15 @@ pub fn after_ingest(conn: &Connection, new_http: &[i64]) -> Result<HashMap<Strin
         let cands = candidates(conn, ch, sh)?;
         let m = stitch::match_pairs(&cands, ch == sh);
         let old: HashSet<(i64, i64)> = conn
-            .prepare_cached("SELECT client, server FROM links WHERE client_host = ? AND server_host = ?")?
+            .prepare_cached(
+                "SELECT client, server FROM links WHERE client_host = ? AND server_host = ?",
+            )?
             .query_map(params![ch, sh], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<rusqlite::Result<_>>()?;
         let new: HashSet<(i64, i64)> = m.links.iter().copied().collect();
         for &(c, s) in old.difference(&new) {
-            conn.prepare_cached("DELETE FROM links WHERE client = ?")?.execute([c])?;
+            conn.prepare_cached("DELETE FROM links WHERE client = ?")?
+                .execute([c])?;
             touched.extend([c, s]);
         }
         for &(c, s) in new.difference(&old) {
@@ -131,7 +140,11 @@ pub fn after_ingest(conn: &Connection, new_http: &[i64]) -> Result<HashMap<Strin
             }
         }
     }
-    let retimed = if edges_changed { update_offsets(conn)? } else { HashMap::new() };
+    let retimed = if edges_changed {
+        update_offsets(conn)?
+    } else {
+        HashMap::new()
+    };
     retrace(conn, &touched)?;
     Ok(retimed)
 }
@@ -172,7 +185,11 @@ fn candidates(conn: &Connection, ch: &str, sh: &str) -> Result<Vec<Candidate>> {
         }
         let n = keys.len();
         let conn = *keys.entry(key).or_insert(n);
-        out.push(Candidate { conn, client, server });
+        out.push(Candidate {
+            conn,
+            client,
+            server,
+        });
     }
     Ok(out)
 }
@@ -185,7 +202,9 @@ fn update_offsets(conn: &Connection) -> Result<HashMap<String, i64>> {
         .query_map([], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
     let edges: Vec<Edge> = conn
-        .prepare_cached("SELECT client_host, server_host, theta_ns, pairs FROM host_pairs WHERE pairs > 0")?
+        .prepare_cached(
+            "SELECT client_host, server_host, theta_ns, pairs FROM host_pairs WHERE pairs > 0",
+        )?
         .query_map([], |r| {
             Ok(Edge {
                 client_host: r.get(0)?,
@@ -216,7 +235,13 @@ fn update_offsets(conn: &Connection) -> Result<HashMap<String, i64>> {
                  updated_ns = excluded.updated_ns, pairs = excluded.pairs,
                  reference = excluded.reference",
         )?
-        .execute(params![host, offset, super::sqlite::now_ns(), o.pairs, o.reference])?;
+        .execute(params![
+            host,
+            offset,
+            super::sqlite::now_ns(),
+            o.pairs,
+            o.reference
+        ])?;
     }
     Ok(retimed)
 }
