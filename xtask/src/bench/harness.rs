@@ -265,7 +265,12 @@ pub fn run(bench: &Bench, server: Server, args: &RoundArgs) -> Result<()> {
         "{} {noisy} of {total} rounds started while other work kept more than \
          {FOREIGN_BUSY_CORES} cores busy (marked `*` below){}",
         machine.text(),
-        if machine.busy() || noisy > 0 {
+        if noisy * 2 > total {
+            ". Most rounds ran next to other work: on a shared core req/s measures the \
+             scheduler's share as much as the cost of tracing (a probe that slows syscalls \
+             has been seen to *raise* it), so these ratios are not costs. The tool CPU \
+             column is less affected. Rerun on a quiet machine."
+        } else if machine.busy() || noisy > 0 {
             ": the machine was busy, so treat small differences as noise."
         } else {
             ": a quiet run."
