@@ -20,8 +20,8 @@ use std::{
 
 use common::{StdoutTo, Tracer, require_root, start_node};
 use http_common::{
-    PlanItem, assert_no_losses, assert_no_problems, check_plan_run, count_http, parse_results,
-    parse_served, plan_json, start_node_with_env, wait_prefixed,
+    PlanItem, assert_no_losses, assert_no_problems, check_plan_run, count_http, make_realtime,
+    parse_results, parse_served, plan_json, start_node_with_env, wait_prefixed,
 };
 
 /// The express release the test installs (pinned: the app's behaviour, not
@@ -153,6 +153,7 @@ fn express_app_exchanges_are_exact() {
         StdoutTo::Pipe,
     );
     let (spid, cpid) = (server.pid(), client.pid());
+    make_realtime(cpid);
 
     let mut tracer = Tracer::attach(&[spid, cpid], &["--duration", "60"]);
     client.send_line("go");

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use common::{StdoutTo, Tracer, require_root, start_node};
 use http_common::{
-    PlanItem, assert_no_losses, assert_no_problems, check_plan_run, count_http, parse_results,
-    parse_served, plan_json, wait_prefixed,
+    PlanItem, assert_no_losses, assert_no_problems, check_plan_run, count_http, make_realtime,
+    parse_results, parse_served, plan_json, wait_prefixed,
 };
 
 /// The requests the client makes, in order: 6 `GET /users/<n>` (200),
@@ -58,6 +58,7 @@ fn http_exchanges_seen_from_both_ends_with_exact_sizes() {
         StdoutTo::Pipe,
     );
     let (spid, cpid) = (server.pid(), client.pid());
+    make_realtime(cpid);
 
     let mut tracer = Tracer::attach(&[spid, cpid], &["--duration", "60"]);
     client.send_line("go");

@@ -624,6 +624,26 @@ pub fn parse_served(lines: &[String]) -> Vec<Served> {
         .collect()
 }
 
+/// Runs the main thread of `pid` (a node client whose own timings are the
+/// reference for the tracer's durations) under SCHED_FIFO, so that other
+/// load on the machine (builds, other tests; these machines have two
+/// cores) does not preempt it between a syscall and the JS callback that
+/// takes its timestamp. The client is short-lived and waits on I/O; the
+/// kernel's RT throttling bounds it anyway.
+pub fn make_realtime(pid: u32) {
+    let param = libc::sched_param { sched_priority: 10 };
+    let tid = libc::pid_t::try_from(pid).expect("pid fits in pid_t");
+    // SAFETY: param is a valid sched_param for the call's duration; the
+    // call only changes the scheduling policy of thread `tid`.
+    let rc = unsafe { libc::sched_setscheduler(tid, libc::SCHED_FIFO, &param) };
+    assert_eq!(
+        rc,
+        0,
+        "sched_setscheduler({pid}, SCHED_FIFO): {}",
+        std::io::Error::last_os_error()
+    );
+}
+
 /// Most the tracer's client-side duration may differ from the client's own
 /// measurement of the same request.
 pub const CLIENT_DURATION_SLACK_NS: u64 = 1_000_000;
