@@ -353,7 +353,7 @@ mod tests {
     fn theta_is_median_clamped_into_the_bounds() {
         // Asymmetric network: the midpoint is off, the clamp keeps it causal.
         let a = cand(0, (1, 0, 10 * MS), (2, 8 * MS, 9 * MS));
-        let b = cand(1, (3, 0, 10 * MS), (4, 1 * MS, 2 * MS));
+        let b = cand(1, (3, 0, 10 * MS), (4, MS, 2 * MS));
         // a: [-1ms, 8ms] mid 3.5ms; b: [-8ms, 1ms] mid -3.5ms.
         assert_eq!(robust_theta(&[&a, &b]), Some(0));
         let m = match_pairs(&[a, b], false);
