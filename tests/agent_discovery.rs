@@ -26,10 +26,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{
-    NODE, Proc, Run, StdoutTo, Tracer, fixtures_dir, list_problems, require_root, start_node,
-    wait_ready_line,
-};
+use common::{NODE, Proc, Run, Tracer, fixtures_dir, list_problems, require_root, wait_ready_line};
 use http_common::{
     assert_agent_clean_end, check_http_fields, free_port, http_request_series, parse_exposition,
     raw_request, request_bytes, samples_of_pid, scrape, start_agent,
@@ -72,20 +69,36 @@ struct Server {
 
 impl Server {
     fn start(tag: &str, netns: Option<&str>, after: bool) -> Self {
-        let (proc, port) = match netns {
-            None => start_node("agent_server.js", &[], &[tag], StdoutTo::Pipe),
-            Some(ns) => {
-                // `ip netns exec` execs node in the same process: the pid
-                // is node's.
-                let mut cmd = Command::new("ip");
-                cmd.args(["netns", "exec", ns, NODE])
-                    .arg(fixtures_dir().join("agent_server.js"))
-                    .arg(tag);
-                let mut p = Proc::spawn(&format!("agent_server.js in {ns}"), cmd, true);
-                let ready = wait_ready_line(&mut p);
-                (p, ready)
+        match netns {
+            None => Self::start_via(tag, &[], after),
+            // `ip netns exec` execs node in the same process.
+            Some(ns) => Self::start_in(tag, ns, after),
+        }
+    }
+
+    /// Starts the server as `<wrapper...> node agent_server.js <tag>`: the
+    /// wrapper program (if any) runs first in the new process and execs
+    /// node in that same process, so the pid is node's.
+    fn start_via(tag: &str, wrapper: &[&str], after: bool) -> Self {
+        Self::spawn(tag, wrapper, None, after)
+    }
+
+    fn start_in(tag: &str, ns: &str, after: bool) -> Self {
+        Self::spawn(tag, &["ip", "netns", "exec", ns], Some(ns), after)
+    }
+
+    fn spawn(tag: &str, wrapper: &[&str], netns: Option<&str>, after: bool) -> Self {
+        let mut cmd = match wrapper {
+            [] => Command::new(NODE),
+            [program, args @ ..] => {
+                let mut c = Command::new(program);
+                c.args(args).arg(NODE);
+                c
             }
         };
+        cmd.arg(fixtures_dir().join("agent_server.js")).arg(tag);
+        let mut proc = Proc::spawn(&format!("agent_server.js {tag}"), cmd, true);
+        let port = wait_ready_line(&mut proc);
         let port = port.parse().unwrap_or_else(|e| {
             panic!("agent_server.js READY must carry its port ({port:?}): {e}")
         });
@@ -652,4 +665,37 @@ fn netns_traces_only_processes_in_that_namespace() {
         &mut problems,
     );
     assert_ok(&format!("agent --netns {}", ns.path()), &problems, &run);
+}
+
+/// A service is often started through a program that execs node in the
+/// same process (`env node ...`, `sh -c 'exec node ...'`, `ip netns exec`,
+/// npm scripts). When the agent handles the wrapper's exec only after node
+/// has replaced it (the agent lags a few milliseconds behind, as on a busy
+/// host; here it is held with SIGSTOP for that moment), it must still
+/// report one exec, node's: the wrapper's exec is not a node program's.
+#[test]
+fn a_wrapper_that_execs_node_is_reported_once() {
+    if !require_root("a_wrapper_that_execs_node_is_reported_once") {
+        return;
+    }
+    let _serial = serial();
+    let me = std::process::id();
+    let regex = format!(r"agent_server\.js wrapped-{me}$");
+    let (mut agent, addr) = agent(&["--match", &regex]);
+    // Hold the agent while `env` starts and execs node.
+    agent.proc.signal(libc::SIGSTOP);
+    let server = Server::start_via(&format!("wrapped-{me}"), &["/usr/bin/env"], true);
+    agent.proc.signal(libc::SIGCONT);
+    wait_discovered(&mut agent, server.pid());
+    let x = server.drive();
+    let traced = [(&server, &x[..])];
+    let metrics = wait_reported(&mut agent, addr, &traced);
+    agent.interrupt();
+    let run = agent.finish(Duration::from_secs(15));
+    assert_agent_clean_end(&run);
+
+    let mut problems = Vec::new();
+    check_traced(&run, &server, &x, &mut problems);
+    check_metrics(&metrics, &traced, &[], &mut problems);
+    assert_ok("a node server started through env", &problems, &run);
 }
