@@ -38,7 +38,7 @@ use crate::{
     maps::{EVENTS, LOG_SCRATCH, capture_logs, is_target, max_buffer_bytes, socket_capture_bytes},
     probes::{
         tcp::is_traced_conn,
-        tls::{self, LAST_SOCK, SSL_WRITE_PENDING, TLS_SOCKS},
+        tls::{self, LAST_READ, SSL_WRITE_PENDING, TLS_SOCKS},
     },
 };
 
@@ -80,13 +80,18 @@ impl WriteArgs {
 /// copying; the TLS probes copy the plaintext).
 #[inline(always)]
 fn note_socket_use(tid: u32, sk: u64, writing: bool) -> bool {
-    let _ = LAST_SOCK.insert(tid, sk, 0);
-    if writing {
-        // SAFETY: value copied out immediately.
-        if let Some(ssl) = unsafe { SSL_WRITE_PENDING.get(tid) }.copied() {
-            let _ = SSL_WRITE_PENDING.remove(tid);
-            tls::bind(ssl, sk);
+    let tls_like = tls::looks_tls(sk);
+    if !writing {
+        // Only a TLS connection's read can feed the next SSL_read.
+        if tls_like {
+            let _ = LAST_READ.insert(tid, sk, 0);
         }
+    } else if tls_like
+        // SAFETY: value copied out immediately.
+        && let Some(ssl) = unsafe { SSL_WRITE_PENDING.get(tid) }.copied()
+    {
+        let _ = SSL_WRITE_PENDING.remove(tid);
+        tls::bind(ssl, sk);
     }
     TLS_SOCKS.get_ptr(sk).is_some()
 }
@@ -235,8 +240,19 @@ fn remember_write(ctx: &TracePointContext, is_vec: bool) -> Option<()> {
         )
     };
     let (stream, ino) = classify(fd)?;
-    if stream == Stream::SocketSent && note_socket_use(tid, ino, true) {
-        return None;
+    if stream == Stream::SocketSent {
+        // The bytes are in place at entry: recognise a TLS record.
+        let first = if is_vec {
+            first_iov_base(ptr, vlen)
+        } else {
+            Some(ptr)
+        };
+        if let Some(first) = first {
+            tls::peek_record(ino, first);
+        }
+        if note_socket_use(tid, ino, true) {
+            return None;
+        }
     }
     let args = WriteArgs {
         ino,
@@ -248,6 +264,25 @@ fn remember_write(ctx: &TracePointContext, is_vec: bool) -> Option<()> {
         _pad: 0,
     };
     WRITES_IN_FLIGHT.insert(tid, args, 0).ok()
+}
+
+/// Base of the first iovec of a writev.
+#[inline(always)]
+fn first_iov_base(vec: u64, vlen: u64) -> Option<u64> {
+    if vlen == 0 {
+        return None;
+    }
+    let mut iov = Iovec { base: 0, len: 0 };
+    // SAFETY: one iovec copied from user memory into a stack value of its
+    // size; the helper faults cleanly.
+    let rc = unsafe {
+        bpf_probe_read_user(
+            (&mut iov as *mut Iovec).cast(),
+            core::mem::size_of::<Iovec>() as u32,
+            vec as *const _,
+        )
+    };
+    (rc == 0 && iov.len >= 2).then_some(iov.base)
 }
 
 #[repr(C)]
@@ -270,6 +305,15 @@ fn copy_written(ctx: &TracePointContext) -> Option<()> {
     let written = unsafe { ctx.read_at::<i64>(16) }.ok()?;
     if written <= 0 {
         return None;
+    }
+    if args.stream == Stream::SocketReceived as u32 && !tls::looks_tls(args.ino) {
+        // First bytes of a connection we do not know yet: a TLS record
+        // (ServerHello/ClientHello) makes it a TLS connection, whose read
+        // feeds the next SSL_read.
+        tls::peek_record(args.ino, args.ptr);
+        if tls::looks_tls(args.ino) {
+            let _ = LAST_READ.insert(tid, args.ino, 0);
+        }
     }
     if args.is_vec == 0 {
         emit_buffer(&args, args.ptr, written as u64);

@@ -212,7 +212,12 @@ impl Capture {
             uprobes.extend(["uv_io_poll_enter", "uv_io_poll_exit", "gc_enter", "gc_exit"]);
         }
         if http {
-            uprobes.extend(["ssl_write", "ssl_read_enter", "ssl_read_exit"]);
+            uprobes.extend([
+                "ssl_write_enter",
+                "ssl_write_exit",
+                "ssl_read_enter",
+                "ssl_read_exit",
+            ]);
         }
         for prog in uprobes {
             let p: &mut UProbe = self
@@ -340,7 +345,12 @@ impl Capture {
             ));
         }
         if http {
-            plan.push(("tls-write", "SSL_write", &found[2], vec!["ssl_write"]));
+            plan.push((
+                "tls-write",
+                "SSL_write",
+                &found[2],
+                vec!["ssl_write_enter", "ssl_write_exit"],
+            ));
             plan.push((
                 "tls-read",
                 "SSL_read",
