@@ -229,6 +229,8 @@ pub const PATH_BYTES: usize = 512;
 
 /// openat() of a regular file by a traced process: `fd` now names `path`
 /// (as the process passed it; relative paths are relative to its cwd).
+/// Also the layout of [`EventKind::Exec`] records: `path` is the program
+/// exec'd, `fd` 0.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct FileOpenEvent {

@@ -127,6 +127,18 @@ impl Scope {
         let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else {
             return false;
         };
+        self.selects_program(pid, &exe, true)
+    }
+
+    /// Whether `pid`, which just exec'd `filename`, should be traced. Only
+    /// the program exec'd decides node-ness: by the time the record is
+    /// handled, /proc may already show the next program (a wrapper such as
+    /// `env node ...` exec'd node), which must not be counted twice.
+    pub fn selects_exec(&self, pid: u32, filename: &str) -> bool {
+        self.selects_program(pid, std::path::Path::new(filename), false)
+    }
+
+    fn selects_program(&self, pid: u32, exe: &std::path::Path, argv0_counts: bool) -> bool {
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
             .map(|raw| {
                 raw.split(|b| *b == 0)
@@ -136,7 +148,12 @@ impl Scope {
                     .join(" ")
             })
             .unwrap_or_default();
-        if !is_node(&exe, &cmdline) {
+        let node = if argv0_counts {
+            is_node(exe, &cmdline)
+        } else {
+            is_node(exe, "")
+        };
+        if !node {
             return false;
         }
         if let Some(re) = &self.cmdline
@@ -311,7 +328,9 @@ pub async fn run(args: AgentArgs) -> Result<()> {
 
     let discover: Option<Discover> = if discovering {
         let scope = scope.clone();
-        Some(Box::new(move |pid| scope.selects(pid)))
+        Some(Box::new(move |pid, filename| {
+            scope.selects_exec(pid, filename)
+        }))
     } else {
         None
     };

@@ -31,6 +31,8 @@ pub enum Record {
     },
     Exec {
         head: Head,
+        /// The program exec'd, as the kernel resolved it.
+        filename: String,
     },
     /// fd of `head.pid` now names `path` (as passed to openat).
     FileOpen {
@@ -48,7 +50,7 @@ impl Record {
             Record::Loop { head, .. }
             | Record::Gc { head, .. }
             | Record::Exit { head, .. }
-            | Record::Exec { head }
+            | Record::Exec { head, .. }
             | Record::FileOpen { head, .. } => head,
         }
     }
@@ -216,7 +218,13 @@ pub fn decode(buf: &[u8]) -> Result<Record, DecodeError> {
                 exit_code: p.exit_code,
             }
         }
-        EventKind::Exec => Record::Exec { head: h },
+        EventKind::Exec => {
+            let f: FileOpenEvent = read(buf)?;
+            Record::Exec {
+                head: h,
+                filename: comm_to_string(&f.path),
+            }
+        }
         EventKind::FileOpen => {
             let f: FileOpenEvent = read(buf)?;
             Record::FileOpen {

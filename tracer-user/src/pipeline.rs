@@ -152,12 +152,9 @@ impl Pipeline {
             Record::Gc { head, duration_ns } => {
                 vec![self.event(&head, EventData::Gc { duration_ns })]
             }
-            Record::Exec { head } => {
+            Record::Exec { head, filename } => {
                 self.comms.remove(&head.pid);
-                let exe = std::fs::read_link(format!("/proc/{}/exe", head.pid))
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_else(|_| head.comm.clone());
-                vec![self.event(&head, EventData::Exec { exe })]
+                vec![self.event(&head, EventData::Exec { exe: filename })]
             }
             Record::FileOpen { head, fd, path } => {
                 let path = if path.starts_with('/') {

@@ -35,7 +35,8 @@ pub trait Sink {
 
 /// Decides whether a process that just exec'd should be traced (agent
 /// discovery). Processes already traced are always followed.
-pub type Discover = Box<dyn FnMut(u32) -> bool + Send>;
+/// Arguments: the PID and the program it exec'd.
+pub type Discover = Box<dyn FnMut(u32, &str) -> bool + Send>;
 
 pub struct RunOptions {
     /// The processes traced from the start (a pidfd watches each).
@@ -97,6 +98,7 @@ fn on_exec(
     pipeline: &mut Pipeline,
     discover: &mut Option<Discover>,
     pid: u32,
+    filename: &str,
 ) -> bool {
     if capture.is_traced(pid) {
         // New program, new executable: its runtime probes start over.
@@ -109,7 +111,7 @@ fn on_exec(
     let Some(discover) = discover else {
         return false;
     };
-    if !discover(pid) {
+    if !discover(pid, filename) {
         return false;
     }
     match capture.add_target(pid, true) {
@@ -140,7 +142,8 @@ pub async fn run(
     mut opts: RunOptions,
 ) -> Result<Summary> {
     let started = Instant::now();
-    let (tx, mut rx) = mpsc::channel::<Record>(8192);
+    // Batches: one hand-off per ring wakeup, not per record.
+    let (tx, mut rx) = mpsc::channel::<Vec<Record>>(64);
     let (stop_tx, stop_rx) = watch::channel(false);
     let stats = Arc::new(ReaderStats::default());
     let reader = tokio::spawn(ring::run(capture.take_ring()?, tx, stats.clone(), stop_rx));
@@ -166,28 +169,36 @@ pub async fn run(
 
     let stop_reason: String = loop {
         tokio::select! {
-            rec = rx.recv() => {
-                let Some(rec) = rec else { break "the ring reader stopped".into() };
-                let exit_pid = match &rec {
-                    Record::Exit { head, .. } => Some(head.pid),
-                    Record::Exec { head } => {
-                        let pid = head.pid;
-                        if !on_exec(&mut capture, &mut pipeline, &mut opts.discover, pid) {
-                            continue;
+            batch = rx.recv() => {
+                let Some(batch) = batch else { break "the ring reader stopped".into() };
+                let mut stop = None;
+                for rec in batch {
+                    let exit_pid = match &rec {
+                        Record::Exit { head, .. } => Some(head.pid),
+                        Record::Exec { head, filename } => {
+                            let pid = head.pid;
+                            if !on_exec(&mut capture, &mut pipeline, &mut opts.discover, pid, filename) {
+                                continue;
+                            }
+                            None
                         }
-                        None
+                        _ => None,
+                    };
+                    if emit_all(pipeline.on_record(rec), sink).is_err() {
+                        stop = Some("output closed");
+                        break;
                     }
-                    _ => None,
-                };
-                if emit_all(pipeline.on_record(rec), sink).is_err() {
-                    break "output closed".into();
+                    if let Some(pid) = exit_pid {
+                        capture.forget(pid);
+                        live_roots.remove(&pid);
+                        if opts.end_when_roots_exit && !opts.roots.is_empty() && live_roots.is_empty() {
+                            stop = Some("every traced process exited");
+                            break;
+                        }
+                    }
                 }
-                if let Some(pid) = exit_pid {
-                    capture.forget(pid);
-                    live_roots.remove(&pid);
-                    if opts.end_when_roots_exit && !opts.roots.is_empty() && live_roots.is_empty() {
-                        break "every traced process exited".into();
-                    }
+                if let Some(reason) = stop {
+                    break reason.into();
                 }
                 if rx.is_empty() && sink.flush().is_err() {
                     break "output closed".into();
@@ -226,9 +237,11 @@ pub async fn run(
     // Drain: the reader empties the ring, then closes the channel.
     let _ = stop_tx.send(true);
     let mut output_ok = true;
-    while let Some(rec) = rx.recv().await {
-        if output_ok {
-            output_ok = emit_all(pipeline.on_record(rec), sink).is_ok();
+    while let Some(batch) = rx.recv().await {
+        for rec in batch {
+            if output_ok {
+                output_ok = emit_all(pipeline.on_record(rec), sink).is_ok();
+            }
         }
     }
     reader.await.context("ring reader task")??;

@@ -1,6 +1,7 @@
 //! The ring-buffer reader: one task, woken by epoll through AsyncFd (no
-//! sleep-and-poll), decoding each record and handing it to the pipeline
-//! through a bounded channel.
+//! sleep-and-poll), decoding what the ring holds and handing it to the
+//! pipeline as one batch per wakeup through a bounded channel (a hand-off
+//! per record costs a task wakeup per record).
 //!
 //! When the pipeline falls behind, the reader waits on the channel instead
 //! of dropping: the kernel ring (megabytes) is the bigger buffer, and if it
@@ -29,7 +30,7 @@ pub struct ReaderStats {
 /// Read until `stop` turns true, then drain what is left and return.
 pub async fn run(
     ring: RingBuf<MapData>,
-    tx: mpsc::Sender<Record>,
+    tx: mpsc::Sender<Vec<Record>>,
     stats: Arc<ReaderStats>,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
@@ -54,29 +55,41 @@ pub async fn run(
     }
 }
 
+/// Most records in one batch (bounds the memory a burst takes at once).
+const BATCH: usize = 4096;
+
 /// Forward every record in the ring. False when the pipeline has gone.
 async fn drain(
     ring: &mut RingBuf<MapData>,
-    tx: &mpsc::Sender<Record>,
+    tx: &mpsc::Sender<Vec<Record>>,
     stats: &ReaderStats,
 ) -> bool {
     loop {
-        // Decode into an owned record and release the ring slot before
-        // awaiting the channel.
-        let decoded = match ring.next() {
-            Some(item) => decode(&item),
-            None => return true,
-        };
-        match decoded {
-            Ok(record) => {
-                if tx.send(record).await.is_err() {
-                    return false;
+        let mut batch = Vec::new();
+        while batch.len() < BATCH {
+            // Decode into an owned record and release the ring slot before
+            // awaiting the channel.
+            let decoded = match ring.next() {
+                Some(item) => decode(&item),
+                None => break,
+            };
+            match decoded {
+                Ok(record) => batch.push(record),
+                Err(e) => {
+                    stats.decode_errors.fetch_add(1, Ordering::Relaxed);
+                    log::debug!("undecodable ring record: {e}");
                 }
             }
-            Err(e) => {
-                stats.decode_errors.fetch_add(1, Ordering::Relaxed);
-                log::debug!("undecodable ring record: {e}");
-            }
+        }
+        if batch.is_empty() {
+            return true;
+        }
+        let full = batch.len() == BATCH;
+        if tx.send(batch).await.is_err() {
+            return false;
+        }
+        if !full {
+            return true;
         }
     }
 }
