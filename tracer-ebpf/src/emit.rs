@@ -3,7 +3,7 @@
 use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns};
 use tracer_common::{COMM_LEN, EventHeader, EventKind};
 
-use crate::maps::{EVENTS, LOST};
+use crate::maps::{EVENTS, LOST, wakeup_bytes};
 
 #[inline(always)]
 pub fn now_ns() -> u64 {
@@ -41,13 +41,30 @@ pub fn count_lost(kind: EventKind) {
     }
 }
 
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+
+/// Submit flags that batch wakeups: the reader is woken only once the ring
+/// holds `WAKEUP_BYTES` (user space also drains on a short timer, which
+/// bounds the latency of a quiet ring). A wakeup per record would cost the
+/// reader an epoll round trip per record — most of its CPU under load.
+#[inline(always)]
+pub fn submit_flags() -> u64 {
+    if EVENTS.query(BPF_RB_AVAIL_DATA) >= wakeup_bytes() {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    }
+}
+
 /// Copy a fixed-size record into the ring, counting a failure.
 #[inline(always)]
 pub fn output<T: 'static>(kind: EventKind, record: T) {
     match EVENTS.reserve::<T>(0) {
         Some(mut entry) => {
             entry.write(record);
-            entry.submit(0);
+            entry.submit(submit_flags());
         }
         None => count_lost(kind),
     }

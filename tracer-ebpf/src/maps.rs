@@ -103,6 +103,10 @@ static CAPTURE_LOGS: u32 = 1;
 #[unsafe(no_mangle)]
 static REPORT_ALL_EXECS: u32 = 0;
 
+/// Bytes waiting in the ring that wake the reader (see emit::submit_flags).
+#[unsafe(no_mangle)]
+static WAKEUP_BYTES: u64 = 256 * 1024;
+
 /// Loop turns whose callback time is below this are not reported.
 #[unsafe(no_mangle)]
 static LOOP_MIN_BUSY_NS: u64 = 0;
@@ -135,6 +139,12 @@ pub fn capture_logs() -> bool {
 pub fn report_all_execs() -> bool {
     // SAFETY: as above.
     unsafe { core::ptr::read_volatile(&REPORT_ALL_EXECS) != 0 }
+}
+
+#[inline(always)]
+pub fn wakeup_bytes() -> u64 {
+    // SAFETY: as above.
+    unsafe { core::ptr::read_volatile(&WAKEUP_BYTES) }
 }
 
 #[inline(always)]

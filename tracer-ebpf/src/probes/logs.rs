@@ -179,7 +179,7 @@ fn report_open(ctx: &TracePointContext) -> Option<()> {
         }
         path[PATH_BYTES - 1] = 0;
     }
-    entry.submit(0);
+    entry.submit(crate::emit::submit_flags());
     Some(())
 }
 
@@ -439,7 +439,10 @@ pub fn emit_buffer(args: &WriteArgs, buf: u64, count: u64) -> u32 {
         let record = unsafe {
             core::slice::from_raw_parts((scratch as *const _) as *const u8, HEADER_LEN + len)
         };
-        if EVENTS.output::<[u8]>(record, 0).is_err() {
+        if EVENTS
+            .output::<[u8]>(record, crate::emit::submit_flags())
+            .is_err()
+        {
             count_lost(EventKind::Log);
             break;
         }

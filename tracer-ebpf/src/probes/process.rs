@@ -61,7 +61,7 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
         }
         path[PATH_BYTES - 1] = 0;
     }
-    entry.submit(0);
+    entry.submit(crate::emit::submit_flags());
     0
 }
 

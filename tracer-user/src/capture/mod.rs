@@ -123,6 +123,7 @@ impl Capture {
             .override_global("SOCKET_CAPTURE_BYTES", &socket_capture_bytes, true)
             .override_global("CAPTURE_LOGS", &capture_logs, true)
             .override_global("REPORT_ALL_EXECS", &report_all_execs, true)
+            .override_global("WAKEUP_BYTES", &ring::wakeup_bytes(config.ring_bytes), true)
             .override_global("MAX_BUFFER_BYTES", &config.max_buffer_bytes, true)
             .override_global("LOOP_MIN_BUSY_NS", &config.loop_min_busy_ns, true)
             .map_max_entries("EVENTS", config.ring_bytes)
