@@ -251,6 +251,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         WallClock::new(args.debug_clock_offset_ms.saturating_mul(1_000_000)),
         args.capture.max_line_bytes as usize,
     );
+    pipeline.set_body_capture(args.capture.capture_bodies as usize);
     let forward = match &args.aggregator {
         Some(url) => {
             let token_file = args.token_file.as_ref().context(

@@ -59,6 +59,7 @@ pub async fn run(args: AttachArgs) -> Result<()> {
         WallClock::new(0),
         args.capture.max_line_bytes as usize,
     );
+    pipeline.set_body_capture(args.capture.capture_bodies as usize);
     for pid in &args.pids {
         let report = capture
             .add_target(*pid, true)

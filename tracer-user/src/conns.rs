@@ -59,6 +59,8 @@ pub struct Connections {
     salt: u64,
     /// Connections seen so far; makes every connection id distinct.
     opened: u64,
+    /// Body bytes kept per message (`--capture-bodies`).
+    pub body_capture: usize,
     /// Resynchronisations of the HTTP parsers (framing lost), not yet
     /// reported.
     pub parse_losses: u64,
@@ -103,7 +105,7 @@ impl Connections {
         self.conns.entry((pid, sk)).or_insert_with(|| Conn {
             id,
             tuple: None,
-            http: HttpConn::new(),
+            http: HttpConn::with_body_capture(self.body_capture),
             tls: false,
             parents: HashMap::new(),
             resyncs_reported: 0,
@@ -131,11 +133,12 @@ impl Connections {
             captured,
             total,
         } = payload;
+        let body_capture = self.body_capture;
         let conn = self.conn(pid, sk);
         if tls && !conn.tls {
             // First plaintext: whatever ciphertext was parsed is noise.
             conn.tls = true;
-            conn.http = HttpConn::new();
+            conn.http = HttpConn::with_body_capture(body_capture);
         } else if !tls && conn.tls {
             return Vec::new();
         }
@@ -274,11 +277,18 @@ impl Connections {
                         traceparent: e.traceparent,
                         request_id: e.request_id,
                         complete: e.complete,
+                        req_body: body_text(&e.req_body),
+                        resp_body: body_text(&e.resp_body),
                     },
                 }
             })
             .collect()
     }
+}
+
+/// A kept body as text (lossy UTF-8); None when nothing was kept.
+fn body_text(body: &[u8]) -> Option<String> {
+    (!body.is_empty()).then(|| String::from_utf8_lossy(body).into_owned())
 }
 
 fn ids_of(f: &InFlight<'_>) -> Vec<String> {

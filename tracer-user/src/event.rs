@@ -129,6 +129,11 @@ pub struct HttpExchange {
     /// False when the exchange was cut (connection closed, capture gap).
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub complete: bool,
+    /// First bytes of the bodies, only with `--capture-bodies`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub req_body: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resp_body: Option<String>,
 }
 
 fn yes() -> bool {

@@ -43,6 +43,14 @@ pub struct CaptureArgs {
           value_parser = clap::value_parser!(u32).range(64..=tracer_common::LOG_CHUNK_BYTES as i64))]
     pub http_capture_bytes: u32,
 
+    /// Keep the first BYTES of each HTTP request and response body in the
+    /// `http` events (`req_body`, `resp_body`). Off by default: bodies may
+    /// hold personal data or secrets, and are not captured beyond what
+    /// parsing needs unless asked for.
+    #[arg(long, default_value_t = 0, value_name = "BYTES",
+          value_parser = clap::value_parser!(u32).range(0..=8192))]
+    pub capture_bodies: u32,
+
     /// Host name put in every event (default: this machine's).
     #[arg(long)]
     pub host: Option<String>,
@@ -74,7 +82,8 @@ impl CaptureArgs {
             max_buffer_bytes: crate::lines::kernel_copy_cap(self.max_line_bytes as usize) as u32,
             loop_min_busy_ns: kernel_loop_threshold_ns,
             ring_bytes: self.ring_bytes,
-            socket_capture_bytes: self.http_capture_bytes,
+            // Bodies follow the heads: copy enough of each read/write for both.
+            socket_capture_bytes: self.http_capture_bytes.saturating_add(self.capture_bodies),
             report_all_execs,
         }
     }

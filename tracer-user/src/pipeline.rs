@@ -181,6 +181,11 @@ impl Pipeline {
         self.counted(events)
     }
 
+    /// Keep the first `bytes` of HTTP bodies in `http` events.
+    pub fn set_body_capture(&mut self, bytes: usize) {
+        self.conns.body_capture = bytes;
+    }
+
     /// Remember the addresses of connections `pid` had open before attach
     /// (the kernel reports only their ports when it adopts them).
     pub fn note_preexisting(&mut self, pid: u32, conns: &[(u32, SocketAddr, SocketAddr)]) {

@@ -93,6 +93,11 @@ pub struct Exchange {
     pub request_id: Option<String>,
     /// Request headers in order, secrets redacted ([`redact_header`]).
     pub headers: Vec<(String, String)>,
+    /// First bytes of the request body as transferred (chunk framing
+    /// included), only with [`HttpConn::with_body_capture`]; else empty.
+    pub req_body: Vec<u8>,
+    /// Likewise for the response body.
+    pub resp_body: Vec<u8>,
     /// False when the request or response was cut by close, a gap or a resync.
     pub complete: bool,
 }
@@ -250,6 +255,8 @@ struct Pending {
     /// Position of this request on the connection (0, 1, ...), assigned when
     /// its head is seen.
     seq: u64,
+    req_body: Vec<u8>,
+    resp_body: Vec<u8>,
     method: String,
     path: String,
     traceparent: Option<String>,
@@ -297,6 +304,8 @@ impl Pending {
             traceparent: self.traceparent,
             request_id: self.request_id,
             headers: self.headers,
+            req_body: self.req_body,
+            resp_body: self.resp_body,
             complete,
         }
     }
@@ -327,6 +336,8 @@ pub struct HttpConn {
     closed: bool,
     /// Requests whose head was seen so far (the next `seq`).
     requests_seen: u64,
+    /// Body bytes kept per message (0: none).
+    body_capture: usize,
 }
 
 /// A request whose head has been seen and whose exchange is not reported
@@ -356,7 +367,16 @@ impl HttpConn {
             stats: HttpStats::default(),
             closed: false,
             requests_seen: 0,
+            body_capture: 0,
         }
+    }
+
+    /// A parser that keeps the first `bytes` of each request and response
+    /// body (`--capture-bodies`; bodies are not kept otherwise).
+    pub fn with_body_capture(bytes: usize) -> Self {
+        let mut conn = Self::new();
+        conn.body_capture = bytes;
+        conn
     }
 
     /// Requests seen but not yet reported, oldest first.
@@ -662,9 +682,12 @@ impl HttpConn {
                     match b.feed(&buf[cur..]) {
                         Ok(Progress { used, done }) => {
                             // `used` is at most the buffer's length.
+                            let body = &buf[cur..cur + used as usize];
                             cur += used as usize;
+                            let cap = self.body_capture;
                             if let Some(e) = self.in_progress_mut() {
                                 e.req_bytes += used;
+                                keep_body(&mut e.req_body, body, cap);
                             }
                             if done {
                                 self.request_done(d);
@@ -799,12 +822,15 @@ impl HttpConn {
                     }
                     match b.feed(&buf[cur..]) {
                         Ok(Progress { used, done }) => {
+                            let body = &buf[cur..cur + used as usize];
                             cur += used as usize;
                             let end_ts =
                                 self.streams[d].ts_at(self.streams[d].base + cur as u64 - 1);
+                            let cap = self.body_capture;
                             if let Some(e) = self.awaiting_mut() {
                                 e.resp_bytes += used;
                                 e.resp_end_ns = end_ts;
+                                keep_body(&mut e.resp_body, body, cap);
                             }
                             if done {
                                 self.response_done(d);
@@ -1129,6 +1155,12 @@ impl HttpConn {
 
 /// Bytes of blank lines (CRLF or LF) at the start of `buf`, which may come
 /// between messages; None if `buf` ends in the middle of one.
+/// Append what fits of `bytes` to a kept body of at most `cap` bytes.
+fn keep_body(kept: &mut Vec<u8>, bytes: &[u8], cap: usize) {
+    let room = cap.saturating_sub(kept.len());
+    kept.extend_from_slice(&bytes[..room.min(bytes.len())]);
+}
+
 fn skip_blank_lines(buf: &[u8]) -> Option<usize> {
     let mut i = 0;
     loop {
@@ -1200,6 +1232,8 @@ fn request_from(req: &httparse::Request<'_, '_>) -> Result<(Pending, Option<Body
 fn new_pending(method: &str, path: &str) -> Pending {
     Pending {
         seq: 0,
+        req_body: Vec::new(),
+        resp_body: Vec::new(),
         method: method.to_string(),
         path: cap_path(path),
         traceparent: None,

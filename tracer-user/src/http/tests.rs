@@ -73,6 +73,8 @@ impl Ex<'_> {
                 .map(|(n, v)| (n.to_string(), v.to_string()))
                 .collect(),
             complete: self.complete,
+            req_body: Vec::new(),
+            resp_body: Vec::new(),
         }
     }
 }
@@ -972,6 +974,23 @@ fn in_flight_requests_carry_the_seq_of_their_exchange() {
     assert_eq!(done.len(), 1);
     assert_eq!((done[0].seq, done[0].path.as_str()), (0, "/a"));
     assert_eq!(conn2.in_flight().map(|f| f.seq).collect::<Vec<_>>(), [1]);
+}
+
+#[test]
+fn bodies_are_kept_only_when_asked_and_only_up_to_the_cap() {
+    let req = b"POST /o HTTP/1.1\r\nContent-Length: 11\r\n\r\nhello world";
+    let resp = b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok";
+    let mut plain = HttpConn::new();
+    plain.feed(R, 1, req, req.len());
+    let done = plain.feed(S, 2, resp, resp.len());
+    assert!(done[0].req_body.is_empty() && done[0].resp_body.is_empty());
+    let mut kept = HttpConn::with_body_capture(5);
+    kept.feed(R, 1, &req[..40], 40);
+    kept.feed(R, 1, &req[40..], req.len() - 40);
+    let done = kept.feed(S, 2, resp, resp.len());
+    assert_eq!(done[0].req_body, b"hello");
+    assert_eq!(done[0].resp_body, b"ok");
+    assert_eq!(done[0].req_bytes, req.len() as u64);
 }
 
 /// Cuts `bytes` at `cuts` (sorted, deduplicated, inside the slice).
