@@ -147,6 +147,8 @@ fn request(method: &str, path: &str, status: u16) -> Event {
         traceparent: None,
         request_id: None,
         complete: true,
+        req_body: None,
+        resp_body: None,
     })))
 }
 

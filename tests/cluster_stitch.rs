@@ -220,6 +220,8 @@ fn http_event(
             traceparent,
             request_id: None,
             complete: true,
+            req_body: None,
+            resp_body: None,
         })),
     }
 }

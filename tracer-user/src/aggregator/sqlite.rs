@@ -857,6 +857,8 @@ mod tests {
                 traceparent: Some(format!("00-{}-00f067aa0ba902b7-01", tid.to_uppercase())),
                 request_id: None,
                 complete: true,
+                req_body: None,
+                resp_body: None,
             })),
             ..log("a", 20, StreamName::Stdout, "")
         };

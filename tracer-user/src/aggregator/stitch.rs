@@ -410,6 +410,8 @@ mod tests {
             traceparent: None,
             request_id: None,
             complete: true,
+            req_body: None,
+            resp_body: None,
         };
         let c = mk(HttpSide::Client, "10.0.0.1", 40000, "10.0.0.2", 80);
         let s = mk(

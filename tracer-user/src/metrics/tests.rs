@@ -167,6 +167,8 @@ fn http(side: HttpSide, method: &str, path: &str, status: u16, duration_ns: u64)
         traceparent: None,
         request_id: None,
         complete: true,
+        req_body: None,
+        resp_body: None,
     }))
 }
 
