@@ -312,10 +312,6 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
-fn loss_stage_name(stage: LossStage) -> &'static str {
-    stage.name()
-}
-
 fn stream_name(stream: StreamName) -> &'static str {
     match stream {
         StreamName::Stdout => "stdout",
@@ -373,7 +369,7 @@ impl Metrics {
         for stage in [LossStage::Ring, LossStage::Decode] {
             f.lost
                 .get_or_create(&StageLabels {
-                    stage: loss_stage_name(stage).to_string(),
+                    stage: stage.name().to_string(),
                 })
                 .inc_by(0);
         }
@@ -389,7 +385,7 @@ impl Metrics {
     pub fn observe(&self, event: &Event) {
         let data = &event.data;
         if let EventData::Lost { count, stage, .. } = data {
-            self.count_lost(loss_stage_name(*stage), *count);
+            self.count_lost(stage.name(), *count);
             return;
         }
         let p = self.proc_of(event);
