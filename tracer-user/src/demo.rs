@@ -275,8 +275,12 @@ fn wait_for_agents(ready: &std::sync::mpsc::Receiver<String>, n: usize) -> Resul
 fn print_help(exe: &Path, listen: &str, token_file: &Path) {
     let t = token_file.display();
     let x = exe.display();
+    // The token (a uuid, URL-safe) rides in the fragment: never sent to the server.
+    let token = std::fs::read_to_string(token_file).unwrap_or_default();
+    let token = token.trim();
     eprintln!(
         "\n[demo] running: traffic -> gateway (h1, {gw}) -> api (h2) -> store (h3); every hop logs a line.\n\
+         [demo] web UI: http://{listen}/#token={token}\n\
          [demo] try, in another terminal:\n\
          \x20   {x} tail -f --aggregator http://{listen} --token-file {t}\n\
          \x20   {x} grep 'store #' --since 5m --aggregator http://{listen} --token-file {t}\n\

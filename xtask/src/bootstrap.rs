@@ -32,6 +32,7 @@ const PACKAGES: &[&str] = &[
     "prometheus", // tests/agent_prometheus.rs scrapes the metrics endpoint with it
     "openssl",    // HTTPS tests and the TLS bench make self-signed certificates
     "curl",       // agent tests fetch /metrics and drive traffic in namespaces
+    "chromium",   // tests/web_ui.rs drives the web UI in headless Chromium (playwright-core)
 ];
 
 /// The rustup name under which Debian's toolchain in /usr is linked;
