@@ -8,12 +8,15 @@
 
 pub mod body;
 pub mod client;
+pub mod series;
 pub mod server;
 pub mod sqlite;
+pub mod sqlite_series;
 pub mod stitch;
 pub mod stitch_sql;
 pub mod store;
 pub mod timespec;
+pub mod ui;
 
 use std::{
     io::IsTerminal as _, net::SocketAddr, os::unix::fs::PermissionsExt as _, path::PathBuf,

@@ -69,7 +69,7 @@ pub struct Limits {
 }
 
 pub struct AppState {
-    store: Arc<dyn Store>,
+    pub(super) store: Arc<dyn Store>,
     token: Vec<u8>,
     limits: Limits,
     live: broadcast::Sender<Arc<Vec<Stored>>>,
@@ -106,7 +106,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/grep", get(grep))
         .route("/v1/tail", get(tail))
         .route("/v1/offsets", get(offsets))
+        .route("/v1/series", get(super::ui::series))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth))
+        // The web UI's page and assets hold no data: no token (docs/ui.md).
+        .merge(super::ui::assets())
         .with_state(state)
 }
 

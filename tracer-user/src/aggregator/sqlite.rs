@@ -547,6 +547,10 @@ impl Store for SqliteStore {
             Ok(rows.collect::<rusqlite::Result<_>>()?)
         })
     }
+
+    fn series(&self, q: &super::series::SeriesQuery) -> Result<super::series::Series> {
+        self.read(|c| super::sqlite_series::series(c, q))
+    }
 }
 
 #[cfg(test)]

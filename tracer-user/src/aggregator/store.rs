@@ -231,6 +231,10 @@ pub trait Store: Send + Sync {
 
     /// Every host's correction, by host name.
     fn offsets(&self) -> Result<Vec<HostOffset>>;
+
+    /// Per host and process, bucketed series over a window (the web UI's
+    /// graphs, `GET /v1/series`; the bucketing is `series.rs`).
+    fn series(&self, q: &super::series::SeriesQuery) -> Result<super::series::Series>;
 }
 
 /// A host's clock correction, as `GET /v1/offsets` shows it.
