@@ -41,6 +41,10 @@ async function boot() {
     $('token').value = '';
     await enter();
   });
+  // A `#token=` link opened in a tab already showing the page.
+  window.addEventListener('hashchange', () => {
+    if (api.tokenFromFragment()) enter();
+  });
   await enter();
 }
 
@@ -79,9 +83,9 @@ function start() {
       timeline.highlight(events.filter((e) => e.kind === 'http').map((e) => e.req_id));
       const t0 = Math.min(...events.map(evMs));
       const t1 = Math.max(...events.map((e) => evMs(e) + (e.duration_ns || 0) / 1e6));
-      const { start: vs, end: ve } = timeline.view;
-      if (events.length && (t0 < vs || t1 > ve)) {
-        const w = ve - vs;
+      // Zoom onto the request, with some of what happened around it.
+      if (events.length) {
+        const w = Math.max((t1 - t0) * 4, 200);
         timeline.setView((t0 + t1) / 2 - w / 2, (t0 + t1) / 2 + w / 2);
       }
     },

@@ -59,11 +59,22 @@ export function linkPairs(events) {
     if (!cands) continue;
     const cs = evMs(c);
     const ce = cs + c.duration_ns / 1e6;
+    // Candidates are in time order (events come sorted): binary search for
+    // the first that starts after the client did, then the first that ends
+    // inside it (a keep-alive connection has many).
+    let lo = 0;
+    let hi = cands.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (evMs(cands[mid]) < cs - slack) lo = mid + 1;
+      else hi = mid;
+    }
     let best = null;
-    for (const s of cands) {
-      const ss = evMs(s);
-      if (ss >= cs - slack && ss + s.duration_ns / 1e6 <= ce + slack) {
-        if (!best || Math.abs(ss - cs) < Math.abs(evMs(best) - cs)) best = s;
+    for (let i = lo; i < cands.length && evMs(cands[i]) <= ce + slack; i++) {
+      const s = cands[i];
+      if (evMs(s) + s.duration_ns / 1e6 <= ce + slack) {
+        best = s;
+        break;
       }
     }
     if (best && best.host !== c.host) pairs.push([c, best]);
