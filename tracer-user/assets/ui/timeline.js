@@ -196,6 +196,7 @@ export class Timeline {
       end = mid + MIN_SPAN_MS / 2;
     }
     this.view = { start, end };
+    this.tip.hidden = true;
     this.redraw();
     if (notify) this.onView(start, end);
   }

@@ -1,0 +1,302 @@
+// Drives the web UI of a running `tracer demo` in headless Chromium
+// (playwright-core, Debian's /usr/bin/chromium). Started by
+// tests/web_ui.rs with BASE (http://127.0.0.1:PORT), TOKEN, ARTIFACTS (a
+// directory for screenshots) and USER_DATA (a fresh profile directory).
+// Prints one line `RESULT {json}` with what it saw; every check that
+// fails throws (exit code 1) with a message saying what was expected.
+// Every wait has a deadline.
+
+const { chromium } = require('playwright-core');
+
+const BASE = process.env.BASE;
+const TOKEN = process.env.TOKEN;
+const ARTIFACTS = process.env.ARTIFACTS;
+const USER_DATA = process.env.USER_DATA;
+const HOSTS = ['h1', 'h2', 'h3'];
+const WAIT = 20_000;
+// The line the XSS check injects: it must be shown literally, never run.
+const XSS = '<script>window.__pwned=1</script><img src=x onerror="window.__pwned=1"> webui-xss';
+const NEEDLES = 25;
+// Matches needles 10..24: exactly 15 of the 25 injected lines.
+const NEEDLE_RE = 'webui-needle-(1[0-9]|2[0-4])$';
+
+const result = {};
+const log = (...a) => console.error('[ui_check]', ...a);
+
+function check(cond, msg) {
+  if (!cond) throw new Error(`check failed: ${msg}`);
+}
+
+async function api(path, init = {}) {
+  const r = await fetch(BASE + path, {
+    ...init,
+    headers: { Authorization: `Bearer ${TOKEN}`, ...(init.headers || {}) },
+    signal: AbortSignal.timeout(WAIT),
+  });
+  const text = await r.text();
+  check(r.ok, `${path}: ${r.status} ${text}`);
+  return text;
+}
+
+let seq = 0;
+const RUN = `web-ui-test-${process.pid}-${Date.now()}`;
+const PID = 4242;
+
+/** Stores log lines for host h1, pid 4242, ts now + i µs, through the
+ * ingest API (exactly as an agent would). Returns their ts_ns. */
+async function inject(texts) {
+  const base = BigInt(Date.now()) * 1_000_000n;
+  const events = texts.map((text, i) => {
+    const ts = (base + BigInt(i) * 1000n).toString();
+    return `{"ts_ns":${ts},"host":"h1","pid":${PID},"tid":${PID},"comm":"webui-test","kind":"log","stream":"stdout","text":${JSON.stringify(text)}}`;
+  });
+  const body = `{"host":"h1","run_id":"${RUN}","seq":${seq++},"events":[${events.join(',')}]}`;
+  const ans = JSON.parse(await api('/v1/ingest', { method: 'POST', body, headers: { 'Content-Type': 'application/json' } }));
+  check(ans.accepted === texts.length, `ingest accepted ${ans.accepted} of ${texts.length}`);
+}
+
+async function main() {
+  // The page and its assets load without a token; data does not.
+  const page0 = await fetch(`${BASE}/`, { signal: AbortSignal.timeout(WAIT) });
+  check(page0.status === 200, `GET / without a token: ${page0.status}`);
+  check((page0.headers.get('content-security-policy') || '').includes("script-src 'self'"), 'CSP header on /');
+  for (const p of ['/v1/events', '/v1/series', '/v1/grep?re=x', '/v1/offsets']) {
+    const r = await fetch(BASE + p, { signal: AbortSignal.timeout(WAIT) });
+    check(r.status === 401, `${p} without a token must be 401, got ${r.status}`);
+  }
+
+  const needles = Array.from({ length: NEEDLES }, (_, i) => `webui-needle-${String(i).padStart(2, '0')}`);
+  await inject(needles);
+  await inject([XSS]);
+  const expected = needles.filter((t) => new RegExp(NEEDLE_RE).test(t));
+  check(expected.length === 15, 'the needle regex matches 15 of the injected lines');
+  const grepCount = JSON.parse(await api(`/v1/grep?count=1&re=${encodeURIComponent(NEEDLE_RE)}`)).count;
+  check(grepCount === 15, `/v1/grep counts ${grepCount} needles, expected 15`);
+
+  const ctx = await chromium.launchPersistentContext(USER_DATA, {
+    executablePath: '/usr/bin/chromium',
+    headless: true,
+    viewport: { width: 1400, height: 1000 },
+    args: [
+      '--headless',
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+    ],
+  });
+  try {
+    await run(ctx, expected);
+  } finally {
+    await ctx.close();
+  }
+}
+
+async function run(ctx, expected) {
+  const errors = [];
+  const watch = (p) => {
+    p.setDefaultTimeout(WAIT);
+    p.on('pageerror', (e) => errors.push(String(e)));
+    p.on('console', (m) => {
+      // The wrong token's 401 is expected; anything else is a failure.
+      if (m.type() === 'error' && !m.text().includes('401')) errors.push(m.text());
+    });
+  };
+  let page = await ctx.newPage();
+  watch(page);
+
+  // 1. Login step: no token → the form; a wrong token → an error; the
+  // right one → the app.
+  await page.goto(`${BASE}/`);
+  await page.waitForSelector('#login:not([hidden])');
+  await page.fill('#token', 'not-the-token');
+  await page.click('#login button[type=submit]');
+  await page.waitForFunction(() => document.getElementById('login-error').textContent.includes('rejected'));
+  await page.fill('#token', TOKEN);
+  await page.click('#login button[type=submit]');
+  await page.waitForSelector('#app:not([hidden])');
+
+  await page.close();
+
+  // 2. The token in the URL fragment (what `tracer demo` prints), in a new
+  // tab (nothing in its sessionStorage): taken, and removed from the
+  // address bar.
+  page = await ctx.newPage();
+  watch(page);
+  await page.goto(`${BASE}/#token=${encodeURIComponent(TOKEN)}`);
+  await page.waitForSelector('#app:not([hidden])');
+  check(!page.url().includes('token'), `the token stays in the URL: ${page.url()}`);
+  check((await page.evaluate(() => sessionStorage.getItem('tracer-token'))) === TOKEN, 'token kept in sessionStorage');
+  result.fragment_login = true;
+
+  // 3. Every host's lane, on a 1-minute window.
+  await page.selectOption('#window', String(60e3));
+  await page.waitForFunction(
+    (hosts) => hosts.every((h) => document.querySelector(`.lane-host[data-host="${h}"]`)),
+    HOSTS,
+  );
+  result.lanes = await page.$$eval('.lane-host', (els) => els.map((e) => e.dataset.host));
+  result.proc_lanes = await page.$$eval('.lane-proc', (els) => els.map((e) => `${e.dataset.host}/${e.dataset.pid}`));
+  // Zoom in (wheel over the timeline, 5 s before now: stored by then)
+  // until a few seconds are shown.
+  const box = await page.locator('#timeline canvas').boundingBox();
+  const at = await page.evaluate(() => window.tracerUI.timeline.x(Date.now() - 5000));
+  await page.mouse.move(box.x + at, box.y + box.height / 2);
+  for (let i = 0; i < 12; i++) await page.mouse.wheel(0, -100);
+  await page.waitForFunction(() => {
+    const v = window.tracerUI.timeline.view;
+    return v.end - v.start < 10_000;
+  });
+  await page.waitForFunction(() => document.getElementById('status').textContent.includes('events'));
+  await page.waitForTimeout(500);
+  await page.screenshot({ path: `${ARTIFACTS}/timeline.png` });
+
+  // 4. A request: click a gateway request at least 3 s old (its hops are
+  // stored and stitched by then) and see its whole trace.
+  const hops = await openTrace(page);
+  result.trace = hops;
+  await page.screenshot({ path: `${ARTIFACTS}/trace.png` });
+
+  // 5. Search: exactly the injected lines the regex matches, in time
+  // order, with host, pid and stream; a result moves the timeline.
+  await page.click('#tabs button[data-tab=search]');
+  await page.fill('#search-re', NEEDLE_RE);
+  await page.click('#tab-search button[type=submit]');
+  await page.waitForFunction(() => document.getElementById('search-status').dataset.count !== undefined);
+  const rows = await page.$$eval('#search-results .result', (els) =>
+    els.map((e) => ({
+      host: e.querySelector('.r-host').textContent,
+      pid: e.querySelector('.r-pid').textContent,
+      stream: e.querySelector('.r-stream').textContent,
+      text: e.querySelector('.r-text').textContent,
+    })),
+  );
+  check(
+    JSON.stringify(rows.map((r) => r.text)) === JSON.stringify(expected),
+    `search results ${JSON.stringify(rows.map((r) => r.text))}, expected ${JSON.stringify(expected)}`,
+  );
+  check(rows.every((r) => r.host === 'h1' && r.pid === String(PID) && r.stream === 'stdout'), 'host/pid/stream of results');
+  result.search = rows.length;
+  await page.click('#search-results .result >> nth=0');
+  const jumped = await page.evaluate(() => {
+    const t = window.tracerUI.timeline;
+    return { cursor: t.cursor.match.text, inView: t.cursor.ms >= t.view.start && t.cursor.ms <= t.view.end };
+  });
+  check(jumped.cursor === expected[0] && jumped.inView, `a result moves the timeline to it: ${JSON.stringify(jumped)}`);
+  await page.screenshot({ path: `${ARTIFACTS}/search.png` });
+
+  // 6. XSS: the payload is shown as text and nothing of it runs.
+  await page.fill('#search-re', 'webui-xss');
+  await page.click('#tab-search button[type=submit]');
+  await page.waitForFunction(() => document.getElementById('search-status').textContent === '1 matches');
+  const xss = await page.evaluate(() => ({
+    text: document.querySelector('#search-results .r-text').textContent,
+    injected: document.querySelectorAll('#search-results script, #search-results img, img[src="x"]').length,
+    pwned: window.__pwned,
+  }));
+  check(xss.text === XSS, `the payload is displayed literally: ${xss.text}`);
+  check(xss.injected === 0 && xss.pwned === undefined, `the payload stayed inert: ${JSON.stringify(xss)}`);
+
+  // 7. Live tail: a line written now appears; so does the payload, as text.
+  await page.click('#tabs button[data-tab=tail]');
+  await page.waitForFunction(() => document.getElementById('tail-status').textContent.startsWith('following'));
+  const fresh = `webui-tail-${Date.now()}`;
+  await inject([fresh, XSS]);
+  await page.waitForFunction(
+    (t) => [...document.querySelectorAll('#tail-list .t-text')].some((e) => e.textContent === `stdout| ${t}`),
+    fresh,
+  );
+  // And the demo's own traffic keeps arriving (a store line from h3).
+  await page.waitForFunction(() =>
+    [...document.querySelectorAll('#tail-list .tail-row[data-host=h3][data-kind=log]')].some((e) =>
+      /store #\d+ GET/.test(e.textContent),
+    ),
+  );
+  const tailXss = await page.evaluate((x) => ({
+    shown: [...document.querySelectorAll('#tail-list .t-text')].some((e) => e.textContent === `stdout| ${x}`),
+    injected: document.querySelectorAll('#tail-list script, #tail-list img, img[src="x"]').length,
+    pwned: window.__pwned,
+  }), XSS);
+  check(tailXss.shown && tailXss.injected === 0 && tailXss.pwned === undefined, `tail XSS: ${JSON.stringify(tailXss)}`);
+  await page.click('#tail-pause');
+  check((await page.textContent('#tail-pause')) === 'Resume', 'pause');
+  await page.click('#tail-pause');
+  result.tail = true;
+  await page.screenshot({ path: `${ARTIFACTS}/tail.png` });
+
+  // 8. Graphs: requests/s per process with data for every host, drawn.
+  await page.click('#tabs button[data-tab=graphs]');
+  await page.waitForFunction(() => document.querySelectorAll('#graphs-grid .graph canvas').length > 0);
+  const graph = await page.evaluate(() => {
+    const card = document.querySelector('#graphs-grid .graph');
+    const canvas = card.querySelector('canvas');
+    const c = canvas.getContext('2d');
+    const px = c.getImageData(0, 0, canvas.width, canvas.height).data;
+    let inked = 0;
+    for (let i = 0; i < px.length; i += 4) if (px[i + 3] > 0) inked += 1;
+    const labels = [...card.querySelectorAll('.u-legend .u-series .u-label')].map((e) => e.textContent);
+    return { title: card.querySelector('.graph-title').textContent, series: Number(card.dataset.series), inked, labels };
+  });
+  check(graph.title.startsWith('Requests/s') && graph.series >= 3, `requests/s graph: ${JSON.stringify(graph)}`);
+  check(graph.inked > 200, `the requests/s canvas has drawn lines: ${graph.inked} pixels`);
+  const hostsInGraph = new Set(graph.labels.filter((l) => l.includes('/')).map((l) => l.split('/')[0]));
+  check(HOSTS.every((h) => hostsInGraph.has(h)), `requests/s has a series per host: ${graph.labels}`);
+  result.graph = graph;
+  await page.screenshot({ path: `${ARTIFACTS}/graphs.png`, fullPage: true });
+
+  check(errors.length === 0, `errors on the page: ${errors.join('; ')}`);
+  check((await page.evaluate(() => window.__pwned)) === undefined, 'window.__pwned stayed undefined');
+  result.xss_inert = true;
+}
+
+/** Clicks a served gateway request on the timeline; returns the trace's
+ * http rows. Retries other requests if the first is not stitched yet. */
+async function openTrace(page) {
+  const deadline = Date.now() + 30_000;
+  let last = null;
+  while (Date.now() < deadline) {
+    await page.selectOption('#window', String(60e3));
+    await page.waitForFunction(() => document.getElementById('status').textContent.includes('events'));
+    const pos = await page.evaluate(() => {
+      const old = Date.now() - 3000;
+      return window.tracerUI.timeline.positionOf(
+        (e) => e.kind === 'http' && e.side === 'server' && e.host === 'h1' && e.status === 200 && e.ts_ns / 1e6 < old,
+      );
+    });
+    if (pos) {
+      await page.mouse.click(pos.x, pos.y);
+      await page.waitForFunction(() => document.querySelectorAll('#tab-trace .trace-row[data-kind]').length > 0);
+      const rows = await page.$$eval('#tab-trace .trace-row[data-kind]', (els) =>
+        els.map((e) => ({ host: e.dataset.host, kind: e.dataset.kind, side: e.dataset.side })),
+      );
+      const servers = rows.filter((r) => r.kind === 'http' && r.side === 'server').map((r) => r.host).sort();
+      const clients = rows.filter((r) => r.kind === 'http' && r.side === 'client').map((r) => r.host).sort();
+      const logs = rows.filter((r) => r.kind === 'log').map((r) => r.host).sort();
+      last = { servers, clients, logs };
+      if (JSON.stringify(servers) === JSON.stringify(HOSTS) && JSON.stringify(clients) === '["h1","h2"]') return last;
+      log('trace not complete yet:', JSON.stringify(last));
+    }
+    await new Promise((r) => setTimeout(r, 1000));
+  }
+  throw new Error(`no request with all three hops (gateway h1, api h2, store h3) within 30 s; last: ${JSON.stringify(last)}`);
+}
+
+const overall = setTimeout(() => {
+  console.error('[ui_check] overall deadline (150 s) passed');
+  process.exit(2);
+}, 150_000);
+
+main()
+  .then(() => {
+    clearTimeout(overall);
+    console.log(`RESULT ${JSON.stringify(result)}`);
+  })
+  .catch((e) => {
+    clearTimeout(overall);
+    console.error(`[ui_check] FAILED: ${e.stack || e}`);
+    console.log(`RESULT ${JSON.stringify(result)}`);
+    process.exit(1);
+  });
