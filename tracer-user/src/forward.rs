@@ -1,6 +1,7 @@
 //! Forwarding the agent's events to the aggregator, at least once.
 //!
-//! Events are cut into batches (up to `BATCH_EVENTS` or `BATCH_DELAY`),
+//! Events are cut into batches (up to `BATCH_EVENTS`, `BATCH_DELAY` after
+//! the first event, or as soon as no event came for `BATCH_IDLE`),
 //! each written to the on-disk spool *before* it is sent, and deleted only
 //! when the aggregator has acknowledged it (it acknowledges after its commit).
 //! A batch is identified by (host, run id, seq), so a resend after a lost
@@ -29,6 +30,14 @@ use crate::event::{Event, EventData, LossStage};
 pub const BATCH_EVENTS: usize = 2000;
 /// Longest an event waits before its batch is cut (keeps `tail -f` live).
 pub const BATCH_DELAY: Duration = Duration::from_millis(50);
+/// A batch is also cut when no event came for this long: the pipeline
+/// hands events over a ring drain at a time (at least every 10 ms), so a
+/// pause this long means the burst is over, and a quiet host's line need
+/// not wait for `BATCH_DELAY`. Under steady load events keep coming and
+/// batches still fill up; and while a batch is being written to the spool
+/// (an fsync, a few ms) the next one collects, so batches never outpace
+/// the disk.
+pub const BATCH_IDLE: Duration = Duration::from_millis(3);
 /// Events waiting for the batcher; beyond this they are dropped and counted.
 const QUEUE: usize = 65536;
 
@@ -225,7 +234,8 @@ async fn batcher(
         let deadline = tokio::time::Instant::now() + BATCH_DELAY;
         let mut closed = false;
         while pending.len() < BATCH_EVENTS {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
+            let idle = deadline.min(tokio::time::Instant::now() + BATCH_IDLE);
+            match tokio::time::timeout_at(idle, rx.recv()).await {
                 Ok(Some(e)) => pending.push(e),
                 Ok(None) => {
                     closed = true;
@@ -249,7 +259,29 @@ async fn batcher(
             unreported_spool_drops = 0;
         }
         if !pending.is_empty() {
-            match write_batch(&spool, &host, &run_id, seq, &pending) {
+            // On the blocking pool: the spool's fsync must not stall the
+            // runtime (the agent's tracing runs on a single thread).
+            let written = {
+                let (spool, host, run_id, events) = (
+                    spool.clone(),
+                    host.clone(),
+                    run_id.clone(),
+                    std::mem::take(&mut pending),
+                );
+                tokio::task::spawn_blocking(move || {
+                    let r = write_batch(&spool, &host, &run_id, seq, &events);
+                    (r, events)
+                })
+                .await
+            };
+            let result = match written {
+                Ok((r, events)) => {
+                    pending = events;
+                    r
+                }
+                Err(e) => Err(anyhow::anyhow!("spool writer task failed: {e}")),
+            };
+            match result {
                 Ok(dropped) => {
                     seq += 1;
                     if dropped > 0 {

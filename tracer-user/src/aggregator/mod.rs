@@ -11,6 +11,7 @@ pub mod client;
 pub mod series;
 pub mod server;
 pub mod sqlite;
+pub mod sqlite_grep;
 pub mod sqlite_series;
 pub mod stitch;
 pub mod stitch_sql;

@@ -1,9 +1,11 @@
 //! The HTTP API (docs/aggregator.md): ingest, events, grep and tail.
 //!
-//! Store calls block, so they run on tokio's blocking pool. Ingest
-//! publishes what it committed on a broadcast channel, in commit order,
-//! which is what `/v1/tail?follow=1` streams; a follower that falls behind
-//! catches up from the store by cursor, so it misses nothing.
+//! Store calls block, so they run on tokio's blocking pool. Ingest bodies
+//! are decoded there in parallel, then handed to one writer thread that
+//! commits whatever is waiting as one group (one fsync) and publishes what
+//! it committed on a broadcast channel, in commit order, which is what
+//! `/v1/tail?follow=1` streams; a follower that falls behind catches up
+//! from the store by cursor, so it misses nothing.
 
 use std::{
     borrow::Cow,
@@ -30,7 +32,7 @@ use bytes::Bytes;
 use futures_util::{StreamExt as _, stream};
 use serde::Deserialize;
 use subtle::ConstantTimeEq as _;
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use super::{
     body::{BodyError, read_limited, zstd_decompress},
@@ -73,9 +75,57 @@ pub struct AppState {
     token: Vec<u8>,
     limits: Limits,
     live: broadcast::Sender<Arc<Vec<Stored>>>,
-    /// Held across commit + publish so live tails see commit order.
-    publish: Mutex<()>,
+    /// Decoded batches waiting for the writer thread (group commit).
+    writer: Mutex<std::sync::mpsc::Sender<Pending>>,
     shutdown: watch::Receiver<bool>,
+}
+
+/// A decoded batch and where its answer goes.
+type Pending = (Batch, oneshot::Sender<Result<(usize, bool), String>>);
+
+/// Most events committed in one group: bounds the time a batch waits
+/// behind the others in its group.
+const GROUP_EVENTS: usize = 32_768;
+
+/// The one thread that writes: it takes every batch waiting, stores them
+/// together (`Store::ingest_many`: one transaction, one fsync), publishes
+/// what was stored to live tails in commit order, then answers each
+/// batch. Ends when the state (and so every sender) is gone.
+fn writer_thread(
+    store: Arc<dyn Store>,
+    live: broadcast::Sender<Arc<Vec<Stored>>>,
+    queue: std::sync::mpsc::Receiver<Pending>,
+) {
+    while let Ok(first) = queue.recv() {
+        let mut events = first.0.events.len();
+        let mut group = vec![first];
+        while events < GROUP_EVENTS {
+            match queue.try_recv() {
+                Ok(p) => {
+                    events += p.0.events.len();
+                    group.push(p);
+                }
+                Err(_) => break,
+            }
+        }
+        let (batches, replies): (Vec<Batch>, Vec<_>) = group.into_iter().unzip();
+        let outcomes = store.ingest_many(batches);
+        for (outcome, reply) in outcomes.into_iter().zip(replies) {
+            let answer = match outcome {
+                Ok(o) => {
+                    let accepted = o.stored.len();
+                    if accepted > 0 {
+                        // No receiver (nobody tailing) is not an error.
+                        let _ = live.send(Arc::new(o.stored));
+                    }
+                    Ok((accepted, o.duplicate))
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            // The client may have gone; the batch is stored either way.
+            let _ = reply.send(answer);
+        }
+    }
 }
 
 impl AppState {
@@ -88,12 +138,18 @@ impl AppState {
         shutdown: watch::Receiver<bool>,
     ) -> Arc<Self> {
         let (live, _) = broadcast::channel(LIVE_CAPACITY);
+        let (writer, queue) = std::sync::mpsc::channel();
+        let (s, l) = (store.clone(), live.clone());
+        std::thread::Builder::new()
+            .name("ingest-writer".into())
+            .spawn(move || writer_thread(s, l, queue))
+            .expect("spawning the ingest writer thread");
         Arc::new(Self {
             store,
             token,
             limits,
             live,
-            publish: Mutex::new(()),
+            writer: Mutex::new(writer),
             shutdown,
         })
     }
@@ -224,20 +280,29 @@ async fn ingest(
         }
         Err(e) => return Err(error(StatusCode::BAD_REQUEST, e)),
     };
-    let state = st.clone();
-    let result = tokio::task::spawn_blocking(move || {
-        let batch = decode_batch(&raw, zstd, state.limits)?;
-        drop(raw);
-        let _order = state.publish.lock().unwrap_or_else(PoisonError::into_inner);
-        let outcome = state.store.ingest(batch).map_err(internal)?;
-        let accepted = outcome.stored.len();
-        if accepted > 0 {
-            // No receiver (nobody tailing) is not an error.
-            let _ = state.live.send(Arc::new(outcome.stored));
+    // Decoding runs on the blocking pool, one batch per task, so several
+    // decode in parallel while the writer thread commits the previous group.
+    let limits = st.limits;
+    let result = match tokio::task::spawn_blocking(move || decode_batch(&raw, zstd, limits)).await {
+        Ok(Ok(batch)) => {
+            let (tx, rx) = oneshot::channel();
+            let queued = st
+                .writer
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .send((batch, tx));
+            match queued {
+                Ok(()) => match rx.await {
+                    Ok(Ok(v)) => Ok(Ok(v)),
+                    Ok(Err(e)) => Ok(Err(internal(e))),
+                    Err(_) => Ok(Err(internal("the ingest writer stopped"))),
+                },
+                Err(_) => Ok(Err(internal("the ingest writer stopped"))),
+            }
         }
-        Ok::<_, ApiError>((accepted, outcome.duplicate))
-    })
-    .await;
+        Ok(Err(e)) => Ok(Err(e)),
+        Err(e) => Err(e),
+    };
     match result {
         Ok(Ok((accepted, duplicate))) => {
             let body = serde_json::json!({ "accepted": accepted, "duplicate": duplicate });

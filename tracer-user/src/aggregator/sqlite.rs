@@ -13,22 +13,19 @@
 
 use std::{
     path::{Path, PathBuf},
-    sync::{Mutex, MutexGuard, PoisonError},
-    time::{SystemTime, UNIX_EPOCH},
+    sync::{Mutex, MutexGuard, PoisonError, mpsc},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use regex::Regex;
 use rusqlite::{
-    Connection, OpenFlags, OptionalExtension as _, TransactionBehavior,
-    functions::FunctionFlags,
-    params,
-    types::{Value, ValueRef},
+    Connection, OpenFlags, OptionalExtension as _, TransactionBehavior, params, types::Value,
 };
 
-use super::stitch_sql::{after_ingest, index_event, own_trace, retime};
+use super::sqlite_grep::{self, BlockBuilder, Matcher, SCHEMA_V3};
+use super::stitch_sql::{after_ingest, index_event, note_host, own_trace, retime};
 use super::store::{
-    Batch, Filter, HostOffset, IngestOutcome, Query, Result, Store, StoreError, Stored, TextMatch,
-    corrected, stream_name,
+    Batch, Filter, HostOffset, IngestOutcome, Query, Result, Store, StoreError, Stored, corrected,
+    stream_name,
 };
 use crate::event::{Event, EventData};
 
@@ -37,7 +34,7 @@ pub const DB_FILE: &str = "events.sqlite";
 /// Reader connections kept open between queries.
 const POOL_MAX: usize = 8;
 /// Schema version in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS events (
@@ -119,6 +116,88 @@ pub struct SqliteStore {
     path: PathBuf,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
+    checkpointer: Checkpointer,
+    /// The last grep's matches, so that its next pages (and a repeat)
+    /// only scan the blocks stored since.
+    grep_cache: Mutex<Option<GrepCache>>,
+    /// Bumped whenever stored times move (a re-timed host), which can move
+    /// blocks into or out of a cached grep's time range.
+    retimes: std::sync::atomic::AtomicU64,
+}
+
+/// Most matches kept in the grep cache.
+const GREP_CACHE_MAX_IDS: usize = 4_000_000;
+
+struct GrepCache {
+    key: GrepKey,
+    last_block: i64,
+    ids: std::sync::Arc<Vec<i64>>,
+}
+
+/// What a grep's block scan depends on.
+#[derive(PartialEq)]
+struct GrepKey {
+    pattern: String,
+    case_insensitive: bool,
+    hosts: Vec<String>,
+    since: Option<i64>,
+    until: Option<i64>,
+    retimes: u64,
+}
+
+/// WAL pages after which the writer checkpoints by itself: a backstop for
+/// when the checkpoint thread cannot keep up (~40 MiB).
+const WRITER_AUTOCHECKPOINT: i64 = 10_000;
+/// Least time between two background checkpoints.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+
+/// Runs WAL checkpoints on its own thread and connection, so that commits
+/// do not wait for them: a checkpoint copies WAL pages into the database
+/// and fsyncs it, which SQLite's automatic checkpoint would do inside the
+/// committing call. PASSIVE checkpoints never block the writer or readers.
+struct Checkpointer {
+    poke: Option<mpsc::SyncSender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    fn start(path: &Path) -> Result<Self> {
+        let conn = Connection::open(path)?;
+        conn.execute_batch("PRAGMA busy_timeout=5000;")?;
+        let (poke, pokes) = mpsc::sync_channel::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("sqlite-checkpoint".into())
+            .spawn(move || {
+                while pokes.recv().is_ok() {
+                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                    {
+                        log::warn!("WAL checkpoint failed (retried after the next commit): {e}");
+                    }
+                    std::thread::sleep(CHECKPOINT_EVERY);
+                }
+            })
+            .map_err(|e| StoreError::Open(format!("starting the checkpoint thread: {e}")))?;
+        Ok(Self {
+            poke: Some(poke),
+            thread: Some(thread),
+        })
+    }
+
+    /// After a commit: checkpoint soon (pokes while one runs coalesce).
+    fn poke(&self) {
+        if let Some(p) = &self.poke {
+            let _ = p.try_send(());
+        }
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.poke = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// A connection left in a consistent state by a panicking holder (an open
@@ -133,44 +212,9 @@ pub(super) fn now_ns() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
-/// `tracer_match(pattern, text)`: the `regex` crate over log text. The
-/// compiled regex is cached per statement by SQLite (auxdata).
-fn register_match(conn: &Connection) -> rusqlite::Result<()> {
-    conn.create_scalar_function(
-        "tracer_match",
-        2,
-        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
-        |ctx| {
-            let re = ctx.get_or_create_aux(0, |pattern| -> Result<Regex, StoreError> {
-                let pattern = pattern.as_str().map_err(|e| {
-                    StoreError::Open(format!("tracer_match pattern is not text: {e}"))
-                })?;
-                Ok(TextMatch {
-                    pattern: pattern.to_owned(),
-                    case_insensitive: false,
-                }
-                .compile()?)
-            })?;
-            Ok(match ctx.get_raw(1) {
-                ValueRef::Text(t) => std::str::from_utf8(t).is_ok_and(|s| re.is_match(s)),
-                _ => false,
-            })
-        },
-    )
-}
-
-/// The pattern as passed to `tracer_match` (case folding as an inline flag,
-/// so one SQL parameter carries both).
-fn sql_pattern(t: &TextMatch) -> String {
-    if t.case_insensitive {
-        format!("(?i:{})", t.pattern)
-    } else {
-        t.pattern.clone()
-    }
-}
-
-/// Appends ` AND ...` conditions for `f` to `sql`.
-fn push_filter(f: &Filter, sql: &mut String, args: &mut Vec<Value>) {
+/// Appends ` AND ...` conditions for `f` to `sql`. A text filter is given
+/// as the ids of the log lines that match it (`SqliteStore::grep_ids`).
+fn push_filter(f: &Filter, text_ids: Option<&[i64]>, sql: &mut String, args: &mut Vec<Value>) {
     fn list(sql: &mut String, args: &mut Vec<Value>, col: &str, items: &[String]) {
         sql.push_str(&format!(" AND {col} IN ("));
         for (i, it) in items.iter().enumerate() {
@@ -211,9 +255,19 @@ fn push_filter(f: &Filter, sql: &mut String, args: &mut Vec<Value>) {
         sql.push_str(" AND stream = ?");
         args.push(Value::Text(s.clone()));
     }
-    if let Some(t) = &f.text {
-        sql.push_str(" AND tracer_match(?, text)");
-        args.push(Value::Text(sql_pattern(t)));
+    if f.text.is_some() {
+        let ids = text_ids.unwrap_or_default();
+        let mut list = String::with_capacity(ids.len() * 9 + 2);
+        list.push('[');
+        for (i, id) in ids.iter().enumerate() {
+            if i > 0 {
+                list.push(',');
+            }
+            list.push_str(&id.to_string());
+        }
+        list.push(']');
+        sql.push_str(" AND id IN (SELECT value FROM json_each(?))");
+        args.push(Value::Text(list));
     }
 }
 
@@ -253,7 +307,7 @@ fn backfill(conn: &mut Connection) -> Result<()> {
         let event: Event =
             serde_json::from_str(&json).map_err(|source| StoreError::Corrupt { id, source })?;
         if let EventData::Http(h) = &event.data {
-            index_event(&tx, id, &event.host, raw, Some(h))?;
+            index_event(&tx, id, &event.host, raw, h)?;
             ids.push(id);
         }
     }
@@ -282,6 +336,7 @@ impl SqliteStore {
              PRAGMA journal_size_limit=67108864;
              PRAGMA busy_timeout=5000;",
         )?;
+        conn.pragma_update(None, "wal_autocheckpoint", WRITER_AUTOCHECKPOINT)?;
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         if version > SCHEMA_VERSION {
             return Err(StoreError::Open(format!(
@@ -291,6 +346,7 @@ impl SqliteStore {
         }
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(SCHEMA_V2)?;
+        conn.execute_batch(SCHEMA_V3)?;
         let cols: Vec<String> = conn
             .prepare("SELECT name FROM pragma_table_info('host_offsets')")?
             .query_map([], |r| r.get(0))?
@@ -305,11 +361,20 @@ impl SqliteStore {
         if version == 1 {
             backfill(&mut conn)?;
         }
+        if (1..3).contains(&version) {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            sqlite_grep::backfill(&tx)?;
+            tx.commit()?;
+        }
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        let checkpointer = Checkpointer::start(&path)?;
         Ok(Self {
             path,
             writer: Mutex::new(conn),
             readers: Mutex::new(Vec::new()),
+            checkpointer,
+            grep_cache: Mutex::new(None),
+            retimes: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -328,7 +393,6 @@ impl SqliteStore {
                     OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
                 )?;
                 c.execute_batch("PRAGMA query_only=1; PRAGMA busy_timeout=5000;")?;
-                register_match(&c)?;
                 c
             }
         };
@@ -352,46 +416,53 @@ impl SqliteStore {
     }
 }
 
-impl Store for SqliteStore {
-    fn ingest(&self, batch: Batch) -> Result<IngestOutcome> {
-        let mut conn = lock(&self.writer);
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+impl SqliteStore {
+    /// Stores one batch on `conn` (inside the caller's transaction or
+    /// savepoint): the dedupe row, its events, the stitching.
+    fn ingest_in(&self, conn: &Connection, batch: Batch) -> Result<IngestOutcome> {
         let seq = i64::try_from(batch.seq).unwrap_or(i64::MAX);
-        let new = tx.execute(
-            "INSERT OR IGNORE INTO batches (host, run_id, seq, events, received_ns)
-             VALUES (?, ?, ?, ?, ?)",
-            params![
+        let new = conn
+            .prepare_cached(
+                "INSERT OR IGNORE INTO batches (host, run_id, seq, events, received_ns)
+                 VALUES (?, ?, ?, ?, ?)",
+            )?
+            .execute(params![
                 batch.host,
                 batch.run_id,
                 seq,
                 i64::try_from(batch.events.len()).unwrap_or(i64::MAX),
                 now_ns()
-            ],
-        )?;
+            ])?;
         if new == 0 {
-            // Dropping `tx` rolls back (nothing was written anyway).
             return Ok(IngestOutcome {
                 duplicate: true,
                 stored: Vec::new(),
             });
         }
-        let offset = Self::offset_in(&tx, &batch.host)?;
+        let offset = Self::offset_in(conn, &batch.host)?;
         let mut stored = Vec::with_capacity(batch.events.len());
         let mut new_http = Vec::new();
         {
-            let mut insert = tx.prepare_cached(
+            let mut insert = conn.prepare_cached(
                 "INSERT INTO events
                  (ts_ns, raw_ts_ns, offset_ns, host, pid, kind, stream, text, req_id, trace_id, json)
                  VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             )?;
-            let mut trace_of_req = tx.prepare_cached(
+            let mut trace_of_req = conn.prepare_cached(
                 "SELECT trace_id FROM events
                  WHERE req_id = ? AND host = ? AND kind = 'http' AND trace_id IS NOT NULL
                  LIMIT 1",
             )?;
+            // One buffer for every event's JSON (the events are all
+            // serialised, one at a time).
+            let mut json = Vec::with_capacity(512);
+            let mut block = BlockBuilder::default();
             for mut event in batch.events {
-                let json = serde_json::to_string(&event)
+                json.clear();
+                serde_json::to_writer(&mut json, &event)
                     .map_err(|source| StoreError::Corrupt { id: 0, source })?;
+                // serde_json writes UTF-8.
+                let json = std::str::from_utf8(&json).unwrap_or_default();
                 let raw = i64::try_from(event.ts_ns).unwrap_or(i64::MAX);
                 let ts = corrected(raw, offset);
                 let (stream, text, req_id, trace_id) = match &event.data {
@@ -430,39 +501,151 @@ impl Store for SqliteStore {
                     trace_id,
                     json
                 ])?;
-                let id = tx.last_insert_rowid();
-                let http = match &event.data {
+                let id = conn.last_insert_rowid();
+                if stored.is_empty() {
+                    note_host(conn, &event.host, id)?;
+                }
+                match &event.data {
                     EventData::Http(h) => {
                         new_http.push(id);
-                        Some(h.as_ref())
+                        index_event(conn, id, &event.host, raw, h)?;
                     }
-                    _ => None,
-                };
-                index_event(&tx, id, &event.host, raw, http)?;
+                    EventData::Log { text, .. } => {
+                        block.push(conn, &event.host, id, ts, raw, text)?;
+                    }
+                    _ => {}
+                }
                 event.ts_ns = u64::try_from(ts).unwrap_or(0);
                 stored.push(Stored { id, event });
             }
+            // Before stitching, which may re-time the host's blocks too.
+            block.flush(conn)?;
         }
         // Links, offsets and traces (log lines stored before their exchange
         // join its trace here too).
-        let retimed = after_ingest(&tx, &new_http)?;
+        let retimed = after_ingest(conn, &new_http)?;
+        if !retimed.is_empty() {
+            self.retimes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         for s in &mut stored {
             if let Some(&off) = retimed.get(&s.event.host) {
                 let raw = i64::try_from(s.event.ts_ns).unwrap_or(0) - offset;
                 s.event.ts_ns = u64::try_from(corrected(raw, off)).unwrap_or(0);
             }
         }
-        tx.commit()?;
         Ok(IngestOutcome {
             duplicate: false,
             stored,
         })
     }
+}
+
+impl SqliteStore {
+    /// The ids of the log lines matching `f.text` (None without one), from
+    /// the block scan (`sqlite_grep`), ascending. The last grep is cached,
+    /// so the pages of one answer scan only blocks stored since the first.
+    fn grep_ids(&self, f: &Filter) -> Result<Option<std::sync::Arc<Vec<i64>>>> {
+        let Some(t) = &f.text else { return Ok(None) };
+        let key = GrepKey {
+            pattern: t.pattern.clone(),
+            case_insensitive: t.case_insensitive,
+            hosts: f.hosts.clone(),
+            since: f.since,
+            until: f.until,
+            retimes: self.retimes.load(std::sync::atomic::Ordering::Relaxed),
+        };
+        let (mut ids, after) = match lock(&self.grep_cache).as_ref() {
+            Some(c) if c.key == key => (Some(c.ids.clone()), c.last_block),
+            _ => (None, 0),
+        };
+        let matcher = Matcher::new(t)?;
+        let threads = std::thread::available_parallelism().map_or(2, usize::from);
+        let (new, last_block, stats) =
+            self.read(|c| sqlite_grep::scan(c, &matcher, f, after, threads))?;
+        log::debug!(
+            "grep {:?}: {} blocks, {} bytes scanned, {} new matches",
+            t.pattern,
+            stats.blocks,
+            stats.bytes,
+            new.len()
+        );
+        let all = match ids.take() {
+            Some(old) if new.is_empty() => old,
+            Some(old) => {
+                let mut v = Vec::with_capacity(old.len() + new.len());
+                v.extend_from_slice(&old);
+                v.extend(new);
+                std::sync::Arc::new(v)
+            }
+            None => std::sync::Arc::new(new),
+        };
+        if all.len() <= GREP_CACHE_MAX_IDS {
+            *lock(&self.grep_cache) = Some(GrepCache {
+                key,
+                last_block,
+                ids: all.clone(),
+            });
+        }
+        Ok(Some(all))
+    }
+}
+
+impl Store for SqliteStore {
+    fn ingest(&self, batch: Batch) -> Result<IngestOutcome> {
+        self.ingest_many(vec![batch])
+            .pop()
+            .unwrap_or_else(|| Err(StoreError::Commit("no outcome".into())))
+    }
+
+    /// Group commit: one transaction (one WAL fsync) for all the batches,
+    /// each inside its own savepoint, so a duplicate or a failing batch is
+    /// rolled back alone. With `synchronous=FULL` the fsync is most of a
+    /// small commit's cost (~5 ms on this machine class), so batches that
+    /// arrive together share it.
+    fn ingest_many(&self, batches: Vec<Batch>) -> Vec<Result<IngestOutcome>> {
+        let n = batches.len();
+        let mut conn = lock(&self.writer);
+        let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+            Ok(tx) => tx,
+            Err(e) => {
+                let msg = e.to_string();
+                return (0..n)
+                    .map(|_| Err(StoreError::Commit(msg.clone())))
+                    .collect();
+            }
+        };
+        let mut outcomes = Vec::with_capacity(n);
+        for batch in batches {
+            // An error drops the savepoint, which rolls this batch back.
+            let one = tx.savepoint().map_err(StoreError::from).and_then(|sp| {
+                let out = self.ingest_in(&sp, batch)?;
+                sp.commit()?;
+                Ok(out)
+            });
+            outcomes.push(one);
+        }
+        if let Err(e) = tx.commit() {
+            let msg = e.to_string();
+            return (0..n)
+                .map(|_| Err(StoreError::Commit(msg.clone())))
+                .collect();
+        }
+        drop(conn);
+        self.checkpointer.poke();
+        outcomes
+    }
 
     fn query(&self, q: &Query) -> Result<Vec<Stored>> {
+        let text_ids = self.grep_ids(&q.filter)?;
         let mut sql = String::from("SELECT id, ts_ns, json FROM events WHERE 1=1");
         let mut args = Vec::new();
-        push_filter(&q.filter, &mut sql, &mut args);
+        push_filter(
+            &q.filter,
+            text_ids.as_deref().map(Vec::as_slice),
+            &mut sql,
+            &mut args,
+        );
         if let Some(as_of) = q.as_of {
             sql.push_str(" AND id <= ?");
             args.push(Value::Integer(as_of));
@@ -486,9 +669,28 @@ impl Store for SqliteStore {
     }
 
     fn count(&self, f: &Filter) -> Result<u64> {
+        let text_ids = self.grep_ids(f)?;
+        if let Some(ids) = &text_ids {
+            // Every id is a log line of one of `f.hosts`: with no other
+            // condition, the count is the number of ids.
+            let only_text = Filter {
+                text: f.text.clone(),
+                hosts: f.hosts.clone(),
+                kinds: f.kinds.iter().filter(|k| *k != "log").cloned().collect(),
+                ..Filter::default()
+            };
+            if *f == only_text && only_text.kinds.is_empty() {
+                return Ok(ids.len() as u64);
+            }
+        }
         let mut sql = String::from("SELECT count(*) FROM events WHERE 1=1");
         let mut args = Vec::new();
-        push_filter(f, &mut sql, &mut args);
+        push_filter(
+            f,
+            text_ids.as_deref().map(Vec::as_slice),
+            &mut sql,
+            &mut args,
+        );
         self.read(|c| {
             let n: i64 = c.query_row(&sql, rusqlite::params_from_iter(&args), |r| r.get(0))?;
             Ok(u64::try_from(n).unwrap_or(0))
@@ -496,9 +698,15 @@ impl Store for SqliteStore {
     }
 
     fn since_cursor(&self, cursor: i64, f: &Filter, limit: usize) -> Result<Vec<Stored>> {
+        let text_ids = self.grep_ids(f)?;
         let mut sql = String::from("SELECT id, ts_ns, json FROM events WHERE id > ?");
         let mut args = vec![Value::Integer(cursor)];
-        push_filter(f, &mut sql, &mut args);
+        push_filter(
+            f,
+            text_ids.as_deref().map(Vec::as_slice),
+            &mut sql,
+            &mut args,
+        );
         sql.push_str(" ORDER BY id LIMIT ?");
         args.push(Value::Integer(i64::try_from(limit).unwrap_or(i64::MAX)));
         self.read(|c| {
@@ -526,6 +734,8 @@ impl Store for SqliteStore {
         )?;
         retime(&tx, host, offset_ns)?;
         tx.commit()?;
+        self.retimes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 
@@ -557,7 +767,7 @@ impl Store for SqliteStore {
 mod tests {
     use super::*;
     use crate::{
-        aggregator::store::Position,
+        aggregator::store::{Position, TextMatch},
         event::{HttpExchange, HttpSide, StreamName, Tuple},
     };
 
@@ -882,6 +1092,101 @@ mod tests {
             ..Filter::default()
         };
         assert_eq!(store.count(&by_req).unwrap(), 3);
+    }
+
+    #[test]
+    fn ingest_many_commits_each_batch_whole_or_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let b =
+            |seq, text: &str| batch("a", seq, vec![log("a", seq + 1, StreamName::Stdout, text)]);
+        let out = store.ingest_many(vec![b(0, "one"), b(0, "one again"), b(1, "two")]);
+        let out: Vec<_> = out.into_iter().map(Result::unwrap).collect();
+        assert!(!out[0].duplicate && out[1].duplicate && !out[2].duplicate);
+        assert_eq!(
+            out[0].stored.len() + out[1].stored.len() + out[2].stored.len(),
+            2
+        );
+        assert!(out[0].stored[0].id < out[2].stored[0].id);
+        assert_eq!(store.count(&Filter::default()).unwrap(), 2);
+    }
+
+    #[test]
+    fn upgrade_to_v3_builds_grep_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        two_hosts(&store);
+        {
+            // As a version 2 store left it: no blocks.
+            let c = lock(&store.writer);
+            c.execute_batch("DELETE FROM log_blocks; PRAGMA user_version = 2;")
+                .unwrap();
+        }
+        drop(store);
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let grep = Filter {
+            text: Some(TextMatch {
+                pattern: "error".into(),
+                case_insensitive: true,
+            }),
+            ..Filter::default()
+        };
+        assert_eq!(store.count(&grep).unwrap(), 2);
+        let v: i64 = lock(&store.writer)
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn grep_pages_and_new_lines_after_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let lines = |seq: u64| {
+            (0..10)
+                .map(|i| {
+                    log(
+                        "a",
+                        seq * 100 + i,
+                        StreamName::Stdout,
+                        &format!("line {i} hit"),
+                    )
+                })
+                .collect()
+        };
+        store.ingest(batch("a", 0, lines(0))).unwrap();
+        let f = Filter {
+            text: Some(TextMatch {
+                pattern: r"[13579] hit$".into(),
+                case_insensitive: false,
+            }),
+            ..Filter::default()
+        };
+        let page = |after| {
+            store
+                .query(&Query {
+                    filter: f.clone(),
+                    after,
+                    limit: 3,
+                    ..Query::default()
+                })
+                .unwrap()
+        };
+        let first = page(None);
+        assert_eq!(first.len(), 3);
+        // Lines stored between two pages are found by the next one.
+        store.ingest(batch("a", 1, lines(1))).unwrap();
+        let rest = page(first.last().map(Position::from));
+        assert_eq!(rest.len(), 3);
+        assert_eq!(store.count(&f).unwrap(), 10);
+        let since = Filter {
+            since: Some(100),
+            ..f.clone()
+        };
+        assert_eq!(store.count(&since).unwrap(), 5);
+        // A re-timed host moves its lines (and blocks) in time.
+        store.set_host_offset("a", 1_000).unwrap();
+        assert_eq!(store.count(&since).unwrap(), 10);
     }
 
     #[test]

@@ -30,17 +30,22 @@ pub fn own_trace(h: &HttpExchange) -> String {
         .unwrap_or_else(|| h.req_id.clone())
 }
 
-/// Records the host (first seen) and indexes an http event.
+/// Records `host` as seen from event `id` on, unless it was seen before
+/// (once per batch: a batch is one host's).
+pub fn note_host(conn: &Connection, host: &str, id: i64) -> Result<()> {
+    conn.prepare_cached("INSERT OR IGNORE INTO hosts (host, first_id) VALUES (?, ?)")?
+        .execute(params![host, id])?;
+    Ok(())
+}
+
+/// Indexes an http event for matching.
 pub fn index_event(
     conn: &Connection,
     id: i64,
     host: &str,
     raw_ts: i64,
-    h: Option<&HttpExchange>,
+    h: &HttpExchange,
 ) -> Result<()> {
-    conn.prepare_cached("INSERT OR IGNORE INTO hosts (host, first_id) VALUES (?, ?)")?
-        .execute(params![host, id])?;
-    let Some(h) = h else { return Ok(()) };
     let side = match h.side {
         HttpSide::Client => "client",
         HttpSide::Server => "server",
@@ -253,7 +258,7 @@ pub fn retime(conn: &Connection, host: &str, offset: i64) -> Result<()> {
          WHERE host = ?2 AND offset_ns != ?1",
     )?
     .execute(params![offset, host])?;
-    Ok(())
+    super::sqlite_grep::retime_blocks(conn, host, offset)
 }
 
 struct Node {

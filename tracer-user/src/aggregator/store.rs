@@ -197,6 +197,9 @@ pub enum StoreError {
     },
     #[error("invalid regex: {0}")]
     Regex(#[from] regex::Error),
+    /// The transaction holding these batches did not commit.
+    #[error("commit failed: {0}")]
+    Commit(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -206,6 +209,15 @@ pub trait Store: Send + Sync {
     /// Stores a validated batch in one transaction and returns only once it
     /// is durable, or reports it as a duplicate and stores nothing.
     fn ingest(&self, batch: Batch) -> Result<IngestOutcome>;
+
+    /// Stores several batches, each whole or not at all, with one outcome
+    /// per batch in the same order; every `Ok` is durable when this returns.
+    /// A backend makes this cheaper than one `ingest` per batch by
+    /// committing them together (one fsync); the API's ingest groups the
+    /// batches that arrive while the previous group commits.
+    fn ingest_many(&self, batches: Vec<Batch>) -> Vec<Result<IngestOutcome>> {
+        batches.into_iter().map(|b| self.ingest(b)).collect()
+    }
 
     /// A page of events matching `q`, ordered by corrected time then id.
     fn query(&self, q: &Query) -> Result<Vec<Stored>>;

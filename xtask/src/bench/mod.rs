@@ -4,6 +4,7 @@
 //! reports medians, with how busy the rest of the machine was.
 
 mod agent_cpu;
+mod aggregator;
 mod bpftrace;
 mod cpu;
 mod harness;
@@ -39,6 +40,24 @@ pub enum BenchCommand {
     /// server's throughput. Results go to the terminal and to
     /// target/bench/agent-cpu.md.
     AgentCpu(agent_cpu::AgentCpuArgs),
+    /// Aggregator ingest in events/s: the real `tracer aggregator` on
+    /// loopback, several concurrent senders POSTing zstd batches like
+    /// agents; the stored count is checked exactly afterwards.
+    ///
+    /// Results go to the terminal and to target/bench/ingest.md.
+    Ingest(aggregator::IngestArgs),
+    /// Grep scan speed over stored log lines (10M by default): `tracer
+    /// grep` for planted patterns, bytes of log text per second and per
+    /// core, counts checked exactly.
+    ///
+    /// Results go to the terminal and to target/bench/grep.md.
+    Grep(aggregator::GrepArgs),
+    /// Tail latency p50/p99 from a node process's write() to the line
+    /// printed by `tracer tail -f --json`, through a real agent and
+    /// aggregator (root).
+    ///
+    /// Results go to the terminal and to target/bench/tail.md.
+    Tail(aggregator::TailArgs),
 }
 
 pub fn run(command: &BenchCommand) -> Result<()> {
@@ -46,5 +65,8 @@ pub fn run(command: &BenchCommand) -> Result<()> {
         BenchCommand::Overhead(args) => overhead::run(args),
         BenchCommand::Tls(args) => tls::run(args),
         BenchCommand::AgentCpu(args) => agent_cpu::run(args),
+        BenchCommand::Ingest(args) => aggregator::ingest(args),
+        BenchCommand::Grep(args) => aggregator::grep(args),
+        BenchCommand::Tail(args) => aggregator::tail(args),
     }
 }

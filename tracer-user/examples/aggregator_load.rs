@@ -1,0 +1,480 @@
+//! Load generator for the aggregator benchmarks (`cargo xtask bench ingest`
+//! and `cargo xtask bench grep`, xtask/src/bench/). It builds batches the way
+//! agents do — the real `Event` types serialised as JSON, zstd level 3, up
+//! to `forward::BATCH_EVENTS` events, several hosts — and either POSTs them
+//! to a running `tracer aggregator` or writes them through the `Store`
+//! trait directly. Each subcommand prints one JSON line of results on
+//! stdout for xtask to read.
+//!
+//!     aggregator_load ingest --url URL --token-file F [--events N] [--senders S] [--hosts H]
+//!     aggregator_load load-store --data DIR --lines N [--hosts H]
+//!     aggregator_load count --data DIR
+//!     aggregator_load planted --lines N [--hosts H]
+//!
+//! Grep needles are planted at fixed line numbers, so how many lines each
+//! benchmark pattern matches is known exactly without scanning (`planted`).
+
+use std::{
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use tracer_user::{
+    aggregator::{
+        sqlite::SqliteStore,
+        store::{Batch, Filter, Store as _},
+    },
+    event::{Event, EventData, HttpExchange, HttpSide, StreamName, Tuple},
+    forward::BATCH_EVENTS,
+};
+
+/// The patterns `bench grep` times and the lines that match each: line `i`
+/// (0-based, over all hosts' log lines in generation order) carries the
+/// needle when `i % every == phase`. The base vocabulary contains none of
+/// them (checked by the `vocabulary_has_no_needles` logic in `planted`).
+pub const NEEDLES: &[(&str, &str, bool, u64, u64)] = &[
+    // (name, regex, case-insensitive, every, phase)
+    ("literal", "deadbeef-cafe", false, 100_003, 17),
+    ("class", r"ERR-[0-9]{4}-[A-Z]{2}\b", false, 10_007, 5),
+    ("ignore-case", "connection reset by peer", true, 4_999, 3),
+];
+
+const WORDS: &[&str] = &[
+    "GET", "POST", "PUT", "user", "order", "cart", "session", "cache", "db", "query", "handled",
+    "served", "request", "response", "upstream", "retry", "ok", "done", "queued", "worker",
+];
+const PATHS: &[&str] = &[
+    "/api/users",
+    "/api/orders",
+    "/api/cart/items",
+    "/healthz",
+    "/api/search",
+    "/static/app.js",
+];
+
+/// A small deterministic PRNG (xorshift64*): the same arguments always give
+/// the same data.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// The text of log line `i`: a structured-looking line of 80-160 bytes like
+/// a node service prints, with a needle when `i` is planted.
+fn log_text(rng: &mut Rng, i: u64, ts_ns: u64) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::with_capacity(160);
+    let secs = ts_ns / 1_000_000_000;
+    let ms = (ts_ns / 1_000_000) % 1000;
+    let level = ["info", "info", "info", "debug", "warn", "error"][rng.below(6) as usize];
+    let _ = write!(
+        s,
+        "{secs}.{ms:03} {level} {} {} {}{} id={} took={}ms",
+        WORDS[rng.below(WORDS.len() as u64) as usize],
+        WORDS[rng.below(WORDS.len() as u64) as usize],
+        PATHS[rng.below(PATHS.len() as u64) as usize],
+        if rng.below(2) == 0 { "/42" } else { "" },
+        rng.next() % 1_000_000,
+        rng.below(900),
+    );
+    for _ in 0..rng.below(5) {
+        let _ = write!(s, " {}", WORDS[rng.below(WORDS.len() as u64) as usize]);
+    }
+    for (n, (_, _, _, every, phase)) in NEEDLES.iter().enumerate() {
+        if i % every == *phase {
+            s.push(' ');
+            s.push_str(&planted_text(n, i));
+        }
+    }
+    s
+}
+
+/// What is written for needle `n` on line `i`.
+fn planted_text(n: usize, i: u64) -> String {
+    match n {
+        0 => "deadbeef-cafe".into(),
+        1 => format!("ERR-{:04}-QX", i % 10_000),
+        // Mixed case, so only a case-insensitive search finds them all.
+        _ => [
+            "Connection reset by peer",
+            "CONNECTION RESET BY PEER",
+            "connection Reset by Peer",
+        ][(i % 3) as usize]
+            .into(),
+    }
+}
+
+/// How many of `lines` log lines carry needle `n`.
+fn planted(n: usize, lines: u64) -> u64 {
+    let (_, _, _, every, phase) = NEEDLES[n];
+    if lines <= phase {
+        0
+    } else {
+        (lines - phase - 1) / every + 1
+    }
+}
+
+fn tuple(rng: &mut Rng) -> Tuple {
+    Tuple {
+        saddr: "10.0.0.2".parse().unwrap(),
+        sport: 8080,
+        daddr: "10.0.0.1".parse().unwrap(),
+        dport: 30_000 + rng.below(30_000) as u16,
+    }
+}
+
+/// Generates the events of every host, cut into batches, in the order
+/// agents would send them. `logs_only` makes every event a log line (the
+/// grep corpus); otherwise ~85% are logs, ~10% http, ~5% tcp.
+struct Generator {
+    rng: Rng,
+    hosts: Vec<String>,
+    seq: Vec<u64>,
+    run_id: String,
+    ts: u64,
+    next_line: u64,
+    logs_only: bool,
+}
+
+impl Generator {
+    /// A fresh run id each time, so runs against one aggregator never
+    /// collide with its dedupe.
+    fn new(hosts: usize, logs_only: bool) -> Self {
+        Self {
+            rng: Rng(0x9e37_79b9_7f4a_7c15),
+            hosts: (1..=hosts).map(|h| format!("host-{h}")).collect(),
+            seq: vec![0; hosts],
+            run_id: uuid::Uuid::new_v4().to_string(),
+            // 2026-11-27T00:00:00Z
+            ts: 1_795_737_600_000_000_000,
+            next_line: 0,
+            logs_only,
+        }
+    }
+
+    fn event(&mut self, host: &str) -> Event {
+        self.ts += 1_000 + self.rng.below(20_000);
+        let pid = 1000 + self.rng.below(4) as u32;
+        let roll = if self.logs_only {
+            0
+        } else {
+            self.rng.below(100)
+        };
+        let data = match roll {
+            0..85 => {
+                let i = self.next_line;
+                self.next_line += 1;
+                EventData::Log {
+                    stream: if self.rng.below(10) == 0 {
+                        StreamName::Stderr
+                    } else {
+                        StreamName::Stdout
+                    },
+                    path: None,
+                    text: log_text(&mut self.rng, i, self.ts),
+                    truncated: false,
+                    req_id: None,
+                }
+            }
+            85..95 => EventData::Http(Box::new(HttpExchange {
+                side: HttpSide::Server,
+                method: "GET".into(),
+                path: PATHS[self.rng.below(PATHS.len() as u64) as usize].into(),
+                status: 200,
+                duration_ns: 100_000 + self.rng.below(5_000_000),
+                req_bytes: 120,
+                resp_bytes: 900,
+                tuple: tuple(&mut self.rng),
+                tls: false,
+                req_id: format!("{host}-{pid}-{}", self.rng.next() % 1_000_000_000),
+                parent_req_id: None,
+                traceparent: None,
+                request_id: None,
+                complete: true,
+                req_body: None,
+                resp_body: None,
+            })),
+            95..98 => EventData::TcpAccept(tuple(&mut self.rng)),
+            _ => EventData::TcpClose {
+                tuple: tuple(&mut self.rng),
+                bytes_sent: 900,
+                bytes_received: 120,
+                duration_ns: Some(2_000_000),
+                preexisting: false,
+                failed: false,
+            },
+        };
+        Event {
+            ts_ns: self.ts,
+            host: host.to_string(),
+            pid,
+            tid: pid,
+            comm: "node".into(),
+            data,
+        }
+    }
+
+    /// The next batch, from the hosts in turn.
+    fn batch(&mut self, n: usize, events: usize) -> Batch {
+        let h = n % self.hosts.len();
+        let host = self.hosts[h].clone();
+        let events = (0..events).map(|_| self.event(&host)).collect();
+        let seq = self.seq[h];
+        self.seq[h] += 1;
+        Batch {
+            host,
+            run_id: self.run_id.clone(),
+            seq,
+            events,
+        }
+    }
+}
+
+fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: Option<T>) -> Result<T> {
+    match args.iter().position(|a| a == name) {
+        Some(i) => args
+            .get(i + 1)
+            .with_context(|| format!("{name} needs a value"))?
+            .parse()
+            .ok()
+            .with_context(|| format!("{name}: bad value")),
+        None => default.with_context(|| format!("{name} is required")),
+    }
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("ingest") => ingest(&args),
+        Some("load-store") => load_store(&args),
+        Some("profile") => profile(&args),
+        Some("count") => {
+            let store = SqliteStore::open(&arg::<PathBuf>(&args, "--data", None)?)?;
+            println!("{{\"events\":{}}}", store.count(&Filter::default())?);
+            Ok(())
+        }
+        Some("planted") => {
+            let lines: u64 = arg(&args, "--lines", None)?;
+            let out: Vec<serde_json::Value> = NEEDLES
+                .iter()
+                .enumerate()
+                .map(|(n, (name, re, ci, _, _))| {
+                    serde_json::json!({"name": name, "re": re, "i": ci, "count": planted(n, lines)})
+                })
+                .collect();
+            println!("{}", serde_json::Value::Array(out));
+            Ok(())
+        }
+        _ => bail!("usage: aggregator_load ingest|load-store|count|planted ... (see the source)"),
+    }
+}
+
+/// POSTs `--events` events (rounded up to whole batches) with `--senders`
+/// concurrent connections, all batches built and compressed beforehand;
+/// prints events acknowledged, seconds from the first send to the last
+/// acknowledgement, and the rate.
+fn ingest(args: &[String]) -> Result<()> {
+    let url: String = arg(args, "--url", None)?;
+    let token = std::fs::read_to_string(arg::<PathBuf>(args, "--token-file", None)?)?
+        .trim()
+        .to_string();
+    let events: usize = arg(args, "--events", Some(1_000_000))?;
+    let senders: usize = arg(args, "--senders", Some(4))?;
+    let hosts: usize = arg(args, "--hosts", Some(8))?;
+    let per_batch: usize = arg(args, "--batch", Some(BATCH_EVENTS))?;
+    let batches = events.div_ceil(per_batch);
+    let mut generator = Generator::new(hosts, false);
+    let t0 = Instant::now();
+    let mut bodies = Vec::with_capacity(batches);
+    let (mut json_bytes, mut wire_bytes) = (0usize, 0usize);
+    for n in 0..batches {
+        let b = generator.batch(n, per_batch);
+        let json = serde_json::to_vec(&b)?;
+        let body = zstd::encode_all(&json[..], 3)?;
+        json_bytes += json.len();
+        wire_bytes += body.len();
+        bodies.push((b.events.len(), bytes::Bytes::from(body)));
+    }
+    let prepare_s = t0.elapsed().as_secs_f64();
+    let bodies = Arc::new(bodies);
+    let next = Arc::new(AtomicUsize::new(0));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let (acked, seconds, latencies) = rt.block_on(async move {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(120))
+            .build()?;
+        let url = format!("{}/v1/ingest", url.trim_end_matches('/'));
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..senders {
+            let (client, url, token, bodies, next) = (
+                client.clone(),
+                url.clone(),
+                token.clone(),
+                bodies.clone(),
+                next.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                let mut acked = 0usize;
+                let mut lat = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some((n, body)) = bodies.get(i) else {
+                        return Ok::<_, anyhow::Error>((acked, lat));
+                    };
+                    let sent = Instant::now();
+                    let resp = client
+                        .post(&url)
+                        .bearer_auth(&token)
+                        .header("content-encoding", "zstd")
+                        .header("content-type", "application/json")
+                        .body(body.clone())
+                        .send()
+                        .await?;
+                    let status = resp.status();
+                    let answer: serde_json::Value = resp.json().await?;
+                    if !status.is_success() || answer["accepted"] != *n {
+                        bail!("batch {i}: {status} {answer}");
+                    }
+                    lat.push(sent.elapsed().as_secs_f64() * 1e3);
+                    acked += n;
+                }
+            }));
+        }
+        let mut acked = 0;
+        let mut latencies = Vec::new();
+        for t in tasks {
+            let (a, l) = t.await??;
+            acked += a;
+            latencies.extend(l);
+        }
+        Ok::<_, anyhow::Error>((acked, start.elapsed().as_secs_f64(), latencies))
+    })?;
+    let mut latencies = latencies;
+    latencies.sort_by(f64::total_cmp);
+    let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize];
+    println!(
+        "{}",
+        serde_json::json!({
+            "events": acked,
+            "batches": batches,
+            "seconds": seconds,
+            "events_per_sec": acked as f64 / seconds,
+            "json_bytes": json_bytes,
+            "wire_bytes": wire_bytes,
+            "prepare_seconds": prepare_s,
+            "batch_ms_p50": pct(0.5),
+            "batch_ms_p99": pct(0.99),
+        })
+    );
+    Ok(())
+}
+
+/// Writes `--lines` log lines through `SqliteStore::ingest` (no HTTP, no
+/// JSON parsing): the grep corpus.
+fn load_store(args: &[String]) -> Result<()> {
+    let dir: PathBuf = arg(args, "--data", None)?;
+    let lines: usize = arg(args, "--lines", None)?;
+    let hosts: usize = arg(args, "--hosts", Some(8))?;
+    let store = SqliteStore::open(&dir)?;
+    let mut generator = Generator::new(hosts, true);
+    let start = Instant::now();
+    let (mut done, mut text_bytes, mut n) = (0usize, 0u64, 0usize);
+    while done < lines {
+        let b = generator.batch(n, BATCH_EVENTS.min(lines - done));
+        for e in &b.events {
+            if let EventData::Log { text, .. } = &e.data {
+                text_bytes += text.len() as u64;
+            }
+        }
+        done += b.events.len();
+        n += 1;
+        store.ingest(b)?;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        serde_json::json!({
+            "lines": done,
+            "text_bytes": text_bytes,
+            "seconds": seconds,
+            "lines_per_sec": done as f64 / seconds,
+        })
+    );
+    Ok(())
+}
+
+/// Where ingest time goes, on one thread: zstd + JSON parsing of the
+/// batches, then `Store::ingest` alone.
+fn profile(args: &[String]) -> Result<()> {
+    let dir: PathBuf = arg(args, "--data", None)?;
+    let events: usize = arg(args, "--events", Some(200_000))?;
+    let hosts: usize = arg(args, "--hosts", Some(8))?;
+    let mut generator = Generator::new(hosts, false);
+    let bodies: Vec<Vec<u8>> = (0..events.div_ceil(BATCH_EVENTS))
+        .map(|n| {
+            let json = serde_json::to_vec(&generator.batch(n, BATCH_EVENTS)).unwrap();
+            zstd::encode_all(&json[..], 3).unwrap()
+        })
+        .collect();
+    let t = Instant::now();
+    let jsons: Vec<Vec<u8>> = bodies
+        .iter()
+        .map(|b| zstd::decode_all(&b[..]).unwrap())
+        .collect();
+    let unzstd = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let batches: Vec<Batch> = jsons
+        .iter()
+        .map(|j| serde_json::from_slice(j).unwrap())
+        .collect();
+    let parse = t.elapsed().as_secs_f64();
+    let group: usize = arg(args, "--group", Some(1))?;
+    let store = SqliteStore::open(&dir)?;
+    let cpu0 = process_cpu_s();
+    let t = Instant::now();
+    let n: usize = batches.iter().map(|b| b.events.len()).sum();
+    let mut batches = batches.into_iter().peekable();
+    while batches.peek().is_some() {
+        for out in store.ingest_many(batches.by_ref().take(group).collect()) {
+            out?;
+        }
+    }
+    let ingest = t.elapsed().as_secs_f64();
+    let ingest_cpu = process_cpu_s() - cpu0;
+    let us = |s: f64| s * 1e6 / n as f64;
+    println!(
+        "{}",
+        serde_json::json!({"events": n, "unzstd_us": us(unzstd), "parse_us": us(parse),
+            "ingest_us": us(ingest), "ingest_cpu_us": us(ingest_cpu)})
+    );
+    Ok(())
+}
+
+/// CPU time of this process (all threads), in seconds.
+fn process_cpu_s() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
