@@ -227,8 +227,12 @@ async function run(ctx, expected) {
   result.tail = true;
   await page.screenshot({ path: `${ARTIFACTS}/tail.png` });
 
-  // 8. Graphs: requests/s per process with data for every host, drawn.
+  // 8. Graphs: requests/s per process with data for every host, drawn,
+  // over the last minute.
+  await page.selectOption('#window', String(60e3));
   await page.click('#tabs button[data-tab=graphs]');
+  await page.waitForFunction(() => /buckets of 500 ms/.test(document.getElementById('graphs-status').textContent));
+  await page.waitForFunction(() => window.tracerUI.timeline.events.length > 200);
   await page.waitForFunction(() => document.querySelectorAll('#graphs-grid .graph canvas').length > 0);
   const graph = await page.evaluate(() => {
     const card = document.querySelector('#graphs-grid .graph');

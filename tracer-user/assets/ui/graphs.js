@@ -8,7 +8,7 @@ import { el, nsParam } from './util.js';
 
 const CHARTS = [
   { title: 'Requests/s (served)', series: [['requests_per_s', '']] },
-  { title: 'Latency p50 and p99 (ms; p99 dashed)', series: [['latency_p50_ms', ' p50'], ['latency_p99_ms', ' p99', [6, 4]]] },
+  { title: 'Latency p50 and p99 (ms; p99 dashed)', series: [['latency_p50_ms', ' p50'], ['latency_p99_ms', ' p99', [6, 4]]], sparse: true },
   { title: 'Error rate (% of requests 5xx or cut)', series: [['error_rate', '', null, 100]], sparse: true },
   { title: 'Event-loop delay (ms, longest turn)', series: [['loop_delay_ms', '']], sparse: true },
   { title: 'GC pause (ms per bucket)', series: [['gc_pause_ms', '']] },
@@ -70,7 +70,7 @@ export class Graphs {
           const v = p[field];
           if (!hasData(v)) continue;
           const who = p.pid === 0 ? `${p.host} agent` : `${p.host}/${p.pid}`;
-          series.push({ label: `${who}${suffix}`, stroke: this.color(who), width: 1.5, dash: dash || undefined, points: { show: !!chart.sparse, size: 5 } });
+          series.push({ label: `${who}${suffix}`, stroke: this.color(who), width: 1.5, dash: dash || undefined, points: chart.sparse ? { show: true, size: 4 } : {} });
           data.push(scale ? v.map((x) => (x === null ? null : x * scale)) : v);
         }
       }

@@ -198,6 +198,43 @@ pub async fn series(
 mod tests {
     use super::*;
 
+    /// Every `/ui/...` path the page and its modules refer to is served,
+    /// and nothing is loaded from elsewhere (no CDN: the UI works offline).
+    #[test]
+    fn every_referenced_asset_is_embedded() {
+        let served: Vec<&str> = ASSETS.iter().map(|a| a.0).collect();
+        let re = regex::Regex::new(r#"(?:src|href)="([^"]+)"|from '\./([^']+)'"#).unwrap();
+        let mut checked = 0;
+        for &(path, _, body) in ASSETS.iter().filter(|a| !a.0.contains("/vendor/")) {
+            assert!(!body.is_empty(), "{path} is empty");
+            for sink in [
+                ".innerHTML",
+                ".outerHTML",
+                "insertAdjacentHTML",
+                "document.write",
+            ] {
+                assert!(
+                    !body.contains(sink),
+                    "{path} uses {sink}: captured text must stay text"
+                );
+            }
+            for c in re.captures_iter(body) {
+                let target = match (c.get(1), c.get(2)) {
+                    (Some(href), _) if href.as_str().starts_with("data:") => continue,
+                    (Some(href), _) => href.as_str().to_string(),
+                    (None, Some(module)) => format!("/ui/{}", module.as_str()),
+                    _ => continue,
+                };
+                assert!(
+                    served.contains(&target.as_str()),
+                    "{path} refers to {target}, which is not served"
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked >= 12, "only {checked} references found");
+    }
+
     #[test]
     fn series_params() {
         let p = SeriesParams {
