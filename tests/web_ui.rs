@@ -50,9 +50,13 @@ fn target_dir() -> PathBuf {
 }
 
 /// Runs `cmd` to completion within `timeout`, panicking with its output
-/// when it fails or takes longer.
+/// when it fails or takes longer. It runs in its own process group, and
+/// the whole group is killed on timeout (the browser script's Chromium
+/// processes too).
 fn run_bounded(what: &str, mut cmd: Command, timeout: Duration) -> (String, String) {
+    use std::os::unix::process::CommandExt as _;
     let mut child = cmd
+        .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -77,7 +81,10 @@ fn run_bounded(what: &str, mut cmd: Command, timeout: Duration) -> (String, Stri
             break s;
         }
         if Instant::now() >= deadline {
-            let _ = child.kill();
+            let pgid = libc::pid_t::try_from(child.id()).expect("pid fits in pid_t");
+            // SAFETY: kill(2) has no memory-safety preconditions; the group
+            // is the one this child leads (process_group(0)), not yet reaped.
+            unsafe { libc::kill(-pgid, libc::SIGKILL) };
             let _ = child.wait();
             let (o, e) = (
                 out_t.join().unwrap_or_default(),
