@@ -336,6 +336,11 @@ impl SqliteStore {
              PRAGMA journal_size_limit=67108864;
              PRAGMA busy_timeout=5000;",
         )?;
+        // 64 MiB of page cache for the writer (SQLite's default is 2 MiB):
+        // each batch inserts into every index, and with many hosts the
+        // (host, ts) index is written at as many places; keeping those
+        // pages cached saved ~12% of the writer's CPU per event.
+        conn.execute_batch("PRAGMA cache_size=-65536;")?;
         conn.pragma_update(None, "wal_autocheckpoint", WRITER_AUTOCHECKPOINT)?;
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         if version > SCHEMA_VERSION {
