@@ -11,7 +11,9 @@
 //! needs it (login form and `#token=`); a lane per host; a regex search
 //! returns exactly the injected lines it matches, in order, with host, pid
 //! and stream, and jumps the timeline; a clicked request shows all three
-//! hops; a new log line appears in the live tail; the requests/s graph has
+//! hops; a new log line appears in the live tail, and a burst of 20 000
+//! lines neither freezes the page nor grows the list past its cap; the
+//! requests/s graph has
 //! a drawn series per host; a `<script>`/`onerror=` log line is displayed
 //! literally and never runs. Screenshots go to
 //! `target/test-artifacts/web-ui/`.
@@ -292,6 +294,7 @@ fn web_ui_in_chromium_against_the_demo() {
         .find_map(|l| l.strip_prefix("RESULT "))
         .unwrap_or_else(|| panic!("no RESULT line from the script:\n{out}\n{err}"));
     let v: serde_json::Value = serde_json::from_str(result).expect("RESULT is JSON");
+    eprintln!("web_ui: the browser saw {v}");
     assert_eq!(v["lanes"], serde_json::json!(["h1", "h2", "h3"]), "{v}");
     assert_eq!(v["search"], 15, "{v}");
     assert_eq!(
