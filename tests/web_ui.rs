@@ -13,9 +13,8 @@
 //! and stream, and jumps the timeline; a clicked request shows all three
 //! hops; a new log line appears in the live tail, and a burst of 20 000
 //! lines neither freezes the page nor grows the list past its cap; the
-//! requests/s graph has
-//! a drawn series per host; a `<script>`/`onerror=` log line is displayed
-//! literally and never runs. Screenshots go to
+//! requests/s graph has a drawn series per host; a `<script>`/`onerror=`
+//! log line is displayed literally and never runs. Screenshots go to
 //! `target/test-artifacts/web-ui/`.
 //!
 //! Needs root (the demo loads BPF programs and creates namespaces), the
