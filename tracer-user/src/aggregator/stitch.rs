@@ -133,6 +133,15 @@ pub fn match_pairs(cands: &[Candidate], same_host: bool) -> Matched {
     Matched { theta, links }
 }
 
+/// Matches candidates at a known clock difference `theta` (the host
+/// pair's estimate from earlier batches).
+pub fn match_pairs_at(cands: &[Candidate], theta: i64) -> Matched {
+    Matched {
+        theta,
+        links: assign(cands, theta),
+    }
+}
+
 /// The clock difference covered by the most candidates' bounds (ties: the
 /// middle of the first densest stretch).
 fn densest(cands: &[Candidate]) -> Option<i64> {

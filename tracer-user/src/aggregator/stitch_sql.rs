@@ -7,7 +7,7 @@
 //! Everything is recomputed from stored rows, so the order in which batches
 //! arrive does not matter: a link found late re-tags what hangs below it.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use rusqlite::{Connection, OptionalExtension as _, params};
 
@@ -70,56 +70,147 @@ pub fn index_event(
     Ok(())
 }
 
+/// How far (ns, on the client's clock once the pair's clock difference is
+/// known) a candidate's start may be from a new exchange's. Far more than
+/// a request's network delay; it keeps the work per batch proportional to
+/// the batch and the traffic around it, not to the history.
+const NEAR_NS: i64 = 250_000_000;
+/// Matched pairs from which on a host pair's clock difference is trusted
+/// enough to only re-match around new exchanges.
+const CONFIDENT_PAIRS: i64 = 32;
+/// Matched pairs (the latest) a host pair's clock difference is estimated
+/// from.
+const THETA_SAMPLE: i64 = 256;
+
+/// (client host, server host).
+type HostPair = (String, String);
+/// Connection key -> the new exchanges on it: (is the client side, raw start).
+type NewByConn = BTreeMap<String, Vec<(bool, i64)>>;
+
+/// A new exchange as indexed.
+struct NewExchange {
+    host: String,
+    side: String,
+    conn: String,
+    start: i64,
+}
+
 /// Links, offsets and traces after `new_http` (ids of indexed exchanges)
 /// were stored. Returns the hosts whose events were re-timed, with their
 /// new offset.
+///
+/// While a host pair has fewer than [`CONFIDENT_PAIRS`] links, all of its
+/// exchanges are re-matched. From then on only the neighbourhood of the
+/// new exchanges is: for each connection they are on, the candidates whose
+/// start lies within [`NEAR_NS`] of theirs (shifted by the pair's clock
+/// difference), and the links those candidates already have; the clock
+/// difference follows the latest [`THETA_SAMPLE`] links. So the work per
+/// batch stays proportional to the batch, not to the stored history.
 pub fn after_ingest(conn: &Connection, new_http: &[i64]) -> Result<HashMap<String, i64>> {
     if new_http.is_empty() {
         return Ok(HashMap::new());
     }
-    // Host pairs (client host, server host) with a candidate for a new
-    // exchange.
-    let mut pairs: BTreeSet<(String, String)> = BTreeSet::new();
-    {
-        let mut st = conn.prepare_cached(
-            "SELECT n.host, n.side, o.host, n.conn FROM http_index n
-             JOIN http_index o ON o.conn = n.conn AND o.side != n.side
-             WHERE n.id = ?",
-        )?;
-        for id in new_http {
-            let rows = st.query_map([id], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                ))
-            })?;
-            for row in rows {
-                let (nh, side, oh, key) = row?;
-                if nh != oh && stitch::is_loopback_key(&key) {
-                    continue;
-                }
-                pairs.insert(if side == "client" { (nh, oh) } else { (oh, nh) });
+    // The new exchanges by host pair and connection.
+    let mut groups: BTreeMap<HostPair, NewByConn> = BTreeMap::new();
+    for id in new_http {
+        let Some(n) = new_exchange(conn, *id)? else {
+            continue;
+        };
+        // The other end's host, from the latest exchanges on this
+        // connection key (a port reused by another host shows up there).
+        let others: BTreeSet<String> = conn
+            .prepare_cached(
+                "SELECT host FROM http_index WHERE conn = ? AND side != ?
+                 ORDER BY id DESC LIMIT 8",
+            )?
+            .query_map(params![n.conn, n.side], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        for other in others {
+            if other != n.host && stitch::is_loopback_key(&n.conn) {
+                continue;
             }
+            let client_side = n.side == "client";
+            let pair = if client_side {
+                (n.host.clone(), other)
+            } else {
+                (other, n.host.clone())
+            };
+            groups
+                .entry(pair)
+                .or_default()
+                .entry(n.conn.clone())
+                .or_default()
+                .push((client_side, n.start));
         }
     }
     let mut touched: Vec<i64> = new_http.to_vec();
     let mut edges_changed = false;
-    for (ch, sh) in &pairs {
-        let cands = candidates(conn, ch, sh)?;
-        let m = stitch::match_pairs(&cands, ch == sh);
-        let old: HashSet<(i64, i64)> = conn
+    for ((ch, sh), conns) in &groups {
+        let same_host = ch == sh;
+        let known: Option<(i64, i64)> = conn
             .prepare_cached(
-                "SELECT client, server FROM links WHERE client_host = ? AND server_host = ?",
+                "SELECT theta_ns, pairs FROM host_pairs WHERE client_host = ? AND server_host = ?",
             )?
-            .query_map(params![ch, sh], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<rusqlite::Result<_>>()?;
+            .query_row(params![ch, sh], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        // Until enough pairs agree on the clock difference, the whole pair
+        // is re-matched (early estimates can be off by a request's spacing
+        // on a keep-alive connection); then only around the new exchanges.
+        let theta_known = if same_host {
+            Some(0)
+        } else {
+            known.filter(|k| k.1 >= CONFIDENT_PAIRS).map(|k| k.0)
+        };
+        let mut cands = Vec::new();
+        match theta_known {
+            Some(_) => {
+                for (key, news) in conns {
+                    nearby_candidates(conn, ch, sh, key, news, theta_known, &mut cands)?;
+                }
+            }
+            None => cands = candidates(conn, ch, sh)?,
+        }
+        // Servers linked to a client outside this neighbourhood stay so.
+        let clients: HashSet<i64> = cands.iter().map(|c| c.client.id).collect();
+        let mut linked_elsewhere = HashSet::new();
+        for c in &cands {
+            let holder: Option<i64> = conn
+                .prepare_cached("SELECT client FROM links WHERE server = ?")?
+                .query_row([c.server.id], |r| r.get(0))
+                .optional()?;
+            if holder.is_some_and(|h| !clients.contains(&h)) {
+                linked_elsewhere.insert(c.server.id);
+            }
+        }
+        cands.retain(|c| !linked_elsewhere.contains(&c.server.id));
+        let m = match theta_known {
+            Some(theta) => stitch::match_pairs_at(&cands, theta),
+            None => stitch::match_pairs(&cands, same_host),
+        };
+        let mut old: HashSet<(i64, i64)> = HashSet::new();
+        if theta_known.is_some() {
+            for c in &clients {
+                let server: Option<i64> = conn
+                    .prepare_cached("SELECT server FROM links WHERE client = ?")?
+                    .query_row([c], |r| r.get(0))
+                    .optional()?;
+                old.extend(server.map(|s| (*c, s)));
+            }
+        } else {
+            old = conn
+                .prepare_cached(
+                    "SELECT client, server FROM links WHERE client_host = ? AND server_host = ?",
+                )?
+                .query_map(params![ch, sh], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+        }
         let new: HashSet<(i64, i64)> = m.links.iter().copied().collect();
+        let (mut added, mut removed) = (0i64, 0i64);
         for &(c, s) in old.difference(&new) {
             conn.prepare_cached("DELETE FROM links WHERE client = ?")?
                 .execute([c])?;
             touched.extend([c, s]);
+            removed += 1;
         }
         for &(c, s) in new.difference(&old) {
             conn.prepare_cached(
@@ -128,21 +219,21 @@ pub fn after_ingest(conn: &Connection, new_http: &[i64]) -> Result<HashMap<Strin
             )?
             .execute(params![c, s, ch, sh])?;
             touched.extend([c, s]);
+            added += 1;
         }
-        if ch != sh {
-            let n = i64::try_from(m.links.len()).unwrap_or(i64::MAX);
-            let before: Option<(i64, i64)> = conn
-                .prepare_cached("SELECT theta_ns, pairs FROM host_pairs WHERE client_host = ? AND server_host = ?")?
-                .query_row(params![ch, sh], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()?;
-            if before != Some((m.theta, n)) {
-                conn.prepare_cached(
-                    "INSERT OR REPLACE INTO host_pairs (client_host, server_host, theta_ns, pairs)
-                     VALUES (?, ?, ?, ?)",
-                )?
-                .execute(params![ch, sh, m.theta, n])?;
-                edges_changed = true;
-            }
+        if !same_host && (added > 0 || removed > 0) {
+            let pairs = known.map_or(0, |k| k.1) + added - removed;
+            let theta = match theta_known {
+                Some(_) => recent_theta(conn, ch, sh)?.unwrap_or(m.theta),
+                None => m.theta,
+            };
+            let before = known.map(|k| k.0);
+            conn.prepare_cached(
+                "INSERT OR REPLACE INTO host_pairs (client_host, server_host, theta_ns, pairs)
+                 VALUES (?, ?, ?, ?)",
+            )?
+            .execute(params![ch, sh, theta, pairs])?;
+            edges_changed |= before != Some(theta) || known.map(|k| k.1 > 0) != Some(pairs > 0);
         }
     }
     let retimed = if edges_changed {
@@ -199,6 +290,115 @@ fn candidates(conn: &Connection, ch: &str, sh: &str) -> Result<Vec<Candidate>> {
     Ok(out)
 }
 
+fn new_exchange(conn: &Connection, id: i64) -> Result<Option<NewExchange>> {
+    Ok(conn
+        .prepare_cached("SELECT host, side, conn, start_ns FROM http_index WHERE id = ?")?
+        .query_row([id], |r| {
+            Ok(NewExchange {
+                host: r.get(0)?,
+                side: r.get(1)?,
+                conn: r.get(2)?,
+                start: r.get(3)?,
+            })
+        })
+        .optional()?)
+}
+
+/// Appends the candidate pairs on connection `key` between client host
+/// `ch` and server host `sh` around the new exchanges `news`
+/// ((is client side, raw start)).
+fn nearby_candidates(
+    conn: &Connection,
+    ch: &str,
+    sh: &str,
+    key: &str,
+    news: &[(bool, i64)],
+    theta: Option<i64>,
+    out: &mut Vec<Candidate>,
+) -> Result<()> {
+    if ch != sh && stitch::is_loopback_key(key) {
+        return Ok(());
+    }
+    let (theta, near) = match theta {
+        Some(t) => (t, NEAR_NS),
+        None => (0, MAX_SKEW_NS),
+    };
+    // New exchanges' starts on the client's clock.
+    let on_client = news
+        .iter()
+        .map(|&(client, start)| if client { start } else { start - theta });
+    let (lo, hi) = on_client.fold((i64::MAX, i64::MIN), |(lo, hi), t| (lo.min(t), hi.max(t)));
+    let mut st = conn.prepare_cached(
+        "SELECT c.id, c.start_ns, c.end_ns, s.id, s.start_ns, s.end_ns
+         FROM http_index c JOIN http_index s
+           ON s.conn = c.conn AND s.side = 'server' AND s.host = ?3
+          AND s.start_ns BETWEEN c.start_ns + ?5 - ?6 AND c.start_ns + ?5 + ?6
+         WHERE c.conn = ?1 AND c.side = 'client' AND c.host = ?2
+           AND c.start_ns BETWEEN ?7 - ?6 AND ?8 + ?6
+           AND s.end_ns - s.start_ns <= c.end_ns - c.start_ns + ?4",
+    )?;
+    let rows = st.query_map(
+        params![key, ch, sh, 2 * TOLERANCE_NS, theta, near, lo, hi],
+        |r| {
+            Ok(Candidate {
+                conn: 0,
+                client: Side {
+                    id: r.get(0)?,
+                    start: r.get(1)?,
+                    end: r.get(2)?,
+                },
+                server: Side {
+                    id: r.get(3)?,
+                    start: r.get(4)?,
+                    end: r.get(5)?,
+                },
+            })
+        },
+    )?;
+    // Candidates of one connection share its group number.
+    let group = out.last().map_or(0, |c| c.conn + 1);
+    for row in rows {
+        let mut c = row?;
+        c.conn = group;
+        out.push(c);
+    }
+    Ok(())
+}
+
+/// The clock difference of a host pair from its latest matched pairs
+/// ([`THETA_SAMPLE`]): a sliding sample, so it follows drift, and large
+/// enough that it hardly moves from one batch to the next (each move
+/// re-times events).
+fn recent_theta(conn: &Connection, ch: &str, sh: &str) -> Result<Option<i64>> {
+    let mut st = conn.prepare_cached(
+        "SELECT c.start_ns, c.end_ns, s.start_ns, s.end_ns
+         FROM links l
+         JOIN http_index c ON c.id = l.client
+         JOIN http_index s ON s.id = l.server
+         WHERE l.client_host = ? AND l.server_host = ?
+         ORDER BY l.client DESC LIMIT ?",
+    )?;
+    let pairs: Vec<Candidate> = st
+        .query_map(params![ch, sh, THETA_SAMPLE], |r| {
+            Ok(Candidate {
+                conn: 0,
+                client: Side {
+                    id: 0,
+                    start: r.get(0)?,
+                    end: r.get(1)?,
+                },
+                server: Side {
+                    id: 0,
+                    start: r.get(2)?,
+                    end: r.get(3)?,
+                },
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let refs: Vec<&Candidate> = pairs.iter().collect();
+    Ok(stitch::robust_theta(&refs))
+}
+
 /// Recomputes every host's offset from the host pairs; re-times the
 /// stored events of hosts whose offset moved.
 fn update_offsets(conn: &Connection) -> Result<HashMap<String, i64>> {
@@ -227,6 +427,14 @@ fn update_offsets(conn: &Connection) -> Result<HashMap<String, i64>> {
             .optional()?;
         let offset = match current {
             Some(c) if (c - o.offset_ns).abs() <= RETIME_MIN_NS => c,
+            // A refinement: only recent events move (older ones keep a
+            // correction within RETIME_ALL_NS of it).
+            Some(c) if (c - o.offset_ns).abs() <= RETIME_ALL_NS => {
+                let since = super::sqlite::now_ns().saturating_sub(RETIME_RECENT_NS);
+                retime_since(conn, &host, o.offset_ns, since)?;
+                retimed.insert(host.clone(), o.offset_ns);
+                o.offset_ns
+            }
             _ => {
                 retime(conn, &host, o.offset_ns)?;
                 retimed.insert(host.clone(), o.offset_ns);
@@ -249,6 +457,24 @@ fn update_offsets(conn: &Connection) -> Result<HashMap<String, i64>> {
         ])?;
     }
     Ok(retimed)
+}
+
+/// An offset that moves by more than this re-times all of the host's
+/// events (a first estimate, a clock step); smaller moves only the last
+/// [`RETIME_RECENT_NS`] (by corrected time), so that a steady stream of
+/// refinements costs little.
+const RETIME_ALL_NS: i64 = 5_000_000;
+const RETIME_RECENT_NS: i64 = 600_000_000_000;
+
+/// Sets the stored events of `host` with a corrected time from `since` on
+/// to `raw + offset`.
+fn retime_since(conn: &Connection, host: &str, offset: i64, since: i64) -> Result<()> {
+    conn.prepare_cached(
+        "UPDATE events SET ts_ns = max(0, raw_ts_ns + ?1), offset_ns = ?1
+         WHERE host = ?2 AND ts_ns >= ?3 AND offset_ns != ?1",
+    )?
+    .execute(params![offset, host, since])?;
+    Ok(())
 }
 
 /// Sets every stored event of `host` to `raw + offset`.
