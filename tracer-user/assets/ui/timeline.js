@@ -410,13 +410,15 @@ export class Timeline {
     return best?.e ?? null;
   }
 
-  /** Where a drawn event matching `pred` is, in page coordinates (for
-   * keyboard-free checks and tests): the middle of its mark. */
-  positionOf(pred) {
-    const it = this.items.find((i) => pred(i.e) && i.x1 - i.x0 >= 2 && i.x0 >= 0 && i.x1 <= this.width);
-    if (!it) return null;
+  /** Where the `nth` (modulo their number) drawn event matching `pred`
+   * is, in page coordinates (the middle of its mark), with the event: for
+   * the browser console and the browser tests. */
+  positionOf(pred, nth = 0) {
+    const all = this.items.filter((i) => pred(i.e) && i.x1 - i.x0 >= 2 && i.x0 >= 0 && i.x1 <= this.width);
+    if (!all.length) return null;
+    const it = all[nth % all.length];
     const r = this.canvas.getBoundingClientRect();
-    return { x: r.left + (it.x0 + it.x1) / 2, y: r.top + (it.y0 + it.y1) / 2 };
+    return { x: r.left + (it.x0 + it.x1) / 2, y: r.top + (it.y0 + it.y1) / 2, event: it.e };
   }
 
   bindMouse() {

@@ -17,6 +17,7 @@ export class TraceView {
 
   async open(reqId) {
     this.title.textContent = `Loading trace of ${reqId}…`;
+    this.title.dataset.trace = '';
     this.table.replaceChildren();
     let events;
     try {
@@ -30,6 +31,7 @@ export class TraceView {
   }
 
   show(reqId, events) {
+    this.title.dataset.trace = reqId;
     if (!events.length) {
       this.title.textContent = `No events for trace ${reqId}.`;
       return;
