@@ -83,9 +83,9 @@ function start() {
       timeline.highlight(events.filter((e) => e.kind === 'http').map((e) => e.req_id));
       const t0 = Math.min(...events.map(evMs));
       const t1 = Math.max(...events.map((e) => evMs(e) + (e.duration_ns || 0) / 1e6));
-      // Zoom onto the request, with some of what happened around it.
+      // Zoom onto the request: it takes the middle third of the width.
       if (events.length) {
-        const w = Math.max((t1 - t0) * 4, 200);
+        const w = Math.max((t1 - t0) * 3, 1);
         timeline.setView((t0 + t1) / 2 - w / 2, (t0 + t1) / 2 + w / 2);
       }
     },
