@@ -2,6 +2,5 @@
 pub mod logs;
 pub mod process;
 pub mod runtime;
-pub mod skb;
 pub mod tcp;
 pub mod tls;

@@ -17,15 +17,19 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
+use regex::Regex;
 use rusqlite::{
-    Connection, OpenFlags, OptionalExtension as _, TransactionBehavior, params, types::Value,
+    Connection, OpenFlags, OptionalExtension as _, TransactionBehavior,
+    functions::FunctionFlags,
+    params,
+    types::{Value, ValueRef},
 };
 
-use super::sqlite_grep::{self, BlockBuilder, Matcher, SCHEMA_V3};
+use super::sqlite_grep::{self, BlockBuilder, Matcher, Matches, SCHEMA_V3};
 use super::stitch_sql::{after_ingest, index_event, note_host, own_trace, retime};
 use super::store::{
-    Batch, Filter, HostOffset, IngestOutcome, Query, Result, Store, StoreError, Stored, corrected,
-    stream_name,
+    Batch, Filter, HostOffset, IngestOutcome, Query, Result, Store, StoreError, Stored, TextMatch,
+    corrected, stream_name,
 };
 use crate::event::{Event, EventData};
 
@@ -126,13 +130,16 @@ pub struct SqliteStore {
     retimes: std::sync::atomic::AtomicU64,
 }
 
-/// Most matches kept in the grep cache.
-const GREP_CACHE_MAX_IDS: usize = 4_000_000;
+/// Past this many matching lines a grep filters row by row in SQL
+/// (`tracer_match`) instead of by id: a frequent pattern fills a page of
+/// the answer within the first rows in time order, where a list of
+/// millions of ids would have to be built and joined for every page.
+const GREP_MAX_IDS: usize = 100_000;
 
 struct GrepCache {
     key: GrepKey,
     last_block: i64,
-    ids: std::sync::Arc<Vec<i64>>,
+    found: std::sync::Arc<Matches>,
 }
 
 /// What a grep's block scan depends on.
@@ -213,9 +220,47 @@ pub(super) fn now_ns() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
-/// Appends ` AND ...` conditions for `f` to `sql`. A text filter is given
-/// as the ids of the log lines that match it (`SqliteStore::grep_ids`).
-fn push_filter(f: &Filter, text_ids: Option<&[i64]>, sql: &mut String, args: &mut Vec<Value>) {
+/// `tracer_match(pattern, text)`: the `regex` crate over log text, row by
+/// row, for greps matching too many lines to list by id. The compiled
+/// regex is cached per statement by SQLite (auxdata).
+fn register_match(conn: &Connection) -> rusqlite::Result<()> {
+    conn.create_scalar_function(
+        "tracer_match",
+        2,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+        |ctx| {
+            let re = ctx.get_or_create_aux(0, |pattern| -> Result<Regex, StoreError> {
+                let pattern = pattern.as_str().map_err(|e| {
+                    StoreError::Open(format!("tracer_match pattern is not text: {e}"))
+                })?;
+                Ok(TextMatch {
+                    pattern: pattern.to_owned(),
+                    case_insensitive: false,
+                }
+                .compile()?)
+            })?;
+            Ok(match ctx.get_raw(1) {
+                ValueRef::Text(t) => std::str::from_utf8(t).is_ok_and(|s| re.is_match(s)),
+                _ => false,
+            })
+        },
+    )
+}
+
+/// The pattern as passed to `tracer_match` (case folding as an inline flag,
+/// so one SQL parameter carries both).
+fn sql_pattern(t: &TextMatch) -> String {
+    if t.case_insensitive {
+        format!("(?i:{})", t.pattern)
+    } else {
+        t.pattern.clone()
+    }
+}
+
+/// Appends ` AND ...` conditions for `f` to `sql`. A text filter comes as
+/// what the block scan found (`SqliteStore::grep_ids`): the ids of the
+/// matching lines, or, for a frequent pattern, the regex row by row.
+fn push_filter(f: &Filter, found: Option<&Matches>, sql: &mut String, args: &mut Vec<Value>) {
     fn list(sql: &mut String, args: &mut Vec<Value>, col: &str, items: &[String]) {
         sql.push_str(&format!(" AND {col} IN ("));
         for (i, it) in items.iter().enumerate() {
@@ -256,8 +301,12 @@ fn push_filter(f: &Filter, text_ids: Option<&[i64]>, sql: &mut String, args: &mu
         sql.push_str(" AND stream = ?");
         args.push(Value::Text(s.clone()));
     }
-    if f.text.is_some() {
-        let ids = text_ids.unwrap_or_default();
+    if let Some(t) = &f.text {
+        let Some(Matches::Ids(ids)) = found else {
+            sql.push_str(" AND tracer_match(?, text)");
+            args.push(Value::Text(sql_pattern(t)));
+            return;
+        };
         let mut list = String::with_capacity(ids.len() * 9 + 2);
         list.push('[');
         for (i, id) in ids.iter().enumerate() {
@@ -399,6 +448,7 @@ impl SqliteStore {
                     OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
                 )?;
                 c.execute_batch("PRAGMA query_only=1; PRAGMA busy_timeout=5000;")?;
+                register_match(&c)?;
                 c
             }
         };
@@ -548,10 +598,12 @@ impl SqliteStore {
 }
 
 impl SqliteStore {
-    /// The ids of the log lines matching `f.text` (None without one), from
-    /// the block scan (`sqlite_grep`), ascending. The last grep is cached,
-    /// so the pages of one answer scan only blocks stored since the first.
-    fn grep_ids(&self, f: &Filter) -> Result<Option<std::sync::Arc<Vec<i64>>>> {
+    /// The log lines matching `f.text` (None without one), from the block
+    /// scan (`sqlite_grep`). The last grep is cached, so the pages of one
+    /// answer scan only blocks stored since the first. Without
+    /// `need_count`, a scan stops once the pattern is known to be frequent
+    /// (the query then filters row by row).
+    fn grep_ids(&self, f: &Filter, need_count: bool) -> Result<Option<std::sync::Arc<Matches>>> {
         let Some(t) = &f.text else { return Ok(None) };
         let key = GrepKey {
             pattern: t.pattern.clone(),
@@ -561,38 +613,49 @@ impl SqliteStore {
             until: f.until,
             retimes: self.retimes.load(std::sync::atomic::Ordering::Relaxed),
         };
-        let (mut ids, after) = match lock(&self.grep_cache).as_ref() {
-            Some(c) if c.key == key => (Some(c.ids.clone()), c.last_block),
+        let (old, after) = match lock(&self.grep_cache).as_ref() {
+            Some(c) if c.key == key => match c.found.as_ref() {
+                Matches::Frequent if !need_count => return Ok(Some(c.found.clone())),
+                // Frequent, but how many is not known: scan everything.
+                Matches::Frequent => (None, 0),
+                _ => (Some(c.found.clone()), c.last_block),
+            },
             _ => (None, 0),
         };
         let matcher = Matcher::new(t)?;
         let threads = std::thread::available_parallelism().map_or(2, usize::from);
-        let (new, last_block, stats) =
-            self.read(|c| sqlite_grep::scan(c, &matcher, f, after, threads))?;
+        let (new, last_block, stats) = self.read(|c| {
+            sqlite_grep::scan(c, &matcher, f, after, threads, GREP_MAX_IDS, !need_count)
+        })?;
         log::debug!(
-            "grep {:?}: {} blocks, {} bytes scanned, {} new matches",
+            "grep {:?}: {} blocks, {} bytes scanned, new matches: {:?}",
             t.pattern,
             stats.blocks,
             stats.bytes,
-            new.len()
-        );
-        let all = match ids.take() {
-            Some(old) if new.is_empty() => old,
-            Some(old) => {
-                let mut v = Vec::with_capacity(old.len() + new.len());
-                v.extend_from_slice(&old);
-                v.extend(new);
-                std::sync::Arc::new(v)
+            match &new {
+                Matches::Ids(v) => Some(v.len() as u64),
+                Matches::Many(n) => Some(*n),
+                Matches::Frequent => None,
             }
-            None => std::sync::Arc::new(new),
+        );
+        let all = match (old, new) {
+            (_, Matches::Frequent) => std::sync::Arc::new(Matches::Frequent),
+            (Some(old), new) if new.count() == 0 => old,
+            (Some(old), Matches::Ids(new)) => match old.as_ref() {
+                Matches::Ids(o) if o.len() + new.len() <= GREP_MAX_IDS => {
+                    // Newer blocks hold newer ids: still ascending.
+                    std::sync::Arc::new(Matches::Ids([o.as_slice(), &new].concat()))
+                }
+                o => std::sync::Arc::new(Matches::Many(o.count() + new.len() as u64)),
+            },
+            (Some(old), Matches::Many(n)) => std::sync::Arc::new(Matches::Many(old.count() + n)),
+            (None, new) => std::sync::Arc::new(new),
         };
-        if all.len() <= GREP_CACHE_MAX_IDS {
-            *lock(&self.grep_cache) = Some(GrepCache {
-                key,
-                last_block,
-                ids: all.clone(),
-            });
-        }
+        *lock(&self.grep_cache) = Some(GrepCache {
+            key,
+            last_block,
+            found: all.clone(),
+        });
         Ok(Some(all))
     }
 }
@@ -643,15 +706,10 @@ impl Store for SqliteStore {
     }
 
     fn query(&self, q: &Query) -> Result<Vec<Stored>> {
-        let text_ids = self.grep_ids(&q.filter)?;
+        let found = self.grep_ids(&q.filter, false)?;
         let mut sql = String::from("SELECT id, ts_ns, json FROM events WHERE 1=1");
         let mut args = Vec::new();
-        push_filter(
-            &q.filter,
-            text_ids.as_deref().map(Vec::as_slice),
-            &mut sql,
-            &mut args,
-        );
+        push_filter(&q.filter, found.as_deref(), &mut sql, &mut args);
         if let Some(as_of) = q.as_of {
             sql.push_str(" AND id <= ?");
             args.push(Value::Integer(as_of));
@@ -675,8 +733,8 @@ impl Store for SqliteStore {
     }
 
     fn count(&self, f: &Filter) -> Result<u64> {
-        let text_ids = self.grep_ids(f)?;
-        if let Some(ids) = &text_ids {
+        let found = self.grep_ids(f, true)?;
+        if let Some(found) = &found {
             // Every id is a log line of one of `f.hosts`: with no other
             // condition, the count is the number of ids.
             let only_text = Filter {
@@ -686,17 +744,12 @@ impl Store for SqliteStore {
                 ..Filter::default()
             };
             if *f == only_text && only_text.kinds.is_empty() {
-                return Ok(ids.len() as u64);
+                return Ok(found.count());
             }
         }
         let mut sql = String::from("SELECT count(*) FROM events WHERE 1=1");
         let mut args = Vec::new();
-        push_filter(
-            f,
-            text_ids.as_deref().map(Vec::as_slice),
-            &mut sql,
-            &mut args,
-        );
+        push_filter(f, found.as_deref(), &mut sql, &mut args);
         self.read(|c| {
             let n: i64 = c.query_row(&sql, rusqlite::params_from_iter(&args), |r| r.get(0))?;
             Ok(u64::try_from(n).unwrap_or(0))
@@ -704,15 +757,10 @@ impl Store for SqliteStore {
     }
 
     fn since_cursor(&self, cursor: i64, f: &Filter, limit: usize) -> Result<Vec<Stored>> {
-        let text_ids = self.grep_ids(f)?;
+        let found = self.grep_ids(f, false)?;
         let mut sql = String::from("SELECT id, ts_ns, json FROM events WHERE id > ?");
         let mut args = vec![Value::Integer(cursor)];
-        push_filter(
-            f,
-            text_ids.as_deref().map(Vec::as_slice),
-            &mut sql,
-            &mut args,
-        );
+        push_filter(f, found.as_deref(), &mut sql, &mut args);
         sql.push_str(" ORDER BY id LIMIT ?");
         args.push(Value::Integer(i64::try_from(limit).unwrap_or(i64::MAX)));
         self.read(|c| {
@@ -1193,6 +1241,48 @@ mod tests {
         // A re-timed host moves its lines (and blocks) in time.
         store.set_host_offset("a", 1_000).unwrap();
         assert_eq!(store.count(&since).unwrap(), 10);
+    }
+
+    #[test]
+    fn frequent_patterns_filter_row_by_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let n = GREP_MAX_IDS as u64 + 500;
+        let mut seq = 0;
+        let mut i = 0;
+        while i < n {
+            let events = (i..(i + 2000).min(n))
+                .map(|k| log("a", k + 1, StreamName::Stdout, &format!("line {k} hit")))
+                .collect::<Vec<_>>();
+            i += events.len() as u64;
+            store.ingest(batch("a", seq, events)).unwrap();
+            seq += 1;
+        }
+        let f = |pattern: &str| Filter {
+            text: Some(TextMatch {
+                pattern: pattern.into(),
+                case_insensitive: false,
+            }),
+            ..Filter::default()
+        };
+        assert_eq!(store.count(&f("hit$")).unwrap(), n);
+        let page = store
+            .query(&Query {
+                filter: f("hit$"),
+                limit: 3,
+                ..Query::default()
+            })
+            .unwrap();
+        assert_eq!(
+            texts(&page),
+            ["a:line 0 hit", "a:line 1 hit", "a:line 2 hit"]
+        );
+        let stdout = Filter {
+            stream: Some("stdout".into()),
+            ..f("hit$")
+        };
+        assert_eq!(store.count(&stdout).unwrap(), n);
+        assert_eq!(store.count(&f(r"^line 1\d{5} ")).unwrap(), 500);
     }
 
     #[test]

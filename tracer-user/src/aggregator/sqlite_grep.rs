@@ -152,6 +152,20 @@ pub fn retime_blocks(conn: &Connection, host: &str, offset: i64) -> Result<()> {
     Ok(())
 }
 
+/// When only the recent events of `host` were re-timed (`stitch_sql`'s
+/// `retime_since`), a block may now hold lines on the old and on the new
+/// offset: its time range is widened to cover both, so pruning by time
+/// never skips a line that matches.
+pub fn widen_blocks(conn: &Connection, host: &str, offset: i64, since: i64) -> Result<()> {
+    conn.prepare_cached(
+        "UPDATE log_blocks SET min_ts = min(min_ts, max(0, min_raw + ?1)),
+                               max_ts = max(max_ts, max(0, max_raw + ?1))
+         WHERE host = ?2 AND max_ts >= ?3",
+    )?
+    .execute(params![offset, host, since])?;
+    Ok(())
+}
+
 /// Upgrading a version 2 store: blocks for the log lines already stored,
 /// one host's consecutive lines at a time.
 pub fn backfill(conn: &Connection) -> Result<()> {
@@ -286,6 +300,31 @@ struct RawBlock {
     text: Vec<u8>,
 }
 
+/// What a scan found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Matches {
+    /// The ids of the matching lines, ascending.
+    Ids(Vec<i64>),
+    /// More lines than the scan's cap matched: only their number is kept
+    /// (a frequent pattern is better filtered row by row, where the
+    /// query's `LIMIT` stops early).
+    Many(u64),
+    /// More lines than the cap matched, and the scan stopped there (a query
+    /// needs no count).
+    Frequent,
+}
+
+impl Matches {
+    /// How many lines matched (`u64::MAX` for `Frequent`: unknown).
+    pub fn count(&self) -> u64 {
+        match self {
+            Matches::Ids(v) => v.len() as u64,
+            Matches::Many(n) => *n,
+            Matches::Frequent => u64::MAX,
+        }
+    }
+}
+
 /// What a scan read, for the benchmark and the log.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ScanStats {
@@ -293,17 +332,20 @@ pub struct ScanStats {
     pub bytes: u64,
 }
 
-/// The ids (ascending) of log lines matching `m`, over the blocks that
-/// `f`'s hosts and time range do not rule out, with `id > after_block`
-/// (blocks already scanned). Blocks are read on this thread and matched on
-/// `threads` others. Returns the ids, the last block id read, and stats.
+/// The log lines matching `m`, over the blocks that `f`'s hosts and time
+/// range do not rule out, with `id > after_block` (blocks already
+/// scanned): their ids, or only their number past `cap`. Blocks are read
+/// on this thread and matched on `threads` others. Returns the matches,
+/// the last block id read, and stats.
 pub fn scan(
     conn: &Connection,
     m: &Matcher,
     f: &Filter,
     after_block: i64,
     threads: usize,
-) -> Result<(Vec<i64>, i64, ScanStats)> {
+    cap: usize,
+    stop_past_cap: bool,
+) -> Result<(Matches, i64, ScanStats)> {
     let mut sql = String::from("SELECT id, first_id, ids, ends, text FROM log_blocks WHERE id > ?");
     let mut args: Vec<rusqlite::types::Value> = vec![after_block.into()];
     if let Some(s) = f.since {
@@ -327,16 +369,29 @@ pub fn scan(
     let mut last_block = after_block;
     let (tx, rx) = mpsc::sync_channel::<RawBlock>(threads * 4);
     let rx = Arc::new(Mutex::new(rx));
-    let mut ids = thread::scope(|s| -> Result<Vec<i64>> {
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let stop = &stop;
+    let found = thread::scope(|s| -> Result<Matches> {
         let workers: Vec<_> = (0..threads.max(1))
             .map(|_| {
                 let rx = rx.clone();
                 s.spawn(move || {
-                    let mut out = Vec::new();
+                    // Ids up to the cap; past it, only how many.
+                    let (mut out, mut counted, mut over) = (Vec::new(), 0u64, false);
                     loop {
                         let next = rx.lock().map(|r| r.recv());
-                        let Ok(Ok(b)) = next else { return out };
+                        let Ok(Ok(b)) = next else {
+                            return (out, counted, over);
+                        };
                         m.scan(&b, &mut out);
+                        if out.len() > cap {
+                            counted += out.len() as u64;
+                            out.clear();
+                            over = true;
+                            if stop_past_cap {
+                                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                            }
+                        }
                     }
                 })
             })
@@ -354,7 +409,7 @@ pub fn scan(
                 last_block = r.get(0)?;
                 stats.blocks += 1;
                 stats.bytes += b.text.len() as u64;
-                if tx.send(b).is_err() {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) || tx.send(b).is_err() {
                     break;
                 }
             }
@@ -362,13 +417,24 @@ pub fn scan(
         })();
         drop(tx);
         let mut ids = Vec::new();
+        let (mut counted, mut over) = (0u64, false);
         for w in workers {
-            ids.extend(w.join().unwrap_or_default());
+            let (out, n, o) = w.join().unwrap_or_default();
+            ids.extend(out);
+            counted += n;
+            over |= o;
         }
-        read.map(|()| ids)
+        read?;
+        Ok(if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            Matches::Frequent
+        } else if over || ids.len() > cap {
+            Matches::Many(counted + ids.len() as u64)
+        } else {
+            ids.sort_unstable();
+            Matches::Ids(ids)
+        })
     })?;
-    ids.sort_unstable();
-    Ok((ids, last_block, stats))
+    Ok((found, last_block, stats))
 }
 
 #[cfg(test)]

@@ -474,7 +474,7 @@ fn retime_since(conn: &Connection, host: &str, offset: i64, since: i64) -> Resul
          WHERE host = ?2 AND ts_ns >= ?3 AND offset_ns != ?1",
     )?
     .execute(params![offset, host, since])?;
-    Ok(())
+    super::sqlite_grep::widen_blocks(conn, host, offset, since)
 }
 
 /// Sets every stored event of `host` to `raw + offset`.
@@ -593,8 +593,12 @@ fn retrace(conn: &Connection, touched: &[i64]) -> Result<()> {
                 continue;
             }
             let Some(n) = node(conn, id)? else { continue };
-            conn.prepare_cached("UPDATE events SET trace_id = ? WHERE id = ?")?
-                .execute(params![trace, id])?;
+            // A new exchange was stored with its own trace, which is most
+            // often its root's: rewriting the row would only cost time.
+            if current.as_deref() != Some(trace.as_str()) {
+                conn.prepare_cached("UPDATE events SET trace_id = ? WHERE id = ?")?
+                    .execute(params![trace, id])?;
+            }
             conn.prepare_cached(
                 "UPDATE events SET trace_id = ?1
                  WHERE host = ?2 AND req_id = ?3 AND kind = 'log' AND trace_id IS NOT ?1",
