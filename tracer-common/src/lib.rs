@@ -48,10 +48,13 @@ pub enum EventKind {
     /// A connection open before attach was first used: its `struct sock *`
     /// is now known (a [`TcpEvent`] with `sock`, ports and netns only).
     ConnAdopt = 11,
+    /// Payload of one TCP segment of a traced connection, from the
+    /// cgroup_skb programs (a [`SegmentHeader`] and its bytes).
+    Segment = 12,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 11] = [
+    pub const ALL: [EventKind; 12] = [
         EventKind::Log,
         EventKind::TcpConnect,
         EventKind::TcpAccept,
@@ -63,6 +66,7 @@ impl EventKind {
         EventKind::Exec,
         EventKind::FileOpen,
         EventKind::ConnAdopt,
+        EventKind::Segment,
     ];
 
     pub fn from_u32(v: u32) -> Option<Self> {
@@ -156,6 +160,45 @@ pub struct LogChunk {
     pub data: [u8; LOG_CHUNK_BYTES],
 }
 const _: () = assert!(size_of::<LogChunk>() == 72 + LOG_CHUNK_BYTES);
+
+/// [`SegmentHeader::dir`]: the traced socket sent the segment (egress).
+pub const SEG_SENT: u32 = 0;
+/// [`SegmentHeader::dir`]: the traced socket received it (ingress).
+pub const SEG_RECEIVED: u32 = 1;
+
+/// Data bytes a [`SegmentHeader`] record can carry, smallest first. A
+/// record is reserved in the smallest class that holds the bytes copied
+/// (reservations need a constant size), so a 100-byte request costs a
+/// 256-byte slot, not 16 KiB. User space reads `len` bytes and ignores the
+/// rest of the slot.
+pub const SEGMENT_CLASSES: [usize; 4] = [256, 1024, 4096, LOG_CHUNK_BYTES];
+
+/// One TCP segment of a traced connection as a cgroup_skb program saw it:
+/// the header, then `len` bytes copied from the start of its payload, then
+/// unused slack up to the record's size class ([`SEGMENT_CLASSES`]).
+///
+/// Segments are reported as they cross the socket's cgroup hook, so
+/// retransmits (egress) and duplicate or out-of-order segments (ingress)
+/// appear as they happen; `seq` lets user space put each byte in place
+/// exactly once.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SegmentHeader {
+    /// `pid`/`tid`/`comm` are the connection's owner (from `CONNS`); the
+    /// timestamp is when the segment crossed the hook.
+    pub hdr: EventHeader,
+    /// The `struct sock *`, as in [`TcpEvent::sock`].
+    pub sock: u64,
+    /// TCP sequence number of the first payload byte (host order).
+    pub seq: u32,
+    /// Payload bytes in the segment (a GSO skb: all of them).
+    pub seg_len: u32,
+    /// Bytes copied that follow this header (a prefix of the payload).
+    pub len: u32,
+    /// [`SEG_SENT`] or [`SEG_RECEIVED`].
+    pub dir: u32,
+}
+const _: () = assert!(size_of::<SegmentHeader>() == 64);
 
 /// The connection existed before the tracer attached: no start time known.
 pub const TCP_FLAG_PREEXISTING: u16 = 1;
@@ -252,10 +295,18 @@ pub struct ConnInfo {
     pub start_ns: u64,
     /// [`EventKind::TcpConnect`] or [`EventKind::TcpAccept`].
     pub kind: u32,
+    /// `TCP_FLAG_*` in the low 16 bits (reported); `CONN_SEEN_*` above
+    /// (kernel bookkeeping, never reported).
     pub flags: u32,
     pub comm: [u8; COMM_LEN],
 }
 const _: () = assert!(size_of::<ConnInfo>() == 40);
+
+/// [`ConnInfo::flags`]: the segment programs have seen payload sent on the
+/// connection (its first one decided whether it is TLS).
+pub const CONN_SEEN_SENT: u32 = 1 << 16;
+/// [`ConnInfo::flags`]: as [`CONN_SEEN_SENT`], for payload received.
+pub const CONN_SEEN_RECEIVED: u32 = 1 << 17;
 
 /// Key of `LISTENERS`: a listening port inside one network namespace.
 #[repr(C)]

@@ -94,6 +94,11 @@ static MAX_BUFFER_BYTES: u32 = 256 * 1024;
 #[unsafe(no_mangle)]
 static SOCKET_CAPTURE_BYTES: u32 = 0;
 
+/// Socket payload comes from the read/write syscall hooks (1) rather than
+/// from the cgroup_skb programs (0, the default path; probes/skb.rs).
+#[unsafe(no_mangle)]
+static HTTP_VIA_SYSCALLS: u32 = 0;
+
 /// Capture stdout/stderr/file writes (the `logs` family).
 #[unsafe(no_mangle)]
 static CAPTURE_LOGS: u32 = 1;
@@ -127,6 +132,12 @@ pub fn max_buffer_bytes() -> u32 {
 pub fn socket_capture_bytes() -> u32 {
     // SAFETY: as above.
     unsafe { core::ptr::read_volatile(&SOCKET_CAPTURE_BYTES) }
+}
+
+#[inline(always)]
+pub fn http_via_syscalls() -> bool {
+    // SAFETY: as above.
+    unsafe { core::ptr::read_volatile(&HTTP_VIA_SYSCALLS) != 0 }
 }
 
 #[inline(always)]

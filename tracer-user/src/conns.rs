@@ -17,6 +17,7 @@ use std::collections::{HashMap, HashSet};
 use crate::{
     event::{HttpExchange, HttpSide, Tuple},
     http::{Direction, Exchange, HttpConn, InFlight, Side},
+    reassembly::Reassembly,
 };
 
 struct Conn {
@@ -31,6 +32,8 @@ struct Conn {
     /// Client requests: parent req_id decided when the request was sent.
     parents: HashMap<u64, Option<String>>,
     resyncs_reported: u64,
+    /// TCP segments (cgroup_skb capture) put in order: [sent, received].
+    segments: [Reassembly; 2],
 }
 
 /// One read or write on a connection, as the probes saw it.
@@ -64,6 +67,19 @@ pub struct Connections {
     /// Resynchronisations of the HTTP parsers (framing lost), not yet
     /// reported.
     pub parse_losses: u64,
+    /// Payload bytes of TCP segments that never arrived (holes given up by
+    /// the reassembly), not yet reported.
+    pub capture_losses: u64,
+}
+
+/// One TCP segment of a connection, as the cgroup_skb programs saw it.
+pub struct SegmentIn<'a> {
+    pub dir: Direction,
+    pub mono_ns: u64,
+    pub seq: u32,
+    pub seg_len: u32,
+    /// A prefix of the payload.
+    pub captured: &'a [u8],
 }
 
 /// The id the W3C traceparent carries for a whole trace:
@@ -109,6 +125,7 @@ impl Connections {
             tls: false,
             parents: HashMap::new(),
             resyncs_reported: 0,
+            segments: Default::default(),
         })
     }
 
@@ -180,13 +197,69 @@ impl Connections {
         self.finish(pid, sk, done)
     }
 
+    /// A TCP segment of a connection: its new bytes, in sequence order,
+    /// go to the parser as reads/writes would.
+    pub fn segment(&mut self, pid: u32, sk: u64, seg: SegmentIn<'_>) -> Vec<Finished> {
+        let side = usize::from(seg.dir == Direction::Received);
+        let reasm = &mut self.conn(pid, sk).segments[side];
+        let lost_before = reasm.lost_bytes;
+        // Sent segments leave the socket in sequence order: a hole there
+        // is a lost record, never a late one.
+        let pieces = reasm.push(
+            seg.seq,
+            seg.seg_len,
+            seg.mono_ns,
+            seg.captured,
+            seg.dir == Direction::Sent,
+        );
+        self.capture_losses += reasm.lost_bytes - lost_before;
+        self.feed_pieces(pid, sk, seg.dir, pieces)
+    }
+
+    fn feed_pieces(
+        &mut self,
+        pid: u32,
+        sk: u64,
+        dir: Direction,
+        pieces: Vec<crate::reassembly::Piece>,
+    ) -> Vec<Finished> {
+        let mut out = Vec::new();
+        for p in pieces {
+            out.extend(self.data(
+                pid,
+                sk,
+                Payload {
+                    tls: false,
+                    dir,
+                    mono_ns: p.mono_ns,
+                    captured: &p.captured,
+                    total: p.total,
+                },
+            ));
+        }
+        out
+    }
+
     /// The connection closed: what its parser still held.
     pub fn closed(&mut self, pid: u32, sk: u64, mono_ns: u64) -> Vec<Finished> {
+        let mut out = Vec::new();
+        // Segments still waiting for a hole: the hole is lost now.
+        for dir in [Direction::Sent, Direction::Received] {
+            let side = usize::from(dir == Direction::Received);
+            let Some(conn) = self.conns.get_mut(&(pid, sk)) else {
+                break;
+            };
+            let reasm = &mut conn.segments[side];
+            let lost_before = reasm.lost_bytes;
+            let pieces = reasm.flush();
+            self.capture_losses += reasm.lost_bytes - lost_before;
+            out.extend(self.feed_pieces(pid, sk, dir, pieces));
+        }
         let done = match self.conns.get_mut(&(pid, sk)) {
             Some(conn) => conn.http.close(mono_ns),
-            None => return Vec::new(),
+            None => return out,
         };
-        let out = self.finish(pid, sk, done);
+        out.extend(self.finish(pid, sk, done));
         self.forget(pid, sk);
         out
     }

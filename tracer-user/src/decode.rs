@@ -7,14 +7,15 @@ use std::mem::size_of;
 
 use thiserror::Error;
 use tracer_common::{
-    EventHeader, EventKind, FileOpenEvent, GcEvent, LogChunkHeader, LoopEvent, ProcEvent, Stream,
-    TcpEvent,
+    EventHeader, EventKind, FileOpenEvent, GcEvent, LogChunkHeader, LoopEvent, ProcEvent,
+    SEG_RECEIVED, SEG_SENT, SegmentHeader, Stream, TcpEvent,
 };
 
 /// One decoded ring record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
     Log(LogChunk),
+    Segment(Segment),
     Tcp(TcpRecord),
     Loop {
         head: Head,
@@ -46,6 +47,7 @@ impl Record {
     pub fn head(&self) -> &Head {
         match self {
             Record::Log(c) => &c.head,
+            Record::Segment(s) => &s.head,
             Record::Tcp(t) => &t.head,
             Record::Loop { head, .. }
             | Record::Gc { head, .. }
@@ -79,6 +81,20 @@ pub struct LogChunk {
     pub data: Vec<u8>,
 }
 
+/// One TCP segment of a traced connection (cgroup_skb capture).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Segment {
+    pub head: Head,
+    pub sock: u64,
+    /// Sequence number of the first payload byte.
+    pub seq: u32,
+    /// Payload bytes in the segment; `data` is a prefix of them.
+    pub seg_len: u32,
+    /// The traced socket sent it (else received).
+    pub sent: bool,
+    pub data: Vec<u8>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TcpRecord {
     pub head: Head,
@@ -105,6 +121,15 @@ pub enum DecodeError {
     UnknownStream(u32),
     #[error("log chunk claims {claimed} data bytes but carries {carried}")]
     LogLength { claimed: usize, carried: usize },
+    #[error(
+        "segment claims {claimed} of {seg_len} payload bytes, carries {carried}, direction {dir}"
+    )]
+    SegmentLength {
+        claimed: usize,
+        seg_len: u32,
+        carried: usize,
+        dir: u32,
+    },
 }
 
 fn read<T: Copy>(buf: &[u8]) -> Result<T, DecodeError> {
@@ -173,6 +198,32 @@ pub fn decode(buf: &[u8]) -> Result<Record, DecodeError> {
                 buffer_len: c.buffer_len,
                 offset: c.offset,
                 ino: c.ino,
+                data: data[..len].to_vec(),
+            })
+        }
+        EventKind::Segment => {
+            let s: SegmentHeader = read(buf)?;
+            // The record is reserved in a size class: `len` bytes of data,
+            // then slack.
+            let data = &buf[size_of::<SegmentHeader>()..];
+            let len = s.len as usize;
+            if data.len() < len
+                || len > s.seg_len as usize
+                || (s.dir != SEG_SENT && s.dir != SEG_RECEIVED)
+            {
+                return Err(DecodeError::SegmentLength {
+                    claimed: len,
+                    seg_len: s.seg_len,
+                    carried: data.len(),
+                    dir: s.dir,
+                });
+            }
+            Record::Segment(Segment {
+                head: h,
+                sock: s.sock,
+                seq: s.seq,
+                seg_len: s.seg_len,
+                sent: s.dir == SEG_SENT,
                 data: data[..len].to_vec(),
             })
         }

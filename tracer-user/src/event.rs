@@ -154,6 +154,10 @@ pub enum LossStage {
     /// An HTTP parser lost framing on a connection (a capture gap, bytes
     /// it could not parse) and resynchronised; requests may be missing.
     Parse,
+    /// Payload bytes of traced connections that never reached the HTTP
+    /// parser: a TCP segment's record was lost (ring full), leaving a hole
+    /// in the byte stream. Counted in bytes.
+    Capture,
     /// The agent's queue to its forwarder was full.
     Forward,
     /// The agent's on-disk spool hit its cap while the aggregator was
@@ -162,10 +166,11 @@ pub enum LossStage {
 }
 
 impl LossStage {
-    pub const ALL: [LossStage; 5] = [
+    pub const ALL: [LossStage; 6] = [
         LossStage::Ring,
         LossStage::Decode,
         LossStage::Parse,
+        LossStage::Capture,
         LossStage::Forward,
         LossStage::Spool,
     ];
@@ -176,6 +181,7 @@ impl LossStage {
             LossStage::Ring => "ring",
             LossStage::Decode => "decode",
             LossStage::Parse => "parse",
+            LossStage::Capture => "capture",
             LossStage::Forward => "forward",
             LossStage::Spool => "spool",
         }

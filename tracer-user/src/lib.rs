@@ -19,4 +19,5 @@ pub mod metrics;
 pub mod options;
 pub mod output;
 pub mod pipeline;
+pub mod reassembly;
 pub mod runner;

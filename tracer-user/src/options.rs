@@ -3,7 +3,7 @@
 use anyhow::{Result, bail};
 use clap::Args;
 
-use crate::capture::{CaptureConfig, Family};
+use crate::capture::{CaptureConfig, Family, HttpCapture};
 
 /// What to capture and how; the same for every front end.
 #[derive(Debug, Clone, Args)]
@@ -42,6 +42,12 @@ pub struct CaptureArgs {
     #[arg(long, default_value_t = 4096, value_name = "BYTES",
           value_parser = clap::value_parser!(u32).range(64..=tracer_common::LOG_CHUNK_BYTES as i64))]
     pub http_capture_bytes: u32,
+
+    /// Where HTTP payload is taken from: `skb` (TCP segments, from cgroup_skb
+    /// programs; the cheap default) or `syscalls` (read/write syscall
+    /// tracepoints, which slow every syscall on the host while attached).
+    #[arg(long, value_enum, default_value_t = HttpCapture::Skb)]
+    pub http_capture: HttpCapture,
 
     /// Keep the first BYTES of each HTTP request and response body in the
     /// `http` events (`req_body`, `resp_body`). Off by default: bodies may
@@ -85,6 +91,7 @@ impl CaptureArgs {
             // Bodies follow the heads: copy enough of each read/write for both.
             socket_capture_bytes: self.http_capture_bytes.saturating_add(self.capture_bodies),
             report_all_execs,
+            http_capture: self.http_capture,
         }
     }
 

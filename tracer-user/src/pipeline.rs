@@ -11,7 +11,7 @@ use std::{
 use tracer_common::{EventKind, Stream, TCP_FLAG_FAILED, TCP_FLAG_PREEXISTING};
 
 use crate::{
-    conns::{Connections, Finished, Payload},
+    conns::{Connections, Finished, Payload, SegmentIn},
     decode::{Head, Record, TcpRecord},
     event::{Event, EventData, LossStage, StreamName, Tuple},
     http::Direction,
@@ -111,6 +111,25 @@ impl Pipeline {
                 ) =>
             {
                 self.on_socket_chunk(chunk)
+            }
+            Record::Segment(seg) => {
+                let dir = if seg.sent {
+                    Direction::Sent
+                } else {
+                    Direction::Received
+                };
+                let done = self.conns.segment(
+                    seg.head.pid,
+                    seg.sock,
+                    SegmentIn {
+                        dir,
+                        mono_ns: seg.head.mono_ns,
+                        seq: seg.seq,
+                        seg_len: seg.seg_len,
+                        captured: &seg.data,
+                    },
+                );
+                done.into_iter().map(|f| self.http_event(f)).collect()
             }
             Record::Log(chunk) => {
                 let lines = self.lines.push(&chunk);
@@ -268,6 +287,10 @@ impl Pipeline {
         let parse = std::mem::take(&mut self.conns.parse_losses);
         if parse > 0 {
             out.push(self.loss(parse, LossStage::Parse, Some("http")));
+        }
+        let capture = std::mem::take(&mut self.conns.capture_losses);
+        if capture > 0 {
+            out.push(self.loss(capture, LossStage::Capture, Some("http")));
         }
         for (kind, total) in totals {
             let seen = self.ring_lost_seen.entry(*kind).or_insert(0);
@@ -452,6 +475,7 @@ pub fn kind_name(kind: EventKind) -> &'static str {
         EventKind::Exec => "exec",
         EventKind::FileOpen => "file_open",
         EventKind::ConnAdopt => "conn_adopt",
+        EventKind::Segment => "tcp_segment",
     }
 }
 

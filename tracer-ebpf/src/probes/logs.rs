@@ -35,7 +35,10 @@ use tracer_common::{
 use crate::{
     emit::{count_lost, current_header, current_ids},
     kernel::{FdObject, fd_object, regular_file_ino},
-    maps::{EVENTS, LOG_SCRATCH, capture_logs, is_target, max_buffer_bytes, socket_capture_bytes},
+    maps::{
+        EVENTS, LOG_SCRATCH, capture_logs, http_via_syscalls, is_target, max_buffer_bytes,
+        socket_capture_bytes,
+    },
     probes::{
         tcp::is_traced_conn,
         tls::{self, LAST_READ, SSL_WRITE_PENDING, TLS_SOCKS},
@@ -198,15 +201,17 @@ fn classify(fd: u32) -> Option<(Stream, u64)> {
     }
 }
 
-/// Payload capture is on and `sk` is a TCP connection of a traced process.
+/// Payload capture from these hooks is on and `sk` is a TCP connection of
+/// a traced process. (By default payload comes from the cgroup_skb
+/// programs and these hooks carry logs only.)
 #[inline(always)]
 fn traced_socket(sk: u64) -> bool {
-    socket_capture_bytes() != 0 && is_traced_conn(sk)
+    socket_capture_bytes() != 0 && http_via_syscalls() && is_traced_conn(sk)
 }
 
 fn remember_read(ctx: &TracePointContext) -> Option<()> {
     let (pid, tid) = current_ids();
-    if !is_target(pid) || socket_capture_bytes() == 0 {
+    if !is_target(pid) || socket_capture_bytes() == 0 || !http_via_syscalls() {
         return None;
     }
     // SAFETY: offsets from the tracepoint format (see module docs).

@@ -2,5 +2,6 @@
 pub mod logs;
 pub mod process;
 pub mod runtime;
+pub mod skb;
 pub mod tcp;
 pub mod tls;

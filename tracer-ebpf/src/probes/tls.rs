@@ -89,6 +89,12 @@ pub fn peek_record(sk: u64, buf: u64) {
     }
 }
 
+/// Mark `sk` as TLS (its first payload was a TLS record).
+#[inline(always)]
+pub fn mark_tls(sk: u64) {
+    let _ = TLS_LIKE.insert(sk, 1, 0);
+}
+
 /// The connection `ssl` is bound to.
 #[inline(always)]
 fn sock_of(ssl: u64) -> Option<u64> {

@@ -1,6 +1,7 @@
 //! The capture core shared by every front end: load the probes, attach them,
 //! manage which processes are traced, and hand out the ring buffer.
 
+pub mod cgroup;
 pub mod offsets;
 pub mod preflight;
 pub mod ring;
@@ -14,7 +15,8 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{
-        RawTracePoint, TracePoint, UProbe, uprobe::UProbeAttachLocation, uprobe::UProbeLinkId,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, RawTracePoint, TracePoint, UProbe,
+        uprobe::UProbeAttachLocation, uprobe::UProbeLinkId,
     },
 };
 use tracer_common::{
@@ -37,6 +39,18 @@ pub enum Family {
     Http,
 }
 
+/// Where the `http` family takes plaintext payload from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum HttpCapture {
+    /// TCP segments, from cgroup_skb programs on the targets' cgroups (no
+    /// syscall tracepoints)
+    #[default]
+    Skb,
+    /// The read/write syscalls (syscall tracepoints: every syscall on the
+    /// host takes the slow path while attached)
+    Syscalls,
+}
+
 #[derive(Debug, Clone)]
 pub struct CaptureConfig {
     pub families: Vec<Family>,
@@ -48,6 +62,7 @@ pub struct CaptureConfig {
     pub socket_capture_bytes: u32,
     /// Report every exec on the host (agent discovery).
     pub report_all_execs: bool,
+    pub http_capture: HttpCapture,
 }
 
 impl CaptureConfig {
@@ -82,6 +97,9 @@ pub struct Capture {
     offsets_known: bool,
     /// Per traced process: the uprobe links to detach when it goes away.
     uprobe_links: HashMap<u32, Vec<(&'static str, UProbeLinkId)>>,
+    /// cgroup v2 directories the segment programs are attached to (they
+    /// stay attached until the tracer exits).
+    skb_cgroups: Vec<std::path::PathBuf>,
     /// Non-fatal notes for the user (e.g. "mounted tracefs").
     pub notes: Vec<String>,
 }
@@ -117,11 +135,13 @@ impl Capture {
             0
         };
         let capture_logs = u32::from(config.has(Family::Logs));
+        let http_via_syscalls = u32::from(config.http_capture == HttpCapture::Syscalls);
         let report_all_execs = u32::from(config.report_all_execs);
         let ebpf = EbpfLoader::new()
             .override_global("OFFSETS", &kernel_offsets, true)
             .override_global("SOCKET_CAPTURE_BYTES", &socket_capture_bytes, true)
             .override_global("CAPTURE_LOGS", &capture_logs, true)
+            .override_global("HTTP_VIA_SYSCALLS", &http_via_syscalls, true)
             .override_global("REPORT_ALL_EXECS", &report_all_execs, true)
             .override_global("WAKEUP_BYTES", &ring::wakeup_bytes(config.ring_bytes), true)
             .override_global("MAX_BUFFER_BYTES", &config.max_buffer_bytes, true)
@@ -134,6 +154,7 @@ impl Capture {
             config,
             offsets_known,
             uprobe_links: HashMap::new(),
+            skb_cgroups: Vec::new(),
             notes,
         };
         log::debug!("probes loaded in {:?}", started.elapsed());
@@ -182,7 +203,11 @@ impl Capture {
         self.tracepoint("sched_process_exit", "sched", &["sched_process_exit"])?;
         let logs = self.config.has(Family::Logs);
         let http = self.config.has(Family::Http);
-        if logs || http {
+        // HTTP payload from the syscalls only when asked for: by default it
+        // comes from the cgroup_skb programs (attached per target cgroup in
+        // add_target), and these tracepoints are for logs only.
+        let http_syscalls = http && self.config.http_capture == HttpCapture::Syscalls;
+        if logs || http_syscalls {
             // Writes carry both log lines and connection payload.
             self.tracepoint(
                 "sys_enter_write",
@@ -191,13 +216,28 @@ impl Capture {
             )?;
             self.tracepoint("sys_enter_writev", "syscalls", &["sys_enter_writev"])?;
             let mut exits = vec!["sys_exit_write", "sys_exit_pwrite64", "sys_exit_writev"];
-            if http {
+            if http_syscalls {
                 exits.push("sys_exit_read");
             }
             self.tracepoint("sys_exit_rw", "syscalls", &exits)?;
         }
-        if http {
+        if http_syscalls {
             self.tracepoint("sys_enter_read", "syscalls", &["sys_enter_read"])?;
+        }
+        if http && !http_syscalls {
+            // Which connection a thread read or wrote last, for binding
+            // `SSL *`s (probes/skb.rs); non-syscall tracepoints.
+            self.raw_tracepoint("sock_recv_length")?;
+            self.raw_tracepoint("sock_send_length")?;
+            for prog in ["skb_ingress", "skb_egress"] {
+                let p: &mut CgroupSkb = self
+                    .ebpf
+                    .program_mut(prog)
+                    .ok_or_else(|| anyhow!("probe {prog} missing from the eBPF object"))?
+                    .try_into()?;
+                p.load()
+                    .with_context(|| format!("verifying probe {prog}"))?;
+            }
         }
         if logs {
             self.tracepoint("sys_enter_openat", "syscalls", &["sys_enter_openat"])?;
@@ -263,6 +303,9 @@ impl Capture {
             report.attached.push("tcp".into());
         }
         if self.config.has(Family::Http) {
+            if self.config.http_capture == HttpCapture::Skb {
+                self.attach_skb(pid)?;
+            }
             report.attached.push("http".into());
         }
         let runtime = self.config.has(Family::Runtime);
@@ -271,6 +314,37 @@ impl Capture {
             self.attach_uprobes(pid, runtime, http, &mut report);
         }
         Ok(report)
+    }
+
+    /// Attach the segment programs to the cgroup v2 directory of `pid`,
+    /// unless it or a parent of it has them already. (Sockets keep the
+    /// cgroup of the process that created them; accepted ones that of the
+    /// listener.) A cgroup attached under one attached earlier reports its
+    /// segments twice; user space drops the repeats by sequence number.
+    fn attach_skb(&mut self, pid: u32) -> Result<()> {
+        let dir = cgroup::dir_of(pid)?;
+        if self.skb_cgroups.iter().any(|done| dir.starts_with(done)) {
+            return Ok(());
+        }
+        let file = std::fs::File::open(&dir)
+            .with_context(|| format!("opening cgroup {}", dir.display()))?;
+        for (prog, kind) in [
+            ("skb_ingress", CgroupSkbAttachType::Ingress),
+            ("skb_egress", CgroupSkbAttachType::Egress),
+        ] {
+            let p: &mut CgroupSkb = self
+                .ebpf
+                .program_mut(prog)
+                .ok_or_else(|| anyhow!("probe {prog} missing from the eBPF object"))?
+                .try_into()?;
+            // A bpf_link (aya uses one on kernels >= 5.7) always shares the
+            // cgroup with other programs (systemd's, another tracer's) and
+            // takes no mode flags: `Single` is the zero flag, not exclusive.
+            p.attach(&file, kind, CgroupAttachMode::Single)
+                .with_context(|| format!("attaching {prog} to cgroup {}", dir.display()))?;
+        }
+        self.skb_cgroups.push(dir);
+        Ok(())
     }
 
     fn seed_sockets(

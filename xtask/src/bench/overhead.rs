@@ -39,8 +39,11 @@ enum Config {
     /// `tracer attach --pid P --probes runtime`.
     Runtime,
     /// `tracer attach --pid P --probes tcp,http` (HTTP/1.x from the
-    /// connections' read/write syscalls).
+    /// connections' TCP segments, cgroup_skb programs).
     Http,
+    /// `tracer attach --pid P --probes tcp,http --http-capture syscalls`
+    /// (HTTP/1.x from the connections' read/write syscalls).
+    HttpSyscalls,
     /// An equivalent bpftrace script counting into maps.
     Bpftrace,
 }
@@ -72,6 +75,12 @@ impl Config {
                 "http",
                 "tracer attach --probes tcp,http",
                 Tool::Attach(&["--probes", "tcp,http"]),
+                true,
+            ),
+            Config::HttpSyscalls => (
+                "http-syscalls",
+                "tracer attach --probes tcp,http --http-capture syscalls",
+                Tool::Attach(&["--probes", "tcp,http", "--http-capture", "syscalls"]),
                 true,
             ),
             Config::Bpftrace => (

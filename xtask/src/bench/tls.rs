@@ -43,6 +43,9 @@ enum Config {
     /// `tracer attach --pid P --probes tcp,http`: TLS plaintext from uprobes
     /// on SSL_write and SSL_read (entry and return).
     Http,
+    /// The same with `--http-capture syscalls`: the syscall tracepoints
+    /// note which socket each thread read or wrote (the `SSL *` binding).
+    HttpSyscalls,
     /// `tracer attach --pid P` (every probe family).
     Full,
     /// bpftrace counting uprobe hits on SSL_write and SSL_read (entry and
@@ -58,6 +61,12 @@ impl Config {
                 "http",
                 "tracer attach --probes tcp,http (TLS plaintext via uprobes)",
                 Tool::Attach(&["--probes", "tcp,http"]),
+                true,
+            ),
+            Config::HttpSyscalls => (
+                "http-syscalls",
+                "tracer attach --probes tcp,http --http-capture syscalls",
+                Tool::Attach(&["--probes", "tcp,http", "--http-capture", "syscalls"]),
                 true,
             ),
             Config::Full => ("full", "tracer attach, all probes", Tool::Attach(&[]), true),
