@@ -109,7 +109,19 @@ fn writer_thread(
             }
         }
         let (batches, replies): (Vec<Batch>, Vec<_>) = group.into_iter().unzip();
-        let outcomes = store.ingest_many(batches);
+        let n = batches.len();
+        // A panic in the store must not stop the only writer: the group is
+        // answered with an error (before the commit, the dropped
+        // transaction rolls back; a batch resent after a commit is found
+        // a duplicate) and the next group goes on.
+        let outcomes =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.ingest_many(batches)))
+                .unwrap_or_else(|_| {
+                    log::error!("the store panicked while ingesting {n} batches");
+                    (0..n)
+                        .map(|_| Err(StoreError::Commit("the store panicked".into())))
+                        .collect()
+                });
         for (outcome, reply) in outcomes.into_iter().zip(replies) {
             let answer = match outcome {
                 Ok(o) => {
