@@ -91,7 +91,6 @@ CREATE TABLE IF NOT EXISTS http_index (
     parent_req_id TEXT,
     own_trace     TEXT NOT NULL        -- traceparent's trace id, x-request-id, or req_id
 );
-CREATE INDEX IF NOT EXISTS http_conn ON http_index(conn);
 CREATE INDEX IF NOT EXISTS http_conn_start ON http_index(conn, start_ns);
 CREATE INDEX IF NOT EXISTS http_host_side ON http_index(host, side);
 CREATE INDEX IF NOT EXISTS http_req ON http_index(host, req_id);

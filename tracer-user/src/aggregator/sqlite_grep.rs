@@ -45,6 +45,9 @@ CREATE TABLE IF NOT EXISTS log_blocks (
     text     BLOB NOT NULL            -- the lines, joined by \\n
 );
 CREATE INDEX IF NOT EXISTS log_blocks_host ON log_blocks(host);
+-- (conn) is a prefix of http_conn_start (conn, start_ns): the second index
+-- on random keys only doubled what every commit writes.
+DROP INDEX IF EXISTS http_conn;
 ";
 
 /// Same bound as `TextMatch::compile`.
