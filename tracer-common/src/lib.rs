@@ -51,10 +51,13 @@ pub enum EventKind {
     /// Payload of one TCP segment of a traced connection, from the
     /// cgroup_skb programs (a [`SegmentHeader`] and its bytes).
     Segment = 12,
+    /// A traced process read from a traced connection: every byte before
+    /// `copied_seq` has been read (a [`ReadMark`]).
+    ReadMark = 13,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 12] = [
+    pub const ALL: [EventKind; 13] = [
         EventKind::Log,
         EventKind::TcpConnect,
         EventKind::TcpAccept,
@@ -67,6 +70,7 @@ impl EventKind {
         EventKind::FileOpen,
         EventKind::ConnAdopt,
         EventKind::Segment,
+        EventKind::ReadMark,
     ];
 
     pub fn from_u32(v: u32) -> Option<Self> {
@@ -199,6 +203,22 @@ pub struct SegmentHeader {
     pub dir: u32,
 }
 const _: () = assert!(size_of::<SegmentHeader>() == 64);
+
+/// A read of a traced connection by its process (`sock_recv_length`):
+/// received bytes up to `copied_seq` have been read, at `hdr.ts_ns`. User
+/// space gives received bytes the time of the read that took them, as a
+/// read() hook would, rather than the time they reached the socket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ReadMark {
+    pub hdr: EventHeader,
+    /// The `struct sock *`.
+    pub sock: u64,
+    /// `tcp_sock.copied_seq` after the read: the next byte to be read.
+    pub copied_seq: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<ReadMark>() == 56);
 
 /// The connection existed before the tracer attached: no start time known.
 pub const TCP_FLAG_PREEXISTING: u16 = 1;
@@ -402,8 +422,10 @@ pub struct KernelOffsets {
     pub skc_v6_daddr: u32,
     /// struct sock.sk_protocol (u16)
     pub sk_protocol: u32,
+    /// struct tcp_sock.copied_seq (u32)
+    pub tcp_copied_seq: u32,
 }
-const _: () = assert!(size_of::<KernelOffsets>() == 108);
+const _: () = assert!(size_of::<KernelOffsets>() == 112);
 
 #[cfg(feature = "user")]
 mod user {

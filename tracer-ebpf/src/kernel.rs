@@ -159,6 +159,16 @@ pub fn sock_addrs(sk: u64) -> Option<(u16, [u8; 16], [u8; 16])> {
     Some((family, local, remote))
 }
 
+/// tcp_sock.copied_seq: the next byte the application will read.
+#[inline(always)]
+pub fn tcp_copied_seq(sk: u64) -> Option<u32> {
+    let off = offsets().tcp_copied_seq;
+    if off == 0 {
+        return None;
+    }
+    read::<u32>(sk, off)
+}
+
 /// (local port, remote port) of a socket, host order.
 #[inline(always)]
 pub fn sock_ports(sk: u64) -> Option<(u16, u16)> {

@@ -12,13 +12,17 @@
 //!
 //! Otherwise the field stays empty; nothing is guessed.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use crate::{
     event::{HttpExchange, HttpSide, Tuple},
     http::{Direction, Exchange, HttpConn, InFlight, Side},
-    reassembly::Reassembly,
+    reassembly::{Piece, Reassembly},
 };
+
+/// Received runs (in sequence order) waiting for the read that takes them;
+/// past this many the oldest go to the parser with their arrival time.
+const MAX_UNREAD: usize = 128;
 
 struct Conn {
     /// Random-looking per-connection id; with the request's seq it forms
@@ -34,6 +38,11 @@ struct Conn {
     resyncs_reported: u64,
     /// TCP segments (cgroup_skb capture) put in order: [sent, received].
     segments: [Reassembly; 2],
+    /// Received runs in order, not yet read by the process, and the
+    /// sequence number of the first one's first byte. They reach the parser
+    /// with the time of the read that took them (a `ReadMark`).
+    unread: VecDeque<Piece>,
+    unread_seq: u32,
 }
 
 /// One read or write on a connection, as the probes saw it.
@@ -114,10 +123,10 @@ impl Connections {
     fn conn(&mut self, pid: u32, sk: u64) -> &mut Conn {
         if !self.conns.contains_key(&(pid, sk)) {
             self.opened += 1;
+            self.by_pid.entry(pid).or_default().insert(sk);
         }
         // Distinct per connection (counter), per run and host (salt).
         let id = mix(self.salt.wrapping_add(self.opened));
-        self.by_pid.entry(pid).or_default().insert(sk);
         self.conns.entry((pid, sk)).or_insert_with(|| Conn {
             id,
             tuple: None,
@@ -126,6 +135,8 @@ impl Connections {
             parents: HashMap::new(),
             resyncs_reported: 0,
             segments: Default::default(),
+            unread: VecDeque::new(),
+            unread_seq: 0,
         })
     }
 
@@ -159,7 +170,13 @@ impl Connections {
         } else if !tls && conn.tls {
             return Vec::new();
         }
-        let known: HashSet<u64> = conn.http.in_flight().map(|f| f.seq).collect();
+        // Only a client's requests need a parent decided (below): a
+        // connection already known to be a server's skips the bookkeeping.
+        let known: HashSet<u64> = if conn.http.side() == Some(Side::Server) {
+            HashSet::new()
+        } else {
+            conn.http.in_flight().map(|f| f.seq).collect()
+        };
         let done = conn.http.feed(dir, mono_ns, captured, total);
         // Client requests sent just now: decide their parent while the
         // server request that caused them is still in flight.
@@ -200,20 +217,101 @@ impl Connections {
     /// A TCP segment of a connection: its new bytes, in sequence order,
     /// go to the parser as reads/writes would.
     pub fn segment(&mut self, pid: u32, sk: u64, seg: SegmentIn<'_>) -> Vec<Finished> {
-        let side = usize::from(seg.dir == Direction::Received);
-        let reasm = &mut self.conn(pid, sk).segments[side];
+        if seg.dir == Direction::Received {
+            return self.received_segment(pid, sk, seg);
+        }
+        let reasm = &mut self.conn(pid, sk).segments[0];
+        if reasm.take_in_order(seg.seq, seg.seg_len) {
+            // Nearly every segment: no copy on the way to the parser.
+            return self.data(
+                pid,
+                sk,
+                Payload {
+                    tls: false,
+                    dir: seg.dir,
+                    mono_ns: seg.mono_ns,
+                    captured: seg.captured,
+                    total: seg.seg_len as usize,
+                },
+            );
+        }
         let lost_before = reasm.lost_bytes;
         // Sent segments leave the socket in sequence order: a hole there
         // is a lost record, never a late one.
-        let pieces = reasm.push(
-            seg.seq,
-            seg.seg_len,
-            seg.mono_ns,
-            seg.captured,
-            seg.dir == Direction::Sent,
-        );
+        let pieces = reasm.push(seg.seq, seg.seg_len, seg.mono_ns, seg.captured, true);
         self.capture_losses += reasm.lost_bytes - lost_before;
         self.feed_pieces(pid, sk, seg.dir, pieces)
+    }
+
+    /// A received segment: its new bytes wait for the read that takes them.
+    fn received_segment(&mut self, pid: u32, sk: u64, seg: SegmentIn<'_>) -> Vec<Finished> {
+        let conn = self.conn(pid, sk);
+        let reasm = &mut conn.segments[1];
+        let start = reasm.next().unwrap_or(seg.seq);
+        let lost_before = reasm.lost_bytes;
+        let pieces = if reasm.take_in_order(seg.seq, seg.seg_len) {
+            vec![Piece {
+                mono_ns: seg.mono_ns,
+                captured: seg.captured.to_vec(),
+                total: seg.seg_len as usize,
+            }]
+        } else {
+            reasm.push(seg.seq, seg.seg_len, seg.mono_ns, seg.captured, false)
+        };
+        let lost = reasm.lost_bytes - lost_before;
+        if conn.unread.is_empty() {
+            conn.unread_seq = start;
+        }
+        conn.unread.extend(pieces);
+        let mut overflow = Vec::new();
+        while conn.unread.len() > MAX_UNREAD {
+            // Not read for long (or reads are not seen): the oldest go on
+            // with the time they arrived.
+            let Some(p) = conn.unread.pop_front() else {
+                break;
+            };
+            conn.unread_seq = conn.unread_seq.wrapping_add(p.total as u32);
+            overflow.push(p);
+        }
+        self.capture_losses += lost;
+        self.feed_pieces(pid, sk, Direction::Received, overflow)
+    }
+
+    /// The process read connection `sk` up to `copied_seq`: the received
+    /// bytes before it go to the parser with the time of that read.
+    pub fn read_mark(&mut self, pid: u32, sk: u64, copied_seq: u32, mono_ns: u64) -> Vec<Finished> {
+        let Some(conn) = self.conns.get_mut(&(pid, sk)) else {
+            return Vec::new();
+        };
+        let mut read = Vec::new();
+        while let Some(front) = conn.unread.front_mut() {
+            let taken = copied_seq.wrapping_sub(conn.unread_seq) as i32;
+            if taken <= 0 {
+                break;
+            }
+            let taken = taken as usize;
+            if taken >= front.total {
+                let Some(mut p) = conn.unread.pop_front() else {
+                    break;
+                };
+                conn.unread_seq = conn.unread_seq.wrapping_add(p.total as u32);
+                p.mono_ns = mono_ns;
+                read.push(p);
+            } else {
+                // Part of a segment was read: split it where the read ended.
+                let rest = front.captured.split_off(taken.min(front.captured.len()));
+                let head = Piece {
+                    mono_ns,
+                    captured: std::mem::replace(&mut front.captured, rest),
+                    total: taken,
+                };
+                front.total -= taken;
+                conn.unread_seq = conn.unread_seq.wrapping_add(taken as u32);
+                read.push(head);
+                break;
+            }
+        }
+        self.feed_pieces(pid, sk, Direction::Received, read)
     }
 
     fn feed_pieces(
@@ -243,7 +341,8 @@ impl Connections {
     /// The connection closed: what its parser still held.
     pub fn closed(&mut self, pid: u32, sk: u64, mono_ns: u64) -> Vec<Finished> {
         let mut out = Vec::new();
-        // Segments still waiting for a hole: the hole is lost now.
+        // Segments still waiting for a hole: the hole is lost now. Received
+        // bytes no read was seen for go with the time they arrived.
         for dir in [Direction::Sent, Direction::Received] {
             let side = usize::from(dir == Direction::Received);
             let Some(conn) = self.conns.get_mut(&(pid, sk)) else {
@@ -251,8 +350,13 @@ impl Connections {
             };
             let reasm = &mut conn.segments[side];
             let lost_before = reasm.lost_bytes;
-            let pieces = reasm.flush();
+            let mut pieces = reasm.flush();
             self.capture_losses += reasm.lost_bytes - lost_before;
+            if dir == Direction::Received {
+                let mut all: Vec<Piece> = conn.unread.drain(..).collect();
+                all.append(&mut pieces);
+                pieces = all;
+            }
             out.extend(self.feed_pieces(pid, sk, dir, pieces));
         }
         let done = match self.conns.get_mut(&(pid, sk)) {
@@ -429,6 +533,60 @@ mod tests {
     }
 
     const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+
+    fn seg(dir: Direction, ts: u64, seq: u32, b: &[u8]) -> SegmentIn<'_> {
+        SegmentIn {
+            dir,
+            mono_ns: ts,
+            seq,
+            seg_len: b.len() as u32,
+            captured: b,
+        }
+    }
+
+    #[test]
+    fn received_segments_take_the_time_of_the_read_that_took_them() {
+        let mut c = Connections::new("h", 1);
+        c.opened(1, 0xa, tuple(80));
+        let req = b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n";
+        // Arrives in two segments (and one again) at 10, 11, 12...
+        assert!(c.segment(1, 0xa, seg(R, 10, 1000, &req[..5])).is_empty());
+        assert!(c.segment(1, 0xa, seg(R, 11, 1005, &req[5..])).is_empty());
+        assert!(c.segment(1, 0xa, seg(R, 12, 1000, &req[..5])).is_empty());
+        // ...nothing is parsed before the process reads: a first read of 3
+        // bytes at 20, the rest at 21.
+        assert!(c.read_mark(1, 0xa, 1003, 20).is_empty());
+        assert!(c.read_mark(1, 0xa, 1000 + req.len() as u32, 21).is_empty());
+        // A mark for bytes already taken changes nothing.
+        assert!(c.read_mark(1, 0xa, 1003, 22).is_empty());
+        let done = c.segment(1, 0xa, seg(S, 30, 7000, OK));
+        assert_eq!(done.len(), 1);
+        let e = &done[0].exchange;
+        assert_eq!(
+            (e.method.as_str(), e.path.as_str(), e.status),
+            ("GET", "/x", 200)
+        );
+        assert_eq!(
+            (e.req_bytes, e.resp_bytes),
+            (req.len() as u64, OK.len() as u64)
+        );
+        assert_eq!(done[0].start_mono_ns, 20);
+        assert_eq!(e.duration_ns, 10);
+        assert_eq!(c.capture_losses, 0);
+    }
+
+    #[test]
+    fn unread_bytes_go_on_at_close_with_their_arrival_time() {
+        let mut c = Connections::new("h", 1);
+        c.opened(1, 0xa, tuple(80));
+        let req = b"GET /y HTTP/1.1\r\n\r\n";
+        assert!(c.segment(1, 0xa, seg(R, 10, 5, req)).is_empty());
+        let done = c.closed(1, 0xa, 50);
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].start_mono_ns, 10);
+        assert_eq!(done[0].exchange.path, "/y");
+        assert!(!done[0].exchange.complete);
+    }
 
     #[test]
     fn single_request_in_flight_owns_the_log_line_and_the_outgoing_call() {

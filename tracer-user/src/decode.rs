@@ -7,7 +7,7 @@ use std::mem::size_of;
 
 use thiserror::Error;
 use tracer_common::{
-    EventHeader, EventKind, FileOpenEvent, GcEvent, LogChunkHeader, LoopEvent, ProcEvent,
+    EventHeader, EventKind, FileOpenEvent, GcEvent, LogChunkHeader, LoopEvent, ProcEvent, ReadMark,
     SEG_RECEIVED, SEG_SENT, SegmentHeader, Stream, TcpEvent,
 };
 
@@ -16,6 +16,12 @@ use tracer_common::{
 pub enum Record {
     Log(LogChunk),
     Segment(Segment),
+    /// The process read connection `sock` up to `copied_seq` (exclusive).
+    ReadMark {
+        head: Head,
+        sock: u64,
+        copied_seq: u32,
+    },
     Tcp(TcpRecord),
     Loop {
         head: Head,
@@ -48,6 +54,7 @@ impl Record {
         match self {
             Record::Log(c) => &c.head,
             Record::Segment(s) => &s.head,
+            Record::ReadMark { head, .. } => head,
             Record::Tcp(t) => &t.head,
             Record::Loop { head, .. }
             | Record::Gc { head, .. }
@@ -226,6 +233,14 @@ pub fn decode(buf: &[u8]) -> Result<Record, DecodeError> {
                 sent: s.dir == SEG_SENT,
                 data: data[..len].to_vec(),
             })
+        }
+        EventKind::ReadMark => {
+            let m: ReadMark = read(buf)?;
+            Record::ReadMark {
+                head: h,
+                sock: m.sock,
+                copied_seq: m.copied_seq,
+            }
         }
         EventKind::TcpConnect
         | EventKind::TcpAccept

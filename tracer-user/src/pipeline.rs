@@ -131,6 +131,16 @@ impl Pipeline {
                 );
                 done.into_iter().map(|f| self.http_event(f)).collect()
             }
+            Record::ReadMark {
+                head,
+                sock,
+                copied_seq,
+            } => {
+                let done = self
+                    .conns
+                    .read_mark(head.pid, sock, copied_seq, head.mono_ns);
+                done.into_iter().map(|f| self.http_event(f)).collect()
+            }
             Record::Log(chunk) => {
                 let lines = self.lines.push(&chunk);
                 lines.into_iter().map(|l| self.line_event(l)).collect()
@@ -476,6 +486,7 @@ pub fn kind_name(kind: EventKind) -> &'static str {
         EventKind::FileOpen => "file_open",
         EventKind::ConnAdopt => "conn_adopt",
         EventKind::Segment => "tcp_segment",
+        EventKind::ReadMark => "read_mark",
     }
 }
 

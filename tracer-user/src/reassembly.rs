@@ -104,6 +104,29 @@ impl Reassembly {
         out
     }
 
+    /// Sequence number of the next byte owed to the parser (the start of
+    /// the next piece `push` returns), once a segment was seen.
+    pub fn next(&self) -> Option<u32> {
+        self.next
+    }
+
+    /// The common case without copying: a segment that starts exactly at
+    /// the next expected byte while nothing is held. Takes it (the caller
+    /// feeds it to the parser as it is) and returns true; false means: use
+    /// [`Reassembly::push`].
+    pub fn take_in_order(&mut self, seq: u32, seg_len: u32) -> bool {
+        if !self.held.is_empty() || seg_len == 0 {
+            return false;
+        }
+        match self.next {
+            Some(next) if next != seq => false,
+            _ => {
+                self.next = Some(seq.wrapping_add(seg_len));
+                true
+            }
+        }
+    }
+
     /// The connection closed: what is still held, holes given up.
     pub fn flush(&mut self) -> Vec<Piece> {
         let mut out = Vec::new();
@@ -237,6 +260,24 @@ mod tests {
         // The missing bytes arriving late are old news.
         assert!(r.push(2, 3, 3, b"cde", true).is_empty());
         assert_eq!(r.duplicate_bytes, 3);
+    }
+
+    #[test]
+    fn in_order_fast_path_agrees_with_push() {
+        let mut r = Reassembly::default();
+        assert!(r.take_in_order(100, 5));
+        assert!(r.take_in_order(105, 3));
+        // A retransmit is not in order: push drops it.
+        assert!(!r.take_in_order(100, 5));
+        assert!(r.push(100, 5, 1, b"hello", true).is_empty());
+        // Ahead of a hole, then held: not in order either.
+        assert!(!r.take_in_order(110, 2));
+        assert!(r.push(110, 2, 2, b"yz", false).is_empty());
+        assert!(!r.take_in_order(108, 2));
+        let out = r.push(108, 2, 3, b"wx", false);
+        assert_eq!(bytes(&out), b"wxyz");
+        assert!(r.take_in_order(112, 1));
+        assert_eq!(r.duplicate_bytes, 5);
     }
 
     #[test]

@@ -22,6 +22,11 @@
 //! the copy is one `bpf_skb_load_bytes` of at most 16 KiB, the rest is
 //! counted in `seg_len`.
 //!
+//! Timestamps: a segment's is when it crossed the hook. Received bytes are
+//! then given the time of the read that took them, as a read() hook would:
+//! `sock_recv_length` (below) reports, per read of a traced connection, a
+//! `ReadMark` with `tcp_sock.copied_seq` (every byte before it was read).
+//!
 //! TLS: the first payload segment seen in each direction decides. If it
 //! starts with a TLS record header the connection is marked TLS (`TLS_LIKE`)
 //! and its ciphertext is never copied; the uprobes on SSL_read/SSL_write
@@ -40,12 +45,13 @@ use aya_ebpf::{
     programs::{RawTracePointContext, SkBuffContext},
 };
 use tracer_common::{
-    CONN_SEEN_RECEIVED, CONN_SEEN_SENT, EventHeader, EventKind, LOG_CHUNK_BYTES, SEG_RECEIVED,
-    SEG_SENT, SegmentHeader,
+    CONN_SEEN_RECEIVED, CONN_SEEN_SENT, EventHeader, EventKind, LOG_CHUNK_BYTES, ReadMark,
+    SEG_RECEIVED, SEG_SENT, SegmentHeader,
 };
 
 use crate::{
-    emit::{count_lost, current_ids, now_ns, submit_flags},
+    emit::{count_lost, current_ids, now_ns, output, submit_flags},
+    kernel::tcp_copied_seq,
     maps::{CONNS, EVENTS, is_target, socket_capture_bytes},
     probes::{
         tcp::is_traced_conn,
@@ -198,13 +204,13 @@ fn segment(ctx: &SkBuffContext, dir: u32) -> Option<()> {
     };
     let want = core::cmp::min(tcp.payload_len, cap);
     if want <= 256 {
-        output::<256>(ctx, &head, tcp.payload_off, want)
+        output_segment::<256>(ctx, &head, tcp.payload_off, want)
     } else if want <= 1024 {
-        output::<1024>(ctx, &head, tcp.payload_off, want)
+        output_segment::<1024>(ctx, &head, tcp.payload_off, want)
     } else if want <= 4096 {
-        output::<4096>(ctx, &head, tcp.payload_off, want)
+        output_segment::<4096>(ctx, &head, tcp.payload_off, want)
     } else {
-        output::<LOG_CHUNK_BYTES>(ctx, &head, tcp.payload_off, want)
+        output_segment::<LOG_CHUNK_BYTES>(ctx, &head, tcp.payload_off, want)
     }
 }
 
@@ -220,7 +226,7 @@ struct SegmentRecord<const N: usize> {
 /// copies into one and the verifier no longer sees each bounded by its
 /// record.
 #[inline(never)]
-fn output<const N: usize>(
+fn output_segment<const N: usize>(
     ctx: &SkBuffContext,
     head: &SegmentHeader,
     off: u32,
@@ -277,9 +283,33 @@ pub fn sock_recv_length(ctx: RawTracePointContext) -> i32 {
     }
     let sk: u64 = ctx.arg(0);
     let ret = ctx.arg::<u64>(1) as i32;
-    // Only a TLS connection's read can feed the next SSL_read.
-    if ret > 0 && tls::looks_tls(sk) {
+    if ret <= 0 {
+        return 0;
+    }
+    if tls::looks_tls(sk) {
+        // Only a TLS connection's read can feed the next SSL_read.
         let _ = LAST_READ.insert(tid, sk, 0);
+    } else if let Some(owner) = CONNS.get_ptr(sk)
+        && let Some(copied_seq) = tcp_copied_seq(sk)
+    {
+        // SAFETY: pointer into the map value, copied out.
+        let owner = unsafe { *owner };
+        output(
+            EventKind::ReadMark,
+            ReadMark {
+                hdr: EventHeader {
+                    kind: EventKind::ReadMark as u32,
+                    pid: owner.pid,
+                    tid,
+                    _pad: 0,
+                    ts_ns: now_ns(),
+                    comm: owner.comm,
+                },
+                sock: sk,
+                copied_seq,
+                _pad: 0,
+            },
+        );
     }
     0
 }
