@@ -22,7 +22,9 @@ use std::{
     time::Duration,
 };
 
-use common::{Proc, Tracer, fixtures_dir, list_problems, require_root, wait_ready_line};
+use common::{
+    Proc, StdoutTo, Tracer, fixtures_dir, list_problems, require_root, start_node, wait_ready_line,
+};
 use serde_json::Value;
 
 /// Rounds of (split head, 200 KiB upload, 256 KiB download).
@@ -381,4 +383,63 @@ fn http_over_lossy_reordering_links_is_reported_once_with_exact_sizes() {
         list_problems(&problems),
         run.stderr_text()
     );
+}
+
+/// The names of the tracepoints the BPF links of process `pid` are
+/// attached to, and how many of its links are cgroup links.
+fn tracepoint_links(pid: u32) -> (Vec<String>, usize) {
+    let mut names = Vec::new();
+    let mut cgroup = 0;
+    let dir = std::fs::read_dir(format!("/proc/{pid}/fdinfo")).expect("fdinfo of the tracer");
+    for entry in dir.flatten() {
+        let Ok(text) = std::fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        for line in text.lines() {
+            if let Some(name) = line.strip_prefix("tp_name:") {
+                names.push(name.trim().to_owned());
+            }
+            if line.strip_prefix("link_type:").map(str::trim) == Some("cgroup") {
+                cgroup += 1;
+            }
+        }
+    }
+    names.sort();
+    (names, cgroup)
+}
+
+/// With the `http` family and without `logs`, no syscall tracepoint is
+/// attached (any one of them slows every syscall on the host): payload
+/// comes from the cgroup_skb programs, socket use from the socket
+/// tracepoints.
+#[test]
+fn http_without_logs_attaches_no_syscall_tracepoint() {
+    if !require_root("http_without_logs_attaches_no_syscall_tracepoint") {
+        return;
+    }
+    let (server, _port) = start_node("http_server.js", &[], &[], StdoutTo::Pipe);
+    let tracer = Tracer::attach(
+        &[server.pid()],
+        &["--probes", "tcp,http", "--duration", "2"],
+    );
+    let (names, cgroup) = tracepoint_links(tracer.proc.pid());
+    let run = tracer.finish(Duration::from_secs(15));
+    drop(server);
+    run.assert_clean_end();
+    let syscalls: Vec<&String> = names.iter().filter(|n| n.starts_with("sys_")).collect();
+    assert!(
+        syscalls.is_empty(),
+        "--probes tcp,http attached syscall tracepoints {syscalls:?} (all: {names:?})"
+    );
+    for want in [
+        "sock_recv_length",
+        "sock_send_length",
+        "inet_sock_set_state",
+    ] {
+        assert!(
+            names.iter().any(|n| n == want),
+            "no link to the {want} tracepoint (all: {names:?})"
+        );
+    }
+    assert_eq!(cgroup, 2, "the ingress and egress cgroup_skb links");
 }
