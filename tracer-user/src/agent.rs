@@ -325,7 +325,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         },
         args.metrics_listen
     );
-    eprintln!("tracer: ready");
+    // `tracer: ready` is printed by the runner once Ctrl-C is handled.
 
     let discover: Option<Discover> = if discovering {
         let scope = scope.clone();

@@ -74,7 +74,7 @@ pub async fn run(args: AttachArgs) -> Result<()> {
         }
         pipeline.note_preexisting(*pid, &report.preexisting);
     }
-    eprintln!("tracer: ready");
+    // `tracer: ready` is printed by the runner once Ctrl-C is handled.
 
     let mut sink = StdoutSink::new(args.capture.json);
     let summary = runner::run(

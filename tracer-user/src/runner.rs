@@ -156,6 +156,9 @@ pub async fn run(
 
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
+    // Only now: a Ctrl-C right after `ready` must stop the run cleanly (with
+    // its summary), not kill the process by the default signal action.
+    eprintln!("tracer: ready");
     let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
     let mut loss_tick = tokio::time::interval(Duration::from_secs(1));
     let mut decode_errors_seen = 0u64;
