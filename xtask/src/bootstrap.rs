@@ -41,6 +41,10 @@ pub const BPF_TOOLCHAIN: &str = "debian-bpf";
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const TRACEFS: &str = "/sys/kernel/tracing";
+/// Where a cgroup v2 hierarchy is mounted when the machine has none (the
+/// hybrid layout's usual place): HTTP capture attaches cgroup_skb programs
+/// to the traced processes' cgroup v2 directories.
+const CGROUP2: &str = "/sys/fs/cgroup/unified";
 
 pub fn run() -> Result<()> {
     cmd::require_root("cargo xtask bootstrap")?;
@@ -48,6 +52,7 @@ pub fn run() -> Result<()> {
     link_toolchain()?;
     install_bpf_linker()?;
     mount_tracefs()?;
+    mount_cgroup2()?;
     check_node()?;
     step("done: the machine can build, test and run tracer");
     Ok(())
@@ -173,6 +178,23 @@ fn mount_tracefs() -> Result<()> {
         );
     }
     Ok(())
+}
+
+fn mount_cgroup2() -> Result<()> {
+    let mounts =
+        std::fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
+    if let Some(at) = mounts.lines().find_map(|l| {
+        (l.split_whitespace().nth(2) == Some("cgroup2"))
+            .then(|| l.split_whitespace().nth(1))
+            .flatten()
+    }) {
+        step(&format!("ok: cgroup v2 mounted at {at}"));
+        return Ok(());
+    }
+    step(&format!("mounting cgroup v2 at {CGROUP2}"));
+    std::fs::create_dir_all(CGROUP2).with_context(|| format!("creating {CGROUP2}"))?;
+    cmd::run(Command::new("mount").args(["-t", "cgroup2", "none", CGROUP2]))
+        .with_context(|| format!("could not mount cgroup v2 at {CGROUP2}; the kernel needs CONFIG_CGROUP_BPF (or use `tracer --http-capture syscalls`)"))
 }
 
 /// Not installed by us (Debian's node is older than what the tests assume), so
