@@ -241,11 +241,7 @@ pub struct TcpEvent {
     pub flags: u16,
     /// Inode number of the socket's network namespace (0 if unknown).
     pub netns: u32,
-    /// tcp_sock.total_retrans when the event was emitted: segments the
-    /// kernel retransmitted on this connection so far (the amount it also
-    /// adds to RetransSegs). 0 when the offset is unknown. For
-    /// tcp_retransmit, the value before this retransmit is counted.
-    pub total_retrans: u32,
+    pub _pad: u32,
     /// IPv4 uses the first 4 bytes.
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
@@ -428,10 +424,8 @@ pub struct KernelOffsets {
     pub sk_protocol: u32,
     /// struct tcp_sock.copied_seq (u32)
     pub tcp_copied_seq: u32,
-    /// struct tcp_sock.total_retrans (u32)
-    pub tcp_total_retrans: u32,
 }
-const _: () = assert!(size_of::<KernelOffsets>() == 116);
+const _: () = assert!(size_of::<KernelOffsets>() == 112);
 
 #[cfg(feature = "user")]
 mod user {

@@ -62,17 +62,6 @@ pub fn tcp_payload_bytes(sk: u64, active_open: bool) -> (u64, u64) {
     )
 }
 
-/// tcp_sock.total_retrans: segments retransmitted on the connection so far
-/// (0 when the offset is unknown).
-#[inline(always)]
-pub fn tcp_total_retrans(sk: u64) -> u32 {
-    let off = offsets().tcp_total_retrans;
-    if off == 0 {
-        return 0;
-    }
-    read::<u32>(sk, off).unwrap_or(0)
-}
-
 #[inline(always)]
 fn current_task() -> u64 {
     // SAFETY: helper without arguments.

@@ -83,7 +83,6 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     skc_v6_daddr: 0,
     sk_protocol: 0,
     tcp_copied_seq: 0,
-    tcp_total_retrans: 0,
 };
 
 /// Bytes of one written buffer copied into the ring; the rest is counted but

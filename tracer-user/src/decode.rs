@@ -113,8 +113,6 @@ pub struct TcpRecord {
     pub netns: u32,
     pub bytes_sent: u64,
     pub bytes_received: u64,
-    /// tcp_sock.total_retrans when the event was emitted.
-    pub total_retrans: u32,
     pub duration_ns: u64,
     /// Identity of the kernel socket (joins payload chunks to this).
     pub sock: u64,
@@ -260,7 +258,6 @@ pub fn decode(buf: &[u8]) -> Result<Record, DecodeError> {
                 netns: t.netns,
                 bytes_sent: t.bytes_sent,
                 bytes_received: t.bytes_received,
-                total_retrans: t.total_retrans,
                 duration_ns: t.duration_ns,
                 sock: t.sock,
             })
@@ -377,7 +374,7 @@ pub(crate) mod tests {
             dport: 51000,
             flags: 0,
             netns: 4026531840,
-            total_retrans: 3,
+            _pad: 0,
             saddr: [0; 16],
             daddr: [0; 16],
             bytes_sent: 120,
@@ -393,14 +390,8 @@ pub(crate) mod tests {
         assert_eq!(r.saddr.to_string(), "127.0.0.1");
         assert_eq!(r.daddr.to_string(), "10.0.0.2");
         assert_eq!(
-            (
-                r.sport,
-                r.dport,
-                r.bytes_sent,
-                r.bytes_received,
-                r.total_retrans
-            ),
-            (8080, 51000, 120, 78, 3)
+            (r.sport, r.dport, r.bytes_sent, r.bytes_received),
+            (8080, 51000, 120, 78)
         );
 
         t.family = AF_INET6;

@@ -69,22 +69,6 @@ pub struct Pipeline {
     conns: Connections,
     counts: BTreeMap<&'static str, u64>,
     lost: BTreeMap<LossStage, u64>,
-    /// Retransmit bookkeeping per connection, by (pid, sock), until its
-    /// tcp_close reconciles it with the kernel's total_retrans.
-    retrans: HashMap<(u32, u64), RetransSeen>,
-}
-
-/// What user space knows of a connection's retransmits.
-#[derive(Debug, Default, Clone, Copy)]
-struct RetransSeen {
-    /// total_retrans when the tracer started seeing every retransmit of the
-    /// connection: 0 for a connect (its SYN was already traced), the value
-    /// at accept or at adoption otherwise. None when neither was seen (the
-    /// record was lost, or a connection from before attach closed without
-    /// being adopted): such a connection is not reconciled.
-    baseline: Option<u32>,
-    /// tcp_retransmit events received since then.
-    events: u64,
 }
 
 /// Decoded exit status: (exit_code, signal).
@@ -111,7 +95,6 @@ impl Pipeline {
             conns: Connections::new(&host, clock.now_ns()),
             counts: BTreeMap::new(),
             lost: BTreeMap::new(),
-            retrans: HashMap::new(),
         }
     }
 
@@ -168,27 +151,9 @@ impl Pipeline {
             }
             Record::Tcp(mut t) => {
                 let mut out = Vec::new();
-                let mut probe_lost = 0;
                 match t.head.kind {
                     EventKind::TcpConnect | EventKind::TcpAccept => {
                         self.conns.opened(t.head.pid, t.sock, tuple_of(&t));
-                        // A connect's SYN retransmits were traced (the
-                        // socket was known from SYN_SENT); an accepted
-                        // socket's total starts with SYN-ACK retransmits,
-                        // which the tcp_retransmit_skb tracepoint does not
-                        // see.
-                        let baseline = if t.head.kind == EventKind::TcpConnect {
-                            0
-                        } else {
-                            t.total_retrans
-                        };
-                        self.retrans
-                            .entry((t.head.pid, t.sock))
-                            .or_default()
-                            .baseline = Some(baseline);
-                    }
-                    EventKind::TcpRetransmit => {
-                        self.retrans.entry((t.head.pid, t.sock)).or_default().events += 1;
                     }
                     EventKind::TcpClose => {
                         // An active close has given the local port back by
@@ -202,21 +167,10 @@ impl Pipeline {
                         // Requests still open on the connection end with it.
                         let done = self.conns.closed(t.head.pid, t.sock, t.head.mono_ns);
                         out.extend(done.into_iter().map(|f| self.http_event(f)));
-                        // Retransmits the kernel counted but whose probe
-                        // run never reached us.
-                        if let Some(seen) = self.retrans.remove(&(t.head.pid, t.sock))
-                            && let Some(baseline) = seen.baseline
-                        {
-                            let counted = u64::from(t.total_retrans.saturating_sub(baseline));
-                            probe_lost = counted.saturating_sub(seen.events);
-                        }
                     }
                     _ => {}
                 }
                 out.push(self.tcp_event(t));
-                if probe_lost > 0 {
-                    out.push(self.loss(probe_lost, LossStage::Probe, Some("tcp_retransmit")));
-                }
                 out
             }
             Record::Loop {
@@ -304,15 +258,6 @@ impl Pipeline {
             None => tuple_of(&t),
         };
         self.conns.opened(t.head.pid, t.sock, tuple);
-        // Retransmits before adoption (including any reported before it
-        // for this unadopted socket) are in the baseline.
-        self.retrans.insert(
-            (t.head.pid, t.sock),
-            RetransSeen {
-                baseline: Some(t.total_retrans),
-                events: 0,
-            },
-        );
     }
 
     fn http_event(&mut self, f: Finished) -> Event {
@@ -508,7 +453,6 @@ impl Pipeline {
                     tuple,
                     bytes_sent: t.bytes_sent,
                     bytes_received: t.bytes_received,
-                    retransmits: t.total_retrans,
                     duration_ns: (!preexisting).then_some(t.duration_ns),
                     preexisting,
                     failed: t.flags & TCP_FLAG_FAILED != 0,
@@ -595,72 +539,6 @@ mod tests {
             .collect();
         assert_eq!(counts, [2, 1]);
         assert_eq!(p.lost().get(&LossStage::Ring), Some(&6));
-    }
-
-    fn tcp(kind: EventKind, sock: u64, total_retrans: u32) -> Record {
-        Record::Tcp(TcpRecord {
-            head: Head {
-                kind,
-                pid: 5,
-                tid: 5,
-                mono_ns: 10,
-                comm: "node".into(),
-            },
-            saddr: "10.0.0.1".parse().unwrap(),
-            daddr: "10.0.0.2".parse().unwrap(),
-            sport: 40000,
-            dport: 80,
-            flags: 0,
-            netns: 1,
-            bytes_sent: 0,
-            bytes_received: 0,
-            total_retrans,
-            duration_ns: 0,
-            sock,
-        })
-    }
-
-    fn probe_losses(ev: &[Event]) -> Vec<u64> {
-        ev.iter()
-            .filter_map(|e| match &e.data {
-                EventData::Lost {
-                    count,
-                    stage: LossStage::Probe,
-                    for_kind,
-                } if for_kind.as_deref() == Some("tcp_retransmit") => Some(*count),
-                _ => None,
-            })
-            .collect()
-    }
-
-    #[test]
-    fn retransmits_the_probe_missed_are_reported_at_close() {
-        let mut p = pipeline();
-        // A SYN retransmit before the connect event, one more after it;
-        // the kernel counted 4.
-        assert!(probe_losses(&p.on_record(tcp(EventKind::TcpRetransmit, 1, 0))).is_empty());
-        p.on_record(tcp(EventKind::TcpConnect, 1, 1));
-        p.on_record(tcp(EventKind::TcpRetransmit, 1, 1));
-        let ev = p.on_record(tcp(EventKind::TcpClose, 1, 4));
-        assert!(matches!(
-            ev[0].data,
-            EventData::TcpClose { retransmits: 4, .. }
-        ));
-        assert_eq!(probe_losses(&ev), [2]);
-        assert_eq!(p.lost().get(&LossStage::Probe), Some(&2));
-
-        // Adopted with 7 retransmits from before attach, one seen since.
-        p.on_record(tcp(EventKind::ConnAdopt, 2, 7));
-        p.on_record(tcp(EventKind::TcpRetransmit, 2, 7));
-        assert!(probe_losses(&p.on_record(tcp(EventKind::TcpClose, 2, 8))).is_empty());
-
-        // Accepted after 2 SYN-ACK retransmits (not seen by the probe).
-        p.on_record(tcp(EventKind::TcpAccept, 3, 2));
-        assert!(probe_losses(&p.on_record(tcp(EventKind::TcpClose, 3, 2))).is_empty());
-
-        // Never seen open (from before attach, not adopted): not reconciled.
-        assert!(probe_losses(&p.on_record(tcp(EventKind::TcpClose, 4, 9))).is_empty());
-        assert_eq!(p.lost().get(&LossStage::Probe), Some(&2));
     }
 
     #[test]

@@ -290,7 +290,7 @@ impl Summary {
             .collect();
         let lost: u64 = self.lost.values().sum();
         format!(
-            "tracer: stopped after {:.1}s ({}). events: {}. lost: {} (ring={}, decode={}, http parse={}, probe={})",
+            "tracer: stopped after {:.1}s ({}). events: {}. lost: {} (ring={}, decode={}, http parse={})",
             self.elapsed.as_secs_f64(),
             self.stop_reason,
             if counts.is_empty() {
@@ -302,7 +302,6 @@ impl Summary {
             self.lost.get(&LossStage::Ring).copied().unwrap_or(0),
             self.lost.get(&LossStage::Decode).copied().unwrap_or(0),
             self.lost.get(&LossStage::Parse).copied().unwrap_or(0),
-            self.lost.get(&LossStage::Probe).copied().unwrap_or(0),
         )
     }
 }

@@ -1,9 +1,7 @@
 //! TCP connections of traced processes, from non-syscall tracepoints only:
 //! one program run per state change and per retransmit, nothing per packet
 //! or per send/recv. Byte counts come from the socket's own counters
-//! (tcp_sock.bytes_acked / bytes_received) read once at close. Every event
-//! carries tcp_sock.total_retrans, so user space can tell when the kernel
-//! retransmitted without running tcp_retransmit_skb below (docs/architecture.md).
+//! (tcp_sock.bytes_acked / bytes_received) read once at close.
 //!
 //! match-proto: raw tracepoints (TP_PROTO arguments)
 //!   inet_sock_set_state(const struct sock *sk, int oldstate, int newstate),
@@ -32,9 +30,7 @@ use tracer_common::{
 
 use crate::{
     emit::{current_ids, now_ns, output},
-    kernel::{
-        sock_addrs, sock_netns, sock_ports, sock_protocol, tcp_payload_bytes, tcp_total_retrans,
-    },
+    kernel::{sock_addrs, sock_netns, sock_ports, sock_protocol, tcp_payload_bytes},
     maps::{CONNS, LISTENERS, PREEXISTING, is_target},
 };
 
@@ -99,10 +95,7 @@ fn emit(kind: EventKind, owner: &ConnInfo, t: &Tuple, netns: u32, sk: u64, flags
             dport: t.dport,
             flags: flags | owner.flags as u16,
             netns,
-            // Read on every event: the close reports the total, adoption
-            // the baseline (retransmits from before attach), and user space
-            // reconciles the difference against the events it received.
-            total_retrans: tcp_total_retrans(sk),
+            _pad: 0,
             saddr: t.saddr,
             daddr: t.daddr,
             bytes_sent,

@@ -37,7 +37,6 @@ pub fn kernel_offsets(btf_path: &Path) -> Result<KernelOffsets> {
         tcp_snd_una: f("tcp_sock.snd_una")?,
         tcp_write_seq: f("tcp_sock.write_seq")?,
         tcp_copied_seq: f("tcp_sock.copied_seq")?,
-        tcp_total_retrans: f("tcp_sock.total_retrans")?,
         file_private_data: f("file.private_data")?,
         socket_sk: f("socket.sk")?,
         skc_num: f("sock_common.skc_num")?,

@@ -177,7 +177,6 @@ fn close(bytes_sent: u64, bytes_received: u64, preexisting: bool, failed: bool) 
         tuple: tuple(),
         bytes_sent,
         bytes_received,
-        retransmits: 0,
         duration_ns: (!preexisting).then_some(1_000_000),
         preexisting,
         failed,
