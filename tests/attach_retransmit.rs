@@ -329,10 +329,13 @@ fn retransmit_scenario(test: &str, n: u32, busy: bool) {
             && e["daddr"] == saddr.as_str()
             && e["dport"] == port
     };
-    let count_retransmits = |evs: &[Value]| {
+    // One event per retransmitted skb; RetransSegs counts its segments.
+    let segments_of = |e: &Value| e["segments"].as_u64().unwrap_or(0);
+    let count_retransmits = |evs: &[Value]| -> u64 {
         evs.iter()
             .filter(|e| e["kind"] == "tcp_retransmit" && e["pid"] == cpid)
-            .count() as u64
+            .map(segments_of)
+            .sum()
     };
     // Events arrive promptly; give them a bounded moment.
     tracer.wait_events(Duration::from_secs(10), |evs| {
@@ -366,10 +369,11 @@ fn retransmit_scenario(test: &str, n: u32, busy: bool) {
             "no tcp_retransmit event with {LOSS_PERCENT}% loss (the kernel counted {kernel})"
         ));
     }
-    if retransmits.len() as u64 != kernel {
+    let segments: u64 = retransmits.iter().map(|e| segments_of(e)).sum();
+    if segments != kernel {
         problems.push(format!(
-            "{} tcp_retransmit events, but the kernel's Tcp RetransSegs in the client's \
-             namespace grew by {kernel}",
+            "{} tcp_retransmit events resending {segments} segments, but the kernel's Tcp \
+             RetransSegs in the client's namespace grew by {kernel}",
             retransmits.len()
         ));
     }

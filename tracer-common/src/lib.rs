@@ -241,7 +241,10 @@ pub struct TcpEvent {
     pub flags: u16,
     /// Inode number of the socket's network namespace (0 if unknown).
     pub netns: u32,
-    pub _pad: u32,
+    /// tcp_retransmit: segments the retransmitted skb carried
+    /// (tcp_skb_pcount). One tracepoint hit can resend a whole GSO skb, and
+    /// the kernel's RetransSegs counter adds this number, not 1. 0 otherwise.
+    pub segments: u32,
     /// IPv4 uses the first 4 bytes.
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
@@ -424,8 +427,11 @@ pub struct KernelOffsets {
     pub sk_protocol: u32,
     /// struct tcp_sock.copied_seq (u32)
     pub tcp_copied_seq: u32,
+    /// struct sk_buff.cb + struct tcp_skb_cb.tcp_gso_segs (u16): the segment
+    /// count of a TCP skb.
+    pub skb_tcp_gso_segs: u32,
 }
-const _: () = assert!(size_of::<KernelOffsets>() == 112);
+const _: () = assert!(size_of::<KernelOffsets>() == 116);
 
 #[cfg(feature = "user")]
 mod user {

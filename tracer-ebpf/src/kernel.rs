@@ -17,6 +17,17 @@ fn read<T>(base: u64, offset: u32) -> Option<T> {
     unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T) }.ok()
 }
 
+/// Segments a TCP `struct sk_buff *` carries (tcp_skb_pcount: a GSO skb
+/// holds several). At least 1; 1 when the offset is unknown.
+#[inline(always)]
+pub fn skb_tcp_segments(skb: u64) -> u32 {
+    let off = offsets();
+    if off.skb_tcp_gso_segs == 0 {
+        return 1;
+    }
+    read::<u16>(skb, off.skb_tcp_gso_segs).map_or(1, |n| u32::from(n).max(1))
+}
+
 /// Network namespace inode of a `struct sock *`.
 #[inline(always)]
 pub fn sock_netns(sk: u64) -> u32 {

@@ -83,6 +83,7 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     skc_v6_daddr: 0,
     sk_protocol: 0,
     tcp_copied_seq: 0,
+    skb_tcp_gso_segs: 0,
 };
 
 /// Bytes of one written buffer copied into the ring; the rest is counted but

@@ -114,6 +114,8 @@ pub struct TcpRecord {
     pub bytes_sent: u64,
     pub bytes_received: u64,
     pub duration_ns: u64,
+    /// Retransmit: TCP segments resent (see TcpEvent::segments).
+    pub segments: u32,
     /// Identity of the kernel socket (joins payload chunks to this).
     pub sock: u64,
 }
@@ -259,6 +261,7 @@ pub fn decode(buf: &[u8]) -> Result<Record, DecodeError> {
                 bytes_sent: t.bytes_sent,
                 bytes_received: t.bytes_received,
                 duration_ns: t.duration_ns,
+                segments: t.segments,
                 sock: t.sock,
             })
         }
@@ -374,7 +377,7 @@ pub(crate) mod tests {
             dport: 51000,
             flags: 0,
             netns: 4026531840,
-            _pad: 0,
+            segments: 0,
             saddr: [0; 16],
             daddr: [0; 16],
             bytes_sent: 120,

@@ -33,6 +33,10 @@ pub struct Tuple {
     pub dport: u16,
 }
 
+fn one_segment() -> u32 {
+    1
+}
+
 fn is_false(b: &bool) -> bool {
     !*b
 }
@@ -67,7 +71,14 @@ pub enum EventData {
         #[serde(default, skip_serializing_if = "is_false")]
         failed: bool,
     },
-    TcpRetransmit(Tuple),
+    TcpRetransmit {
+        #[serde(flatten)]
+        tuple: Tuple,
+        /// Segments resent by this retransmission (a GSO skb carries several);
+        /// the kernel's RetransSegs counter grows by the same number.
+        #[serde(default = "one_segment")]
+        segments: u32,
+    },
     Loop {
         poll_ns: u64,
         busy_ns: u64,
@@ -197,7 +208,7 @@ impl EventData {
             EventData::TcpConnect(_) => "tcp_connect",
             EventData::TcpAccept(_) => "tcp_accept",
             EventData::TcpClose { .. } => "tcp_close",
-            EventData::TcpRetransmit(_) => "tcp_retransmit",
+            EventData::TcpRetransmit { .. } => "tcp_retransmit",
             EventData::Loop { .. } => "loop",
             EventData::Gc { .. } => "gc",
             EventData::Exec { .. } => "exec",
@@ -263,10 +274,18 @@ impl Event {
                 let cut = if *truncated { " [truncated]" } else { "" };
                 write!(s, " {name}| {text}{cut}")
             }
-            EventData::TcpConnect(t) | EventData::TcpAccept(t) | EventData::TcpRetransmit(t) => {
+            EventData::TcpConnect(t) | EventData::TcpAccept(t) => {
                 write!(
                     s,
                     " {} -> {}",
+                    endpoint(&t.saddr, t.sport),
+                    endpoint(&t.daddr, t.dport)
+                )
+            }
+            EventData::TcpRetransmit { tuple: t, segments } => {
+                write!(
+                    s,
+                    " {} -> {} segments={segments}",
                     endpoint(&t.saddr, t.sport),
                     endpoint(&t.daddr, t.dport)
                 )

@@ -281,7 +281,7 @@ fn kind_slot(data: &EventData) -> Option<usize> {
         EventData::TcpConnect(_) => 2,
         EventData::TcpAccept(_) => 3,
         EventData::TcpClose { .. } => 4,
-        EventData::TcpRetransmit(_) => 5,
+        EventData::TcpRetransmit { .. } => 5,
         EventData::Loop { .. } => 6,
         EventData::Gc { .. } => 7,
         EventData::Exec { .. } => 8,
@@ -462,8 +462,11 @@ impl Metrics {
                     }
                 }
             }
-            EventData::TcpRetransmit(_) => {
-                self.f.tcp_retransmits.get_or_create(pl).inc();
+            EventData::TcpRetransmit { segments, .. } => {
+                self.f
+                    .tcp_retransmits
+                    .get_or_create(pl)
+                    .inc_by(u64::from(*segments));
             }
             EventData::Loop { poll_ns, busy_ns } => {
                 p.series

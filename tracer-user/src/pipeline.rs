@@ -446,7 +446,11 @@ impl Pipeline {
         let data = match t.head.kind {
             EventKind::TcpConnect => EventData::TcpConnect(tuple),
             EventKind::TcpAccept => EventData::TcpAccept(tuple),
-            EventKind::TcpRetransmit => EventData::TcpRetransmit(tuple),
+            EventKind::TcpRetransmit => EventData::TcpRetransmit {
+                tuple,
+                // An older probe (or a kernel without the BTF field) sends 0.
+                segments: t.segments.max(1),
+            },
             _ => {
                 let preexisting = t.flags & TCP_FLAG_PREEXISTING != 0;
                 EventData::TcpClose {

@@ -30,7 +30,9 @@ use tracer_common::{
 
 use crate::{
     emit::{current_ids, now_ns, output},
-    kernel::{sock_addrs, sock_netns, sock_ports, sock_protocol, tcp_payload_bytes},
+    kernel::{
+        skb_tcp_segments, sock_addrs, sock_netns, sock_ports, sock_protocol, tcp_payload_bytes,
+    },
     maps::{CONNS, LISTENERS, PREEXISTING, is_target},
 };
 
@@ -65,7 +67,16 @@ fn sock_tuple(sk: u64) -> Option<Tuple> {
 }
 
 #[inline(always)]
-fn emit(kind: EventKind, owner: &ConnInfo, t: &Tuple, netns: u32, sk: u64, flags: u16) {
+/// `segments`: for a retransmit, how many TCP segments were resent; else 0.
+fn emit(
+    kind: EventKind,
+    owner: &ConnInfo,
+    t: &Tuple,
+    netns: u32,
+    sk: u64,
+    flags: u16,
+    segments: u32,
+) {
     let now = now_ns();
     let (bytes_sent, bytes_received, duration_ns) = if kind == EventKind::TcpClose {
         let active_open = owner.kind == EventKind::TcpConnect as u32;
@@ -95,7 +106,7 @@ fn emit(kind: EventKind, owner: &ConnInfo, t: &Tuple, netns: u32, sk: u64, flags
             dport: t.dport,
             flags: flags | owner.flags as u16,
             netns,
-            _pad: 0,
+            segments,
             saddr: t.saddr,
             daddr: t.daddr,
             bytes_sent,
@@ -133,7 +144,7 @@ fn adopt(sk: u64) -> Option<()> {
         saddr: [0; 16],
         daddr: [0; 16],
     };
-    emit(EventKind::ConnAdopt, &owner, &t, netns, sk, 0);
+    emit(EventKind::ConnAdopt, &owner, &t, netns, sk, 0, 0);
     Some(())
 }
 
@@ -171,7 +182,7 @@ fn try_set_state(ctx: &RawTracePointContext) -> Option<()> {
             // SAFETY: value copied out immediately.
             let owner = unsafe { CONNS.get(sk) }.copied()?;
             let t = sock_tuple(sk)?;
-            emit(EventKind::TcpConnect, &owner, &t, sock_netns(sk), sk, 0);
+            emit(EventKind::TcpConnect, &owner, &t, sock_netns(sk), sk, 0, 0);
         }
         (TCP_SYN_RECV, TCP_ESTABLISHED) => {
             let t = sock_tuple(sk)?;
@@ -192,7 +203,7 @@ fn try_set_state(ctx: &RawTracePointContext) -> Option<()> {
                 comm: [0u8; COMM_LEN],
             };
             let _ = CONNS.insert(sk, owner, 0);
-            emit(EventKind::TcpAccept, &owner, &t, netns, sk, 0);
+            emit(EventKind::TcpAccept, &owner, &t, netns, sk, 0, 0);
         }
         (_, TCP_LISTEN) => {
             // listen(): process context.
@@ -229,7 +240,7 @@ fn try_set_state(ctx: &RawTracePointContext) -> Option<()> {
                 } else {
                     0
                 };
-                emit(EventKind::TcpClose, &owner, &t, netns, sk, flags);
+                emit(EventKind::TcpClose, &owner, &t, netns, sk, flags, 0);
             } else {
                 let key = PortPairKey {
                     netns,
@@ -239,7 +250,7 @@ fn try_set_state(ctx: &RawTracePointContext) -> Option<()> {
                 // SAFETY: value copied out immediately.
                 let owner = unsafe { PREEXISTING.get(key) }.copied()?;
                 let _ = PREEXISTING.remove(key);
-                emit(EventKind::TcpClose, &owner, &t, netns, sk, 0);
+                emit(EventKind::TcpClose, &owner, &t, netns, sk, 0, 0);
             }
         }
         _ => {}
@@ -270,6 +281,8 @@ fn try_retransmit(ctx: &RawTracePointContext) -> Option<()> {
             unsafe { PREEXISTING.get(key) }.copied()?
         }
     };
-    emit(EventKind::TcpRetransmit, &owner, &t, netns, sk, 0);
+    let skb: u64 = ctx.arg(1);
+    let segments = skb_tcp_segments(skb);
+    emit(EventKind::TcpRetransmit, &owner, &t, netns, sk, 0, segments);
     Some(())
 }

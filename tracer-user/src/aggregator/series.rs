@@ -107,7 +107,10 @@ pub enum Sample {
     Gc {
         duration_ns: u64,
     },
-    Retransmit,
+    /// A retransmission of `segments` TCP segments.
+    Retransmit {
+        segments: u64,
+    },
     Lost {
         count: u64,
     },
@@ -249,7 +252,7 @@ impl SeriesBuilder {
                 acc.loop_max[b] = Some(acc.loop_max[b].map_or(busy_ns, |m| m.max(busy_ns)));
             }
             Sample::Gc { duration_ns } => acc.gc_ns[b] = acc.gc_ns[b].saturating_add(duration_ns),
-            Sample::Retransmit => acc.retransmits[b] += 1,
+            Sample::Retransmit { segments } => acc.retransmits[b] += segments,
             Sample::Lost { count } => acc.lost[b] = acc.lost[b].saturating_add(count),
         }
     }
@@ -384,7 +387,7 @@ mod tests {
                 duration_ns: 500_000,
             },
         );
-        b.add(13 * S, "h1", 7, Sample::Retransmit);
+        b.add(13 * S, "h1", 7, Sample::Retransmit { segments: 1 });
         b.add(13 * S, "h1", 0, Sample::Lost { count: 5 });
         // Outside the window: ignored.
         b.add(14 * S, "h1", 7, Sample::Log);

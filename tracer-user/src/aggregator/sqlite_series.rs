@@ -19,7 +19,7 @@ pub(super) fn series(conn: &Connection, q: &SeriesQuery) -> Result<Series> {
                 json_extract(json, '$.side'), json_extract(json, '$.status'),
                 json_extract(json, '$.duration_ns'), json_extract(json, '$.req_bytes'),
                 json_extract(json, '$.resp_bytes'), json_extract(json, '$.busy_ns'),
-                json_extract(json, '$.count')
+                json_extract(json, '$.count'), json_extract(json, '$.segments')
            FROM events
           WHERE ts_ns >= ? AND ts_ns < ? AND kind IN {KINDS}"
     );
@@ -54,7 +54,10 @@ pub(super) fn series(conn: &Connection, q: &SeriesQuery) -> Result<Series> {
             "gc" => Sample::Gc {
                 duration_ns: num(r.get(6)?),
             },
-            "tcp_retransmit" => Sample::Retransmit,
+            "tcp_retransmit" => Sample::Retransmit {
+                // Stored before segments were recorded: one.
+                segments: r.get::<_, Option<i64>>(11)?.map_or(1, |v| num(Some(v))),
+            },
             "lost" => Sample::Lost {
                 count: num(r.get(10)?),
             },

@@ -47,6 +47,7 @@ pub fn kernel_offsets(btf_path: &Path) -> Result<KernelOffsets> {
         skc_v6_rcv_saddr: f("sock_common.skc_v6_rcv_saddr")?,
         skc_v6_daddr: f("sock_common.skc_v6_daddr")?,
         sk_protocol: f("sock.sk_protocol")?,
+        skb_tcp_gso_segs: f("sk_buff.cb")? + f("tcp_skb_cb.tcp_gso_segs")?,
     })
 }
 

@@ -241,8 +241,22 @@ fn known_events_give_exact_values() {
         ev(10, "node", EventData::TcpConnect(tuple())),
         ev(10, "node", close(1000, 250, false, false)),
         ev(10, "node", close(7, 3, true, false)),
-        ev(10, "node", EventData::TcpRetransmit(tuple())),
-        ev(10, "node", EventData::TcpRetransmit(tuple())),
+        ev(
+            10,
+            "node",
+            EventData::TcpRetransmit {
+                tuple: tuple(),
+                segments: 1,
+            },
+        ),
+        ev(
+            10,
+            "node",
+            EventData::TcpRetransmit {
+                tuple: tuple(),
+                segments: 3,
+            },
+        ),
         ev(
             10,
             "node",
@@ -358,7 +372,7 @@ fn known_events_give_exact_values() {
     );
     assert_eq!(p("tracer_tcp_connections_closed_total", &[]), Some(2.0));
     assert_eq!(p("tracer_tcp_connections_open", &[]), Some(2.0));
-    assert_eq!(p("tracer_tcp_retransmits_total", &[]), Some(2.0));
+    assert_eq!(p("tracer_tcp_retransmits_total", &[]), Some(4.0));
     assert_eq!(p("tracer_tcp_connect_failed_total", &[]), None);
 
     let busy = |le| p("tracer_event_loop_busy_seconds_bucket", &[("le", le)]);
