@@ -169,6 +169,11 @@ const _: () = assert!(size_of::<LogChunk>() == 72 + LOG_CHUNK_BYTES);
 pub const SEG_SENT: u32 = 0;
 /// [`SegmentHeader::dir`]: the traced socket received it (ingress).
 pub const SEG_RECEIVED: u32 = 1;
+/// [`SegmentHeader::dir`] flag: received by a traced listener before the
+/// connection it belongs to existed (the handshake's last ACK was lost, so
+/// this data segment completes the handshake). `sock` is then an id that
+/// the [`TcpEvent::early_segment`] of the connection's accept names.
+pub const SEG_BEFORE_ACCEPT: u32 = 1 << 8;
 
 /// Data bytes a [`SegmentHeader`] record can carry, smallest first. A
 /// record is reserved in the smallest class that holds the bytes copied
@@ -199,7 +204,7 @@ pub struct SegmentHeader {
     pub seg_len: u32,
     /// Bytes copied that follow this header (a prefix of the payload).
     pub len: u32,
-    /// [`SEG_SENT`] or [`SEG_RECEIVED`].
+    /// [`SEG_SENT`] or [`SEG_RECEIVED`], maybe with [`SEG_BEFORE_ACCEPT`].
     pub dir: u32,
 }
 const _: () = assert!(size_of::<SegmentHeader>() == 64);
@@ -224,6 +229,9 @@ const _: () = assert!(size_of::<ReadMark>() == 56);
 pub const TCP_FLAG_PREEXISTING: u16 = 1;
 /// The connection never reached ESTABLISHED (e.g. connect refused).
 pub const TCP_FLAG_FAILED: u16 = 2;
+/// Connect/accept: [`TcpEvent::sent_seq0`] and [`TcpEvent::received_seq0`]
+/// are known.
+pub const TCP_FLAG_SEQ_KNOWN: u16 = 4;
 
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
@@ -257,8 +265,18 @@ pub struct TcpEvent {
     /// The kernel `struct sock *`, the key joining payload chunks to this
     /// connection. Only an identity; never dereferenced by user space.
     pub sock: u64,
+    /// Connect/accept (with [`TCP_FLAG_SEQ_KNOWN`]): sequence number of the
+    /// first payload byte each way (tcp_sock.write_seq and copied_seq when
+    /// the connection became ESTABLISHED), so the segment reassembly knows
+    /// where each stream starts even if its first segment comes late.
+    pub sent_seq0: u32,
+    pub received_seq0: u32,
+    /// Accept: the id (a [`SegmentHeader::sock`] with [`SEG_BEFORE_ACCEPT`])
+    /// of the data segment that reached the listener before this connection
+    /// existed, or 0.
+    pub early_segment: u64,
 }
-const _: () = assert!(size_of::<TcpEvent>() == 40 + 16 + 32 + 32);
+const _: () = assert!(size_of::<TcpEvent>() == 40 + 16 + 32 + 32 + 16);
 
 /// One event-loop turn: time blocked in uv__io_poll, then time running
 /// callbacks until the next poll.

@@ -170,6 +170,16 @@ pub fn sock_addrs(sk: u64) -> Option<(u16, [u8; 16], [u8; 16])> {
     Some((family, local, remote))
 }
 
+/// tcp_sock.write_seq: the sequence number the next byte written gets.
+#[inline(always)]
+pub fn tcp_write_seq(sk: u64) -> Option<u32> {
+    let off = offsets().tcp_write_seq;
+    if off == 0 {
+        return None;
+    }
+    read::<u32>(sk, off)
+}
+
 /// tcp_sock.copied_seq: the next byte the application will read.
 #[inline(always)]
 pub fn tcp_copied_seq(sk: u64) -> Option<u32> {

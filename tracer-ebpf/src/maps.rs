@@ -45,6 +45,28 @@ pub static POLL_STATE: LruHashMap<u32, PollState> = LruHashMap::with_max_entries
 #[map]
 pub static GC_START: LruHashMap<u32, u64> = LruHashMap::with_max_entries(4096, 0);
 
+/// A data segment that reached a traced listener (skb.rs), waiting for the
+/// accept that the same softirq, on the same CPU, reports next (tcp.rs).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct EarlySegment {
+    /// The id its segment record carries as `sock`; 0: nothing waiting.
+    pub id: u64,
+    /// Makes ids distinct on this CPU.
+    pub counter: u64,
+    pub netns: u32,
+    /// The listener's port and the peer's, host order.
+    pub lport: u16,
+    pub rport: u16,
+    /// The payload starts with a TLS record header (it was not reported).
+    pub tls: u32,
+    pub _pad: u32,
+}
+
+/// One slot per CPU; see [`EarlySegment`].
+#[map]
+pub static EARLY_SEGMENT: PerCpuArray<EarlySegment> = PerCpuArray::with_max_entries(1, 0);
+
 /// Per-CPU scratch for a log chunk (too big for the 512-byte BPF stack).
 #[map]
 pub static LOG_SCRATCH: PerCpuArray<LogChunk> = PerCpuArray::with_max_entries(1, 0);

@@ -23,6 +23,9 @@ use crate::{
 /// Received runs (in sequence order) waiting for the read that takes them;
 /// past this many the oldest go to the parser with their arrival time.
 const MAX_UNREAD: usize = 128;
+/// Segments received by listeners, waiting for the accept that claims
+/// them (it follows at once in the ring; this only bounds strays).
+const MAX_BEFORE_ACCEPT: usize = 64;
 
 struct Conn {
     /// Random-looking per-connection id; with the request's seq it forms
@@ -79,6 +82,19 @@ pub struct Connections {
     /// Payload bytes of TCP segments that never arrived (holes given up by
     /// the reassembly), not yet reported.
     pub capture_losses: u64,
+    /// Segments a listener received before their connection existed, by
+    /// id, oldest first (see `SEG_BEFORE_ACCEPT`). An unclaimed one is
+    /// dropped here without counting: if its connection is traced, the
+    /// reassembly counts the hole it leaves.
+    before_accept: VecDeque<(u64, BeforeAccept)>,
+}
+
+/// A received segment waiting for its connection (see `before_accept`).
+pub struct BeforeAccept {
+    pub mono_ns: u64,
+    pub seq: u32,
+    pub seg_len: u32,
+    pub captured: Vec<u8>,
 }
 
 /// One TCP segment of a connection, as the cgroup_skb programs saw it.
@@ -145,11 +161,47 @@ impl Connections {
         self.conns.get(&(pid, sk))?.tuple.as_ref()
     }
 
-    /// A connection was opened (or adopted): its addresses.
-    pub fn opened(&mut self, pid: u32, sk: u64, tuple: Tuple) {
+    /// A connection was opened (or adopted): its addresses, and where its
+    /// streams start (sent, received) when the kernel knew.
+    pub fn opened(&mut self, pid: u32, sk: u64, tuple: Tuple, first_seqs: Option<(u32, u32)>) {
         // A new connection on a reused socket address starts afresh.
         self.forget(pid, sk);
-        self.conn(pid, sk).tuple = Some(tuple);
+        let conn = self.conn(pid, sk);
+        conn.tuple = Some(tuple);
+        if let Some((sent, received)) = first_seqs {
+            conn.segments[0].start_at(sent);
+            conn.segments[1].start_at(received);
+        }
+    }
+
+    /// A segment a listener received before its connection existed.
+    pub fn before_accept(&mut self, id: u64, seg: BeforeAccept) {
+        if self.before_accept.len() >= MAX_BEFORE_ACCEPT {
+            self.before_accept.pop_front();
+        }
+        self.before_accept.push_back((id, seg));
+    }
+
+    /// The accept of connection `sk` claims segment `id` (received by its
+    /// listener before it existed): it is the connection's.
+    pub fn claim_before_accept(&mut self, pid: u32, sk: u64, id: u64) -> Vec<Finished> {
+        let Some(at) = self.before_accept.iter().position(|(i, _)| *i == id) else {
+            return Vec::new();
+        };
+        let Some((_, seg)) = self.before_accept.remove(at) else {
+            return Vec::new();
+        };
+        self.segment(
+            pid,
+            sk,
+            SegmentIn {
+                dir: Direction::Received,
+                mono_ns: seg.mono_ns,
+                seq: seg.seq,
+                seg_len: seg.seg_len,
+                captured: &seg.captured,
+            },
+        )
     }
 
     /// Bytes read or written on a connection.
@@ -547,7 +599,7 @@ mod tests {
     #[test]
     fn received_segments_take_the_time_of_the_read_that_took_them() {
         let mut c = Connections::new("h", 1);
-        c.opened(1, 0xa, tuple(80));
+        c.opened(1, 0xa, tuple(80), None);
         let req = b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n";
         // Arrives in two segments (and one again) at 10, 11, 12...
         assert!(c.segment(1, 0xa, seg(R, 10, 1000, &req[..5])).is_empty());
@@ -578,7 +630,7 @@ mod tests {
     #[test]
     fn unread_bytes_go_on_at_close_with_their_arrival_time() {
         let mut c = Connections::new("h", 1);
-        c.opened(1, 0xa, tuple(80));
+        c.opened(1, 0xa, tuple(80), None);
         let req = b"GET /y HTTP/1.1\r\n\r\n";
         assert!(c.segment(1, 0xa, seg(R, 10, 5, req)).is_empty());
         let done = c.closed(1, 0xa, 50);
@@ -591,8 +643,8 @@ mod tests {
     #[test]
     fn single_request_in_flight_owns_the_log_line_and_the_outgoing_call() {
         let mut c = Connections::new("h", 1);
-        c.opened(1, 0xa, tuple(80));
-        c.opened(1, 0xb, tuple(5000));
+        c.opened(1, 0xa, tuple(80), None);
+        c.opened(1, 0xb, tuple(5000), None);
         assert!(
             feed(
                 &mut c,

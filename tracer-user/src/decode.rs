@@ -8,7 +8,7 @@ use std::mem::size_of;
 use thiserror::Error;
 use tracer_common::{
     EventHeader, EventKind, FileOpenEvent, GcEvent, LogChunkHeader, LoopEvent, ProcEvent, ReadMark,
-    SEG_RECEIVED, SEG_SENT, SegmentHeader, Stream, TcpEvent,
+    SEG_BEFORE_ACCEPT, SEG_RECEIVED, SEG_SENT, SegmentHeader, Stream, TCP_FLAG_SEQ_KNOWN, TcpEvent,
 };
 
 /// One decoded ring record.
@@ -99,6 +99,9 @@ pub struct Segment {
     pub seg_len: u32,
     /// The traced socket sent it (else received).
     pub sent: bool,
+    /// Received by a listener before its connection existed: `sock` is an
+    /// id a later accept's `early_segment` names.
+    pub before_accept: bool,
     pub data: Vec<u8>,
 }
 
@@ -116,6 +119,11 @@ pub struct TcpRecord {
     pub duration_ns: u64,
     /// Retransmit: TCP segments resent (see TcpEvent::segments).
     pub segments: u32,
+    /// Connect/accept: sequence numbers of the first payload byte (sent,
+    /// received), when the kernel could read them.
+    pub first_seqs: Option<(u32, u32)>,
+    /// Accept: id of the segment that reached the listener first, or 0.
+    pub early_segment: u64,
     /// Identity of the kernel socket (joins payload chunks to this).
     pub sock: u64,
 }
@@ -218,7 +226,7 @@ pub fn decode(buf: &[u8]) -> Result<Record, DecodeError> {
             let len = s.len as usize;
             if data.len() < len
                 || len > s.seg_len as usize
-                || (s.dir != SEG_SENT && s.dir != SEG_RECEIVED)
+                || ![SEG_SENT, SEG_RECEIVED, SEG_RECEIVED | SEG_BEFORE_ACCEPT].contains(&s.dir)
             {
                 return Err(DecodeError::SegmentLength {
                     claimed: len,
@@ -233,6 +241,7 @@ pub fn decode(buf: &[u8]) -> Result<Record, DecodeError> {
                 seq: s.seq,
                 seg_len: s.seg_len,
                 sent: s.dir == SEG_SENT,
+                before_accept: s.dir & SEG_BEFORE_ACCEPT != 0,
                 data: data[..len].to_vec(),
             })
         }
@@ -262,6 +271,9 @@ pub fn decode(buf: &[u8]) -> Result<Record, DecodeError> {
                 bytes_received: t.bytes_received,
                 duration_ns: t.duration_ns,
                 segments: t.segments,
+                first_seqs: (t.flags & TCP_FLAG_SEQ_KNOWN != 0)
+                    .then_some((t.sent_seq0, t.received_seq0)),
+                early_segment: t.early_segment,
                 sock: t.sock,
             })
         }
@@ -384,6 +396,9 @@ pub(crate) mod tests {
             bytes_received: 78,
             duration_ns: 5,
             sock: 0xffff_8881_0000_1000,
+            sent_seq0: 0,
+            received_seq0: 0,
+            early_segment: 0,
         };
         t.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
         t.daddr[..4].copy_from_slice(&[10, 0, 0, 2]);

@@ -11,7 +11,7 @@ use std::{
 use tracer_common::{EventKind, Stream, TCP_FLAG_FAILED, TCP_FLAG_PREEXISTING};
 
 use crate::{
-    conns::{Connections, Finished, Payload, SegmentIn},
+    conns::{BeforeAccept, Connections, Finished, Payload, SegmentIn},
     decode::{Head, Record, TcpRecord},
     event::{Event, EventData, LossStage, StreamName, Tuple},
     http::Direction,
@@ -112,6 +112,18 @@ impl Pipeline {
             {
                 self.on_socket_chunk(chunk)
             }
+            Record::Segment(seg) if seg.before_accept => {
+                self.conns.before_accept(
+                    seg.sock,
+                    BeforeAccept {
+                        mono_ns: seg.head.mono_ns,
+                        seq: seg.seq,
+                        seg_len: seg.seg_len,
+                        captured: seg.data,
+                    },
+                );
+                Vec::new()
+            }
             Record::Segment(seg) => {
                 let dir = if seg.sent {
                     Direction::Sent
@@ -153,7 +165,12 @@ impl Pipeline {
                 let mut out = Vec::new();
                 match t.head.kind {
                     EventKind::TcpConnect | EventKind::TcpAccept => {
-                        self.conns.opened(t.head.pid, t.sock, tuple_of(&t));
+                        let (pid, sk) = (t.head.pid, t.sock);
+                        self.conns.opened(pid, sk, tuple_of(&t), t.first_seqs);
+                        if t.early_segment != 0 {
+                            let done = self.conns.claim_before_accept(pid, sk, t.early_segment);
+                            out.extend(done.into_iter().map(|f| self.http_event(f)));
+                        }
                     }
                     EventKind::TcpClose => {
                         // An active close has given the local port back by
@@ -257,7 +274,7 @@ impl Pipeline {
             },
             None => tuple_of(&t),
         };
-        self.conns.opened(t.head.pid, t.sock, tuple);
+        self.conns.opened(t.head.pid, t.sock, tuple, None);
     }
 
     fn http_event(&mut self, f: Finished) -> Event {

@@ -10,7 +10,10 @@
 //! as pieces (`captured` prefix of `total` bytes) that keep their segment's
 //! timestamp.
 //!
-//! - The first segment seen starts the stream.
+//! - The stream starts where the kernel said it does when the connection
+//!   was seen opening ([`Reassembly::start_at`]), so a first segment that
+//!   arrives late is still placed first; otherwise (a connection open
+//!   before attach) the first segment seen starts it.
 //! - Bytes before the next expected one (retransmits, duplicates, the
 //!   overlapping part of a repacketised segment) are dropped and counted as
 //!   duplicates.
@@ -102,6 +105,14 @@ impl Reassembly {
         }
         self.drain(&mut out);
         out
+    }
+
+    /// The stream's first byte has sequence number `seq` (a new
+    /// connection's, from the kernel). Before any segment only.
+    pub fn start_at(&mut self, seq: u32) {
+        if self.next.is_none() {
+            self.next = Some(seq);
+        }
     }
 
     /// Sequence number of the next byte owed to the parser (the start of
@@ -218,6 +229,21 @@ mod tests {
         assert_eq!(bytes(&all), b"hello world");
         assert_eq!(r.duplicate_bytes, 5 + 2);
         assert_eq!(r.lost_bytes, 0);
+    }
+
+    #[test]
+    fn a_known_start_places_a_late_first_segment_first() {
+        // Without a start, the second segment would start the stream and
+        // the first would be dropped as a duplicate.
+        let mut r = Reassembly::default();
+        r.start_at(u32::MAX - 1);
+        assert!(r.push(2, 3, 1, b"/ H", false).is_empty());
+        let all = r.push(u32::MAX - 1, 4, 2, b"GET ", false);
+        assert_eq!(bytes(&all), b"GET / H");
+        assert_eq!((r.lost_bytes, r.duplicate_bytes), (0, 0));
+        // Once started, a later start is ignored.
+        r.start_at(7);
+        assert_eq!(r.next(), Some(5));
     }
 
     #[test]

@@ -22,6 +22,16 @@
 //! the copy is one `bpf_skb_load_bytes` of at most 16 KiB, the rest is
 //! counted in `seg_len`.
 //!
+//! A listener's segments: when the handshake's last ACK is lost, the
+//! client's first data segment completes the handshake. TCP runs the
+//! ingress hook for it with the *listener* socket (the connection does not
+//! exist yet), then creates the connection, reports the accept (tcp.rs) and
+//! queues the data to it, all in the same softirq on the same CPU. So a data
+//! segment on a traced listener is reported with an id in place of the
+//! socket and flagged `SEG_BEFORE_ACCEPT`, the id is left in a per-CPU slot
+//! (`EARLY_SEGMENT`), and the accept that follows claims it; user space
+//! then gives the segment to that connection.
+//!
 //! Timestamps: a segment's is when it crossed the hook. Received bytes are
 //! then given the time of the read that took them, as a read() hook would:
 //! `sock_recv_length` (below) reports, per read of a traced connection, a
@@ -36,25 +46,28 @@
 //! run only when a socket is read or written.
 
 use aya_ebpf::{
+    bindings::bpf_sock,
     cty::c_void,
     helpers::{
-        bpf_probe_read_kernel,
+        bpf_get_smp_processor_id, bpf_probe_read_kernel,
         generated::{bpf_sk_fullsock, bpf_skb_load_bytes},
     },
     macros::{cgroup_skb, raw_tracepoint},
     programs::{RawTracePointContext, SkBuffContext},
 };
 use tracer_common::{
-    CONN_SEEN_RECEIVED, CONN_SEEN_SENT, EventHeader, EventKind, LOG_CHUNK_BYTES, ReadMark,
-    SEG_RECEIVED, SEG_SENT, SegmentHeader,
+    COMM_LEN, CONN_SEEN_RECEIVED, CONN_SEEN_SENT, EventHeader, EventKind, LOG_CHUNK_BYTES,
+    ListenKey, ReadMark, SEG_BEFORE_ACCEPT, SEG_RECEIVED, SEG_SENT, SegmentHeader,
 };
 
 use crate::{
     emit::{count_lost, current_ids, now_ns, output, submit_flags},
-    kernel::tcp_copied_seq,
-    maps::{CONNS, EVENTS, is_target, socket_capture_bytes},
+    kernel::{sock_netns, tcp_copied_seq},
+    maps::{
+        CONNS, EARLY_SEGMENT, EVENTS, EarlySegment, LISTENERS, is_target, socket_capture_bytes,
+    },
     probes::{
-        tcp::is_traced_conn,
+        tcp::{TCP_LISTEN, is_traced_conn},
         tls::{self, LAST_READ, SSL_WRITE_PENDING},
     },
 };
@@ -83,6 +96,8 @@ pub fn skb_egress(ctx: SkBuffContext) -> i32 {
 
 /// Where a segment's payload is, from its headers.
 struct Tcp {
+    /// Offset of the TCP header from the network header.
+    tcp_off: u32,
     seq: u32,
     /// Offset of the payload from the network header.
     payload_off: u32,
@@ -130,6 +145,7 @@ fn parse(ctx: &SkBuffContext) -> Option<Tcp> {
         seq
     };
     Some(Tcp {
+        tcp_off,
         seq,
         payload_off,
         payload_len: len - payload_off,
@@ -160,6 +176,9 @@ fn segment(ctx: &SkBuffContext, dir: u32) -> Option<()> {
     // SAFETY: reads 8 bytes of our own stack; the helper cannot fault here.
     let sk = unsafe { bpf_probe_read_kernel(&slot as *const u64) }.ok()?;
     if !is_traced_conn(sk) {
+        if dir == SEG_RECEIVED {
+            let _ = before_accept(ctx, full, sk, cap);
+        }
         return None;
     }
     let tcp = parse(ctx)?;
@@ -202,15 +221,99 @@ fn segment(ctx: &SkBuffContext, dir: u32) -> Option<()> {
         len: 0,
         dir,
     };
-    let want = core::cmp::min(tcp.payload_len, cap);
+    output_sized(
+        ctx,
+        &head,
+        tcp.payload_off,
+        core::cmp::min(tcp.payload_len, cap),
+    )
+}
+
+/// A data segment received by a traced listener: the first data of a
+/// connection whose handshake it completes (see the module docs). Reported
+/// with an id for the accept to claim.
+#[inline(always)]
+fn before_accept(ctx: &SkBuffContext, full: *mut bpf_sock, sk: u64, cap: u32) -> Option<()> {
+    // SAFETY: fields of the full socket, rewritten by the verifier.
+    let (state, lport) = unsafe { ((*full).state, (*full).src_port) };
+    if state != TCP_LISTEN as u32 {
+        return None;
+    }
+    let netns = sock_netns(sk);
+    let key = ListenKey {
+        netns,
+        port: lport as u16,
+        _pad: 0,
+    };
+    // SAFETY: value copied out immediately.
+    let pid = unsafe { LISTENERS.get(key) }.copied()?;
+    let tcp = parse(ctx)?;
+    let rport = u16::from_be(load::<u16>(ctx, tcp.tcp_off)?);
+    let tls = load::<[u8; 2]>(ctx, tcp.payload_off)
+        .is_some_and(|head| (20..=23).contains(&head[0]) && head[1] == 3);
+    let slot = EARLY_SEGMENT.get_ptr_mut(0)?;
+    // SAFETY: this CPU's slot, valid for this program run.
+    let counter = unsafe { (*slot).counter }.wrapping_add(1);
+    // Distinct from every other id and from kernel pointers (top bits set).
+    // SAFETY: helper without arguments.
+    let cpu = u64::from(unsafe { bpf_get_smp_processor_id() });
+    let id = (1 << 62) | (cpu << 40) | (counter & ((1 << 40) - 1));
+    // SAFETY: as above.
+    unsafe {
+        *slot = EarlySegment {
+            id,
+            counter,
+            netns,
+            lport: lport as u16,
+            rport,
+            tls: tls as u32,
+            _pad: 0,
+        }
+    };
+    if tls {
+        // Ciphertext is never copied; the accept marks the connection TLS.
+        return Some(());
+    }
+    let head = SegmentHeader {
+        hdr: EventHeader {
+            kind: EventKind::Segment as u32,
+            pid,
+            tid: pid,
+            _pad: 0,
+            ts_ns: now_ns(),
+            comm: [0u8; COMM_LEN],
+        },
+        sock: id,
+        seq: tcp.seq,
+        seg_len: tcp.payload_len,
+        len: 0,
+        dir: SEG_RECEIVED | SEG_BEFORE_ACCEPT,
+    };
+    output_sized(
+        ctx,
+        &head,
+        tcp.payload_off,
+        core::cmp::min(tcp.payload_len, cap),
+    )
+}
+
+/// Report a segment with `want` payload bytes copied, in the smallest
+/// record size class that holds them.
+#[inline(always)]
+fn output_sized(
+    ctx: &SkBuffContext,
+    head: &SegmentHeader,
+    payload_off: u32,
+    want: u32,
+) -> Option<()> {
     if want <= 256 {
-        output_segment::<256>(ctx, &head, tcp.payload_off, want)
+        output_segment::<256>(ctx, head, payload_off, want)
     } else if want <= 1024 {
-        output_segment::<1024>(ctx, &head, tcp.payload_off, want)
+        output_segment::<1024>(ctx, head, payload_off, want)
     } else if want <= 4096 {
-        output_segment::<4096>(ctx, &head, tcp.payload_off, want)
+        output_segment::<4096>(ctx, head, payload_off, want)
     } else {
-        output_segment::<LOG_CHUNK_BYTES>(ctx, &head, tcp.payload_off, want)
+        output_segment::<LOG_CHUNK_BYTES>(ctx, head, payload_off, want)
     }
 }
 

@@ -25,15 +25,18 @@ use aya_ebpf::{
     helpers::bpf_get_current_comm, macros::raw_tracepoint, programs::RawTracePointContext,
 };
 use tracer_common::{
-    COMM_LEN, ConnInfo, EventHeader, EventKind, ListenKey, PortPairKey, TCP_FLAG_FAILED, TcpEvent,
+    COMM_LEN, CONN_SEEN_RECEIVED, ConnInfo, EventHeader, EventKind, ListenKey, PortPairKey,
+    TCP_FLAG_FAILED, TCP_FLAG_SEQ_KNOWN, TcpEvent,
 };
 
 use crate::{
     emit::{current_ids, now_ns, output},
     kernel::{
-        skb_tcp_segments, sock_addrs, sock_netns, sock_ports, sock_protocol, tcp_payload_bytes,
+        skb_tcp_segments, sock_addrs, sock_netns, sock_ports, sock_protocol, tcp_copied_seq,
+        tcp_payload_bytes, tcp_write_seq,
     },
-    maps::{CONNS, LISTENERS, PREEXISTING, is_target},
+    maps::{CONNS, EARLY_SEGMENT, EarlySegment, LISTENERS, PREEXISTING, is_target},
+    probes::tls,
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -41,7 +44,7 @@ const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
 const TCP_SYN_RECV: i32 = 3;
 const TCP_CLOSE: i32 = 7;
-const TCP_LISTEN: i32 = 10;
+pub const TCP_LISTEN: i32 = 10;
 
 /// Connection identity as the tracepoints carry it.
 struct Tuple {
@@ -66,17 +69,29 @@ fn sock_tuple(sk: u64) -> Option<Tuple> {
     })
 }
 
-#[inline(always)]
-/// `segments`: for a retransmit, how many TCP segments were resent; else 0.
-fn emit(
-    kind: EventKind,
-    owner: &ConnInfo,
-    t: &Tuple,
-    netns: u32,
-    sk: u64,
+/// What some events carry beyond the tuple (see `TcpEvent`).
+#[derive(Default)]
+struct Extra {
     flags: u16,
+    /// Retransmit: TCP segments resent.
     segments: u32,
-) {
+    /// Connect/accept: (sent, received) sequence number of the first
+    /// payload byte.
+    seq0: Option<(u32, u32)>,
+    /// Accept: id of the segment that reached the listener first.
+    early_segment: u64,
+}
+
+/// Sequence numbers of the first payload byte each way, read when the
+/// connection becomes ESTABLISHED: nothing was written or read yet, so
+/// write_seq and copied_seq are exactly there.
+#[inline(always)]
+fn first_payload_seqs(sk: u64) -> Option<(u32, u32)> {
+    Some((tcp_write_seq(sk)?, tcp_copied_seq(sk)?))
+}
+
+#[inline(always)]
+fn emit(kind: EventKind, owner: &ConnInfo, t: &Tuple, netns: u32, sk: u64, extra: Extra) {
     let now = now_ns();
     let (bytes_sent, bytes_received, duration_ns) = if kind == EventKind::TcpClose {
         let active_open = owner.kind == EventKind::TcpConnect as u32;
@@ -104,15 +119,24 @@ fn emit(
             family: t.family,
             sport: t.sport,
             dport: t.dport,
-            flags: flags | owner.flags as u16,
+            flags: extra.flags
+                | owner.flags as u16
+                | if extra.seq0.is_some() {
+                    TCP_FLAG_SEQ_KNOWN
+                } else {
+                    0
+                },
             netns,
-            segments,
+            segments: extra.segments,
             saddr: t.saddr,
             daddr: t.daddr,
             bytes_sent,
             bytes_received,
             duration_ns,
             sock: sk,
+            sent_seq0: extra.seq0.map_or(0, |s| s.0),
+            received_seq0: extra.seq0.map_or(0, |s| s.1),
+            early_segment: extra.early_segment,
         },
     );
 }
@@ -144,7 +168,14 @@ fn adopt(sk: u64) -> Option<()> {
         saddr: [0; 16],
         daddr: [0; 16],
     };
-    emit(EventKind::ConnAdopt, &owner, &t, netns, sk, 0, 0);
+    emit(
+        EventKind::ConnAdopt,
+        &owner,
+        &t,
+        netns,
+        sk,
+        Extra::default(),
+    );
     Some(())
 }
 
@@ -182,7 +213,11 @@ fn try_set_state(ctx: &RawTracePointContext) -> Option<()> {
             // SAFETY: value copied out immediately.
             let owner = unsafe { CONNS.get(sk) }.copied()?;
             let t = sock_tuple(sk)?;
-            emit(EventKind::TcpConnect, &owner, &t, sock_netns(sk), sk, 0, 0);
+            let extra = Extra {
+                seq0: first_payload_seqs(sk),
+                ..Extra::default()
+            };
+            emit(EventKind::TcpConnect, &owner, &t, sock_netns(sk), sk, extra);
         }
         (TCP_SYN_RECV, TCP_ESTABLISHED) => {
             let t = sock_tuple(sk)?;
@@ -194,7 +229,7 @@ fn try_set_state(ctx: &RawTracePointContext) -> Option<()> {
             };
             // SAFETY: value copied out immediately.
             let pid = unsafe { LISTENERS.get(key) }.copied()?;
-            let owner = ConnInfo {
+            let mut owner = ConnInfo {
                 pid,
                 tid: pid,
                 start_ns: now_ns(),
@@ -202,8 +237,22 @@ fn try_set_state(ctx: &RawTracePointContext) -> Option<()> {
                 flags: 0,
                 comm: [0u8; COMM_LEN],
             };
+            let mut extra = Extra {
+                seq0: first_payload_seqs(sk),
+                ..Extra::default()
+            };
+            if let Some(early) = claim_early_segment(netns, t.sport, t.dport) {
+                // The connection's first received payload was that segment:
+                // it decided TLS or not.
+                owner.flags |= CONN_SEEN_RECEIVED;
+                if early.tls != 0 {
+                    tls::mark_tls(sk);
+                } else {
+                    extra.early_segment = early.id;
+                }
+            }
             let _ = CONNS.insert(sk, owner, 0);
-            emit(EventKind::TcpAccept, &owner, &t, netns, sk, 0, 0);
+            emit(EventKind::TcpAccept, &owner, &t, netns, sk, extra);
         }
         (_, TCP_LISTEN) => {
             // listen(): process context.
@@ -240,7 +289,11 @@ fn try_set_state(ctx: &RawTracePointContext) -> Option<()> {
                 } else {
                     0
                 };
-                emit(EventKind::TcpClose, &owner, &t, netns, sk, flags, 0);
+                let extra = Extra {
+                    flags,
+                    ..Extra::default()
+                };
+                emit(EventKind::TcpClose, &owner, &t, netns, sk, extra);
             } else {
                 let key = PortPairKey {
                     netns,
@@ -250,12 +303,29 @@ fn try_set_state(ctx: &RawTracePointContext) -> Option<()> {
                 // SAFETY: value copied out immediately.
                 let owner = unsafe { PREEXISTING.get(key) }.copied()?;
                 let _ = PREEXISTING.remove(key);
-                emit(EventKind::TcpClose, &owner, &t, netns, sk, 0, 0);
+                emit(EventKind::TcpClose, &owner, &t, netns, sk, Extra::default());
             }
         }
         _ => {}
     }
     Some(())
+}
+
+/// The segment a traced listener received just before this accept, in the
+/// same softirq on this CPU (skb.rs `before_accept`), if it was this
+/// connection's. Taken: the slot is emptied.
+#[inline(always)]
+fn claim_early_segment(netns: u32, lport: u16, rport: u16) -> Option<EarlySegment> {
+    let slot = EARLY_SEGMENT.get_ptr_mut(0)?;
+    // SAFETY: pointer into this CPU's slot, valid for this program run;
+    // nothing else runs on this CPU meanwhile.
+    let early = unsafe { *slot };
+    if early.id == 0 || early.netns != netns || early.lport != lport || early.rport != rport {
+        return None;
+    }
+    // SAFETY: as above.
+    unsafe { (*slot).id = 0 };
+    Some(early)
 }
 
 #[raw_tracepoint(tracepoint = "tcp_retransmit_skb")]
@@ -283,6 +353,10 @@ fn try_retransmit(ctx: &RawTracePointContext) -> Option<()> {
     };
     let skb: u64 = ctx.arg(1);
     let segments = skb_tcp_segments(skb);
-    emit(EventKind::TcpRetransmit, &owner, &t, netns, sk, 0, segments);
+    let extra = Extra {
+        segments,
+        ..Extra::default()
+    };
+    emit(EventKind::TcpRetransmit, &owner, &t, netns, sk, extra);
     Some(())
 }

@@ -1,0 +1,193 @@
+//! HTTP on a listener with TCP_DEFER_ACCEPT (nginx's `listen ... deferred`,
+//! HAProxy's `defer-accept`): the kernel ignores the handshake's last ACK
+//! and creates the connection only when the client's first data segment
+//! arrives. TCP runs the cgroup ingress hook for that segment with the
+//! *listener* socket — the same path a lossy network takes when the last
+//! ACK is lost. The request in that segment must still be reported, once,
+//! with its exact size.
+//!
+//! The test makes the listening socket itself (on loopback, with
+//! TCP_DEFER_ACCEPT) and hands it to a node HTTP server as fd 3, then sends
+//! requests from real sockets, each on a connection of its own, with the
+//! whole request in one write. The kernel's `TcpExt.TCPDeferAcceptDrop`
+//! counter proves the deferral happened. Needs root (loads BPF programs).
+
+mod common;
+
+use std::{
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    os::{fd::AsRawFd, unix::process::CommandExt},
+    process::Command,
+    time::Duration,
+};
+
+use common::{NODE, Proc, Tracer, fixtures_dir, list_problems, require_root, wait_ready_line};
+
+/// Requests, each on a connection of its own: even ones GET, odd ones POST
+/// with a body.
+const REQUESTS: usize = 24;
+
+/// `TcpExt.TCPDeferAcceptDrop` of this network namespace: bare ACKs a
+/// TCP_DEFER_ACCEPT listener ignored.
+fn defer_accept_drops() -> u64 {
+    let text = std::fs::read_to_string("/proc/net/netstat").expect("/proc/net/netstat");
+    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("TcpExt:")).collect();
+    let (names, values) = (lines[0], lines[1]);
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "TCPDeferAcceptDrop")
+        .and_then(|(_, v)| v.parse().ok())
+        .expect("TcpExt.TCPDeferAcceptDrop in /proc/net/netstat")
+}
+
+/// A loopback listener with TCP_DEFER_ACCEPT.
+fn deferred_listener() -> TcpListener {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    let seconds: libc::c_int = 5;
+    // SAFETY: a valid socket fd and a pointer to a c_int of the given size.
+    let rc = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            std::ptr::from_ref(&seconds).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "setsockopt(TCP_DEFER_ACCEPT): {}",
+        std::io::Error::last_os_error()
+    );
+    listener
+}
+
+/// One request on a connection of its own; returns (request bytes,
+/// response status, response bytes).
+fn request(port: u16, n: usize) -> (String, String, u64, u64, u64) {
+    let (method, body) = if n % 2 == 0 {
+        ("GET", String::new())
+    } else {
+        ("POST", "b".repeat(100 + n * 37))
+    };
+    let path = format!("/defer/{n}");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: defer\r\nConnection: close\r\n");
+    if !body.is_empty() {
+        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    req.push_str("\r\n");
+    req.push_str(&body);
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    // One write: the whole request is the connection's first data segment.
+    s.write_all(req.as_bytes()).expect("write the request");
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).expect("read the response");
+    let text = String::from_utf8_lossy(&resp);
+    let status: u64 = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in the response {text:?}"));
+    (
+        method.to_owned(),
+        path,
+        status,
+        req.len() as u64,
+        resp.len() as u64,
+    )
+}
+
+#[test]
+fn requests_in_the_segment_that_completes_a_deferred_handshake_are_reported() {
+    if !require_root("requests_in_the_segment_that_completes_a_deferred_handshake_are_reported") {
+        return;
+    }
+    let listener = deferred_listener();
+    let port = listener.local_addr().expect("local addr").port();
+    let fd = listener.as_raw_fd();
+    let mut cmd = Command::new(NODE);
+    cmd.arg(fixtures_dir().join("defer_server.js"));
+    // SAFETY: only dup2 and fcntl (async-signal-safe) between fork and
+    // exec. dup2 onto itself keeps close-on-exec, so clear it explicitly.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(fd, 3) < 0 || libc::fcntl(3, libc::F_SETFD, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut server = Proc::spawn("defer_server.js", cmd, true);
+    wait_ready_line(&mut server);
+    // The server has its own copy of the listener now.
+    drop(listener);
+    let spid = server.pid();
+
+    let mut tracer = Tracer::attach(&[spid], &[]);
+    let drops_before = defer_accept_drops();
+    let made: Vec<_> = (0..REQUESTS).map(|n| request(port, n)).collect();
+    let drops = defer_accept_drops() - drops_before;
+
+    tracer.wait_events(Duration::from_secs(15), |evs| {
+        evs.iter()
+            .filter(|e| e["kind"] == "http" && e["pid"] == spid)
+            .count()
+            >= REQUESTS
+    });
+    tracer.interrupt();
+    let run = tracer.finish(Duration::from_secs(15));
+    drop(server);
+    run.assert_clean_end();
+
+    let mut problems = Vec::new();
+    if drops < REQUESTS as u64 {
+        problems.push(format!(
+            "the kernel deferred {drops} handshakes (TCPDeferAcceptDrop), expected at least \
+             {REQUESTS}: the scenario did not happen"
+        ));
+    }
+    let seen: Vec<_> = run
+        .of("http", spid)
+        .iter()
+        .map(|e| {
+            (
+                e["method"].as_str().unwrap_or("?").to_owned(),
+                e["path"].as_str().unwrap_or("?").to_owned(),
+                e["status"].as_u64().unwrap_or(0),
+                e["req_bytes"].as_u64().unwrap_or(0),
+                e["resp_bytes"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    if seen != made {
+        problems.push(format!(
+            "server http events (method, path, status, request bytes, response bytes) \
+             {seen:#?}\nmust be exactly the requests made {made:#?}"
+        ));
+    }
+    for e in run.of("http", spid) {
+        if e["side"] != "server" || e["complete"] == false || e["tls"] != false {
+            problems.push(format!("unexpected http event {e}"));
+        }
+    }
+    let summary = run.events.last().expect("summary");
+    for stage in ["parse", "capture"] {
+        if summary["lost"][stage].as_u64() != Some(0) {
+            problems.push(format!(
+                "summary.lost.{stage} must be 0: {}",
+                summary["lost"]
+            ));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "{}\ntracer stderr:\n{}",
+        list_problems(&problems),
+        run.stderr_text()
+    );
+}
