@@ -335,6 +335,17 @@ impl Connections {
         let Some(conn) = self.conns.get_mut(&(pid, sk)) else {
             return Vec::new();
         };
+        // Bytes read that no reported segment carried: holes given up now.
+        let reasm = &mut conn.segments[1];
+        let (start, lost_before) = (reasm.next(), reasm.lost_bytes);
+        let given_up = reasm.read_up_to(copied_seq, mono_ns);
+        self.capture_losses += reasm.lost_bytes - lost_before;
+        if !given_up.is_empty() {
+            if conn.unread.is_empty() {
+                conn.unread_seq = start.unwrap_or(copied_seq);
+            }
+            conn.unread.extend(given_up);
+        }
         let mut read = Vec::new();
         while let Some(front) = conn.unread.front_mut() {
             let taken = copied_seq.wrapping_sub(conn.unread_seq) as i32;

@@ -20,18 +20,24 @@
 //! - A segment beyond the next expected byte waits for the hole before it
 //!   to be filled. Sent segments leave the socket in order, so a hole on the
 //!   sent side means a record was lost (the ring was full) and is given up
-//!   at once; on the received side the segment is held until the hole is
-//!   filled, too much is held, it waited too long, or the connection closes.
+//!   at once. On the received side TCP itself fills the hole, however many
+//!   retransmits (with exponential backoff) that takes, so the segment is
+//!   held until the hole is filled, the process has read past the hole
+//!   (`read_up_to`: the kernel delivered bytes whose segment was never
+//!   reported), too much is held, it waited very long, or the connection
+//!   closes.
 //!   A hole given up is fed to the parser as a gap (uncaptured bytes) and
 //!   counted in `lost_bytes`.
 
-/// Most segments held waiting for a hole per direction.
-const MAX_HELD: usize = 64;
+/// Most segments held waiting for a hole per direction (a receive window's
+/// worth).
+const MAX_HELD: usize = 1024;
 /// Most captured bytes held per direction.
-const MAX_HELD_BYTES: usize = 256 * 1024;
+const MAX_HELD_BYTES: usize = 2 * 1024 * 1024;
 /// A hole older than this (by the timestamps of the segments behind it) is
-/// given up: a TCP retransmit would have filled it by now.
-const MAX_HOLD_NS: u64 = 500_000_000;
+/// given up. Only a backstop: a lost record shows much sooner, when the
+/// process reads past it; a retransmit can take seconds on a lossy link.
+const MAX_HOLD_NS: u64 = 20_000_000_000;
 
 /// A run of bytes for the parser: `captured` is a prefix of `total` bytes;
 /// `captured` empty and `total > 0` is a gap.
@@ -136,6 +142,32 @@ impl Reassembly {
                 true
             }
         }
+    }
+
+    /// The process has read every byte before `seq` (received side): TCP
+    /// delivered them, so a hole before `seq` will never be filled — its
+    /// record was lost. Gives such holes up, as gaps, with what follows.
+    pub fn read_up_to(&mut self, seq: u32, mono_ns: u64) -> Vec<Piece> {
+        let mut out = Vec::new();
+        while let Some(next) = self.next
+            && after(seq, next) > 0
+        {
+            if self.held.is_empty() {
+                // Nothing behind the hole yet: its bytes are gone as well.
+                let hole = after(seq, next);
+                self.lost_bytes += hole as u64;
+                out.push(Piece {
+                    mono_ns,
+                    captured: Vec::new(),
+                    total: hole as usize,
+                });
+                self.next = Some(seq);
+                break;
+            }
+            self.give_up_hole(&mut out);
+            self.drain(&mut out);
+        }
+        out
     }
 
     /// The connection closed: what is still held, holes given up.
@@ -318,6 +350,36 @@ mod tests {
         assert_eq!(out[0].total, 3);
         assert_eq!(bytes(&out), b"j");
         assert_eq!(r.lost_bytes, 7);
+    }
+
+    #[test]
+    fn a_hole_the_process_read_past_is_given_up() {
+        let mut r = Reassembly::default();
+        r.start_at(100);
+        assert!(r.push(103, 2, 1, b"de", false).is_empty());
+        // A read up to 102 only: the hole 100..103 may still be filled.
+        assert!(r.read_up_to(100, 2).is_empty());
+        assert_eq!(r.lost_bytes, 0);
+        // Read past it: the hole's record was lost.
+        let out = r.read_up_to(104, 3);
+        assert_eq!(
+            out.iter().map(|p| p.total).collect::<Vec<_>>(),
+            [3, 2],
+            "the 3-byte hole as a gap, then the held segment"
+        );
+        assert_eq!(bytes(&out), b"de");
+        assert_eq!(r.lost_bytes, 3);
+        // Read past everything seen: those bytes are gone too.
+        let out = r.read_up_to(110, 4);
+        assert_eq!(
+            out,
+            [Piece {
+                mono_ns: 4,
+                captured: vec![],
+                total: 5
+            }]
+        );
+        assert_eq!((r.lost_bytes, r.next()), (8, Some(110)));
     }
 
     #[test]
