@@ -68,7 +68,7 @@ fn deferred_listener() -> TcpListener {
 /// One request on a connection of its own; returns (request bytes,
 /// response status, response bytes).
 fn request(port: u16, n: usize) -> (String, String, u64, u64, u64) {
-    let (method, body) = if n % 2 == 0 {
+    let (method, body) = if n.is_multiple_of(2) {
         ("GET", String::new())
     } else {
         ("POST", "b".repeat(100 + n * 37))
