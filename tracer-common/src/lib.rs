@@ -219,7 +219,9 @@ pub struct ReadMark {
     pub hdr: EventHeader,
     /// The `struct sock *`.
     pub sock: u64,
-    /// `tcp_sock.copied_seq` after the read: the next byte to be read.
+    /// `tcp_sock.copied_seq` after the read: the next byte to be read
+    /// (less the peer's FIN once a read consumed it: every payload byte
+    /// before this was read).
     pub copied_seq: u32,
     pub _pad: u32,
 }
@@ -448,8 +450,10 @@ pub struct KernelOffsets {
     /// struct sk_buff.cb + struct tcp_skb_cb.tcp_gso_segs (u16): the segment
     /// count of a TCP skb.
     pub skb_tcp_gso_segs: u32,
+    /// struct tcp_sock.rcv_nxt (u32)
+    pub tcp_rcv_nxt: u32,
 }
-const _: () = assert!(size_of::<KernelOffsets>() == 116);
+const _: () = assert!(size_of::<KernelOffsets>() == 120);
 
 #[cfg(feature = "user")]
 mod user {

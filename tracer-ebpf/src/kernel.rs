@@ -190,6 +190,23 @@ pub fn tcp_copied_seq(sk: u64) -> Option<u32> {
     read::<u32>(sk, off)
 }
 
+/// The end of the payload the application has read: copied_seq, less the
+/// peer's FIN once a read consumed it (a FIN takes a sequence number and
+/// the read that reaches it moves copied_seq past it, but it carries no
+/// byte). The FIN was received when SOCK_DONE is set, and consumed when
+/// copied_seq has caught up with rcv_nxt, which is one past it.
+#[inline(always)]
+pub fn tcp_read_payload_end(sk: u64) -> Option<u32> {
+    let copied = tcp_copied_seq(sk)?;
+    let off = offsets();
+    let flags = read::<u64>(sk, off.sk_flags).unwrap_or(0);
+    let fin_received = (flags >> (off.sock_done_bit & 63)) & 1 != 0;
+    if fin_received && off.tcp_rcv_nxt != 0 && read::<u32>(sk, off.tcp_rcv_nxt) == Some(copied) {
+        return Some(copied.wrapping_sub(1));
+    }
+    Some(copied)
+}
+
 /// (local port, remote port) of a socket, host order.
 #[inline(always)]
 pub fn sock_ports(sk: u64) -> Option<(u16, u16)> {

@@ -62,7 +62,7 @@ use tracer_common::{
 
 use crate::{
     emit::{count_lost, current_ids, now_ns, output, submit_flags},
-    kernel::{sock_netns, tcp_copied_seq},
+    kernel::{sock_netns, tcp_read_payload_end},
     maps::{
         CONNS, EARLY_SEGMENT, EVENTS, EarlySegment, LISTENERS, is_target, socket_capture_bytes,
     },
@@ -393,7 +393,7 @@ pub fn sock_recv_length(ctx: RawTracePointContext) -> i32 {
         // Only a TLS connection's read can feed the next SSL_read.
         let _ = LAST_READ.insert(tid, sk, 0);
     } else if let Some(owner) = CONNS.get_ptr(sk)
-        && let Some(copied_seq) = tcp_copied_seq(sk)
+        && let Some(copied_seq) = tcp_read_payload_end(sk)
     {
         // SAFETY: pointer into the map value, copied out.
         let owner = unsafe { *owner };

@@ -48,6 +48,7 @@ pub fn kernel_offsets(btf_path: &Path) -> Result<KernelOffsets> {
         skc_v6_daddr: f("sock_common.skc_v6_daddr")?,
         sk_protocol: f("sock.sk_protocol")?,
         skb_tcp_gso_segs: f("sk_buff.cb")? + f("tcp_skb_cb.tcp_gso_segs")?,
+        tcp_rcv_nxt: f("tcp_sock.rcv_nxt")?,
     })
 }
 
@@ -167,6 +168,10 @@ mod tests {
         // enum sock_flags { SOCK_DEAD, SOCK_DONE, ... }
         assert_eq!(o.sock_done_bit, 1);
         assert!(o.tcp_snd_una > 0 && o.tcp_write_seq > 0 && o.sk_shutdown > 0);
+        assert!(o.tcp_rcv_nxt > 1000 && o.tcp_rcv_nxt != o.tcp_copied_seq);
+        // struct tcp_skb_cb { __u32 seq; __u32 end_seq; union { __u16
+        // tcp_gso_segs; ... } ... } sits in sk_buff.cb, far from its start.
+        assert!(o.skb_tcp_gso_segs > 8, "{}", o.skb_tcp_gso_segs);
     }
 
     #[test]
