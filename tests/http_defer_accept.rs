@@ -6,13 +6,18 @@
 //! ACK is lost. The request in that segment must still be reported, once,
 //! with its exact size.
 //!
-//! The test makes the listening socket itself (on loopback, with
-//! TCP_DEFER_ACCEPT) and hands it to a node HTTP server as fd 3, then sends
-//! requests from real sockets, each on a connection of its own, with the
-//! whole request in one write. The kernel's `TcpExt.TCPDeferAcceptDrop`
-//! counter proves the deferral happened. Needs root (loads BPF programs).
+//! With HTTPS the segment is the TLS ClientHello: every exchange must still
+//! be reported once, in plaintext, from the OpenSSL probes, on both ends.
+//!
+//! The tests make the listening socket themselves (on loopback, with
+//! TCP_DEFER_ACCEPT) and hand it to a node server as fd 3, then send
+//! requests, each on a connection of its own: plain HTTP from real sockets
+//! of the test with the whole request in one write, HTTPS from a node
+//! client. The kernel's `TcpExt.TCPDeferAcceptDrop` counter proves the
+//! deferral happened. Need root (load BPF programs).
 
 mod common;
+mod https_common;
 
 use std::{
     io::{Read, Write},
@@ -22,11 +27,21 @@ use std::{
     time::Duration,
 };
 
-use common::{NODE, Proc, Tracer, fixtures_dir, list_problems, require_root, wait_ready_line};
+use common::{
+    NODE, Proc, Run, StdoutTo, TempDir, Tracer, fixtures_dir, list_problems, require_root,
+    start_node, wait_ready_line,
+};
+use https_common::make_cert;
+
+/// One request as the client made it: method, path, status, request
+/// bytes, response bytes.
+type Made = (String, String, u64, u64, u64);
 
 /// Requests, each on a connection of its own: even ones GET, odd ones POST
 /// with a body.
 const REQUESTS: usize = 24;
+/// The same over HTTPS (each pays a TLS handshake).
+const TLS_REQUESTS: usize = 12;
 
 /// `TcpExt.TCPDeferAcceptDrop` of this network namespace: bare ACKs a
 /// TCP_DEFER_ACCEPT listener ignored.
@@ -67,7 +82,7 @@ fn deferred_listener() -> TcpListener {
 
 /// One request on a connection of its own; returns (request bytes,
 /// response status, response bytes).
-fn request(port: u16, n: usize) -> (String, String, u64, u64, u64) {
+fn request(port: u16, n: usize) -> Made {
     let (method, body) = if n.is_multiple_of(2) {
         ("GET", String::new())
     } else {
@@ -102,16 +117,14 @@ fn request(port: u16, n: usize) -> (String, String, u64, u64, u64) {
     )
 }
 
-#[test]
-fn requests_in_the_segment_that_completes_a_deferred_handshake_are_reported() {
-    if !require_root("requests_in_the_segment_that_completes_a_deferred_handshake_are_reported") {
-        return;
-    }
+/// A node server (`defer_server.js`, with `args`) serving on a deferred
+/// loopback listener. Returns it and the port.
+fn deferred_server(args: &[&str]) -> (Proc, u16) {
     let listener = deferred_listener();
     let port = listener.local_addr().expect("local addr").port();
     let fd = listener.as_raw_fd();
     let mut cmd = Command::new(NODE);
-    cmd.arg(fixtures_dir().join("defer_server.js"));
+    cmd.arg(fixtures_dir().join("defer_server.js")).args(args);
     // SAFETY: only dup2 and fcntl (async-signal-safe) between fork and
     // exec. dup2 onto itself keeps close-on-exec, so clear it explicitly.
     unsafe {
@@ -126,33 +139,22 @@ fn requests_in_the_segment_that_completes_a_deferred_handshake_are_reported() {
     wait_ready_line(&mut server);
     // The server has its own copy of the listener now.
     drop(listener);
-    let spid = server.pid();
+    (server, port)
+}
 
-    let mut tracer = Tracer::attach(&[spid], &[]);
-    let drops_before = defer_accept_drops();
-    let made: Vec<_> = (0..REQUESTS).map(|n| request(port, n)).collect();
-    let drops = defer_accept_drops() - drops_before;
-
-    tracer.wait_events(Duration::from_secs(15), |evs| {
-        evs.iter()
-            .filter(|e| e["kind"] == "http" && e["pid"] == spid)
-            .count()
-            >= REQUESTS
-    });
-    tracer.interrupt();
-    let run = tracer.finish(Duration::from_secs(15));
-    drop(server);
-    run.assert_clean_end();
-
+/// The `http` events of `pid` must be exactly `made`, on `side`, complete,
+/// with `tls` as given; nothing lost; the kernel deferred every handshake.
+fn check(run: &Run, pid: u32, side: &str, tls: bool, made: &[Made], drops: u64) -> Vec<String> {
     let mut problems = Vec::new();
-    if drops < REQUESTS as u64 {
+    if drops < made.len() as u64 {
         problems.push(format!(
             "the kernel deferred {drops} handshakes (TCPDeferAcceptDrop), expected at least \
-             {REQUESTS}: the scenario did not happen"
+             {}: the scenario did not happen",
+            made.len()
         ));
     }
-    let seen: Vec<_> = run
-        .of("http", spid)
+    let seen: Vec<Made> = run
+        .of("http", pid)
         .iter()
         .map(|e| {
             (
@@ -166,12 +168,12 @@ fn requests_in_the_segment_that_completes_a_deferred_handshake_are_reported() {
         .collect();
     if seen != made {
         problems.push(format!(
-            "server http events (method, path, status, request bytes, response bytes) \
+            "{side} http events (method, path, status, request bytes, response bytes) \
              {seen:#?}\nmust be exactly the requests made {made:#?}"
         ));
     }
-    for e in run.of("http", spid) {
-        if e["side"] != "server" || e["complete"] == false || e["tls"] != false {
+    for e in run.of("http", pid) {
+        if e["side"] != side || e["complete"] == false || e["tls"] != tls {
             problems.push(format!("unexpected http event {e}"));
         }
     }
@@ -184,6 +186,107 @@ fn requests_in_the_segment_that_completes_a_deferred_handshake_are_reported() {
             ));
         }
     }
+    problems
+}
+
+fn http_of(evs: &[serde_json::Value], pid: u32) -> usize {
+    evs.iter()
+        .filter(|e| e["kind"] == "http" && e["pid"] == pid)
+        .count()
+}
+
+#[test]
+fn requests_in_the_segment_that_completes_a_deferred_handshake_are_reported() {
+    if !require_root("requests_in_the_segment_that_completes_a_deferred_handshake_are_reported") {
+        return;
+    }
+    let (server, port) = deferred_server(&[]);
+    let spid = server.pid();
+
+    let mut tracer = Tracer::attach(&[spid], &[]);
+    let drops_before = defer_accept_drops();
+    let made: Vec<Made> = (0..REQUESTS).map(|n| request(port, n)).collect();
+    let drops = defer_accept_drops() - drops_before;
+
+    tracer.wait_events(Duration::from_secs(15), |evs| {
+        http_of(evs, spid) >= REQUESTS
+    });
+    tracer.interrupt();
+    let run = tracer.finish(Duration::from_secs(15));
+    drop(server);
+    run.assert_clean_end();
+    let problems = check(&run, spid, "server", false, &made, drops);
+    assert!(
+        problems.is_empty(),
+        "{}\ntracer stderr:\n{}",
+        list_problems(&problems),
+        run.stderr_text()
+    );
+}
+
+#[test]
+fn tls_whose_client_hello_completes_a_deferred_handshake_is_seen_in_plaintext() {
+    if !require_root("tls_whose_client_hello_completes_a_deferred_handshake_is_seen_in_plaintext") {
+        return;
+    }
+    let dir = TempDir::new("defer-tls");
+    let ca = make_cert(dir.path());
+    let key = dir.path().join("key.pem");
+    let (server, port) = deferred_server(&[
+        key.to_str().expect("utf-8 path"),
+        ca.to_str().expect("utf-8 path"),
+    ]);
+    let (mut client, _) = start_node(
+        "defer_https_client.js",
+        &[],
+        &[
+            &port.to_string(),
+            ca.to_str().expect("utf-8 path"),
+            &TLS_REQUESTS.to_string(),
+        ],
+        StdoutTo::Pipe,
+    );
+    let (spid, cpid) = (server.pid(), client.pid());
+
+    let mut tracer = Tracer::attach(&[spid, cpid], &[]);
+    let drops_before = defer_accept_drops();
+    client.send_line("go");
+    let status = client.expect_exit(Duration::from_secs(60));
+    assert!(
+        status.success(),
+        "defer_https_client.js failed ({status}):\n{}",
+        client.stderr.tail(20)
+    );
+    let drops = defer_accept_drops() - drops_before;
+    let out = client.stdout.as_mut().expect("piped");
+    out.wait_closed(Duration::from_secs(5));
+    let made: Vec<Made> = out
+        .seen()
+        .iter()
+        .filter_map(|l| l.strip_prefix("RESULT "))
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (
+                f[0].to_owned(),
+                f[1].to_owned(),
+                f[2].parse().expect("status"),
+                f[3].parse().expect("request bytes"),
+                f[4].parse().expect("response bytes"),
+            )
+        })
+        .collect();
+    assert_eq!(made.len(), TLS_REQUESTS, "the client's RESULT lines");
+
+    tracer.wait_events(Duration::from_secs(15), |evs| {
+        http_of(evs, spid) >= TLS_REQUESTS && http_of(evs, cpid) >= TLS_REQUESTS
+    });
+    tracer.interrupt();
+    let run = tracer.finish(Duration::from_secs(15));
+    drop(client);
+    drop(server);
+    run.assert_clean_end();
+    let mut problems = check(&run, spid, "server", true, &made, drops);
+    problems.extend(check(&run, cpid, "client", true, &made, drops));
     assert!(
         problems.is_empty(),
         "{}\ntracer stderr:\n{}",

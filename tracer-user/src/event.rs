@@ -166,8 +166,9 @@ pub enum LossStage {
     /// it could not parse) and resynchronised; requests may be missing.
     Parse,
     /// Payload bytes of traced connections that never reached the HTTP
-    /// parser: a TCP segment's record was lost (ring full), leaving a hole
-    /// in the byte stream. Counted in bytes.
+    /// parser: a TCP segment's record was lost (ring full) or never made,
+    /// leaving a hole in the byte stream that the process read past or
+    /// that never filled. Counted in bytes.
     Capture,
     /// The agent's queue to its forwarder was full.
     Forward,
