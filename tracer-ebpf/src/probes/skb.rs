@@ -206,16 +206,30 @@ fn segment(ctx: &SkBuffContext, dir: u32) -> Option<()> {
     }
     // SAFETY: as above; copied out.
     let owner = unsafe { *owner };
+    report(ctx, &tcp, (owner.pid, owner.tid, owner.comm), sk, dir, cap)
+}
+
+/// Report segment `tcp` of socket `sock` (owned by pid, tid, comm) with at
+/// most `cap` payload bytes copied.
+#[inline(always)]
+fn report(
+    ctx: &SkBuffContext,
+    tcp: &Tcp,
+    (pid, tid, comm): (u32, u32, [u8; COMM_LEN]),
+    sock: u64,
+    dir: u32,
+    cap: u32,
+) -> Option<()> {
     let head = SegmentHeader {
         hdr: EventHeader {
             kind: EventKind::Segment as u32,
-            pid: owner.pid,
-            tid: owner.tid,
+            pid,
+            tid,
             _pad: 0,
             ts_ns: now_ns(),
-            comm: owner.comm,
+            comm,
         },
-        sock: sk,
+        sock,
         seq: tcp.seq,
         seg_len: tcp.payload_len,
         len: 0,
@@ -274,27 +288,8 @@ fn before_accept(ctx: &SkBuffContext, full: *mut bpf_sock, sk: u64, cap: u32) ->
         // Ciphertext is never copied; the accept marks the connection TLS.
         return Some(());
     }
-    let head = SegmentHeader {
-        hdr: EventHeader {
-            kind: EventKind::Segment as u32,
-            pid,
-            tid: pid,
-            _pad: 0,
-            ts_ns: now_ns(),
-            comm: [0u8; COMM_LEN],
-        },
-        sock: id,
-        seq: tcp.seq,
-        seg_len: tcp.payload_len,
-        len: 0,
-        dir: SEG_RECEIVED | SEG_BEFORE_ACCEPT,
-    };
-    output_sized(
-        ctx,
-        &head,
-        tcp.payload_off,
-        core::cmp::min(tcp.payload_len, cap),
-    )
+    let dir = SEG_RECEIVED | SEG_BEFORE_ACCEPT;
+    report(ctx, &tcp, (pid, pid, [0u8; COMM_LEN]), id, dir, cap)
 }
 
 /// Report a segment with `want` payload bytes copied, in the smallest
