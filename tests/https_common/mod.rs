@@ -579,6 +579,18 @@ pub struct DurationCheck {
     pub client_slack_ns: u64,
 }
 
+/// A client preempted for longer than this around one measurement was on a
+/// contended CPU, where it also loses time no counter gives it (interrupts
+/// and softirqs of other connections run on its CPU meanwhile, and are
+/// charged to it as running): such a measurement is noisy beyond its run
+/// queue delay.
+const CONTENDED_WAIT_NS: u64 = 1_000_000;
+/// How far beyond the slack one contended measurement per run may be. In
+/// 432 exchanges measured here the client's clock was at most 0.32 ms off
+/// ours beyond its run queue delay; a clean-clone CI run once saw 1.19 ms
+/// (0.19 over the slack) with a 2.76 ms run queue delay.
+const CONTENDED_EXTRA_NS: u64 = 1_000_000;
+
 /// Every check of the `http` events against what the fixtures did:
 ///
 /// - exact counts per (side, tls, method, path, status) for the server and
@@ -591,7 +603,9 @@ pub struct DurationCheck {
 ///   port, server events from the server port to the client's port;
 /// - durations: client-side within `DurationCheck::client_slack_ns` of the
 ///   client's own measurement, plus the run queue delay the client had
-///   meanwhile (a preemption delays its clock readings, not the probes');
+///   meanwhile (a preemption delays its clock readings, not the probes'),
+///   except that one exchange per run whose client waited over 1 ms for a
+///   CPU may be up to 1 ms further off (`CONTENDED_WAIT_NS`);
 ///   server-side above 0 and not above the
 ///   client side's (the server reads the request after the client wrote
 ///   it and writes the response before the client reads it);
@@ -645,6 +659,7 @@ pub fn check_http(
         server_by_conn.entry((sport, dport)).or_default().push(e);
     }
     let mut server_conns_expected: BTreeSet<ConnKey> = BTreeSet::new();
+    let mut contended_excused: Option<String> = None;
     for (pid, plan, results) in clients {
         let client_events = http_of(&run.events, *pid);
         let mut client_by_conn: BTreeMap<ConnKey, Vec<&Value>> = BTreeMap::new();
@@ -734,7 +749,17 @@ pub fn check_http(
                     // readings, not the probes': its run queue delay
                     // around the measurement is added to the slack.
                     let slack = durations.client_slack_ns + r.wait_ns;
-                    if cd.abs_diff(r.dur_ns) > slack {
+                    let off = cd.abs_diff(r.dur_ns);
+                    if off > slack
+                        && r.wait_ns > CONTENDED_WAIT_NS
+                        && off <= slack + CONTENDED_EXTRA_NS
+                        && contended_excused.is_none()
+                    {
+                        // One noisy measurement of a preempted client is
+                        // allowed (see CONTENDED_WAIT_NS); a second fails.
+                        contended_excused =
+                            Some(format!("{what}: off by {off} ns, slack {slack} ns"));
+                    } else if off > slack {
                         problems.push(format!(
                             "{what}: client-side duration_ns {cd} is not within {slack} ns \
                              ({} + {} ns the client waited for a CPU) of the {} ns the client \
@@ -797,6 +822,9 @@ pub fn check_http(
                 )),
             }
         }
+    }
+    if let Some(excused) = contended_excused {
+        eprintln!("one duration measured by a preempted client allowed past the slack: {excused}");
     }
     problems
 }
