@@ -56,8 +56,8 @@ use aya_ebpf::{
     programs::{RawTracePointContext, SkBuffContext},
 };
 use tracer_common::{
-    COMM_LEN, CONN_SEEN_RECEIVED, CONN_SEEN_SENT, EventHeader, EventKind, LOG_CHUNK_BYTES,
-    ListenKey, ReadMark, SEG_BEFORE_ACCEPT, SEG_RECEIVED, SEG_SENT, SegmentHeader,
+    COMM_LEN, CONN_SEEN_RECEIVED, CONN_SEEN_SENT, CONN_TLS, EventHeader, EventKind,
+    LOG_CHUNK_BYTES, ListenKey, ReadMark, SEG_BEFORE_ACCEPT, SEG_RECEIVED, SEG_SENT, SegmentHeader,
 };
 
 use crate::{
@@ -67,7 +67,7 @@ use crate::{
         CONNS, EARLY_SEGMENT, EVENTS, EarlySegment, LISTENERS, is_target, socket_capture_bytes,
     },
     probes::{
-        tcp::{TCP_LISTEN, is_traced_conn},
+        tcp::{TCP_LISTEN, traced_conn},
         tls::{self, LAST_READ, SSL_WRITE_PENDING},
     },
 };
@@ -175,14 +175,16 @@ fn segment(ctx: &SkBuffContext, dir: u32) -> Option<()> {
     let slot = full as u64;
     // SAFETY: reads 8 bytes of our own stack; the helper cannot fault here.
     let sk = unsafe { bpf_probe_read_kernel(&slot as *const u64) }.ok()?;
-    if !is_traced_conn(sk) {
+    // SAFETY: fields of the full socket, rewritten by the verifier (no
+    // kernel reads, unlike the ports of a `struct sock *`).
+    let ports = unsafe { ((*full).src_port as u16, u16::from_be((*full).dst_port)) };
+    let Some(owner) = traced_conn(sk, ports) else {
         if dir == SEG_RECEIVED {
             let _ = before_accept(ctx, full, sk, cap);
         }
         return None;
-    }
+    };
     let tcp = parse(ctx)?;
-    let owner = CONNS.get_ptr_mut(sk)?;
     let seen_bit = if dir == SEG_SENT {
         CONN_SEEN_SENT
     } else {
@@ -198,14 +200,16 @@ fn segment(ctx: &SkBuffContext, dir: u32) -> Option<()> {
             && (20..=23).contains(&head[0])
             && head[1] == 3
         {
+            // SAFETY: as above.
+            unsafe { (*owner).flags |= CONN_TLS };
             tls::mark_tls(sk);
         }
     }
-    if tls::looks_tls(sk) {
-        return None;
-    }
     // SAFETY: as above; copied out.
     let owner = unsafe { *owner };
+    if owner.flags & CONN_TLS != 0 {
+        return None;
+    }
     report(ctx, &tcp, (owner.pid, owner.tid, owner.comm), sk, dir, cap)
 }
 

@@ -25,8 +25,8 @@ use aya_ebpf::{
     helpers::bpf_get_current_comm, macros::raw_tracepoint, programs::RawTracePointContext,
 };
 use tracer_common::{
-    COMM_LEN, CONN_SEEN_RECEIVED, ConnInfo, EventHeader, EventKind, ListenKey, PortPairKey,
-    TCP_FLAG_FAILED, TCP_FLAG_SEQ_KNOWN, TcpEvent,
+    COMM_LEN, CONN_SEEN_RECEIVED, CONN_TLS, ConnInfo, EventHeader, EventKind, ListenKey,
+    PortPairKey, TCP_FLAG_FAILED, TCP_FLAG_SEQ_KNOWN, TcpEvent,
 };
 
 use crate::{
@@ -146,11 +146,23 @@ fn emit(kind: EventKind, owner: &ConnInfo, t: &Tuple, netns: u32, sk: u64, extra
 /// ports, moved into CONNS, and reported so user space learns its `sk`.
 #[inline(always)]
 pub fn is_traced_conn(sk: u64) -> bool {
-    CONNS.get_ptr(sk).is_some() || adopt(sk).is_some()
+    CONNS.get_ptr(sk).is_some() || sock_ports(sk).and_then(|p| adopt(sk, p)).is_some()
 }
 
-fn adopt(sk: u64) -> Option<()> {
-    let (lport, rport) = sock_ports(sk)?;
+/// As [`is_traced_conn`], for a caller that knows the socket's (local,
+/// remote) ports already: the connection's `CONNS` entry.
+#[inline(always)]
+pub fn traced_conn(sk: u64, ports: (u16, u16)) -> Option<*mut ConnInfo> {
+    match CONNS.get_ptr_mut(sk) {
+        Some(owner) => Some(owner),
+        None => {
+            adopt(sk, ports)?;
+            CONNS.get_ptr_mut(sk)
+        }
+    }
+}
+
+fn adopt(sk: u64, (lport, rport): (u16, u16)) -> Option<()> {
     let netns = sock_netns(sk);
     let key = PortPairKey {
         netns,
@@ -246,6 +258,7 @@ fn try_set_state(ctx: &RawTracePointContext) -> Option<()> {
                 // it decided TLS or not.
                 owner.flags |= CONN_SEEN_RECEIVED;
                 if early.tls != 0 {
+                    owner.flags |= CONN_TLS;
                     tls::mark_tls(sk);
                 } else {
                     extra.early_segment = early.id;

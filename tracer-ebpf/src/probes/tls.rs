@@ -116,9 +116,11 @@ pub fn bind(ssl: u64, sk: u64) {
     let _ = TLS_SOCKS.insert(sk, ssl, 0);
 }
 
-/// Connection `sk` closed: forget its TLS binding.
+/// Connection `sk` closed: forget its TLS binding, and that it was TLS (the
+/// address may serve a plaintext connection next).
 #[inline(always)]
 pub fn unbind_sock(sk: u64) {
+    let _ = TLS_LIKE.remove(sk);
     // SAFETY: value copied out immediately.
     if let Some(ssl) = unsafe { TLS_SOCKS.get(sk) }.copied() {
         // Only if the SSL * still points here (it may be bound anew).
