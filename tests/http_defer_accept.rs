@@ -28,14 +28,10 @@ use std::{
 };
 
 use common::{
-    NODE, Proc, Run, StdoutTo, TempDir, Tracer, fixtures_dir, list_problems, require_root,
+    Made, NODE, Proc, Run, StdoutTo, TempDir, Tracer, fixtures_dir, list_problems, require_root,
     start_node, wait_ready_line,
 };
 use https_common::make_cert;
-
-/// One request as the client made it: method, path, status, request
-/// bytes, response bytes.
-type Made = (String, String, u64, u64, u64);
 
 /// Requests, each on a connection of its own: even ones GET, odd ones POST
 /// with a body.
@@ -80,8 +76,7 @@ fn deferred_listener() -> TcpListener {
     listener
 }
 
-/// One request on a connection of its own; returns (request bytes,
-/// response status, response bytes).
+/// One request on a connection of its own, as made.
 fn request(port: u16, n: usize) -> Made {
     let (method, body) = if n.is_multiple_of(2) {
         ("GET", String::new())
@@ -108,13 +103,13 @@ fn request(port: u16, n: usize) -> Made {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no status in the response {text:?}"));
-    (
-        method.to_owned(),
+    Made {
+        method: method.to_owned(),
         path,
         status,
-        req.len() as u64,
-        resp.len() as u64,
-    )
+        req_bytes: req.len() as u64,
+        resp_bytes: resp.len() as u64,
+    }
 }
 
 /// A node server (`defer_server.js`, with `args`) serving on a deferred
@@ -155,16 +150,8 @@ fn check(run: &Run, pid: u32, side: &str, tls: bool, made: &[Made], drops: u64) 
     }
     let seen: Vec<Made> = run
         .of("http", pid)
-        .iter()
-        .map(|e| {
-            (
-                e["method"].as_str().unwrap_or("?").to_owned(),
-                e["path"].as_str().unwrap_or("?").to_owned(),
-                e["status"].as_u64().unwrap_or(0),
-                e["req_bytes"].as_u64().unwrap_or(0),
-                e["resp_bytes"].as_u64().unwrap_or(0),
-            )
-        })
+        .into_iter()
+        .map(Made::from_event)
         .collect();
     if seen != made {
         problems.push(format!(
@@ -260,21 +247,7 @@ fn tls_whose_client_hello_completes_a_deferred_handshake_is_seen_in_plaintext() 
     let drops = defer_accept_drops() - drops_before;
     let out = client.stdout.as_mut().expect("piped");
     out.wait_closed(Duration::from_secs(5));
-    let made: Vec<Made> = out
-        .seen()
-        .iter()
-        .filter_map(|l| l.strip_prefix("RESULT "))
-        .map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            (
-                f[0].to_owned(),
-                f[1].to_owned(),
-                f[2].parse().expect("status"),
-                f[3].parse().expect("request bytes"),
-                f[4].parse().expect("response bytes"),
-            )
-        })
-        .collect();
+    let made = Made::from_result_lines(out.seen());
     assert_eq!(made.len(), TLS_REQUESTS, "the client's RESULT lines");
 
     tracer.wait_events(Duration::from_secs(15), |evs| {

@@ -18,7 +18,8 @@ mod lossy;
 use std::{process::Command, time::Duration};
 
 use common::{
-    Proc, StdoutTo, Tracer, fixtures_dir, list_problems, require_root, start_node, wait_ready_line,
+    Made, Proc, StdoutTo, Tracer, fixtures_dir, list_problems, require_root, start_node,
+    wait_ready_line,
 };
 use lossy::{Namespaces, attach_random_drop, run};
 use serde_json::Value;
@@ -27,16 +28,6 @@ use serde_json::Value;
 const ROUNDS: usize = 3;
 /// Loss in percent, each way.
 const LOSS_PERCENT: u32 = 10;
-
-/// One request as the client made it.
-#[derive(Debug, PartialEq, Eq)]
-struct Made {
-    method: String,
-    path: String,
-    status: u64,
-    req_bytes: u64,
-    resp_bytes: u64,
-}
 
 #[test]
 fn http_over_lossy_reordering_links_is_reported_once_with_exact_sizes() {
@@ -102,21 +93,7 @@ fn http_over_lossy_reordering_links_is_reported_once_with_exact_sizes() {
     out.wait_for("the client's PORT line", Duration::from_secs(5), |l| {
         l.starts_with("PORT ")
     });
-    let made: Vec<Made> = out
-        .seen()
-        .iter()
-        .filter_map(|l| l.strip_prefix("RESULT "))
-        .map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            Made {
-                method: f[0].to_owned(),
-                path: f[1].to_owned(),
-                status: f[2].parse().expect("status"),
-                req_bytes: f[3].parse().expect("request bytes"),
-                resp_bytes: f[4].parse().expect("response bytes"),
-            }
-        })
-        .collect();
+    let made = Made::from_result_lines(out.seen());
     assert_eq!(made.len(), 3 * ROUNDS, "the client's RESULT lines");
 
     let http_of = |evs: &[Value], pid: u32| {
@@ -137,14 +114,8 @@ fn http_over_lossy_reordering_links_is_reported_once_with_exact_sizes() {
     for (pid, side) in [(spid, "server"), (cpid, "client")] {
         let seen: Vec<Made> = run
             .of("http", pid)
-            .iter()
-            .map(|e| Made {
-                method: e["method"].as_str().unwrap_or("?").to_owned(),
-                path: e["path"].as_str().unwrap_or("?").to_owned(),
-                status: e["status"].as_u64().unwrap_or(0),
-                req_bytes: e["req_bytes"].as_u64().unwrap_or(0),
-                resp_bytes: e["resp_bytes"].as_u64().unwrap_or(0),
-            })
+            .into_iter()
+            .map(Made::from_event)
             .collect();
         if seen != made {
             problems.push(format!(

@@ -919,3 +919,46 @@ pub fn assert_log_lines(run: &Run, pid: u32, comm: &str, expected: &[LogLine], w
         run.stderr_text()
     );
 }
+
+/// One HTTP exchange as a test client made it, or as an `http` event
+/// reports it: what the tests compare, exactly.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Made {
+    pub method: String,
+    pub path: String,
+    pub status: u64,
+    pub req_bytes: u64,
+    pub resp_bytes: u64,
+}
+
+impl Made {
+    /// The exchanges a fixture printed as
+    /// `RESULT <method> <path> <status> <request bytes> <response bytes>`.
+    pub fn from_result_lines(lines: &[String]) -> Vec<Made> {
+        lines
+            .iter()
+            .filter_map(|l| l.strip_prefix("RESULT "))
+            .map(|l| {
+                let f: Vec<&str> = l.split(' ').collect();
+                Made {
+                    method: f[0].to_owned(),
+                    path: f[1].to_owned(),
+                    status: f[2].parse().expect("status"),
+                    req_bytes: f[3].parse().expect("request bytes"),
+                    resp_bytes: f[4].parse().expect("response bytes"),
+                }
+            })
+            .collect()
+    }
+
+    /// What an `http` event reports.
+    pub fn from_event(e: &Value) -> Made {
+        Made {
+            method: e["method"].as_str().unwrap_or("?").to_owned(),
+            path: e["path"].as_str().unwrap_or("?").to_owned(),
+            status: e["status"].as_u64().unwrap_or(0),
+            req_bytes: e["req_bytes"].as_u64().unwrap_or(0),
+            resp_bytes: e["resp_bytes"].as_u64().unwrap_or(0),
+        }
+    }
+}

@@ -351,9 +351,9 @@ pub const CONN_SEEN_SENT: u32 = 1 << 16;
 /// [`ConnInfo::flags`]: as [`CONN_SEEN_SENT`], for payload received.
 pub const CONN_SEEN_RECEIVED: u32 = 1 << 17;
 /// [`ConnInfo::flags`]: the connection is TLS (its first payload was a TLS
-/// record); the segment programs copy nothing of it. Kept here, next to the
-/// `TLS_LIKE` map the socket tracepoints use, so that a segment of a
-/// plaintext connection costs no extra map lookup.
+/// record); the segment programs copy nothing of it. Set wherever the
+/// `TLS_LIKE` map (which the TLS probes use) is, so that a segment or a
+/// read of a plaintext connection costs no extra map lookup.
 pub const CONN_TLS: u32 = 1 << 18;
 
 /// Key of `LISTENERS`: a listening port inside one network namespace.

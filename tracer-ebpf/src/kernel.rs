@@ -17,15 +17,28 @@ fn read<T>(base: u64, offset: u32) -> Option<T> {
     unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T) }.ok()
 }
 
+/// `read`, for an optional field: None when user space had no offset for it.
+#[inline(always)]
+fn read_known<T>(base: u64, offset: u32) -> Option<T> {
+    if offset == 0 {
+        return None;
+    }
+    read(base, offset)
+}
+
+/// The peer's FIN has been received (SOCK_DONE in sk_flags).
+#[inline(always)]
+fn peer_fin_received(sk: u64) -> bool {
+    let off = offsets();
+    let flags = read::<u64>(sk, off.sk_flags).unwrap_or(0);
+    (flags >> (off.sock_done_bit & 63)) & 1 != 0
+}
+
 /// Segments a TCP `struct sk_buff *` carries (tcp_skb_pcount: a GSO skb
 /// holds several). At least 1; 1 when the offset is unknown.
 #[inline(always)]
 pub fn skb_tcp_segments(skb: u64) -> u32 {
-    let off = offsets();
-    if off.skb_tcp_gso_segs == 0 {
-        return 1;
-    }
-    read::<u16>(skb, off.skb_tcp_gso_segs).map_or(1, |n| u32::from(n).max(1))
+    read_known::<u16>(skb, offsets().skb_tcp_gso_segs).map_or(1, |n| u32::from(n).max(1))
 }
 
 /// Network namespace inode of a `struct sock *`.
@@ -61,12 +74,11 @@ pub fn tcp_payload_bytes(sk: u64, active_open: bool) -> (u64, u64) {
     let acked = read::<u64>(sk, off.tcp_bytes_acked).unwrap_or(0);
     let received = read::<u64>(sk, off.tcp_bytes_received).unwrap_or(0);
     let shutdown = read::<u8>(sk, off.sk_shutdown).unwrap_or(0);
-    let flags = read::<u64>(sk, off.sk_flags).unwrap_or(0);
     let snd_una = read::<u32>(sk, off.tcp_snd_una).unwrap_or(0);
     let write_seq = read::<u32>(sk, off.tcp_write_seq).unwrap_or(1);
     let syn = active_open as u64;
     let our_fin = (shutdown & SEND_SHUTDOWN != 0 && snd_una == write_seq) as u64;
-    let peer_fin = (flags >> (off.sock_done_bit & 63)) & 1;
+    let peer_fin = peer_fin_received(sk) as u64;
     (
         acked.saturating_sub(syn + our_fin),
         received.saturating_sub(peer_fin),
@@ -173,21 +185,13 @@ pub fn sock_addrs(sk: u64) -> Option<(u16, [u8; 16], [u8; 16])> {
 /// tcp_sock.write_seq: the sequence number the next byte written gets.
 #[inline(always)]
 pub fn tcp_write_seq(sk: u64) -> Option<u32> {
-    let off = offsets().tcp_write_seq;
-    if off == 0 {
-        return None;
-    }
-    read::<u32>(sk, off)
+    read_known(sk, offsets().tcp_write_seq)
 }
 
 /// tcp_sock.copied_seq: the next byte the application will read.
 #[inline(always)]
 pub fn tcp_copied_seq(sk: u64) -> Option<u32> {
-    let off = offsets().tcp_copied_seq;
-    if off == 0 {
-        return None;
-    }
-    read::<u32>(sk, off)
+    read_known(sk, offsets().tcp_copied_seq)
 }
 
 /// The end of the payload the application has read: copied_seq, less the
@@ -198,13 +202,13 @@ pub fn tcp_copied_seq(sk: u64) -> Option<u32> {
 #[inline(always)]
 pub fn tcp_read_payload_end(sk: u64) -> Option<u32> {
     let copied = tcp_copied_seq(sk)?;
-    let off = offsets();
-    let flags = read::<u64>(sk, off.sk_flags).unwrap_or(0);
-    let fin_received = (flags >> (off.sock_done_bit & 63)) & 1 != 0;
-    if fin_received && off.tcp_rcv_nxt != 0 && read::<u32>(sk, off.tcp_rcv_nxt) == Some(copied) {
-        return Some(copied.wrapping_sub(1));
-    }
-    Some(copied)
+    let fin_consumed =
+        peer_fin_received(sk) && read_known::<u32>(sk, offsets().tcp_rcv_nxt) == Some(copied);
+    Some(if fin_consumed {
+        copied.wrapping_sub(1)
+    } else {
+        copied
+    })
 }
 
 /// (local port, remote port) of a socket, host order.

@@ -15,6 +15,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use crate::{
+    decode::Segment,
     event::{HttpExchange, HttpSide, Tuple},
     http::{Direction, Exchange, HttpConn, InFlight, Side},
     reassembly::{Piece, Reassembly},
@@ -86,15 +87,7 @@ pub struct Connections {
     /// id, oldest first (see `SEG_BEFORE_ACCEPT`). An unclaimed one is
     /// dropped here without counting: if its connection is traced, the
     /// reassembly counts the hole it leaves.
-    before_accept: VecDeque<(u64, BeforeAccept)>,
-}
-
-/// A received segment waiting for its connection (see `before_accept`).
-pub struct BeforeAccept {
-    pub mono_ns: u64,
-    pub seq: u32,
-    pub seg_len: u32,
-    pub captured: Vec<u8>,
+    before_accept: VecDeque<Segment>,
 }
 
 /// One TCP segment of a connection, as the cgroup_skb programs saw it.
@@ -174,21 +167,22 @@ impl Connections {
         }
     }
 
-    /// A segment a listener received before its connection existed.
-    pub fn before_accept(&mut self, id: u64, seg: BeforeAccept) {
+    /// A segment a listener received before its connection existed (its
+    /// `sock` is the id the accept will name).
+    pub fn before_accept(&mut self, seg: Segment) {
         if self.before_accept.len() >= MAX_BEFORE_ACCEPT {
             self.before_accept.pop_front();
         }
-        self.before_accept.push_back((id, seg));
+        self.before_accept.push_back(seg);
     }
 
     /// The accept of connection `sk` claims segment `id` (received by its
     /// listener before it existed): it is the connection's.
     pub fn claim_before_accept(&mut self, pid: u32, sk: u64, id: u64) -> Vec<Finished> {
-        let Some(at) = self.before_accept.iter().position(|(i, _)| *i == id) else {
+        let Some(at) = self.before_accept.iter().position(|s| s.sock == id) else {
             return Vec::new();
         };
-        let Some((_, seg)) = self.before_accept.remove(at) else {
+        let Some(seg) = self.before_accept.remove(at) else {
             return Vec::new();
         };
         self.segment(
@@ -196,10 +190,10 @@ impl Connections {
             sk,
             SegmentIn {
                 dir: Direction::Received,
-                mono_ns: seg.mono_ns,
+                mono_ns: seg.head.mono_ns,
                 seq: seg.seq,
                 seg_len: seg.seg_len,
-                captured: &seg.captured,
+                captured: &seg.data,
             },
         )
     }

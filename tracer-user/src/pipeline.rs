@@ -11,7 +11,7 @@ use std::{
 use tracer_common::{EventKind, Stream, TCP_FLAG_FAILED, TCP_FLAG_PREEXISTING};
 
 use crate::{
-    conns::{BeforeAccept, Connections, Finished, Payload, SegmentIn},
+    conns::{Connections, Finished, Payload, SegmentIn},
     decode::{Head, Record, TcpRecord},
     event::{Event, EventData, LossStage, StreamName, Tuple},
     http::Direction,
@@ -113,15 +113,7 @@ impl Pipeline {
                 self.on_socket_chunk(chunk)
             }
             Record::Segment(seg) if seg.before_accept => {
-                self.conns.before_accept(
-                    seg.sock,
-                    BeforeAccept {
-                        mono_ns: seg.head.mono_ns,
-                        seq: seg.seq,
-                        seg_len: seg.seg_len,
-                        captured: seg.data,
-                    },
-                );
+                self.conns.before_accept(seg);
                 Vec::new()
             }
             Record::Segment(seg) => {

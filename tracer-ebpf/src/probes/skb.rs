@@ -388,14 +388,15 @@ pub fn sock_recv_length(ctx: RawTracePointContext) -> i32 {
     if ret <= 0 {
         return 0;
     }
-    if tls::looks_tls(sk) {
+    let Some(owner) = CONNS.get_ptr(sk) else {
+        return 0;
+    };
+    // SAFETY: pointer into the map value, copied out.
+    let owner = unsafe { *owner };
+    if owner.flags & CONN_TLS != 0 {
         // Only a TLS connection's read can feed the next SSL_read.
         let _ = LAST_READ.insert(tid, sk, 0);
-    } else if let Some(owner) = CONNS.get_ptr(sk)
-        && let Some(copied_seq) = tcp_read_payload_end(sk)
-    {
-        // SAFETY: pointer into the map value, copied out.
-        let owner = unsafe { *owner };
+    } else if let Some(copied_seq) = tcp_read_payload_end(sk) {
         output(
             EventKind::ReadMark,
             ReadMark {
