@@ -4,6 +4,12 @@
 //! client to the server; a node echo server in one, the traced node client in
 //! the other, alone in its namespace, so the namespace's `Tcp RetransSegs`
 //! counter (/proc/net/snmp) counts exactly this connection's retransmits.
+//! Rarely, under load, the kernel counts a retransmit whose event never
+//! reaches the tracer (no ring or recursion loss either); the tracer then
+//! finds the shortfall at close against the socket's total_retrans and
+//! reports it as `lost` with stage `probe`. So the exact checks are: the
+//! events' segments + probe losses == RetransSegs growth, and
+//! tcp_close.retransmits == RetransSegs growth.
 //! Needs root (loads BPF programs, creates network namespaces).
 //!
 //! Loss: `tc qdisc ... netem loss 30%` on the client's veth when the kernel
@@ -337,9 +343,20 @@ fn retransmit_scenario(test: &str, n: u32, busy: bool) {
             .map(segments_of)
             .sum()
     };
+    // Retransmits the kernel counted without the tracer getting an event,
+    // reported right after the connection's close.
+    let is_probe_loss = |e: &Value| {
+        e["kind"] == "lost" && e["stage"] == "probe" && e["for_kind"] == "tcp_retransmit"
+    };
+    let count_probe_lost = |evs: &[Value]| -> u64 {
+        evs.iter()
+            .filter(|e| is_probe_loss(e))
+            .map(|e| e["count"].as_u64().unwrap_or(0))
+            .sum()
+    };
     // Events arrive promptly; give them a bounded moment.
     tracer.wait_events(Duration::from_secs(10), |evs| {
-        count_retransmits(evs) >= kernel
+        count_retransmits(evs) + count_probe_lost(evs) >= kernel
             && evs
                 .iter()
                 .any(|e| e["kind"] == "tcp_close" && e["pid"] == cpid)
@@ -370,13 +387,42 @@ fn retransmit_scenario(test: &str, n: u32, busy: bool) {
         ));
     }
     let segments: u64 = retransmits.iter().map(|e| segments_of(e)).sum();
-    if segments != kernel {
+    let probe_lost = count_probe_lost(&run.events);
+    if segments + probe_lost != kernel {
         problems.push(format!(
-            "{} tcp_retransmit events resending {segments} segments, but the kernel's Tcp \
-             RetransSegs in the client's namespace grew by {kernel}",
+            "{} tcp_retransmit events resending {segments} segments + {probe_lost} reported \
+             lost (stage probe), but the kernel's Tcp RetransSegs in the client's namespace grew \
+             by {kernel}",
             retransmits.len()
         ));
     }
+    // Reported, but still a miss: it must stay rare (seen: 1 in ~90).
+    if probe_lost * 20 > kernel {
+        problems.push(format!(
+            "{probe_lost} of {kernel} retransmits reached no event (more than 5%)"
+        ));
+    }
+    let other_lost: Vec<String> = run
+        .events
+        .iter()
+        .filter(|e| e["kind"] == "lost" && !is_probe_loss(e))
+        .map(|e| short(&e.to_string()))
+        .collect();
+    if !other_lost.is_empty() {
+        problems.push(format!("losses other than stage probe: {other_lost:?}"));
+    }
+    let summary = run.events.last().expect("the summary");
+    if summary["lost"]["probe"].as_u64().unwrap_or(0) != probe_lost {
+        problems.push(format!(
+            "summary.lost.probe must be {probe_lost}, the probe losses reported: {}",
+            short(&summary.to_string())
+        ));
+    }
+    eprintln!(
+        "{test}: kernel RetransSegs +{kernel}; {} tcp_retransmit events resending {segments} \
+         segments; lost (probe) {probe_lost}",
+        retransmits.len()
+    );
     let connects = run.of("tcp_connect", cpid);
     if !(connects.len() == 1 && tuple_ok(connects[0])) {
         problems.push(format!(
@@ -388,11 +434,12 @@ fn retransmit_scenario(test: &str, n: u32, busy: bool) {
     if !(closes.len() == 1
         && tuple_ok(closes[0])
         && closes[0]["bytes_sent"] == want_bytes
-        && closes[0]["bytes_received"] == want_bytes)
+        && closes[0]["bytes_received"] == want_bytes
+        && closes[0]["retransmits"] == kernel)
     {
         problems.push(format!(
             "expected one tcp_close of {caddr}:{lport} -> {saddr}:{port} with {want_bytes} bytes \
-             sent and received, got {closes:?}"
+             sent and received and retransmits {kernel} (the kernel's count), got {closes:?}"
         ));
     }
     assert!(
@@ -405,5 +452,5 @@ fn retransmit_scenario(test: &str, n: u32, busy: bool) {
         counter_deltas(&before, &after),
         run.stderr_text()
     );
-    run.assert_clean_end();
+    run.assert_clean_end_allowing(is_probe_loss);
 }

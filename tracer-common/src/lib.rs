@@ -277,8 +277,14 @@ pub struct TcpEvent {
     /// of the data segment that reached the listener before this connection
     /// existed, or 0.
     pub early_segment: u64,
+    /// tcp_sock.total_retrans when the event was emitted: segments the
+    /// kernel retransmitted on this connection so far, the amount it also
+    /// adds to `Tcp RetransSegs`. 0 when the offset is unknown. User space
+    /// reconciles it at close against the retransmits it was told about.
+    pub total_retrans: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<TcpEvent>() == 40 + 16 + 32 + 32 + 16);
+const _: () = assert!(size_of::<TcpEvent>() == 40 + 16 + 32 + 32 + 16 + 8);
 
 /// One event-loop turn: time blocked in uv__io_poll, then time running
 /// callbacks until the next poll.
@@ -457,8 +463,10 @@ pub struct KernelOffsets {
     pub skb_tcp_gso_segs: u32,
     /// struct tcp_sock.rcv_nxt (u32)
     pub tcp_rcv_nxt: u32,
+    /// struct tcp_sock.total_retrans (u32)
+    pub tcp_total_retrans: u32,
 }
-const _: () = assert!(size_of::<KernelOffsets>() == 120);
+const _: () = assert!(size_of::<KernelOffsets>() == 124);
 
 #[cfg(feature = "user")]
 mod user {

@@ -188,6 +188,13 @@ pub fn tcp_write_seq(sk: u64) -> Option<u32> {
     read_known(sk, offsets().tcp_write_seq)
 }
 
+/// tcp_sock.total_retrans: segments retransmitted on the connection so far
+/// (0 when the offset is unknown).
+#[inline(always)]
+pub fn tcp_total_retrans(sk: u64) -> u32 {
+    read_known(sk, offsets().tcp_total_retrans).unwrap_or(0)
+}
+
 /// tcp_sock.copied_seq: the next byte the application will read.
 #[inline(always)]
 pub fn tcp_copied_seq(sk: u64) -> Option<u32> {

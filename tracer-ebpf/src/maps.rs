@@ -107,6 +107,7 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     tcp_copied_seq: 0,
     skb_tcp_gso_segs: 0,
     tcp_rcv_nxt: 0,
+    tcp_total_retrans: 0,
 };
 
 /// Bytes of one written buffer copied into the ring; the rest is counted but

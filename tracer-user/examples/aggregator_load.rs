@@ -213,6 +213,7 @@ impl Generator {
                 tuple: tuple(&mut self.rng),
                 bytes_sent: 900,
                 bytes_received: 120,
+                retransmits: 0,
                 duration_ns: Some(2_000_000),
                 preexisting: false,
                 failed: false,

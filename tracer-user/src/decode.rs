@@ -119,6 +119,8 @@ pub struct TcpRecord {
     pub duration_ns: u64,
     /// Retransmit: TCP segments resent (see TcpEvent::segments).
     pub segments: u32,
+    /// tcp_sock.total_retrans when the event was emitted.
+    pub total_retrans: u32,
     /// Connect/accept: sequence numbers of the first payload byte (sent,
     /// received), when the kernel could read them.
     pub first_seqs: Option<(u32, u32)>,
@@ -271,6 +273,7 @@ pub fn decode(buf: &[u8]) -> Result<Record, DecodeError> {
                 bytes_received: t.bytes_received,
                 duration_ns: t.duration_ns,
                 segments: t.segments,
+                total_retrans: t.total_retrans,
                 first_seqs: (t.flags & TCP_FLAG_SEQ_KNOWN != 0)
                     .then_some((t.sent_seq0, t.received_seq0)),
                 early_segment: t.early_segment,
@@ -399,6 +402,8 @@ pub(crate) mod tests {
             sent_seq0: 0,
             received_seq0: 0,
             early_segment: 0,
+            total_retrans: 3,
+            _pad: 0,
         };
         t.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
         t.daddr[..4].copy_from_slice(&[10, 0, 0, 2]);
@@ -408,8 +413,14 @@ pub(crate) mod tests {
         assert_eq!(r.saddr.to_string(), "127.0.0.1");
         assert_eq!(r.daddr.to_string(), "10.0.0.2");
         assert_eq!(
-            (r.sport, r.dport, r.bytes_sent, r.bytes_received),
-            (8080, 51000, 120, 78)
+            (
+                r.sport,
+                r.dport,
+                r.bytes_sent,
+                r.bytes_received,
+                r.total_retrans
+            ),
+            (8080, 51000, 120, 78, 3)
         );
 
         t.family = AF_INET6;

@@ -64,6 +64,11 @@ pub enum EventData {
         tuple: Tuple,
         bytes_sent: u64,
         bytes_received: u64,
+        /// tcp_sock.total_retrans at close: segments the kernel
+        /// retransmitted on the connection over its whole life (for a
+        /// connection opened before attach, including before attach).
+        #[serde(default)]
+        retransmits: u32,
         /// None when the connection predates the tracer.
         duration_ns: Option<u64>,
         #[serde(default, skip_serializing_if = "is_false")]
@@ -175,16 +180,21 @@ pub enum LossStage {
     /// The agent's on-disk spool hit its cap while the aggregator was
     /// unreachable; the oldest batches were deleted.
     Spool,
+    /// Retransmits the kernel counted on a connection (its total_retrans
+    /// at close) beyond the tcp_retransmit events that reached user space
+    /// for it, without a ring or recursion loss to account for them.
+    Probe,
 }
 
 impl LossStage {
-    pub const ALL: [LossStage; 6] = [
+    pub const ALL: [LossStage; 7] = [
         LossStage::Ring,
         LossStage::Decode,
         LossStage::Parse,
         LossStage::Capture,
         LossStage::Forward,
         LossStage::Spool,
+        LossStage::Probe,
     ];
 
     /// The name used in JSON, metrics labels and summaries.
@@ -196,6 +206,7 @@ impl LossStage {
             LossStage::Capture => "capture",
             LossStage::Forward => "forward",
             LossStage::Spool => "spool",
+            LossStage::Probe => "probe",
         }
     }
 }
@@ -295,6 +306,7 @@ impl Event {
                 tuple: t,
                 bytes_sent,
                 bytes_received,
+                retransmits,
                 duration_ns,
                 preexisting,
                 failed,
@@ -302,7 +314,8 @@ impl Event {
                 let dur = duration_ns.map_or_else(|| "?".to_string(), ms);
                 write!(
                     s,
-                    " {} -> {} sent={bytes_sent} recv={bytes_received} dur={dur}{}{}",
+                    " {} -> {} sent={bytes_sent} recv={bytes_received} retrans={retransmits} \
+                     dur={dur}{}{}",
                     endpoint(&t.saddr, t.sport),
                     endpoint(&t.daddr, t.dport),
                     if *preexisting {
@@ -367,6 +380,7 @@ mod tests {
             },
             bytes_sent: 10,
             bytes_received: 20,
+            retransmits: 2,
             duration_ns: Some(30),
             preexisting: false,
             failed: false,
@@ -378,7 +392,7 @@ mod tests {
                 "ts_ns": 1_764_200_000_123_456_789u64, "host": "h1", "pid": 1, "tid": 2,
                 "comm": "node", "kind": "tcp_close", "saddr": "127.0.0.1", "sport": 80,
                 "daddr": "::1", "dport": 5000, "bytes_sent": 10, "bytes_received": 20,
-                "duration_ns": 30
+                "retransmits": 2, "duration_ns": 30
             })
         );
         let back: Event = serde_json::from_value(v).unwrap();

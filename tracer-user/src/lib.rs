@@ -20,4 +20,5 @@ pub mod options;
 pub mod output;
 pub mod pipeline;
 pub mod reassembly;
+pub mod retransmits;
 pub mod runner;

@@ -16,6 +16,7 @@ use crate::{
     event::{Event, EventData, LossStage, StreamName, Tuple},
     http::Direction,
     lines::{Line, LineAssembler},
+    retransmits::RetransmitLedger,
 };
 
 /// CLOCK_MONOTONIC -> wall clock, measured once at start.
@@ -69,6 +70,7 @@ pub struct Pipeline {
     conns: Connections,
     counts: BTreeMap<&'static str, u64>,
     lost: BTreeMap<LossStage, u64>,
+    retransmits: RetransmitLedger,
 }
 
 /// Decoded exit status: (exit_code, signal).
@@ -95,6 +97,7 @@ impl Pipeline {
             conns: Connections::new(&host, clock.now_ns()),
             counts: BTreeMap::new(),
             lost: BTreeMap::new(),
+            retransmits: RetransmitLedger::default(),
         }
     }
 
@@ -155,10 +158,16 @@ impl Pipeline {
             }
             Record::Tcp(mut t) => {
                 let mut out = Vec::new();
+                let mut probe_lost = 0;
                 match t.head.kind {
                     EventKind::TcpConnect | EventKind::TcpAccept => {
                         let (pid, sk) = (t.head.pid, t.sock);
                         self.conns.opened(pid, sk, tuple_of(&t), t.first_seqs);
+                        if t.head.kind == EventKind::TcpConnect {
+                            self.retransmits.connected(pid, sk);
+                        } else {
+                            self.retransmits.seen_from(pid, sk, t.total_retrans);
+                        }
                         if t.early_segment != 0 {
                             let done = self.conns.claim_before_accept(pid, sk, t.early_segment);
                             out.extend(done.into_iter().map(|f| self.http_event(f)));
@@ -176,10 +185,18 @@ impl Pipeline {
                         // Requests still open on the connection end with it.
                         let done = self.conns.closed(t.head.pid, t.sock, t.head.mono_ns);
                         out.extend(done.into_iter().map(|f| self.http_event(f)));
+                        probe_lost = self.retransmits.closed(t.head.pid, t.sock, t.total_retrans);
+                    }
+                    EventKind::TcpRetransmit => {
+                        let segments = t.segments.max(1);
+                        self.retransmits.retransmitted(t.head.pid, t.sock, segments);
                     }
                     _ => {}
                 }
                 out.push(self.tcp_event(t));
+                if probe_lost > 0 {
+                    out.push(self.loss(probe_lost, LossStage::Probe, Some("tcp_retransmit")));
+                }
                 out
             }
             Record::Loop {
@@ -267,6 +284,8 @@ impl Pipeline {
             None => tuple_of(&t),
         };
         self.conns.opened(t.head.pid, t.sock, tuple, None);
+        self.retransmits
+            .seen_from(t.head.pid, t.sock, t.total_retrans);
     }
 
     fn http_event(&mut self, f: Finished) -> Event {
@@ -316,6 +335,9 @@ impl Pipeline {
             if *total > *seen {
                 let count = *total - *seen;
                 *seen = *total;
+                if *kind == EventKind::TcpRetransmit {
+                    self.retransmits.ring_lost(count);
+                }
                 out.push(self.loss(count, LossStage::Ring, Some(kind_name(*kind))));
             }
         }
@@ -466,6 +488,7 @@ impl Pipeline {
                     tuple,
                     bytes_sent: t.bytes_sent,
                     bytes_received: t.bytes_received,
+                    retransmits: t.total_retrans,
                     duration_ns: (!preexisting).then_some(t.duration_ns),
                     preexisting,
                     failed: t.flags & TCP_FLAG_FAILED != 0,

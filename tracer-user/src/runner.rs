@@ -289,8 +289,22 @@ impl Summary {
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
         let lost: u64 = self.lost.values().sum();
+        let stage = |s: LossStage| self.lost.get(&s).copied().unwrap_or(0);
+        // The three stages always shown, then any other that lost something.
+        let mut stages = format!(
+            "ring={}, decode={}, http parse={}",
+            stage(LossStage::Ring),
+            stage(LossStage::Decode),
+            stage(LossStage::Parse)
+        );
+        for s in LossStage::ALL {
+            if !matches!(s, LossStage::Ring | LossStage::Decode | LossStage::Parse) && stage(s) > 0
+            {
+                stages.push_str(&format!(", {}={}", s.name(), stage(s)));
+            }
+        }
         format!(
-            "tracer: stopped after {:.1}s ({}). events: {}. lost: {} (ring={}, decode={}, http parse={})",
+            "tracer: stopped after {:.1}s ({}). events: {}. lost: {lost} ({stages})",
             self.elapsed.as_secs_f64(),
             self.stop_reason,
             if counts.is_empty() {
@@ -298,10 +312,6 @@ impl Summary {
             } else {
                 counts.join(" ")
             },
-            lost,
-            self.lost.get(&LossStage::Ring).copied().unwrap_or(0),
-            self.lost.get(&LossStage::Decode).copied().unwrap_or(0),
-            self.lost.get(&LossStage::Parse).copied().unwrap_or(0),
         )
     }
 }

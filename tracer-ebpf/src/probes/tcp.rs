@@ -1,7 +1,9 @@
 //! TCP connections of traced processes, from non-syscall tracepoints only:
 //! one program run per state change and per retransmit, nothing per packet
 //! or per send/recv. Byte counts come from the socket's own counters
-//! (tcp_sock.bytes_acked / bytes_received) read once at close.
+//! (tcp_sock.bytes_acked / bytes_received) read once at close. Every event
+//! carries tcp_sock.total_retrans, so user space can tell when the kernel
+//! counted a retransmit that never reached it as an event.
 //!
 //! match-proto: raw tracepoints (TP_PROTO arguments)
 //!   inet_sock_set_state(const struct sock *sk, int oldstate, int newstate),
@@ -33,7 +35,7 @@ use crate::{
     emit::{current_ids, now_ns, output},
     kernel::{
         skb_tcp_segments, sock_addrs, sock_netns, sock_ports, sock_protocol, tcp_copied_seq,
-        tcp_payload_bytes, tcp_write_seq,
+        tcp_payload_bytes, tcp_total_retrans, tcp_write_seq,
     },
     maps::{CONNS, EARLY_SEGMENT, EarlySegment, LISTENERS, PREEXISTING, is_target},
     probes::tls,
@@ -137,6 +139,11 @@ fn emit(kind: EventKind, owner: &ConnInfo, t: &Tuple, netns: u32, sk: u64, extra
             sent_seq0: extra.seq0.map_or(0, |s| s.0),
             received_seq0: extra.seq0.map_or(0, |s| s.1),
             early_segment: extra.early_segment,
+            // On every event: the close gives the total, an accept or an
+            // adoption the baseline, and user space reports the difference
+            // from the tcp_retransmit events it got (docs/architecture.md).
+            total_retrans: tcp_total_retrans(sk),
+            _pad: 0,
         },
     );
 }

@@ -49,6 +49,7 @@ pub fn kernel_offsets(btf_path: &Path) -> Result<KernelOffsets> {
         sk_protocol: f("sock.sk_protocol")?,
         skb_tcp_gso_segs: f("sk_buff.cb")? + f("tcp_skb_cb.tcp_gso_segs")?,
         tcp_rcv_nxt: f("tcp_sock.rcv_nxt")?,
+        tcp_total_retrans: f("tcp_sock.total_retrans")?,
     })
 }
 

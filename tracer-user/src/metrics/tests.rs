@@ -177,6 +177,7 @@ fn close(bytes_sent: u64, bytes_received: u64, preexisting: bool, failed: bool) 
         tuple: tuple(),
         bytes_sent,
         bytes_received,
+        retransmits: 0,
         duration_ns: (!preexisting).then_some(1_000_000),
         preexisting,
         failed,
@@ -882,8 +883,15 @@ fn endpoint_serves_metrics_and_404s_elsewhere() {
         .expect("serve did not stop on shutdown")
         .expect("serve task panicked");
     result.expect("serve returned an error");
-    // The port is free again.
-    assert!(TcpListener::bind(addr).is_ok());
+    // Nothing listens there any more. (Not checked by binding the port
+    // again: the other tests running meanwhile may hold it as an ephemeral
+    // client port.)
+    let refused = std::net::TcpStream::connect(addr).map(drop);
+    assert_eq!(
+        refused.map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::ConnectionRefused),
+        "the metrics endpoint still accepts connections after shutdown"
+    );
 }
 
 #[test]
