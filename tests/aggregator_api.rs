@@ -6,10 +6,10 @@
 use std::{
     collections::BTreeMap,
     fs,
-    io::{BufRead as _, BufReader, Read as _, Write as _},
-    net::{SocketAddr, TcpStream},
-    path::{Path, PathBuf},
-    process::{Child, ChildStderr, Command, Output, Stdio},
+    io::{BufRead as _, BufReader, Write as _},
+    net::SocketAddr,
+    path::Path,
+    process::{Command, Output, Stdio},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -19,190 +19,10 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
+use aggregator_common::{Aggregator, TRACER, TempDir, auth, http, try_http};
 use tracer_user::event::{Event, EventData, StreamName};
 
-const TRACER: &str = env!("CARGO_BIN_EXE_tracer");
-const TOKEN: &str = "test-token-0123456789abcdef";
-
-/// A running aggregator; killed on drop.
-struct Aggregator {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Aggregator {
-    fn drop(&mut self) {
-        // It may have been killed already by the test.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Aggregator {
-    /// Starts `tracer aggregator --listen 127.0.0.1:0` and waits for the
-    /// address it prints.
-    fn start(data: &Path, token_file: &Path, extra: &[&str]) -> Self {
-        let mut child = Command::new(TRACER)
-            .args(["aggregator", "--listen", "127.0.0.1:0", "--data"])
-            .arg(data)
-            .arg("--token-file")
-            .arg(token_file)
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting tracer aggregator");
-        let stderr = child.stderr.take().expect("aggregator stderr");
-        let addr = wait_for_address(stderr);
-        Self { child, addr }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-/// Reads stderr up to `listening on http://ADDR`, then keeps draining it
-/// (echoed to the test's stderr) so the aggregator never blocks on it.
-fn wait_for_address(stderr: ChildStderr) -> SocketAddr {
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let mut sent = false;
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            eprintln!("[aggregator] {line}");
-            if !sent && let Some(rest) = line.split("listening on http://").nth(1) {
-                let addr = rest
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or_default()
-                    .to_string();
-                let _ = tx.send(addr);
-                sent = true;
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("the aggregator did not print its address within 30 s");
-    addr.parse().expect("the printed address parses")
-}
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let p =
-            std::env::temp_dir().join(format!("tracer-agg-{tag}-{}-{nanos}", std::process::id()));
-        fs::create_dir_all(&p).unwrap();
-        Self(p)
-    }
-
-    fn token_file(&self) -> PathBuf {
-        let p = self.0.join("token");
-        fs::write(&p, format!("{TOKEN}\n")).unwrap();
-        // The aggregator warns about a token file others can read.
-        fs::set_permissions(
-            &p,
-            <fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600),
-        )
-        .unwrap();
-        p
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if let Err(e) = fs::remove_dir_all(&self.0) {
-            eprintln!("removing {}: {e}", self.0.display());
-        }
-    }
-}
-
-/// A minimal HTTP/1.1 exchange (Connection: close): status and body, with
-/// chunked bodies decoded.
-fn http(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> (u16, String) {
-    try_http(addr, method, path, headers, body)
-        .unwrap_or_else(|e| panic!("{method} {path} on {addr}: {e}"))
-}
-
-fn try_http(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Result<(u16, String), String> {
-    let mut s = TcpStream::connect(addr).map_err(|e| format!("connecting: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(60)))
-        .map_err(|e| e.to_string())?;
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    // The server may answer (413, 401) before reading everything: a failed
-    // write still leaves its answer to read.
-    let _ = s
-        .write_all(head.as_bytes())
-        .and_then(|()| s.write_all(body));
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)
-        .map_err(|e| format!("reading the answer: {e}"))?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, rest) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("no HTTP head in {text:?}"))?;
-    let status: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("no status in {head:?}"))?;
-    let chunked = head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked");
-    let body = if chunked {
-        dechunk(rest)
-    } else {
-        rest.to_string()
-    };
-    Ok((status, body))
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    loop {
-        let (size, rest) = s.split_once("\r\n").expect("chunk size line");
-        let n = usize::from_str_radix(size.trim(), 16).expect("chunk size");
-        if n == 0 {
-            return out;
-        }
-        out.push_str(&rest[..n]);
-        s = &rest[n + 2..];
-    }
-}
-
-fn auth() -> String {
-    format!("Bearer {TOKEN}")
-}
+mod aggregator_common;
 
 fn ingest_raw(addr: SocketAddr, body: &[u8], extra: &[(&str, &str)]) -> (u16, String) {
     let a = auth();
@@ -347,7 +167,7 @@ fn two_host_events(base: u64) -> (Vec<Event>, Vec<Event>) {
 fn two_hosts_in_one_timeline_grep_tail_and_dedupe() {
     let dir = TempDir::new("two");
     let token = dir.token_file();
-    let agg = Aggregator::start(&dir.0.join("data"), &token, &[]);
+    let agg = Aggregator::start(&dir.path().join("data"), &token, &[]);
     // A minute ago, so the default `--since 5m` window holds it.
     let base = (now_ns() - 60_000_000_000) / 1_000_000_000 * 1_000_000_000;
     let ms = 1_000_000;
@@ -543,7 +363,7 @@ fn rejections_do_not_stop_the_server() {
     let dir = TempDir::new("reject");
     let token = dir.token_file();
     let agg = Aggregator::start(
-        &dir.0.join("data"),
+        &dir.path().join("data"),
         &token,
         &["--max-body", "1048576", "--max-decompressed", "16777216"],
     );
@@ -577,7 +397,7 @@ fn rejections_do_not_stop_the_server() {
         .0,
         401
     );
-    let bad_token = dir.0.join("bad-token");
+    let bad_token = dir.path().join("bad-token");
     fs::write(&bad_token, "nope-nope-nope-nope").unwrap();
     let out = cli(&agg, &bad_token, &["timeline"]);
     assert_eq!(out.status.code(), Some(1));
@@ -703,7 +523,7 @@ fn client_errors_are_plain() {
 fn tail_follow_prints_a_new_line_within_a_second() {
     let dir = TempDir::new("follow");
     let token = dir.token_file();
-    let agg = Aggregator::start(&dir.0.join("data"), &token, &[]);
+    let agg = Aggregator::start(&dir.path().join("data"), &token, &[]);
     // Something older, which -n 0 leaves out.
     ingest(
         agg.addr,
@@ -783,7 +603,7 @@ fn kill_9_mid_ingest_keeps_every_acknowledged_batch_exactly_once() {
     const PER_BATCH: usize = 50;
     let dir = TempDir::new("crash");
     let token = dir.token_file();
-    let data = dir.0.join("data");
+    let data = dir.path().join("data");
     let agg = Aggregator::start(&data, &token, &[]);
     let addr = agg.addr;
     let base = now_ns();
@@ -835,8 +655,7 @@ fn kill_9_mid_ingest_keeps_every_acknowledged_batch_exactly_once() {
         }
     }
     let mut agg = agg;
-    agg.child.kill().unwrap(); // SIGKILL
-    agg.child.wait().unwrap();
+    agg.kill(); // SIGKILL, waited for
     stop.store(true, Ordering::Relaxed);
     let (attempted, last) = sender.join().unwrap();
     eprintln!("kill -9: the last request got {last:?}");

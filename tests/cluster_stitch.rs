@@ -9,151 +9,31 @@
 
 use std::{
     collections::BTreeMap,
-    fs,
-    io::{BufRead as _, BufReader, Read as _, Write as _},
-    net::{IpAddr, SocketAddr, TcpStream},
-    path::{Path, PathBuf},
-    process::{Child, ChildStderr, Command, Stdio},
-    sync::mpsc,
-    thread,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    net::{IpAddr, SocketAddr},
+    path::Path,
+    process::{Command, Stdio},
+    time::{SystemTime, UNIX_EPOCH},
 };
 
+use aggregator_common::{Aggregator, TRACER, TempDir, auth, http};
 use tracer_user::event::{Event, EventData, HttpExchange, HttpSide, StreamName, Tuple};
 
-const TRACER: &str = env!("CARGO_BIN_EXE_tracer");
-const TOKEN: &str = "test-token-0123456789abcdef";
+mod aggregator_common;
+
 const MS: i64 = 1_000_000;
 const REQUESTS: usize = 20;
-
-struct Aggregator {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Aggregator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Aggregator {
-    fn start(data: &Path, token_file: &Path) -> Self {
-        let mut child = Command::new(TRACER)
-            .args(["aggregator", "--listen", "127.0.0.1:0", "--data"])
-            .arg(data)
-            .arg("--token-file")
-            .arg(token_file)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting tracer aggregator");
-        let stderr = child.stderr.take().expect("aggregator stderr");
-        let addr = wait_for_address(stderr);
-        Self { child, addr }
-    }
-}
-
-fn wait_for_address(stderr: ChildStderr) -> SocketAddr {
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let mut sent = false;
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            eprintln!("[aggregator] {line}");
-            if !sent && let Some(rest) = line.split("listening on http://").nth(1) {
-                let addr = rest
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or_default()
-                    .to_string();
-                let _ = tx.send(addr);
-                sent = true;
-            }
-        }
-    });
-    rx.recv_timeout(Duration::from_secs(30))
-        .expect("the aggregator did not print its address within 30 s")
-        .parse()
-        .expect("the printed address parses")
-}
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let p = std::env::temp_dir().join(format!("tracer-{tag}-{}-{nanos}", std::process::id()));
-        fs::create_dir_all(&p).unwrap();
-        Self(p)
-    }
-
-    fn token_file(&self) -> PathBuf {
-        let p = self.0.join("token");
-        fs::write(&p, format!("{TOKEN}\n")).unwrap();
-        fs::set_permissions(
-            &p,
-            <fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600),
-        )
-        .unwrap();
-        p
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-/// One HTTP/1.1 exchange with `Connection: close`: status and body.
-fn http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
-         Authorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).unwrap();
-    s.write_all(body).unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, rest) = text.split_once("\r\n\r\n").expect("an HTTP head");
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        let (mut out, mut s) = (String::new(), rest);
-        loop {
-            let (size, r) = s.split_once("\r\n").unwrap();
-            let n = usize::from_str_radix(size.trim(), 16).unwrap();
-            if n == 0 {
-                break out;
-            }
-            out.push_str(&r[..n]);
-            s = &r[n + 2..];
-        }
-    } else {
-        rest.to_string()
-    };
-    (status, body)
-}
 
 fn ingest(addr: SocketAddr, host: &str, seq: u64, events: &[Event]) {
     let body = serde_json::to_vec(&serde_json::json!({
         "host": host, "run_id": format!("run-{host}"), "seq": seq, "events": events,
     }))
     .unwrap();
-    let (status, answer) = http(addr, "POST", "/v1/ingest", &body);
+    let a = auth();
+    let headers = [
+        ("Authorization", a.as_str()),
+        ("Content-Type", "application/json"),
+    ];
+    let (status, answer) = http(addr, "POST", "/v1/ingest", &headers, &body);
     assert_eq!(status, 200, "ingest {host}/{seq}: {answer}");
 }
 
@@ -387,7 +267,7 @@ fn end_of(e: &Event) -> i64 {
 fn three_host_chain_is_stitched_and_causal() {
     let dir = TempDir::new("cluster-stitch");
     let token = dir.token_file();
-    let agg = Aggregator::start(&dir.0.join("data"), &token);
+    let agg = Aggregator::start(&dir.path().join("data"), &token, &[]);
     let base = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -422,7 +302,13 @@ fn three_host_chain_is_stitched_and_causal() {
     }
 
     // Offsets: h2's clock is 3 s ahead of h1's, h3's 2 s behind.
-    let (status, body) = http(agg.addr, "GET", "/v1/offsets", b"");
+    let (status, body) = http(
+        agg.addr,
+        "GET",
+        "/v1/offsets",
+        &[("Authorization", &auth())],
+        b"",
+    );
     assert_eq!(status, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     let off = |h: &str| -> (i64, i64) {
