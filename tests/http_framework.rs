@@ -18,10 +18,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{StdoutTo, Tracer, require_root, start_node};
+use common::require_root;
 use http_common::{
-    PlanItem, assert_no_losses, assert_no_problems, check_plan_run, count_http, make_realtime,
-    parse_results, parse_served, plan_json, start_node_with_env, wait_prefixed,
+    PlanItem, PlanRun, assert_no_losses, assert_no_problems, check_plan_run, count_http, run_plan,
+    start_node_with_env,
 };
 
 /// The express release the test installs (pinned: the app's behaviour, not
@@ -146,35 +146,13 @@ fn express_app_exchanges_are_exact() {
         "the app must run the express the test installed"
     );
     let port: u16 = port.parse().expect("port");
-    let (mut client, _) = start_node(
-        "http_client.js",
-        &[],
-        &[&port.to_string(), &plan_json(&plan)],
-        StdoutTo::Pipe,
-    );
-    let (spid, cpid) = (server.pid(), client.pid());
-    make_realtime(cpid);
-
-    let mut tracer = Tracer::attach(&[spid, cpid], &["--duration", "60"]);
-    client.send_line("go");
-    let status = client.expect_exit(Duration::from_secs(30));
-    assert!(
-        status.success(),
-        "http_client.js failed ({status}):\n{}",
-        client.stderr.tail(20)
-    );
-    let results_line = client.stdout.as_mut().expect("piped").wait_for(
-        "the client's RESULTS line",
-        Duration::from_secs(5),
-        |l| l.starts_with("RESULTS "),
-    );
-    let results = parse_results(&results_line);
-    let served = parse_served(&wait_prefixed(
-        server.stdout.as_mut().expect("piped"),
-        "SERVED ",
-        3 * plan.len(),
-        Duration::from_secs(10),
-    ));
+    let PlanRun {
+        mut tracer,
+        results,
+        served,
+        spid,
+        cpid,
+    } = run_plan(&mut server, port, &plan);
     for r in &results {
         if r.path == "/nope" {
             assert!(

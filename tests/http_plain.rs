@@ -11,10 +11,9 @@ mod http_common;
 
 use std::time::Duration;
 
-use common::{StdoutTo, Tracer, require_root, start_node};
+use common::{StdoutTo, require_root, start_node};
 use http_common::{
-    PlanItem, assert_no_losses, assert_no_problems, check_plan_run, count_http, make_realtime,
-    parse_results, parse_served, plan_json, wait_prefixed,
+    PlanItem, PlanRun, assert_no_losses, assert_no_problems, check_plan_run, count_http, run_plan,
 };
 
 /// The requests the client makes, in order: 6 `GET /users/<n>` (200),
@@ -51,36 +50,13 @@ fn http_exchanges_seen_from_both_ends_with_exact_sizes() {
     let port: u16 = port.parse().unwrap_or_else(|e| {
         panic!("http_server.js READY line must carry its port ({port:?}): {e}")
     });
-    let (mut client, _) = start_node(
-        "http_client.js",
-        &[],
-        &[&port.to_string(), &plan_json(&plan)],
-        StdoutTo::Pipe,
-    );
-    let (spid, cpid) = (server.pid(), client.pid());
-    make_realtime(cpid);
-
-    let mut tracer = Tracer::attach(&[spid, cpid], &["--duration", "60"]);
-    client.send_line("go");
-    let status = client.expect_exit(Duration::from_secs(30));
-    assert!(
-        status.success(),
-        "http_client.js failed ({status}):\n{}",
-        client.stderr.tail(20)
-    );
-    let results_line = client.stdout.as_mut().expect("piped").wait_for(
-        "the client's RESULTS line",
-        Duration::from_secs(5),
-        |l| l.starts_with("RESULTS "),
-    );
-    let results = parse_results(&results_line);
-    // Two warm-up rounds of the plan before READY, then the plan itself.
-    let served = parse_served(&wait_prefixed(
-        server.stdout.as_mut().expect("piped"),
-        "SERVED ",
-        3 * plan.len(),
-        Duration::from_secs(10),
-    ));
+    let PlanRun {
+        mut tracer,
+        results,
+        served,
+        spid,
+        cpid,
+    } = run_plan(&mut server, port, &plan);
     for (r, p) in results.iter().zip(&plan) {
         if p.path == "/chunked" {
             assert_eq!(

@@ -21,8 +21,8 @@ use std::{
 use serde_json::{Value, json};
 
 use crate::common::{
-    Lines, NODE, Proc, Run, TRACER, Tracer, fixtures_dir, hostname, list_problems, now_ns, short,
-    wait_ready_line,
+    Lines, NODE, Proc, Run, StdoutTo, TRACER, Tracer, fixtures_dir, hostname, list_problems,
+    now_ns, short, start_node, wait_ready_line,
 };
 
 /// Starts `node tests/fixtures/<script> [args]` with extra environment
@@ -857,4 +857,58 @@ pub fn assert_no_problems(what: &str, problems: &[String], run: &Run) {
         list_problems(problems),
         run.stderr_text()
     );
+}
+
+/// A plan that `tests/fixtures/http_client.js` ran against a server
+/// fixture, traced from before its first request.
+pub struct PlanRun {
+    /// Still attached to both processes.
+    pub tracer: Tracer,
+    pub results: Vec<ClientResult>,
+    /// The server's SERVED lines: two warm-up rounds of the plan (made
+    /// before the client said READY), then the plan itself.
+    pub served: Vec<Served>,
+    pub spid: u32,
+    pub cpid: u32,
+}
+
+/// Starts http_client.js for `plan` against `server` (READY on `port`,
+/// stdout piped), attaches the tracer to both, lets the client run the plan
+/// and waits for its RESULTS line and the server's SERVED lines.
+pub fn run_plan(server: &mut Proc, port: u16, plan: &[PlanItem]) -> PlanRun {
+    let (mut client, _) = start_node(
+        "http_client.js",
+        &[],
+        &[&port.to_string(), &plan_json(plan)],
+        StdoutTo::Pipe,
+    );
+    let (spid, cpid) = (server.pid(), client.pid());
+    make_realtime(cpid);
+
+    let tracer = Tracer::attach(&[spid, cpid], &["--duration", "60"]);
+    client.send_line("go");
+    let status = client.expect_exit(Duration::from_secs(30));
+    assert!(
+        status.success(),
+        "http_client.js failed ({status}):\n{}",
+        client.stderr.tail(20)
+    );
+    let results_line = client.stdout.as_mut().expect("piped").wait_for(
+        "the client's RESULTS line",
+        Duration::from_secs(5),
+        |l| l.starts_with("RESULTS "),
+    );
+    let served = parse_served(&wait_prefixed(
+        server.stdout.as_mut().expect("piped"),
+        "SERVED ",
+        3 * plan.len(),
+        Duration::from_secs(10),
+    ));
+    PlanRun {
+        tracer,
+        results: parse_results(&results_line),
+        served,
+        spid,
+        cpid,
+    }
 }
