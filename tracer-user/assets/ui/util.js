@@ -80,7 +80,7 @@ export function describe(e) {
     case 'exit':
       return `exit ${e.exit_code ?? ''}${e.signal ? ` signal ${e.signal}` : ''}`;
     case 'tcp_close':
-      return `tcp_close ${e.saddr}:${e.sport} -> ${e.daddr}:${e.dport} sent=${e.bytes_sent} recv=${e.bytes_received}`;
+      return `tcp_close ${e.saddr}:${e.sport} -> ${e.daddr}:${e.dport} sent=${e.bytes_sent} recv=${e.bytes_received}${e.retransmits ? ` retrans=${e.retransmits}` : ''}`;
     default:
       if (e.kind.startsWith('tcp_')) return `${e.kind} ${e.saddr}:${e.sport} -> ${e.daddr}:${e.dport}`;
       return e.kind;
