@@ -117,7 +117,8 @@ pub struct TcpRecord {
     pub bytes_sent: u64,
     pub bytes_received: u64,
     pub duration_ns: u64,
-    /// Retransmit: TCP segments resent (see TcpEvent::segments).
+    /// Retransmit: TCP segments resent (see TcpEvent::segments), at least 1
+    /// (an older probe, or a kernel without the BTF field, sends 0).
     pub segments: u32,
     /// tcp_sock.total_retrans when the event was emitted.
     pub total_retrans: u32,
@@ -272,7 +273,11 @@ pub fn decode(buf: &[u8]) -> Result<Record, DecodeError> {
                 bytes_sent: t.bytes_sent,
                 bytes_received: t.bytes_received,
                 duration_ns: t.duration_ns,
-                segments: t.segments,
+                segments: if kind == EventKind::TcpRetransmit {
+                    t.segments.max(1)
+                } else {
+                    t.segments
+                },
                 total_retrans: t.total_retrans,
                 first_seqs: (t.flags & TCP_FLAG_SEQ_KNOWN != 0)
                     .then_some((t.sent_seq0, t.received_seq0)),

@@ -188,8 +188,8 @@ impl Pipeline {
                         probe_lost = self.retransmits.closed(t.head.pid, t.sock, t.total_retrans);
                     }
                     EventKind::TcpRetransmit => {
-                        let segments = t.segments.max(1);
-                        self.retransmits.retransmitted(t.head.pid, t.sock, segments);
+                        self.retransmits
+                            .retransmitted(t.head.pid, t.sock, t.segments);
                     }
                     _ => {}
                 }
@@ -479,8 +479,7 @@ impl Pipeline {
             EventKind::TcpAccept => EventData::TcpAccept(tuple),
             EventKind::TcpRetransmit => EventData::TcpRetransmit {
                 tuple,
-                // An older probe (or a kernel without the BTF field) sends 0.
-                segments: t.segments.max(1),
+                segments: t.segments,
             },
             _ => {
                 let preexisting = t.flags & TCP_FLAG_PREEXISTING != 0;
