@@ -478,13 +478,17 @@ impl SqliteStore {
     }
 }
 
+/// Where a batch's events went: `(id, corrected ts)` for each, in order;
+/// None when the batch was a duplicate.
+type Placed = Option<Vec<(i64, i64)>>;
+
 impl SqliteStore {
     /// Stores one batch on `conn` (inside the caller's transaction): the
     /// dedupe row, its events, the stitching. Returns each event's id and
     /// corrected time, or None for a duplicate. The batch is only read, so
     /// that a group whose transaction fails can be stored again batch by
     /// batch.
-    fn ingest_in(&self, conn: &Connection, batch: &Batch) -> Result<Option<Vec<(i64, i64)>>> {
+    fn ingest_in(&self, conn: &Connection, batch: &Batch) -> Result<Placed> {
         let seq = i64::try_from(batch.seq).unwrap_or(i64::MAX);
         let new = conn
             .prepare_cached(
@@ -600,11 +604,7 @@ impl SqliteStore {
 
     /// Stores `batches` in one transaction on `conn`: their outcomes, or
     /// the first error (the caller rolls the whole group back).
-    fn ingest_group(
-        &self,
-        conn: &mut Connection,
-        batches: &[Batch],
-    ) -> Result<Vec<Option<Vec<(i64, i64)>>>> {
+    fn ingest_group(&self, conn: &mut Connection, batches: &[Batch]) -> Result<Vec<Placed>> {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut out = Vec::with_capacity(batches.len());
         for batch in batches {
@@ -696,24 +696,23 @@ impl Store for SqliteStore {
     /// first: ~15% of the writer's CPU, measured.)
     fn ingest_many(&self, batches: Vec<Batch>) -> Vec<Result<IngestOutcome>> {
         let mut conn = lock(&self.writer);
-        let results: Vec<Result<Option<Vec<(i64, i64)>>>> =
-            match self.ingest_group(&mut conn, &batches) {
-                Ok(all) => all.into_iter().map(Ok).collect(),
-                Err(e) if batches.len() == 1 => vec![Err(e)],
-                Err(e) => {
-                    log::warn!(
-                        "storing a group of {} batches failed ({e}); storing them one by one",
-                        batches.len()
-                    );
-                    batches
-                        .chunks(1)
-                        .map(|one| {
-                            self.ingest_group(&mut conn, one)
-                                .map(|mut v| v.pop().flatten())
-                        })
-                        .collect()
-                }
-            };
+        let results: Vec<Result<Placed>> = match self.ingest_group(&mut conn, &batches) {
+            Ok(all) => all.into_iter().map(Ok).collect(),
+            Err(e) if batches.len() == 1 => vec![Err(e)],
+            Err(e) => {
+                log::warn!(
+                    "storing a group of {} batches failed ({e}); storing them one by one",
+                    batches.len()
+                );
+                batches
+                    .chunks(1)
+                    .map(|one| {
+                        self.ingest_group(&mut conn, one)
+                            .map(|mut v| v.pop().flatten())
+                    })
+                    .collect()
+            }
+        };
         drop(conn);
         self.checkpointer.poke();
         batches
