@@ -12,6 +12,7 @@ pub mod series;
 pub mod server;
 pub mod sqlite;
 pub mod sqlite_grep;
+pub mod sqlite_logs;
 pub mod sqlite_series;
 pub mod stitch;
 pub mod stitch_sql;

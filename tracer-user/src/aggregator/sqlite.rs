@@ -17,19 +17,16 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use regex::Regex;
 use rusqlite::{
-    Connection, OpenFlags, OptionalExtension as _, TransactionBehavior,
-    functions::FunctionFlags,
-    params,
-    types::{Value, ValueRef},
+    Connection, OpenFlags, OptionalExtension as _, TransactionBehavior, params, types::Value,
 };
 
-use super::sqlite_grep::{self, BlockBuilder, Matcher, Matches, SCHEMA_V3};
+use super::sqlite_grep::{self, Matcher};
+use super::sqlite_logs::{self, BlockBuilder, LineQuery, SCHEMA_V4, TraceLines};
 use super::stitch_sql::{after_ingest, index_event, note_host, own_trace, retime};
 use super::store::{
-    Batch, Filter, HostOffset, IngestOutcome, Query, Result, Store, StoreError, Stored, TextMatch,
-    corrected, stream_name,
+    Batch, Filter, HostOffset, IngestOutcome, Position, Query, Result, Store, StoreError, Stored,
+    corrected,
 };
 use crate::event::{Event, EventData};
 
@@ -38,7 +35,7 @@ pub const DB_FILE: &str = "events.sqlite";
 /// Reader connections kept open between queries.
 const POOL_MAX: usize = 8;
 /// Schema version in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS events (
@@ -96,6 +93,9 @@ CREATE INDEX IF NOT EXISTS http_host_side ON http_index(host, side);
 CREATE INDEX IF NOT EXISTS http_req ON http_index(host, req_id);
 CREATE INDEX IF NOT EXISTS http_parent ON http_index(host, parent_req_id)
     WHERE parent_req_id IS NOT NULL;
+-- (conn) is a prefix of http_conn_start (conn, start_ns): the second index
+-- on random keys only doubled what every commit writes.
+DROP INDEX IF EXISTS http_conn;
 CREATE TABLE IF NOT EXISTS links (
     client      INTEGER PRIMARY KEY,   -- http_index.id (side client)
     server      INTEGER NOT NULL UNIQUE,
@@ -121,35 +121,6 @@ pub struct SqliteStore {
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
     checkpointer: Checkpointer,
-    /// The last grep's matches, so that its next pages (and a repeat)
-    /// only scan the blocks stored since.
-    grep_cache: Mutex<Option<GrepCache>>,
-    /// Bumped whenever stored times move (a re-timed host), which can move
-    /// blocks into or out of a cached grep's time range.
-    retimes: std::sync::atomic::AtomicU64,
-}
-
-/// Past this many matching lines a grep filters row by row in SQL
-/// (`tracer_match`) instead of by id: a frequent pattern fills a page of
-/// the answer within the first rows in time order, where a list of
-/// millions of ids would have to be built and joined for every page.
-const GREP_MAX_IDS: usize = 100_000;
-
-struct GrepCache {
-    key: GrepKey,
-    last_block: i64,
-    found: std::sync::Arc<Matches>,
-}
-
-/// What a grep's block scan depends on.
-#[derive(PartialEq)]
-struct GrepKey {
-    pattern: String,
-    case_insensitive: bool,
-    hosts: Vec<String>,
-    since: Option<i64>,
-    until: Option<i64>,
-    retimes: u64,
 }
 
 /// WAL pages after which the writer checkpoints by itself: a backstop for
@@ -219,62 +190,48 @@ pub(super) fn now_ns() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
-/// `tracer_match(pattern, text)`: the `regex` crate over log text, row by
-/// row, for greps matching too many lines to list by id. The compiled
-/// regex is cached per statement by SQLite (auxdata).
-fn register_match(conn: &Connection) -> rusqlite::Result<()> {
-    conn.create_scalar_function(
-        "tracer_match",
-        2,
-        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
-        |ctx| {
-            let re = ctx.get_or_create_aux(0, |pattern| -> Result<Regex, StoreError> {
-                let pattern = pattern.as_str().map_err(|e| {
-                    StoreError::Open(format!("tracer_match pattern is not text: {e}"))
-                })?;
-                Ok(TextMatch {
-                    pattern: pattern.to_owned(),
-                    case_insensitive: false,
-                }
-                .compile()?)
-            })?;
-            Ok(match ctx.get_raw(1) {
-                ValueRef::Text(t) => std::str::from_utf8(t).is_ok_and(|s| re.is_match(s)),
-                _ => false,
-            })
-        },
+/// The trace condition over `events` rows, with the trace id in
+/// parameter `?n`: a trace id, or any req_id in it (then the whole trace).
+fn trace_sql(n: usize) -> String {
+    format!(
+        " AND (trace_id = ?{n} OR req_id = ?{n} OR trace_id IN \
+         (SELECT trace_id FROM events WHERE req_id = ?{n} AND kind = 'http' \
+          AND trace_id IS NOT NULL))"
     )
 }
 
-/// The pattern as passed to `tracer_match` (case folding as an inline flag,
-/// so one SQL parameter carries both).
-fn sql_pattern(t: &TextMatch) -> String {
-    if t.case_insensitive {
-        format!("(?i:{})", t.pattern)
-    } else {
-        t.pattern.clone()
-    }
+/// Whether `f` can match an `events` row: log lines are in blocks
+/// (`sqlite_logs`), so a stream or text condition rules rows out.
+fn wants_rows(f: &Filter) -> bool {
+    f.stream.is_none()
+        && f.text.is_none()
+        && (f.kinds.is_empty() || f.kinds.iter().any(|k| k != "log"))
 }
 
-/// Appends ` AND ...` conditions for `f` to `sql`. A text filter comes as
-/// what the block scan found (`SqliteStore::grep_ids`): the ids of the
-/// matching lines, or, for a frequent pattern, the regex row by row.
-fn push_filter(f: &Filter, found: Option<&Matches>, sql: &mut String, args: &mut Vec<Value>) {
+/// Appends ` AND ...` conditions for `f` to `sql`, over `events` rows
+/// (callers check [`wants_rows`] first). Parameters are numbered
+/// (`?n`), so callers number theirs after `args.len()`.
+fn push_filter(f: &Filter, sql: &mut String, args: &mut Vec<Value>) {
     fn list(sql: &mut String, args: &mut Vec<Value>, col: &str, items: &[String]) {
         sql.push_str(&format!(" AND {col} IN ("));
         for (i, it) in items.iter().enumerate() {
-            sql.push_str(if i == 0 { "?" } else { ",?" });
+            if i > 0 {
+                sql.push(',');
+            }
             args.push(Value::Text(it.clone()));
+            sql.push_str(&format!("?{}", args.len()));
         }
         sql.push(')');
     }
+    let num = |sql: &mut String, args: &mut Vec<Value>, cond: &str, v: i64| {
+        args.push(Value::Integer(v));
+        sql.push_str(&format!(" AND {cond} ?{}", args.len()));
+    };
     if let Some(s) = f.since {
-        sql.push_str(" AND ts_ns >= ?");
-        args.push(Value::Integer(s));
+        num(sql, args, "ts_ns >=", s);
     }
     if let Some(u) = f.until {
-        sql.push_str(" AND ts_ns < ?");
-        args.push(Value::Integer(u));
+        num(sql, args, "ts_ns <", u);
     }
     if !f.hosts.is_empty() {
         list(sql, args, "host", &f.hosts);
@@ -283,40 +240,8 @@ fn push_filter(f: &Filter, found: Option<&Matches>, sql: &mut String, args: &mut
         list(sql, args, "kind", &f.kinds);
     }
     if let Some(t) = &f.trace {
-        // A trace id, or any req_id in it (then the whole trace).
-        sql.push_str(
-            " AND (trace_id = ? OR req_id = ? OR trace_id IN \
-             (SELECT trace_id FROM events WHERE req_id = ? AND kind = 'http' \
-              AND trace_id IS NOT NULL))",
-        );
         args.push(Value::Text(t.clone()));
-        args.push(Value::Text(t.clone()));
-        args.push(Value::Text(t.clone()));
-    }
-    if f.stream.is_some() || f.text.is_some() {
-        sql.push_str(" AND kind = 'log'");
-    }
-    if let Some(s) = &f.stream {
-        sql.push_str(" AND stream = ?");
-        args.push(Value::Text(s.clone()));
-    }
-    if let Some(t) = &f.text {
-        let Some(Matches::Ids(ids)) = found else {
-            sql.push_str(" AND tracer_match(?, text)");
-            args.push(Value::Text(sql_pattern(t)));
-            return;
-        };
-        let mut list = String::with_capacity(ids.len() * 9 + 2);
-        list.push('[');
-        for (i, id) in ids.iter().enumerate() {
-            if i > 0 {
-                list.push(',');
-            }
-            list.push_str(&id.to_string());
-        }
-        list.push(']');
-        sql.push_str(" AND id IN (SELECT value FROM json_each(?))");
-        args.push(Value::Text(list));
+        sql.push_str(&trace_sql(args.len()));
     }
 }
 
@@ -341,8 +266,7 @@ fn read_rows(stmt: &mut rusqlite::Statement<'_>, args: &[Value]) -> Result<Vec<S
 }
 
 /// Upgrading a version 1 store: index its HTTP exchanges and stitch them.
-fn backfill(conn: &mut Connection) -> Result<()> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+fn backfill(tx: &Connection) -> Result<()> {
     tx.execute_batch(
         "INSERT OR IGNORE INTO hosts (host, first_id)
          SELECT host, min(id) FROM events GROUP BY host",
@@ -356,12 +280,11 @@ fn backfill(conn: &mut Connection) -> Result<()> {
         let event: Event =
             serde_json::from_str(&json).map_err(|source| StoreError::Corrupt { id, source })?;
         if let EventData::Http(h) = &event.data {
-            index_event(&tx, id, &event.host, raw, h)?;
+            index_event(tx, id, &event.host, raw, h)?;
             ids.push(id);
         }
     }
-    after_ingest(&tx, &ids)?;
-    tx.commit()?;
+    after_ingest(tx, &ids)?;
     Ok(())
 }
 
@@ -405,37 +328,47 @@ impl SqliteStore {
                 path.display()
             )));
         }
-        conn.execute_batch(SCHEMA)?;
-        conn.execute_batch(SCHEMA_V2)?;
-        conn.execute_batch(SCHEMA_V3)?;
-        let cols: Vec<String> = conn
+        let mut conn = conn;
+        // Creating and upgrading the schema is one transaction: a crash
+        // half-way leaves the store as it was.
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let upgrading = (1..SCHEMA_VERSION).contains(&version);
+        if upgrading {
+            // Before version 4 blocks held only the text of lines that
+            // were rows; they are rebuilt from the rows below.
+            tx.execute_batch("DROP TABLE IF EXISTS log_blocks; DROP TABLE IF EXISTS log_reqs;")?;
+        }
+        tx.execute_batch(SCHEMA)?;
+        tx.execute_batch(SCHEMA_V2)?;
+        tx.execute_batch(SCHEMA_V4)?;
+        let cols: Vec<String> = tx
             .prepare("SELECT name FROM pragma_table_info('host_offsets')")?
             .query_map([], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
         if !cols.iter().any(|c| c == "pairs") {
-            conn.execute_batch(
+            tx.execute_batch(
                 "ALTER TABLE host_offsets ADD COLUMN pairs INTEGER NOT NULL DEFAULT 0;
                  ALTER TABLE host_offsets ADD COLUMN reference TEXT;",
             )?;
         }
-        let mut conn = conn;
         if version == 1 {
-            backfill(&mut conn)?;
+            backfill(&tx)?;
         }
-        if (1..3).contains(&version) {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            sqlite_grep::backfill(&tx)?;
-            tx.commit()?;
+        if upgrading {
+            let moved = sqlite_logs::move_rows_into_blocks(&tx)?;
+            log::info!(
+                "{}: upgraded from schema version {version}; {moved} log lines moved into blocks",
+                path.display()
+            );
         }
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        tx.commit()?;
         let checkpointer = Checkpointer::start(&path)?;
         Ok(Self {
             path,
             writer: Mutex::new(conn),
             readers: Mutex::new(Vec::new()),
             checkpointer,
-            grep_cache: Mutex::new(None),
-            retimes: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -454,7 +387,6 @@ impl SqliteStore {
                     OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
                 )?;
                 c.execute_batch("PRAGMA query_only=1; PRAGMA busy_timeout=5000;")?;
-                register_match(&c)?;
                 c
             }
         };
@@ -488,7 +420,7 @@ impl SqliteStore {
     /// corrected time, or None for a duplicate. The batch is only read, so
     /// that a group whose transaction fails can be stored again batch by
     /// batch.
-    fn ingest_in(&self, conn: &Connection, batch: &Batch) -> Result<Placed> {
+    fn ingest_in(&self, conn: &Connection, batch: &Batch, next_id: &mut i64) -> Result<Placed> {
         let seq = i64::try_from(batch.seq).unwrap_or(i64::MAX);
         let new = conn
             .prepare_cached(
@@ -511,88 +443,57 @@ impl SqliteStore {
         {
             let mut insert = conn.prepare_cached(
                 "INSERT INTO events
-                 (ts_ns, raw_ts_ns, offset_ns, host, pid, kind, stream, text, req_id, trace_id, json)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            )?;
-            let mut trace_of_req = conn.prepare_cached(
-                "SELECT trace_id FROM events
-                 WHERE req_id = ? AND host = ? AND kind = 'http' AND trace_id IS NOT NULL
-                 LIMIT 1",
+                 (id, ts_ns, raw_ts_ns, offset_ns, host, pid, kind, req_id, trace_id, json)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             )?;
             // One buffer for every event's JSON (the events are all
             // serialised, one at a time).
             let mut json = Vec::with_capacity(512);
             let mut block = BlockBuilder::default();
             for event in &batch.events {
-                json.clear();
-                serde_json::to_writer(&mut json, event)
-                    .map_err(|source| StoreError::Corrupt { id: 0, source })?;
-                // serde_json writes UTF-8.
-                let json = std::str::from_utf8(&json).unwrap_or_default();
+                let id = *next_id;
+                *next_id += 1;
                 let raw = i64::try_from(event.ts_ns).unwrap_or(i64::MAX);
                 let ts = corrected(raw, offset);
-                let (stream, text, req_id, trace_id) = match &event.data {
-                    EventData::Log {
-                        stream,
-                        text,
-                        req_id,
-                        ..
-                    } => {
-                        let trace = match req_id {
-                            Some(r) => trace_of_req
-                                .query_row(params![r, event.host], |row| row.get(0))
-                                .optional()?,
-                            None => None,
-                        };
-                        (
-                            Some(stream_name(*stream)),
-                            Some(text.as_str()),
-                            req_id.clone(),
-                            trace,
-                        )
-                    }
-                    EventData::Http(h) => (None, None, Some(h.req_id.clone()), Some(own_trace(h))),
-                    _ => (None, None, None, None),
+                if stored.is_empty() {
+                    note_host(conn, &event.host, id)?;
+                }
+                stored.push((id, raw, ts));
+                if let EventData::Log { .. } = &event.data {
+                    block.push(conn, event, id, raw, offset)?;
+                    continue;
+                }
+                json.clear();
+                serde_json::to_writer(&mut json, event)
+                    .map_err(|source| StoreError::Corrupt { id, source })?;
+                // serde_json writes UTF-8.
+                let json = std::str::from_utf8(&json).unwrap_or_default();
+                let (req_id, trace_id) = match &event.data {
+                    EventData::Http(h) => (Some(h.req_id.as_str()), Some(own_trace(h))),
+                    _ => (None, None),
                 };
                 insert.execute(params![
+                    id,
                     ts,
                     raw,
                     offset,
                     event.host,
                     event.pid,
                     event.data.kind(),
-                    stream,
-                    text,
                     req_id,
                     trace_id,
                     json
                 ])?;
-                let id = conn.last_insert_rowid();
-                if stored.is_empty() {
-                    note_host(conn, &event.host, id)?;
+                if let EventData::Http(h) = &event.data {
+                    new_http.push(id);
+                    index_event(conn, id, &event.host, raw, h)?;
                 }
-                match &event.data {
-                    EventData::Http(h) => {
-                        new_http.push(id);
-                        index_event(conn, id, &event.host, raw, h)?;
-                    }
-                    EventData::Log { text, .. } => {
-                        block.push(conn, &event.host, id, ts, raw, text)?;
-                    }
-                    _ => {}
-                }
-                stored.push((id, raw, ts));
             }
             // Before stitching, which may re-time the host's blocks too.
             block.flush(conn)?;
         }
-        // Links, offsets and traces (log lines stored before their exchange
-        // join its trace here too).
+        // Links, offsets and traces.
         let retimed = after_ingest(conn, &new_http)?;
-        if !retimed.is_empty() {
-            self.retimes
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
         let moved_to = retimed.get(&batch.host).copied();
         Ok(Some(
             stored
@@ -602,13 +503,22 @@ impl SqliteStore {
         ))
     }
 
+    /// The id after the last event stored, rows and log lines alike.
+    fn next_id(conn: &Connection) -> Result<i64> {
+        let rows: i64 =
+            conn.query_row("SELECT coalesce(max(id), 0) FROM events", [], |r| r.get(0))?;
+        Ok(rows.max(sqlite_logs::last_id(conn)?) + 1)
+    }
+
     /// Stores `batches` in one transaction on `conn`: their outcomes, or
     /// the first error (the caller rolls the whole group back).
     fn ingest_group(&self, conn: &mut Connection, batches: &[Batch]) -> Result<Vec<Placed>> {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Ids are given here rather than by SQLite: log lines have no row.
+        let mut next_id = Self::next_id(&tx)?;
         let mut out = Vec::with_capacity(batches.len());
         for batch in batches {
-            out.push(self.ingest_in(&tx, batch)?);
+            out.push(self.ingest_in(&tx, batch, &mut next_id)?);
         }
         tx.commit().map_err(|e| StoreError::Commit(e.to_string()))?;
         Ok(out)
@@ -616,65 +526,42 @@ impl SqliteStore {
 }
 
 impl SqliteStore {
-    /// The log lines matching `f.text` (None without one), from the block
-    /// scan (`sqlite_grep`). The last grep is cached, so the pages of one
-    /// answer scan only blocks stored since the first. Without
-    /// `need_count`, a scan stops once the pattern is known to be frequent
-    /// (the query then filters row by row).
-    fn grep_ids(&self, f: &Filter, need_count: bool) -> Result<Option<std::sync::Arc<Matches>>> {
-        let Some(t) = &f.text else { return Ok(None) };
-        let key = GrepKey {
-            pattern: t.pattern.clone(),
-            case_insensitive: t.case_insensitive,
-            hosts: f.hosts.clone(),
-            since: f.since,
-            until: f.until,
-            retimes: self.retimes.load(std::sync::atomic::Ordering::Relaxed),
-        };
-        let (old, after) = match lock(&self.grep_cache).as_ref() {
-            Some(c) if c.key == key => match c.found.as_ref() {
-                Matches::Frequent if !need_count => return Ok(Some(c.found.clone())),
-                // Frequent, but how many is not known: scan everything.
-                Matches::Frequent => (None, 0),
-                _ => (Some(c.found.clone()), c.last_block),
-            },
-            _ => (None, 0),
-        };
-        let matcher = Matcher::new(t)?;
-        let threads = std::thread::available_parallelism().map_or(2, usize::from);
-        let (new, last_block, stats) = self.read(|c| {
-            sqlite_grep::scan(c, &matcher, f, after, threads, GREP_MAX_IDS, !need_count)
-        })?;
-        log::debug!(
-            "grep {:?}: {} blocks, {} bytes scanned, new matches: {:?}",
-            t.pattern,
-            stats.blocks,
-            stats.bytes,
-            match &new {
-                Matches::Ids(v) => Some(v.len() as u64),
-                Matches::Many(n) => Some(*n),
-                Matches::Frequent => None,
-            }
+    /// The log lines of `f.trace`'s trace, when it has one.
+    fn trace_lines(&self, conn: &Connection, f: &Filter) -> Result<Option<TraceLines>> {
+        let Some(t) = &f.trace else { return Ok(None) };
+        let sql = format!(
+            "SELECT host, req_id FROM events WHERE kind = 'http'{}",
+            trace_sql(1)
         );
-        let all = match (old, new) {
-            (_, Matches::Frequent) => std::sync::Arc::new(Matches::Frequent),
-            (Some(old), new) if new.count() == 0 => old,
-            (Some(old), Matches::Ids(new)) => match old.as_ref() {
-                Matches::Ids(o) if o.len() + new.len() <= GREP_MAX_IDS => {
-                    // Newer blocks hold newer ids: still ascending.
-                    std::sync::Arc::new(Matches::Ids([o.as_slice(), &new].concat()))
-                }
-                o => std::sync::Arc::new(Matches::Many(o.count() + new.len() as u64)),
-            },
-            (Some(old), Matches::Many(n)) => std::sync::Arc::new(Matches::Many(old.count() + n)),
-            (None, new) => std::sync::Arc::new(new),
-        };
-        *lock(&self.grep_cache) = Some(GrepCache {
-            key,
-            last_block,
-            found: all.clone(),
-        });
-        Ok(Some(all))
+        let reqs = conn
+            .prepare_cached(&sql)?
+            .query_map([t], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(Some(TraceLines {
+            id: t.clone(),
+            reqs,
+        }))
+    }
+
+    /// Runs `f` with the block-side view of a filter: its compiled text
+    /// pattern and trace.
+    fn with_lines<T>(
+        &self,
+        conn: &Connection,
+        f: &Filter,
+        as_of: Option<i64>,
+        after_id: Option<i64>,
+        run: impl FnOnce(&LineQuery<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let matcher = f.text.as_ref().map(Matcher::new).transpose()?;
+        let trace = self.trace_lines(conn, f)?;
+        run(&LineQuery {
+            filter: f,
+            matcher: matcher.as_ref(),
+            trace: trace.as_ref(),
+            as_of,
+            after_id,
+        })
     }
 }
 
@@ -741,72 +628,122 @@ impl Store for SqliteStore {
             .collect()
     }
 
+    /// Rows (every kind but log) from SQL and log lines from the blocks,
+    /// each a sorted page of at most `limit`, merged.
     fn query(&self, q: &Query) -> Result<Vec<Stored>> {
-        let found = self.grep_ids(&q.filter, false)?;
-        let mut sql = String::from("SELECT id, ts_ns, json FROM events WHERE 1=1");
-        let mut args = Vec::new();
-        push_filter(&q.filter, found.as_deref(), &mut sql, &mut args);
-        if let Some(as_of) = q.as_of {
-            sql.push_str(" AND id <= ?");
-            args.push(Value::Integer(as_of));
-        }
-        let (cmp, dir) = if q.newest_first {
-            ("<", "DESC")
-        } else {
-            (">", "ASC")
-        };
-        if let Some(p) = q.after {
-            sql.push_str(&format!(" AND (ts_ns, id) {cmp} (?, ?)"));
-            args.push(Value::Integer(p.ts_ns));
-            args.push(Value::Integer(p.id));
-        }
-        sql.push_str(&format!(" ORDER BY ts_ns {dir}, id {dir} LIMIT ?"));
-        args.push(Value::Integer(i64::try_from(q.limit).unwrap_or(i64::MAX)));
         self.read(|c| {
-            let mut stmt = c.prepare_cached(&sql)?;
-            read_rows(&mut stmt, &args)
+            let mut out = Vec::new();
+            if wants_rows(&q.filter) {
+                let mut sql = String::from("SELECT id, ts_ns, json FROM events WHERE 1=1");
+                let mut args = Vec::new();
+                push_filter(&q.filter, &mut sql, &mut args);
+                if let Some(as_of) = q.as_of {
+                    args.push(Value::Integer(as_of));
+                    sql.push_str(&format!(" AND id <= ?{}", args.len()));
+                }
+                let (cmp, dir) = if q.newest_first {
+                    ("<", "DESC")
+                } else {
+                    (">", "ASC")
+                };
+                if let Some(p) = q.after {
+                    args.push(Value::Integer(p.ts_ns));
+                    args.push(Value::Integer(p.id));
+                    let n = args.len();
+                    sql.push_str(&format!(" AND (ts_ns, id) {cmp} (?{}, ?{n})", n - 1));
+                }
+                args.push(Value::Integer(i64::try_from(q.limit).unwrap_or(i64::MAX)));
+                sql.push_str(&format!(
+                    " ORDER BY ts_ns {dir}, id {dir} LIMIT ?{}",
+                    args.len()
+                ));
+                let mut stmt = c.prepare_cached(&sql)?;
+                out = read_rows(&mut stmt, &args)?;
+            }
+            let lines = self.with_lines(c, &q.filter, q.as_of, None, |lq| {
+                sqlite_logs::query(c, q, lq)
+            })?;
+            if !lines.is_empty() {
+                out.extend(lines);
+                let key = |s: &Stored| {
+                    let p = Position::from(s);
+                    (p.ts_ns, p.id)
+                };
+                if q.newest_first {
+                    out.sort_by_key(|s| std::cmp::Reverse(key(s)));
+                } else {
+                    out.sort_by_key(key);
+                }
+                out.truncate(q.limit);
+            }
+            Ok(out)
         })
     }
 
     fn count(&self, f: &Filter) -> Result<u64> {
-        let found = self.grep_ids(f, true)?;
-        if let Some(found) = &found {
-            // Every id is a log line of one of `f.hosts`: with no other
-            // condition, the count is the number of ids.
+        self.read(|c| {
+            let mut n = 0u64;
+            if wants_rows(f) {
+                let mut sql = String::from("SELECT count(*) FROM events WHERE 1=1");
+                let mut args = Vec::new();
+                push_filter(f, &mut sql, &mut args);
+                let rows: i64 =
+                    c.query_row(&sql, rusqlite::params_from_iter(&args), |r| r.get(0))?;
+                n += u64::try_from(rows).unwrap_or(0);
+            }
+            // A grep with no condition but hosts: every core scans.
             let only_text = Filter {
                 text: f.text.clone(),
                 hosts: f.hosts.clone(),
-                kinds: f.kinds.iter().filter(|k| *k != "log").cloned().collect(),
+                kinds: f.kinds.iter().filter(|k| *k == "log").cloned().collect(),
                 ..Filter::default()
             };
-            if *f == only_text && only_text.kinds.is_empty() {
-                return Ok(found.count());
+            if let Some(t) = &f.text
+                && *f == only_text
+            {
+                let threads = std::thread::available_parallelism().map_or(2, usize::from);
+                let (found, _, stats) =
+                    sqlite_grep::scan(c, &Matcher::new(t)?, f, 0, threads, 0, false)?;
+                log::debug!(
+                    "grep -c {:?}: {} blocks, {} bytes scanned",
+                    t.pattern,
+                    stats.blocks,
+                    stats.bytes
+                );
+                return Ok(n + found.count());
             }
-        }
-        let mut sql = String::from("SELECT count(*) FROM events WHERE 1=1");
-        let mut args = Vec::new();
-        push_filter(f, found.as_deref(), &mut sql, &mut args);
-        self.read(|c| {
-            let n: i64 = c.query_row(&sql, rusqlite::params_from_iter(&args), |r| r.get(0))?;
-            Ok(u64::try_from(n).unwrap_or(0))
+            Ok(n + self.with_lines(c, f, None, None, |lq| sqlite_logs::count(c, lq))?)
         })
     }
 
     fn since_cursor(&self, cursor: i64, f: &Filter, limit: usize) -> Result<Vec<Stored>> {
-        let found = self.grep_ids(f, false)?;
-        let mut sql = String::from("SELECT id, ts_ns, json FROM events WHERE id > ?");
-        let mut args = vec![Value::Integer(cursor)];
-        push_filter(f, found.as_deref(), &mut sql, &mut args);
-        sql.push_str(" ORDER BY id LIMIT ?");
-        args.push(Value::Integer(i64::try_from(limit).unwrap_or(i64::MAX)));
         self.read(|c| {
-            let mut stmt = c.prepare_cached(&sql)?;
-            read_rows(&mut stmt, &args)
+            let mut out = Vec::new();
+            if wants_rows(f) {
+                let mut sql = String::from("SELECT id, ts_ns, json FROM events WHERE 1=1");
+                let mut args = Vec::new();
+                push_filter(f, &mut sql, &mut args);
+                args.push(Value::Integer(cursor));
+                sql.push_str(&format!(" AND id > ?{}", args.len()));
+                args.push(Value::Integer(i64::try_from(limit).unwrap_or(i64::MAX)));
+                sql.push_str(&format!(" ORDER BY id LIMIT ?{}", args.len()));
+                let mut stmt = c.prepare_cached(&sql)?;
+                out = read_rows(&mut stmt, &args)?;
+            }
+            let lines = self.with_lines(c, f, None, Some(cursor), |lq| {
+                sqlite_logs::since(c, lq, limit)
+            })?;
+            if !lines.is_empty() {
+                out.extend(lines);
+                out.sort_by_key(|s| s.id);
+                out.truncate(limit);
+            }
+            Ok(out)
         })
     }
 
     fn cursor(&self) -> Result<i64> {
-        self.read(|c| Ok(c.query_row("SELECT coalesce(max(id), 0) FROM events", [], |r| r.get(0))?))
+        self.read(|c| Ok(Self::next_id(c)? - 1))
     }
 
     fn host_offset(&self, host: &str) -> Result<i64> {
@@ -824,8 +761,6 @@ impl Store for SqliteStore {
         )?;
         retime(&tx, host, offset_ns)?;
         tx.commit()?;
-        self.retimes
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 
@@ -857,7 +792,7 @@ impl Store for SqliteStore {
 mod tests {
     use super::*;
     use crate::{
-        aggregator::store::{Position, TextMatch},
+        aggregator::store::{TextMatch, stream_name},
         event::{HttpExchange, HttpSide, StreamName, Tuple},
     };
 
@@ -1123,7 +1058,7 @@ mod tests {
         // The raw time is kept beside the corrected one.
         let raw: i64 = lock(&store.writer)
             .query_row(
-                "SELECT raw_ts_ns FROM events WHERE host = 'slow'",
+                "SELECT min_raw FROM log_blocks WHERE host = 'slow'",
                 [],
                 |r| r.get(0),
             )
@@ -1208,8 +1143,9 @@ mod tests {
         // A batch SQLite refuses half-way (as a full disk would).
         lock(&store.writer)
             .execute_batch(
-                "CREATE TEMP TRIGGER refuse BEFORE INSERT ON main.events
-                 WHEN NEW.text = 'refused' BEGIN SELECT RAISE(ABORT, 'refused'); END;",
+                "CREATE TEMP TRIGGER refuse BEFORE INSERT ON main.log_blocks
+                 WHEN CAST(NEW.text AS TEXT) LIKE '%refused%'
+                 BEGIN SELECT RAISE(ABORT, 'refused'); END;",
             )
             .unwrap();
         let b = |seq, texts: &[&str]| {
@@ -1239,18 +1175,49 @@ mod tests {
     }
 
     #[test]
-    fn upgrade_to_v3_builds_grep_blocks() {
+    fn upgrade_to_v4_moves_log_rows_into_blocks() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path()).unwrap();
         two_hosts(&store);
+        store.set_host_offset("b", 3).unwrap();
+        let before = store.query(&all(100)).unwrap();
         {
-            // As a version 2 store left it: no blocks.
+            // As version 3 left it: log lines as rows, blocks of text only.
             let c = lock(&store.writer);
-            c.execute_batch("DELETE FROM log_blocks; PRAGMA user_version = 2;")
-                .unwrap();
+            for s in &before {
+                if let EventData::Log { text, stream, .. } = &s.event.data {
+                    let off: i64 = if s.event.host == "b" { 3 } else { 0 };
+                    let ts = i64::try_from(s.event.ts_ns).unwrap();
+                    let mut raw = s.event.clone();
+                    raw.ts_ns = u64::try_from(ts - off).unwrap();
+                    c.execute(
+                        "INSERT INTO events (id, ts_ns, raw_ts_ns, offset_ns, host, pid, kind,
+                                             stream, text, json)
+                         VALUES (?, ?, ?, ?, ?, 7, 'log', ?, ?, ?)",
+                        params![
+                            s.id,
+                            ts,
+                            ts - off,
+                            off,
+                            s.event.host,
+                            stream_name(*stream),
+                            text,
+                            serde_json::to_string(&raw).unwrap()
+                        ],
+                    )
+                    .unwrap();
+                }
+            }
+            c.execute_batch(
+                "DROP TABLE log_blocks; DROP TABLE log_reqs;
+                 CREATE TABLE log_blocks (id INTEGER PRIMARY KEY, text BLOB);
+                 PRAGMA user_version = 3;",
+            )
+            .unwrap();
         }
         drop(store);
         let store = SqliteStore::open(dir.path()).unwrap();
+        assert_eq!(store.query(&all(100)).unwrap(), before);
         let grep = Filter {
             text: Some(TextMatch {
                 pattern: "error".into(),
@@ -1259,10 +1226,28 @@ mod tests {
             ..Filter::default()
         };
         assert_eq!(store.count(&grep).unwrap(), 2);
+        let rows: i64 = lock(&store.writer)
+            .query_row("SELECT count(*) FROM events WHERE kind = 'log'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(rows, 0);
         let v: i64 = lock(&store.writer)
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
         assert_eq!(v, SCHEMA_VERSION);
+        // New ids continue after the moved lines.
+        let next = store
+            .ingest(batch(
+                "a",
+                9,
+                vec![log("a", 60, StreamName::Stdout, "later")],
+            ))
+            .unwrap();
+        assert_eq!(
+            next.stored[0].id,
+            before.iter().map(|s| s.id).max().unwrap() + 1
+        );
     }
 
     #[test]
@@ -1317,10 +1302,10 @@ mod tests {
     }
 
     #[test]
-    fn frequent_patterns_filter_row_by_row() {
+    fn many_matching_lines_count_and_page() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path()).unwrap();
-        let n = GREP_MAX_IDS as u64 + 500;
+        let n = 100_500;
         let mut seq = 0;
         let mut i = 0;
         while i < n {

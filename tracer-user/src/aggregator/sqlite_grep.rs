@@ -1,15 +1,14 @@
-//! Grep over the SQLite store by log *blocks* (docs/aggregator.md, "Grep").
+//! Grep over the log blocks of the SQLite store (docs/aggregator.md,
+//! "Grep"; the blocks are `sqlite_logs`).
 //!
-//! Matching a regex row by row costs a SQLite step and a regex call per
-//! line, a few hundred MB/s at best. Instead every ingested batch also
-//! stores its log lines as one block: the texts joined with `\n`, the end
-//! offset of each line and each line's `events.id`. A grep runs the regex
-//! once over each block (the `regex` crate's literal prefilters skip
-//! through non-matching text at memchr speed), blocks are spread over the
-//! cores, and each hit is mapped back to its line and checked against that
-//! line alone, so the result is exactly what a per-line match gives. The
-//! matching ids then go through the ordinary SQL filters (time, host,
-//! stream, trace, paging) as `id IN rarray(?)`.
+//! Matching a regex row by row costs a call per line and the line's
+//! decoding. Instead a grep runs the regex once over each block's text (the
+//! lines joined with `\n`; the `regex` crate's literal prefilters skip
+//! through non-matching text at memchr speed), and each hit is mapped back
+//! to its line and checked against that line alone, so the result is
+//! exactly what a per-line match gives. A count with no other condition
+//! than hosts spreads the blocks over the cores ([`scan`]); queries match
+//! block by block as they read them (`sqlite_logs`).
 //!
 //! A hit found in the block text is checked on its line and the search
 //! restarts at the next line, so a match that spans lines can hide nothing:
@@ -25,172 +24,12 @@ use std::{
 };
 
 use regex::bytes::{Regex, RegexBuilder};
-use rusqlite::{Connection, params};
+use rusqlite::Connection;
 
 use super::store::{Filter, Result, TextMatch};
 
-/// Schema version 3: the blocks.
-pub const SCHEMA_V3: &str = "
-CREATE TABLE IF NOT EXISTS log_blocks (
-    id       INTEGER PRIMARY KEY,
-    host     TEXT NOT NULL,
-    first_id INTEGER NOT NULL,        -- events.id of its first line
-    last_id  INTEGER NOT NULL,
-    min_ts   INTEGER NOT NULL,        -- corrected times of its lines (pruning)
-    max_ts   INTEGER NOT NULL,
-    min_raw  INTEGER NOT NULL,        -- raw times, to re-time min_ts/max_ts
-    max_raw  INTEGER NOT NULL,
-    ids      BLOB NOT NULL,           -- per line: events.id - first_id, u32 LE
-    ends     BLOB NOT NULL,           -- per line: offset of its end in text, u32 LE
-    text     BLOB NOT NULL            -- the lines, joined by \\n
-);
-CREATE INDEX IF NOT EXISTS log_blocks_host ON log_blocks(host);
--- (conn) is a prefix of http_conn_start (conn, start_ns): the second index
--- on random keys only doubled what every commit writes.
-DROP INDEX IF EXISTS http_conn;
-";
-
 /// Same bound as `TextMatch::compile`.
 const REGEX_SIZE_LIMIT: usize = 4 << 20;
-/// A block is cut past this many bytes of text (offsets are u32; big
-/// blocks also balance badly over the cores).
-const MAX_BLOCK_BYTES: usize = 1 << 20;
-
-/// Collects one batch's log lines into blocks.
-#[derive(Default)]
-pub struct BlockBuilder {
-    host: String,
-    first_id: i64,
-    last_id: i64,
-    min_ts: i64,
-    max_ts: i64,
-    min_raw: i64,
-    max_raw: i64,
-    ids: Vec<u8>,
-    ends: Vec<u8>,
-    text: Vec<u8>,
-}
-
-impl BlockBuilder {
-    pub fn is_empty(&self) -> bool {
-        self.ids.is_empty()
-    }
-
-    /// Adds a line; writes the block out first when it is full (or the
-    /// host changes, or ids would not fit).
-    pub fn push(
-        &mut self,
-        conn: &Connection,
-        host: &str,
-        id: i64,
-        ts: i64,
-        raw: i64,
-        text: &str,
-    ) -> Result<()> {
-        if !self.is_empty()
-            && (self.host != host
-                || self.text.len() + text.len() + 1 > MAX_BLOCK_BYTES
-                || u32::try_from(id - self.first_id).is_err())
-        {
-            self.flush(conn)?;
-        }
-        if self.is_empty() {
-            host.clone_into(&mut self.host);
-            self.first_id = id;
-            (self.min_ts, self.max_ts, self.min_raw, self.max_raw) = (ts, ts, raw, raw);
-        } else {
-            self.text.push(b'\n');
-        }
-        self.last_id = id;
-        self.min_ts = self.min_ts.min(ts);
-        self.max_ts = self.max_ts.max(ts);
-        self.min_raw = self.min_raw.min(raw);
-        self.max_raw = self.max_raw.max(raw);
-        // A single line over u32::MAX bytes cannot come through the API
-        // (its body limit is far lower); saturate rather than panic.
-        let delta = u32::try_from(id - self.first_id).unwrap_or(u32::MAX);
-        self.ids.extend_from_slice(&delta.to_le_bytes());
-        self.text.extend_from_slice(text.as_bytes());
-        let end = u32::try_from(self.text.len()).unwrap_or(u32::MAX);
-        self.ends.extend_from_slice(&end.to_le_bytes());
-        Ok(())
-    }
-
-    /// Writes the block collected so far, if any.
-    pub fn flush(&mut self, conn: &Connection) -> Result<()> {
-        if self.is_empty() {
-            return Ok(());
-        }
-        conn.prepare_cached(
-            "INSERT INTO log_blocks
-             (host, first_id, last_id, min_ts, max_ts, min_raw, max_raw, ids, ends, text)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )?
-        .execute(params![
-            self.host,
-            self.first_id,
-            self.last_id,
-            self.min_ts,
-            self.max_ts,
-            self.min_raw,
-            self.max_raw,
-            self.ids,
-            self.ends,
-            self.text
-        ])?;
-        self.ids.clear();
-        self.ends.clear();
-        self.text.clear();
-        Ok(())
-    }
-}
-
-/// Re-times the blocks of `host` with the events (`stitch_sql::retime`).
-pub fn retime_blocks(conn: &Connection, host: &str, offset: i64) -> Result<()> {
-    conn.prepare_cached(
-        "UPDATE log_blocks SET min_ts = max(0, min_raw + ?1), max_ts = max(0, max_raw + ?1)
-         WHERE host = ?2",
-    )?
-    .execute(params![offset, host])?;
-    Ok(())
-}
-
-/// When only the recent events of `host` were re-timed (`stitch_sql`'s
-/// `retime_since`), a block may now hold lines on the old and on the new
-/// offset: its time range is widened to cover both, so pruning by time
-/// never skips a line that matches.
-pub fn widen_blocks(conn: &Connection, host: &str, offset: i64, since: i64) -> Result<()> {
-    conn.prepare_cached(
-        "UPDATE log_blocks SET min_ts = min(min_ts, max(0, min_raw + ?1)),
-                               max_ts = max(max_ts, max(0, max_raw + ?1))
-         WHERE host = ?2 AND max_ts >= ?3",
-    )?
-    .execute(params![offset, host, since])?;
-    Ok(())
-}
-
-/// Upgrading a version 2 store: blocks for the log lines already stored,
-/// one host's consecutive lines at a time.
-pub fn backfill(conn: &Connection) -> Result<()> {
-    let mut st = conn.prepare(
-        "SELECT id, host, ts_ns, raw_ts_ns, text FROM events WHERE kind = 'log' ORDER BY id",
-    )?;
-    let mut rows = st.query([])?;
-    let mut block = BlockBuilder::default();
-    let mut lines = 0usize;
-    while let Some(r) = rows.next()? {
-        let host: String = r.get(1)?;
-        let text: String = r.get::<_, Option<String>>(4)?.unwrap_or_default();
-        if lines >= 2000 {
-            block.flush(conn)?;
-            lines = 0;
-        }
-        block.push(conn, &host, r.get(0)?, r.get(2)?, r.get(3)?, &text)?;
-        lines += 1;
-    }
-    block.flush(conn)?;
-    Ok(())
-}
 
 /// The compiled forms of a grep pattern.
 pub struct Matcher {
@@ -223,18 +62,24 @@ impl Matcher {
 
     /// Ids of the block's lines that match, appended to `out`.
     fn scan(&self, b: &RawBlock, out: &mut Vec<i64>) {
-        let n = b.ends.len() / 4;
-        let end = |i: usize| {
-            u32::from_le_bytes(b.ends[i * 4..i * 4 + 4].try_into().unwrap_or_default()) as usize
-        };
-        let start = |i: usize| if i == 0 { 0 } else { end(i - 1) + 1 };
         let id = |i: usize| {
             b.first_id
                 + i64::from(u32::from_le_bytes(
                     b.ids[i * 4..i * 4 + 4].try_into().unwrap_or_default(),
                 ))
         };
-        let text = &b.text[..];
+        out.extend(self.lines(&b.text, &b.ends).into_iter().map(id));
+    }
+
+    /// The indexes of the lines that match, in a block's `text` with the
+    /// end offset of each line in `ends` (u32 LE).
+    pub fn lines(&self, text: &[u8], ends: &[u8]) -> Vec<usize> {
+        let mut out = Vec::new();
+        let n = ends.len() / 4;
+        let end = |i: usize| {
+            u32::from_le_bytes(ends[i * 4..i * 4 + 4].try_into().unwrap_or_default()) as usize
+        };
+        let start = |i: usize| if i == 0 { 0 } else { end(i - 1) + 1 };
         let line = |i: usize| {
             text.get(start(i)..end(i).min(text.len()))
                 .unwrap_or_default()
@@ -242,10 +87,10 @@ impl Matcher {
         let Some(block) = &self.block else {
             for i in 0..n {
                 if self.line.is_match(line(i)) {
-                    out.push(id(i));
+                    out.push(i);
                 }
             }
-            return;
+            return out;
         };
         let mut i = 0;
         while i < n {
@@ -268,11 +113,12 @@ impl Matcher {
                 break;
             }
             if self.line.is_match(line(j)) {
-                out.push(id(j));
+                out.push(j);
             }
             j += 1;
             i = j;
         }
+        out
     }
 }
 

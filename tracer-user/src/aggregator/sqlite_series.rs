@@ -11,7 +11,8 @@ use super::{
 };
 
 /// The event kinds a series is computed from.
-const KINDS: &str = "('http', 'log', 'loop', 'gc', 'tcp_retransmit', 'lost')";
+/// (Log lines are counted from their blocks.)
+const KINDS: &str = "('http', 'loop', 'gc', 'tcp_retransmit', 'lost')";
 
 pub(super) fn series(conn: &Connection, q: &SeriesQuery) -> Result<Series> {
     let mut sql = format!(
@@ -47,7 +48,6 @@ pub(super) fn series(conn: &Connection, q: &SeriesQuery) -> Result<Series> {
                 req_bytes: num(r.get(7)?),
                 resp_bytes: num(r.get(8)?),
             },
-            "log" => Sample::Log,
             "loop" => Sample::Loop {
                 busy_ns: num(r.get(9)?),
             },
@@ -65,6 +65,9 @@ pub(super) fn series(conn: &Connection, q: &SeriesQuery) -> Result<Series> {
         };
         builder.add(ts, &host, pid, sample);
     }
+    super::sqlite_logs::each_line(conn, q.since, q.until, &q.hosts, |ts, host, pid| {
+        builder.add(ts, host, pid, Sample::Log);
+    })?;
     Ok(builder.finish())
 }
 

@@ -473,14 +473,14 @@ const RETIME_ALL_NS: i64 = 5_000_000;
 const RETIME_RECENT_NS: i64 = 600_000_000_000;
 
 /// Sets the stored events of `host` with a corrected time from `since` on
-/// to `raw + offset`.
+/// to `raw + offset` (a log block with a line from `since` on moves whole).
 fn retime_since(conn: &Connection, host: &str, offset: i64, since: i64) -> Result<()> {
     conn.prepare_cached(
         "UPDATE events SET ts_ns = max(0, raw_ts_ns + ?1), offset_ns = ?1
          WHERE host = ?2 AND ts_ns >= ?3 AND offset_ns != ?1",
     )?
     .execute(params![offset, host, since])?;
-    super::sqlite_grep::widen_blocks(conn, host, offset, since)
+    super::sqlite_logs::retime_blocks_since(conn, host, offset, since)
 }
 
 /// Sets every stored event of `host` to `raw + offset`.
@@ -490,7 +490,7 @@ pub fn retime(conn: &Connection, host: &str, offset: i64) -> Result<()> {
          WHERE host = ?2 AND offset_ns != ?1",
     )?
     .execute(params![offset, host])?;
-    super::sqlite_grep::retime_blocks(conn, host, offset)
+    super::sqlite_logs::retime_blocks(conn, host, offset)
 }
 
 struct Node {
@@ -575,7 +575,8 @@ fn resolve(conn: &Connection, id: i64) -> Result<Option<String>> {
 }
 
 /// Gives each touched exchange the trace of its root, and pushes it down to
-/// everything below (exchanges and the log lines with their req_id).
+/// the exchanges below. (Log lines follow their exchange: a query by trace
+/// finds them by `(host, req_id)`, `sqlite_logs::TraceLines`.)
 /// Below an exchange whose trace did not change, nothing changes either.
 fn retrace(conn: &Connection, touched: &[i64]) -> Result<()> {
     for &start in touched {
@@ -605,11 +606,6 @@ fn retrace(conn: &Connection, touched: &[i64]) -> Result<()> {
                 conn.prepare_cached("UPDATE events SET trace_id = ? WHERE id = ?")?
                     .execute(params![trace, id])?;
             }
-            conn.prepare_cached(
-                "UPDATE events SET trace_id = ?1
-                 WHERE host = ?2 AND req_id = ?3 AND kind = 'log' AND trace_id IS NOT ?1",
-            )?
-            .execute(params![trace, n.host, n.req_id])?;
             for child in down(conn, id, &n)? {
                 stack.push((child, false));
             }

@@ -195,6 +195,8 @@ pub enum StoreError {
         #[source]
         source: serde_json::Error,
     },
+    #[error("log block {id} is damaged: {what}")]
+    CorruptBlock { id: i64, what: &'static str },
     #[error("invalid regex: {0}")]
     Regex(#[from] regex::Error),
     /// The transaction holding these batches did not commit.
