@@ -53,9 +53,7 @@ CREATE TABLE IF NOT EXISTS events (
     json      TEXT NOT NULL             -- the event as received
 );
 CREATE INDEX IF NOT EXISTS events_ts ON events(ts_ns);
-CREATE INDEX IF NOT EXISTS events_host_ts ON events(host, ts_ns);
 CREATE INDEX IF NOT EXISTS events_trace ON events(trace_id) WHERE trace_id IS NOT NULL;
-CREATE INDEX IF NOT EXISTS events_req ON events(req_id) WHERE req_id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS batches (
     host        TEXT NOT NULL,
     run_id      TEXT NOT NULL,
@@ -90,12 +88,19 @@ CREATE TABLE IF NOT EXISTS http_index (
 );
 CREATE INDEX IF NOT EXISTS http_conn_start ON http_index(conn, start_ns);
 CREATE INDEX IF NOT EXISTS http_host_side ON http_index(host, side);
-CREATE INDEX IF NOT EXISTS http_req ON http_index(host, req_id);
+CREATE INDEX IF NOT EXISTS http_req_id ON http_index(req_id);
 CREATE INDEX IF NOT EXISTS http_parent ON http_index(host, parent_req_id)
     WHERE parent_req_id IS NOT NULL;
--- (conn) is a prefix of http_conn_start (conn, start_ns): the second index
--- on random keys only doubled what every commit writes.
+-- Every index on random keys (connections, request and trace ids) costs
+-- ingest a page write per event and commit, so there is one per lookup:
+-- (conn) is a prefix of http_conn_start (conn, start_ns); requests are
+-- found by id through http_req_id, for the events rows too; and a host's
+-- rows in time order come from events_ts (log lines, most of a host's
+-- events, are in blocks).
 DROP INDEX IF EXISTS http_conn;
+DROP INDEX IF EXISTS http_req;
+DROP INDEX IF EXISTS events_req;
+DROP INDEX IF EXISTS events_host_ts;
 CREATE TABLE IF NOT EXISTS links (
     client      INTEGER PRIMARY KEY,   -- http_index.id (side client)
     server      INTEGER NOT NULL UNIQUE,
@@ -194,9 +199,9 @@ pub(super) fn now_ns() -> i64 {
 /// parameter `?n`: a trace id, or any req_id in it (then the whole trace).
 fn trace_sql(n: usize) -> String {
     format!(
-        " AND (trace_id = ?{n} OR req_id = ?{n} OR trace_id IN \
-         (SELECT trace_id FROM events WHERE req_id = ?{n} AND kind = 'http' \
-          AND trace_id IS NOT NULL))"
+        " AND (trace_id = ?{n} OR id IN (SELECT id FROM http_index WHERE req_id = ?{n}) \
+          OR trace_id IN (SELECT e.trace_id FROM http_index h JOIN events e ON e.id = h.id \
+                          WHERE h.req_id = ?{n} AND e.trace_id IS NOT NULL))"
     )
 }
 
@@ -275,16 +280,15 @@ fn backfill(tx: &Connection) -> Result<()> {
         .prepare("SELECT id, raw_ts_ns, json FROM events WHERE kind = 'http' ORDER BY id")?
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
         .collect::<rusqlite::Result<_>>()?;
-    let mut ids = Vec::with_capacity(rows.len());
+    let mut indexed = Vec::with_capacity(rows.len());
     for (id, raw, json) in rows {
         let event: Event =
             serde_json::from_str(&json).map_err(|source| StoreError::Corrupt { id, source })?;
         if let EventData::Http(h) = &event.data {
-            index_event(tx, id, &event.host, raw, h)?;
-            ids.push(id);
+            indexed.push(index_event(tx, id, &event.host, raw, h)?);
         }
     }
-    after_ingest(tx, &ids)?;
+    after_ingest(tx, &indexed)?;
     Ok(())
 }
 
@@ -485,8 +489,7 @@ impl SqliteStore {
                     json
                 ])?;
                 if let EventData::Http(h) = &event.data {
-                    new_http.push(id);
-                    index_event(conn, id, &event.host, raw, h)?;
+                    new_http.push(index_event(conn, id, &event.host, raw, h)?);
                 }
             }
             // Before stitching, which may re-time the host's blocks too.

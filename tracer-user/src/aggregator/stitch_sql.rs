@@ -45,12 +45,13 @@ pub fn index_event(
     host: &str,
     raw_ts: i64,
     h: &HttpExchange,
-) -> Result<()> {
+) -> Result<NewExchange> {
     let side = match h.side {
         HttpSide::Client => "client",
         HttpSide::Server => "server",
     };
     let end = raw_ts.saturating_add(i64::try_from(h.duration_ns).unwrap_or(i64::MAX));
+    let key = stitch::conn_key(h);
     conn.prepare_cached(
         "INSERT OR REPLACE INTO http_index
          (id, host, side, conn, start_ns, end_ns, req_id, parent_req_id, own_trace)
@@ -60,14 +61,20 @@ pub fn index_event(
         id,
         host,
         side,
-        stitch::conn_key(h),
+        key,
         raw_ts,
         end,
         h.req_id,
         h.parent_req_id,
         own_trace(h)
     ])?;
-    Ok(())
+    Ok(NewExchange {
+        id,
+        host: host.to_owned(),
+        side: side.to_owned(),
+        conn: key,
+        start: raw_ts,
+    })
 }
 
 /// How far (ns, on the client's clock once the pair's clock difference is
@@ -87,8 +94,10 @@ type HostPair = (String, String);
 /// Connection key -> the new exchanges on it: (is the client side, raw start).
 type NewByConn = BTreeMap<String, Vec<(bool, i64)>>;
 
-/// A new exchange as indexed.
-struct NewExchange {
+/// A new exchange as indexed ([`index_event`]'s answer, handed to
+/// [`after_ingest`] so that it need not read the row back).
+pub struct NewExchange {
+    id: i64,
     host: String,
     side: String,
     conn: String,
@@ -106,26 +115,26 @@ struct NewExchange {
 /// difference), and the links those candidates already have; the clock
 /// difference follows the latest [`THETA_SAMPLE`] links. So the work per
 /// batch stays proportional to the batch, not to the stored history.
-pub fn after_ingest(conn: &Connection, new_http: &[i64]) -> Result<HashMap<String, i64>> {
+pub fn after_ingest(conn: &Connection, new_http: &[NewExchange]) -> Result<HashMap<String, i64>> {
     if new_http.is_empty() {
         return Ok(HashMap::new());
     }
     // The new exchanges by host pair and connection.
     let mut groups: BTreeMap<HostPair, NewByConn> = BTreeMap::new();
-    for id in new_http {
-        let Some(n) = new_exchange(conn, *id)? else {
-            continue;
-        };
+    for n in new_http {
         // The other end's host, from the latest exchanges on this
         // connection key (a port reused by another host shows up there).
-        // The side is a literal: with a bound `side != ?` SQLite
-        // re-plans the statement on every run (~6% of ingest's CPU).
+        // Latest by start time, which the (conn, start_ns) index gives in
+        // order: by id, SQLite sorted in a temporary B-tree every time
+        // (~8% of ingest's CPU); clocks skewed by seconds do not change
+        // which hosts a reused port went to. The side is a literal: with a
+        // bound `side != ?` SQLite re-planned the statement on every run.
         let other_side = if n.side == "client" {
             "SELECT host FROM http_index WHERE conn = ? AND side = 'server'
-             ORDER BY id DESC LIMIT 8"
+             ORDER BY start_ns DESC LIMIT 8"
         } else {
             "SELECT host FROM http_index WHERE conn = ? AND side = 'client'
-             ORDER BY id DESC LIMIT 8"
+             ORDER BY start_ns DESC LIMIT 8"
         };
         let others: BTreeSet<String> = conn
             .prepare_cached(other_side)?
@@ -149,7 +158,7 @@ pub fn after_ingest(conn: &Connection, new_http: &[i64]) -> Result<HashMap<Strin
                 .push((client_side, n.start));
         }
     }
-    let mut touched: Vec<i64> = new_http.to_vec();
+    let mut touched: Vec<i64> = new_http.iter().map(|n| n.id).collect();
     let mut edges_changed = false;
     for ((ch, sh), conns) in &groups {
         let same_host = ch == sh;
@@ -294,20 +303,6 @@ fn candidates(conn: &Connection, ch: &str, sh: &str) -> Result<Vec<Candidate>> {
         });
     }
     Ok(out)
-}
-
-fn new_exchange(conn: &Connection, id: i64) -> Result<Option<NewExchange>> {
-    Ok(conn
-        .prepare_cached("SELECT host, side, conn, start_ns FROM http_index WHERE id = ?")?
-        .query_row([id], |r| {
-            Ok(NewExchange {
-                host: r.get(0)?,
-                side: r.get(1)?,
-                conn: r.get(2)?,
-                start: r.get(3)?,
-            })
-        })
-        .optional()?)
 }
 
 /// Appends the candidate pairs on connection `key` between client host
@@ -493,18 +488,22 @@ pub fn retime(conn: &Connection, host: &str, offset: i64) -> Result<()> {
     super::sqlite_logs::retime_blocks(conn, host, offset)
 }
 
+#[derive(Clone)]
 struct Node {
     host: String,
     side: String,
     req_id: String,
     parent: Option<String>,
     own: String,
+    /// The trace its event carries now.
+    trace: Option<String>,
 }
 
 fn node(conn: &Connection, id: i64) -> Result<Option<Node>> {
     Ok(conn
         .prepare_cached(
-            "SELECT host, side, req_id, parent_req_id, own_trace FROM http_index WHERE id = ?",
+            "SELECT h.host, h.side, h.req_id, h.parent_req_id, h.own_trace, e.trace_id
+               FROM http_index h LEFT JOIN events e ON e.id = h.id WHERE h.id = ?",
         )?
         .query_row([id], |r| {
             Ok(Node {
@@ -513,6 +512,7 @@ fn node(conn: &Connection, id: i64) -> Result<Option<Node>> {
                 req_id: r.get(2)?,
                 parent: r.get(3)?,
                 own: r.get(4)?,
+                trace: r.get(5)?,
             })
         })
         .optional()?)
@@ -556,12 +556,15 @@ fn down(conn: &Connection, id: i64, n: &Node) -> Result<Vec<i64>> {
 }
 
 /// The trace of the root above `id`.
-fn resolve(conn: &Connection, id: i64) -> Result<Option<String>> {
+fn resolve(conn: &Connection, id: i64, start: &mut Option<Node>) -> Result<Option<String>> {
     let mut seen = HashSet::new();
     let mut cur = id;
     let mut last = None;
     while seen.insert(cur) {
         let Some(n) = node(conn, cur)? else { break };
+        if cur == id {
+            *start = Some(n.clone());
+        }
         match up(conn, cur, &n)? {
             Some(next) => {
                 last = Some(n.own);
@@ -580,7 +583,9 @@ fn resolve(conn: &Connection, id: i64) -> Result<Option<String>> {
 /// Below an exchange whose trace did not change, nothing changes either.
 fn retrace(conn: &Connection, touched: &[i64]) -> Result<()> {
     for &start in touched {
-        let Some(trace) = resolve(conn, start)? else {
+        // The start's node as resolve read it (nothing is written between).
+        let mut start_node = None;
+        let Some(trace) = resolve(conn, start, &mut start_node)? else {
             continue;
         };
         let mut stack = vec![(start, true)];
@@ -589,20 +594,22 @@ fn retrace(conn: &Connection, touched: &[i64]) -> Result<()> {
             if !seen.insert(id) {
                 continue;
             }
-            let current: Option<String> = conn
-                .prepare_cached("SELECT trace_id FROM events WHERE id = ?")?
-                .query_row([id], |r| r.get(0))
-                .optional()?
-                .flatten();
+            let n = match start_node.take().filter(|_| id == start) {
+                Some(n) => n,
+                None => match node(conn, id)? {
+                    Some(n) => n,
+                    None => continue,
+                },
+            };
+            let current = n.trace.as_deref();
             // An exchange already carrying the trace has its subtree right
             // too, unless something in it changed (then that is touched).
-            if !force && current.as_deref() == Some(trace.as_str()) {
+            if !force && current == Some(trace.as_str()) {
                 continue;
             }
-            let Some(n) = node(conn, id)? else { continue };
             // A new exchange was stored with its own trace, which is most
             // often its root's: rewriting the row would only cost time.
-            if current.as_deref() != Some(trace.as_str()) {
+            if current != Some(trace.as_str()) {
                 conn.prepare_cached("UPDATE events SET trace_id = ? WHERE id = ?")?
                     .execute(params![trace, id])?;
             }
