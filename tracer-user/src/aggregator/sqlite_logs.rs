@@ -676,11 +676,16 @@ pub fn each_line(
         after_id: None,
     };
     for meta in lq.blocks(conn, "", " ORDER BY id")? {
-        let block = Block::read(conn, meta)?;
-        for i in 0..block.len() {
-            let ts = block.ts(i);
+        // Only the per-line columns: the text is most of a block.
+        let lines: Vec<u8> = conn
+            .prepare_cached("SELECT meta FROM log_blocks WHERE id = ?")?
+            .query_row([meta.id], |r| r.get(0))?;
+        for line in lines.chunks_exact(META_LEN) {
+            let raw = i64::from_le_bytes(line[0..8].try_into().unwrap_or_default());
+            let pid = u32::from_le_bytes(line[8..12].try_into().unwrap_or_default());
+            let ts = corrected(raw, meta.offset);
             if ts >= since && ts < until {
-                f(ts, &block.meta.host, block.pid(i));
+                f(ts, &meta.host, pid);
             }
         }
     }
