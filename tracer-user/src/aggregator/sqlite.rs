@@ -86,18 +86,21 @@ CREATE TABLE IF NOT EXISTS http_index (
     parent_req_id TEXT,
     own_trace     TEXT NOT NULL        -- traceparent's trace id, x-request-id, or req_id
 );
-CREATE INDEX IF NOT EXISTS http_conn_start ON http_index(conn, start_ns);
+-- Every lookup by connection is for one side; with the host in the index
+-- too, the lookup of who was on the other end reads no table rows.
+CREATE INDEX IF NOT EXISTS http_conn_side ON http_index(conn, side, start_ns, host);
 CREATE INDEX IF NOT EXISTS http_host_side ON http_index(host, side);
 CREATE INDEX IF NOT EXISTS http_req_id ON http_index(req_id);
 CREATE INDEX IF NOT EXISTS http_parent ON http_index(host, parent_req_id)
     WHERE parent_req_id IS NOT NULL;
 -- Every index on random keys (connections, request and trace ids) costs
 -- ingest a page write per event and commit, so there is one per lookup:
--- (conn) is a prefix of http_conn_start (conn, start_ns); requests are
+-- (conn) and (conn, start_ns) are served by http_conn_side; requests are
 -- found by id through http_req_id, for the events rows too; and a host's
 -- rows in time order come from events_ts (log lines, most of a host's
 -- events, are in blocks).
 DROP INDEX IF EXISTS http_conn;
+DROP INDEX IF EXISTS http_conn_start;
 DROP INDEX IF EXISTS http_req;
 DROP INDEX IF EXISTS events_req;
 DROP INDEX IF EXISTS events_host_ts;
