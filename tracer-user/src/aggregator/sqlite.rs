@@ -23,7 +23,9 @@ use rusqlite::{
 
 use super::sqlite_grep::{self, Matcher};
 use super::sqlite_logs::{self, BlockBuilder, LineQuery, SCHEMA_V4, TraceLines};
-use super::stitch_sql::{after_ingest, index_event, note_host, own_trace, retime};
+use super::stitch_sql::{
+    TraceMembers, after_ingest, index_event, note_host, retime, trace_members,
+};
 use super::store::{
     Batch, Filter, HostOffset, IngestOutcome, Position, Query, Result, Store, StoreError, Stored,
     corrected,
@@ -53,7 +55,6 @@ CREATE TABLE IF NOT EXISTS events (
     json      TEXT NOT NULL             -- the event as received
 );
 CREATE INDEX IF NOT EXISTS events_ts ON events(ts_ns);
-CREATE INDEX IF NOT EXISTS events_trace ON events(trace_id) WHERE trace_id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS batches (
     host        TEXT NOT NULL,
     run_id      TEXT NOT NULL,
@@ -104,6 +105,11 @@ DROP INDEX IF EXISTS http_conn_start;
 DROP INDEX IF EXISTS http_req;
 DROP INDEX IF EXISTS events_req;
 DROP INDEX IF EXISTS events_host_ts;
+-- Traces are resolved when asked for (stitch_sql::trace_members): no
+-- trace id is kept per event, and an own trace that is not the req_id
+-- (a traceparent's or an x-request-id) has an index of its own.
+DROP INDEX IF EXISTS events_trace;
+CREATE INDEX IF NOT EXISTS http_own ON http_index(own_trace) WHERE own_trace != req_id;
 CREATE TABLE IF NOT EXISTS links (
     client      INTEGER PRIMARY KEY,   -- http_index.id (side client)
     server      INTEGER NOT NULL UNIQUE,
@@ -198,16 +204,6 @@ pub(super) fn now_ns() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
-/// The trace condition over `events` rows, with the trace id in
-/// parameter `?n`: a trace id, or any req_id in it (then the whole trace).
-fn trace_sql(n: usize) -> String {
-    format!(
-        " AND (trace_id = ?{n} OR id IN (SELECT id FROM http_index WHERE req_id = ?{n}) \
-          OR trace_id IN (SELECT e.trace_id FROM http_index h JOIN events e ON e.id = h.id \
-                          WHERE h.req_id = ?{n} AND e.trace_id IS NOT NULL))"
-    )
-}
-
 /// Whether `f` can match an `events` row: log lines are in blocks
 /// (`sqlite_logs`), so a stream or text condition rules rows out.
 fn wants_rows(f: &Filter) -> bool {
@@ -217,9 +213,10 @@ fn wants_rows(f: &Filter) -> bool {
 }
 
 /// Appends ` AND ...` conditions for `f` to `sql`, over `events` rows
-/// (callers check [`wants_rows`] first). Parameters are numbered
-/// (`?n`), so callers number theirs after `args.len()`.
-fn push_filter(f: &Filter, sql: &mut String, args: &mut Vec<Value>) {
+/// (callers check [`wants_rows`] first), with `trace` the members of
+/// `f.trace` ([`trace_members`]). Parameters are numbered (`?n`), so
+/// callers number theirs after `args.len()`.
+fn push_filter(f: &Filter, trace: Option<&TraceMembers>, sql: &mut String, args: &mut Vec<Value>) {
     fn list(sql: &mut String, args: &mut Vec<Value>, col: &str, items: &[String]) {
         sql.push_str(&format!(" AND {col} IN ("));
         for (i, it) in items.iter().enumerate() {
@@ -247,9 +244,15 @@ fn push_filter(f: &Filter, sql: &mut String, args: &mut Vec<Value>) {
     if !f.kinds.is_empty() {
         list(sql, args, "kind", &f.kinds);
     }
-    if let Some(t) = &f.trace {
-        args.push(Value::Text(t.clone()));
-        sql.push_str(&trace_sql(args.len()));
+    if f.trace.is_some() {
+        let ids = trace.map_or(&[][..], |m| &m.ids[..]);
+        args.push(Value::Text(
+            serde_json::to_string(ids).unwrap_or_else(|_| "[]".into()),
+        ));
+        sql.push_str(&format!(
+            " AND id IN (SELECT value FROM json_each(?{}))",
+            args.len()
+        ));
     }
 }
 
@@ -450,8 +453,8 @@ impl SqliteStore {
         {
             let mut insert = conn.prepare_cached(
                 "INSERT INTO events
-                 (id, ts_ns, raw_ts_ns, offset_ns, host, pid, kind, req_id, trace_id, json)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 (id, ts_ns, raw_ts_ns, offset_ns, host, pid, kind, req_id, json)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             )?;
             // One buffer for every event's JSON (the events are all
             // serialised, one at a time).
@@ -475,9 +478,9 @@ impl SqliteStore {
                     .map_err(|source| StoreError::Corrupt { id, source })?;
                 // serde_json writes UTF-8.
                 let json = std::str::from_utf8(&json).unwrap_or_default();
-                let (req_id, trace_id) = match &event.data {
-                    EventData::Http(h) => (Some(h.req_id.as_str()), Some(own_trace(h))),
-                    _ => (None, None),
+                let req_id = match &event.data {
+                    EventData::Http(h) => Some(h.req_id.as_str()),
+                    _ => None,
                 };
                 insert.execute(params![
                     id,
@@ -488,7 +491,6 @@ impl SqliteStore {
                     event.pid,
                     event.data.kind(),
                     req_id,
-                    trace_id,
                     json
                 ])?;
                 if let EventData::Http(h) = &event.data {
@@ -532,35 +534,28 @@ impl SqliteStore {
 }
 
 impl SqliteStore {
-    /// The log lines of `f.trace`'s trace, when it has one.
-    fn trace_lines(&self, conn: &Connection, f: &Filter) -> Result<Option<TraceLines>> {
-        let Some(t) = &f.trace else { return Ok(None) };
-        let sql = format!(
-            "SELECT host, req_id FROM events WHERE kind = 'http'{}",
-            trace_sql(1)
-        );
-        let reqs = conn
-            .prepare_cached(&sql)?
-            .query_map([t], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<rusqlite::Result<_>>()?;
-        Ok(Some(TraceLines {
-            id: t.clone(),
-            reqs,
-        }))
+    /// The exchanges of `f.trace`'s trace, when it has one.
+    fn members(conn: &Connection, f: &Filter) -> Result<Option<TraceMembers>> {
+        f.trace
+            .as_deref()
+            .map(|t| trace_members(conn, t))
+            .transpose()
     }
 
     /// Runs `f` with the block-side view of a filter: its compiled text
-    /// pattern and trace.
+    /// pattern and its trace's requests.
     fn with_lines<T>(
-        &self,
-        conn: &Connection,
         f: &Filter,
+        members: Option<&TraceMembers>,
         as_of: Option<i64>,
         after_id: Option<i64>,
         run: impl FnOnce(&LineQuery<'_>) -> Result<T>,
     ) -> Result<T> {
         let matcher = f.text.as_ref().map(Matcher::new).transpose()?;
-        let trace = self.trace_lines(conn, f)?;
+        let trace = f.trace.as_ref().map(|t| TraceLines {
+            id: t.clone(),
+            reqs: members.map(|m| m.reqs.clone()).unwrap_or_default(),
+        });
         run(&LineQuery {
             filter: f,
             matcher: matcher.as_ref(),
@@ -638,11 +633,12 @@ impl Store for SqliteStore {
     /// each a sorted page of at most `limit`, merged.
     fn query(&self, q: &Query) -> Result<Vec<Stored>> {
         self.read(|c| {
+            let members = Self::members(c, &q.filter)?;
             let mut out = Vec::new();
             if wants_rows(&q.filter) {
                 let mut sql = String::from("SELECT id, ts_ns, json FROM events WHERE 1=1");
                 let mut args = Vec::new();
-                push_filter(&q.filter, &mut sql, &mut args);
+                push_filter(&q.filter, members.as_ref(), &mut sql, &mut args);
                 if let Some(as_of) = q.as_of {
                     args.push(Value::Integer(as_of));
                     sql.push_str(&format!(" AND id <= ?{}", args.len()));
@@ -666,7 +662,7 @@ impl Store for SqliteStore {
                 let mut stmt = c.prepare_cached(&sql)?;
                 out = read_rows(&mut stmt, &args)?;
             }
-            let lines = self.with_lines(c, &q.filter, q.as_of, None, |lq| {
+            let lines = Self::with_lines(&q.filter, members.as_ref(), q.as_of, None, |lq| {
                 sqlite_logs::query(c, q, lq)
             })?;
             if !lines.is_empty() {
@@ -688,11 +684,12 @@ impl Store for SqliteStore {
 
     fn count(&self, f: &Filter) -> Result<u64> {
         self.read(|c| {
+            let members = Self::members(c, f)?;
             let mut n = 0u64;
             if wants_rows(f) {
                 let mut sql = String::from("SELECT count(*) FROM events WHERE 1=1");
                 let mut args = Vec::new();
-                push_filter(f, &mut sql, &mut args);
+                push_filter(f, members.as_ref(), &mut sql, &mut args);
                 let rows: i64 =
                     c.query_row(&sql, rusqlite::params_from_iter(&args), |r| r.get(0))?;
                 n += u64::try_from(rows).unwrap_or(0);
@@ -718,17 +715,20 @@ impl Store for SqliteStore {
                 );
                 return Ok(n + found.count());
             }
-            Ok(n + self.with_lines(c, f, None, None, |lq| sqlite_logs::count(c, lq))?)
+            Ok(n + Self::with_lines(f, members.as_ref(), None, None, |lq| {
+                sqlite_logs::count(c, lq)
+            })?)
         })
     }
 
     fn since_cursor(&self, cursor: i64, f: &Filter, limit: usize) -> Result<Vec<Stored>> {
         self.read(|c| {
+            let members = Self::members(c, f)?;
             let mut out = Vec::new();
             if wants_rows(f) {
                 let mut sql = String::from("SELECT id, ts_ns, json FROM events WHERE 1=1");
                 let mut args = Vec::new();
-                push_filter(f, &mut sql, &mut args);
+                push_filter(f, members.as_ref(), &mut sql, &mut args);
                 args.push(Value::Integer(cursor));
                 sql.push_str(&format!(" AND id > ?{}", args.len()));
                 args.push(Value::Integer(i64::try_from(limit).unwrap_or(i64::MAX)));
@@ -736,7 +736,7 @@ impl Store for SqliteStore {
                 let mut stmt = c.prepare_cached(&sql)?;
                 out = read_rows(&mut stmt, &args)?;
             }
-            let lines = self.with_lines(c, f, None, Some(cursor), |lq| {
+            let lines = Self::with_lines(f, members.as_ref(), None, Some(cursor), |lq| {
                 sqlite_logs::since(c, lq, limit)
             })?;
             if !lines.is_empty() {

@@ -1,11 +1,11 @@
-//! Cross-host stitching in the SQLite store, run inside each ingest
-//! transaction (docs/aggregator.md, "Stitching"): index the new HTTP
+//! Cross-host stitching in the SQLite store (docs/aggregator.md,
+//! "Stitching"): inside each ingest transaction, index the new HTTP
 //! exchanges, re-match the host pairs they belong to ([`super::stitch`]),
-//! re-estimate clock offsets and re-time stored events when one moves, and
-//! push trace ids down the request trees whose links changed.
+//! and re-estimate clock offsets, re-timing stored events when one moves;
+//! at query time, walk a trace's request tree ([`trace_members`]).
 //!
 //! Everything is recomputed from stored rows, so the order in which batches
-//! arrive does not matter: a link found late re-tags what hangs below it.
+//! arrive does not matter: a link found late moves what hangs below it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -69,7 +69,6 @@ pub fn index_event(
         own_trace(h)
     ])?;
     Ok(NewExchange {
-        id,
         host: host.to_owned(),
         side: side.to_owned(),
         conn: key,
@@ -97,7 +96,6 @@ type NewByConn = BTreeMap<String, Vec<(bool, i64)>>;
 /// A new exchange as indexed ([`index_event`]'s answer, handed to
 /// [`after_ingest`] so that it need not read the row back).
 pub struct NewExchange {
-    id: i64,
     host: String,
     side: String,
     conn: String,
@@ -158,7 +156,6 @@ pub fn after_ingest(conn: &Connection, new_http: &[NewExchange]) -> Result<HashM
                 .push((client_side, n.start));
         }
     }
-    let mut touched: Vec<i64> = new_http.iter().map(|n| n.id).collect();
     let mut edges_changed = false;
     for ((ch, sh), conns) in &groups {
         let same_host = ch == sh;
@@ -221,10 +218,9 @@ pub fn after_ingest(conn: &Connection, new_http: &[NewExchange]) -> Result<HashM
         }
         let new: HashSet<(i64, i64)> = m.links.iter().copied().collect();
         let (mut added, mut removed) = (0i64, 0i64);
-        for &(c, s) in old.difference(&new) {
+        for &(c, _) in old.difference(&new) {
             conn.prepare_cached("DELETE FROM links WHERE client = ?")?
                 .execute([c])?;
-            touched.extend([c, s]);
             removed += 1;
         }
         for &(c, s) in new.difference(&old) {
@@ -233,7 +229,6 @@ pub fn after_ingest(conn: &Connection, new_http: &[NewExchange]) -> Result<HashM
                  VALUES (?, ?, ?, ?)",
             )?
             .execute(params![c, s, ch, sh])?;
-            touched.extend([c, s]);
             added += 1;
         }
         if !same_host && (added > 0 || removed > 0) {
@@ -256,7 +251,6 @@ pub fn after_ingest(conn: &Connection, new_http: &[NewExchange]) -> Result<HashM
     } else {
         HashMap::new()
     };
-    retrace(conn, &touched)?;
     Ok(retimed)
 }
 
@@ -488,22 +482,18 @@ pub fn retime(conn: &Connection, host: &str, offset: i64) -> Result<()> {
     super::sqlite_logs::retime_blocks(conn, host, offset)
 }
 
-#[derive(Clone)]
 struct Node {
     host: String,
     side: String,
     req_id: String,
     parent: Option<String>,
     own: String,
-    /// The trace its event carries now.
-    trace: Option<String>,
 }
 
 fn node(conn: &Connection, id: i64) -> Result<Option<Node>> {
     Ok(conn
         .prepare_cached(
-            "SELECT h.host, h.side, h.req_id, h.parent_req_id, h.own_trace, e.trace_id
-               FROM http_index h LEFT JOIN events e ON e.id = h.id WHERE h.id = ?",
+            "SELECT host, side, req_id, parent_req_id, own_trace FROM http_index WHERE id = ?",
         )?
         .query_row([id], |r| {
             Ok(Node {
@@ -512,7 +502,6 @@ fn node(conn: &Connection, id: i64) -> Result<Option<Node>> {
                 req_id: r.get(2)?,
                 parent: r.get(3)?,
                 own: r.get(4)?,
-                trace: r.get(5)?,
             })
         })
         .optional()?)
@@ -556,15 +545,12 @@ fn down(conn: &Connection, id: i64, n: &Node) -> Result<Vec<i64>> {
 }
 
 /// The trace of the root above `id`.
-fn resolve(conn: &Connection, id: i64, start: &mut Option<Node>) -> Result<Option<String>> {
+fn resolve(conn: &Connection, id: i64) -> Result<Option<String>> {
     let mut seen = HashSet::new();
     let mut cur = id;
     let mut last = None;
     while seen.insert(cur) {
         let Some(n) = node(conn, cur)? else { break };
-        if cur == id {
-            *start = Some(n.clone());
-        }
         match up(conn, cur, &n)? {
             Some(next) => {
                 last = Some(n.own);
@@ -577,46 +563,64 @@ fn resolve(conn: &Connection, id: i64, start: &mut Option<Node>) -> Result<Optio
     Ok(last)
 }
 
-/// Gives each touched exchange the trace of its root, and pushes it down to
-/// the exchanges below. (Log lines follow their exchange: a query by trace
-/// finds them by `(host, req_id)`, `sqlite_logs::TraceLines`.)
-/// Below an exchange whose trace did not change, nothing changes either.
-fn retrace(conn: &Connection, touched: &[i64]) -> Result<()> {
-    for &start in touched {
-        // The start's node as resolve read it (nothing is written between).
-        let mut start_node = None;
-        let Some(trace) = resolve(conn, start, &mut start_node)? else {
-            continue;
-        };
-        let mut stack = vec![(start, true)];
-        let mut seen = HashSet::new();
-        while let Some((id, force)) = stack.pop() {
-            if !seen.insert(id) {
-                continue;
-            }
-            let n = match start_node.take().filter(|_| id == start) {
-                Some(n) => n,
-                None => match node(conn, id)? {
-                    Some(n) => n,
-                    None => continue,
-                },
-            };
-            let current = n.trace.as_deref();
-            // An exchange already carrying the trace has its subtree right
-            // too, unless something in it changed (then that is touched).
-            if !force && current == Some(trace.as_str()) {
-                continue;
-            }
-            // A new exchange was stored with its own trace, which is most
-            // often its root's: rewriting the row would only cost time.
-            if current != Some(trace.as_str()) {
-                conn.prepare_cached("UPDATE events SET trace_id = ? WHERE id = ?")?
-                    .execute(params![trace, id])?;
-            }
-            for child in down(conn, id, &n)? {
-                stack.push((child, false));
+/// The exchanges of one trace, found when it is asked for.
+#[derive(Debug, Default)]
+pub struct TraceMembers {
+    /// Their ids (`events.id` of the http events).
+    pub ids: Vec<i64>,
+    /// Their `(host, req_id)`: the log lines written while serving them.
+    pub reqs: HashSet<(String, String)>,
+}
+
+/// The whole trace `t` names: `t` is a trace id (a root exchange's own
+/// trace: its traceparent's trace id, x-request-id or req_id) or the
+/// req_id of any exchange in it. The roots with that own trace are found
+/// by index, and everything below them is walked from the links and the
+/// parent requests, as they are now: a link found late moves a subtree
+/// without rewriting anything at ingest.
+pub fn trace_members(conn: &Connection, t: &str) -> Result<TraceMembers> {
+    let mut traces = BTreeSet::from([t.to_owned()]);
+    let by_req: Vec<i64> = conn
+        .prepare_cached("SELECT id FROM http_index WHERE req_id = ?")?
+        .query_map([t], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for id in by_req {
+        traces.extend(resolve(conn, id)?);
+    }
+    let mut stack = Vec::new();
+    for trace in &traces {
+        // An own trace is a req_id (then http_req_id finds it) or not
+        // (then the partial index http_own).
+        let ids: Vec<i64> = conn
+            .prepare_cached(
+                "SELECT id FROM http_index WHERE own_trace = ?1 AND own_trace != req_id
+                 UNION ALL
+                 SELECT id FROM http_index WHERE req_id = ?1 AND own_trace = req_id",
+            )?
+            .query_map([trace], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        for id in ids {
+            if let Some(n) = node(conn, id)?
+                && up(conn, id, &n)?.is_none()
+            {
+                stack.push((id, n));
             }
         }
     }
-    Ok(())
+    let mut out = TraceMembers::default();
+    let mut seen = HashSet::new();
+    while let Some((id, n)) = stack.pop() {
+        if !seen.insert(id) {
+            continue;
+        }
+        for child in down(conn, id, &n)? {
+            if let Some(c) = node(conn, child)? {
+                stack.push((child, c));
+            }
+        }
+        out.ids.push(id);
+        out.reqs.insert((n.host, n.req_id));
+    }
+    out.ids.sort_unstable();
+    Ok(out)
 }
