@@ -81,7 +81,17 @@ pub struct AppState {
 }
 
 /// A decoded batch and where its answer goes.
-type Pending = (Batch, oneshot::Sender<Result<(usize, bool), String>>);
+type Pending = (Batch, oneshot::Sender<Result<Ingested, String>>);
+
+/// The writer's answer to one batch.
+struct Ingested {
+    accepted: usize,
+    duplicate: bool,
+    /// The stored events when no live tail was there to take them: freed
+    /// by the request's task rather than by the one writer thread (2000
+    /// events are ~4% of the writer's time).
+    unpublished: Vec<Stored>,
+}
 
 /// Most events committed in one group: bounds the time a batch waits
 /// behind the others in its group.
@@ -126,11 +136,20 @@ fn writer_thread(
             let answer = match outcome {
                 Ok(o) => {
                     let accepted = o.stored.len();
-                    if accepted > 0 {
-                        // No receiver (nobody tailing) is not an error.
+                    // Committed before this check: a tail that subscribes
+                    // after it finds these events in the store instead.
+                    let unpublished = if accepted > 0 && live.receiver_count() > 0 {
+                        // A tail gone since is not an error.
                         let _ = live.send(Arc::new(o.stored));
-                    }
-                    Ok((accepted, o.duplicate))
+                        Vec::new()
+                    } else {
+                        o.stored
+                    };
+                    Ok(Ingested {
+                        accepted,
+                        duplicate: o.duplicate,
+                        unpublished,
+                    })
                 }
                 Err(e) => Err(e.to_string()),
             };
@@ -316,7 +335,12 @@ async fn ingest(
         Err(e) => Err(e),
     };
     match result {
-        Ok(Ok((accepted, duplicate))) => {
+        Ok(Ok(Ingested {
+            accepted,
+            duplicate,
+            unpublished,
+        })) => {
+            drop(unpublished);
             let body = serde_json::json!({ "accepted": accepted, "duplicate": duplicate });
             Ok((
                 StatusCode::OK,
