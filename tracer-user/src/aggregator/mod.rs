@@ -13,6 +13,8 @@ pub mod server;
 pub mod sqlite;
 pub mod sqlite_grep;
 pub mod sqlite_logs;
+#[cfg(test)]
+mod sqlite_model_tests;
 pub mod sqlite_series;
 pub mod stitch;
 pub mod stitch_sql;
