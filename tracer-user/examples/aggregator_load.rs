@@ -144,6 +144,8 @@ struct Generator {
     rng: Rng,
     hosts: Vec<String>,
     seq: Vec<u64>,
+    /// Connections opened per host, for request ids.
+    conns: Vec<u64>,
     run_id: String,
     ts: u64,
     next_line: u64,
@@ -158,12 +160,24 @@ impl Generator {
             rng: Rng(0x9e37_79b9_7f4a_7c15),
             hosts: (1..=hosts).map(|h| format!("host-{h}")).collect(),
             seq: vec![0; hosts],
+            conns: vec![0; hosts],
             run_id: uuid::Uuid::new_v4().to_string(),
             // 2026-11-27T00:00:00Z
             ts: 1_795_737_600_000_000_000,
             next_line: 0,
             logs_only,
         }
+    }
+
+    /// A request id as agents make them (`conns.rs`): the agent run's
+    /// salt in the high half of the connection id, the connections opened
+    /// so far in the low half, then the request's number on it (one
+    /// request per connection here).
+    fn req_id(&mut self, host: &str) -> String {
+        let h = self.hosts.iter().position(|x| x == host).unwrap_or(0);
+        self.conns[h] += 1;
+        let salt = (0x9e37_79b9u64.wrapping_mul(h as u64 + 1) & 0xffff_ffff) << 32;
+        format!("{:016x}-1", salt | self.conns[h])
     }
 
     fn event(&mut self, host: &str) -> Event {
@@ -200,7 +214,7 @@ impl Generator {
                 resp_bytes: 900,
                 tuple: tuple(&mut self.rng),
                 tls: false,
-                req_id: format!("{host}-{pid}-{}", self.rng.next() % 1_000_000_000),
+                req_id: self.req_id(host),
                 parent_req_id: None,
                 traceparent: None,
                 request_id: None,

@@ -134,8 +134,14 @@ impl Connections {
             self.opened += 1;
             self.by_pid.entry(pid).or_default().insert(sk);
         }
-        // Distinct per connection (counter), per run and host (salt).
-        let id = mix(self.salt.wrapping_add(self.opened));
+        // Distinct per run and host (the salt's high half) and per
+        // connection (the count of connections opened, low half). Unlike
+        // a hash of the two, it grows within a run, and request ids start
+        // with it: the aggregator's index on request ids then takes each
+        // agent's new ids at one place instead of at a random page, which
+        // is most of what indexing them costs (docs/aggregator.md,
+        // "Storage"). Ids repeat only after 2^32 connections in one run.
+        let id = (self.salt & 0xffff_ffff_0000_0000) | (self.opened & 0xffff_ffff);
         self.conns.entry((pid, sk)).or_insert_with(|| Conn {
             id,
             tuple: None,
