@@ -705,15 +705,14 @@ impl Store for SqliteStore {
                 && *f == only_text
             {
                 let threads = std::thread::available_parallelism().map_or(2, usize::from);
-                let (found, _, stats) =
-                    sqlite_grep::scan(c, &Matcher::new(t)?, f, 0, threads, 0, false)?;
+                let (found, stats) = sqlite_grep::count(c, &Matcher::new(t)?, f, threads)?;
                 log::debug!(
                     "grep -c {:?}: {} blocks, {} bytes scanned",
                     t.pattern,
                     stats.blocks,
                     stats.bytes
                 );
-                return Ok(n + found.count());
+                return Ok(n + found);
             }
             Ok(n + Self::with_lines(f, members.as_ref(), None, None, |lq| {
                 sqlite_logs::count(c, lq)

@@ -60,17 +60,6 @@ impl Matcher {
         Ok(Self { block, line })
     }
 
-    /// Ids of the block's lines that match, appended to `out`.
-    fn scan(&self, b: &RawBlock, out: &mut Vec<i64>) {
-        let id = |i: usize| {
-            b.first_id
-                + i64::from(u32::from_le_bytes(
-                    b.ids[i * 4..i * 4 + 4].try_into().unwrap_or_default(),
-                ))
-        };
-        out.extend(self.lines(&b.text, &b.ends).into_iter().map(id));
-    }
-
     /// The indexes of the lines that match, in a block's `text` with the
     /// end offset of each line in `ends` (u32 LE).
     pub fn lines(&self, text: &[u8], ends: &[u8]) -> Vec<usize> {
@@ -141,39 +130,6 @@ fn block_safe(p: &str) -> bool {
     })
 }
 
-/// A block as read for a scan.
-struct RawBlock {
-    first_id: i64,
-    ids: Vec<u8>,
-    ends: Vec<u8>,
-    text: Vec<u8>,
-}
-
-/// What a scan found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Matches {
-    /// The ids of the matching lines, ascending.
-    Ids(Vec<i64>),
-    /// More lines than the scan's cap matched: only their number is kept
-    /// (a frequent pattern is better filtered row by row, where the
-    /// query's `LIMIT` stops early).
-    Many(u64),
-    /// More lines than the cap matched, and the scan stopped there (a query
-    /// needs no count).
-    Frequent,
-}
-
-impl Matches {
-    /// How many lines matched (`u64::MAX` for `Frequent`: unknown).
-    pub fn count(&self) -> u64 {
-        match self {
-            Matches::Ids(v) => v.len() as u64,
-            Matches::Many(n) => *n,
-            Matches::Frequent => u64::MAX,
-        }
-    }
-}
-
 /// What a scan read, for the benchmark and the log.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ScanStats {
@@ -181,66 +137,35 @@ pub struct ScanStats {
     pub bytes: u64,
 }
 
-/// The log lines matching `m`, over the blocks that `f`'s hosts and time
-/// range do not rule out, with `id > after_block` (blocks already
-/// scanned): their ids, or only their number past `cap`. Blocks are read
-/// on this thread and matched on `threads` others. Returns the matches,
-/// the last block id read, and stats.
-pub fn scan(
+/// How many log lines match `m`, over the blocks that `f`'s hosts and
+/// time range do not rule out (a count whose filter has nothing else).
+/// Blocks are read on this thread and matched on `threads` others.
+pub fn count(
     conn: &Connection,
     m: &Matcher,
     f: &Filter,
-    after_block: i64,
     threads: usize,
-    cap: usize,
-    stop_past_cap: bool,
-) -> Result<(Matches, i64, ScanStats)> {
-    let mut sql = String::from("SELECT id, first_id, ids, ends, text FROM log_blocks WHERE id > ?");
-    let mut args: Vec<rusqlite::types::Value> = vec![after_block.into()];
-    if let Some(s) = f.since {
-        sql.push_str(" AND max_ts >= ?");
-        args.push(s.into());
-    }
-    if let Some(u) = f.until {
-        sql.push_str(" AND min_ts < ?");
-        args.push(u.into());
-    }
-    if !f.hosts.is_empty() {
-        sql.push_str(" AND host IN (");
-        for (i, h) in f.hosts.iter().enumerate() {
-            sql.push_str(if i == 0 { "?" } else { ",?" });
-            args.push(h.clone().into());
-        }
-        sql.push(')');
-    }
+) -> Result<(u64, ScanStats)> {
+    let mut sql = String::from("SELECT ends, text FROM log_blocks WHERE 1=1");
+    let mut args: Vec<rusqlite::types::Value> = Vec::new();
+    super::sqlite_logs::push_block_filter(f, &mut sql, &mut args);
     sql.push_str(" ORDER BY id");
     let mut stats = ScanStats::default();
-    let mut last_block = after_block;
-    let (tx, rx) = mpsc::sync_channel::<RawBlock>(threads * 4);
+    // (ends, text) of one block.
+    let (tx, rx) = mpsc::sync_channel::<(Vec<u8>, Vec<u8>)>(threads * 4);
     let rx = Arc::new(Mutex::new(rx));
-    let stop = std::sync::atomic::AtomicBool::new(false);
-    let stop = &stop;
-    let found = thread::scope(|s| -> Result<Matches> {
+    let found = thread::scope(|s| -> Result<u64> {
         let workers: Vec<_> = (0..threads.max(1))
             .map(|_| {
                 let rx = rx.clone();
                 s.spawn(move || {
-                    // Ids up to the cap; past it, only how many.
-                    let (mut out, mut counted, mut over) = (Vec::new(), 0u64, false);
+                    let mut n = 0u64;
                     loop {
                         let next = rx.lock().map(|r| r.recv());
-                        let Ok(Ok(b)) = next else {
-                            return (out, counted, over);
+                        let Ok(Ok((ends, text))) = next else {
+                            return n;
                         };
-                        m.scan(&b, &mut out);
-                        if out.len() > cap {
-                            counted += out.len() as u64;
-                            out.clear();
-                            over = true;
-                            if stop_past_cap {
-                                stop.store(true, std::sync::atomic::Ordering::Relaxed);
-                            }
-                        }
+                        n += m.lines(&text, &ends).len() as u64;
                     }
                 })
             })
@@ -249,64 +174,38 @@ pub fn scan(
             let mut st = conn.prepare_cached(&sql)?;
             let mut rows = st.query(rusqlite::params_from_iter(&args))?;
             while let Some(r) = rows.next()? {
-                let b = RawBlock {
-                    first_id: r.get(1)?,
-                    ids: r.get(2)?,
-                    ends: r.get(3)?,
-                    text: r.get(4)?,
-                };
-                last_block = r.get(0)?;
+                let (ends, text): (Vec<u8>, Vec<u8>) = (r.get(0)?, r.get(1)?);
                 stats.blocks += 1;
-                stats.bytes += b.text.len() as u64;
-                if stop.load(std::sync::atomic::Ordering::Relaxed) || tx.send(b).is_err() {
+                stats.bytes += text.len() as u64;
+                if tx.send((ends, text)).is_err() {
                     break;
                 }
             }
             Ok(())
         })();
         drop(tx);
-        let mut ids = Vec::new();
-        let (mut counted, mut over) = (0u64, false);
-        for w in workers {
-            let (out, n, o) = w.join().unwrap_or_default();
-            ids.extend(out);
-            counted += n;
-            over |= o;
-        }
+        let n = workers.into_iter().map(|w| w.join().unwrap_or(0)).sum();
         read?;
-        Ok(if stop.load(std::sync::atomic::Ordering::Relaxed) {
-            Matches::Frequent
-        } else if over || ids.len() > cap {
-            Matches::Many(counted + ids.len() as u64)
-        } else {
-            ids.sort_unstable();
-            Matches::Ids(ids)
-        })
+        Ok(n)
     })?;
-    Ok((found, last_block, stats))
+    Ok((found, stats))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn block(lines: &[&str]) -> RawBlock {
-        let mut b = RawBlock {
-            first_id: 100,
-            ids: Vec::new(),
-            ends: Vec::new(),
-            text: Vec::new(),
-        };
+    /// (text, ends) of a block holding `lines`.
+    fn block(lines: &[&str]) -> (Vec<u8>, Vec<u8>) {
+        let (mut text, mut ends) = (Vec::new(), Vec::new());
         for (i, l) in lines.iter().enumerate() {
             if i > 0 {
-                b.text.push(b'\n');
+                text.push(b'\n');
             }
-            b.text.extend_from_slice(l.as_bytes());
-            b.ids.extend_from_slice(&(i as u32 * 2).to_le_bytes());
-            b.ends
-                .extend_from_slice(&(b.text.len() as u32).to_le_bytes());
+            text.extend_from_slice(l.as_bytes());
+            ends.extend_from_slice(&(text.len() as u32).to_le_bytes());
         }
-        b
+        (text, ends)
     }
 
     fn hits(pattern: &str, ci: bool, lines: &[&str]) -> Vec<i64> {
@@ -315,8 +214,13 @@ mod tests {
             case_insensitive: ci,
         })
         .unwrap();
-        let mut out = Vec::new();
-        m.scan(&block(lines), &mut out);
+        let (text, ends) = block(lines);
+        // As ids 100, 102, 104... (the line numbers doubled, offset).
+        let out: Vec<i64> = m
+            .lines(&text, &ends)
+            .into_iter()
+            .map(|i| 100 + 2 * i as i64)
+            .collect();
         // The same, line by line, with the per-line regex.
         let t = TextMatch {
             pattern: pattern.into(),

@@ -388,6 +388,27 @@ pub struct TraceLines {
     pub reqs: HashSet<(String, String)>,
 }
 
+/// Appends the conditions on `log_blocks` rows that `f`'s time range and
+/// hosts imply (` AND ...`, with `?` parameters pushed to `args`).
+pub fn push_block_filter(f: &Filter, sql: &mut String, args: &mut Vec<Value>) {
+    if let Some(s) = f.since {
+        sql.push_str(" AND max_ts >= ?");
+        args.push(s.into());
+    }
+    if let Some(u) = f.until {
+        sql.push_str(" AND min_ts < ?");
+        args.push(u.into());
+    }
+    if !f.hosts.is_empty() {
+        sql.push_str(" AND host IN (");
+        for (i, h) in f.hosts.iter().enumerate() {
+            sql.push_str(if i == 0 { "?" } else { ",?" });
+            args.push(h.clone().into());
+        }
+        sql.push(')');
+    }
+}
+
 /// Which lines a query wants, beyond what prunes whole blocks.
 pub struct LineQuery<'a> {
     pub filter: &'a Filter,
@@ -414,22 +435,7 @@ impl LineQuery<'_> {
              WHERE 1=1",
         );
         let mut args: Vec<Value> = Vec::new();
-        if let Some(s) = f.since {
-            sql.push_str(" AND max_ts >= ?");
-            args.push(s.into());
-        }
-        if let Some(u) = f.until {
-            sql.push_str(" AND min_ts < ?");
-            args.push(u.into());
-        }
-        if !f.hosts.is_empty() {
-            sql.push_str(" AND host IN (");
-            for (i, h) in f.hosts.iter().enumerate() {
-                sql.push_str(if i == 0 { "?" } else { ",?" });
-                args.push(h.clone().into());
-            }
-            sql.push(')');
-        }
+        push_block_filter(f, &mut sql, &mut args);
         if let Some(a) = self.as_of {
             sql.push_str(" AND first_id <= ?");
             args.push(a.into());
