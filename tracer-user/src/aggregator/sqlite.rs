@@ -552,14 +552,15 @@ impl SqliteStore {
         run: impl FnOnce(&LineQuery<'_>) -> Result<T>,
     ) -> Result<T> {
         let matcher = f.text.as_ref().map(Matcher::new).transpose()?;
-        let trace = f.trace.as_ref().map(|t| TraceLines {
-            id: t.clone(),
-            reqs: members.map(|m| m.reqs.clone()).unwrap_or_default(),
+        let none = std::collections::HashSet::new();
+        let trace = f.trace.as_deref().map(|id| TraceLines {
+            id,
+            reqs: members.map_or(&none, |m| &m.reqs),
         });
         run(&LineQuery {
             filter: f,
             matcher: matcher.as_ref(),
-            trace: trace.as_ref(),
+            trace,
             as_of,
             after_id,
         })

@@ -223,6 +223,8 @@ struct BlockMeta {
     min_ts: i64,
     max_ts: i64,
     offset: i64,
+    /// How many lines it holds.
+    lines: u64,
 }
 
 /// A block as read: its lines, decoded on demand.
@@ -383,9 +385,9 @@ impl Block {
 
 /// The log lines of a trace: those whose `(host, req_id)` is one of the
 /// trace's exchanges, and those whose req_id is the looked-up id itself.
-pub struct TraceLines {
-    pub id: String,
-    pub reqs: HashSet<(String, String)>,
+pub struct TraceLines<'a> {
+    pub id: &'a str,
+    pub reqs: &'a HashSet<(String, String)>,
 }
 
 /// Appends the conditions on `log_blocks` rows that `f`'s time range and
@@ -413,7 +415,7 @@ pub fn push_block_filter(f: &Filter, sql: &mut String, args: &mut Vec<Value>) {
 pub struct LineQuery<'a> {
     pub filter: &'a Filter,
     pub matcher: Option<&'a Matcher>,
-    pub trace: Option<&'a TraceLines>,
+    pub trace: Option<TraceLines<'a>>,
     /// Only ids up to this (a snapshot).
     pub as_of: Option<i64>,
     /// Only ids after this (a live tail's cursor).
@@ -431,8 +433,8 @@ impl LineQuery<'_> {
     fn blocks(&self, conn: &Connection, extra: &str, order: &str) -> Result<Vec<BlockMeta>> {
         let f = self.filter;
         let mut sql = String::from(
-            "SELECT id, host, first_id, last_id, min_ts, max_ts, offset_ns FROM log_blocks
-             WHERE 1=1",
+            "SELECT id, host, first_id, last_id, min_ts, max_ts, offset_ns, length(ids) / 4
+             FROM log_blocks WHERE 1=1",
         );
         let mut args: Vec<Value> = Vec::new();
         push_block_filter(f, &mut sql, &mut args);
@@ -444,9 +446,9 @@ impl LineQuery<'_> {
             sql.push_str(" AND last_id > ?");
             args.push(c.into());
         }
-        if let Some(t) = self.trace {
+        if let Some(t) = &self.trace {
             let mut reqs: Vec<&str> = t.reqs.iter().map(|(_, r)| r.as_str()).collect();
-            reqs.push(&t.id);
+            reqs.push(t.id);
             sql.push_str(
                 " AND id IN (SELECT block FROM log_reqs WHERE req_id IN \
                  (SELECT value FROM json_each(?)))",
@@ -467,6 +469,7 @@ impl LineQuery<'_> {
                 min_ts: r.get(4)?,
                 max_ts: r.get(5)?,
                 offset: r.get(6)?,
+                lines: r.get::<_, i64>(7)?.try_into().unwrap_or(0),
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -493,7 +496,7 @@ impl LineQuery<'_> {
                 if stream.is_some_and(|s| s != stream_name(b.stream(i))) {
                     return false;
                 }
-                if let Some(t) = self.trace {
+                if let Some(t) = &self.trace {
                     let host = b.meta.host.clone();
                     match b.req_id(i) {
                         Some(r) if r == t.id || t.reqs.contains(&(host, r.to_owned())) => {}
@@ -615,10 +618,7 @@ pub fn count(conn: &Connection, lq: &LineQuery<'_>) -> Result<u64> {
             && lq.as_of.is_none_or(|a| meta.last_id <= a)
             && lq.after_id.is_none_or(|c| meta.first_id > c);
         if whole {
-            let lines: i64 = conn
-                .prepare_cached("SELECT length(ids) / 4 FROM log_blocks WHERE id = ?")?
-                .query_row([meta.id], |r| r.get(0))?;
-            n += u64::try_from(lines).unwrap_or(0);
+            n += meta.lines;
         } else {
             let mut block = Block::read(conn, meta)?;
             n += lq.lines(&mut block).len() as u64;
@@ -632,30 +632,19 @@ pub fn since(conn: &Connection, lq: &LineQuery<'_>, limit: usize) -> Result<Vec<
     if limit == 0 || !lq.wants_logs() {
         return Ok(Vec::new());
     }
+    // Blocks never share ids (each is a run of one batch's lines, and a
+    // batch's ids are consecutive), so in first-id order the lines come
+    // out in id order and the first `limit` are the answer.
     let mut out: Vec<Stored> = Vec::new();
     for meta in lq.blocks(conn, "", " ORDER BY first_id")? {
-        // Blocks are in first-id order: once `limit` lines are found, a
-        // block starting past the last of them adds nothing.
-        if out.len() >= limit
-            && out
-                .iter()
-                .map(|s| s.id)
-                .max()
-                .is_some_and(|m| meta.first_id > m)
-        {
-            break;
-        }
         let mut block = Block::read(conn, meta)?;
         for i in lq.lines(&mut block) {
             out.push(block.event(i));
-        }
-        if out.len() > limit {
-            out.sort_by_key(|s| s.id);
-            out.truncate(limit);
+            if out.len() == limit {
+                return Ok(out);
+            }
         }
     }
-    out.sort_by_key(|s| s.id);
-    out.truncate(limit);
     Ok(out)
 }
 
