@@ -16,7 +16,8 @@ use crate::{
     options::CaptureArgs,
     output::StdoutSink,
     pipeline::{Pipeline, WallClock},
-    runner::{self, Discover, RunOptions, Sink},
+    progress::Progress,
+    runner::{self, Discover, Outcome, RunOptions, Sink},
 };
 
 /// Run the per-host agent: trace node processes, serve /metrics.
@@ -233,7 +234,8 @@ impl Sink for AgentSink {
     }
 }
 
-pub async fn run(args: AgentArgs) -> Result<()> {
+pub async fn run(args: AgentArgs) -> Result<Outcome> {
+    let started = std::time::Instant::now();
     args.capture.validate()?;
     let scope = Scope::from_args(&args)?;
     for pid in &args.pids {
@@ -241,7 +243,9 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     }
     // Every loop turn reaches user space, for the event-loop histogram.
     let discovering = args.pids.is_empty();
-    let mut capture = Capture::load(args.capture.config(0, discovering))?;
+    let mut progress = Progress::on_stderr();
+    let mut capture = Capture::load(args.capture.config(0, discovering), &mut progress)?;
+    progress.clear();
     for note in &capture.notes {
         eprintln!("tracer: {note}");
     }
@@ -354,6 +358,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
             end_when_roots_exit: false,
             duration: None,
             discover,
+            started,
         },
     )
     .await?;
@@ -390,7 +395,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         out.finish(&summary.to_json());
     }
     eprintln!("{}", summary.to_text());
-    Ok(())
+    Ok(Outcome::of(&summary))
 }
 
 #[cfg(test)]

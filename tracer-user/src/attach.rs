@@ -1,6 +1,6 @@
 //! `tracer attach`: trace given processes and print their events.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
@@ -10,7 +10,8 @@ use crate::{
     options::CaptureArgs,
     output::StdoutSink,
     pipeline::{Pipeline, WallClock},
-    runner::{self, RunOptions},
+    progress::Progress,
+    runner::{self, Outcome, RunOptions},
 };
 
 /// Attach to running processes and stream what they do.
@@ -39,7 +40,8 @@ pub struct AttachArgs {
     pub capture: CaptureArgs,
 }
 
-pub async fn run(args: AttachArgs) -> Result<()> {
+pub async fn run(args: AttachArgs) -> Result<Outcome> {
+    let started = Instant::now();
     args.capture.validate()?;
     if let Some(d) = args.duration
         && !(d > 0.0 && d.is_finite())
@@ -50,7 +52,17 @@ pub async fn run(args: AttachArgs) -> Result<()> {
         crate::capture::preflight::check_pid(*pid)?;
     }
     let threshold = args.capture.loop_threshold_ns();
-    let mut capture = Capture::load(args.capture.config(threshold, false))?;
+    let mut progress = Progress::on_stderr();
+    let mut capture = Capture::load(args.capture.config(threshold, false), &mut progress)?;
+    progress.step("attaching to the processes");
+    let mut reports = Vec::new();
+    for pid in &args.pids {
+        let report = capture
+            .add_target(*pid, true)
+            .with_context(|| format!("attaching to PID {pid}"))?;
+        reports.push((*pid, report));
+    }
+    progress.clear();
     for note in &capture.notes {
         eprintln!("tracer: {note}");
     }
@@ -60,10 +72,7 @@ pub async fn run(args: AttachArgs) -> Result<()> {
         args.capture.max_line_bytes as usize,
     );
     pipeline.set_body_capture(args.capture.capture_bodies as usize);
-    for pid in &args.pids {
-        let report = capture
-            .add_target(*pid, true)
-            .with_context(|| format!("attaching to PID {pid}"))?;
+    for (pid, report) in &reports {
         eprintln!(
             "tracer: attached to PID {pid} ({}): {}",
             report.exe,
@@ -86,10 +95,11 @@ pub async fn run(args: AttachArgs) -> Result<()> {
             end_when_roots_exit: true,
             duration: args.duration.map(Duration::from_secs_f64),
             discover: None,
+            started,
         },
     )
     .await?;
     sink.finish(&summary.to_json());
     eprintln!("{}", summary.to_text());
-    Ok(())
+    Ok(Outcome::of(&summary))
 }

@@ -252,6 +252,10 @@ fn watch_ready(host: &str, stderr: std::process::ChildStderr, tx: std::sync::mps
         {
             if line == "tracer: ready" {
                 let _ = tx.send(host.clone());
+            } else if line.starts_with("tracer: ready;") {
+                // Ready, with some probe families left out: say which.
+                eprintln!("[demo] agent {host}: {line}");
+                let _ = tx.send(host.clone());
             } else if line.starts_with("error:") {
                 eprintln!("[demo] agent {host}: {line}");
             }

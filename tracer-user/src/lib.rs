@@ -19,6 +19,8 @@ pub mod metrics;
 pub mod options;
 pub mod output;
 pub mod pipeline;
+pub mod progress;
 pub mod reassembly;
 pub mod retransmits;
 pub mod runner;
+pub mod verify;

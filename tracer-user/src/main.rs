@@ -1,4 +1,5 @@
 use clap::{Parser, Subcommand};
+use tracer_user::runner::Outcome;
 
 /// tracer: see inside running Node.js processes with eBPF — their logs, TCP
 /// connections, event-loop stalls and GC pauses — without restarting or
@@ -15,6 +16,7 @@ enum Command {
     Attach(tracer_user::attach::AttachArgs),
     Agent(tracer_user::agent::AgentArgs),
     Demo(tracer_user::demo::DemoArgs),
+    Verify(tracer_user::verify::VerifyArgs),
     #[command(flatten)]
     Cluster(tracer_user::aggregator::ClusterCommand),
 }
@@ -26,7 +28,7 @@ fn main() -> std::process::ExitCode {
     // cross-thread wakeup for every hand-off (measured: most of the agent's
     // CPU). The aggregator serves many clients and stays multi-threaded.
     let builder = match cli.command {
-        Command::Attach(_) | Command::Agent(_) | Command::Demo(_) => {
+        Command::Attach(_) | Command::Agent(_) | Command::Demo(_) | Command::Verify(_) => {
             tokio::runtime::Builder::new_current_thread()
         }
         Command::Cluster(_) => {
@@ -47,12 +49,20 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Attach(args) => tracer_user::attach::run(args).await,
             Command::Agent(args) => tracer_user::agent::run(args).await,
-            Command::Demo(args) => tracer_user::demo::run(args).await,
-            Command::Cluster(cmd) => tracer_user::aggregator::run(cmd).await,
+            Command::Demo(args) => tracer_user::demo::run(args)
+                .await
+                .map(|()| Outcome::Complete),
+            Command::Verify(args) => tracer_user::verify::run(args).map(|()| Outcome::Complete),
+            Command::Cluster(cmd) => tracer_user::aggregator::run(cmd)
+                .await
+                .map(|()| Outcome::Complete),
         }
     });
+    // Exit codes: 0 everything ran; 1 an error (printed); 2 bad usage (clap);
+    // 3 it ran with some probe families left out (named on stderr).
     match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(Outcome::Complete) => std::process::ExitCode::SUCCESS,
+        Ok(Outcome::Partial) => std::process::ExitCode::from(Outcome::PARTIAL_EXIT_CODE),
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE

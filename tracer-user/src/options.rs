@@ -5,6 +5,9 @@ use clap::Args;
 
 use crate::capture::{CaptureConfig, Family, HttpCapture};
 
+/// The most body bytes `--capture-bodies` keeps.
+pub const MAX_CAPTURE_BODIES: u32 = 8192;
+
 /// What to capture and how; the same for every front end.
 #[derive(Debug, Clone, Args)]
 pub struct CaptureArgs {
@@ -12,8 +15,10 @@ pub struct CaptureArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// Probe families to enable.
-    #[arg(long, value_delimiter = ',', default_values = ["logs", "tcp", "runtime", "http"])]
+    /// Probe families to enable (default: all four). Without this option a
+    /// family that cannot load on this kernel is left out and named in the
+    /// ready line (exit code 3); with it, that is an error (exit code 1).
+    #[arg(long, value_delimiter = ',', value_name = "FAMILY,...")]
     pub probes: Vec<Family>,
 
     /// Longest log line kept; longer lines are cut and marked truncated.
@@ -54,7 +59,7 @@ pub struct CaptureArgs {
     /// hold personal data or secrets, and are not captured beyond what
     /// parsing needs unless asked for.
     #[arg(long, default_value_t = 0, value_name = "BYTES",
-          value_parser = clap::value_parser!(u32).range(0..=8192))]
+          value_parser = clap::value_parser!(u32).range(0..=MAX_CAPTURE_BODIES as i64))]
     pub capture_bodies: u32,
 
     /// Host name put in every event (default: this machine's).
@@ -84,7 +89,8 @@ impl CaptureArgs {
     /// the kernel (the agent sends all, for its histogram).
     pub fn config(&self, kernel_loop_threshold_ns: u64, report_all_execs: bool) -> CaptureConfig {
         CaptureConfig {
-            families: self.probes.clone(),
+            families: self.families(),
+            families_explicit: !self.probes.is_empty(),
             max_buffer_bytes: crate::lines::kernel_copy_cap(self.max_line_bytes as usize) as u32,
             loop_min_busy_ns: kernel_loop_threshold_ns,
             ring_bytes: self.ring_bytes,
@@ -100,7 +106,16 @@ impl CaptureArgs {
     }
 
     pub fn has(&self, family: Family) -> bool {
-        self.probes.contains(&family)
+        self.families().contains(&family)
+    }
+
+    /// The families asked for; every one when `--probes` is not given.
+    pub fn families(&self) -> Vec<Family> {
+        if self.probes.is_empty() {
+            vec![Family::Logs, Family::Tcp, Family::Runtime, Family::Http]
+        } else {
+            self.probes.clone()
+        }
     }
 }
 

@@ -45,6 +45,8 @@ pub struct RunOptions {
     pub end_when_roots_exit: bool,
     pub duration: Option<Duration>,
     pub discover: Option<Discover>,
+    /// When the command started: the summary reports how long start-up took.
+    pub started: Instant,
 }
 
 #[derive(Debug)]
@@ -53,6 +55,48 @@ pub struct Summary {
     pub counts: BTreeMap<&'static str, u64>,
     pub lost: BTreeMap<LossStage, u64>,
     pub stop_reason: String,
+    /// From the command's start to `tracer: ready`.
+    pub startup: Duration,
+    /// Probe families that could not run, with why.
+    pub left_out: Vec<String>,
+}
+
+impl Summary {
+    /// Whether some probe families did not run (exit code 3).
+    pub fn partial(&self) -> bool {
+        !self.left_out.is_empty()
+    }
+}
+
+/// How a tracing command ended, for its exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every probe family asked for ran (exit code 0).
+    Complete,
+    /// It ran, but some probe families were left out (exit code 3).
+    Partial,
+}
+
+impl Outcome {
+    pub const PARTIAL_EXIT_CODE: u8 = 3;
+
+    pub fn of(summary: &Summary) -> Self {
+        if summary.partial() {
+            Self::Partial
+        } else {
+            Self::Complete
+        }
+    }
+}
+
+/// The line printed once tracing runs: exactly `tracer: ready` when every
+/// family asked for is attached, or naming what was left out.
+pub fn ready_line(left_out: &[String]) -> String {
+    if left_out.is_empty() {
+        "tracer: ready".into()
+    } else {
+        format!("tracer: ready; left out: {}", left_out.join("; "))
+    }
 }
 
 /// How long to wait for the kernel's exit record after a pidfd reports the
@@ -158,7 +202,9 @@ pub async fn run(
     let mut sigterm = signal(SignalKind::terminate())?;
     // Only now: a Ctrl-C right after `ready` must stop the run cleanly (with
     // its summary), not kill the process by the default signal action.
-    eprintln!("tracer: ready");
+    let left_out: Vec<String> = capture.left_out.iter().map(|l| l.describe()).collect();
+    eprintln!("{}", ready_line(&left_out));
+    let startup = opts.started.elapsed();
     let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
     let mut loss_tick = tokio::time::interval(Duration::from_secs(1));
     let mut decode_errors_seen = 0u64;
@@ -264,6 +310,8 @@ pub async fn run(
         counts: pipeline.counts().clone(),
         lost: pipeline.lost().clone(),
         stop_reason,
+        startup,
+        left_out,
     })
 }
 
@@ -277,6 +325,8 @@ impl Summary {
             "kind": "summary",
             "elapsed_ns": self.elapsed.as_nanos() as u64,
             "stop_reason": self.stop_reason,
+            "startup_ns": self.startup.as_nanos() as u64,
+            "left_out": self.left_out,
             "counts": self.counts,
             "lost": lost,
         })
@@ -303,10 +353,16 @@ impl Summary {
                 stages.push_str(&format!(", {}={}", s.name(), stage(s)));
             }
         }
+        let left_out = if self.left_out.is_empty() {
+            String::new()
+        } else {
+            format!(". left out: {}", self.left_out.join("; "))
+        };
         format!(
-            "tracer: stopped after {:.1}s ({}). events: {}. lost: {lost} ({stages})",
+            "tracer: stopped after {:.1}s ({}; ready after {:.2}s). events: {}. lost: {lost} ({stages}){left_out}",
             self.elapsed.as_secs_f64(),
             self.stop_reason,
+            self.startup.as_secs_f64(),
             if counts.is_empty() {
                 "none".into()
             } else {

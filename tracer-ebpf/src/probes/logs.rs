@@ -383,15 +383,13 @@ extern "C" fn iov_step(index: u64, ctx: *mut c_void) -> c_long {
 /// buffer are submitted back to back from one CPU, so they stay in order in
 /// the ring; user space sees a gap in `offset` if one was lost.
 ///
-/// Not inlined on purpose: as a BPF-to-BPF call the verifier checks its loop
-/// without multiplying it into the caller's (writev's) loop states.
+/// The chunks are walked with `bpf_loop`, so the verifier checks one chunk
+/// once whatever the cap: a bounded `for` loop here was unrolled or walked
+/// path by path, and with the default 256 KiB cap inside writev's loop it
+/// ran past the verifier's 1M-instruction budget (docs/architecture.md,
+/// "Verifier budget").
 #[inline(never)]
 pub fn emit_buffer(args: &WriteArgs, buf: u64, count: u64) -> u32 {
-    let Some(scratch) = LOG_SCRATCH.get_ptr_mut(0) else {
-        return 0;
-    };
-    // SAFETY: per-CPU scratch slot; nothing else on this CPU runs while we do.
-    let scratch = unsafe { &mut *scratch };
     let is_socket = args.stream >= Stream::SocketSent as u32;
     let limit = if is_socket {
         socket_capture_bytes()
@@ -399,6 +397,11 @@ pub fn emit_buffer(args: &WriteArgs, buf: u64, count: u64) -> u32 {
         max_buffer_bytes()
     };
     let cap = core::cmp::min(count, limit as u64);
+    let Some(scratch) = LOG_SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: per-CPU scratch slot; nothing else on this CPU runs while we do.
+    let scratch = unsafe { &mut *scratch };
     scratch.head = LogChunkHeader {
         hdr: current_header(EventKind::Log),
         fd: args.fd,
@@ -408,49 +411,81 @@ pub fn emit_buffer(args: &WriteArgs, buf: u64, count: u64) -> u32 {
         len: 0,
         ino: args.ino,
     };
-    for i in 0..MAX_LOG_CHUNKS {
-        let offset = i as u64 * LOG_CHUNK_BYTES as u64;
-        if offset >= cap {
-            break;
-        }
-        let remaining = cap - offset;
-        let len = if remaining >= LOG_CHUNK_BYTES as u64 {
-            LOG_CHUNK_BYTES
-        } else {
-            // Masked so the verifier sees the helper's size bounded.
-            (remaining as usize) & (LOG_CHUNK_BYTES - 1)
-        };
-        if len == 0 {
-            break;
-        }
-        // SAFETY: `len` <= LOG_CHUNK_BYTES, the size of `data`; the helper
-        // faults cleanly on a bad user pointer.
-        let rc: c_long = unsafe {
-            bpf_probe_read_user(
-                scratch.data.as_mut_ptr().cast(),
-                len as u32,
-                (buf + offset) as *const _,
-            )
-        };
-        if rc != 0 {
-            // User memory that could not be read (e.g. paged out).
-            count_lost(EventKind::Log);
-            break;
-        }
-        scratch.head.offset = offset as u32;
-        scratch.head.len = len as u32;
-        // SAFETY: HEADER_LEN + len <= size_of::<LogChunk>(), so the slice
-        // stays inside the scratch value.
-        let record = unsafe {
-            core::slice::from_raw_parts((scratch as *const _) as *const u8, HEADER_LEN + len)
-        };
-        if EVENTS
-            .output::<[u8]>(record, crate::emit::submit_flags())
-            .is_err()
-        {
-            count_lost(EventKind::Log);
-            break;
-        }
+    let mut walk = ChunkWalk { buf, cap };
+    let chunks = cap.div_ceil(LOG_CHUNK_BYTES as u64);
+    let iterations = core::cmp::min(chunks, MAX_LOG_CHUNKS as u64) as u32;
+    // SAFETY: the callback is a BPF subprogram with the signature bpf_loop
+    // expects, and `walk` outlives the call.
+    unsafe {
+        bpf_loop(
+            iterations,
+            chunk_step as *mut c_void,
+            (&mut walk as *mut ChunkWalk).cast(),
+            0,
+        )
+    };
+    0
+}
+
+/// What [`chunk_step`] needs: the user buffer and how much of it to copy.
+/// The chunk header waits in LOG_SCRATCH, filled by [`emit_buffer`].
+#[repr(C)]
+struct ChunkWalk {
+    buf: u64,
+    cap: u64,
+}
+
+/// bpf_loop callback: copy chunk `index` of the buffer into the ring.
+/// Returns 1 to stop.
+extern "C" fn chunk_step(index: u64, ctx: *mut c_void) -> c_long {
+    // SAFETY: bpf_loop passes back the pointer given in emit_buffer.
+    let walk = unsafe { &*ctx.cast::<ChunkWalk>() };
+    let Some(scratch) = LOG_SCRATCH.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: per-CPU scratch slot, filled by emit_buffer on this CPU.
+    let scratch = unsafe { &mut *scratch };
+    let offset = index * LOG_CHUNK_BYTES as u64;
+    if offset >= walk.cap {
+        return 1;
+    }
+    let remaining = walk.cap - offset;
+    let len = if remaining >= LOG_CHUNK_BYTES as u64 {
+        LOG_CHUNK_BYTES
+    } else {
+        // Masked so the verifier sees the helper's size bounded.
+        (remaining as usize) & (LOG_CHUNK_BYTES - 1)
+    };
+    if len == 0 {
+        return 1;
+    }
+    // SAFETY: `len` <= LOG_CHUNK_BYTES, the size of `data`; the helper
+    // faults cleanly on a bad user pointer.
+    let rc: c_long = unsafe {
+        bpf_probe_read_user(
+            scratch.data.as_mut_ptr().cast(),
+            len as u32,
+            (walk.buf + offset) as *const _,
+        )
+    };
+    if rc != 0 {
+        // User memory that could not be read (e.g. paged out).
+        count_lost(EventKind::Log);
+        return 1;
+    }
+    scratch.head.offset = offset as u32;
+    scratch.head.len = len as u32;
+    // SAFETY: HEADER_LEN + len <= size_of::<LogChunk>(), so the slice
+    // stays inside the scratch value.
+    let record = unsafe {
+        core::slice::from_raw_parts((scratch as *const _) as *const u8, HEADER_LEN + len)
+    };
+    if EVENTS
+        .output::<[u8]>(record, crate::emit::submit_flags())
+        .is_err()
+    {
+        count_lost(EventKind::Log);
+        return 1;
     }
     0
 }

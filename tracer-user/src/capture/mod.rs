@@ -4,9 +4,11 @@
 pub mod cgroup;
 pub mod offsets;
 pub mod preflight;
+pub mod programs;
 pub mod ring;
 pub mod seed;
 pub mod symbols;
+pub mod verifier;
 
 use std::{collections::HashMap, num::NonZeroU32, path::Path};
 
@@ -15,15 +17,20 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, RawTracePoint, TracePoint, UProbe,
-        uprobe::UProbeAttachLocation, uprobe::UProbeLinkId,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, Program, RawTracePoint, TracePoint,
+        UProbe, uprobe::UProbeAttachLocation, uprobe::UProbeLinkId,
     },
 };
 use tracer_common::{
     ConnInfo, EventKind, KernelOffsets, LOST_SLOTS, TARGET_ROOT, TCP_FLAG_PREEXISTING,
 };
 
-use self::symbols::{Resolved, SymbolMatch};
+use self::{
+    programs::{Hook, Step},
+    symbols::{Resolved, SymbolMatch},
+    verifier::{Failure, Verified},
+};
+use crate::progress::Progress;
 
 /// The probe families, selectable with `--probes`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
@@ -54,6 +61,9 @@ pub enum HttpCapture {
 #[derive(Debug, Clone)]
 pub struct CaptureConfig {
     pub families: Vec<Family>,
+    /// The user named the families (`--probes`): one that cannot attach is
+    /// an error, not something to leave out.
+    pub families_explicit: bool,
     /// Bytes of one written buffer copied by the kernel; also the line cap.
     pub max_buffer_bytes: u32,
     pub loop_min_busy_ns: u64,
@@ -102,53 +112,97 @@ pub struct Capture {
     skb_cgroups: Vec<std::path::PathBuf>,
     /// Non-fatal notes for the user (e.g. "mounted tracefs").
     pub notes: Vec<String>,
+    /// Families that could not load or attach, with why; the rest run.
+    pub left_out: Vec<LeftOut>,
+    /// What the verifier spent on each program that loaded.
+    pub verified: Vec<Verified>,
+}
+
+/// A probe family that is not running, and why.
+#[derive(Debug, Clone)]
+pub struct LeftOut {
+    pub family: Family,
+    pub why: String,
+}
+
+impl LeftOut {
+    /// `http (probe skb_ingress: ...)`, for the ready line and the summary.
+    pub fn describe(&self) -> String {
+        format!("{} ({})", family_name(self.family), self.why)
+    }
+}
+
+pub fn family_name(family: Family) -> &'static str {
+    match family {
+        Family::Logs => "logs",
+        Family::Tcp => "tcp",
+        Family::Runtime => "runtime",
+        Family::Http => "http",
+    }
+}
+
+/// The eBPF object with its globals set from `config`, maps created and no
+/// program loaded yet.
+pub fn open_object(config: &CaptureConfig, kernel_offsets: &KernelOffsets) -> Result<Ebpf> {
+    let socket_capture_bytes: u32 = if config.has(Family::Http) {
+        config
+            .socket_capture_bytes
+            .min(tracer_common::LOG_CHUNK_BYTES as u32)
+    } else {
+        0
+    };
+    let capture_logs = u32::from(config.has(Family::Logs));
+    let http_via_syscalls = u32::from(config.http_capture == HttpCapture::Syscalls);
+    let report_all_execs = u32::from(config.report_all_execs);
+    EbpfLoader::new()
+        .verifier_log_level(verifier::log_level())
+        .override_global("OFFSETS", kernel_offsets, true)
+        .override_global("SOCKET_CAPTURE_BYTES", &socket_capture_bytes, true)
+        .override_global("CAPTURE_LOGS", &capture_logs, true)
+        .override_global("HTTP_VIA_SYSCALLS", &http_via_syscalls, true)
+        .override_global("REPORT_ALL_EXECS", &report_all_execs, true)
+        .override_global("WAKEUP_BYTES", &ring::wakeup_bytes(config.ring_bytes), true)
+        .override_global("MAX_BUFFER_BYTES", &config.max_buffer_bytes, true)
+        .override_global("LOOP_MIN_BUSY_NS", &config.loop_min_busy_ns, true)
+        .map_max_entries("EVENTS", config.ring_bytes)
+        .load(EBPF_OBJECT)
+        .context("creating the eBPF maps (loading the probe object)")
+}
+
+/// The kernel's struct offsets from BTF, and whether they are real.
+pub fn kernel_offsets(notes: &mut Vec<String>) -> (KernelOffsets, bool) {
+    let btf_path = Path::new(offsets::VMLINUX_BTF);
+    match offsets::kernel_offsets(btf_path) {
+        Ok(o) => (o, true),
+        Err(e) => {
+            notes.push(format!(
+                "kernel BTF unusable ({e:#}); TCP byte counts, network namespaces, \
+                 file logs and exit codes are unavailable. A kernel built with \
+                 CONFIG_DEBUG_INFO_BTF=y provides {}",
+                offsets::VMLINUX_BTF
+            ));
+            (KernelOffsets::default(), false)
+        }
+    }
 }
 
 impl Capture {
     /// Check privileges and tracefs, load the probes, attach the tracepoints.
-    pub fn load(config: CaptureConfig) -> Result<Self> {
+    /// A family whose programs cannot load or attach is left out (see
+    /// `left_out`) unless the user named it with `--probes`; process
+    /// following is needed by all, so its failure is an error.
+    pub fn load(config: CaptureConfig, progress: &mut Progress) -> Result<Self> {
         preflight::check_privileges()?;
         let mut notes = Vec::new();
         if let Some(note) = preflight::ensure_tracefs()? {
             notes.push(note);
         }
         let started = std::time::Instant::now();
-        let btf_path = Path::new(offsets::VMLINUX_BTF);
-        let (kernel_offsets, offsets_known) = match offsets::kernel_offsets(btf_path) {
-            Ok(o) => (o, true),
-            Err(e) => {
-                notes.push(format!(
-                    "kernel BTF unusable ({e:#}); TCP byte counts, network namespaces, \
-                     file logs and exit codes are unavailable. A kernel built with \
-                     CONFIG_DEBUG_INFO_BTF=y provides {}",
-                    offsets::VMLINUX_BTF
-                ));
-                (KernelOffsets::default(), false)
-            }
-        };
+        progress.step("reading kernel offsets (BTF)");
+        let (kernel_offsets, offsets_known) = kernel_offsets(&mut notes);
         log::debug!("kernel offsets from BTF in {:?}", started.elapsed());
-        let socket_capture_bytes: u32 = if config.has(Family::Http) {
-            config
-                .socket_capture_bytes
-                .min(tracer_common::LOG_CHUNK_BYTES as u32)
-        } else {
-            0
-        };
-        let capture_logs = u32::from(config.has(Family::Logs));
-        let http_via_syscalls = u32::from(config.http_capture == HttpCapture::Syscalls);
-        let report_all_execs = u32::from(config.report_all_execs);
-        let ebpf = EbpfLoader::new()
-            .override_global("OFFSETS", &kernel_offsets, true)
-            .override_global("SOCKET_CAPTURE_BYTES", &socket_capture_bytes, true)
-            .override_global("CAPTURE_LOGS", &capture_logs, true)
-            .override_global("HTTP_VIA_SYSCALLS", &http_via_syscalls, true)
-            .override_global("REPORT_ALL_EXECS", &report_all_execs, true)
-            .override_global("WAKEUP_BYTES", &ring::wakeup_bytes(config.ring_bytes), true)
-            .override_global("MAX_BUFFER_BYTES", &config.max_buffer_bytes, true)
-            .override_global("LOOP_MIN_BUSY_NS", &config.loop_min_busy_ns, true)
-            .map_max_entries("EVENTS", config.ring_bytes)
-            .load(EBPF_OBJECT)
-            .context("loading the eBPF probes into the kernel")?;
+        progress.step("creating maps");
+        let ebpf = open_object(&config, &kernel_offsets)?;
         let mut capture = Self {
             ebpf,
             config,
@@ -156,120 +210,143 @@ impl Capture {
             uprobe_links: HashMap::new(),
             skb_cgroups: Vec::new(),
             notes,
+            left_out: Vec::new(),
+            verified: Vec::new(),
         };
-        log::debug!("probes loaded in {:?}", started.elapsed());
-        capture.attach_tracepoints()?;
-        log::debug!("tracepoints attached in {:?}", started.elapsed());
+        let steps = programs::plan(&capture.config);
+        let total = steps.len();
+        for (i, step) in steps.iter().enumerate() {
+            if let Some(family) = step.family
+                && !capture.active(family)
+            {
+                continue;
+            }
+            progress.step(&format!(
+                "loading probes {}/{total}: {}",
+                i + 1,
+                step.program
+            ));
+            let result = verifier::load(&mut capture.ebpf, step.program).and_then(|verified| {
+                capture.verified.push(verified);
+                capture.attach(step)
+            });
+            if let Err(failure) = result {
+                capture.on_failure(step, failure, &steps)?;
+            }
+        }
+        log::debug!("probes loaded and attached in {:?}", started.elapsed());
         Ok(capture)
     }
 
-    fn tracepoint(&mut self, prog: &str, category: &str, names: &[&str]) -> Result<()> {
-        let program: &mut TracePoint = self
-            .ebpf
-            .program_mut(prog)
-            .ok_or_else(|| anyhow!("probe {prog} missing from the eBPF object"))?
-            .try_into()?;
-        program
-            .load()
-            .with_context(|| format!("verifying probe {prog}"))?;
-        for name in names {
-            program
-                .attach(category, name)
-                .with_context(|| format!("attaching to tracepoint {category}:{name}"))?;
+    /// Whether `family` was asked for and is running.
+    pub fn active(&self, family: Family) -> bool {
+        self.config.has(family) && !self.left_out.iter().any(|l| l.family == family)
+    }
+
+    /// A program of `step` failed: fail the run, or leave its family out
+    /// and unload what that family already loaded.
+    fn on_failure(&mut self, step: &Step, failure: Failure, steps: &[Step]) -> Result<()> {
+        let Some(family) = step.family else {
+            return Err(anyhow::Error::new(failure).context(
+                "process following (fork/exec/exit tracepoints) is needed by every probe family",
+            ));
+        };
+        if self.config.families_explicit {
+            return Err(anyhow::Error::new(failure).context(format!(
+                "--probes asked for {}, which cannot run on this machine",
+                family_name(family)
+            )));
+        }
+        let mut gone = vec![family];
+        // HTTP parsing stands on connection tracking.
+        if family == Family::Tcp && self.config.has(Family::Http) {
+            gone.push(Family::Http);
+        }
+        for s in steps
+            .iter()
+            .filter(|s| s.family.is_some_and(|f| gone.contains(&f)))
+        {
+            self.unload(s.program);
+        }
+        let why = failure.to_string();
+        for f in gone {
+            let why = if f == family {
+                why.clone()
+            } else {
+                format!("needs {}, which was left out", family_name(family))
+            };
+            self.left_out.push(LeftOut { family: f, why });
         }
         Ok(())
     }
 
-    fn raw_tracepoint(&mut self, name: &str) -> Result<()> {
-        let program: &mut RawTracePoint = self
-            .ebpf
-            .program_mut(name)
-            .ok_or_else(|| anyhow!("probe {name} missing from the eBPF object"))?
-            .try_into()?;
-        program
-            .load()
-            .with_context(|| format!("verifying probe {name}"))?;
-        program
-            .attach(name)
-            .with_context(|| format!("attaching to raw tracepoint {name}"))?;
-        Ok(())
+    /// Detach and unload a program if it is loaded (a family left out).
+    fn unload(&mut self, name: &str) {
+        let Some(program) = self.ebpf.program_mut(name) else {
+            return;
+        };
+        let result = match program {
+            Program::TracePoint(p) => p.unload(),
+            Program::RawTracePoint(p) => p.unload(),
+            Program::UProbe(p) => p.unload(),
+            Program::CgroupSkb(p) => p.unload(),
+            _ => Ok(()),
+        };
+        // NotLoaded is the common case: the failed program itself.
+        if let Err(e) = result {
+            log::debug!("unloading {name}: {e}");
+        }
     }
 
-    fn attach_tracepoints(&mut self) -> Result<()> {
-        // Process following is always on: it is what makes children traced
-        // and exits noticed, and it runs only on fork/exec/exit.
-        self.tracepoint("sched_process_fork", "sched", &["sched_process_fork"])?;
-        self.tracepoint("sched_process_exec", "sched", &["sched_process_exec"])?;
-        self.tracepoint("sched_process_exit", "sched", &["sched_process_exit"])?;
-        let logs = self.config.has(Family::Logs);
-        let http = self.config.has(Family::Http);
-        // HTTP payload from the syscalls only when asked for: by default it
-        // comes from the cgroup_skb programs (attached per target cgroup in
-        // add_target), and these tracepoints are for logs only.
-        let http_syscalls = http && self.config.http_capture == HttpCapture::Syscalls;
-        if logs || http_syscalls {
-            // Writes carry both log lines and connection payload.
-            self.tracepoint(
-                "sys_enter_write",
-                "syscalls",
-                &["sys_enter_write", "sys_enter_pwrite64"],
-            )?;
-            self.tracepoint("sys_enter_writev", "syscalls", &["sys_enter_writev"])?;
-            let mut exits = vec!["sys_exit_write", "sys_exit_pwrite64", "sys_exit_writev"];
-            if http_syscalls {
-                exits.push("sys_exit_read");
-            }
-            self.tracepoint("sys_exit_rw", "syscalls", &exits)?;
-        }
-        if http_syscalls {
-            self.tracepoint("sys_enter_read", "syscalls", &["sys_enter_read"])?;
-        }
-        if http && !http_syscalls {
-            // Which connection a thread read or wrote last, for binding
-            // `SSL *`s (probes/skb.rs); non-syscall tracepoints.
-            self.raw_tracepoint("sock_recv_length")?;
-            self.raw_tracepoint("sock_send_length")?;
-            for prog in ["skb_ingress", "skb_egress"] {
-                let p: &mut CgroupSkb = self
+    /// Attach a loaded program where `step` says.
+    fn attach(&mut self, step: &Step) -> Result<(), Failure> {
+        let fail = |reason: String, hint: &str| Failure {
+            program: step.program.to_string(),
+            reason,
+            hint: hint.to_string(),
+            log: None,
+        };
+        match &step.hook {
+            Hook::PerTarget => Ok(()),
+            Hook::Tracepoint { category, names } => {
+                let program: &mut TracePoint = self
                     .ebpf
-                    .program_mut(prog)
-                    .ok_or_else(|| anyhow!("probe {prog} missing from the eBPF object"))?
-                    .try_into()?;
-                p.load()
-                    .with_context(|| format!("verifying probe {prog}"))?;
+                    .program_mut(step.program)
+                    .and_then(|p| p.try_into().ok())
+                    .ok_or_else(|| fail("not a tracepoint program".into(), "rebuild tracer"))?;
+                for name in names {
+                    if !preflight::tracepoint_exists(category, name) {
+                        return Err(fail(
+                            format!(
+                                "missing hook: this kernel has no tracepoint {category}:{name}"
+                            ),
+                            "syscall tracepoints need a kernel built with CONFIG_FTRACE_SYSCALLS",
+                        ));
+                    }
+                    program.attach(category, name).map_err(|e| {
+                        fail(
+                            format!("attaching to tracepoint {category}:{name}: {e}"),
+                            "",
+                        )
+                    })?;
+                }
+                Ok(())
+            }
+            Hook::RawTracepoint => {
+                let program: &mut RawTracePoint = self
+                    .ebpf
+                    .program_mut(step.program)
+                    .and_then(|p| p.try_into().ok())
+                    .ok_or_else(|| fail("not a raw tracepoint program".into(), "rebuild tracer"))?;
+                program.attach(step.program).map_err(|e| {
+                    fail(
+                        format!("attaching to raw tracepoint {}: {e}", step.program),
+                        "this kernel may not have that tracepoint",
+                    )
+                })?;
+                Ok(())
             }
         }
-        if logs {
-            self.tracepoint("sys_enter_openat", "syscalls", &["sys_enter_openat"])?;
-            self.tracepoint("sys_exit_openat", "syscalls", &["sys_exit_openat"])?;
-        }
-        if self.config.has(Family::Tcp) || http {
-            // Raw tracepoints: see tracer-ebpf/src/probes/tcp.rs for why.
-            self.raw_tracepoint("inet_sock_set_state")?;
-            self.raw_tracepoint("tcp_retransmit_skb")?;
-        }
-        let mut uprobes: Vec<&str> = Vec::new();
-        if self.config.has(Family::Runtime) {
-            uprobes.extend(["uv_io_poll_enter", "uv_io_poll_exit", "gc_enter", "gc_exit"]);
-        }
-        if http {
-            uprobes.extend([
-                "ssl_write_enter",
-                "ssl_write_exit",
-                "ssl_read_enter",
-                "ssl_read_exit",
-            ]);
-        }
-        for prog in uprobes {
-            let p: &mut UProbe = self
-                .ebpf
-                .program_mut(prog)
-                .ok_or_else(|| anyhow!("probe {prog} missing from the eBPF object"))?
-                .try_into()?;
-            p.load()
-                .with_context(|| format!("verifying probe {prog}"))?;
-        }
-        Ok(())
     }
 
     /// Start tracing `pid` (and, through fork, its future children).
@@ -295,21 +372,21 @@ impl Capture {
             // Threads that already exist are covered by their tgid; the
             // per-thread keys matter only for fork tracking.
         }
-        if self.config.has(Family::Logs) {
+        if self.active(Family::Logs) {
             report.attached.push("logs".into());
         }
-        if self.config.has(Family::Tcp) || self.config.has(Family::Http) {
+        if self.active(Family::Tcp) || self.active(Family::Http) {
             report.preexisting = self.seed_sockets(pid)?;
             report.attached.push("tcp".into());
         }
-        if self.config.has(Family::Http) {
+        if self.active(Family::Http) {
             if self.config.http_capture == HttpCapture::Skb {
                 self.attach_skb(pid)?;
             }
             report.attached.push("http".into());
         }
-        let runtime = self.config.has(Family::Runtime);
-        let http = self.config.has(Family::Http);
+        let runtime = self.active(Family::Runtime);
+        let http = self.active(Family::Http);
         if runtime || http {
             self.attach_uprobes(pid, runtime, http, &mut report);
         }

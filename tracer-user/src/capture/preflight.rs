@@ -86,6 +86,18 @@ pub fn ensure_tracefs() -> Result<Option<String>> {
     Ok(Some(format!("mounted tracefs at {TRACEFS}")))
 }
 
+/// Whether tracefs lists tracepoint `category:name` (tracefs is mounted by
+/// then, see ensure_tracefs).
+pub fn tracepoint_exists(category: &str, name: &str) -> bool {
+    [TRACEFS, "/sys/kernel/debug/tracing"].iter().any(|root| {
+        Path::new(root)
+            .join("events")
+            .join(category)
+            .join(name)
+            .is_dir()
+    })
+}
+
 /// The PID names a live process.
 pub fn check_pid(pid: u32) -> Result<()> {
     if pid == 0 {
