@@ -286,13 +286,16 @@ pub struct TcpEvent {
 }
 const _: () = assert!(size_of::<TcpEvent>() == 40 + 16 + 32 + 32 + 16 + 8);
 
-/// One event-loop turn: time blocked in uv__io_poll, then time running
-/// callbacks until the next poll.
+/// One event-loop turn, from one `uv__io_poll` entry to the next, reported
+/// at its end (`hdr.ts_ns`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct LoopEvent {
     pub hdr: EventHeader,
+    /// Time blocked waiting for I/O (inside `epoll_wait`/`epoll_pwait`).
     pub poll_ns: u64,
+    /// The rest of the turn: JavaScript and native callbacks, whether they
+    /// ran from timers, I/O (inside `uv__io_poll`), immediates or closes.
     pub busy_ns: u64,
 }
 const _: () = assert!(size_of::<LoopEvent>() == 56);
@@ -382,14 +385,20 @@ pub struct PortPairKey {
 }
 const _: () = assert!(size_of::<PortPairKey>() == 8);
 
-/// Per-thread uv__io_poll bookkeeping (`POLL_STATE`, key: tid).
+/// Per-thread event-loop bookkeeping (`POLL_STATE`, key: tid). A turn runs
+/// from one `uv__io_poll` entry to the next; inside it the loop is either
+/// blocked in `epoll_wait` or busy (timers, I/O callbacks, immediates).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct PollState {
-    pub enter_ns: u64,
-    pub prev_exit_ns: u64,
-    pub prev_poll_ns: u64,
+    /// Entry of this turn's `uv__io_poll`; 0 until the first one.
+    pub turn_start_ns: u64,
+    /// Time blocked in `epoll_wait`/`epoll_pwait` since `turn_start_ns`.
+    pub blocked_ns: u64,
+    /// Entry of the epoll wait in progress; 0 when none is.
+    pub epoll_enter_ns: u64,
 }
+const _: () = assert!(size_of::<PollState>() == 24);
 
 /// Value of `TARGETS`: why a pid/tid is traced.
 pub const TARGET_ROOT: u32 = 1;

@@ -14,10 +14,11 @@ const REQUIRE_ROOT_TESTS: &str = "TRACER_REQUIRE_ROOT_TESTS";
 type Step = fn() -> Result<()>;
 
 pub fn run() -> ExitCode {
-    let steps: [(&str, Step); 4] = [
+    let steps: [(&str, Step); 5] = [
         ("bootstrap", bootstrap::run),
         ("lint", lint::run),
         ("build", tracer::build_release),
+        ("verifier budget", verifier_table),
         ("test", run_tests),
     ];
     for (name, step) in steps {
@@ -28,8 +29,27 @@ pub fn run() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    eprintln!("xtask test: PASSED (bootstrap, lint, build, test)");
+    eprintln!("xtask test: PASSED (bootstrap, lint, build, verifier budget, test)");
     ExitCode::SUCCESS
+}
+
+/// Print what each BPF program costs the verifier, with the default and the
+/// maximum options, so every CI log shows the margin (tests/verifier_budget.rs
+/// asserts it).
+fn verifier_table() -> Result<()> {
+    for extra in [
+        &[][..],
+        &["--max"][..],
+        &["--max", "--http-capture", "syscalls"][..],
+    ] {
+        cmd::run(
+            std::process::Command::new(tracer::binary())
+                .arg("verify")
+                .args(extra),
+        )
+        .with_context(|| format!("tracer verify {} failed", extra.join(" ")))?;
+    }
+    Ok(())
 }
 
 fn run_tests() -> Result<()> {

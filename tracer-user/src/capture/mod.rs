@@ -92,11 +92,40 @@ pub struct TargetReport {
 }
 
 pub const UV_IO_POLL: SymbolMatch = SymbolMatch::Exact("uv__io_poll");
+pub const EPOLL_WAIT: SymbolMatch = SymbolMatch::Exact("epoll_wait");
+pub const EPOLL_PWAIT: SymbolMatch = SymbolMatch::Exact("epoll_pwait");
 pub const SSL_WRITE: SymbolMatch = SymbolMatch::Exact("SSL_write");
 pub const SSL_READ: SymbolMatch = SymbolMatch::Exact("SSL_read");
 /// `v8::internal::Heap::CollectGarbage(...)`, any parameter list.
 pub const COLLECT_GARBAGE: SymbolMatch =
     SymbolMatch::Prefix("_ZN2v88internal4Heap14CollectGarbageE");
+
+/// Where a process's epoll waits are: `in_exe` holds what the executable
+/// itself defines (a static build); otherwise the libc it has mapped, read
+/// through /proc/PID/root so that containers work.
+fn epoll_waits(
+    pid: u32,
+    exe: &str,
+    in_exe: &[Option<Resolved>],
+) -> Result<Vec<(String, Resolved)>> {
+    let own: Vec<(String, Resolved)> = in_exe
+        .iter()
+        .flatten()
+        .map(|r| (exe.to_string(), r.clone()))
+        .collect();
+    if !own.is_empty() {
+        return Ok(own);
+    }
+    let Some(libc) = symbols::mapped_libc(pid)? else {
+        return Ok(Vec::new());
+    };
+    let found = symbols::resolve(Path::new(&libc), &[EPOLL_WAIT, EPOLL_PWAIT])?;
+    Ok(found
+        .into_iter()
+        .flatten()
+        .map(|r| (libc.clone(), r))
+        .collect())
+}
 
 /// The eBPF object, embedded at build time (tracer-user/build.rs).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
@@ -469,7 +498,14 @@ impl Capture {
     fn attach_uprobes(&mut self, pid: u32, runtime: bool, http: bool, report: &mut TargetReport) {
         let exe = format!("/proc/{pid}/exe");
         let started = std::time::Instant::now();
-        let wanted = [UV_IO_POLL, COLLECT_GARBAGE, SSL_WRITE, SSL_READ];
+        let wanted = [
+            UV_IO_POLL,
+            COLLECT_GARBAGE,
+            SSL_WRITE,
+            SSL_READ,
+            EPOLL_WAIT,
+            EPOLL_PWAIT,
+        ];
         let found = match symbols::resolve(Path::new(&exe), &wanted) {
             Ok(found) => found,
             Err(e) => {
@@ -480,15 +516,26 @@ impl Capture {
             }
         };
         log::debug!("symbols of {exe} resolved in {:?}", started.elapsed());
-        // (what, symbol shown to the user, resolved, [(program, is return probe)])
+        // (what, symbol shown to the user, resolved, programs)
         let mut plan: Vec<(&str, &str, &Option<Resolved>, Vec<&'static str>)> = Vec::new();
+        let mut epoll: Vec<(String, Resolved)> = Vec::new();
         if runtime {
-            plan.push((
-                "loop",
-                "uv__io_poll",
-                &found[0],
-                vec!["uv_io_poll_enter", "uv_io_poll_exit"],
-            ));
+            // Loop timing needs both ends: the turn (uv__io_poll) and the
+            // time blocked inside it (epoll_wait, in libc or, for a static
+            // build, in the executable itself).
+            match (&found[0], epoll_waits(pid, &exe, &found[4..])) {
+                (Some(_), Ok(waits)) if !waits.is_empty() => {
+                    plan.push(("loop", "uv__io_poll", &found[0], vec!["uv_io_poll_enter"]));
+                    epoll = waits;
+                }
+                (Some(_), Ok(_)) => report.skipped.push(
+                    "loop: neither the executable nor its libc has epoll_wait/epoll_pwait".into(),
+                ),
+                (Some(_), Err(e)) => report
+                    .skipped
+                    .push(format!("loop: cannot read the process's libc ({e:#})")),
+                (None, _) => plan.push(("loop", "uv__io_poll", &found[0], Vec::new())),
+            }
             plan.push((
                 "gc",
                 "v8::internal::Heap::CollectGarbage",
@@ -518,7 +565,20 @@ impl Capture {
                 ));
                 continue;
             };
-            match self.attach_uprobe_programs(pid, &exe, sym.file_offset, &programs) {
+            let mut result = self.attach_uprobe_programs(pid, &exe, sym.file_offset, &programs);
+            if what == "loop" {
+                for (file, wait) in &epoll {
+                    if result.is_ok() {
+                        result = self.attach_uprobe_programs(
+                            pid,
+                            file,
+                            wait.file_offset,
+                            &["epoll_wait_enter", "epoll_wait_exit"],
+                        );
+                    }
+                }
+            }
+            match result {
                 Ok(()) => report.attached.push(what.into()),
                 Err(e) => report
                     .skipped

@@ -143,9 +143,8 @@ pub fn plan(config: &CaptureConfig) -> Vec<Step> {
 }
 
 /// Uprobes of the `runtime` family (probes/runtime.rs).
-pub const RUNTIME_UPROBES: [&str; 6] = [
+pub const RUNTIME_UPROBES: [&str; 5] = [
     "uv_io_poll_enter",
-    "uv_io_poll_exit",
     "epoll_wait_enter",
     "epoll_wait_exit",
     "gc_enter",

@@ -65,6 +65,19 @@ pub fn resolve(path: &Path, wanted: &[SymbolMatch]) -> Result<Vec<Option<Resolve
     Ok(found)
 }
 
+/// The C library `pid` has mapped, as a path through its root
+/// (`/proc/PID/root/usr/lib/.../libc.so.6`); None for a static program.
+pub fn mapped_libc(pid: u32) -> Result<Option<String>> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .with_context(|| format!("reading /proc/{pid}/maps"))?;
+    Ok(maps.lines().find_map(|line| {
+        let path = line.split_whitespace().nth(5)?;
+        let name = path.rsplit('/').next()?;
+        (path.starts_with('/') && (name.starts_with("libc.so") || name.starts_with("libc-")))
+            .then(|| format!("/proc/{pid}/root{path}"))
+    }))
+}
+
 fn file_offset(file: &object::File<'_>, address: u64) -> Option<u64> {
     file.segments().find_map(|seg| {
         let (start, size) = (seg.address(), seg.size());
