@@ -146,11 +146,17 @@ fn percent(insns: u32) -> f64 {
 }
 
 fn settings(config: &CaptureConfig) -> String {
+    let socket = config
+        .socket_capture_bytes
+        .min(tracer_common::LOG_CHUNK_BYTES as u32);
+    let mode = match config.http_capture {
+        HttpCapture::Skb => "skb",
+        HttpCapture::Syscalls => "syscalls",
+    };
     format!(
-        "max line {} B, socket capture {} B, http capture {:?}",
-        config.max_buffer_bytes, config.socket_capture_bytes, config.http_capture
+        "copied per write {} B, per socket read/write {socket} B, http capture {mode}",
+        config.max_buffer_bytes
     )
-    .to_lowercase()
 }
 
 fn print_table(rows: &[Row], config: &CaptureConfig, limit: u32, budget_percent: f64) {
