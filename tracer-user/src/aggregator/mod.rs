@@ -6,18 +6,14 @@
 //! through a [`store::Store`] (SQLite: [`sqlite::SqliteStore`]) and answers
 //! queries over every host's events in one time order.
 
+pub mod api;
 pub mod body;
 pub mod client;
-pub mod series;
-pub mod server;
-pub mod sqlite;
-pub mod sqlite_grep;
-pub mod sqlite_logs;
 #[cfg(test)]
-mod sqlite_model_tests;
-pub mod sqlite_series;
+mod conformance;
+pub mod series;
+pub mod sqlite;
 pub mod stitch;
-pub mod stitch_sql;
 pub mod store;
 pub mod timespec;
 pub mod ui;
@@ -32,7 +28,7 @@ use clap::{Args, Subcommand};
 use tokio::sync::watch;
 
 use self::{
-    server::{AppState, Limits, router},
+    api::{AppState, Limits, router},
     sqlite::SqliteStore,
 };
 
