@@ -26,7 +26,8 @@ pub trait Backend {
 }
 
 /// `#[test]` functions running every conformance test on the backend
-/// `$backend` (an expression that builds a fresh [`Backend`]).
+/// `$backend` (an expression that builds a fresh [`Backend`], evaluated
+/// once per test).
 macro_rules! store_conformance_suite {
     ($backend:expr) => {
         $crate::aggregator::conformance::store_conformance_suite!(@each $backend;

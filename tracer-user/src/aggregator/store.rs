@@ -352,6 +352,22 @@ pub trait Store: Send + Sync {
     /// The id of the last committed event ([`EventId::START`] when empty).
     fn cursor(&self) -> Result<EventId>;
 
+    /// For a store other processes write to as well (several aggregators
+    /// on one ClickHouse): how often a live tail polls it, since this
+    /// process does not see the others' commits. None (SQLite): every
+    /// commit goes through this process, which publishes it.
+    fn polled_by_tails(&self) -> Option<std::time::Duration> {
+        None
+    }
+
+    /// Where a polling tail at `cursor` reads from again: events may
+    /// become visible after events with higher ids (ids from another
+    /// aggregator's clock, a commit in flight). The cursor itself when
+    /// ids become visible in order.
+    fn rewind(&self, cursor: EventId) -> EventId {
+        cursor
+    }
+
     /// Clock correction for `host`: ns added to its events' `ts_ns` at
     /// ingest. 0 until an estimator sets one.
     fn host_offset(&self, host: &str) -> Result<i64>;

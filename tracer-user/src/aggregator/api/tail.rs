@@ -1,7 +1,7 @@
 //! GET /v1/tail: Server-Sent Events, the last `n` events then, with
 //! `follow=1`, every new one as its batch commits.
 
-use std::{convert::Infallible, sync::Arc};
+use std::{collections::BTreeSet, convert::Infallible, sync::Arc};
 
 use axum::{
     extract::{Query as QueryParams, State, rejection::QueryRejection},
@@ -18,7 +18,7 @@ use super::{
     events::PAGE,
     params::{Params, flag},
 };
-use crate::aggregator::store::{EventId, Filter, Query, Stored};
+use crate::aggregator::store::{EventId, Filter, Query, Store, Stored};
 
 /// Most events `tail` shows before following.
 const MAX_TAIL_LINES: usize = 100_000;
@@ -53,18 +53,29 @@ pub(super) async fn tail(
     let n = p.n.unwrap_or(10).min(MAX_TAIL_LINES);
     // Subscribe before the snapshot: whatever commits after it is in the
     // channel, and ids at or below the snapshot's cursor are skipped.
-    let live = follow.then(|| st.live.subscribe());
+    let polled = st.store.polled_by_tails();
+    let live = (follow && polled.is_none()).then(|| st.live.subscribe());
     let (store, f) = (st.store.clone(), filter.clone());
-    let (cursor, mut rows) = blocking(move || {
+    let (cursor, mut rows, seen) = blocking(move || {
         let cursor = store.cursor()?;
         let rows = store.query(&Query {
-            filter: f,
+            filter: f.clone(),
             as_of: Some(cursor),
             newest_first: true,
             limit: n,
             ..Query::default()
         })?;
-        Ok((cursor, rows))
+        // A polling follower shows what becomes visible after the
+        // snapshot, older ids included, and nothing the snapshot saw.
+        let seen = match (follow, polled) {
+            (true, Some(_)) => visible_since(&*store, store.rewind(cursor), &f)?
+                .into_iter()
+                .map(|s| s.id)
+                .filter(|id| *id <= cursor)
+                .collect(),
+            _ => BTreeSet::new(),
+        };
+        Ok((cursor, rows, seen))
     })
     .await?;
     rows.reverse();
@@ -75,17 +86,85 @@ pub(super) async fn tail(
             .map(Ok::<_, Infallible>)
             .collect::<Vec<_>>(),
     );
-    let Some(live) = live else {
-        return Ok(Sse::new(snapshot).into_response());
-    };
     let (tx, rx) = mpsc::channel(256);
-    tokio::spawn(follow_live(st.clone(), live, filter, cursor, tx));
+    match (live, polled) {
+        (Some(live), _) => {
+            tokio::spawn(follow_live(st.clone(), live, filter, cursor, tx));
+        }
+        (None, Some(every)) if follow => {
+            tokio::spawn(follow_polled(st.clone(), filter, seen, every, tx));
+        }
+        _ => return Ok(Sse::new(snapshot).into_response()),
+    }
     let rest = stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))
     });
     Ok(Sse::new(snapshot.chain(rest))
         .keep_alive(KeepAlive::default())
         .into_response())
+}
+
+/// Every event matching `f` visible with an id above `from`, in id order.
+fn visible_since(
+    store: &dyn Store,
+    from: EventId,
+    f: &Filter,
+) -> Result<Vec<Stored>, crate::aggregator::store::StoreError> {
+    let mut out: Vec<Stored> = Vec::new();
+    loop {
+        let after = out.last().map_or(from, |s| s.id);
+        let page = store.since_cursor(after, f, PAGE)?;
+        let done = page.len() < PAGE;
+        out.extend(page);
+        if done {
+            return Ok(out);
+        }
+    }
+}
+
+/// Follows a store other aggregators write to (`Store::polled_by_tails`):
+/// every `every`, reads what is visible from a little before the newest
+/// event seen (`Store::rewind`) and sends what was not sent yet, so an
+/// event ingested through another aggregator, or committed late, is
+/// shown once.
+async fn follow_polled(
+    st: Arc<AppState>,
+    filter: Filter,
+    mut seen: BTreeSet<EventId>,
+    every: std::time::Duration,
+    tx: mpsc::Sender<sse::Event>,
+) {
+    let mut shutdown = st.shutdown.clone();
+    let mut high = seen.last().copied().unwrap_or(EventId::START);
+    loop {
+        tokio::select! {
+            _ = tx.closed() => return,
+            _ = shutdown.wait_for(|stop| *stop) => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let (store, f) = (st.store.clone(), filter.clone());
+        let from = store.rewind(high);
+        let rows = match tokio::task::spawn_blocking(move || visible_since(&*store, from, &f)).await
+        {
+            Ok(Ok(rows)) => rows,
+            Ok(Err(e)) => {
+                report(&tx, e.to_string()).await;
+                return;
+            }
+            Err(e) => {
+                report(&tx, e.to_string()).await;
+                return;
+            }
+        };
+        for s in &rows {
+            if seen.insert(s.id) && tx.send(sse_event(s)).await.is_err() {
+                return;
+            }
+            high = high.max(s.id);
+        }
+        // Ids below the next read's start are never read again.
+        seen = seen.split_off(&st.store.rewind(high));
+    }
 }
 
 /// Sends every committed event matching `filter` with id > `last` to `tx`

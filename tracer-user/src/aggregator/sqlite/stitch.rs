@@ -13,22 +13,10 @@ use rusqlite::{Connection, OptionalExtension as _, params};
 
 use super::{RETIME_MIN_NS, now_ns};
 use crate::aggregator::{
-    stitch::{self, Candidate, Edge, MAX_SKEW_NS, Side, TOLERANCE_NS},
+    stitch::{self, Candidate, Edge, MAX_SKEW_NS, Side, TOLERANCE_NS, own_trace},
     store::Result,
 };
 use crate::event::{HttpExchange, HttpSide};
-
-/// The trace an exchange starts when nothing upstream is known: the W3C
-/// trace id of its traceparent, else its x-request-id, else its req_id.
-pub fn own_trace(h: &HttpExchange) -> String {
-    h.traceparent
-        .as_deref()
-        .and_then(|tp| tp.split('-').nth(1))
-        .filter(|t| t.len() == 32)
-        .map(str::to_ascii_lowercase)
-        .or_else(|| h.request_id.clone())
-        .unwrap_or_else(|| h.req_id.clone())
-}
 
 /// Records `host` as seen from event `id` on, unless it was seen before
 /// (once per batch: a batch is one host's).

@@ -49,7 +49,6 @@ fn batch(host: &str, seq: u64, events: Vec<Event>) -> Batch {
     }
 }
 
-
 fn all(limit: usize) -> Query {
     Query {
         limit,
