@@ -1,0 +1,1 @@
+//! `tracer repl`: an interactive session in a running node process.
