@@ -7,7 +7,7 @@
 // active after the inspector port is closed. Each logpoint is a breakpoint
 // whose condition renders the template, hands the line to emit() and
 // returns false, so the program never pauses. Lines go to a file of their
-// own (LOGPOINT_FILE), one JSON object per line, which tracer's log capture
+// own (tracer-logpoints-PID.jsonl), one JSON object per line, which tracer's log capture
 // turns into `logpoint` events; the program's stdout and stderr are not
 // touched. When the last logpoint is removed everything is undone: the
 // breakpoints, the session, the file and the one global, __tracer.
@@ -88,66 +88,127 @@ function (require) {
     expires_in_ms: Math.max(0, lp.expiresAt - Date.now()),
   });
 
-  const T = {
-    version: VERSION,
-    file,
+  // Several logpoints may share a location: one breakpoint per requested
+  // location, whose condition runs each logpoint's block in turn.
+  const bps = new Map();
+  const conditionOf = (ids) => '(() => { const __t = globalThis.__tracer; ' +
+    'if (__t === undefined) return false; ' +
+    ids.map((id) => lps.get(id).block).join(' ') + ' return false; })()';
+  const setBreakpoint = (bp) => {
+    const params = { url: bp.url, lineNumber: bp.line, condition: conditionOf(bp.ids) };
+    if (bp.column !== null) params.columnNumber = bp.column;
+    return post('Debugger.setBreakpointByUrl', params);
+  };
 
-    add(spec) {
-      if (lps.has(spec.id)) throw new Error('logpoint ' + spec.id + ' exists already');
-      const want = spec.file;
-      const tail = '/' + want.replace(/^(\.\/)+/, '').replace(/^\/+/, '');
-      const matches = [...urls].filter((u) => {
-        const p = scriptPath(u);
-        return p === want || p.endsWith(tail);
-      });
-      if (matches.length === 0) {
-        const base = tail.slice(tail.lastIndexOf('/') + 1);
-        const near = [...urls].filter((u) => scriptPath(u).endsWith('/' + base)).slice(0, 5);
-        throw new Error('no loaded script matches "' + want + '" (' + urls.size +
-          ' scripts loaded' + (near.length ? '; same file name: ' + near.join(', ') : '') +
-          '). Is the module loaded yet?');
-      }
-      if (matches.length > 1) {
-        throw new Error('"' + want + '" matches ' + matches.length + ' loaded scripts: ' +
-          matches.slice(0, 10).join(', ') + '. Give more of the path.');
-      }
-      // Syntax errors surface here, not silently at every hit.
-      try { new Function('return (' + spec.expression + ')'); } catch (e) {
-        throw new Error('the template or condition does not compile: ' + e.message);
-      }
-      const params = { url: matches[0], lineNumber: spec.line - 1, condition: spec.expression };
-      if (spec.column) params.columnNumber = spec.column - 1;
-      const res = post('Debugger.setBreakpointByUrl', params);
+  const addOne = (spec) => {
+    if (lps.has(spec.id)) throw new Error('logpoint ' + spec.id + ' exists already');
+    const want = spec.file;
+    const tail = '/' + want.replace(/^(\.\/)+/, '').replace(/^\/+/, '');
+    const matches = [...urls].filter((u) => {
+      const p = scriptPath(u);
+      return p === want || p.endsWith(tail);
+    });
+    if (matches.length === 0) {
+      const base = tail.slice(tail.lastIndexOf('/') + 1);
+      const near = [...urls].filter((u) => scriptPath(u).endsWith('/' + base)).slice(0, 5);
+      throw new Error('no loaded script matches "' + want + '" (' + urls.size +
+        ' scripts loaded' + (near.length ? '; same file name: ' + near.join(', ') : '') +
+        '). Is the module loaded yet?');
+    }
+    if (matches.length > 1) {
+      throw new Error('"' + want + '" matches ' + matches.length + ' loaded scripts: ' +
+        matches.slice(0, 10).join(', ') + '. Give more of the path.');
+    }
+    // Syntax errors surface here, not silently at every hit.
+    try { new Function('const __t = null; ' + spec.block); } catch (e) {
+      throw new Error('the template or condition does not compile: ' + e.message);
+    }
+    const column = spec.column ? spec.column - 1 : null;
+    const key = matches[0] + '|' + (spec.line - 1) + '|' + column;
+    const lp = {
+      id: spec.id,
+      key,
+      block: spec.block,
+      template: spec.template,
+      condition: spec.condition,
+      hits: 0,
+      emitted: 0,
+      dropped: 0,
+      pendingDropped: 0,
+      winStart: 0,
+      winCount: 0,
+      maxHits: spec.maxHits,
+      rate: spec.rate,
+      expiresAt: Date.now() + spec.ttlMs,
+      timer: null,
+    };
+    const old = bps.get(key);
+    const bp = old ? { ...old, ids: [...old.ids, lp.id] }
+      : { url: matches[0], line: spec.line - 1, column, ids: [lp.id], id: null, loc: null };
+    lps.set(lp.id, lp);
+    let res;
+    try {
+      if (old) post('Debugger.removeBreakpoint', { breakpointId: old.id });
+      res = setBreakpoint(bp);
       if (!res.locations || res.locations.length === 0) {
         post('Debugger.removeBreakpoint', { breakpointId: res.breakpointId });
         throw new Error('no code at or after ' + want + ':' + spec.line +
           ' where a logpoint can stop');
       }
-      const loc = res.locations[0];
-      const lp = {
-        id: spec.id,
-        url: matches[0],
-        line: loc.lineNumber + 1,
-        column: loc.columnNumber + 1,
-        template: spec.template,
-        condition: spec.condition,
-        bp: res.breakpointId,
-        hits: 0,
-        emitted: 0,
-        dropped: 0,
-        pendingDropped: 0,
-        winStart: 0,
-        winCount: 0,
-        maxHits: spec.maxHits,
-        rate: spec.rate,
-        expiresAt: Date.now() + spec.ttlMs,
-        timer: null,
-      };
-      lp.loc = scriptPath(lp.url) + ':' + lp.line + ':' + lp.column;
-      lp.timer = setTimeout(() => T.rm([lp.id]), spec.ttlMs);
-      lp.timer.unref();
-      lps.set(lp.id, lp);
-      return describe(lp);
+    } catch (e) {
+      lps.delete(lp.id);
+      if (old) {
+        try { old.id = setBreakpoint(old).breakpointId; } catch (e2) { bps.delete(key); }
+      }
+      throw e;
+    }
+    const loc = res.locations[0];
+    bp.id = res.breakpointId;
+    bp.loc = { line: loc.lineNumber + 1, column: loc.columnNumber + 1 };
+    bps.set(key, bp);
+    lp.url = bp.url;
+    lp.line = bp.loc.line;
+    lp.column = bp.loc.column;
+    lp.loc = scriptPath(lp.url) + ':' + lp.line + ':' + lp.column;
+    lp.timer = setTimeout(() => T.rm([lp.id]), spec.ttlMs);
+    lp.timer.unref();
+    return describe(lp);
+  };
+
+  const removeOne = (lp) => {
+    clearTimeout(lp.timer);
+    lps.delete(lp.id);
+    const bp = bps.get(lp.key);
+    if (!bp) return;
+    try { post('Debugger.removeBreakpoint', { breakpointId: bp.id }); } catch (e) {}
+    bp.ids = bp.ids.filter((id) => id !== lp.id);
+    if (bp.ids.length === 0) {
+      bps.delete(lp.key);
+    } else {
+      try { bp.id = setBreakpoint(bp).breakpointId; } catch (e) {}
+    }
+  };
+
+  const teardown = () => {
+    try { post('Debugger.disable'); } catch (e) {}
+    session.disconnect();
+    try { fs.closeSync(fd); } catch (e) {}
+    try { fs.unlinkSync(file); } catch (e) {}
+    delete globalThis.__tracer;
+  };
+
+  const T = {
+    version: VERSION,
+    file,
+
+    add(spec) {
+      try {
+        return addOne(spec);
+      } catch (e) {
+        // A failed first add leaves nothing behind either.
+        if (lps.size === 0) teardown();
+        throw e;
+      }
     },
 
     list() {
@@ -161,18 +222,10 @@ function (require) {
       for (const id of ids === null ? [...lps.keys()] : ids) {
         const lp = lps.get(id);
         if (!lp) continue;
-        clearTimeout(lp.timer);
-        try { post('Debugger.removeBreakpoint', { breakpointId: lp.bp }); } catch (e) {}
-        lps.delete(id);
+        removeOne(lp);
         removed.push(describe(lp));
       }
-      if (lps.size === 0) {
-        try { post('Debugger.disable'); } catch (e) {}
-        session.disconnect();
-        try { fs.closeSync(fd); } catch (e) {}
-        try { fs.unlinkSync(file); } catch (e) {}
-        delete globalThis.__tracer;
-      }
+      if (lps.size === 0) teardown();
       return { removed, remaining: lps.size, write_errors: writeErrors };
     },
 

@@ -186,27 +186,23 @@ pub fn template_literal(template: &str) -> Result<String> {
     Ok(out)
 }
 
-/// The breakpoint condition that implements a logpoint: user condition,
-/// caps, render, emit, and always `false` (never pause).
-pub fn condition_expression(id: &str, template: &str, condition: Option<&str>) -> Result<String> {
+/// The statement a logpoint adds to its location's breakpoint condition
+/// (injected.js composes one per logpoint there; the condition always
+/// returns false, so nothing pauses): the user's condition, the caps, the
+/// rendering and the hand-off. `__t` is tracer's global.
+pub fn logpoint_block(id: &str, template: &str, condition: Option<&str>) -> Result<String> {
     let id = serde_json::to_string(id)?;
     let body = template_literal(template)?;
-    let mut s = String::from(
-        "(() => { const __t = globalThis.__tracer; if (__t === undefined) return false; ",
-    );
-    if let Some(c) = condition {
-        let _ = write!(
-            s,
-            "try {{ if (!(\n{c}\n)) return false; }} catch (__e) {{ return false; }} "
-        );
-    }
-    let _ = write!(
-        s,
-        "if (!__t.admit({id})) return false; let __s; try {{ __s = `{body}`; }} \
-         catch (__e) {{ __s = '<logpoint error: ' + __e + '>'; }} __t.emit({id}, __s); \
-         return false; }})()"
-    );
-    Ok(s)
+    let test = match condition {
+        // On its own lines: a `//` comment in it cannot swallow the rest.
+        Some(c) => format!("try {{ __ok = !!(\n{c}\n); }} catch (__e) {{ __ok = false; }} "),
+        None => String::new(),
+    };
+    Ok(format!(
+        "{{ let __ok = true; {test}if (__ok && __t.admit({id})) {{ let __s; \
+         try {{ __s = `{body}`; }} catch (__e) {{ __s = '<logpoint error: ' + __e + '>'; }} \
+         __t.emit({id}, __s); }} }}"
+    ))
 }
 
 fn new_id() -> String {
@@ -324,10 +320,10 @@ fn add(a: &AddArgs) -> Vec<(u32, Result<Report>)> {
         }
         let loc = parse_location(&a.location)?;
         let id = new_id();
-        let expression = condition_expression(&id, &a.template, a.condition.as_deref())?;
-        Ok((loc, id, expression))
+        let block = logpoint_block(&id, &a.template, a.condition.as_deref())?;
+        Ok((loc, id, block))
     })();
-    let (loc, id, expression) = match prepared {
+    let (loc, id, block) = match prepared {
         Ok(p) => p,
         Err(e) => return vec![(a.pids.first().copied().unwrap_or(0), Err(e))],
     };
@@ -338,7 +334,7 @@ fn add(a: &AddArgs) -> Vec<(u32, Result<Report>)> {
         "column": loc.column,
         "template": a.template,
         "condition": a.condition,
-        "expression": expression,
+        "block": block,
         "maxHits": a.max_hits,
         "rate": a.rate,
         "ttlMs": a.ttl.as_millis() as u64,
