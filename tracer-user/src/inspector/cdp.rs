@@ -108,18 +108,6 @@ impl Cdp {
         }
     }
 
-    /// Sends `method` without waiting for an answer (used for
-    /// `process._debugEnd()`, which may close the connection first).
-    pub async fn send_only(&mut self, method: &str, params: Value) -> Result<()> {
-        let id = self.next_id;
-        self.next_id += 1;
-        let msg = json!({ "id": id, "method": method, "params": params });
-        self.ws
-            .send(Message::text(msg.to_string()))
-            .await
-            .with_context(|| format!("sending {method} to the inspector"))
-    }
-
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;
     }

@@ -86,7 +86,10 @@ pub async fn evaluate(cdp: &mut Cdp, expression: &str, timeout: Duration) -> Res
         "objectGroup": OBJECT_GROUP,
         "timeout": timeout.as_millis() as u64,
     });
-    let r = match tokio::time::timeout(timeout, cdp.call("Runtime.evaluate", params)).await {
+    // V8 stops synchronous code at `timeout` and answers; the grace lets
+    // that answer arrive.
+    let wait = timeout + Duration::from_secs(2);
+    let r = match tokio::time::timeout(wait, cdp.call("Runtime.evaluate", params)).await {
         Ok(r) => r?,
         Err(_) => bail!(
             "no result within {} (an awaited promise may still be running in the process)",

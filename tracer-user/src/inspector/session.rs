@@ -37,6 +37,12 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 const LOCK_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long node may take to close the port after `process._debugEnd()`.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Closes the port a moment later, from a timer: calling
+/// `process._debugEnd()` inside the session's own request makes node answer
+/// on a session it already destroyed and crash (SIGSEGV; seen here on node
+/// 20, nodejs/node#18761). By the time the timer fires tracer has
+/// disconnected.
+const CLOSE_EXPRESSION: &str = "void setTimeout(() => process._debugEnd(), 50).unref()";
 
 /// How the inspector was found and what tracer does with it afterwards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,6 +140,9 @@ where
         }
     };
     let result = connect_and_run(target, state, op).await;
+    if !target.alive() {
+        let _ = std::fs::remove_file(&marker);
+    }
     let closed = match state {
         PortState::AlreadyOpen => Ok(()),
         PortState::OpenedByTracer | PortState::LeftOpenByTracer => {
@@ -177,22 +186,24 @@ where
         _ = sigterm.recv() => Err(anyhow!("terminated (the operation was abandoned)")),
     };
     if state != PortState::AlreadyOpen {
-        // Closing the port also ends this connection.
-        let _ = conn
-            .send_only(
-                "Runtime.evaluate",
-                json!({ "expression": "process._debugEnd()" }),
-            )
-            .await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), schedule_close(&mut conn)).await;
     }
     conn.close().await;
-    result.map_err(|e| {
-        if target.alive() {
-            e
-        } else {
-            e.context(format!("PID {} exited during the operation", target.pid))
+    match result {
+        Ok(v) => Ok(v),
+        Err(e) => {
+            // A process on its way out breaks the connection first.
+            for _ in 0..50 {
+                if !target.alive() {
+                    return Err(
+                        e.context(format!("PID {} exited during the operation", target.pid))
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e)
         }
-    })
+    }
 }
 
 async fn open_with_sigusr1(target: &Target) -> Result<()> {
@@ -231,9 +242,9 @@ async fn open_with_sigusr1(target: &Target) -> Result<()> {
     }
 }
 
-/// Closes a port tracer opened. `process._debugEnd()` was sent on the
+/// Closes a port tracer opened. The close was scheduled on the
 /// operation's connection; if the port is still open (the connection
-/// broke first), a fresh connection sends it again.
+/// broke first), a fresh connection schedules it again.
 async fn close_port(target: &Target) -> Result<()> {
     let port = target.inspect_port;
     let started = Instant::now();
@@ -248,12 +259,7 @@ async fn close_port(target: &Target) -> Result<()> {
                 && let Ok(url) = cdp::debugger_url(addr, port).await
                 && let Ok(mut c) = Cdp::connect(&url).await
             {
-                let _ = c
-                    .send_only(
-                        "Runtime.evaluate",
-                        json!({ "expression": "process._debugEnd()" }),
-                    )
-                    .await;
+                let _ = tokio::time::timeout(Duration::from_secs(2), schedule_close(&mut c)).await;
                 c.close().await;
             }
         }
@@ -267,6 +273,15 @@ async fn close_port(target: &Target) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+async fn schedule_close(conn: &mut Cdp) -> Result<()> {
+    conn.call(
+        "Runtime.evaluate",
+        json!({ "expression": CLOSE_EXPRESSION, "silent": true }),
+    )
+    .await
+    .map(|_| ())
 }
 
 /// An exclusive flock on the namespace's lock file, released on drop.
