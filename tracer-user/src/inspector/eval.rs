@@ -90,6 +90,12 @@ pub async fn evaluate(cdp: &mut Cdp, expression: &str, timeout: Duration) -> Res
     // that answer arrive.
     let wait = timeout + Duration::from_secs(2);
     let r = match tokio::time::timeout(wait, cdp.call("Runtime.evaluate", params)).await {
+        Ok(Err(e))
+            if e.downcast_ref::<cdp::CdpError>()
+                .is_some_and(|c| c.message.contains("Execution was terminated")) =>
+        {
+            bail!("stopped at the deadline (--timeout): it was still running")
+        }
         Ok(r) => r?,
         Err(_) => bail!(
             "no result within {} (an awaited promise may still be running in the process)",

@@ -84,12 +84,16 @@ impl Target {
         })
     }
 
-    /// Whether the process still exists and is the same one.
+    /// Whether the process still runs and is the same one (an exited
+    /// process waiting to be reaped is a zombie, not alive).
     pub fn alive(&self) -> bool {
-        std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
-            .ok()
-            .and_then(|s| parse_start_time(&s))
-            == Some(self.start_time)
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)) else {
+            return false;
+        };
+        let state = stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().next());
+        !matches!(state, Some("Z" | "X")) && parse_start_time(&stat) == Some(self.start_time)
     }
 
     /// TCP sockets this process listens on: (address, port).
