@@ -209,12 +209,12 @@ where
 async fn open_with_sigusr1(target: &Target) -> Result<()> {
     let pid = target.pid;
     let port = target.inspect_port;
-    // SAFETY: kill has no memory-safety preconditions. Target::inspect
-    // checked that this is a node process that catches SIGUSR1, and the
-    // start time below that the pid still names it.
     if !target.alive() {
         bail!("PID {pid} exited before its inspector could be opened");
     }
+    // SAFETY: kill has no memory-safety preconditions. Target::inspect
+    // checked that this is a node process that catches SIGUSR1, and
+    // alive() just now that the pid still names it.
     let rc = unsafe { libc::kill(pid as libc::pid_t, libc::SIGUSR1) };
     if rc != 0 {
         return Err(std::io::Error::last_os_error())
