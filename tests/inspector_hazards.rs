@@ -285,3 +285,68 @@ fn a_target_exiting_mid_operation_is_a_clear_error() {
     assert_eq!(status.code(), Some(3));
     let _ = std::fs::remove_file(&audit);
 }
+
+#[test]
+fn repl_multiline_history_and_ctrl_c() {
+    if !require_root("repl_multiline_history_and_ctrl_c") {
+        return;
+    }
+    let ns = Netns::new("repl");
+    let audit = audit_log("repl");
+    let home = common::TempDir::new("repl-home");
+    let (node, port) = ns.start_node("logpoint_server.js", &[], &[]);
+    let port: u16 = port.parse().unwrap();
+    let pid = node.pid();
+    let mut cmd = Command::new(TRACER);
+    cmd.args(["repl", "--pid", &pid.to_string()])
+        .env("TRACER_AUDIT_LOG", &audit)
+        .env("HOME", home.path());
+    let mut repl = Proc::spawn("tracer repl", cmd, true);
+    let t = Duration::from_secs(20);
+    repl.stderr
+        .wait_for("the connected line", t, |l| l.contains("connected to PID"));
+    assert!(ns.port_open(INSPECTOR_PORT), "open for the session");
+    for line in [
+        "1 + 1",
+        "let x = 5",
+        "function f(a) {",
+        "  return a + x;",
+        "}",
+        "f(2)",
+    ] {
+        repl.send_line(line);
+    }
+    let out = repl.stdout.as_mut().unwrap();
+    out.wait_for("f(2)", t, |l| l == "7");
+    assert_eq!(out.seen(), ["2", "undefined", "undefined", "7"]);
+    // Ctrl-C stops waiting for a long evaluation; the session goes on.
+    repl.send_line("await new Promise(r => setTimeout(r, 20000))");
+    std::thread::sleep(Duration::from_millis(500));
+    repl.signal(libc::SIGINT);
+    let out = repl.stdout.as_mut().unwrap();
+    out.wait_for("the cancel note", t, |l| l.starts_with("(cancelled"));
+    repl.send_line("process.pid");
+    let out = repl.stdout.as_mut().unwrap();
+    out.wait_for("the pid", t, |l| l == pid.to_string());
+    repl.send_line(".exit");
+    let status = repl.expect_exit(t);
+    assert!(status.success(), "{status}");
+    assert!(
+        !ns.port_open(INSPECTOR_PORT),
+        "closed when the session ends"
+    );
+    assert!(alive(pid));
+    assert_eq!(ns.get(port, "/orders/r1?qty=1"), r#"{"id":"r1","total":3}"#);
+    let history =
+        std::fs::read_to_string(home.path().join(".tracer_repl_history")).expect("history saved");
+    assert!(history.contains("function f(a) {\n"), "{history}");
+    let audited = std::fs::read_to_string(&audit).unwrap();
+    assert_eq!(
+        audited
+            .matches(r#""op":"repl.eval","phase":"begin""#)
+            .count(),
+        6,
+        "{audited}"
+    );
+    let _ = std::fs::remove_file(&audit);
+}

@@ -19,6 +19,7 @@ enum Command {
     Verify(tracer_user::verify::VerifyArgs),
     Logpoint(tracer_user::inspector::logpoint::LogpointArgs),
     Eval(tracer_user::inspector::eval::EvalArgs),
+    Repl(tracer_user::inspector::repl::ReplArgs),
     #[command(flatten)]
     Cluster(tracer_user::aggregator::ClusterCommand),
 }
@@ -35,7 +36,8 @@ fn main() -> std::process::ExitCode {
         | Command::Demo(_)
         | Command::Verify(_)
         | Command::Logpoint(_)
-        | Command::Eval(_) => tokio::runtime::Builder::new_current_thread(),
+        | Command::Eval(_)
+        | Command::Repl(_) => tokio::runtime::Builder::new_current_thread(),
         Command::Cluster(_) => {
             let mut b = tokio::runtime::Builder::new_multi_thread();
             b.worker_threads(2);
@@ -62,6 +64,9 @@ fn main() -> std::process::ExitCode {
                 .await
                 .map(|()| Outcome::Complete),
             Command::Eval(args) => tracer_user::inspector::eval::run(args)
+                .await
+                .map(|()| Outcome::Complete),
+            Command::Repl(args) => tracer_user::inspector::repl::run(args)
                 .await
                 .map(|()| Outcome::Complete),
             Command::Cluster(cmd) => tracer_user::aggregator::run(cmd)

@@ -64,6 +64,16 @@ where
     F: AsyncFnOnce(&mut Cdp, PortState) -> Result<T> + Send + 'static,
     T: Send + 'static,
 {
+    with_inspector_on(target, true, op)
+}
+
+/// Like [`with_inspector`]; with `ctrl_c_ends` false, SIGINT is left to
+/// `op` (the REPL cancels one evaluation with it, not the session).
+pub fn with_inspector_on<T, F>(target: &Target, ctrl_c_ends: bool, op: F) -> Result<T>
+where
+    F: AsyncFnOnce(&mut Cdp, PortState) -> Result<T> + Send + 'static,
+    T: Send + 'static,
+{
     let target = target.clone();
     let pid = target.pid;
     std::thread::Builder::new()
@@ -74,7 +84,7 @@ where
                 .enable_all()
                 .build()
                 .context("starting the inspector thread's runtime")?;
-            rt.block_on(run(&target, op))
+            rt.block_on(run(&target, ctrl_c_ends, op))
         })
         .context("starting the inspector thread")?
         .join()
@@ -108,7 +118,7 @@ fn enter_netns_of(target: &Target) -> Result<()> {
     Ok(())
 }
 
-async fn run<T, F>(target: &Target, op: F) -> Result<T>
+async fn run<T, F>(target: &Target, ctrl_c_ends: bool, op: F) -> Result<T>
 where
     F: AsyncFnOnce(&mut Cdp, PortState) -> Result<T>,
 {
@@ -139,7 +149,7 @@ where
             PortState::OpenedByTracer
         }
     };
-    let result = connect_and_run(target, state, op).await;
+    let result = connect_and_run(target, state, ctrl_c_ends, op).await;
     if !target.alive() {
         let _ = std::fs::remove_file(&marker);
     }
@@ -160,7 +170,12 @@ where
     }
 }
 
-async fn connect_and_run<T, F>(target: &Target, state: PortState, op: F) -> Result<T>
+async fn connect_and_run<T, F>(
+    target: &Target,
+    state: PortState,
+    ctrl_c_ends: bool,
+    op: F,
+) -> Result<T>
 where
     F: AsyncFnOnce(&mut Cdp, PortState) -> Result<T>,
 {
@@ -182,7 +197,7 @@ where
         .context("handling SIGTERM")?;
     let result = tokio::select! {
         r = op(&mut conn, state) => r,
-        _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted (the operation was abandoned)")),
+        _ = interrupted(ctrl_c_ends) => Err(anyhow!("interrupted (the operation was abandoned)")),
         _ = sigterm.recv() => Err(anyhow!("terminated (the operation was abandoned)")),
     };
     if state != PortState::AlreadyOpen {
@@ -203,6 +218,15 @@ where
             }
             Err(e)
         }
+    }
+}
+
+/// Resolves on SIGINT when it ends the operation; never otherwise.
+async fn interrupted(ctrl_c_ends: bool) {
+    if ctrl_c_ends {
+        let _ = tokio::signal::ctrl_c().await;
+    } else {
+        std::future::pending::<()>().await;
     }
 }
 
