@@ -416,3 +416,91 @@ fn logpoint_errors_are_clear_and_leave_nothing() {
     assert_closed(&ns, "after failed operations");
     let _ = std::fs::remove_file(&audit);
 }
+
+/// Under concurrent load (4 clients, 200 requests, uncapped): exactly one
+/// `logpoint` event per request, each with its own request's values, and a
+/// `req_id` only when it is that request's (never another one's).
+#[test]
+fn logpoint_under_concurrent_load_is_exact() {
+    if !require_root("logpoint_under_concurrent_load_is_exact") {
+        return;
+    }
+    const CLIENTS: usize = 4;
+    const PER_CLIENT: usize = 50;
+    let ns = Netns::new("load");
+    let audit = audit_log("load");
+    let (_node, port) = ns.start_node("logpoint_server.js", &[], &[]);
+    let port: u16 = port.parse().expect("READY <port>");
+    let pid = _node.pid();
+    let mut tracer = Tracer::attach(&[pid], &["--duration", "120"]);
+    add_json(
+        &audit,
+        pid,
+        &[
+            "logpoint_server.js:25",
+            "${order.id} ${req.url}",
+            "--rate",
+            "100000",
+        ],
+    );
+    std::thread::scope(|s| {
+        for c in 0..CLIENTS {
+            let ns = &ns;
+            s.spawn(move || {
+                for i in 0..PER_CLIENT {
+                    let id = format!("l{c}x{i}");
+                    let body = ns.get(port, &format!("/orders/{id}?qty={i}"));
+                    assert_eq!(body, format!(r#"{{"id":"{id}","total":{}}}"#, 3 * i));
+                }
+            });
+        }
+    });
+    let total = CLIENTS * PER_CLIENT;
+    let count = |ev: &[Value], kind: &str| {
+        ev.iter()
+            .filter(|e| e["kind"] == kind && e["pid"] == pid && e["side"] != "client")
+            .count()
+    };
+    assert!(
+        tracer.wait_events(Duration::from_secs(60), |ev| {
+            count(ev, "logpoint") >= total && count(ev, "http") >= total
+        }),
+        "{total} logpoint and http events expected"
+    );
+    tracer_ok(
+        &audit,
+        &["logpoint", "rm", "--pid", &pid.to_string(), "--all"],
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    tracer.interrupt();
+    let run = tracer.finish(Duration::from_secs(30));
+
+    let mut texts: Vec<String> = run
+        .of("logpoint", pid)
+        .iter()
+        .map(|e| e["text"].as_str().unwrap().to_owned())
+        .collect();
+    texts.sort();
+    let mut want: Vec<String> = (0..CLIENTS)
+        .flat_map(|c| (0..PER_CLIENT).map(move |i| format!("l{c}x{i} /orders/l{c}x{i}?qty={i}")))
+        .collect();
+    want.sort();
+    assert_eq!(texts, want, "one event per request, exact text");
+    let http = run.of("http", pid);
+    let mut tied = 0;
+    for e in run.of("logpoint", pid) {
+        let Some(req_id) = e["req_id"].as_str() else {
+            continue;
+        };
+        let url = e["text"].as_str().unwrap().split(' ').nth(1).unwrap();
+        let owner: Vec<&&Value> = http.iter().filter(|h| h["req_id"] == req_id).collect();
+        assert_eq!(owner.len(), 1, "req_id {req_id} names one request: {e}");
+        assert_eq!(
+            owner[0]["path"], url,
+            "a req_id is never another request's: {e}"
+        );
+        tied += 1;
+    }
+    eprintln!("{tied} of {total} logpoint lines tied to their request under load");
+    let _ = std::fs::remove_file(&audit);
+}
