@@ -11,7 +11,10 @@
 //! - two node processes in one namespace, evaluated at once, many times:
 //!   every evaluation succeeds in the right process (no "address in use");
 //! - tracer SIGKILLed while the port is open: the next run closes it;
-//! - a target that exits mid-operation: a clear error, no hang.
+//! - tracer interrupted (Ctrl-C) while the port is open: it closes it;
+//! - a target that exits mid-operation: a clear error, no hang;
+//! - `tracer repl`: multi-line input, history, Ctrl-C cancels one
+//!   evaluation, the port closed when the session ends.
 //!
 //! Needs root (SIGUSR1 to other processes, setns).
 
@@ -348,5 +351,52 @@ fn repl_multiline_history_and_ctrl_c() {
         6,
         "{audited}"
     );
+    let _ = std::fs::remove_file(&audit);
+}
+
+#[test]
+fn ctrl_c_mid_operation_still_closes_the_port() {
+    if !require_root("ctrl_c_mid_operation_still_closes_the_port") {
+        return;
+    }
+    let ns = Netns::new("sigint");
+    let audit = audit_log("sigint");
+    let (node, port) = ns.start_node("logpoint_server.js", &[], &[]);
+    let port: u16 = port.parse().unwrap();
+    let pid = node.pid();
+    let mut cmd = Command::new(TRACER);
+    cmd.args([
+        "eval",
+        "--pid",
+        &pid.to_string(),
+        "await new Promise(r => setTimeout(r, 20000))",
+    ])
+    .env("TRACER_AUDIT_LOG", &audit);
+    let mut slow = Proc::spawn("tracer eval", cmd, true);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ns.port_open(INSPECTOR_PORT) {
+        assert!(Instant::now() < deadline, "the port never opened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    slow.signal(libc::SIGINT);
+    let status = slow.expect_exit(Duration::from_secs(10));
+    assert!(!status.success());
+    slow.stderr
+        .wait_for("the interrupted error", Duration::from_secs(5), |l| {
+            l.contains("interrupted")
+        });
+    assert!(!ns.port_open(INSPECTOR_PORT), "closed on the way out");
+    let markers = std::fs::read_dir("/run/tracer/inspector")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("open-{pid}-"))
+        })
+        .count();
+    assert_eq!(markers, 0, "no marker left for a port that is closed");
+    assert_eq!(ns.get(port, "/orders/i1?qty=1"), r#"{"id":"i1","total":3}"#);
     let _ = std::fs::remove_file(&audit);
 }

@@ -11,7 +11,10 @@
 //! - the rate cap, `--condition`, `--max-hits`, `--ttl`, two logpoints on
 //!   one line;
 //! - clear errors: no matching script, several, no code at the line, a
-//!   template or condition that does not compile; none leaves anything.
+//!   template or condition that does not compile; none leaves anything;
+//! - `--match` selects processes by command line;
+//! - under concurrent load: one event per request, exact text, a req_id
+//!   only when it is that request's.
 //!
 //! Needs root (BPF for `tracer attach`; SIGUSR1, setns for the rest).
 
@@ -370,7 +373,8 @@ fn logpoint_errors_are_clear_and_leave_nothing() {
     }
     let ns = Netns::new("errors");
     let audit = audit_log("errors");
-    let (node, _) = ns.start_node("logpoint_server.js", &[], &[]);
+    let tag = format!("--tag=lp-errors-{}", std::process::id());
+    let (node, _) = ns.start_node("logpoint_server.js", &[], &[&tag]);
     let pid = node.pid();
     let pid_s = pid.to_string();
     let add = |args: &[&str]| {
@@ -407,6 +411,23 @@ fn logpoint_errors_are_clear_and_leave_nothing() {
     );
     assert!(ok.contains(&format!("{}:3:", a.display())), "{ok}");
     tracer_ok(&audit, &["logpoint", "rm", "--pid", &pid_s, "--all"]);
+
+    // --match selects by command line, like the agent.
+    let out = tracer_ok(
+        &audit,
+        &["logpoint", "list", "--match", &tag[2..], "--json"],
+    );
+    let v: Value = serde_json::from_str(out.trim()).expect("one JSON line");
+    assert_eq!(
+        (&v["pid"], &v["ok"]),
+        (&Value::from(pid), &Value::from(true)),
+        "{v}"
+    );
+    let e = tracer_err(
+        &audit,
+        &["logpoint", "list", "--match", "no-such-process-xyz"],
+    );
+    assert!(e.contains("matches no running node process"), "{e}");
 
     assert_eq!(
         eval_value(&audit, pid, "typeof globalThis.__tracer"),

@@ -29,6 +29,19 @@ function (require) {
   const MAX_FILE_BYTES = 1 << 20;
   const MAX_TEXT = 4096;
 
+  const dir = fs.existsSync('/dev/shm') ? '/dev/shm' : os.tmpdir();
+  const file = path.join(dir, 'tracer-logpoints-' + process.pid + '.jsonl');
+  // Never through a symlink someone planted in a shared directory, and
+  // only a plain file of this process's own user.
+  const { O_WRONLY, O_APPEND, O_CREAT, O_NOFOLLOW } = fs.constants;
+  const fd = fs.openSync(file, O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW, 0o600);
+  const st = fs.fstatSync(fd);
+  if (!st.isFile() || st.nlink !== 1 || st.uid !== process.getuid()) {
+    fs.closeSync(fd);
+    throw new Error(file + ' exists and is not a plain file of this process\'s user; ' +
+      'remove it and retry');
+  }
+
   const session = new inspector.Session();
   session.connect();
   const urls = new Set();
@@ -48,9 +61,6 @@ function (require) {
   // program must not stop it because tracer's session is attached).
   post('Debugger.setSkipAllPauses', { skip: true });
 
-  const dir = fs.existsSync('/dev/shm') ? '/dev/shm' : os.tmpdir();
-  const file = path.join(dir, 'tracer-logpoints-' + process.pid + '.jsonl');
-  const fd = fs.openSync(file, 'a', 0o600);
   let fileBytes = 0;
   let writeErrors = 0;
   const lps = new Map();

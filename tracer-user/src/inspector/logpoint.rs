@@ -26,6 +26,7 @@ Examples:
   tracer logpoint add --pid 4242 routes/orders.js:57 'order ${order.id} total=${total}'
   tracer logpoint add --pid 4242 app.js:12:9 'slow ${ms}ms' --condition 'ms > 100' --ttl 10m
   tracer logpoint list --pid 4242
+  tracer logpoint add --match 'api/server\\.js' routes/orders.js:57 'order ${order.id}'
   tracer logpoint rm --pid 4242 lp-1a2b3c4d
   tracer logpoint rm --pid 4242 --all
 
@@ -51,8 +52,15 @@ pub enum LogpointCommand {
 #[derive(Debug, Args)]
 pub struct AddArgs {
     /// Process to add it to (repeatable).
-    #[arg(long = "pid", required = true, value_name = "PID")]
+    #[arg(
+        long = "pid",
+        required_unless_present = "match_cmdline",
+        value_name = "PID"
+    )]
     pub pids: Vec<u32>,
+    /// Also every node process whose command line matches this regex.
+    #[arg(long = "match", value_name = "REGEX")]
+    pub match_cmdline: Option<String>,
     /// FILE:LINE[:COL], 1-based. FILE matches the end of a loaded script's
     /// path or URL (`routes/orders.js`, `/srv/app/routes/orders.js`).
     pub location: String,
@@ -81,8 +89,15 @@ pub struct AddArgs {
 #[derive(Debug, Args)]
 pub struct ListArgs {
     /// Process to list (repeatable).
-    #[arg(long = "pid", required = true, value_name = "PID")]
+    #[arg(
+        long = "pid",
+        required_unless_present = "match_cmdline",
+        value_name = "PID"
+    )]
     pub pids: Vec<u32>,
+    /// Also every node process whose command line matches this regex.
+    #[arg(long = "match", value_name = "REGEX")]
+    pub match_cmdline: Option<String>,
     #[arg(long)]
     pub json: bool,
 }
@@ -90,8 +105,15 @@ pub struct ListArgs {
 #[derive(Debug, Args)]
 pub struct RmArgs {
     /// Process to remove them from (repeatable).
-    #[arg(long = "pid", required = true, value_name = "PID")]
+    #[arg(
+        long = "pid",
+        required_unless_present = "match_cmdline",
+        value_name = "PID"
+    )]
     pub pids: Vec<u32>,
+    /// Also every node process whose command line matches this regex.
+    #[arg(long = "match", value_name = "REGEX")]
+    pub match_cmdline: Option<String>,
     /// Logpoint ids to remove.
     #[arg(required_unless_present = "all", conflicts_with = "all")]
     pub ids: Vec<String>,
@@ -226,9 +248,18 @@ fn call_expression(method: &str, args: &str, install: bool, absent: &str) -> Str
 pub async fn run(args: LogpointArgs) -> Result<()> {
     super::require_root("logpoint")?;
     let (results, json_out) = match args.command {
-        LogpointCommand::Add(a) => (add(&a), a.json),
-        LogpointCommand::List(a) => (list(&a), a.json),
-        LogpointCommand::Rm(a) => (rm(&a), a.json),
+        LogpointCommand::Add(mut a) => {
+            a.pids = super::select_pids(&a.pids, a.match_cmdline.as_deref())?;
+            (add(&a), a.json)
+        }
+        LogpointCommand::List(mut a) => {
+            a.pids = super::select_pids(&a.pids, a.match_cmdline.as_deref())?;
+            (list(&a), a.json)
+        }
+        LogpointCommand::Rm(mut a) => {
+            a.pids = super::select_pids(&a.pids, a.match_cmdline.as_deref())?;
+            (rm(&a), a.json)
+        }
     };
     let mut failed = 0;
     for (pid, r) in &results {

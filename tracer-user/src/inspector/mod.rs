@@ -19,7 +19,7 @@ pub mod repl;
 pub mod session;
 pub mod target;
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 use serde_json::{Value, json};
 
 use cdp::Cdp;
@@ -46,6 +46,33 @@ pub async fn evaluate_json(cdp: &mut Cdp, expression: &str) -> Result<Value> {
         bail!("{}", text.lines().next().unwrap_or(&text).to_owned());
     }
     Ok(r["result"]["value"].clone())
+}
+
+/// The processes an operation targets: the `--pid`s given, and with
+/// `--match` every node process whose command line matches (the agent's
+/// rule), each once, in pid order.
+pub fn select_pids(pids: &[u32], pattern: Option<&str>) -> Result<Vec<u32>> {
+    let mut out = pids.to_vec();
+    if let Some(pattern) = pattern {
+        let re = regex::Regex::new(pattern).context("--match is not a valid regular expression")?;
+        let scope = crate::agent::Scope {
+            cmdline: Some(re),
+            netns: None,
+        };
+        let me = std::process::id();
+        let matched: Vec<u32> = std::fs::read_dir("/proc")
+            .context("listing /proc")?
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .filter(|pid| *pid != me && scope.selects(*pid))
+            .collect();
+        if matched.is_empty() {
+            bail!("--match {pattern:?} matches no running node process");
+        }
+        out.extend(matched);
+    }
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
 }
 
 /// Refuses unless tracer runs as root: these operations run code inside
