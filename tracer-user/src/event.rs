@@ -105,6 +105,29 @@ pub enum EventData {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         signal: Option<i32>,
     },
+    /// A logpoint hit (docs/logpoints.md).
+    Logpoint {
+        /// The id `tracer logpoint add` printed.
+        id: String,
+        /// Where it fired: script path or URL, line, column (1-based).
+        location: String,
+        /// The rendered template.
+        text: String,
+        /// Hits the rate cap suppressed since the previous line.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        dropped: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req_id: Option<String>,
+    },
+    /// A line node printed on stderr about its inspector opening or
+    /// closing (not the program's own output).
+    Inspector {
+        text: String,
+    },
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
@@ -226,6 +249,8 @@ impl EventData {
             EventData::Exec { .. } => "exec",
             EventData::Lost { .. } => "lost",
             EventData::Exit { .. } => "exit",
+            EventData::Logpoint { .. } => "logpoint",
+            EventData::Inspector { .. } => "inspector",
         }
     }
 }
@@ -349,6 +374,21 @@ impl Event {
                 (Some(code), None) => write!(s, " code={code}"),
                 (None, None) => write!(s, " code=unknown"),
             },
+            EventData::Logpoint {
+                id,
+                location,
+                text,
+                dropped,
+                ..
+            } => {
+                let more = if *dropped > 0 {
+                    format!(" [{dropped} dropped]")
+                } else {
+                    String::new()
+                };
+                write!(s, " {id} {location}| {text}{more}")
+            }
+            EventData::Inspector { text } => write!(s, " node| {text}"),
         };
         s
     }

@@ -14,6 +14,7 @@ pub mod demo;
 pub mod event;
 pub mod forward;
 pub mod http;
+pub mod inspector;
 pub mod lines;
 pub mod metrics;
 pub mod options;

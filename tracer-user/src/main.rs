@@ -17,6 +17,9 @@ enum Command {
     Agent(tracer_user::agent::AgentArgs),
     Demo(tracer_user::demo::DemoArgs),
     Verify(tracer_user::verify::VerifyArgs),
+    Logpoint(tracer_user::inspector::logpoint::LogpointArgs),
+    Eval(tracer_user::inspector::eval::EvalArgs),
+    Repl(tracer_user::inspector::repl::ReplArgs),
     #[command(flatten)]
     Cluster(tracer_user::aggregator::ClusterCommand),
 }
@@ -28,9 +31,13 @@ fn main() -> std::process::ExitCode {
     // cross-thread wakeup for every hand-off (measured: most of the agent's
     // CPU). The aggregator serves many clients and stays multi-threaded.
     let builder = match cli.command {
-        Command::Attach(_) | Command::Agent(_) | Command::Demo(_) | Command::Verify(_) => {
-            tokio::runtime::Builder::new_current_thread()
-        }
+        Command::Attach(_)
+        | Command::Agent(_)
+        | Command::Demo(_)
+        | Command::Verify(_)
+        | Command::Logpoint(_)
+        | Command::Eval(_)
+        | Command::Repl(_) => tokio::runtime::Builder::new_current_thread(),
         Command::Cluster(_) => {
             let mut b = tokio::runtime::Builder::new_multi_thread();
             b.worker_threads(2);
@@ -53,6 +60,15 @@ fn main() -> std::process::ExitCode {
                 .await
                 .map(|()| Outcome::Complete),
             Command::Verify(args) => tracer_user::verify::run(args).map(|()| Outcome::Complete),
+            Command::Logpoint(args) => tracer_user::inspector::logpoint::run(args)
+                .await
+                .map(|()| Outcome::Complete),
+            Command::Eval(args) => tracer_user::inspector::eval::run(args)
+                .await
+                .map(|()| Outcome::Complete),
+            Command::Repl(args) => tracer_user::inspector::repl::run(args)
+                .await
+                .map(|()| Outcome::Complete),
             Command::Cluster(cmd) => tracer_user::aggregator::run(cmd)
                 .await
                 .map(|()| Outcome::Complete),

@@ -286,7 +286,10 @@ fn kind_slot(data: &EventData) -> Option<usize> {
         EventData::Gc { .. } => 7,
         EventData::Exec { .. } => 8,
         EventData::Exit { .. } => 9,
-        EventData::Lost { .. } => return None,
+        // Logpoint and inspector lines are counted by the summary only.
+        EventData::Lost { .. } | EventData::Logpoint { .. } | EventData::Inspector { .. } => {
+            return None;
+        }
     })
 }
 
@@ -500,7 +503,10 @@ impl Metrics {
                     .inc();
             }
             EventData::Exit { .. } => self.on_exit(event, &p),
-            EventData::Exec { .. } | EventData::Lost { .. } => {}
+            EventData::Exec { .. }
+            | EventData::Lost { .. }
+            | EventData::Logpoint { .. }
+            | EventData::Inspector { .. } => {}
         }
     }
 

@@ -439,19 +439,34 @@ impl Pipeline {
                 (StreamName::File, None)
             }
         };
+        let req_id = self.conns.req_id_for_line(line.pid, &line.text);
+        // Logpoint hits and node's inspector notices (docs/logpoints.md).
+        let special = match (&stream, &path) {
+            (StreamName::File, Some(p)) if crate::inspector::channel::is_logpoint_file(p) => {
+                crate::inspector::channel::logpoint_event(&line.text, req_id.clone())
+            }
+            (StreamName::Stderr, _)
+                if crate::inspector::channel::is_inspector_notice(&line.text) =>
+            {
+                Some(EventData::Inspector {
+                    text: line.text.clone(),
+                })
+            }
+            _ => None,
+        };
         Event {
             ts_ns: self.clock.wall_ns(line.mono_ns),
             host: self.host.clone(),
             pid: line.pid,
             tid: line.tid,
             comm: self.comm_of(line.pid, &line.comm),
-            data: EventData::Log {
+            data: special.unwrap_or(EventData::Log {
                 stream,
                 path,
-                req_id: self.conns.req_id_for_line(line.pid, &line.text),
+                req_id,
                 text: line.text,
                 truncated: line.truncated,
-            },
+            }),
         }
     }
 

@@ -72,6 +72,9 @@ pub enum Tool {
     Attach(&'static [&'static str]),
     /// `tracer agent --pid P --quiet --metrics-listen 127.0.0.1:<free> <args>`.
     Agent(Vec<String>),
+    /// A logpoint in the server during the load: `tracer logpoint add --pid
+    /// P <args>` before it, `tracer logpoint rm --pid P --all` after.
+    Logpoint(&'static [&'static str]),
     /// `bpftrace -p P` running `script(P)`; the counter `must_fire` has to be
     /// above 0 when it stops.
     Bpftrace {
@@ -82,7 +85,7 @@ pub enum Tool {
 
 impl Tool {
     fn is_tracer(&self) -> bool {
-        matches!(self, Tool::Attach(_) | Tool::Agent(_))
+        matches!(self, Tool::Attach(_) | Tool::Agent(_) | Tool::Logpoint(_))
     }
 }
 
@@ -371,8 +374,14 @@ impl Round<'_> {
     fn measure(&self, config: &Config, bt_script: Option<&Path>) -> Result<Measured> {
         thread::sleep(TEARDOWN);
         let foreign_cores = cpu::machine_busy_cores(QUIET_WINDOW)?;
+        if let Tool::Logpoint(args) = config.tool {
+            super::logpoint::add(self.pid, args)?;
+        }
         let attached = self.attach(config, bt_script)?;
         let loaded = self.load(config, attached.as_ref());
+        if let Tool::Logpoint(_) = config.tool {
+            super::logpoint::remove_all(self.pid)?;
+        }
         // Detach even when the load failed; the load's error is the one to
         // report then.
         let detached = match attached {
@@ -392,7 +401,7 @@ impl Round<'_> {
     fn attach(&self, config: &Config, bt_script: Option<&Path>) -> Result<Option<Attached>> {
         let pid = self.pid;
         Ok(Some(match &config.tool {
-            Tool::Nothing => return Ok(None),
+            Tool::Nothing | Tool::Logpoint(_) => return Ok(None),
             Tool::Attach(extra) => Attached {
                 process: tracer::attach_ready(&[pid], extra, Stdio::null())?,
                 metrics_port: None,

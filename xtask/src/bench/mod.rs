@@ -8,6 +8,7 @@ mod aggregator;
 mod bpftrace;
 mod cpu;
 mod harness;
+mod logpoint;
 mod overhead;
 mod report;
 mod tls;
@@ -58,6 +59,12 @@ pub enum BenchCommand {
     ///
     /// Results go to the terminal and to target/bench/tail.md.
     Tail(aggregator::TailArgs),
+    /// What a logpoint costs a saturated node http server: on a line that
+    /// never runs, and on the request handler (capped, and every hit
+    /// logged), with µs per hit (root).
+    ///
+    /// Results go to the terminal and to target/bench/logpoint.md.
+    Logpoint(logpoint::LogpointArgs),
 }
 
 pub fn run(command: &BenchCommand) -> Result<()> {
@@ -68,5 +75,6 @@ pub fn run(command: &BenchCommand) -> Result<()> {
         BenchCommand::Ingest(args) => aggregator::ingest(args),
         BenchCommand::Grep(args) => aggregator::grep(args),
         BenchCommand::Tail(args) => aggregator::tail(args),
+        BenchCommand::Logpoint(args) => logpoint::run_bench(args),
     }
 }
