@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod options;
 pub mod output;
 pub mod pipeline;
+pub mod probe;
 pub mod reassembly;
 pub mod retransmits;
 pub mod runner;

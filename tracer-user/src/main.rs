@@ -15,6 +15,7 @@ enum Command {
     Attach(tracer_user::attach::AttachArgs),
     Agent(tracer_user::agent::AgentArgs),
     Demo(tracer_user::demo::DemoArgs),
+    Probe(tracer_user::probe::ProbeArgs),
     #[command(flatten)]
     Cluster(tracer_user::aggregator::ClusterCommand),
 }
@@ -26,7 +27,7 @@ fn main() -> std::process::ExitCode {
     // cross-thread wakeup for every hand-off (measured: most of the agent's
     // CPU). The aggregator serves many clients and stays multi-threaded.
     let builder = match cli.command {
-        Command::Attach(_) | Command::Agent(_) | Command::Demo(_) => {
+        Command::Attach(_) | Command::Agent(_) | Command::Demo(_) | Command::Probe(_) => {
             tokio::runtime::Builder::new_current_thread()
         }
         Command::Cluster(_) => {
@@ -48,6 +49,7 @@ fn main() -> std::process::ExitCode {
             Command::Attach(args) => tracer_user::attach::run(args).await,
             Command::Agent(args) => tracer_user::agent::run(args).await,
             Command::Demo(args) => tracer_user::demo::run(args).await,
+            Command::Probe(args) => tracer_user::probe::run(args).await,
             Command::Cluster(cmd) => tracer_user::aggregator::run(cmd).await,
         }
     });

@@ -286,7 +286,8 @@ fn kind_slot(data: &EventData) -> Option<usize> {
         EventData::Gc { .. } => 7,
         EventData::Exec { .. } => 8,
         EventData::Exit { .. } => 9,
-        EventData::Lost { .. } => return None,
+        // Ad-hoc probes (`tracer probe`) carry their own counts.
+        EventData::Lost { .. } | EventData::Probe(_) => return None,
     })
 }
 
@@ -500,7 +501,7 @@ impl Metrics {
                     .inc();
             }
             EventData::Exit { .. } => self.on_exit(event, &p),
-            EventData::Exec { .. } | EventData::Lost { .. } => {}
+            EventData::Exec { .. } | EventData::Lost { .. } | EventData::Probe(_) => {}
         }
     }
 

@@ -89,7 +89,8 @@ pub const COLLECT_GARBAGE: SymbolMatch =
     SymbolMatch::Prefix("_ZN2v88internal4Heap14CollectGarbageE");
 
 /// The eBPF object, embedded at build time (tracer-user/build.rs).
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
+pub(crate) static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
 
 pub struct Capture {
     ebpf: Ebpf,
