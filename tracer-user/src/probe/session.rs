@@ -84,6 +84,9 @@ struct SiteInfo {
     /// Argument indexes that are strings, with their slot (1-based).
     str_slots: Vec<(usize, usize)>,
     nargs: usize,
+    /// Argument indexes whose values are unsigned 64-bit (reported as
+    /// u64; every other integer is sign-extended by the kernel or fits).
+    unsigned64: Vec<usize>,
     /// Counted sites report aggregates (count mode; latency return sites).
     aggregated: bool,
 }
@@ -256,7 +259,14 @@ impl Session {
                     site_map
                         .insert(cookie, value, 0)
                         .context("writing PROBE_SITES")?;
+                    let unsigned64 = args
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, a)| a.size == 8 && a.signed == 0)
+                        .map(|(i, _)| i)
+                        .collect();
                     sites.push(SiteInfo {
+                        unsigned64,
                         probe_id,
                         object: site.object.clone(),
                         point: site.point.clone(),
@@ -408,7 +418,9 @@ impl Session {
                         serde_json::Value::String(String::from_utf8_lossy(&text[..end]).into())
                     }
                 }
-                // The kernel sign-extended signed values into the u64.
+                None if site.unsigned64.contains(&i) => serde_json::Value::from(raw),
+                // The kernel sign-extended signed values into the u64, and
+                // zero-extended narrower unsigned ones (which fit an i64).
                 None => serde_json::Value::from(raw as i64),
             };
             args.push(value);

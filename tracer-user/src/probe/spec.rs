@@ -243,7 +243,7 @@ fn resolve_usdt(pid: u32, spec: &ProbeSpec) -> Result<Vec<ResolvedSite>> {
     let where_ = spec
         .object
         .as_deref()
-        .map_or_else(|| "of its objects".to_string(), |o| format!("`{o}`"));
+        .map_or_else(|| "the objects".to_string(), |o| format!("`{o}`"));
     if all.is_empty() {
         bail!(
             "probe `{}`: no USDT points in {where_} of PID {pid} (no .note.stapsdt)",
