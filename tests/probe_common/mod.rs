@@ -75,7 +75,10 @@ impl ProbeRun {
             "tracer probe add failed ({status}):\n{}",
             self.proc.stderr.tail(40)
         );
+        // Shown when a test fails (cargo prints a failed test's output).
+        eprintln!("tracer probe add stderr:\n{}", self.proc.stderr.tail(20));
         let out = self.proc.stdout.as_ref().expect("stdout is piped");
+        eprintln!("tracer probe add stdout:\n{}", out.tail(20));
         out.seen()
             .iter()
             .map(|l| {
