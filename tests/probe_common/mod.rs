@@ -157,7 +157,9 @@ impl Bpftrace {
     /// Starts `bpftrace -p PID -e PROGRAM` and waits until it attached.
     pub fn start(pid: u32, program: &str) -> Self {
         let mut cmd = Command::new("bpftrace");
-        cmd.args(["-p", &pid.to_string(), "-e", program]);
+        // str() copies 64 bytes by default; test paths are longer.
+        cmd.args(["-p", &pid.to_string(), "-e", program])
+            .env("BPFTRACE_STRLEN", "200");
         let mut proc = Proc::spawn("bpftrace", cmd, true);
         proc.stdout.as_mut().expect("stdout is piped").wait_for(
             "bpftrace's Attaching line",
