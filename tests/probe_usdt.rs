@@ -12,7 +12,7 @@ use std::process::Command;
 use common::{Proc, TempDir, require_root, wait_ready_line};
 use probe_common::{
     Bpftrace, ProbeRun, args_of, build_usdt_target, count_of, of_point, probe_add_error,
-    probe_list, read_u16,
+    probe_list, read_u16, verifier_insns,
 };
 use serde_json::{Value, json};
 
@@ -126,7 +126,17 @@ fn counts_are_exact_and_the_semaphore_is_raised_only_while_attached() {
         1000,
         "every iteration saw the semaphore raised"
     );
-    let events = run.finish();
+    let (events, stderr) = run.finish_with_stderr();
+    // Both generic programs verify far below the 1M-instruction budget.
+    let insns = verifier_insns(&stderr);
+    assert_eq!(insns.len(), 2, "{stderr:#?}");
+    for (name, n) in &insns {
+        assert!(
+            *n < 100_000,
+            "{name}: the verifier processed {n} instructions"
+        );
+    }
+    eprintln!("verifier: {insns:?}");
     for point in [
         "tracer_test:plain",
         "tracer_test:konst",

@@ -56,7 +56,9 @@ impl ProbeRun {
     pub fn start(pid: u32, args: &[&str]) -> Self {
         let mut cmd = Command::new(TRACER);
         cmd.args(["probe", "add", "--json", "--pid", &pid.to_string()])
-            .args(args);
+            .args(args)
+            // For the verifier's instruction counts (see verifier_insns).
+            .env("RUST_LOG", "tracer_user::probe::session=debug");
         let mut proc = Proc::spawn("tracer probe add", cmd, true);
         proc.stderr
             .wait_for("tracer: ready", TRACER_READY_TIMEOUT, |l| {
@@ -66,7 +68,12 @@ impl ProbeRun {
     }
 
     /// Ctrl-C, then every JSON event printed (the summary line excluded).
-    pub fn finish(mut self) -> Vec<Value> {
+    pub fn finish(self) -> Vec<Value> {
+        self.finish_with_stderr().0
+    }
+
+    /// As [`ProbeRun::finish`], with tracer's stderr lines.
+    pub fn finish_with_stderr(mut self) -> (Vec<Value>, Vec<String>) {
         self.proc.signal(libc::SIGINT);
         let status = self.proc.expect_exit(Duration::from_secs(30));
         self.proc.drain(Duration::from_secs(10));
@@ -79,14 +86,30 @@ impl ProbeRun {
         eprintln!("tracer probe add stderr:\n{}", self.proc.stderr.tail(20));
         let out = self.proc.stdout.as_ref().expect("stdout is piped");
         eprintln!("tracer probe add stdout:\n{}", out.tail(20));
-        out.seen()
+        let events = out
+            .seen()
             .iter()
             .map(|l| {
                 serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))
             })
             .filter(|v| v.get("summary").is_none())
-            .collect()
+            .collect();
+        (events, self.proc.stderr.seen().to_vec())
     }
+}
+
+/// The verifier's processed instructions per program, from the debug
+/// lines `tracer probe add` printed.
+pub fn verifier_insns(stderr: &[String]) -> Vec<(String, u64)> {
+    stderr
+        .iter()
+        .filter_map(|l| {
+            let rest = &l[l.find("program ")? + "program ".len()..];
+            let (name, rest) = rest.split_once(": verifier processed ")?;
+            let n = rest.split_whitespace().next()?.parse().ok()?;
+            Some((name.to_string(), n))
+        })
+        .collect()
 }
 
 /// Probe events of `point` (all records).

@@ -33,6 +33,9 @@ const PACKAGES: &[&str] = &[
     "openssl",    // HTTPS tests and the TLS bench make self-signed certificates
     "curl",       // agent tests fetch /metrics and drive traffic in namespaces
     "chromium",   // tests/web_ui.rs drives the web UI in headless Chromium (playwright-core)
+    "systemtap-sdt-dev", // <sys/sdt.h>: tests/probe_usdt.rs builds a USDT target with gcc
+    "libelf-dev", // libbpf-sys (tracer probe's attach shim) builds libbpf against it
+    "zlib1g-dev", // ... and zlib
 ];
 
 /// The rustup name under which Debian's toolchain in /usr is linked;

@@ -450,9 +450,8 @@ impl Session {
         let interval_ns = self.last_flush.elapsed().as_nanos() as u64;
         self.last_flush = Instant::now();
         let mode = self.opts.record;
-        // (probe, object, point) -> (count, histogram): call sites of one
-        // USDT point add up.
-        let mut points: BTreeMap<(u32, String, String), (u64, Vec<u64>, usize)> = BTreeMap::new();
+        // Call sites of one USDT point add up.
+        let mut points: BTreeMap<PointKey, PointTotals> = BTreeMap::new();
         for cookie in 0..self.sites.len() {
             if !self.sites[cookie].aggregated {
                 continue;
@@ -472,14 +471,23 @@ impl Session {
             let site = &self.sites[cookie];
             let entry = points
                 .entry((site.probe_id, site.object.clone(), site.point.clone()))
-                .or_insert((0, vec![0; PROBE_HIST_BUCKETS as usize], cookie));
-            entry.0 += delta;
-            for (a, b) in entry.1.iter_mut().zip(&buckets) {
+                .or_insert_with(|| PointTotals {
+                    count: 0,
+                    buckets: vec![0; PROBE_HIST_BUCKETS as usize],
+                    cookie,
+                });
+            entry.count += delta;
+            for (a, b) in entry.buckets.iter_mut().zip(&buckets) {
                 *a += b;
             }
         }
         let mut out = Vec::new();
-        for ((_, _, _), (count, buckets, cookie)) in points {
+        for PointTotals {
+            count,
+            buckets,
+            cookie,
+        } in points.into_values()
+        {
             if count == 0 {
                 continue;
             }
@@ -622,6 +630,17 @@ impl Session {
     }
 }
 
+/// (probe id, object, point): what one aggregate event is about.
+type PointKey = (u32, String, String);
+
+/// One interval's aggregate of a point.
+struct PointTotals {
+    count: u64,
+    buckets: Vec<u64>,
+    /// A site of the point (names the event).
+    cookie: usize,
+}
+
 /// What a session reported, for its summary line.
 #[derive(Debug, Default)]
 pub struct SessionTotals {
@@ -649,6 +668,15 @@ fn load_program(ebpf: &mut Ebpf, name: &str) -> Result<ProgramFd> {
         .try_into()?;
     prog.load()
         .with_context(|| format!("verifying probe {name}"))?;
+    // The verifier's work on it (its budget is 1M instructions; tests
+    // assert a wide margin from this line).
+    if let Some(n) = prog
+        .info()
+        .ok()
+        .and_then(|i| i.verified_instruction_count())
+    {
+        log::debug!("program {name}: verifier processed {n} instructions");
+    }
     Ok(prog.fd()?.try_clone()?)
 }
 

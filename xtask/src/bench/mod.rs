@@ -9,6 +9,7 @@ mod bpftrace;
 mod cpu;
 mod harness;
 mod overhead;
+mod probe;
 mod report;
 mod tls;
 mod wrk;
@@ -58,6 +59,10 @@ pub enum BenchCommand {
     ///
     /// Results go to the terminal and to target/bench/tail.md.
     Tail(aggregator::TailArgs),
+    /// Cost per hit of `tracer probe add` (root): a USDT point and a uprobe
+    /// on a function entry, against the same loop with nothing attached,
+    /// in one run. Results go to the terminal and to target/bench/probe.md.
+    Probe(probe::ProbeArgs),
 }
 
 pub fn run(command: &BenchCommand) -> Result<()> {
@@ -68,5 +73,6 @@ pub fn run(command: &BenchCommand) -> Result<()> {
         BenchCommand::Ingest(args) => aggregator::ingest(args),
         BenchCommand::Grep(args) => aggregator::grep(args),
         BenchCommand::Tail(args) => aggregator::tail(args),
+        BenchCommand::Probe(args) => probe::run(args),
     }
 }
