@@ -325,3 +325,72 @@ fn agrees_with_bpftrace() {
     assert_eq!(maps["@work"], of_point(&events, "work").len() as i64);
     assert_eq!(maps["@work"], 500);
 }
+
+#[test]
+fn latency_and_return_values() {
+    if !require_root("latency_and_return_values") {
+        return;
+    }
+    let mut t = Target::start();
+    let run = ProbeRun::start(t.pid(), &["--record", "latency", "uprobe:work"]);
+    t.run(200);
+    let events = run.finish();
+    assert_eq!(count_of(&events, "work"), 200, "{events:#?}");
+    let in_buckets: u64 = of_point(&events, "work")
+        .iter()
+        .flat_map(|e| e["latency_ns"].as_array().unwrap().clone())
+        .map(|b| {
+            let b = b.as_array().unwrap();
+            assert!(b[0].as_u64().unwrap().is_power_of_two(), "{b:?}");
+            b[1].as_u64().unwrap()
+        })
+        .sum();
+    assert_eq!(in_buckets, 200, "every return is in a bucket: {events:#?}");
+
+    // A return probe's arg0 is the return value: gated_hit returns 1 while
+    // the semaphore is raised (by the USDT point attached with it).
+    let run = ProbeRun::start(
+        t.pid(),
+        &[
+            "--record",
+            "args",
+            "usdt:tracer_gated:hit",
+            "uretprobe:gated_hit",
+        ],
+    );
+    t.run(20);
+    let events = run.finish();
+    let want: Vec<Vec<Value>> = (0..20).map(|i| vec![json!(i)]).collect();
+    assert_eq!(args_of(&events, "tracer_gated:hit"), want);
+    assert_eq!(args_of(&events, "gated_hit"), vec![vec![json!(1)]; 20]);
+}
+
+#[test]
+fn the_target_exiting_ends_the_probe_with_final_counts() {
+    if !require_root("the_target_exiting_ends_the_probe_with_final_counts") {
+        return;
+    }
+    let mut t = Target::start();
+    let mut run = ProbeRun::start(t.pid(), &["usdt:tracer_test:plain"]);
+    t.run(77);
+    t.proc.send_line("quit");
+    t.proc.expect_exit(std::time::Duration::from_secs(10));
+    let status = run.proc.expect_exit(std::time::Duration::from_secs(30));
+    assert!(status.success(), "{}", run.proc.stderr.tail(20));
+    run.proc.drain(std::time::Duration::from_secs(10));
+    let stderr = run.proc.stderr.seen().join("\n");
+    assert!(
+        stderr.contains(&format!("detached (PID {} exited)", t.pid())),
+        "{stderr}"
+    );
+    let events: Vec<Value> = run
+        .proc
+        .stdout
+        .as_ref()
+        .unwrap()
+        .seen()
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(count_of(&events, "tracer_test:plain"), 77, "{events:#?}");
+}

@@ -3,11 +3,13 @@
 //! entry, against the same loop with nothing attached, in one run.
 //!
 //! A C program built here loops over a `noinline` function holding a USDT
-//! point and prints, per batch, the batch's start (CLOCK_MONOTONIC) and the
-//! ns per iteration. Rounds alternate base / `tracer probe add usdt:…` /
-//! `tracer probe add uprobe:…` (count mode, the default); each takes the
-//! median of three batches that started after tracer said ready. Results
-//! go to the terminal and to target/bench/probe.md.
+//! point (and calling a leaf function) and prints, per batch, the batch's
+//! start (CLOCK_MONOTONIC) and the ns per iteration. Rounds alternate base
+//! / `tracer probe add usdt:…` / `uprobe:` on a function entry the kernel
+//! emulates (`push`) / on one it must single-step (`mov`), in count mode
+//! (the default); each takes the median of three batches that started
+//! after tracer said ready. Results go to the terminal and to
+//! target/bench/probe.md.
 
 use std::{
     fmt::Write as _,
@@ -44,10 +46,18 @@ const PROGRAM: &str = r#"
 #include <time.h>
 #include <unistd.h>
 
-__attribute__((noinline)) int bench_fn(int i) {
-    DTRACE_PROBE1(tracer_bench, hit, i);
+/* Starts with `mov`: a uprobe here is single-stepped out of line. */
+__attribute__((noinline)) int bench_leaf(int i) {
     __asm__ volatile("" ::: "memory");
     return i & 1;
+}
+
+/* Starts with `push %rbp`, as most functions (and node's uv_fs_open) do:
+ * the kernel emulates it. Holds the USDT point (a `nop`, emulated too). */
+__attribute__((noinline, optimize("no-omit-frame-pointer"))) int bench_fn(int i) {
+    DTRACE_PROBE1(tracer_bench, hit, i);
+    __asm__ volatile("" ::: "rbx", "memory");
+    return bench_leaf(i) + 1;
 }
 
 static long long now_ns(void) {
@@ -77,16 +87,32 @@ enum Config {
     Base,
     Usdt,
     Uprobe,
+    UprobeStepped,
 }
 
 impl Config {
-    const ALL: [Config; 3] = [Config::Base, Config::Usdt, Config::Uprobe];
+    const ALL: [Config; 4] = [
+        Config::Base,
+        Config::Usdt,
+        Config::Uprobe,
+        Config::UprobeStepped,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Config::Base => "nothing attached",
             Config::Usdt => "usdt:tracer_bench:hit",
             Config::Uprobe => "uprobe:bench_fn",
+            Config::UprobeStepped => "uprobe:bench_leaf",
+        }
+    }
+
+    fn what(self) -> &'static str {
+        match self {
+            Config::Base => "the loop alone (two calls per iteration)",
+            Config::Usdt => "USDT point (a `nop`)",
+            Config::Uprobe => "function entry at `push %rbp`",
+            Config::UprobeStepped => "function entry at `mov` (single-stepped)",
         }
     }
 }
@@ -135,7 +161,7 @@ pub fn run(args: &ProbeArgs) -> Result<()> {
         for (i, config) in Config::ALL.into_iter().enumerate() {
             let mut probe = match config {
                 Config::Base => None,
-                Config::Usdt | Config::Uprobe => {
+                Config::Usdt | Config::Uprobe | Config::UprobeStepped => {
                     let mut c = Command::new(tracer::binary());
                     c.args(["probe", "add", "--pid", &pid, config.name()])
                         .stdin(Stdio::null())
@@ -174,14 +200,15 @@ pub fn run(args: &ProbeArgs) -> Result<()> {
     )?;
     writeln!(
         text,
-        "| attached | ns per iteration (median) | cost per hit | ratio |"
+        "| attached | probed instruction | ns per iteration (median) | cost per hit | ratio |"
     )?;
-    writeln!(text, "|---|---|---|---|")?;
+    writeln!(text, "|---|---|---|---|---|")?;
     for (config, m) in Config::ALL.into_iter().zip(&medians) {
         writeln!(
             text,
-            "| {} | {m:.1} | {} | {} |",
+            "| {} | {} | {m:.1} | {} | {} |",
             config.name(),
+            config.what(),
             match config {
                 Config::Base => "-".to_string(),
                 _ => format!("{:.0} ns", m - base),
