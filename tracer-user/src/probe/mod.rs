@@ -244,3 +244,66 @@ async fn add(args: AddArgs) -> Result<()> {
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::event::{Event, EventData, ProbeHit};
+
+    fn event(hit: ProbeHit) -> Event {
+        Event {
+            ts_ns: 1_764_200_000_123_456_789,
+            host: "h1".into(),
+            pid: 7,
+            tid: 8,
+            comm: "node".into(),
+            data: EventData::Probe(Box::new(hit)),
+        }
+    }
+
+    #[test]
+    fn probe_events_json_and_text() {
+        let e = event(ProbeHit {
+            probe: "uprobe:uv_fs_open".into(),
+            object: "/usr/bin/node".into(),
+            point: "uv_fs_open".into(),
+            record: "args".into(),
+            count: None,
+            interval_ns: None,
+            args: Some(vec![serde_json::json!(3), serde_json::json!("/tmp/a")]),
+            latency_ns: None,
+        });
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "ts_ns": 1_764_200_000_123_456_789u64, "host": "h1", "pid": 7, "tid": 8,
+                "comm": "node", "kind": "probe", "probe": "uprobe:uv_fs_open",
+                "object": "/usr/bin/node", "point": "uv_fs_open", "record": "args",
+                "args": [3, "/tmp/a"]
+            })
+        );
+        assert_eq!(serde_json::from_value::<Event>(v).unwrap(), e);
+        assert!(
+            e.to_text()
+                .ends_with("probe uprobe:uv_fs_open node:uv_fs_open arg0=3 arg1=\"/tmp/a\""),
+            "{}",
+            e.to_text()
+        );
+        let e = event(ProbeHit {
+            probe: "uprobe:work".into(),
+            object: "/tmp/t".into(),
+            point: "work".into(),
+            record: "latency".into(),
+            count: Some(3),
+            interval_ns: Some(1_000_000_000),
+            args: None,
+            latency_ns: Some(vec![[2048, 2], [4096, 1]]),
+        });
+        assert!(
+            e.to_text()
+                .ends_with("t:work count=3 in 1000.000ms latency <0.002ms:2 <0.004ms:1"),
+            "{}",
+            e.to_text()
+        );
+    }
+}
