@@ -102,7 +102,12 @@ pub struct AddArgs {
     pub arg_types: Option<String>,
     /// Detach after this many seconds (default: until Ctrl-C or the process
     /// exits).
-    #[arg(long, visible_alias = "ttl", value_name = "SECS")]
+    #[arg(
+        long,
+        visible_alias = "ttl",
+        value_name = "SECS",
+        allow_negative_numbers = true
+    )]
     pub duration: Option<f64>,
     /// With --record args: most events per second per probe; hits over it
     /// are counted and reported as `lost` (stage `rate`). 0: no cap.

@@ -12,7 +12,7 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{ProgramFd, UProbe},
 };
 use tokio::{
@@ -21,8 +21,8 @@ use tokio::{
 };
 use tracer_common::{
     EventHeader, EventKind, PROBE_HIST_BUCKETS, PROBE_MAX_ARGS, PROBE_MAX_PROBES, PROBE_MAX_SITES,
-    PROBE_MODE_ARGS, PROBE_MODE_COUNT, PROBE_MODE_LATENCY, PROBE_STR_ARGS, ProbeEvent, ProbeRate,
-    ProbeSite, probe_drop_rate_slot, probe_drop_ring_slot,
+    PROBE_MODE_ARGS, PROBE_MODE_COUNT, PROBE_MODE_LATENCY, PROBE_STR_ARGS, ProbeEvent, ProbeSite,
+    probe_drop_rate_slot, probe_drop_ring_slot,
 };
 
 use super::{
@@ -300,14 +300,6 @@ impl Session {
                 )
             })?;
             links.push(link);
-        }
-        if opts.rate > 0 {
-            // Rate windows start empty (an Array is zeroed; nothing to do),
-            // but check the map exists so a stale object fails loudly.
-            let _: Array<_, ProbeRate> = Array::try_from(
-                ebpf.map("PROBE_RATE")
-                    .ok_or_else(|| anyhow!("PROBE_RATE map missing"))?,
-            )?;
         }
         let take = |ebpf: &mut Ebpf, name: &str| {
             ebpf.take_map(name)
