@@ -264,20 +264,28 @@ fn update_offsets(store: &ClickhouseStore) -> Result<()> {
             pairs: p.pairs,
         })
         .collect();
-    let current: HashMap<String, (i64, Option<String>)> = store
+    let current: HashMap<String, (i64, i64, Option<String>)> = store
         .offsets()?
         .into_iter()
-        .map(|o| (o.host, (o.offset_ns, o.reference)))
+        .map(|o| (o.host, (o.offset_ns, o.pairs, o.reference)))
         .collect();
     let mut rows = Vec::new();
     let mut estimated: Vec<_> = stitch::offsets(&hosts, &edges).into_iter().collect();
     estimated.sort_by(|a, b| a.0.cmp(&b.0));
     for (host, o) in estimated {
-        let moved = current.get(&host).is_none_or(|(off, reference)| {
-            (off - o.offset_ns).abs() > MOVE_MIN_NS || reference.as_deref() != Some(&o.reference)
+        let moved = current.get(&host).is_none_or(|(off, pairs, reference)| {
+            (off - o.offset_ns).abs() > MOVE_MIN_NS
+                || *pairs != o.pairs
+                || reference.as_deref() != Some(&o.reference)
         });
         if moved {
-            rows.push((host, o.offset_ns, o.pairs, o.reference));
+            // A move under MOVE_MIN_NS keeps the offset in force (each
+            // move changes every time shown for the host).
+            let keep = current
+                .get(&host)
+                .map(|c| c.0)
+                .filter(|off| (off - o.offset_ns).abs() <= MOVE_MIN_NS);
+            rows.push((host, keep.unwrap_or(o.offset_ns), o.pairs, o.reference));
         }
     }
     if rows.is_empty() {
