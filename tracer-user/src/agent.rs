@@ -53,7 +53,9 @@ pub struct AgentArgs {
     #[arg(long)]
     pub quiet: bool,
 
-    /// Forward events to this aggregator (http://HOST:PORT or https://...).
+    /// Forward events to this aggregator (http://HOST:PORT or https://...),
+    /// or to the first of several, comma-separated, that takes each batch
+    /// (aggregators sharing one ClickHouse store).
     #[arg(long, value_name = "URL")]
     pub aggregator: Option<String>,
 
