@@ -271,6 +271,7 @@ fn the_forwarder_fails_over_to_the_next_aggregator() {
                 spool_dir: dir.path().join("spool"),
                 spool_max_bytes: 1 << 30,
                 ca_cert: None,
+                client_cert: None,
             },
             Duration::from_secs(20),
         )

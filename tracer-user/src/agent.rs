@@ -77,6 +77,15 @@ pub struct AgentArgs {
     #[arg(long, value_name = "FILE")]
     pub ca_cert: Option<PathBuf>,
 
+    /// Certificate (PEM) to present to an aggregator started with
+    /// --tls-client-ca (mutual TLS); needs --client-key.
+    #[arg(long, value_name = "FILE", requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+
+    /// The private key of --client-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
+
     /// Testing only: shift every timestamp by this many milliseconds, to
     /// simulate a host whose clock is off.
     #[arg(
@@ -273,6 +282,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
                 spool_dir: args.spool.clone(),
                 spool_max_bytes: args.spool_max_bytes,
                 ca_cert: args.ca_cert.clone(),
+                client_cert: args.client_cert.clone().zip(args.client_key.clone()),
             };
             Some(crate::forward::start(
                 cfg,

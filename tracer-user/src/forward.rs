@@ -53,6 +53,9 @@ pub struct ForwardConfig {
     pub spool_max_bytes: u64,
     /// Extra CA certificate (PEM) to trust for an https:// aggregator.
     pub ca_cert: Option<PathBuf>,
+    /// Certificate chain and key (PEM) to present to an aggregator that
+    /// asks for one (mutual TLS).
+    pub client_cert: Option<(PathBuf, PathBuf)>,
 }
 
 #[derive(Serialize)]
@@ -147,6 +150,22 @@ fn client(cfg: &ForwardConfig) -> Result<reqwest::Client> {
         let cert = reqwest::Certificate::from_pem(&pem)
             .with_context(|| format!("{} is not a PEM certificate", ca.display()))?;
         builder = builder.add_root_certificate(cert);
+    }
+    if let Some((cert, key)) = &cfg.client_cert {
+        let mut pem = std::fs::read(cert)
+            .with_context(|| format!("reading --client-cert {}", cert.display()))?;
+        pem.extend(
+            std::fs::read(key)
+                .with_context(|| format!("reading --client-key {}", key.display()))?,
+        );
+        let id = reqwest::Identity::from_pem(&pem).with_context(|| {
+            format!(
+                "{} and {} are not a PEM certificate and key",
+                cert.display(),
+                key.display()
+            )
+        })?;
+        builder = builder.identity(id);
     }
     for url in aggregator_urls(&cfg.url) {
         if !(url.starts_with("http://") || url.starts_with("https://")) {
