@@ -271,19 +271,25 @@ fn three_host_chain_is_stitched_and_causal() {
     chain_is_stitched_and_causal(&[&agg], &agg, &token);
 }
 
-/// The same chain on ClickHouse (a server the test starts), through two
-/// aggregators: h1's batches go to one, h2's and h3's to the other, so
-/// each hop's halves were ingested by different aggregators; the answers
-/// are read through the first.
+/// The same chain on ClickHouse — two 18.16 servers the test starts, as
+/// two shards behind `Distributed` tables — through two aggregators: h1's
+/// batches go to one, h2's and h3's to the other, so each hop's halves
+/// were ingested by different aggregators; the answers are read through
+/// the first.
 #[test]
-fn three_host_chain_through_two_aggregators_on_clickhouse() {
-    use tracer_user::aggregator::clickhouse::test_server::{PASSWORD, Server, USER};
-    let server = Server::start("stitch");
+fn three_host_chain_through_two_aggregators_on_two_shards() {
+    use tracer_user::aggregator::clickhouse::test_server::{CLUSTER, PASSWORD, Server, USER};
+    let servers = Server::start_cluster("stitch", 2);
     let dir = TempDir::new("cluster-stitch-ch");
     let token = dir.token_file();
     let password = dir.path().join("ch-password");
     std::fs::write(&password, PASSWORD).unwrap();
-    let url = format!("clickhouse://127.0.0.1:{}/tracer", server.http_port);
+    let url = format!("clickhouse://127.0.0.1:{}/tracer", servers[0].http_port);
+    let shards = servers
+        .iter()
+        .map(|s| format!("http://127.0.0.1:{}", s.http_port))
+        .collect::<Vec<_>>()
+        .join(",");
     let args = [
         "--store",
         &url,
@@ -291,6 +297,10 @@ fn three_host_chain_through_two_aggregators_on_clickhouse() {
         USER,
         "--clickhouse-password-file",
         password.to_str().unwrap(),
+        "--clickhouse-cluster",
+        CLUSTER,
+        "--clickhouse-shards",
+        &shards,
         "--token-file",
         token.to_str().unwrap(),
     ];

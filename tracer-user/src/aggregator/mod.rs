@@ -96,6 +96,21 @@ pub struct AggregatorArgs {
     #[arg(long, value_name = "FILE", requires = "store")]
     pub clickhouse_password_file: Option<PathBuf>,
 
+    /// Spread events over this cluster's shards (a `remote_servers` entry
+    /// of the --store server) through `Distributed` tables.
+    #[arg(long, value_name = "NAME", requires = "clickhouse_shards")]
+    pub clickhouse_cluster: Option<String>,
+
+    /// The cluster's shards, as HTTP URLs (comma-separated), where the
+    /// aggregator creates the local tables.
+    #[arg(
+        long,
+        value_name = "URLS",
+        value_delimiter = ',',
+        requires = "clickhouse_cluster"
+    )]
+    pub clickhouse_shards: Vec<String>,
+
     /// File holding the API token agents and clients must present.
     #[arg(long, value_name = "FILE")]
     pub token_file: PathBuf,
@@ -225,6 +240,8 @@ async fn open_store(args: &AggregatorArgs) -> Result<(Arc<dyn Store>, String)> {
     if let Some(url) = &args.store {
         let mut config = clickhouse::Config::parse(url).map_err(anyhow::Error::msg)?;
         config.user = args.clickhouse_user.clone();
+        config.cluster = args.clickhouse_cluster.clone();
+        config.shards = args.clickhouse_shards.clone();
         if let Some(f) = &args.clickhouse_password_file {
             let text = std::fs::read_to_string(f)
                 .with_context(|| format!("reading the ClickHouse password file {}", f.display()))?;

@@ -20,7 +20,7 @@ use serde::Deserialize;
 
 use super::{
     ClickhouseStore,
-    sql::{TraceSet, committed, in_list, lit},
+    sql::{TraceSet, in_list, lit},
 };
 use crate::{
     aggregator::{
@@ -74,7 +74,7 @@ impl ClickhouseStore {
         self.fetch(&format!(
             "SELECT {EXCHANGE_COLS} FROM {db}.http_index WHERE {cond} AND {c}",
             db = self.db,
-            c = committed(&self.db)
+            c = self.committed()
         ))
     }
 
@@ -154,7 +154,7 @@ pub fn after_ingest(store: &ClickhouseStore, batches: &[&Batch]) -> Result<()> {
             "SELECT DISTINCT host, side, conn FROM {db}.http_index WHERE {keys} AND {c}",
             db = store.db,
             keys = in_list("conn", chunk.iter().map(String::as_str)),
-            c = committed(&store.db)
+            c = store.committed()
         ))?;
         for r in rows {
             let e = ends.entry(r.conn).or_default();
@@ -193,7 +193,7 @@ pub fn after_ingest(store: &ClickhouseStore, batches: &[&Batch]) -> Result<()> {
              AND {c} ORDER BY start_ns DESC LIMIT {SAMPLE}",
             db = store.db,
             h = lit(&ch),
-            c = committed(&store.db)
+            c = store.committed()
         ))?;
         let Some(lo) = clients.iter().map(|c| c.start_ns).min() else {
             continue;
