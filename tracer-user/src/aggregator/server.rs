@@ -48,7 +48,7 @@ const LIVE_CAPACITY: usize = 1024;
 /// Most events `tail` shows before following.
 const MAX_TAIL_LINES: usize = 100_000;
 /// Event kinds (the `kind` values of docs/events.md).
-pub const KINDS: [&str; 11] = [
+pub const KINDS: [&str; 13] = [
     "log",
     "http",
     "tcp_connect",
@@ -60,6 +60,8 @@ pub const KINDS: [&str; 11] = [
     "exec",
     "exit",
     "lost",
+    "logpoint",
+    "inspector",
 ];
 
 #[derive(Debug, Clone, Copy)]
