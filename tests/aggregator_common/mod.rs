@@ -55,6 +55,22 @@ impl Aggregator {
         Self { child, addr }
     }
 
+    /// Starts `tracer aggregator --listen 127.0.0.1:0 ARGS...` (a store
+    /// other than `--data`, for instance).
+    pub fn start_with(args: &[&str]) -> Self {
+        let mut child = Command::new(TRACER)
+            .args(["aggregator", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting tracer aggregator");
+        let stderr = child.stderr.take().expect("aggregator stderr");
+        let addr = wait_for_address(stderr);
+        Self { child, addr }
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }

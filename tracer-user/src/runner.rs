@@ -304,9 +304,11 @@ pub async fn run(
         let _ = emit_all(tail, sink);
         let _ = sink.flush();
     }
+    let elapsed = started.elapsed();
+    // Detaching takes the kernel a grace period per hook; it is not tracing time.
     drop(capture);
     Ok(Summary {
-        elapsed: started.elapsed(),
+        elapsed,
         counts: pipeline.counts().clone(),
         lost: pipeline.lost().clone(),
         stop_reason,

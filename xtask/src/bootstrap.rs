@@ -33,6 +33,12 @@ const PACKAGES: &[&str] = &[
     "openssl",    // HTTPS tests and the TLS bench make self-signed certificates
     "curl",       // agent tests fetch /metrics and drive traffic in namespaces
     "chromium",   // tests/web_ui.rs drives the web UI in headless Chromium (playwright-core)
+    // The aggregator's ClickHouse store: its tests start their own 18.16
+    // server (no system service is used).
+    "clickhouse-server",
+    // The ClickHouse store's tests install PyPI chdb-core into a venv under
+    // target/ to check every statement on a current ClickHouse.
+    "python3-venv",
 ];
 
 /// The rustup name under which Debian's toolchain in /usr is linked;

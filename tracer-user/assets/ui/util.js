@@ -72,7 +72,7 @@ export function describe(e) {
     case 'gc':
       return `gc ${fmtDur(e.duration_ns)}`;
     case 'loop':
-      return `loop turn busy ${fmtDur(e.busy_ns)} (poll ${fmtDur(e.poll_ns)})`;
+      return `loop turn busy ${fmtDur(e.busy_ns)} (blocked on I/O ${fmtDur(e.poll_ns)})`;
     case 'lost':
       return `lost ${e.count} (${e.stage}${e.for_kind ? ` ${e.for_kind}` : ''})`;
     case 'exec':

@@ -6,18 +6,15 @@
 //! through a [`store::Store`] (SQLite: [`sqlite::SqliteStore`]) and answers
 //! queries over every host's events in one time order.
 
+pub mod api;
 pub mod body;
+pub mod clickhouse;
 pub mod client;
-pub mod series;
-pub mod server;
-pub mod sqlite;
-pub mod sqlite_grep;
-pub mod sqlite_logs;
 #[cfg(test)]
-mod sqlite_model_tests;
-pub mod sqlite_series;
+mod conformance;
+pub mod series;
+pub mod sqlite;
 pub mod stitch;
-pub mod stitch_sql;
 pub mod store;
 pub mod timespec;
 pub mod ui;
@@ -32,8 +29,9 @@ use clap::{Args, Subcommand};
 use tokio::sync::watch;
 
 use self::{
-    server::{AppState, Limits, router},
+    api::{AppState, Limits, router},
     sqlite::SqliteStore,
+    store::Store,
 };
 
 /// The cluster subcommands (flattened into `tracer`'s own).
@@ -63,8 +61,12 @@ Examples:
   tracer aggregator --data /var/lib/tracer --token-file /etc/tracer/token
   tracer timeline --since 5m --token-file /etc/tracer/token
 
+  tracer aggregator --store clickhouse://127.0.0.1:8123/tracer \\
+      --clickhouse-user tracer --clickhouse-password-file /etc/tracer/ch-password \\
+      --token-file /etc/tracer/token
+
 Every request needs `Authorization: Bearer <token>`. Batches are acknowledged
-only once committed to disk. The API is plain HTTP: keep it on loopback or a
+only once committed to disk (SQLite) or inserted (ClickHouse). The API is plain HTTP: keep it on loopback or a
 private network, or put a TLS proxy in front. See docs/aggregator.md.")]
 pub struct AggregatorArgs {
     /// Address to listen on (port 0 picks a free port; the address is
@@ -72,9 +74,25 @@ pub struct AggregatorArgs {
     #[arg(long, default_value = "127.0.0.1:7878", value_name = "ADDR")]
     pub listen: SocketAddr,
 
-    /// Directory for the event store (created if missing).
-    #[arg(long, value_name = "DIR")]
-    pub data: PathBuf,
+    /// Directory for the event store (created if missing). Required for
+    /// the default store, SQLite.
+    #[arg(long, value_name = "DIR", required_unless_present = "store")]
+    pub data: Option<PathBuf>,
+
+    /// Where events are stored: a ClickHouse database,
+    /// `clickhouse://HOST:8123/DB` (`clickhouses://` for HTTPS), shared by
+    /// any number of aggregators (docs/aggregator.md, "Scaling out").
+    /// Without it, SQLite in --data.
+    #[arg(long, value_name = "URL", conflicts_with = "data")]
+    pub store: Option<String>,
+
+    /// ClickHouse user (default: ClickHouse's `default`).
+    #[arg(long, value_name = "NAME", requires = "store")]
+    pub clickhouse_user: Option<String>,
+
+    /// File holding the ClickHouse user's password.
+    #[arg(long, value_name = "FILE", requires = "store")]
+    pub clickhouse_password_file: Option<PathBuf>,
 
     /// File holding the API token agents and clients must present.
     #[arg(long, value_name = "FILE")]
@@ -124,19 +142,14 @@ async fn serve(args: AggregatorArgs) -> Result<()> {
     if args.max_body == 0 || args.max_decompressed == 0 {
         bail!("--max-body and --max-decompressed must be above 0");
     }
-    let data = args.data.clone();
-    let store = tokio::task::spawn_blocking(move || SqliteStore::open(&data))
-        .await
-        .context("opening the store")?
-        .with_context(|| format!("opening the store in {}", args.data.display()))?;
-    let db = store.path().to_path_buf();
+    let (store, described) = open_store(&args).await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let state = AppState::new(
-        Arc::new(store),
+        store,
         token.into_bytes(),
         Limits {
             max_body: args.max_body,
@@ -150,10 +163,7 @@ async fn serve(args: AggregatorArgs) -> Result<()> {
              the token and events cross the network unencrypted"
         );
     }
-    eprintln!(
-        "tracer: aggregator listening on http://{addr} (store: {})",
-        db.display()
-    );
+    eprintln!("tracer: aggregator listening on http://{addr} (store: {described})");
     if std::io::stderr().is_terminal() {
         eprintln!("tracer: Ctrl-C to stop");
     }
@@ -167,6 +177,36 @@ async fn serve(args: AggregatorArgs) -> Result<()> {
         .with_graceful_shutdown(shutdown)
         .await
         .context("serving the API")
+}
+
+/// Opens the store `args` name, off the async workers (opening may
+/// upgrade a schema or wait for a server): the store and how to name it.
+async fn open_store(args: &AggregatorArgs) -> Result<(Arc<dyn Store>, String)> {
+    if let Some(url) = &args.store {
+        let mut config = clickhouse::Config::parse(url).map_err(anyhow::Error::msg)?;
+        config.user = args.clickhouse_user.clone();
+        if let Some(f) = &args.clickhouse_password_file {
+            let text = std::fs::read_to_string(f)
+                .with_context(|| format!("reading the ClickHouse password file {}", f.display()))?;
+            config.password = Some(text.trim_end_matches(['\n', '\r']).to_string());
+        }
+        let described = format!("ClickHouse {}/{}", config.url, config.database);
+        let store = tokio::task::spawn_blocking(move || clickhouse::ClickhouseStore::open(&config))
+            .await
+            .context("opening the store")?
+            .with_context(|| format!("opening the store {described}"))?;
+        return Ok((Arc::new(store), described));
+    }
+    let Some(data) = args.data.clone() else {
+        bail!("give --data DIR (SQLite) or --store clickhouse://HOST:8123/DB");
+    };
+    let dir = data.clone();
+    let store = tokio::task::spawn_blocking(move || SqliteStore::open(&dir))
+        .await
+        .context("opening the store")?
+        .with_context(|| format!("opening the store in {}", data.display()))?;
+    let described = store.path().display().to_string();
+    Ok((Arc::new(store), described))
 }
 
 /// Ctrl-C or SIGTERM.

@@ -116,6 +116,30 @@ pub enum Sample {
     },
 }
 
+/// What an event adds to the graphs (None: nothing).
+pub fn sample_of(data: &crate::event::EventData) -> Option<Sample> {
+    use crate::event::{EventData, HttpSide};
+    Some(match data {
+        EventData::Http(h) => Sample::Http {
+            server: h.side == HttpSide::Server,
+            status: h.status,
+            duration_ns: h.duration_ns,
+            req_bytes: h.req_bytes,
+            resp_bytes: h.resp_bytes,
+        },
+        EventData::Log { .. } => Sample::Log,
+        EventData::Loop { busy_ns, .. } => Sample::Loop { busy_ns: *busy_ns },
+        EventData::Gc { duration_ns } => Sample::Gc {
+            duration_ns: *duration_ns,
+        },
+        EventData::TcpRetransmit { segments, .. } => Sample::Retransmit {
+            segments: u64::from(*segments),
+        },
+        EventData::Lost { count, .. } => Sample::Lost { count: *count },
+        _ => return None,
+    })
+}
+
 /// The series of one process (`pid` 0: the host's agent, for losses).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ProcSeries {

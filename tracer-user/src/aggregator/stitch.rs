@@ -46,6 +46,18 @@ fn canonical(ip: IpAddr) -> IpAddr {
     ip.to_canonical()
 }
 
+/// The trace an exchange starts when nothing upstream is known: the W3C
+/// trace id of its traceparent, else its x-request-id, else its req_id.
+pub fn own_trace(h: &HttpExchange) -> String {
+    h.traceparent
+        .as_deref()
+        .and_then(|tp| tp.split('-').nth(1))
+        .filter(|t| t.len() == 32)
+        .map(str::to_ascii_lowercase)
+        .or_else(|| h.request_id.clone())
+        .unwrap_or_else(|| h.req_id.clone())
+}
+
 /// Whether a connection key is over loopback (then both ends are on one
 /// host, and it is never matched across hosts).
 pub fn is_loopback_key(key: &str) -> bool {

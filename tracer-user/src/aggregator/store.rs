@@ -1,6 +1,10 @@
 //! The aggregator's storage interface. Ingest and the query API only talk to
-//! a [`Store`]; SQLite ([`super::sqlite::SqliteStore`]) is the one backend so
-//! far, and another (ClickHouse) can be added without touching either.
+//! a [`Store`]; the backends (`super::sqlite`, `super::clickhouse`) are
+//! folders of their own, and nothing here names one of them: filters are
+//! typed ([`EventKind`], [`StreamName`]), positions are opaque
+//! ([`EventId`]) and errors say what failed without a backend's types
+//! ([`StoreError`]). One conformance suite (`super::conformance`) runs
+//! against every backend.
 //!
 //! Times: every stored event keeps the `ts_ns` it was sent with (`raw`) and
 //! gets a corrected time, `raw + host_offset(host)`, applied at ingest with
@@ -10,7 +14,84 @@
 use regex::{Regex, RegexBuilder};
 use serde::{Deserialize, Serialize};
 
+pub use crate::event::StreamName;
 use crate::event::{Event, EventData};
+
+/// Event kinds (the `kind` values of docs/events.md).
+pub const KINDS: [&str; 13] = [
+    "log",
+    "http",
+    "tcp_connect",
+    "tcp_accept",
+    "tcp_close",
+    "tcp_retransmit",
+    "loop",
+    "gc",
+    "exec",
+    "exit",
+    "lost",
+    "logpoint",
+    "inspector",
+];
+
+/// One of [`KINDS`]: a filter can only name a kind that exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EventKind(&'static str);
+
+impl EventKind {
+    pub const LOG: EventKind = EventKind("log");
+    pub const HTTP: EventKind = EventKind("http");
+
+    /// The kind named `name`, if there is one.
+    pub fn parse(name: &str) -> Option<Self> {
+        KINDS.iter().find(|k| **k == name).map(|k| EventKind(k))
+    }
+
+    /// The kind of an event.
+    pub fn of(data: &EventData) -> Self {
+        EventKind(data.kind())
+    }
+
+    pub fn name(self) -> &'static str {
+        self.0
+    }
+}
+
+/// An event's place in commit order, as a store hands it out: unique, and
+/// ordered the way the store made its events visible (SQLite: one writer,
+/// so strictly increasing; ClickHouse: by commit time, see
+/// `super::clickhouse`). Callers only compare, print and parse it (a live
+/// tail's SSE `id:`); what the number means is the backend's business.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EventId(i64);
+
+impl EventId {
+    /// Before every event: a cursor that has seen nothing.
+    pub const START: EventId = EventId(0);
+
+    /// For backends: the id they stored.
+    pub(super) fn from_raw(raw: i64) -> Self {
+        EventId(raw)
+    }
+
+    /// For backends: the number to store or compare in their queries.
+    pub(super) fn raw(self) -> i64 {
+        self.0
+    }
+}
+
+impl std::fmt::Display for EventId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl std::str::FromStr for EventId {
+    type Err = std::num::ParseIntError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.parse().map(EventId)
+    }
+}
 
 /// What an agent sends: one POST /v1/ingest body. `(host, run_id, seq)`
 /// identifies it; a batch sent again (a retry after a lost reply) is stored
@@ -59,7 +140,7 @@ impl Batch {
 /// the event with `ts_ns` set to the corrected time.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Stored {
-    pub id: i64,
+    pub id: EventId,
     pub event: Event,
 }
 
@@ -101,11 +182,11 @@ pub struct Filter {
     /// Any of these hosts (empty: all).
     pub hosts: Vec<String>,
     /// Any of these kinds (empty: all).
-    pub kinds: Vec<String>,
+    pub kinds: Vec<EventKind>,
     /// A trace id (W3C trace id or x-request-id) or a tracer `req_id`.
     pub trace: Option<String>,
-    /// Log stream: `stdout`, `stderr` or `file` (implies kind `log`).
-    pub stream: Option<String>,
+    /// Log stream (implies kind `log`).
+    pub stream: Option<StreamName>,
     /// Log text matching this (implies kind `log`).
     pub text: Option<TextMatch>,
 }
@@ -122,19 +203,14 @@ impl Filter {
         if !self.hosts.is_empty() && !self.hosts.contains(&event.host) {
             return false;
         }
-        let kind = event.data.kind();
-        if !self.kinds.is_empty() && !self.kinds.iter().any(|k| k == kind) {
+        if !self.kinds.is_empty() && !self.kinds.contains(&EventKind::of(&event.data)) {
             return false;
         }
         if self.stream.is_some() || self.text.is_some() {
             let EventData::Log { stream, text, .. } = &event.data else {
                 return false;
             };
-            if self
-                .stream
-                .as_deref()
-                .is_some_and(|s| s != stream_name(*stream))
-            {
+            if self.stream.is_some_and(|s| s != *stream) {
                 return false;
             }
             if let Some(re) = text_re
@@ -147,11 +223,26 @@ impl Filter {
     }
 }
 
+impl Filter {
+    /// Whether log lines can match.
+    pub fn wants_logs(&self) -> bool {
+        self.kinds.is_empty() || self.kinds.contains(&EventKind::LOG)
+    }
+
+    /// Whether events of other kinds than log can match (a stream or a
+    /// text condition rules them out).
+    pub fn wants_other_kinds(&self) -> bool {
+        self.stream.is_none()
+            && self.text.is_none()
+            && (self.kinds.is_empty() || self.kinds.iter().any(|k| *k != EventKind::LOG))
+    }
+}
+
 /// A point in (corrected ts, id) order, for paging.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Position {
     pub ts_ns: i64,
-    pub id: i64,
+    pub id: EventId,
 }
 
 impl From<&Stored> for Position {
@@ -163,6 +254,13 @@ impl From<&Stored> for Position {
     }
 }
 
+impl Stored {
+    /// Where it sorts in a query's (corrected time, id) order.
+    pub fn position(&self) -> Position {
+        Position::from(self)
+    }
+}
+
 /// One page of a query in corrected-time order (ties by id).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Query {
@@ -170,33 +268,55 @@ pub struct Query {
     /// Strictly after this position (before it when `newest_first`).
     pub after: Option<Position>,
     /// Only events with `id <= as_of` (a snapshot at a cursor).
-    pub as_of: Option<i64>,
+    pub as_of: Option<EventId>,
     pub newest_first: bool,
     pub limit: usize,
 }
 
-pub fn stream_name(s: crate::event::StreamName) -> &'static str {
+pub fn stream_name(s: StreamName) -> &'static str {
     match s {
-        crate::event::StreamName::Stdout => "stdout",
-        crate::event::StreamName::Stderr => "stderr",
-        crate::event::StreamName::File => "file",
+        StreamName::Stdout => "stdout",
+        StreamName::Stderr => "stderr",
+        StreamName::File => "file",
     }
 }
 
+/// The stream named `name` (`stdout`, `stderr`, `file`).
+pub fn parse_stream(name: &str) -> Option<StreamName> {
+    [StreamName::Stdout, StreamName::Stderr, StreamName::File]
+        .into_iter()
+        .find(|s| stream_name(*s) == name)
+}
+
+/// What went wrong in a store, in terms a caller (and an operator) can act
+/// on; the backend's own error is kept as text in the message.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("sqlite: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    /// The backend refused or failed a statement (`backend` names it).
+    #[error("{backend}: {message}")]
+    Backend {
+        backend: &'static str,
+        message: String,
+    },
+    /// The backend could not be reached (a server down, a network error):
+    /// the operation may succeed when retried.
+    #[error("{backend} is unreachable: {message}")]
+    Unavailable {
+        backend: &'static str,
+        message: String,
+    },
     #[error("opening the store: {0}")]
     Open(String),
     #[error("stored event {id} is not valid JSON for this version: {source}")]
     Corrupt {
-        id: i64,
+        id: EventId,
         #[source]
         source: serde_json::Error,
     },
-    #[error("log block {id} is damaged: {what}")]
-    CorruptBlock { id: i64, what: &'static str },
+    /// Stored data that does not decode (a damaged log block, a row of the
+    /// wrong shape).
+    #[error("stored data is damaged: {0}")]
+    Damaged(String),
     #[error("invalid regex: {0}")]
     Regex(#[from] regex::Error),
     /// The transaction holding these batches did not commit.
@@ -229,10 +349,26 @@ pub trait Store: Send + Sync {
 
     /// Events with `id > cursor` matching `f`, in id (commit) order, at
     /// most `limit`: how a live tail catches up.
-    fn since_cursor(&self, cursor: i64, f: &Filter, limit: usize) -> Result<Vec<Stored>>;
+    fn since_cursor(&self, cursor: EventId, f: &Filter, limit: usize) -> Result<Vec<Stored>>;
 
-    /// The id of the last committed event (0 when empty).
-    fn cursor(&self) -> Result<i64>;
+    /// The id of the last committed event ([`EventId::START`] when empty).
+    fn cursor(&self) -> Result<EventId>;
+
+    /// For a store other processes write to as well (several aggregators
+    /// on one ClickHouse): how often a live tail polls it, since this
+    /// process does not see the others' commits. None (SQLite): every
+    /// commit goes through this process, which publishes it.
+    fn polled_by_tails(&self) -> Option<std::time::Duration> {
+        None
+    }
+
+    /// Where a polling tail at `cursor` reads from again: events may
+    /// become visible after events with higher ids (ids from another
+    /// aggregator's clock, a commit in flight). The cursor itself when
+    /// ids become visible in order.
+    fn rewind(&self, cursor: EventId) -> EventId {
+        cursor
+    }
 
     /// Clock correction for `host`: ns added to its events' `ts_ns` at
     /// ingest. 0 until an estimator sets one.
@@ -273,7 +409,6 @@ pub fn corrected(raw: i64, offset: i64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::StreamName;
 
     fn log(host: &str, ts: u64, stream: StreamName, text: &str) -> Event {
         Event {
@@ -322,8 +457,8 @@ mod tests {
             since: Some(100),
             until: Some(101),
             hosts: vec!["b".into(), "a".into()],
-            kinds: vec!["log".into()],
-            stream: Some("stderr".into()),
+            kinds: vec![EventKind::LOG],
+            stream: Some(StreamName::Stderr),
             text: Some(TextMatch {
                 pattern: "boom".into(),
                 case_insensitive: true,
@@ -348,7 +483,7 @@ mod tests {
         );
         assert!(
             !Filter {
-                stream: Some("stdout".into()),
+                stream: Some(StreamName::Stdout),
                 ..f.clone()
             }
             .matches(&e, Some(&re))

@@ -2,6 +2,7 @@
 //! manage which processes are traced, and hand out the ring buffer.
 
 pub mod cgroup;
+pub mod detach;
 pub mod offsets;
 pub mod preflight;
 pub mod programs;
@@ -145,6 +146,22 @@ pub struct Capture {
     pub left_out: Vec<LeftOut>,
     /// What the verifier spent on each program that loaded.
     pub verified: Vec<Verified>,
+    /// Tracepoint and cgroup links, detached together on drop.
+    links: Vec<detach::Attached>,
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        let mut links = std::mem::take(&mut self.links);
+        for (_, uprobes) in self.uprobe_links.drain() {
+            links.extend(
+                uprobes
+                    .into_iter()
+                    .map(|(prog, id)| detach::Attached::UProbe(prog, id)),
+            );
+        }
+        detach::all(&mut self.ebpf, links);
+    }
 }
 
 /// A probe family that is not running, and why.
@@ -241,6 +258,7 @@ impl Capture {
             notes,
             left_out: Vec::new(),
             verified: Vec::new(),
+            links: Vec::new(),
         };
         let steps = programs::plan(&capture.config);
         let total = steps.len();
@@ -352,12 +370,14 @@ impl Capture {
                             "syscall tracepoints need a kernel built with CONFIG_FTRACE_SYSCALLS",
                         ));
                     }
-                    program.attach(category, name).map_err(|e| {
+                    let id = program.attach(category, name).map_err(|e| {
                         fail(
                             format!("attaching to tracepoint {category}:{name}: {e}"),
                             "",
                         )
                     })?;
+                    self.links
+                        .push(detach::Attached::Tracepoint(step.program, id));
                 }
                 Ok(())
             }
@@ -367,12 +387,14 @@ impl Capture {
                     .program_mut(step.program)
                     .and_then(|p| p.try_into().ok())
                     .ok_or_else(|| fail("not a raw tracepoint program".into(), "rebuild tracer"))?;
-                program.attach(step.program).map_err(|e| {
+                let id = program.attach(step.program).map_err(|e| {
                     fail(
                         format!("attaching to raw tracepoint {}: {e}", step.program),
                         "this kernel may not have that tracepoint",
                     )
                 })?;
+                self.links
+                    .push(detach::Attached::RawTracepoint(step.program, id));
                 Ok(())
             }
         }
@@ -446,8 +468,10 @@ impl Capture {
             // A bpf_link (aya uses one on kernels >= 5.7) always shares the
             // cgroup with other programs (systemd's, another tracer's) and
             // takes no mode flags: `Single` is the zero flag, not exclusive.
-            p.attach(&file, kind, CgroupAttachMode::Single)
+            let id = p
+                .attach(&file, kind, CgroupAttachMode::Single)
                 .with_context(|| format!("attaching {prog} to cgroup {}", dir.display()))?;
+            self.links.push(detach::Attached::CgroupSkb(prog, id));
         }
         self.skb_cgroups.push(dir);
         Ok(())

@@ -86,9 +86,21 @@ pub fn ensure_tracefs() -> Result<Option<String>> {
     Ok(Some(format!("mounted tracefs at {TRACEFS}")))
 }
 
+/// For tests of the failure path only: tracepoints (`category:name`, comma
+/// separated) to treat as missing from this kernel, so that a family really
+/// fails to attach on a machine where everything loads.
+pub const HIDE_TRACEPOINTS_ENV: &str = "TRACER_TEST_HIDE_TRACEPOINTS";
+
 /// Whether tracefs lists tracepoint `category:name` (tracefs is mounted by
 /// then, see ensure_tracefs).
 pub fn tracepoint_exists(category: &str, name: &str) -> bool {
+    if let Ok(hidden) = std::env::var(HIDE_TRACEPOINTS_ENV)
+        && hidden
+            .split(',')
+            .any(|h| h.trim() == format!("{category}:{name}"))
+    {
+        return false;
+    }
     [TRACEFS, "/sys/kernel/debug/tracing"].iter().any(|root| {
         Path::new(root)
             .join("events")

@@ -26,7 +26,7 @@ use std::{
 use regex::bytes::{Regex, RegexBuilder};
 use rusqlite::Connection;
 
-use super::store::{Filter, Result, TextMatch};
+use crate::aggregator::store::{Filter, Result, TextMatch};
 
 /// Same bound as `TextMatch::compile`.
 const REGEX_SIZE_LIMIT: usize = 4 << 20;
@@ -148,7 +148,7 @@ pub fn count(
 ) -> Result<(u64, ScanStats)> {
     let mut sql = String::from("SELECT ends, text FROM log_blocks WHERE 1=1");
     let mut args: Vec<rusqlite::types::Value> = Vec::new();
-    super::sqlite_logs::push_block_filter(f, &mut sql, &mut args);
+    super::logs::push_block_filter(f, &mut sql, &mut args);
     sql.push_str(" ORDER BY id");
     let mut stats = ScanStats::default();
     // (ends, text) of one block.

@@ -1,6 +1,6 @@
 //! Cross-host stitching in the SQLite store (docs/aggregator.md,
 //! "Stitching"): inside each ingest transaction, index the new HTTP
-//! exchanges, re-match the host pairs they belong to ([`super::stitch`]),
+//! exchanges, re-match the host pairs they belong to ([`crate::aggregator::stitch`]),
 //! and re-estimate clock offsets, re-timing stored events when one moves;
 //! at query time, walk a trace's request tree ([`trace_members`]).
 //!
@@ -11,24 +11,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use rusqlite::{Connection, OptionalExtension as _, params};
 
-use super::{
-    sqlite::RETIME_MIN_NS,
-    stitch::{self, Candidate, Edge, MAX_SKEW_NS, Side, TOLERANCE_NS},
+use super::{RETIME_MIN_NS, now_ns};
+use crate::aggregator::{
+    stitch::{self, Candidate, Edge, MAX_SKEW_NS, Side, TOLERANCE_NS, own_trace},
     store::Result,
 };
 use crate::event::{HttpExchange, HttpSide};
-
-/// The trace an exchange starts when nothing upstream is known: the W3C
-/// trace id of its traceparent, else its x-request-id, else its req_id.
-pub fn own_trace(h: &HttpExchange) -> String {
-    h.traceparent
-        .as_deref()
-        .and_then(|tp| tp.split('-').nth(1))
-        .filter(|t| t.len() == 32)
-        .map(str::to_ascii_lowercase)
-        .or_else(|| h.request_id.clone())
-        .unwrap_or_else(|| h.req_id.clone())
-}
 
 /// Records `host` as seen from event `id` on, unless it was seen before
 /// (once per batch: a batch is one host's).
@@ -425,7 +413,7 @@ fn update_offsets(conn: &Connection) -> Result<HashMap<String, i64>> {
             // A refinement: only recent events move (older ones keep a
             // correction within RETIME_ALL_NS of it).
             Some(c) if (c - o.offset_ns).abs() <= RETIME_ALL_NS => {
-                let since = super::sqlite::now_ns().saturating_sub(RETIME_RECENT_NS);
+                let since = now_ns().saturating_sub(RETIME_RECENT_NS);
                 retime_since(conn, &host, o.offset_ns, since)?;
                 retimed.insert(host.clone(), o.offset_ns);
                 o.offset_ns
@@ -443,13 +431,7 @@ fn update_offsets(conn: &Connection) -> Result<HashMap<String, i64>> {
                  updated_ns = excluded.updated_ns, pairs = excluded.pairs,
                  reference = excluded.reference",
         )?
-        .execute(params![
-            host,
-            offset,
-            super::sqlite::now_ns(),
-            o.pairs,
-            o.reference
-        ])?;
+        .execute(params![host, offset, now_ns(), o.pairs, o.reference])?;
     }
     Ok(retimed)
 }
@@ -469,7 +451,7 @@ fn retime_since(conn: &Connection, host: &str, offset: i64, since: i64) -> Resul
          WHERE host = ?2 AND ts_ns >= ?3 AND offset_ns != ?1",
     )?
     .execute(params![offset, host, since])?;
-    super::sqlite_logs::retime_blocks_since(conn, host, offset, since)
+    super::logs::retime_blocks_since(conn, host, offset, since)
 }
 
 /// Sets every stored event of `host` to `raw + offset`.
@@ -479,7 +461,7 @@ pub fn retime(conn: &Connection, host: &str, offset: i64) -> Result<()> {
          WHERE host = ?2 AND offset_ns != ?1",
     )?
     .execute(params![offset, host])?;
-    super::sqlite_logs::retime_blocks(conn, host, offset)
+    super::logs::retime_blocks(conn, host, offset)
 }
 
 struct Node {

@@ -19,9 +19,9 @@ use std::collections::HashSet;
 
 use rusqlite::{Connection, params, types::Value};
 
-use super::{
-    sqlite_grep::Matcher,
-    store::{Filter, Position, Query, Result, StoreError, Stored, corrected, stream_name},
+use super::grep::Matcher;
+use crate::aggregator::store::{
+    EventId, Filter, Position, Query, Result, StoreError, Stored, corrected,
 };
 use crate::event::{Event, EventData, StreamName};
 
@@ -263,10 +263,10 @@ impl Block {
         };
         let n = b.ids.len() / 4;
         if b.ends.len() != n * 4 || b.lines.len() != n * META_LEN {
-            return Err(StoreError::CorruptBlock {
-                id: b.meta.id,
-                what: "its columns disagree on the number of lines",
-            });
+            return Err(StoreError::Damaged(format!(
+                "log block {}: its columns disagree on the number of lines",
+                b.meta.id
+            )));
         }
         Ok(b)
     }
@@ -364,7 +364,7 @@ impl Block {
         let host = self.meta.host.clone();
         let [comm, path, req_id] = self.strings(i);
         Stored {
-            id,
+            id: EventId::from_raw(id),
             event: Event {
                 ts_ns: ts,
                 host,
@@ -425,8 +425,7 @@ pub struct LineQuery<'a> {
 impl LineQuery<'_> {
     /// Whether any log line can match at all.
     pub fn wants_logs(&self) -> bool {
-        let f = self.filter;
-        f.kinds.is_empty() || f.kinds.iter().any(|k| k == "log")
+        self.filter.wants_logs()
     }
 
     /// The blocks not ruled out, by `order` (an SQL ORDER BY).
@@ -482,7 +481,7 @@ impl LineQuery<'_> {
             Some(m) => m.lines(&b.text, &b.ends),
             None => (0..b.len()).collect(),
         };
-        let stream = f.stream.as_deref();
+        let stream = f.stream;
         candidates
             .into_iter()
             .filter(|&i| {
@@ -493,7 +492,7 @@ impl LineQuery<'_> {
                 if self.as_of.is_some_and(|a| id > a) || self.after_id.is_some_and(|c| id <= c) {
                     return false;
                 }
-                if stream.is_some_and(|s| s != stream_name(b.stream(i))) {
+                if stream.is_some_and(|s| s != b.stream(i)) {
                     return false;
                 }
                 if let Some(t) = &self.trace {
@@ -521,7 +520,7 @@ struct TopN {
 impl TopN {
     fn key(s: &Stored) -> (i64, i64) {
         let p = Position::from(s);
-        (p.ts_ns, p.id)
+        (p.ts_ns, p.id.raw())
     }
 
     fn better(&self, a: (i64, i64), b: (i64, i64)) -> bool {
@@ -529,7 +528,8 @@ impl TopN {
     }
 
     fn admits(&self, key: (i64, i64)) -> bool {
-        self.bound.is_none_or(|b| self.better(key, (b.ts_ns, b.id)))
+        self.bound
+            .is_none_or(|b| self.better(key, (b.ts_ns, b.id.raw())))
     }
 
     fn compact(&mut self) {
@@ -586,9 +586,9 @@ pub fn query(conn: &Connection, q: &Query, lq: &LineQuery<'_>) -> Result<Vec<Sto
             let key = (block.ts(i), block.id(i));
             let after_ok = q.after.is_none_or(|p| {
                 if q.newest_first {
-                    key < (p.ts_ns, p.id)
+                    key < (p.ts_ns, p.id.raw())
                 } else {
-                    key > (p.ts_ns, p.id)
+                    key > (p.ts_ns, p.id.raw())
                 }
             });
             if after_ok && top.admits(key) {
@@ -732,8 +732,10 @@ pub fn move_rows_into_blocks(conn: &Connection) -> Result<u64> {
     while let Some(r) = rows.next()? {
         let id: i64 = r.get(0)?;
         let json: String = r.get(3)?;
-        let event: Event =
-            serde_json::from_str(&json).map_err(|source| StoreError::Corrupt { id, source })?;
+        let event: Event = serde_json::from_str(&json).map_err(|source| StoreError::Corrupt {
+            id: EventId::from_raw(id),
+            source,
+        })?;
         if lines >= 2000 {
             block.flush(conn)?;
             lines = 0;

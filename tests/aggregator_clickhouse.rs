@@ -1,0 +1,250 @@
+//! Two real `tracer aggregator` processes on one ClickHouse (Debian's
+//! clickhouse-server 18.16, started by the test with its own directory,
+//! config and ports): any agent may send to either, any query may go to
+//! either. Exact answers through both, a batch resent to the other
+//! aggregator stored once, `tail -f` on one showing what the other
+//! ingested, one aggregator SIGKILLed and ClickHouse stopped and started
+//! under the other, and the clear errors of a bad start. Unprivileged.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    net::SocketAddr,
+    path::Path,
+    process::{Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use aggregator_common::{Aggregator, TRACER, TempDir, auth, http, try_http};
+use tracer_user::{
+    aggregator::clickhouse::test_server::{PASSWORD, Server, USER, free_port},
+    event::{Event, EventData, StreamName},
+};
+
+mod aggregator_common;
+
+fn log(host: &str, ts_ns: u64, text: &str) -> Event {
+    Event {
+        ts_ns,
+        host: host.into(),
+        pid: 7,
+        tid: 7,
+        comm: "node".into(),
+        data: EventData::Log {
+            stream: StreamName::Stdout,
+            path: None,
+            text: text.into(),
+            truncated: false,
+            req_id: None,
+        },
+    }
+}
+
+/// POSTs a batch; Some((accepted, duplicate)) on 200, None otherwise.
+fn try_ingest(addr: SocketAddr, host: &str, seq: u64, events: &[Event]) -> Option<(u64, bool)> {
+    let body = serde_json::to_vec(&serde_json::json!({
+        "host": host, "run_id": "run-1", "seq": seq, "events": events,
+    }))
+    .unwrap();
+    let a = auth();
+    let (status, answer) = try_http(
+        addr,
+        "POST",
+        "/v1/ingest",
+        &[
+            ("Authorization", a.as_str()),
+            ("Content-Type", "application/json"),
+        ],
+        &body,
+    )
+    .ok()?;
+    if status != 200 {
+        eprintln!("ingest answered {status}: {answer}");
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    Some((
+        v["accepted"].as_u64().unwrap(),
+        v["duplicate"].as_bool().unwrap(),
+    ))
+}
+
+fn ingest(addr: SocketAddr, host: &str, seq: u64, events: &[Event]) -> (u64, bool) {
+    try_ingest(addr, host, seq, events).expect("ingest answered 200")
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+fn store_args<'a>(url: &'a str, password_file: &'a Path, token: &'a Path) -> Vec<&'a str> {
+    vec![
+        "--store",
+        url,
+        "--clickhouse-user",
+        USER,
+        "--clickhouse-password-file",
+        password_file.to_str().unwrap(),
+        "--token-file",
+        token.to_str().unwrap(),
+    ]
+}
+
+/// Event texts of `GET path` on `addr`, in order.
+fn texts(addr: SocketAddr, path: &str) -> Vec<String> {
+    let (status, body) = http(addr, "GET", path, &[("Authorization", &auth())], b"");
+    assert_eq!(status, 200, "{body}");
+    body.lines()
+        .map(|l| {
+            let e: Event = serde_json::from_str(l).unwrap();
+            match e.data {
+                EventData::Log { text, .. } => format!("{}:{text}", e.host),
+                other => other.kind().to_string(),
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn two_aggregators_share_one_clickhouse() {
+    let mut server = Server::start("agg");
+    let dir = TempDir::new("clickhouse");
+    let token = dir.token_file();
+    let password = dir.path().join("ch-password");
+    std::fs::write(&password, format!("{PASSWORD}\n")).unwrap();
+    let url = format!("clickhouse://127.0.0.1:{}/tracer", server.http_port);
+    let args = store_args(&url, &password, &token);
+    let mut a = Aggregator::start_with(&args);
+    let b = Aggregator::start_with(&args);
+
+    // tail -f on a, before anything is stored.
+    let mut tail = Command::new(TRACER)
+        .args(["tail", "-f", "-n", "0", "--aggregator"])
+        .arg(a.url())
+        .arg("--token-file")
+        .arg(&token)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (line_tx, line_rx) = mpsc::channel();
+    let stdout = tail.stdout.take().unwrap();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = line_tx.send((Instant::now(), line));
+        }
+    });
+    thread::sleep(Duration::from_millis(500));
+
+    // web-1 sends through a, web-2 through b; times interleave.
+    let t0 = now_ns();
+    let web1: Vec<Event> = (0..5)
+        .map(|i| log("web-1", t0 + i * 20, &format!("one {i} error")))
+        .collect();
+    let web2: Vec<Event> = (0..5)
+        .map(|i| log("web-2", t0 + i * 20 + 10, &format!("two {i}")))
+        .collect();
+    assert_eq!(ingest(a.addr, "web-1", 0, &web1), (5, false));
+    let sent = Instant::now();
+    assert_eq!(ingest(b.addr, "web-2", 0, &web2), (5, false));
+    // A retry of web-1's batch to the other aggregator is a duplicate.
+    assert_eq!(ingest(b.addr, "web-1", 0, &web1), (0, true));
+
+    let want: Vec<String> = (0..5)
+        .flat_map(|i| [format!("web-1:one {i} error"), format!("web-2:two {i}")])
+        .collect();
+    for agg in [&a, &b] {
+        assert_eq!(texts(agg.addr, "/v1/events?since=0"), want);
+        let (_, count) = http(
+            agg.addr,
+            "GET",
+            "/v1/grep?re=ERROR&i=1&count=1",
+            &[("Authorization", &auth())],
+            b"",
+        );
+        assert_eq!(count.trim(), r#"{"count":5}"#);
+    }
+    // tail -f on a printed web-2's lines, ingested through b.
+    let mut got = Vec::new();
+    while got.len() < 10 {
+        let (at, line) = line_rx
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("tail -f on a printed only {got:?}"));
+        if line.contains("two 0") {
+            eprintln!(
+                "tail -f on a printed b's line {:?} after it was sent",
+                at - sent
+            );
+            assert!(at - sent < Duration::from_secs(2));
+        }
+        got.push(line);
+    }
+    assert_eq!(
+        got.iter().filter(|l| l.contains("web-2")).count(),
+        5,
+        "{got:?}"
+    );
+    let _ = tail.kill();
+    let _ = tail.wait();
+
+    // a dies; b goes on. ClickHouse stops: b answers 500 (the agent would
+    // keep its spool) and stores nothing; once it is back, the resent
+    // batch is stored once.
+    a.kill();
+    let late = [log("web-2", t0 + 500, "late")];
+    server.kill();
+    assert_eq!(try_ingest(b.addr, "web-2", 1, &late), None);
+    server.restart();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let stored = loop {
+        if let Some(r) = try_ingest(b.addr, "web-2", 1, &late) {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "ClickHouse did not come back");
+        thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(stored, (1, false));
+    assert_eq!(ingest(b.addr, "web-2", 1, &late), (0, true));
+    let all = texts(b.addr, "/v1/events?since=0");
+    assert_eq!(all.len(), 11);
+    assert_eq!(all.last().map(String::as_str), Some("web-2:late"));
+}
+
+#[test]
+fn bad_store_settings_are_clear_errors() {
+    let server = Server::start("bad");
+    let dir = TempDir::new("clickhouse-bad");
+    let token = dir.token_file();
+    let wrong = dir.path().join("wrong-password");
+    std::fs::write(&wrong, "nope\n").unwrap();
+    let run = |url: &str, password: &Path| {
+        let out = Command::new(TRACER)
+            .args(["aggregator", "--listen", "127.0.0.1:0"])
+            .args(store_args(url, password, &token))
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let url = format!("clickhouse://127.0.0.1:{}/tracer", server.http_port);
+    let msg = run(&url, &wrong);
+    assert!(
+        msg.contains("refused us") && msg.contains("--clickhouse-password-file"),
+        "{msg}"
+    );
+    let msg = run(
+        &format!("clickhouse://127.0.0.1:{}/tracer", free_port()),
+        &wrong,
+    );
+    assert!(
+        msg.contains("cannot reach ClickHouse") && msg.contains("is it running"),
+        "{msg}"
+    );
+    let msg = run("clickhouse://127.0.0.1:1/bad-name", &wrong);
+    assert!(msg.contains("not a database name"), "{msg}");
+}

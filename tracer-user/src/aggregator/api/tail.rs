@@ -1,0 +1,247 @@
+//! GET /v1/tail: Server-Sent Events, the last `n` events then, with
+//! `follow=1`, every new one as its batch commits.
+
+use std::{collections::BTreeSet, convert::Infallible, sync::Arc};
+
+use axum::{
+    extract::{Query as QueryParams, State, rejection::QueryRejection},
+    response::{
+        IntoResponse, Response,
+        sse::{self, KeepAlive, Sse},
+    },
+};
+use futures_util::{StreamExt as _, stream};
+use tokio::sync::{broadcast, mpsc};
+
+use super::{
+    ApiError, AppState, blocking,
+    events::PAGE,
+    params::{Params, flag},
+};
+use crate::aggregator::store::{EventId, Filter, Query, Store, Stored};
+
+/// Most events `tail` shows before following.
+const MAX_TAIL_LINES: usize = 100_000;
+
+fn sse_event(s: &Stored) -> sse::Event {
+    let data = serde_json::to_string(&s.event).unwrap_or_default();
+    sse::Event::default().id(s.id.to_string()).data(data)
+}
+
+/// GET /v1/tail: Server-Sent Events. The last `n` events (default 10), by
+/// corrected time; with `follow=1`, then every new matching event as it is
+/// committed, in commit order.
+pub(super) async fn tail(
+    State(st): State<Arc<AppState>>,
+    params: Result<QueryParams<Params>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let p = Params::from(params)?;
+    p.reject(
+        &[
+            ("since", p.since.is_some()),
+            ("until", p.until.is_some()),
+            ("trace", p.trace.is_some()),
+            ("re", p.re.is_some()),
+            ("i", p.i.is_some()),
+            ("count", p.count.is_some()),
+            ("limit", p.limit.is_some()),
+        ],
+        "/v1/tail",
+    )?;
+    let follow = flag(p.follow.as_deref())?;
+    let filter = p.filter()?;
+    let n = p.n.unwrap_or(10).min(MAX_TAIL_LINES);
+    // Subscribe before the snapshot: whatever commits after it is in the
+    // channel, and ids at or below the snapshot's cursor are skipped.
+    let polled = st.store.polled_by_tails();
+    let live = (follow && polled.is_none()).then(|| st.live.subscribe());
+    let (store, f) = (st.store.clone(), filter.clone());
+    let (cursor, mut rows, seen) = blocking(move || {
+        let cursor = store.cursor()?;
+        let rows = store.query(&Query {
+            filter: f.clone(),
+            as_of: Some(cursor),
+            newest_first: true,
+            limit: n,
+            ..Query::default()
+        })?;
+        // A polling follower shows what becomes visible after the
+        // snapshot, older ids included, and nothing the snapshot saw.
+        let seen = match (follow, polled) {
+            (true, Some(_)) => visible_since(&*store, store.rewind(cursor), &f)?
+                .into_iter()
+                .map(|s| s.id)
+                .filter(|id| *id <= cursor)
+                .collect(),
+            _ => BTreeSet::new(),
+        };
+        Ok((cursor, rows, seen))
+    })
+    .await?;
+    rows.reverse();
+    let hello = sse::Event::default().comment("tracer tail");
+    let snapshot = stream::iter(
+        std::iter::once(hello)
+            .chain(rows.iter().map(sse_event))
+            .map(Ok::<_, Infallible>)
+            .collect::<Vec<_>>(),
+    );
+    let (tx, rx) = mpsc::channel(256);
+    match (live, polled) {
+        (Some(live), _) => {
+            tokio::spawn(follow_live(st.clone(), live, filter, cursor, tx));
+        }
+        (None, Some(every)) if follow => {
+            tokio::spawn(follow_polled(st.clone(), filter, seen, every, tx));
+        }
+        _ => return Ok(Sse::new(snapshot).into_response()),
+    }
+    let rest = stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))
+    });
+    Ok(Sse::new(snapshot.chain(rest))
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+/// Every event matching `f` visible with an id above `from`, in id order.
+fn visible_since(
+    store: &dyn Store,
+    from: EventId,
+    f: &Filter,
+) -> Result<Vec<Stored>, crate::aggregator::store::StoreError> {
+    let mut out: Vec<Stored> = Vec::new();
+    loop {
+        let after = out.last().map_or(from, |s| s.id);
+        let page = store.since_cursor(after, f, PAGE)?;
+        let done = page.len() < PAGE;
+        out.extend(page);
+        if done {
+            return Ok(out);
+        }
+    }
+}
+
+/// Follows a store other aggregators write to (`Store::polled_by_tails`):
+/// every `every`, reads what is visible from a little before the newest
+/// event seen (`Store::rewind`) and sends what was not sent yet, so an
+/// event ingested through another aggregator, or committed late, is
+/// shown once.
+async fn follow_polled(
+    st: Arc<AppState>,
+    filter: Filter,
+    mut seen: BTreeSet<EventId>,
+    every: std::time::Duration,
+    tx: mpsc::Sender<sse::Event>,
+) {
+    let mut shutdown = st.shutdown.clone();
+    let mut high = seen.last().copied().unwrap_or(EventId::START);
+    loop {
+        tokio::select! {
+            _ = tx.closed() => return,
+            _ = shutdown.wait_for(|stop| *stop) => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let (store, f) = (st.store.clone(), filter.clone());
+        let from = store.rewind(high);
+        let rows = match tokio::task::spawn_blocking(move || visible_since(&*store, from, &f)).await
+        {
+            Ok(Ok(rows)) => rows,
+            Ok(Err(e)) => {
+                report(&tx, e.to_string()).await;
+                return;
+            }
+            Err(e) => {
+                report(&tx, e.to_string()).await;
+                return;
+            }
+        };
+        for s in &rows {
+            if seen.insert(s.id) && tx.send(sse_event(s)).await.is_err() {
+                return;
+            }
+            high = high.max(s.id);
+        }
+        // Ids below the next read's start are never read again.
+        seen = seen.split_off(&st.store.rewind(high));
+    }
+}
+
+/// Sends every committed event matching `filter` with id > `last` to `tx`
+/// until the client goes away or the server shuts down.
+async fn follow_live(
+    st: Arc<AppState>,
+    mut live: broadcast::Receiver<Arc<Vec<Stored>>>,
+    filter: Filter,
+    mut last: EventId,
+    tx: mpsc::Sender<sse::Event>,
+) {
+    let mut shutdown = st.shutdown.clone();
+    loop {
+        let msg = tokio::select! {
+            _ = tx.closed() => return,
+            _ = shutdown.wait_for(|stop| *stop) => return,
+            msg = live.recv() => msg,
+        };
+        match msg {
+            Ok(batch) => {
+                for s in batch.iter() {
+                    if s.id > last && filter.matches(&s.event, None) {
+                        last = s.id;
+                        if tx.send(sse_event(s)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            Err(broadcast::error::RecvError::Lagged(skipped)) => {
+                log::info!("tail fell {skipped} batches behind; catching up from the store");
+                if let Err(e) = catch_up(&st, &filter, &mut last, &tx).await {
+                    // The client is gone, or the store failed (said to it).
+                    log::info!("tail stopped: {e}");
+                    return;
+                }
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+async fn catch_up(
+    st: &AppState,
+    filter: &Filter,
+    last: &mut EventId,
+    tx: &mpsc::Sender<sse::Event>,
+) -> Result<(), String> {
+    {
+        loop {
+            let (store, f, cursor) = (st.store.clone(), filter.clone(), *last);
+            let rows =
+                match tokio::task::spawn_blocking(move || store.since_cursor(cursor, &f, PAGE))
+                    .await
+                {
+                    Ok(Ok(rows)) => rows,
+                    Ok(Err(e)) => return Err(report(tx, e.to_string()).await),
+                    Err(e) => return Err(report(tx, e.to_string()).await),
+                };
+            for s in &rows {
+                *last = s.id;
+                tx.send(sse_event(s))
+                    .await
+                    .map_err(|_| "client gone".to_string())?;
+            }
+            if rows.len() < PAGE {
+                return Ok(());
+            }
+        }
+    }
+}
+
+async fn report(tx: &mpsc::Sender<sse::Event>, msg: String) -> String {
+    log::error!("tail catch-up failed: {msg}");
+    // The client may already be gone; the error is logged either way.
+    let _ = tx
+        .send(sse::Event::default().event("error").data(msg.clone()))
+        .await;
+    msg
+}

@@ -1,0 +1,948 @@
+//! The ClickHouse backend (`tracer aggregator --store
+//! clickhouse://HOST:8123/DB`): the store of a cluster that outgrows one
+//! machine, shared by any number of stateless aggregators.
+//!
+//! Files: `schema.rs` (tables, versions), `sql.rs` (literals, filters, the
+//! regex prefilter), `ids.rs` (event ids without a shared counter),
+//! `rowbinary.rs` (insert bodies), `stitch.rs` (clock offsets after
+//! ingest, traces at query time), `tests.rs` (the conformance suite on a
+//! ClickHouse server the test starts, and every statement checked on a
+//! current ClickHouse through chdb).
+//!
+//! What differs from SQLite, and why:
+//! - **Commit.** ClickHouse has no transactions. A group's events are
+//!   inserted first, then one row per batch into `batches`; a query sees
+//!   an event only when its batch's row exists and is that batch's first
+//!   commit ([`sql::committed`]). So a batch is visible whole or not at
+//!   all, an insert that fails half-way leaves nothing visible (the agent
+//!   retries), and a batch stored twice — a retry to another aggregator
+//!   racing the first — counts once. A batch already in `batches` when it
+//!   arrives is answered `duplicate` without inserting anything. The 200
+//!   goes out after both inserts returned (ClickHouse wrote the parts).
+//! - **Clock corrections** are applied when reading (`raw_ts + offset`,
+//!   [`sql::Offsets::ts_expr`]) rather than written into each event, so a
+//!   new estimate moves all of a host's events at no cost and every
+//!   aggregator shows the same times.
+//! - **Stitching** keeps only what is shared by every aggregator in
+//!   ClickHouse: each host pair's clock difference (`host_pairs`,
+//!   re-estimated after a group with http events, from the pair's latest
+//!   exchanges) and the offsets derived from them. Which client exchange
+//!   is which server exchange is decided when a trace is asked for, per
+//!   connection, by the same pure matching (`super::stitch`) at the
+//!   pair's clock difference. So halves ingested through two aggregators
+//!   stitch like halves ingested through one.
+//! - **Ids** come from each aggregator's clock (`ids.rs`), not a counter.
+
+mod ids;
+mod rowbinary;
+mod schema;
+mod sql;
+mod stitch;
+#[doc(hidden)]
+pub mod test_server;
+#[cfg(test)]
+mod tests;
+
+use std::{
+    collections::HashSet,
+    sync::Mutex,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use bytes::Bytes;
+use clickhouse::{Client, Row};
+use regex::Regex;
+use serde::Deserialize;
+
+use self::{
+    ids::IdSource,
+    rowbinary::RowBinary,
+    sql::{Offsets, TraceSet, filter_sql, lit},
+};
+use super::{
+    series::{Sample, Series, SeriesBuilder, SeriesQuery},
+    stitch::{conn_key, own_trace},
+    store::{
+        Batch, EventId, EventKind, Filter, HostOffset, IngestOutcome, Query, Result, Store,
+        StoreError, Stored, corrected, stream_name,
+    },
+};
+use crate::event::{Event, EventData};
+
+pub use self::schema::SCHEMA_VERSION;
+
+const BACKEND: &str = "clickhouse";
+
+/// Where the store is and who it logs in as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// `http://HOST:PORT` or `https://HOST:PORT`.
+    pub url: String,
+    pub database: String,
+    pub user: Option<String>,
+    pub password: Option<String>,
+}
+
+impl Config {
+    /// Parses `clickhouse://HOST:PORT/DB` (HTTP) or
+    /// `clickhouses://HOST:PORT/DB` (HTTPS); the port defaults to 8123
+    /// (8443), the database to `tracer`.
+    pub fn parse(url: &str) -> std::result::Result<Self, String> {
+        let (scheme, rest, port) = if let Some(r) = url.strip_prefix("clickhouse://") {
+            ("http", r, 8123)
+        } else if let Some(r) = url.strip_prefix("clickhouses://") {
+            ("https", r, 8443)
+        } else {
+            return Err(format!(
+                "{url:?}: a ClickHouse store is clickhouse://HOST:PORT/DB \
+                 (or clickhouses:// for HTTPS)"
+            ));
+        };
+        let (hostport, db) = rest.split_once('/').unwrap_or((rest, ""));
+        let db = if db.is_empty() { "tracer" } else { db };
+        if hostport.is_empty() {
+            return Err(format!("{url:?} names no host"));
+        }
+        if hostport.contains('@') {
+            return Err(format!(
+                "{url:?}: give the user with --clickhouse-user and the password \
+                 with --clickhouse-password-file, not in the URL"
+            ));
+        }
+        if !db.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(format!(
+                "{db:?} is not a database name this store uses (letters, digits and _)"
+            ));
+        }
+        let has_port = hostport
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && !h.ends_with(':') && p.parse::<u16>().is_ok());
+        let hostport = if has_port {
+            hostport.to_string()
+        } else {
+            format!("{hostport}:{port}")
+        };
+        Ok(Self {
+            url: format!("{scheme}://{hostport}"),
+            database: db.to_string(),
+            user: None,
+            password: None,
+        })
+    }
+}
+
+/// How often a live tail reads new events (other aggregators' included).
+const TAIL_POLL: Duration = Duration::from_millis(100);
+/// How far behind its newest event a live tail reads again: an event's id
+/// is taken from its aggregator's clock before its batch is committed, so
+/// it can become visible after events with later ids. Covers inserts that
+/// take up to this long and clocks of aggregators this far apart.
+const TAIL_REWIND_MS: i64 = 2_000;
+/// Most exchanges one trace walk reads (a runaway loop guard).
+const MAX_TRACE_EXCHANGES: usize = 100_000;
+/// Rows read per step when a regex decides which rows count.
+const SCAN_PAGE: usize = 4096;
+
+/// A statement the store sent, kept when recording (tests: `tests.rs`
+/// runs them all on a current ClickHouse).
+#[derive(Debug, Clone)]
+pub struct Sent {
+    pub sql: String,
+    /// An insert's RowBinary body.
+    pub body: Option<Vec<u8>>,
+    /// Rows a SELECT returned.
+    pub rows: Option<usize>,
+}
+
+pub struct ClickhouseStore {
+    rt: Option<tokio::runtime::Runtime>,
+    client: Client,
+    /// The database, quoted.
+    db: String,
+    ids: IdSource,
+    recording: Mutex<Option<Vec<Sent>>>,
+}
+
+impl Drop for ClickhouseStore {
+    fn drop(&mut self) {
+        // May be dropped on an async worker, where a runtime must not
+        // block to shut down.
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
+/// A ClickHouse error as the store's own: network failures are
+/// "unreachable" (retry later), everything else the server's message.
+fn ch_err(e: clickhouse::error::Error) -> StoreError {
+    match e {
+        clickhouse::error::Error::Network(inner) => StoreError::Unavailable {
+            backend: BACKEND,
+            message: inner.to_string(),
+        },
+        clickhouse::error::Error::TimedOut => StoreError::Unavailable {
+            backend: BACKEND,
+            message: "timed out".into(),
+        },
+        other => StoreError::Backend {
+            backend: BACKEND,
+            message: other.to_string().trim().to_string(),
+        },
+    }
+}
+
+#[derive(Row, Deserialize)]
+struct EventRow {
+    id: i64,
+    ts: i64,
+    json: String,
+}
+
+#[derive(Row, Deserialize)]
+struct Count {
+    n: u64,
+}
+
+#[derive(Row, Deserialize)]
+struct OffsetRow {
+    host: String,
+    offset_ns: i64,
+    pairs: i64,
+    reference: String,
+    updated_ns: i64,
+}
+
+#[derive(Row, Deserialize)]
+struct BatchKey {
+    host: String,
+    run_id: String,
+    seq: i64,
+}
+
+impl ClickhouseStore {
+    /// Connects, checks the login and the schema version, creates the
+    /// tables on first start and registers this aggregator's id tag.
+    pub fn open(config: &Config) -> Result<Self> {
+        Self::open_with(config, false)
+    }
+
+    /// [`Self::open`], keeping every statement sent from the first on
+    /// ([`Self::recorded`]; tests).
+    pub fn open_recording(config: &Config) -> Result<Self> {
+        Self::open_with(config, true)
+    }
+
+    fn open_with(config: &Config, record: bool) -> Result<Self> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("clickhouse")
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Open(format!("starting the ClickHouse client: {e}")))?;
+        let mut client = Client::default()
+            .with_url(&config.url)
+            .with_validation(false);
+        if let Some(u) = &config.user {
+            client = client.with_user(u);
+        }
+        if let Some(p) = &config.password {
+            client = client.with_password(p);
+        }
+        let mut store = Self {
+            rt: Some(rt),
+            client,
+            db: sql::ident(&config.database),
+            ids: IdSource::new(0),
+            recording: Mutex::new(record.then(Vec::new)),
+        };
+        let version: Vec<Count> = store
+            .fetch("SELECT toUInt64(1) AS n")
+            .map_err(|e| match e {
+                StoreError::Unavailable { message, .. } => StoreError::Open(format!(
+                    "cannot reach ClickHouse at {} ({message}); is it running?",
+                    config.url
+                )),
+                StoreError::Backend { message, .. } => StoreError::Open(format!(
+                    "ClickHouse at {} refused us: {message} (check --clickhouse-user and \
+                     --clickhouse-password-file)",
+                    config.url
+                )),
+                other => other,
+            })?;
+        drop(version);
+        store.create_or_check()?;
+        store.ids = IdSource::new(store.register()?);
+        Ok(store)
+    }
+
+    fn create_or_check(&self) -> Result<()> {
+        let db = &self.db;
+        let stmts = schema::create(db);
+        // The database first; then what version it holds.
+        self.exec(&stmts[0])?;
+        self.exec(&stmts[1])?;
+        let found: Vec<Count> = self.fetch(&format!(
+            "SELECT toUInt64(max(version)) AS n FROM {db}.schema_version"
+        ))?;
+        let found = found.first().map_or(0, |c| c.n);
+        if found > u64::from(SCHEMA_VERSION) {
+            return Err(StoreError::Open(format!(
+                "the ClickHouse database {db} has tracer schema version {found}; this \
+                 tracer knows up to {SCHEMA_VERSION} (upgrade tracer, or use another database)"
+            )));
+        }
+        for s in &stmts[2..] {
+            self.exec(s)?;
+        }
+        if found < u64::from(SCHEMA_VERSION) {
+            // Version 1 is the first: nothing older to convert. Later
+            // versions add their steps here, then record themselves.
+            let mut body = RowBinary::default();
+            body.u32(SCHEMA_VERSION).i64(now_ns()).end_row();
+            self.insert(
+                &format!("INSERT INTO {db}.schema_version (version, applied_ns) FORMAT RowBinary"),
+                body,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Picks an id tag no aggregator started in the last day uses, and
+    /// records it.
+    fn register(&self) -> Result<u8> {
+        #[derive(Row, Deserialize)]
+        struct Tag {
+            tag: u32,
+        }
+        let day_ago = now_ns() - 86_400_000_000_000;
+        let used: HashSet<u32> = self
+            .fetch::<Tag>(&format!(
+                "SELECT tag FROM {}.aggregators WHERE started_ns > {day_ago}",
+                self.db
+            ))?
+            .into_iter()
+            .map(|t| t.tag)
+            .collect();
+        let seed = u32::try_from(now_ns().rem_euclid(256)).unwrap_or(0) ^ std::process::id();
+        let tag = (0..256u32)
+            .map(|i| (seed.wrapping_add(i)) % 256)
+            .find(|t| !used.contains(t))
+            .unwrap_or(seed % 256);
+        let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default();
+        let mut body = RowBinary::default();
+        body.u32(tag)
+            .i64(now_ns())
+            .str(&format!("{name}:{}", std::process::id()))
+            .end_row();
+        self.insert(
+            &format!(
+                "INSERT INTO {}.aggregators (tag, started_ns, name) FORMAT RowBinary",
+                self.db
+            ),
+            body,
+        )?;
+        Ok(u8::try_from(tag).unwrap_or(0))
+    }
+
+    /// The statements sent, when recording.
+    pub fn recorded(&self) -> Vec<Sent> {
+        self.recording
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .unwrap_or_default()
+    }
+
+    fn note(&self, sql: &str, body: Option<&[u8]>, rows: Option<usize>) {
+        if let Some(v) = self
+            .recording
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            v.push(Sent {
+                sql: sql.to_string(),
+                body: body.map(<[u8]>::to_vec),
+                rows,
+            });
+        }
+    }
+
+    fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        match &self.rt {
+            Some(rt) => rt.block_on(f),
+            None => unreachable!("the runtime lives as long as the store"),
+        }
+    }
+
+    fn exec(&self, sql: &str) -> Result<()> {
+        self.note(sql, None, None);
+        self.block_on(self.client.query_raw(sql).execute())
+            .map_err(ch_err)
+    }
+
+    fn fetch<T>(&self, sql: &str) -> Result<Vec<T>>
+    where
+        T: clickhouse::RowOwned + clickhouse::RowRead,
+    {
+        let rows = self
+            .block_on(self.client.query_raw(sql).fetch_all::<T>())
+            .map_err(ch_err)?;
+        self.note(sql, None, Some(rows.len()));
+        Ok(rows)
+    }
+
+    /// Sends one insert and returns once ClickHouse has answered it.
+    fn insert(&self, sql: &str, body: RowBinary) -> Result<()> {
+        let bytes = body.into_bytes();
+        self.note(sql, Some(&bytes), None);
+        self.block_on(async {
+            let mut ins = self.client.insert_formatted_with(sql.to_string());
+            ins.send(Bytes::from(bytes)).await?;
+            ins.end().await
+        })
+        .map_err(ch_err)
+    }
+
+    /// Every host's current correction.
+    fn offsets_now(&self) -> Result<Offsets> {
+        Ok(Offsets(
+            self.offsets()?
+                .into_iter()
+                .map(|o| (o.host, o.offset_ns))
+                .collect(),
+        ))
+    }
+
+    /// The members of `f.trace`'s trace, when it has one.
+    fn trace_set(&self, f: &Filter) -> Result<Option<TraceSet>> {
+        f.trace
+            .as_deref()
+            .map(|t| stitch::trace(self, t))
+            .transpose()
+    }
+
+    /// Rows for `where_` in `order`, `limit` at a time, kept when the
+    /// regex (if any) matches their text, until `want` are kept or none
+    /// are left. `next_page` moves the WHERE clause past the last row.
+    fn scan(
+        &self,
+        select: &str,
+        where_: &str,
+        order: &str,
+        want: usize,
+        re: Option<&Regex>,
+        mut next_page: impl FnMut(&Stored) -> String,
+    ) -> Result<Vec<Stored>> {
+        let mut out = Vec::new();
+        let mut extra = String::new();
+        let page = if re.is_some() {
+            SCAN_PAGE.max(want)
+        } else {
+            want
+        };
+        while out.len() < want {
+            let rows: Vec<EventRow> = self.fetch(&format!(
+                "{select} WHERE {where_}{extra} ORDER BY {order} LIMIT {page}"
+            ))?;
+            let n = rows.len();
+            let mut last = None;
+            for r in rows {
+                let s = decode(r)?;
+                let keep = match (re, &s.event.data) {
+                    (None, _) => true,
+                    (Some(re), EventData::Log { text, .. }) => re.is_match(text),
+                    (Some(_), _) => false,
+                };
+                last = Some(next_page(&s));
+                if keep {
+                    out.push(s);
+                }
+            }
+            match last {
+                Some(l) if n == page => extra = format!(" AND {l}"),
+                _ => break,
+            }
+        }
+        out.truncate(want);
+        Ok(out)
+    }
+
+    fn select(&self, offsets: &Offsets) -> String {
+        format!(
+            "SELECT id, {} AS ts, json FROM {}.events",
+            offsets.ts_expr(),
+            self.db
+        )
+    }
+}
+
+fn decode(r: EventRow) -> Result<Stored> {
+    let id = EventId::from_raw(r.id);
+    let mut event: Event =
+        serde_json::from_str(&r.json).map_err(|source| StoreError::Corrupt { id, source })?;
+    event.ts_ns = u64::try_from(r.ts).unwrap_or(0);
+    Ok(Stored { id, event })
+}
+
+fn compiled(f: &Filter) -> Result<Option<Regex>> {
+    Ok(f.text.as_ref().map(|t| t.compile()).transpose()?)
+}
+
+/// A stored batch: its first id (also its commit id) and the correction
+/// its events were shown with.
+struct Placed {
+    first: i64,
+    offset: i64,
+}
+
+impl ClickhouseStore {
+    /// Which of `batches` are stored already (by an earlier send of the
+    /// same batch).
+    fn known(&self, batches: &[&Batch]) -> Result<HashSet<(String, String, i64)>> {
+        if batches.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let keys: Vec<String> = batches
+            .iter()
+            .map(|b| {
+                format!(
+                    "({}, {}, {})",
+                    lit(&b.host),
+                    lit(&b.run_id),
+                    i64::try_from(b.seq).unwrap_or(i64::MAX)
+                )
+            })
+            .collect();
+        Ok(self
+            .fetch::<BatchKey>(&format!(
+                "SELECT host, run_id, seq FROM {}.batches WHERE (host, run_id, seq) IN ({})",
+                self.db,
+                keys.join(", ")
+            ))?
+            .into_iter()
+            .map(|k| (k.host, k.run_id, k.seq))
+            .collect())
+    }
+
+    /// Inserts the events of `batches` (with their placement), then their
+    /// batch rows: the commit.
+    fn insert_group(&self, batches: &[(&Batch, i64)]) -> Result<bool> {
+        let db = &self.db;
+        let mut events = RowBinary::default();
+        let mut http = RowBinary::default();
+        let mut commits = RowBinary::default();
+        let received = now_ns();
+        for &(b, first) in batches {
+            for (i, e) in b.events.iter().enumerate() {
+                let id = IdSource::nth(first, i);
+                let raw = i64::try_from(e.ts_ns).unwrap_or(i64::MAX);
+                let json = serde_json::to_string(e).map_err(|source| StoreError::Corrupt {
+                    id: EventId::from_raw(id),
+                    source,
+                })?;
+                let (stream, text, req_id) = match &e.data {
+                    EventData::Log {
+                        stream,
+                        text,
+                        req_id,
+                        ..
+                    } => (
+                        stream_name(*stream),
+                        text.as_str(),
+                        req_id.as_deref().unwrap_or(""),
+                    ),
+                    EventData::Http(h) => ("", "", h.req_id.as_str()),
+                    _ => ("", "", ""),
+                };
+                events
+                    .i64(id)
+                    .i64(first)
+                    .i64(raw)
+                    .str(&e.host)
+                    .u32(e.pid)
+                    .str(e.data.kind())
+                    .str(stream)
+                    .str(text)
+                    .str(req_id)
+                    .str(&json)
+                    .end_row();
+                if let EventData::Http(h) = &e.data {
+                    let side = stitch::side_name(h.side);
+                    let end = raw.saturating_add(i64::try_from(h.duration_ns).unwrap_or(i64::MAX));
+                    http.i64(id)
+                        .i64(first)
+                        .str(&e.host)
+                        .str(side)
+                        .str(&conn_key(h))
+                        .i64(raw)
+                        .i64(end)
+                        .str(&h.req_id)
+                        .str(h.parent_req_id.as_deref().unwrap_or(""))
+                        .str(&own_trace(h))
+                        .end_row();
+                }
+            }
+            commits
+                .str(&b.host)
+                .str(&b.run_id)
+                .i64(i64::try_from(b.seq).unwrap_or(i64::MAX))
+                .i64(first)
+                .u32(u32::try_from(b.events.len()).unwrap_or(u32::MAX))
+                .i64(received)
+                .end_row();
+        }
+        if events.rows() > 0 {
+            self.insert(
+                &format!(
+                    "INSERT INTO {db}.events (id, commit_id, raw_ts, host, pid, kind, stream, \
+                     text, req_id, json) FORMAT RowBinary"
+                ),
+                events,
+            )?;
+        }
+        let had_http = http.rows() > 0;
+        if had_http {
+            self.insert(
+                &format!(
+                    "INSERT INTO {db}.http_index (id, commit_id, host, side, conn, start_ns, \
+                     end_ns, req_id, parent_req_id, own_trace) FORMAT RowBinary"
+                ),
+                http,
+            )?;
+        }
+        self.insert(
+            &format!(
+                "INSERT INTO {db}.batches (host, run_id, seq, commit_id, events, received_ns) \
+                 FORMAT RowBinary"
+            ),
+            commits,
+        )
+        .map_err(|e| StoreError::Commit(e.to_string()))?;
+        Ok(had_http)
+    }
+
+    /// Stores `batches` as one group; per batch its outcome's placement,
+    /// or None for a duplicate.
+    fn ingest_group(&self, batches: &[Batch]) -> Result<Vec<Option<Placed>>> {
+        let known = self.known(&batches.iter().collect::<Vec<_>>())?;
+        let offsets = self.offsets_now()?;
+        let mut seen = HashSet::new();
+        let mut placed = Vec::with_capacity(batches.len());
+        let mut new = Vec::new();
+        let now_ms = now_ns() / 1_000_000;
+        for b in batches {
+            let key = (
+                b.host.clone(),
+                b.run_id.clone(),
+                i64::try_from(b.seq).unwrap_or(i64::MAX),
+            );
+            if known.contains(&key) || !seen.insert(key) {
+                placed.push(None);
+                continue;
+            }
+            let (first, _) = self.ids.reserve(b.events.len(), now_ms);
+            let offset = offsets.of(&b.host);
+            placed.push(Some(Placed { first, offset }));
+            new.push((b, first));
+        }
+        if !new.is_empty() && self.insert_group(&new)? {
+            // New exchanges: re-estimate the clock differences they bear
+            // on. A failure here loses nothing (the next group retries).
+            if let Err(e) =
+                stitch::after_ingest(self, &new.iter().map(|(b, _)| *b).collect::<Vec<_>>())
+            {
+                log::warn!(
+                    "re-estimating clock offsets failed (retried after the next batch): {e}"
+                );
+            }
+        }
+        Ok(placed)
+    }
+}
+
+impl Store for ClickhouseStore {
+    fn ingest(&self, batch: Batch) -> Result<IngestOutcome> {
+        self.ingest_many(vec![batch])
+            .pop()
+            .unwrap_or_else(|| Err(StoreError::Commit("no outcome".into())))
+    }
+
+    /// One insert per table for the whole group; if it fails, each batch
+    /// is tried alone so that only a failing one gets the error.
+    fn ingest_many(&self, batches: Vec<Batch>) -> Vec<Result<IngestOutcome>> {
+        let results: Vec<Result<Option<Placed>>> = match self.ingest_group(&batches) {
+            Ok(all) => all.into_iter().map(Ok).collect(),
+            Err(e) if batches.len() == 1 => vec![Err(e)],
+            Err(e) => {
+                log::warn!(
+                    "storing a group of {} batches failed ({e}); storing them one by one",
+                    batches.len()
+                );
+                batches
+                    .chunks(1)
+                    .map(|one| self.ingest_group(one).map(|mut v| v.pop().flatten()))
+                    .collect()
+            }
+        };
+        batches
+            .into_iter()
+            .zip(results)
+            .map(|(batch, result)| {
+                Ok(match result? {
+                    None => IngestOutcome {
+                        duplicate: true,
+                        stored: Vec::new(),
+                    },
+                    Some(p) => IngestOutcome {
+                        duplicate: false,
+                        stored: batch
+                            .events
+                            .into_iter()
+                            .enumerate()
+                            .map(|(i, mut event)| {
+                                let raw = i64::try_from(event.ts_ns).unwrap_or(i64::MAX);
+                                event.ts_ns = u64::try_from(corrected(raw, p.offset)).unwrap_or(0);
+                                Stored {
+                                    id: EventId::from_raw(IdSource::nth(p.first, i)),
+                                    event,
+                                }
+                            })
+                            .collect(),
+                    },
+                })
+            })
+            .collect()
+    }
+
+    fn query(&self, q: &Query) -> Result<Vec<Stored>> {
+        if q.limit == 0 {
+            return Ok(Vec::new());
+        }
+        let offsets = self.offsets_now()?;
+        let trace = self.trace_set(&q.filter)?;
+        let re = compiled(&q.filter)?;
+        let mut where_ = filter_sql(&self.db, &q.filter, &offsets, trace.as_ref());
+        if let Some(a) = q.as_of {
+            where_.push_str(&format!(" AND id <= {}", a.raw()));
+        }
+        let (cmp, dir) = if q.newest_first {
+            ("<", "DESC")
+        } else {
+            (">", "ASC")
+        };
+        if let Some(p) = q.after {
+            where_.push_str(&format!(
+                " AND (ts, id) {cmp} ({}, {})",
+                p.ts_ns,
+                p.id.raw()
+            ));
+        }
+        self.scan(
+            &self.select(&offsets),
+            &where_,
+            &format!("ts {dir}, id {dir}"),
+            q.limit,
+            re.as_ref(),
+            |s| {
+                let p = s.position();
+                format!("(ts, id) {cmp} ({}, {})", p.ts_ns, p.id.raw())
+            },
+        )
+    }
+
+    fn count(&self, f: &Filter) -> Result<u64> {
+        let offsets = self.offsets_now()?;
+        let trace = self.trace_set(f)?;
+        let where_ = filter_sql(&self.db, f, &offsets, trace.as_ref());
+        let from = format!("FROM {}.events WHERE {where_}", self.db);
+        let ts = offsets.ts_expr();
+        let Some(re) = compiled(f)? else {
+            let n: Vec<Count> = self.fetch(&format!(
+                "SELECT count() AS n FROM (SELECT {ts} AS ts, id {from})"
+            ))?;
+            return Ok(n.first().map_or(0, |c| c.n));
+        };
+        // The prefilter narrowed the rows; the regex decides, line by line.
+        let mut n = 0u64;
+        let mut after = i64::MIN;
+        loop {
+            #[derive(Row, Deserialize)]
+            struct IdText {
+                id: i64,
+                text: String,
+            }
+            let rows: Vec<IdText> = self.fetch(&format!(
+                "SELECT id, text FROM (SELECT {ts} AS ts, id, text {from} AND id > {after}) \
+                 ORDER BY id LIMIT {}",
+                SCAN_PAGE * 16
+            ))?;
+            let got = rows.len();
+            for r in &rows {
+                n += u64::from(re.is_match(&r.text));
+            }
+            match rows.last() {
+                Some(r) if got == SCAN_PAGE * 16 => after = r.id,
+                _ => return Ok(n),
+            }
+        }
+    }
+
+    fn since_cursor(&self, cursor: EventId, f: &Filter, limit: usize) -> Result<Vec<Stored>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let offsets = self.offsets_now()?;
+        let trace = self.trace_set(f)?;
+        let re = compiled(f)?;
+        let mut where_ = filter_sql(&self.db, f, &offsets, trace.as_ref());
+        where_.push_str(&format!(" AND id > {}", cursor.raw()));
+        self.scan(
+            &self.select(&offsets),
+            &where_,
+            "id",
+            limit,
+            re.as_ref(),
+            |s| format!("id > {}", s.id.raw()),
+        )
+    }
+
+    fn cursor(&self) -> Result<EventId> {
+        let n: Vec<Count> = self.fetch(&format!(
+            "SELECT toUInt64(greatest(max(id), toInt64(0))) AS n FROM {}.events WHERE {}",
+            self.db,
+            sql::committed(&self.db)
+        ))?;
+        Ok(EventId::from_raw(
+            n.first().map_or(0, |c| i64::try_from(c.n).unwrap_or(0)),
+        ))
+    }
+
+    fn polled_by_tails(&self) -> Option<Duration> {
+        Some(TAIL_POLL)
+    }
+
+    fn rewind(&self, cursor: EventId) -> EventId {
+        let ms = IdSource::millis(cursor.raw()) - TAIL_REWIND_MS;
+        EventId::from_raw(IdSource::floor_at(ms))
+    }
+
+    fn host_offset(&self, host: &str) -> Result<i64> {
+        Ok(self.offsets_now()?.of(host))
+    }
+
+    fn set_host_offset(&self, host: &str, offset_ns: i64) -> Result<()> {
+        self.write_offsets(&[(host.to_string(), offset_ns, 0, String::new())])
+    }
+
+    fn offsets(&self) -> Result<Vec<HostOffset>> {
+        let rows: Vec<OffsetRow> = self.fetch(&format!(
+            "SELECT host, argMax(offset_ns, updated_ns) AS off, \
+             argMax(pairs, updated_ns) AS n, argMax(reference, updated_ns) AS ref, \
+             max(updated_ns) AS updated FROM {}.host_offsets GROUP BY host ORDER BY host",
+            self.db
+        ))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| HostOffset {
+                host: r.host,
+                offset_ns: r.offset_ns,
+                pairs: r.pairs,
+                reference: (!r.reference.is_empty()).then_some(r.reference),
+                updated_ns: r.updated_ns,
+            })
+            .collect())
+    }
+
+    /// The window's events of the kinds the graphs use, bucketed by the
+    /// shared `series.rs`; log lines count by their time, host and pid
+    /// only (their JSON is not read).
+    fn series(&self, q: &SeriesQuery) -> Result<Series> {
+        #[derive(Row, Deserialize)]
+        struct SeriesRow {
+            ts: i64,
+            host: String,
+            pid: u32,
+            kind: String,
+            json: String,
+        }
+        let offsets = self.offsets_now()?;
+        let f = Filter {
+            since: Some(q.since),
+            until: Some(q.until),
+            hosts: q.hosts.clone(),
+            kinds: ["log", "http", "loop", "gc", "tcp_retransmit", "lost"]
+                .iter()
+                .filter_map(|k| EventKind::parse(k))
+                .collect(),
+            ..Filter::default()
+        };
+        let where_ = filter_sql(&self.db, &f, &offsets, None);
+        let rows: Vec<SeriesRow> = self.fetch(&format!(
+            "SELECT {} AS ts, host, pid, kind, if(kind = 'log', '', json) AS json \
+             FROM {}.events WHERE {where_}",
+            offsets.ts_expr(),
+            self.db
+        ))?;
+        let mut builder = SeriesBuilder::new(q.clone());
+        for r in rows {
+            let sample = if r.kind == "log" {
+                Some(Sample::Log)
+            } else {
+                serde_json::from_str::<Event>(&r.json)
+                    .ok()
+                    .and_then(|e| super::series::sample_of(&e.data))
+            };
+            if let Some(s) = sample {
+                builder.add(r.ts, &r.host, r.pid, s);
+            }
+        }
+        Ok(builder.finish())
+    }
+}
+
+impl ClickhouseStore {
+    /// Records corrections: `(host, offset, pairs, reference)` (an empty
+    /// reference: set by hand).
+    fn write_offsets(&self, rows: &[(String, i64, i64, String)]) -> Result<()> {
+        let mut body = RowBinary::default();
+        let now = now_ns();
+        for (host, off, pairs, reference) in rows {
+            body.str(host)
+                .i64(*off)
+                .i64(*pairs)
+                .str(reference)
+                .i64(now)
+                .end_row();
+        }
+        self.insert(
+            &format!(
+                "INSERT INTO {}.host_offsets (host, offset_ns, pairs, reference, updated_ns) \
+                 FORMAT RowBinary",
+                self.db
+            ),
+            body,
+        )
+    }
+
+    /// Waits until ClickHouse answers (tests and `open` retries).
+    pub fn ping(&self, within: Duration) -> Result<()> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            match self.fetch::<Count>("SELECT toUInt64(1) AS n") {
+                Ok(_) => return Ok(()),
+                Err(e) if std::time::Instant::now() >= deadline => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+}

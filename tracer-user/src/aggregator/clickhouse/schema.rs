@@ -1,0 +1,103 @@
+//! The ClickHouse schema (docs/aggregator.md, "Scaling out"): SQL that
+//! ClickHouse 18.16 (Debian 12) and current releases both accept: times are
+//! `Int64` nanoseconds (18.16 has no `DateTime64`), no experimental types
+//! (no `LowCardinality`, no JSON type), plain `MergeTree` tables. The
+//! version is a row in `schema_version`; a store written by a newer tracer
+//! is refused, an older one is upgraded in place by the steps below.
+
+/// What this tracer writes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The statements that create version 1 in database `db` (already quoted
+/// as an identifier). `IF NOT EXISTS` everywhere: several aggregators may
+/// start at once.
+pub fn create(db: &str) -> Vec<String> {
+    vec![
+        format!("CREATE DATABASE IF NOT EXISTS {db}"),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {db}.schema_version (
+                version UInt32,
+                applied_ns Int64
+            ) ENGINE = MergeTree ORDER BY version"
+        ),
+        // Every event. `commit_id` is its batch's commit (the batch's first
+        // id): an event is visible only when its batch's row in `batches`
+        // exists and is the first commit of that batch (see `committed`).
+        // Sorted by host then raw time: queries give a time range and
+        // often hosts, and both prune granules through the primary key.
+        format!(
+            "CREATE TABLE IF NOT EXISTS {db}.events (
+                id Int64,
+                commit_id Int64,
+                raw_ts Int64,
+                host String,
+                pid UInt32,
+                kind String,
+                stream String,
+                text String,
+                req_id String,
+                json String
+            ) ENGINE = MergeTree
+            PARTITION BY intDiv(raw_ts, 86400000000000)
+            ORDER BY (host, raw_ts, id)"
+        ),
+        // One row per stored batch, written after its events: the commit
+        // record. A batch stored twice (two aggregators racing on one
+        // retried batch) has two rows; the lower commit id wins.
+        format!(
+            "CREATE TABLE IF NOT EXISTS {db}.batches (
+                host String,
+                run_id String,
+                seq Int64,
+                commit_id Int64,
+                events UInt32,
+                received_ns Int64
+            ) ENGINE = MergeTree ORDER BY (host, run_id, seq)"
+        ),
+        // HTTP exchanges by connection, for stitching (raw times).
+        format!(
+            "CREATE TABLE IF NOT EXISTS {db}.http_index (
+                id Int64,
+                commit_id Int64,
+                host String,
+                side String,
+                conn String,
+                start_ns Int64,
+                end_ns Int64,
+                req_id String,
+                parent_req_id String,
+                own_trace String
+            ) ENGINE = MergeTree ORDER BY (conn, side, start_ns)"
+        ),
+        // Clock difference per host pair (server minus client), the latest
+        // row of a pair wins.
+        format!(
+            "CREATE TABLE IF NOT EXISTS {db}.host_pairs (
+                client_host String,
+                server_host String,
+                theta_ns Int64,
+                pairs Int64,
+                updated_ns Int64
+            ) ENGINE = MergeTree ORDER BY (client_host, server_host, updated_ns)"
+        ),
+        // Clock correction per host, the latest row wins; `reference` is
+        // empty for an offset set by hand.
+        format!(
+            "CREATE TABLE IF NOT EXISTS {db}.host_offsets (
+                host String,
+                offset_ns Int64,
+                pairs Int64,
+                reference String,
+                updated_ns Int64
+            ) ENGINE = MergeTree ORDER BY (host, updated_ns)"
+        ),
+        // The aggregators writing here, for their id tags (`ids.rs`).
+        format!(
+            "CREATE TABLE IF NOT EXISTS {db}.aggregators (
+                tag UInt32,
+                started_ns Int64,
+                name String
+            ) ENGINE = MergeTree ORDER BY (tag, started_ns)"
+        ),
+    ]
+}

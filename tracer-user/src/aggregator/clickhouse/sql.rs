@@ -1,0 +1,220 @@
+//! SQL text for the ClickHouse store: literals, the corrected time, a
+//! [`Filter`] as a WHERE clause, and the regex prefilter.
+//!
+//! Literals are written into the statement (ClickHouse 18.16 has no query
+//! parameters), escaped here: in a ClickHouse string literal only the
+//! backslash and the quote need escaping (and NUL, for safety).
+
+use regex_syntax::hir::literal::{ExtractKind, Extractor};
+
+use crate::aggregator::store::{EventKind, Filter, TextMatch, stream_name};
+
+/// A string literal.
+pub fn lit(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('\'');
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\'' => out.push_str("\\'"),
+            '\0' => out.push_str("\\0"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
+}
+
+/// A database name as an identifier (letters, digits, `_` only: checked
+/// when the store is configured).
+pub fn ident(name: &str) -> String {
+    format!("`{name}`")
+}
+
+/// Every host's clock correction, as the store reads them for a query.
+#[derive(Debug, Clone, Default)]
+pub struct Offsets(pub Vec<(String, i64)>);
+
+impl Offsets {
+    pub fn of(&self, host: &str) -> i64 {
+        self.0
+            .iter()
+            .find(|(h, _)| h == host)
+            .map_or(0, |(_, o)| *o)
+    }
+
+    /// The corrected time of a row (`raw + offset(host)`, at least 0), as
+    /// an SQL expression.
+    pub fn ts_expr(&self) -> String {
+        if self.0.is_empty() {
+            return "greatest(raw_ts, toInt64(0))".into();
+        }
+        let hosts: Vec<String> = self.0.iter().map(|(h, _)| lit(h)).collect();
+        let offs: Vec<String> = self
+            .0
+            .iter()
+            .map(|(_, o)| format!("toInt64({o})"))
+            .collect();
+        format!(
+            "greatest(raw_ts + transform(host, [{}], [{}], toInt64(0)), toInt64(0))",
+            hosts.join(", "),
+            offs.join(", ")
+        )
+    }
+
+    /// The least and largest correction (0 included: hosts without one).
+    fn bounds(&self) -> (i64, i64) {
+        self.0
+            .iter()
+            .fold((0, 0), |(lo, hi), (_, o)| (lo.min(*o), hi.max(*o)))
+    }
+}
+
+/// `col IN ('a', 'b')`.
+pub fn in_list<'a>(col: &str, items: impl IntoIterator<Item = &'a str>) -> String {
+    let items: Vec<String> = items.into_iter().map(lit).collect();
+    format!("{col} IN ({})", items.join(", "))
+}
+
+/// The members of a trace, as the store found them (`stitch.rs`).
+#[derive(Debug, Default, Clone)]
+pub struct TraceSet {
+    /// The trace id asked for (log lines with this req_id belong too).
+    pub id: String,
+    /// Ids of the http events.
+    pub ids: Vec<i64>,
+    /// `(host, req_id)` of those exchanges: their log lines.
+    pub reqs: Vec<(String, String)>,
+}
+
+/// The rows of `db.events` that are committed (module docs of
+/// `super`): a batch's events count once its batch row exists, and only
+/// the first commit of a batch stored twice.
+pub fn committed(db: &str) -> String {
+    format!("commit_id IN (SELECT min(commit_id) FROM {db}.batches GROUP BY host, run_id, seq)")
+}
+
+/// The WHERE clause (without `WHERE`) for `f` over `db.events`, with `ts`
+/// the corrected time (an alias the SELECT defines). The text condition
+/// here is only a prefilter ([`prefilter`]); the regex itself is applied
+/// by the caller to the rows returned.
+pub fn filter_sql(db: &str, f: &Filter, offsets: &Offsets, trace: Option<&TraceSet>) -> String {
+    let mut conds = vec![committed(db)];
+    let (lo, hi) = offsets.bounds();
+    if let Some(s) = f.since {
+        conds.push(format!("ts >= {s}"));
+        // The same bound on the raw time, which the primary key can use.
+        conds.push(format!("raw_ts >= {}", s.saturating_sub(hi)));
+    }
+    if let Some(u) = f.until {
+        conds.push(format!("ts < {u}"));
+        conds.push(format!("raw_ts < {}", u.saturating_sub(lo)));
+    }
+    if !f.hosts.is_empty() {
+        conds.push(in_list("host", f.hosts.iter().map(String::as_str)));
+    }
+    if !f.kinds.is_empty() {
+        conds.push(in_list("kind", f.kinds.iter().map(|k| k.name())));
+    }
+    if f.stream.is_some() || f.text.is_some() {
+        conds.push(format!("kind = {}", lit(EventKind::LOG.name())));
+    }
+    if let Some(s) = f.stream {
+        conds.push(format!("stream = {}", lit(stream_name(s))));
+    }
+    if let Some(t) = &f.text
+        && let Some(p) = prefilter(t)
+    {
+        conds.push(p);
+    }
+    if f.trace.is_some() {
+        let t = trace.cloned().unwrap_or_default();
+        let mut any = vec![format!("(kind = 'log' AND req_id = {})", lit(&t.id))];
+        if !t.ids.is_empty() {
+            let ids: Vec<String> = t.ids.iter().map(i64::to_string).collect();
+            any.push(format!("(kind = 'http' AND id IN ({}))", ids.join(", ")));
+        }
+        if !t.reqs.is_empty() {
+            let pairs: Vec<String> = t
+                .reqs
+                .iter()
+                .map(|(h, r)| format!("({}, {})", lit(h), lit(r)))
+                .collect();
+            any.push(format!(
+                "(kind = 'log' AND (host, req_id) IN ({}))",
+                pairs.join(", ")
+            ));
+        }
+        conds.push(format!("({})", any.join(" OR ")));
+    }
+    conds.join(" AND ")
+}
+
+/// Literals longest first kept at most: more make the statement long and
+/// the scan slower than the regex would be.
+const MAX_PREFILTER_LITERALS: usize = 64;
+
+/// A condition every line the regex can match satisfies: one of the
+/// literals every match starts with occurs in the text (`position`, a
+/// byte search, over the text column only). None when the regex has no
+/// such finite set of literals (then every line of the other conditions
+/// is read and the regex decides). Found with regex-syntax's literal
+/// extractor on the same pattern and flags the `regex` crate compiles, so
+/// case-insensitive patterns give all their case variants.
+pub fn prefilter(t: &TextMatch) -> Option<String> {
+    let hir = regex_syntax::ParserBuilder::new()
+        .case_insensitive(t.case_insensitive)
+        .build()
+        .parse(&t.pattern)
+        .ok()?;
+    let mut ex = Extractor::new();
+    ex.kind(ExtractKind::Prefix);
+    let seq = ex.extract(&hir);
+    let lits = seq.literals()?;
+    if lits.is_empty() || lits.len() > MAX_PREFILTER_LITERALS {
+        return None;
+    }
+    let mut conds = Vec::with_capacity(lits.len());
+    for l in lits {
+        let s = std::str::from_utf8(l.as_bytes()).ok()?;
+        if s.is_empty() {
+            return None;
+        }
+        conds.push(format!("position(text, {}) > 0", lit(s)));
+    }
+    conds.sort();
+    conds.dedup();
+    Some(format!("({})", conds.join(" OR ")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literals_escape_quotes_and_backslashes() {
+        assert_eq!(lit(r"it's a \d"), r"'it\'s a \\d'");
+        assert_eq!(lit("a\0b"), r"'a\0b'");
+    }
+
+    #[test]
+    fn prefilters_are_sound() {
+        let p = |pattern: &str, ci: bool| {
+            prefilter(&TextMatch {
+                pattern: pattern.into(),
+                case_insensitive: ci,
+            })
+        };
+        assert_eq!(p("error", false).unwrap(), "(position(text, 'error') > 0)");
+        assert_eq!(
+            p("disk|net", false).unwrap(),
+            "(position(text, 'disk') > 0 OR position(text, 'net') > 0)"
+        );
+        // Every case variant, Unicode's included: o/O times k/K/U+212A.
+        assert_eq!(p("ok", true).unwrap().matches("position").count(), 6);
+        // No literal every match starts with: no prefilter.
+        assert_eq!(p(r"\d9$", false), None);
+        assert_eq!(p(".*", false), None);
+        assert_eq!(p("(", false), None);
+    }
+}

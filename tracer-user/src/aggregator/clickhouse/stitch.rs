@@ -1,0 +1,449 @@
+//! Stitching on ClickHouse (docs/aggregator.md, "Stitching"; module docs
+//! of `super` for what is stored). The matching itself is the pure
+//! `crate::aggregator::stitch`, shared with SQLite:
+//! - after a group with http events ([`after_ingest`]), each host pair the
+//!   new exchanges are on is re-estimated from its latest client
+//!   exchanges (at most [`SAMPLE`]) and the server exchanges on their
+//!   connections; a changed clock difference is recorded in `host_pairs`
+//!   and the offsets recomputed from all pairs;
+//! - when a trace is asked for ([`trace`]), the walk over exchanges
+//!   (parents in a process, links across hosts) matches each connection
+//!   it crosses at its host pair's clock difference.
+//!
+//! Every step reads only what is in ClickHouse, so any aggregator computes
+//! the same thing, whichever ingested which half of a request.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use clickhouse::Row;
+use serde::Deserialize;
+
+use super::{
+    ClickhouseStore,
+    sql::{TraceSet, committed, in_list, lit},
+};
+use crate::{
+    aggregator::{
+        stitch::{self, Candidate, Edge, MAX_SKEW_NS, Side, TOLERANCE_NS, conn_key},
+        store::{Batch, Result, Store as _},
+    },
+    event::{EventData, HttpSide},
+};
+
+/// Client exchanges per host pair a clock difference is estimated from
+/// (the latest).
+const SAMPLE: usize = 1024;
+/// A new estimate is recorded (and applied to every query) when it moves
+/// by more than this.
+const MOVE_MIN_NS: i64 = 50_000;
+/// Connection keys per `IN (...)` list (statements stay well below
+/// ClickHouse's 256 KiB query size limit).
+const KEYS_PER_QUERY: usize = 512;
+
+#[derive(Row, Deserialize, Clone, Debug)]
+struct Exchange {
+    id: i64,
+    host: String,
+    side: String,
+    conn: String,
+    start_ns: i64,
+    end_ns: i64,
+    req_id: String,
+    parent_req_id: String,
+    own_trace: String,
+}
+
+const EXCHANGE_COLS: &str =
+    "id, host, side, conn, start_ns, end_ns, req_id, parent_req_id, own_trace";
+
+#[derive(Row, Deserialize)]
+struct PairRow {
+    client_host: String,
+    server_host: String,
+    theta_ns: i64,
+    pairs: i64,
+}
+
+#[derive(Row, Deserialize)]
+struct HostRow {
+    host: String,
+}
+
+impl ClickhouseStore {
+    fn exchanges(&self, cond: &str) -> Result<Vec<Exchange>> {
+        self.fetch(&format!(
+            "SELECT {EXCHANGE_COLS} FROM {db}.http_index WHERE {cond} AND {c}",
+            db = self.db,
+            c = committed(&self.db)
+        ))
+    }
+
+    /// Every host pair's latest clock difference.
+    fn pairs(&self) -> Result<Vec<PairRow>> {
+        self.fetch(&format!(
+            "SELECT client_host, server_host, argMax(theta_ns, updated_ns) AS theta, \
+             argMax(pairs, updated_ns) AS n FROM {}.host_pairs \
+             GROUP BY client_host, server_host ORDER BY client_host, server_host",
+            self.db
+        ))
+    }
+}
+
+/// Candidate pairs from client and server exchanges of one host pair.
+fn candidates(clients: &[&Exchange], servers: &[&Exchange], cross_host: bool) -> Vec<Candidate> {
+    let mut by_conn: HashMap<&str, Vec<&Exchange>> = HashMap::new();
+    for s in servers {
+        by_conn.entry(s.conn.as_str()).or_default().push(s);
+    }
+    let mut groups: HashMap<&str, usize> = HashMap::new();
+    let mut out = Vec::new();
+    for c in clients {
+        if cross_host && stitch::is_loopback_key(&c.conn) {
+            continue;
+        }
+        let Some(ss) = by_conn.get(c.conn.as_str()) else {
+            continue;
+        };
+        let n = groups.len();
+        let group = *groups.entry(c.conn.as_str()).or_insert(n);
+        for s in ss {
+            let ok = (s.start_ns - c.start_ns).abs() <= MAX_SKEW_NS
+                && s.end_ns - s.start_ns <= c.end_ns - c.start_ns + 2 * TOLERANCE_NS;
+            if ok {
+                out.push(Candidate {
+                    conn: group,
+                    client: Side {
+                        id: c.id,
+                        start: c.start_ns,
+                        end: c.end_ns,
+                    },
+                    server: Side {
+                        id: s.id,
+                        start: s.start_ns,
+                        end: s.end_ns,
+                    },
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Re-estimates the host pairs the http exchanges of `batches` are on,
+/// and the offsets when a pair moved.
+pub fn after_ingest(store: &ClickhouseStore, batches: &[&Batch]) -> Result<()> {
+    let mut conns = BTreeSet::new();
+    for b in batches {
+        for e in &b.events {
+            if let EventData::Http(h) = &e.data {
+                conns.insert(conn_key(h));
+            }
+        }
+    }
+    // Both ends of those connections, whoever ingested them.
+    let mut ends: HashMap<String, (BTreeSet<String>, BTreeSet<String>)> = HashMap::new();
+    let conns: Vec<String> = conns.into_iter().collect();
+    for chunk in conns.chunks(KEYS_PER_QUERY) {
+        #[derive(Row, Deserialize)]
+        struct End {
+            host: String,
+            side: String,
+            conn: String,
+        }
+        let rows: Vec<End> = store.fetch(&format!(
+            "SELECT DISTINCT host, side, conn FROM {db}.http_index WHERE {keys} AND {c}",
+            db = store.db,
+            keys = in_list("conn", chunk.iter().map(String::as_str)),
+            c = committed(&store.db)
+        ))?;
+        for r in rows {
+            let e = ends.entry(r.conn).or_default();
+            if r.side == "client" {
+                e.0.insert(r.host);
+            } else {
+                e.1.insert(r.host);
+            }
+        }
+    }
+    let mut pairs: BTreeSet<(String, String)> = BTreeSet::new();
+    for (conn, (clients, servers)) in &ends {
+        if stitch::is_loopback_key(conn) {
+            continue;
+        }
+        for c in clients {
+            for s in servers {
+                if c != s {
+                    pairs.insert((c.clone(), s.clone()));
+                }
+            }
+        }
+    }
+    if pairs.is_empty() {
+        return Ok(());
+    }
+    let known: HashMap<(String, String), (i64, i64)> = store
+        .pairs()?
+        .into_iter()
+        .map(|p| ((p.client_host, p.server_host), (p.theta_ns, p.pairs)))
+        .collect();
+    let mut changed = Vec::new();
+    for (ch, sh) in pairs {
+        let clients = store.fetch::<Exchange>(&format!(
+            "SELECT {EXCHANGE_COLS} FROM {db}.http_index WHERE host = {h} AND side = 'client' \
+             AND {c} ORDER BY start_ns DESC LIMIT {SAMPLE}",
+            db = store.db,
+            h = lit(&ch),
+            c = committed(&store.db)
+        ))?;
+        let Some(lo) = clients.iter().map(|c| c.start_ns).min() else {
+            continue;
+        };
+        let hi = clients.iter().map(|c| c.start_ns).max().unwrap_or(lo);
+        let keys: BTreeSet<&str> = clients.iter().map(|c| c.conn.as_str()).collect();
+        let keys: Vec<&str> = keys.into_iter().collect();
+        let mut servers = Vec::new();
+        for chunk in keys.chunks(KEYS_PER_QUERY) {
+            servers.extend(store.exchanges(&format!(
+                "host = {h} AND side = 'server' AND {keys} AND start_ns BETWEEN {a} AND {b}",
+                h = lit(&sh),
+                keys = in_list("conn", chunk.iter().copied()),
+                a = lo.saturating_sub(MAX_SKEW_NS),
+                b = hi.saturating_add(MAX_SKEW_NS)
+            ))?);
+        }
+        let cs: Vec<&Exchange> = clients.iter().collect();
+        let ss: Vec<&Exchange> = servers.iter().collect();
+        let m = stitch::match_pairs(&candidates(&cs, &ss, true), false);
+        let n = i64::try_from(m.links.len()).unwrap_or(i64::MAX);
+        if n == 0 {
+            continue;
+        }
+        let before = known.get(&(ch.clone(), sh.clone()));
+        if before.is_none_or(|&(t, p)| (t - m.theta).abs() > MOVE_MIN_NS || p != n) {
+            changed.push((ch, sh, m.theta, n));
+        }
+    }
+    if changed.is_empty() {
+        return Ok(());
+    }
+    let mut body = super::RowBinary::default();
+    let now = super::now_ns();
+    for (ch, sh, theta, n) in &changed {
+        body.str(ch).str(sh).i64(*theta).i64(*n).i64(now).end_row();
+    }
+    store.insert(
+        &format!(
+            "INSERT INTO {}.host_pairs (client_host, server_host, theta_ns, pairs, updated_ns) \
+             FORMAT RowBinary",
+            store.db
+        ),
+        body,
+    )?;
+    update_offsets(store)
+}
+
+/// Offsets from every host pair (`stitch::offsets`), recorded where they
+/// moved.
+fn update_offsets(store: &ClickhouseStore) -> Result<()> {
+    let hosts: Vec<String> = store
+        .fetch::<HostRow>(&format!(
+            "SELECT host FROM {}.batches GROUP BY host ORDER BY min(commit_id), host",
+            store.db
+        ))?
+        .into_iter()
+        .map(|h| h.host)
+        .collect();
+    let edges: Vec<Edge> = store
+        .pairs()?
+        .into_iter()
+        .filter(|p| p.pairs > 0)
+        .map(|p| Edge {
+            client_host: p.client_host,
+            server_host: p.server_host,
+            theta: p.theta_ns,
+            pairs: p.pairs,
+        })
+        .collect();
+    let current: HashMap<String, (i64, Option<String>)> = store
+        .offsets()?
+        .into_iter()
+        .map(|o| (o.host, (o.offset_ns, o.reference)))
+        .collect();
+    let mut rows = Vec::new();
+    let mut estimated: Vec<_> = stitch::offsets(&hosts, &edges).into_iter().collect();
+    estimated.sort_by(|a, b| a.0.cmp(&b.0));
+    for (host, o) in estimated {
+        let moved = current.get(&host).is_none_or(|(off, reference)| {
+            (off - o.offset_ns).abs() > MOVE_MIN_NS || reference.as_deref() != Some(&o.reference)
+        });
+        if moved {
+            rows.push((host, o.offset_ns, o.pairs, o.reference));
+        }
+    }
+    if rows.is_empty() {
+        return Ok(());
+    }
+    store.write_offsets(&rows)
+}
+
+/// Links across hosts, worked out per connection when a walk crosses one.
+struct Walker<'a> {
+    store: &'a ClickhouseStore,
+    theta: HashMap<(String, String), i64>,
+    /// Connection key -> (client id, server id) links.
+    links: HashMap<String, Vec<(i64, i64)>>,
+    nodes: HashMap<i64, Exchange>,
+}
+
+impl Walker<'_> {
+    fn conn_links(&mut self, conn: &str) -> Result<&[(i64, i64)]> {
+        if !self.links.contains_key(conn) {
+            let all = self.store.exchanges(&format!("conn = {}", lit(conn)))?;
+            let mut links = Vec::new();
+            let hosts: BTreeSet<(&str, &str)> = all
+                .iter()
+                .filter(|c| c.side == "client")
+                .flat_map(|c| {
+                    all.iter()
+                        .filter(|s| s.side == "server")
+                        .map(move |s| (c.host.as_str(), s.host.as_str()))
+                })
+                .collect();
+            for (ch, sh) in hosts {
+                let cs: Vec<&Exchange> = all
+                    .iter()
+                    .filter(|e| e.side == "client" && e.host == ch)
+                    .collect();
+                let ss: Vec<&Exchange> = all
+                    .iter()
+                    .filter(|e| e.side == "server" && e.host == sh)
+                    .collect();
+                let cands = candidates(&cs, &ss, ch != sh);
+                let m = if ch == sh {
+                    stitch::match_pairs(&cands, true)
+                } else if let Some(t) = self.theta.get(&(ch.to_string(), sh.to_string())) {
+                    stitch::match_pairs_at(&cands, *t)
+                } else {
+                    continue;
+                };
+                links.extend(m.links);
+            }
+            for e in all {
+                self.nodes.insert(e.id, e);
+            }
+            self.links.insert(conn.to_string(), links);
+        }
+        Ok(self.links.get(conn).map_or(&[], Vec::as_slice))
+    }
+
+    /// The exchange one level up.
+    fn up(&mut self, n: &Exchange) -> Result<Option<Exchange>> {
+        if n.side == "server" {
+            let id = n.id;
+            let client = self
+                .conn_links(&n.conn)?
+                .iter()
+                .find(|l| l.1 == id)
+                .map(|l| l.0);
+            Ok(client.and_then(|c| self.nodes.get(&c).cloned()))
+        } else if !n.parent_req_id.is_empty() {
+            let rows = self.store.exchanges(&format!(
+                "host = {} AND req_id = {} AND side = 'server'",
+                lit(&n.host),
+                lit(&n.parent_req_id)
+            ))?;
+            Ok(rows.into_iter().min_by_key(|e| e.id))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// The exchanges one level down.
+    fn down(&mut self, n: &Exchange) -> Result<Vec<Exchange>> {
+        if n.side == "server" {
+            self.store.exchanges(&format!(
+                "host = {} AND parent_req_id = {} AND side = 'client'",
+                lit(&n.host),
+                lit(&n.req_id)
+            ))
+        } else {
+            let id = n.id;
+            let servers: Vec<i64> = self
+                .conn_links(&n.conn)?
+                .iter()
+                .filter(|l| l.0 == id)
+                .map(|l| l.1)
+                .collect();
+            Ok(servers
+                .into_iter()
+                .filter_map(|s| self.nodes.get(&s).cloned())
+                .collect())
+        }
+    }
+
+    /// The own trace of the root above `n`.
+    fn root_trace(&mut self, n: Exchange) -> Result<String> {
+        let mut seen = HashSet::new();
+        let mut cur = n;
+        while seen.insert(cur.id) {
+            match self.up(&cur)? {
+                Some(next) => cur = next,
+                None => break,
+            }
+        }
+        Ok(cur.own_trace)
+    }
+}
+
+/// The trace `t` names (as on SQLite: a root's own trace, or the req_id of
+/// any exchange in it), walked from its roots.
+pub fn trace(store: &ClickhouseStore, t: &str) -> Result<TraceSet> {
+    let mut w = Walker {
+        store,
+        theta: store
+            .pairs()?
+            .into_iter()
+            .filter(|p| p.pairs > 0)
+            .map(|p| ((p.client_host, p.server_host), p.theta_ns))
+            .collect(),
+        links: HashMap::new(),
+        nodes: HashMap::new(),
+    };
+    let mut traces = BTreeSet::from([t.to_owned()]);
+    for n in store.exchanges(&format!("req_id = {}", lit(t)))? {
+        traces.insert(w.root_trace(n)?);
+    }
+    let mut stack = Vec::new();
+    for tr in &traces {
+        for n in store.exchanges(&format!("own_trace = {}", lit(tr)))? {
+            if w.up(&n)?.is_none() {
+                stack.push(n);
+            }
+        }
+    }
+    let mut out = TraceSet {
+        id: t.to_owned(),
+        ..TraceSet::default()
+    };
+    let mut seen = HashSet::new();
+    while let Some(n) = stack.pop() {
+        if !seen.insert(n.id) || seen.len() > super::MAX_TRACE_EXCHANGES {
+            continue;
+        }
+        stack.extend(w.down(&n)?);
+        out.ids.push(n.id);
+        out.reqs.push((n.host, n.req_id));
+    }
+    out.ids.sort_unstable();
+    out.reqs.sort();
+    out.reqs.dedup();
+    Ok(out)
+}
+
+/// The side of an exchange as the index writes it.
+pub fn side_name(s: HttpSide) -> &'static str {
+    match s {
+        HttpSide::Client => "client",
+        HttpSide::Server => "server",
+    }
+}

@@ -1,0 +1,541 @@
+//! The ClickHouse store against a real server: Debian's clickhouse-server
+//! 18.16 (`cargo xtask bootstrap` installs it), started by the tests
+//! themselves with their own data directory, free loopback ports and
+//! config (no system service), once per test process; each test gets a
+//! database of its own. The conformance suite runs unchanged on it, and
+//! every statement the store sends (DDL, RowBinary inserts, each query
+//! shape) is replayed on a current ClickHouse (PyPI chdb-core 26.x,
+//! installed by this test into target/pydeps/chdb-venv on first use),
+//! which must accept it and return as many rows as 18.16 did.
+
+use std::{
+    fmt::Write as _,
+    io::Write as _,
+    path::{Path, PathBuf},
+    process::Command,
+    sync::{
+        OnceLock,
+        atomic::{AtomicU32, Ordering},
+    },
+};
+
+use super::{
+    ClickhouseStore, Config, Sent,
+    test_server::{Server, free_port},
+};
+use crate::{
+    aggregator::{
+        conformance::{self, Backend, store_conformance_suite},
+        store::{EventKind, Filter, Query, Store as _, StreamName, TextMatch},
+    },
+    event::{Event, EventData, HttpExchange, HttpSide, Tuple},
+};
+
+/// The server the tests of this process share. It is started from a
+/// thread that lives as long as the process: the kernel's parent-death
+/// signal fires when the thread that forked the server ends, and test
+/// threads end before the process does.
+fn shared() -> &'static Server {
+    static SERVER: OnceLock<Server> = OnceLock::new();
+    SERVER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let s = Server::start("shared");
+            let info = (s.http_port, s.dir.clone());
+            // The server stays owned by this thread, which never ends.
+            let _ = tx.send(info);
+            loop {
+                std::thread::park();
+            }
+        });
+        let (http_port, dir) = rx.recv().expect("the shared ClickHouse server started");
+        Server::handle(http_port, dir)
+    })
+}
+
+/// A database of its own on the shared server.
+fn fresh_db() -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "t{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+struct Clickhouse(Config);
+
+impl Backend for Clickhouse {
+    type S = ClickhouseStore;
+    fn open(&self) -> ClickhouseStore {
+        ClickhouseStore::open(&self.0).expect("opening the ClickHouse store")
+    }
+}
+
+store_conformance_suite!(Clickhouse(shared().config(&fresh_db())));
+
+#[test]
+fn config_parses_urls() {
+    let c = Config::parse("clickhouse://db1/tracer").unwrap();
+    assert_eq!(
+        (c.url.as_str(), c.database.as_str()),
+        ("http://db1:8123", "tracer")
+    );
+    let c = Config::parse("clickhouses://db1:9443").unwrap();
+    assert_eq!(
+        (c.url.as_str(), c.database.as_str()),
+        ("https://db1:9443", "tracer")
+    );
+    assert!(
+        Config::parse("http://db1")
+            .unwrap_err()
+            .contains("clickhouse://")
+    );
+    assert!(
+        Config::parse("clickhouse://u:p@db1/x")
+            .unwrap_err()
+            .contains("--clickhouse-user")
+    );
+    assert!(
+        Config::parse("clickhouse://db1/a-b")
+            .unwrap_err()
+            .contains("database")
+    );
+}
+
+#[test]
+fn bad_login_unreachable_server_and_newer_schema_are_clear_errors() {
+    let server = shared();
+    let wrong = Config {
+        password: Some("wrong".into()),
+        ..server.config(&fresh_db())
+    };
+    let e = ClickhouseStore::open(&wrong)
+        .err()
+        .expect("a wrong password fails");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("refused us") && msg.contains("--clickhouse-password-file"),
+        "{msg}"
+    );
+    let down = Config {
+        url: format!("http://127.0.0.1:{}", free_port()),
+        ..server.config(&fresh_db())
+    };
+    let msg = ClickhouseStore::open(&down)
+        .err()
+        .expect("no server fails")
+        .to_string();
+    assert!(
+        msg.contains("cannot reach ClickHouse") && msg.contains("is it running"),
+        "{msg}"
+    );
+    // A database a newer tracer wrote is refused, and left alone.
+    let config = server.config(&fresh_db());
+    let store = ClickhouseStore::open(&config).unwrap();
+    store
+        .exec(&format!(
+            "INSERT INTO {}.schema_version (version, applied_ns) VALUES (99, 0)",
+            store.db
+        ))
+        .unwrap();
+    drop(store);
+    let msg = ClickhouseStore::open(&config)
+        .err()
+        .expect("newer schema")
+        .to_string();
+    assert!(msg.contains("schema version 99"), "{msg}");
+}
+
+#[test]
+fn a_batch_stored_twice_by_racing_aggregators_counts_once() {
+    let config = shared().config(&fresh_db());
+    let (a, b) = (
+        ClickhouseStore::open(&config).unwrap(),
+        ClickhouseStore::open(&config).unwrap(),
+    );
+    let batch = conformance::batch(
+        "h",
+        0,
+        vec![
+            conformance::log("h", 10, StreamName::Stdout, "once"),
+            conformance::log("h", 20, StreamName::Stdout, "twice?"),
+        ],
+    );
+    // Both check for the batch before either commits: both insert it.
+    let first = a.ingest_group(std::slice::from_ref(&batch)).unwrap();
+    let new = [(&batch, b.ids.reserve(2, super::now_ns() / 1_000_000).0)];
+    b.insert_group(&new).unwrap();
+    assert!(first[0].is_some());
+    for s in [&a, &b] {
+        assert_eq!(s.count(&Filter::default()).unwrap(), 2);
+        let rows = s
+            .query(&Query {
+                limit: 10,
+                ..Query::default()
+            })
+            .unwrap();
+        assert_eq!(rows.len(), 2);
+        // The first commit wins: its ids.
+        assert_eq!(rows[0].id.raw(), first[0].as_ref().unwrap().first);
+    }
+    // Aggregators have distinct id tags.
+    assert_ne!(a.ids.reserve(1, 0).0 & 0xff, b.ids.reserve(1, 0).0 & 0xff);
+    // Events inserted without their batch row (a crash between the two
+    // inserts) are not visible; the batch sent again is stored.
+    let orphan = conformance::batch(
+        "h",
+        1,
+        vec![conformance::log("h", 30, StreamName::Stdout, "x")],
+    );
+    let id = a.ids.reserve(1, super::now_ns() / 1_000_000).0;
+    let mut body = super::RowBinary::default();
+    body.i64(id)
+        .i64(id)
+        .i64(30)
+        .str("h")
+        .u32(1)
+        .str("log")
+        .str("stdout")
+        .str("x")
+        .str("")
+        .str(&serde_json::to_string(&orphan.events[0]).unwrap())
+        .end_row();
+    a.insert(
+        &format!("INSERT INTO {}.events (id, commit_id, raw_ts, host, pid, kind, stream, text, req_id, json) FORMAT RowBinary", a.db),
+        body,
+    )
+    .unwrap();
+    assert_eq!(a.count(&Filter::default()).unwrap(), 2);
+    assert!(!a.ingest(orphan).unwrap().duplicate);
+    assert_eq!(a.count(&Filter::default()).unwrap(), 3);
+}
+
+fn http(
+    host: &str,
+    side: HttpSide,
+    ts: u64,
+    dur: u64,
+    req: &str,
+    parent: Option<&str>,
+    port: u16,
+) -> Event {
+    let (c, s) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+    let tuple = match side {
+        HttpSide::Client => Tuple {
+            saddr: c,
+            sport: port,
+            daddr: s,
+            dport: 80,
+        },
+        HttpSide::Server => Tuple {
+            saddr: s,
+            sport: 80,
+            daddr: c,
+            dport: port,
+        },
+    };
+    Event {
+        ts_ns: ts,
+        host: host.into(),
+        pid: 1,
+        tid: 1,
+        comm: "node".into(),
+        data: EventData::Http(Box::new(HttpExchange {
+            side,
+            method: "GET".into(),
+            path: "/".into(),
+            status: 200,
+            duration_ns: dur,
+            req_bytes: 1,
+            resp_bytes: 1,
+            tuple,
+            tls: false,
+            req_id: req.into(),
+            parent_req_id: parent.map(str::to_owned),
+            traceparent: None,
+            request_id: None,
+            complete: true,
+            req_body: None,
+            resp_body: None,
+        })),
+    }
+}
+
+#[test]
+fn halves_ingested_through_two_aggregators_stitch_across_skewed_clocks() {
+    let config = shared().config(&fresh_db());
+    let (a, b) = (
+        ClickhouseStore::open(&config).unwrap(),
+        ClickhouseStore::open(&config).unwrap(),
+    );
+    // Host "api" calls host "db" whose clock is 3 s ahead; each request
+    // on its own connection. api's halves go through aggregator a, db's
+    // through b, db's first.
+    const SKEW: u64 = 3_000_000_000;
+    let base = 1_000_000_000_000u64;
+    let (mut api, mut db) = (Vec::new(), Vec::new());
+    for i in 0..40u64 {
+        let t = base + i * 10_000_000;
+        let req = format!("api-{i}");
+        api.push(http(
+            "api",
+            HttpSide::Server,
+            t,
+            5_000_000,
+            &format!("in-{i}"),
+            None,
+            40000 + i as u16 + 1000,
+        ));
+        api.push(http(
+            "api",
+            HttpSide::Client,
+            t + 1_000_000,
+            3_000_000,
+            &req,
+            Some(&format!("in-{i}")),
+            40000 + i as u16,
+        ));
+        db.push(http(
+            "db",
+            HttpSide::Server,
+            t + SKEW + 1_500_000,
+            2_000_000,
+            &format!("db-{i}"),
+            None,
+            40000 + i as u16,
+        ));
+        let mut line = conformance::log("db", t + SKEW + 2_000_000, StreamName::Stdout, "query");
+        if let EventData::Log { req_id, .. } = &mut line.data {
+            *req_id = Some(format!("db-{i}"));
+        }
+        db.push(line);
+    }
+    b.ingest(conformance::batch("db", 0, db)).unwrap();
+    a.ingest(conformance::batch("api", 0, api)).unwrap();
+    // db was seen first: it is the reference, and api's clock is moved
+    // 3 s ahead to match it (within the 1 ms tolerance of the matching).
+    let offsets = b.offsets().unwrap();
+    let off = |h: &str| offsets.iter().find(|o| o.host == h).unwrap().clone();
+    assert_eq!(
+        (off("db").offset_ns, off("db").reference.as_deref()),
+        (0, Some("db"))
+    );
+    assert_eq!(
+        (off("api").pairs, off("api").reference.as_deref()),
+        (40, Some("db"))
+    );
+    assert!(
+        (off("api").offset_ns - SKEW as i64).abs() < 1_000_000,
+        "{offsets:?}"
+    );
+    // A trace asked by the api's inbound req_id holds all three hops and
+    // the db's log line, from either aggregator.
+    for s in [&a, &b] {
+        let f = Filter {
+            trace: Some("in-7".into()),
+            ..Filter::default()
+        };
+        let rows = s
+            .query(&Query {
+                filter: f.clone(),
+                limit: 100,
+                ..Query::default()
+            })
+            .unwrap();
+        let kinds: Vec<&str> = rows.iter().map(|r| r.event.data.kind()).collect();
+        assert_eq!(kinds, ["http", "http", "http", "log"], "{rows:#?}");
+        // Causal once corrected: the db's server half inside the client's.
+        assert!(rows[1].event.ts_ns <= rows[2].event.ts_ns);
+        assert_eq!(s.count(&f).unwrap(), 4);
+    }
+}
+
+/// Runs the workload every query shape comes from, on 18.16, recording.
+fn workload(store: &ClickhouseStore) {
+    let mut events = vec![
+        conformance::log("a", 10, StreamName::Stdout, "GET /x error"),
+        conformance::log("a", 20, StreamName::Stderr, "it's \\ quoted"),
+        http("a", HttpSide::Client, 30, 10, "r1", None, 5000),
+    ];
+    events.push(Event {
+        data: EventData::Gc { duration_ns: 3 },
+        ..events[0].clone()
+    });
+    store.ingest(conformance::batch("a", 0, events)).unwrap();
+    store
+        .ingest(conformance::batch(
+            "b",
+            0,
+            vec![http("b", HttpSide::Server, 32, 5, "r2", None, 5000)],
+        ))
+        .unwrap();
+    store.ingest(conformance::batch("a", 0, vec![])).unwrap();
+    store.set_host_offset("b", 7).unwrap();
+    let filters = [
+        Filter::default(),
+        Filter {
+            since: Some(5),
+            until: Some(100),
+            hosts: vec!["a".into()],
+            ..Filter::default()
+        },
+        Filter {
+            kinds: vec![EventKind::LOG, EventKind::HTTP],
+            stream: Some(StreamName::Stderr),
+            ..Filter::default()
+        },
+        Filter {
+            text: Some(TextMatch {
+                pattern: "error|quoted".into(),
+                case_insensitive: true,
+            }),
+            ..Filter::default()
+        },
+        Filter {
+            text: Some(TextMatch {
+                pattern: r"\d$".into(),
+                case_insensitive: false,
+            }),
+            ..Filter::default()
+        },
+        Filter {
+            trace: Some("r1".into()),
+            ..Filter::default()
+        },
+    ];
+    let cursor = store.cursor().unwrap();
+    for f in &filters {
+        store.count(f).unwrap();
+        store
+            .since_cursor(crate::aggregator::store::EventId::START, f, 10)
+            .unwrap();
+        for newest_first in [false, true] {
+            let page = store
+                .query(&Query {
+                    filter: f.clone(),
+                    limit: 2,
+                    newest_first,
+                    as_of: Some(cursor),
+                    ..Query::default()
+                })
+                .unwrap();
+            if let Some(last) = page.last() {
+                store
+                    .query(&Query {
+                        filter: f.clone(),
+                        limit: 2,
+                        newest_first,
+                        after: Some(last.position()),
+                        ..Query::default()
+                    })
+                    .unwrap();
+            }
+        }
+    }
+    store.offsets().unwrap();
+    store.host_offset("a").unwrap();
+    store
+        .series(&crate::aggregator::series::SeriesQuery::new(0, 1_000, 100, vec![]).unwrap())
+        .unwrap();
+}
+
+fn chdb_python() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pydeps/chdb-venv");
+    let python = root.join("bin/python3");
+    let ready = Command::new(&python)
+        .args(["-c", "import chdb"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ready {
+        let venv = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&root)
+            .status()
+            .expect("running python3 -m venv (Debian: python3-venv)");
+        assert!(
+            venv.success(),
+            "python3 -m venv {} failed (Debian: apt-get install python3-venv)",
+            root.display()
+        );
+        let pip = Command::new(root.join("bin/pip"))
+            .args(["install", "--quiet", "chdb-core==26.9.0"])
+            .status()
+            .expect("running pip");
+        assert!(pip.success(), "pip install chdb-core==26.9.0 failed");
+    }
+    python
+}
+
+/// Replays `sent` on chdb: each statement must run, each SELECT return
+/// `rows[i]` rows (what 18.16 returned), each insert body decode as
+/// RowBinary into the table's columns.
+const REPLAY: &str = r#"
+import json, re, sys, tempfile, os
+import chdb
+from chdb import session
+sent = json.load(open(sys.argv[1]))
+s = session.Session(tempfile.mkdtemp())
+done = 0
+for i, st in enumerate(sent):
+    sql = st["sql"]
+    try:
+        if st.get("body") is not None:
+            m = re.match(r"INSERT INTO (\S+) \((.*?)\) FORMAT RowBinary$", sql, re.S)
+            table, cols = m.group(1), [c.strip() for c in m.group(2).split(",")]
+            types = {r.split("\t")[0]: r.split("\t")[1] for r in str(s.query(f"DESCRIBE TABLE {table}", "TSV")).strip().split("\n")}
+            path = os.path.join(tempfile.mkdtemp(), "body.bin")
+            open(path, "wb").write(bytes(st["body"]))
+            structure = ", ".join(f"{c} {types[c]}" for c in cols)
+            s.query(f"INSERT INTO {table} ({', '.join(cols)}) SELECT * FROM file('{path}', 'RowBinary', '{structure}')")
+        elif sql.lstrip().upper().startswith("SELECT"):
+            out = str(s.query(sql, "JSONEachRow"))
+            n = len([l for l in out.split("\n") if l.strip()])
+            if n != st["rows"]:
+                print(f"statement {i}: 18.16 returned {st['rows']} rows, current ClickHouse {n}:\n{sql}")
+                sys.exit(1)
+        else:
+            s.query(sql)
+    except Exception as e:
+        print(f"statement {i} failed on current ClickHouse: {e}\n{sql}")
+        sys.exit(1)
+    done += 1
+print(f"replayed {done} statements on ClickHouse {str(s.query('SELECT version()', 'TSV')).strip()}")
+"#;
+
+#[test]
+fn every_statement_runs_on_a_current_clickhouse_too() {
+    let config = shared().config(&fresh_db());
+    let store = ClickhouseStore::open_recording(&config).unwrap();
+    workload(&store);
+    let sent: Vec<Sent> = store.recorded();
+    let shapes = sent.iter().filter(|s| s.sql.starts_with("SELECT")).count();
+    assert!(shapes > 60, "only {shapes} queries recorded");
+    let json: Vec<serde_json::Value> = sent
+        .iter()
+        .map(|s| serde_json::json!({"sql": s.sql, "body": s.body, "rows": s.rows}))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sent.json");
+    std::fs::File::create(&path)
+        .and_then(|mut f| f.write_all(serde_json::to_string(&json).unwrap().as_bytes()))
+        .unwrap();
+    let out = Command::new(chdb_python())
+        .args(["-c", REPLAY])
+        .arg(&path)
+        .output()
+        .expect("running the chdb replay");
+    let mut msg = String::new();
+    let _ = write!(
+        msg,
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{msg}");
+    assert!(
+        msg.contains("replayed") && msg.contains("ClickHouse 26."),
+        "{msg}"
+    );
+    eprintln!("{}", msg.trim());
+}
