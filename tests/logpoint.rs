@@ -284,6 +284,16 @@ fn logpoint_caps_conditions_and_ttl() {
         l[0]
     );
     let rate_id = rate["id"].as_str().unwrap().to_owned();
+    // The next line written, in a later second, carries the count.
+    std::thread::sleep(Duration::from_millis(1100));
+    ns.get(port, "/orders/d1?qty=1");
+    let last = file_lines(pid).pop().expect("a line in the output file");
+    assert_eq!(
+        last,
+        serde_json::json!({"lp": rate_id, "loc": format!("{}:14:16", fixture_path()),
+                           "text": "p d1", "dropped": 16}),
+        "the line after the suppressed hits"
+    );
     tracer_ok(
         &audit,
         &["logpoint", "rm", "--pid", &pid.to_string(), &rate_id],
