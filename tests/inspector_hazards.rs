@@ -5,6 +5,7 @@
 //!   synchronous endless loop stopped at `--timeout` (the process keeps
 //!   serving); the port is closed after each;
 //! - a process started with `--inspect`: used, and left open as found;
+//!   one started with a random inspector port (`--inspect=…:0`): refused;
 //! - a process with its own SIGUSR1 handler: a clear error within the open
 //!   timeout; it survives (and its handler ran once); nothing left open;
 //! - a non-node PID: refused before any signal; it survives;
@@ -133,6 +134,11 @@ fn a_process_started_with_inspect_is_left_open() {
         &["logpoint", "rm", "--pid", &pid.to_string(), "--all"],
     );
     assert!(ns.port_open(INSPECTOR_PORT), "left open as found");
+    // A random inspector port (--inspect=…:0) is refused up front.
+    let (random, _) = ns.start_node("logpoint_server.js", &["--inspect=127.0.0.1:0"], &[]);
+    let e = tracer_err(&audit, &["eval", "--pid", &random.pid().to_string(), "1"]);
+    assert!(e.contains("a random port"), "{e}");
+    assert!(alive(random.pid()));
     let _ = std::fs::remove_file(&audit);
 }
 

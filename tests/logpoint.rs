@@ -14,10 +14,14 @@
 //!   template or condition that does not compile; none leaves anything;
 //! - `--match` selects processes by command line;
 //! - under concurrent load: one event per request, exact text, a req_id
-//!   only when it is that request's.
+//!   only when it is that request's;
+//! - through `tracer agent` to a real aggregator: `tracer timeline --kind
+//!   logpoint` and `tracer tail --kind logpoint` return exactly the hits,
+//!   with their requests' req_ids.
 //!
 //! Needs root (BPF for `tracer attach`; SIGUSR1, setns for the rest).
 
+mod aggregator_common;
 mod common;
 mod inspector_common;
 
@@ -280,6 +284,16 @@ fn logpoint_caps_conditions_and_ttl() {
         l[0]
     );
     let rate_id = rate["id"].as_str().unwrap().to_owned();
+    // The next line written, in a later second, carries the count.
+    std::thread::sleep(Duration::from_millis(1100));
+    ns.get(port, "/orders/d1?qty=1");
+    let last = file_lines(pid).pop().expect("a line in the output file");
+    assert_eq!(
+        last,
+        serde_json::json!({"lp": rate_id, "loc": format!("{}:14:16", fixture_path()),
+                           "text": "p d1", "dropped": 16}),
+        "the line after the suppressed hits"
+    );
     tracer_ok(
         &audit,
         &["logpoint", "rm", "--pid", &pid.to_string(), &rate_id],
@@ -523,5 +537,106 @@ fn logpoint_under_concurrent_load_is_exact() {
         tied += 1;
     }
     eprintln!("{tied} of {total} logpoint lines tied to their request under load");
+    let _ = std::fs::remove_file(&audit);
+}
+
+/// Runs a query client (`tracer timeline|tail ... --json`) against the
+/// aggregator and returns the events it printed.
+fn query(
+    agg: &aggregator_common::Aggregator,
+    token: &std::path::Path,
+    args: &[&str],
+) -> Vec<Value> {
+    let out = std::process::Command::new(common::TRACER)
+        .args(args)
+        .args(["--json", "--aggregator", &agg.url(), "--token-file"])
+        .arg(token)
+        .output()
+        .expect("running the query client");
+    assert!(
+        out.status.success(),
+        "tracer {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .filter(|v: &Value| v["kind"] != "summary")
+        .collect()
+}
+
+#[test]
+fn logpoint_lines_reach_the_aggregator() {
+    if !require_root("logpoint_lines_reach_the_aggregator") {
+        return;
+    }
+    let ns = Netns::new("agg");
+    let audit = audit_log("agg");
+    let dir = aggregator_common::TempDir::new("logpoint");
+    let token = dir.path().join("token");
+    std::fs::write(&token, aggregator_common::TOKEN).unwrap();
+    let agg = aggregator_common::Aggregator::start(&dir.path().join("data"), &token, &[]);
+    let (node, port) = ns.start_node("logpoint_server.js", &[], &[]);
+    let port: u16 = port.parse().unwrap();
+    let pid = node.pid();
+    let mut cmd = std::process::Command::new(common::TRACER);
+    cmd.args(["agent", "--pid", &pid.to_string(), "--quiet"])
+        .args([
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--aggregator",
+            &agg.url(),
+        ])
+        .arg("--token-file")
+        .arg(&token);
+    let mut agent = common::Proc::spawn("tracer agent", cmd, true);
+    agent
+        .stderr
+        .wait_for("the agent's ready line", Duration::from_secs(90), |l| {
+            l == "tracer: ready"
+        });
+    let lp = add_json(&audit, pid, &["logpoint_server.js:25", "agg ${order.id}"]);
+    for i in 1..=3 {
+        ns.get(port, &format!("/orders/g{i}?qty={i}"));
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let lines = loop {
+        let lines = query(
+            &agg,
+            &token,
+            &["timeline", "--since", "5m", "--kind", "logpoint"],
+        );
+        if lines.len() >= 3 || std::time::Instant::now() > deadline {
+            break lines;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    tracer_ok(
+        &audit,
+        &["logpoint", "rm", "--pid", &pid.to_string(), "--all"],
+    );
+    let texts: Vec<&str> = lines.iter().map(|e| e["text"].as_str().unwrap()).collect();
+    assert_eq!(
+        texts,
+        ["agg g1", "agg g2", "agg g3"],
+        "timeline --kind logpoint"
+    );
+    let http = query(
+        &agg,
+        &token,
+        &["timeline", "--since", "5m", "--kind", "http"],
+    );
+    for (i, e) in lines.iter().enumerate() {
+        assert_eq!(e["id"], lp["id"], "{e}");
+        assert_eq!(e["pid"], pid, "{e}");
+        let path = format!("/orders/g{}?qty={}", i + 1, i + 1);
+        let req = http
+            .iter()
+            .find(|h| h["path"] == path.as_str() && h["side"] == "server")
+            .unwrap_or_else(|| panic!("no http event for {path}"));
+        assert_eq!(e["req_id"], req["req_id"], "{e}");
+    }
+    let tailed = query(&agg, &token, &["tail", "--kind", "logpoint"]);
+    assert_eq!(tailed, lines, "tail --kind logpoint shows the same lines");
     let _ = std::fs::remove_file(&audit);
 }

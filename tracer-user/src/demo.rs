@@ -227,7 +227,12 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             .stdout(Stdio::null())
             .stderr(Stdio::null()),
     )?;
-    print_help(&exe, &args.listen, &token_file);
+    let api_pid = cluster
+        .children
+        .iter()
+        .find(|(name, _)| name == "api")
+        .map(|(_, c)| c.id());
+    print_help(&exe, &args.listen, &token_file, api_pid);
 
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -276,7 +281,7 @@ fn wait_for_agents(ready: &std::sync::mpsc::Receiver<String>, n: usize) -> Resul
     Ok(())
 }
 
-fn print_help(exe: &Path, listen: &str, token_file: &Path) {
+fn print_help(exe: &Path, listen: &str, token_file: &Path, api_pid: Option<u32>) {
     let t = token_file.display();
     let x = exe.display();
     // The token (a uuid, URL-safe) rides in the fragment: never sent to the server.
@@ -293,4 +298,14 @@ fn print_help(exe: &Path, listen: &str, token_file: &Path) {
          [demo] Ctrl-C stops everything and removes the namespaces.\n",
         gw = host_addr(0),
     );
+    // docs/logpoints.md: a log line added to the running api service (line
+    // 14 of demo-service.js is its per-request log line).
+    if let Some(pid) = api_pid {
+        eprintln!(
+            "[demo] add a log line to the running api service (h2), and watch it arrive:\n\
+             \x20   sudo {x} logpoint add --pid {pid} demo-service.js:14 'api saw ${{req.url}} as request #${{n}}' --ttl 10m\n\
+             \x20   {x} tail -f --kind logpoint --aggregator http://{listen} --token-file {t}\n\
+             \x20   sudo {x} logpoint rm --pid {pid} --all\n"
+        );
+    }
 }

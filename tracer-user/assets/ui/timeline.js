@@ -28,6 +28,7 @@ const COLOR = {
   retransmit: '#d43c3c',
   lost: '#111',
   proc: '#8a5cd6',
+  logpoint: '#e0218a',
   link: 'rgba(70, 80, 200, 0.35)',
   linkHi: 'rgba(20, 30, 160, 0.95)',
   grid: '#eceff3',
@@ -139,7 +140,7 @@ export class Timeline {
       if (hosts && !hosts.has(e.host)) return false;
       if (kinds && !kinds.has(kindGroup(e.kind))) return false;
       if (text) {
-        if (e.kind === 'log') return text.test(e.text);
+        if (e.kind === 'log' || e.kind === 'logpoint') return text.test(e.text);
         if (e.kind === 'http') return text.test(`${e.method} ${e.path} ${e.status}`);
         return false;
       }
@@ -346,17 +347,19 @@ export class Timeline {
       const color =
         e.kind === 'log'
           ? COLOR[e.stream]
-          : e.kind === 'gc'
-            ? COLOR.gc
-            : e.kind === 'loop'
-              ? COLOR.loop
-              : e.kind === 'tcp_retransmit'
-                ? COLOR.retransmit
-                : e.kind === 'lost'
-                  ? COLOR.lost
-                  : e.kind === 'exec' || e.kind === 'exit'
-                    ? COLOR.proc
-                    : COLOR.tcp;
+          : e.kind === 'logpoint'
+            ? COLOR.logpoint
+            : e.kind === 'gc'
+              ? COLOR.gc
+              : e.kind === 'loop'
+                ? COLOR.loop
+                : e.kind === 'tcp_retransmit'
+                  ? COLOR.retransmit
+                  : e.kind === 'lost'
+                    ? COLOR.lost
+                    : e.kind === 'exec' || e.kind === 'exit'
+                      ? COLOR.proc
+                      : COLOR.tcp;
       c.fillStyle = color;
       if (dur > 0) {
         x1 = Math.max(x1, x0 + 3);

@@ -77,6 +77,10 @@ export function describe(e) {
       return `lost ${e.count} (${e.stage}${e.for_kind ? ` ${e.for_kind}` : ''})`;
     case 'exec':
       return `exec ${e.exe}`;
+    case 'logpoint':
+      return `logpoint ${e.id} ${e.location}| ${e.text}${e.dropped ? ` [${e.dropped} dropped]` : ''}`;
+    case 'inspector':
+      return `node inspector| ${e.text}`;
     case 'exit':
       return `exit ${e.exit_code ?? ''}${e.signal ? ` signal ${e.signal}` : ''}`;
     case 'tcp_close':

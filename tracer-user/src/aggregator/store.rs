@@ -18,7 +18,7 @@ pub use crate::event::StreamName;
 use crate::event::{Event, EventData};
 
 /// Event kinds (the `kind` values of docs/events.md).
-pub const KINDS: [&str; 11] = [
+pub const KINDS: [&str; 13] = [
     "log",
     "http",
     "tcp_connect",
@@ -30,6 +30,8 @@ pub const KINDS: [&str; 11] = [
     "exec",
     "exit",
     "lost",
+    "logpoint",
+    "inspector",
 ];
 
 /// One of [`KINDS`]: a filter can only name a kind that exists.

@@ -86,4 +86,36 @@ mod tests {
         );
         assert!(logpoint_event("not json", None).is_none());
     }
+
+    /// docs/events.md: the fields, absent ones left out, and the text form.
+    #[test]
+    fn event_json_and_text() {
+        let e = crate::event::Event {
+            ts_ns: 1_764_200_000_123_456_789,
+            host: "h1".into(),
+            pid: 7,
+            tid: 7,
+            comm: "node".into(),
+            data: logpoint_event(
+                r#"{"lp":"lp-0011aabb","loc":"/a.js:3:5","text":"x=1"}"#,
+                None,
+            )
+            .unwrap(),
+        };
+        assert_eq!(
+            serde_json::to_string(&e).unwrap(),
+            r#"{"ts_ns":1764200000123456789,"host":"h1","pid":7,"tid":7,"comm":"node","kind":"logpoint","id":"lp-0011aabb","location":"/a.js:3:5","text":"x=1"}"#
+        );
+        assert_eq!(
+            e.to_text(),
+            "2025-11-26T23:33:20.123456Z h1 7/7 node logpoint lp-0011aabb /a.js:3:5| x=1"
+        );
+        let back: crate::event::Event =
+            serde_json::from_str(&serde_json::to_string(&e).unwrap()).unwrap();
+        assert_eq!(back, e);
+        assert!(is_inspector_notice(
+            "Debugger listening on ws://127.0.0.1:9229/abc"
+        ));
+        assert!(!is_inspector_notice("Debugger listening"));
+    }
 }

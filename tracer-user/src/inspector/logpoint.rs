@@ -484,11 +484,6 @@ fn rm(a: &RmArgs) -> Vec<(u32, Result<Report>)> {
     )
 }
 
-/// For tests and `tracer eval`: whether `s` has a tracer marker.
-pub fn is_logpoint_id(s: &str) -> bool {
-    s.len() == 11 && s.starts_with("lp-") && s[3..].bytes().all(|b| b.is_ascii_hexdigit())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -527,7 +522,10 @@ mod tests {
 
     #[test]
     fn ids() {
-        assert!(is_logpoint_id(&new_id()));
-        assert!(!is_logpoint_id("lp-xyz"));
+        let id = new_id();
+        assert_eq!(id.len(), 11, "{id}");
+        assert!(id.starts_with("lp-"));
+        assert!(id[3..].bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+        assert_ne!(new_id(), id);
     }
 }

@@ -74,6 +74,13 @@ impl Target {
             .chain(node_options)
             .collect();
         let (inspect_port, started_with_inspect) = inspect_options(&own);
+        if inspect_port == 0 {
+            bail!(
+                "PID {pid} ({exe}) was started with an inspector port of 0 (a random port), \
+                 which tracer cannot tell from the program's own ports. Start it with \
+                 --inspect-port=PORT (or --inspect=127.0.0.1:PORT) instead."
+            );
+        }
         Ok(Target {
             pid,
             exe,
