@@ -293,8 +293,9 @@ impl ClickhouseStore {
             recording: Mutex::new(record.then(Vec::new)),
             sharded: config.cluster.is_some(),
         };
-        let version: Vec<Count> = store
-            .fetch("SELECT toUInt64(1) AS n")
+        // The login first, for a clear message when it fails.
+        store
+            .fetch::<Count>("SELECT toUInt64(1) AS n")
             .map_err(|e| match e {
                 StoreError::Unavailable { message, .. } => StoreError::Open(format!(
                     "cannot reach ClickHouse at {} ({message}); is it running?",
@@ -307,7 +308,6 @@ impl ClickhouseStore {
                 )),
                 other => other,
             })?;
-        drop(version);
         for shard in &config.shards {
             store.create_on_shard(config, shard)?;
         }
