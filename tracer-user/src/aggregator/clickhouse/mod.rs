@@ -230,6 +230,8 @@ struct EventRow {
     id: i64,
     ts: i64,
     json: String,
+    /// A log line's text (its JSON has it empty).
+    text: String,
 }
 
 #[derive(Row, Deserialize)]
@@ -291,8 +293,9 @@ impl ClickhouseStore {
             recording: Mutex::new(record.then(Vec::new)),
             sharded: config.cluster.is_some(),
         };
-        let version: Vec<Count> = store
-            .fetch("SELECT toUInt64(1) AS n")
+        // The login first, for a clear message when it fails.
+        store
+            .fetch::<Count>("SELECT toUInt64(1) AS n")
             .map_err(|e| match e {
                 StoreError::Unavailable { message, .. } => StoreError::Open(format!(
                     "cannot reach ClickHouse at {} ({message}); is it running?",
@@ -305,7 +308,6 @@ impl ClickhouseStore {
                 )),
                 other => other,
             })?;
-        drop(version);
         for shard in &config.shards {
             store.create_on_shard(config, shard)?;
         }
@@ -542,7 +544,7 @@ impl ClickhouseStore {
 
     fn select(&self, offsets: &Offsets) -> String {
         format!(
-            "SELECT id, {} AS ts, json FROM {}.events",
+            "SELECT id, {} AS ts, json, text FROM {}.events",
             offsets.ts_expr(),
             self.db
         )
@@ -554,6 +556,9 @@ fn decode(r: EventRow) -> Result<Stored> {
     let mut event: Event =
         serde_json::from_str(&r.json).map_err(|source| StoreError::Corrupt { id, source })?;
     event.ts_ns = u64::try_from(r.ts).unwrap_or(0);
+    if let EventData::Log { text, .. } = &mut event.data {
+        *text = r.text;
+    }
     Ok(Stored { id, event })
 }
 
@@ -609,10 +614,25 @@ impl ClickhouseStore {
             for (i, e) in b.events.iter().enumerate() {
                 let id = IdSource::nth(first, i);
                 let raw = i64::try_from(e.ts_ns).unwrap_or(i64::MAX);
-                let json = serde_json::to_string(e).map_err(|source| StoreError::Corrupt {
-                    id: EventId::from_raw(id),
-                    source,
-                })?;
+                // A log line's text is stored once, in `text` (what grep
+                // reads); its JSON has it empty and `decode` puts it back.
+                let stripped;
+                let for_json = match &e.data {
+                    EventData::Log { .. } => {
+                        let mut s = e.clone();
+                        if let EventData::Log { text, .. } = &mut s.data {
+                            text.clear();
+                        }
+                        stripped = s;
+                        &stripped
+                    }
+                    _ => e,
+                };
+                let json =
+                    serde_json::to_string(for_json).map_err(|source| StoreError::Corrupt {
+                        id: EventId::from_raw(id),
+                        source,
+                    })?;
                 let (stream, text, req_id) = match &e.data {
                     EventData::Log {
                         stream,

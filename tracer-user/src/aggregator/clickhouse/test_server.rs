@@ -88,6 +88,7 @@ impl Server {
     }
 
     fn start_with(tag: &str, http_port: u16, tcp_port: u16, extra: &str) -> Self {
+        remove_stale_dirs();
         assert!(
             Path::new(SERVER).exists(),
             "{SERVER} is missing: run `cargo xtask bootstrap` (it installs Debian's \
@@ -197,6 +198,29 @@ impl Server {
                 self.http_port
             ))
             .expect("a valid store URL")
+        }
+    }
+}
+
+/// Removes the directories of servers whose test process is gone (a
+/// server shared by a process's tests is never dropped, so its directory
+/// is left behind; the pid is in the name).
+fn remove_stale_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix("tracer-clickhouse-") else {
+            continue;
+        };
+        let pid = rest
+            .split('-')
+            .rev()
+            .nth(1)
+            .and_then(|p| p.parse::<u32>().ok());
+        if pid.is_some_and(|p| !Path::new(&format!("/proc/{p}")).exists()) {
+            let _ = std::fs::remove_dir_all(e.path());
         }
     }
 }
