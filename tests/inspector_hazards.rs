@@ -8,7 +8,8 @@
 //!   one started with a random inspector port (`--inspect=…:0`): refused;
 //! - a process with its own SIGUSR1 handler: a clear error within the open
 //!   timeout; it survives (and its handler ran once); nothing left open;
-//! - a non-node PID: refused before any signal; it survives;
+//! - a non-node PID, and a node whose SIGUSR1 is back to its default
+//!   action (fatal): refused before any signal; they survive;
 //! - two node processes in one namespace, evaluated at once, many times:
 //!   every evaluation succeeds in the right process (no "address in use");
 //! - tracer SIGKILLed while the port is open: the next run closes it, and
@@ -172,6 +173,25 @@ fn own_sigusr1_handler_gets_a_clear_error_and_survives() {
     // The failure is in the audit trail.
     let audit_text = std::fs::read_to_string(&audit).unwrap();
     assert!(audit_text.contains(r#""ok":false"#), "{audit_text}");
+    let _ = std::fs::remove_file(&audit);
+}
+
+#[test]
+fn a_process_whose_sigusr1_would_kill_it_gets_no_signal() {
+    if !require_root("a_process_whose_sigusr1_would_kill_it_gets_no_signal") {
+        return;
+    }
+    let ns = Netns::new("dfl");
+    let audit = audit_log("dfl");
+    let (node, port) = ns.start_node("logpoint_server.js", &[], &["--removed-sigusr1"]);
+    let port: u16 = port.parse().unwrap();
+    let pid = node.pid();
+    let e = tracer_err(&audit, &["eval", "--pid", &pid.to_string(), "1"]);
+    assert!(e.contains("does not catch SIGUSR1"), "{e}");
+    assert!(e.contains("Nothing was sent to it"), "{e}");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(alive(pid), "the process must survive");
+    assert_eq!(ns.get(port, "/orders/q1?qty=1"), r#"{"id":"q1","total":3}"#);
     let _ = std::fs::remove_file(&audit);
 }
 

@@ -149,6 +149,15 @@ where
             target.pid
         ),
         None => {
+            if !target.catches_sigusr1 {
+                bail!(
+                    "PID {} ({}) does not catch SIGUSR1 (node installs a handler at start; this \
+                 process has none, e.g. --disable-sigusr1), so SIGUSR1 would kill it. Nothing \
+                 was sent to it. Start it with --inspect=127.0.0.1:PORT to use tracer on it.",
+                    target.pid,
+                    target.exe
+                );
+            }
             // Written before the signal: if tracer dies from here on, the
             // next run knows the open port is its own to close.
             std::fs::write(&marker, b"")
