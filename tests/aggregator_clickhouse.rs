@@ -248,3 +248,53 @@ fn bad_store_settings_are_clear_errors() {
     let msg = run("clickhouse://127.0.0.1:1/bad-name", &wrong);
     assert!(msg.contains("not a database name"), "{msg}");
 }
+
+/// An agent's forwarder given two aggregators, the first down: every
+/// event reaches ClickHouse through the second, once.
+#[test]
+fn the_forwarder_fails_over_to_the_next_aggregator() {
+    let server = Server::start("failover");
+    let dir = TempDir::new("clickhouse-failover");
+    let token = dir.token_file();
+    let password = dir.path().join("ch-password");
+    std::fs::write(&password, PASSWORD).unwrap();
+    let url = format!("clickhouse://127.0.0.1:{}/tracer", server.http_port);
+    let live = Aggregator::start_with(&store_args(&url, &password, &token));
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let stats = rt.block_on(async {
+        let (handle, task) = tracer_user::forward::start(
+            tracer_user::forward::ForwardConfig {
+                url: format!("{dead},{}", live.url()),
+                token: aggregator_common::TOKEN.into(),
+                host: "agent-1".into(),
+                spool_dir: dir.path().join("spool"),
+                spool_max_bytes: 1 << 30,
+                ca_cert: None,
+                client_cert: None,
+            },
+            Duration::from_secs(20),
+        )
+        .unwrap();
+        let t0 = now_ns();
+        for i in 0..300 {
+            handle.push(&log("agent-1", t0 + i, &format!("line {i}")));
+            if i % 100 == 99 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        let stats = handle.stats.clone();
+        drop(handle);
+        task.await.unwrap();
+        stats
+    });
+    assert!(
+        stats
+            .acked_batches
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
+    let all = texts(live.addr, "/v1/events?since=0");
+    let want: Vec<String> = (0..300).map(|i| format!("agent-1:line {i}")).collect();
+    assert_eq!(all, want);
+}

@@ -268,6 +268,50 @@ fn three_host_chain_is_stitched_and_causal() {
     let dir = TempDir::new("cluster-stitch");
     let token = dir.token_file();
     let agg = Aggregator::start(&dir.path().join("data"), &token, &[]);
+    chain_is_stitched_and_causal(&[&agg], &agg, &token);
+}
+
+/// The same chain on ClickHouse — two 18.16 servers the test starts, as
+/// two shards behind `Distributed` tables — through two aggregators: h1's
+/// batches go to one, h2's and h3's to the other, so each hop's halves
+/// were ingested by different aggregators; the answers are read through
+/// the first.
+#[test]
+fn three_host_chain_through_two_aggregators_on_two_shards() {
+    use tracer_user::aggregator::clickhouse::test_server::{CLUSTER, PASSWORD, Server, USER};
+    let servers = Server::start_cluster("stitch", 2);
+    let dir = TempDir::new("cluster-stitch-ch");
+    let token = dir.token_file();
+    let password = dir.path().join("ch-password");
+    std::fs::write(&password, PASSWORD).unwrap();
+    let url = format!("clickhouse://127.0.0.1:{}/tracer", servers[0].http_port);
+    let shards = servers
+        .iter()
+        .map(|s| format!("http://127.0.0.1:{}", s.http_port))
+        .collect::<Vec<_>>()
+        .join(",");
+    let args = [
+        "--store",
+        &url,
+        "--clickhouse-user",
+        USER,
+        "--clickhouse-password-file",
+        password.to_str().unwrap(),
+        "--clickhouse-cluster",
+        CLUSTER,
+        "--clickhouse-shards",
+        &shards,
+        "--token-file",
+        token.to_str().unwrap(),
+    ];
+    let a = Aggregator::start_with(&args);
+    let b = Aggregator::start_with(&args);
+    chain_is_stitched_and_causal(&[&a, &b], &a, &token);
+}
+
+/// Sends the chain's batches (h1's to `send[0]`, the others' to the last
+/// of `send`) and checks offsets, traces and causal order through `agg`.
+fn chain_is_stitched_and_causal(send: &[&Aggregator], agg: &Aggregator, token: &Path) {
     let base = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -298,7 +342,12 @@ fn three_host_chain_is_stitched_and_causal() {
         .into_iter()
         .partition(|(h, seq, _)| *h == "h2" && seq % 2 == 0);
     for (host, seq, events) in early.iter().chain(late.iter()) {
-        ingest(agg.addr, host, *seq, events);
+        let to = if *host == "h1" {
+            send[0]
+        } else {
+            send[send.len() - 1]
+        };
+        ingest(to.addr, host, *seq, events);
     }
 
     // Offsets: h2's clock is 3 s ahead of h1's, h3's 2 s behind.
@@ -360,7 +409,7 @@ fn three_host_chain_is_stitched_and_causal() {
         .into();
         want.sort();
         for ask in [id.clone(), format!("s{i}-srv")] {
-            let events = timeline(&agg, &token, &["--trace", &ask]);
+            let events = timeline(agg, token, &["--trace", &ask]);
             let mut got: Vec<String> = events.iter().map(req_of).collect();
             got.sort();
             assert_eq!(got, want, "request {i}, --trace {ask}");
@@ -370,7 +419,7 @@ fn three_host_chain_is_stitched_and_causal() {
     }
 
     // The full timeline is causal for every request once corrected.
-    let all = timeline(&agg, &token, &[]);
+    let all = timeline(agg, token, &[]);
     assert_eq!(all.len(), REQUESTS * 8);
     let by_req: BTreeMap<String, &Event> = all
         .iter()

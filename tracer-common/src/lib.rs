@@ -54,10 +54,13 @@ pub enum EventKind {
     /// A traced process read from a traced connection: every byte before
     /// `copied_seq` has been read (a [`ReadMark`]).
     ReadMark = 13,
+    /// A hit of an ad-hoc probe (`tracer probe`) recording arguments: a
+    /// [`ProbeEvent`].
+    Probe = 14,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 13] = [
+    pub const ALL: [EventKind; 14] = [
         EventKind::Log,
         EventKind::TcpConnect,
         EventKind::TcpAccept,
@@ -71,6 +74,7 @@ impl EventKind {
         EventKind::ConnAdopt,
         EventKind::Segment,
         EventKind::ReadMark,
+        EventKind::Probe,
     ];
 
     pub fn from_u32(v: u32) -> Option<Self> {
@@ -477,6 +481,117 @@ pub struct KernelOffsets {
 }
 const _: () = assert!(size_of::<KernelOffsets>() == 124);
 
+// ---- ad-hoc probes: USDT points and native symbols (`tracer probe`) ----
+//
+// One pair of generic programs (probes/usdt.rs) serves every probe: the
+// attach cookie of a call site is its key in `PROBE_SITES`, whose value says
+// how to decode the arguments there. Adding a probe never compiles anything.
+
+/// Arguments decoded per hit (x86-64 passes six in registers).
+pub const PROBE_MAX_ARGS: usize = 6;
+/// String arguments one hit can carry, and bytes copied of each.
+pub const PROBE_STR_ARGS: usize = 2;
+pub const PROBE_STR_BYTES: usize = 128;
+/// Probes (ids) and call sites (cookies) attached at once by one tracer.
+pub const PROBE_MAX_PROBES: u32 = 64;
+pub const PROBE_MAX_SITES: u32 = 1024;
+/// Latency histogram buckets per site: bucket b counts durations in
+/// [2^(b-1), 2^b) ns (bucket 0: 0 ns).
+pub const PROBE_HIST_BUCKETS: u32 = 64;
+
+/// [`ProbeSite::mode`]: count hits in `PROBE_COUNTS` (nothing in the ring).
+pub const PROBE_MODE_COUNT: u32 = 0;
+/// Emit a [`ProbeEvent`] with the decoded arguments per hit.
+pub const PROBE_MODE_ARGS: u32 = 1;
+/// Entry: remember the time; return: add the duration to `PROBE_HIST`.
+pub const PROBE_MODE_LATENCY: u32 = 2;
+
+/// [`ProbeArgSpec::kind`] values.
+pub const PROBE_ARG_NONE: u8 = 0;
+/// The argument is the constant `value`.
+pub const PROBE_ARG_CONST: u8 = 1;
+/// The argument is the register at `reg_off` in `struct pt_regs`.
+pub const PROBE_ARG_REG: u8 = 2;
+/// The argument is `size` bytes of user memory at register + `value`.
+pub const PROBE_ARG_MEM: u8 = 3;
+
+/// How to read one argument at one call site (from a USDT note's argument
+/// spec, or from the calling convention for a function).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProbeArgSpec {
+    /// CONST: the value. MEM: the offset added to the register.
+    pub value: i64,
+    /// Byte offset of the register in the kernel's `struct pt_regs`.
+    pub reg_off: u16,
+    /// A `PROBE_ARG_*` value.
+    pub kind: u8,
+    /// Bytes of the value: 1, 2, 4 or 8.
+    pub size: u8,
+    /// 1: sign-extend the value.
+    pub signed: u8,
+    /// 0: an integer. N (1..=PROBE_STR_ARGS): the value is a pointer to a
+    /// NUL-terminated string, copied into `ProbeEvent::strs[N - 1]`.
+    pub str_slot: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<ProbeArgSpec>() == 16);
+
+/// Value of `PROBE_SITES` (key: the attach cookie, which is also the index
+/// of the site's counters).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProbeSite {
+    /// Index of the probe (rate state and drop counters), < PROBE_MAX_PROBES.
+    pub probe_id: u32,
+    /// A `PROBE_MODE_*` value.
+    pub mode: u32,
+    /// Arguments decoded (the rest of `args` is ignored).
+    pub nargs: u32,
+    /// Most [`ProbeEvent`]s per second for the whole probe; 0: no cap.
+    pub max_per_sec: u32,
+    /// `latency` mode: the cookie of the function's entry site (on the
+    /// entry site itself and on its return site), the key of the start time.
+    pub entry_cookie: u32,
+    pub _pad: u32,
+    pub args: [ProbeArgSpec; PROBE_MAX_ARGS],
+}
+const _: () = assert!(size_of::<ProbeSite>() == 24 + 16 * PROBE_MAX_ARGS);
+
+/// Per-probe rate window (`PROBE_RATE`, index: probe id).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProbeRate {
+    pub window_start_ns: u64,
+    pub emitted: u64,
+}
+
+/// `PROBE_DROPS` index of a probe's events over its rate cap.
+pub fn probe_drop_rate_slot(probe_id: u32) -> u32 {
+    probe_id * 2
+}
+/// `PROBE_DROPS` index of a probe's events that found the ring full.
+pub fn probe_drop_ring_slot(probe_id: u32) -> u32 {
+    probe_id * 2 + 1
+}
+
+/// One hit of a probe in `args` mode.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ProbeEvent {
+    pub hdr: EventHeader,
+    /// The site's cookie (user space knows its probe, object and point).
+    pub cookie: u64,
+    /// Integer values; for a string argument, the pointer.
+    pub args: [u64; PROBE_MAX_ARGS],
+    /// Bytes copied into each string slot, NUL included (0: none/failed).
+    pub str_len: [u32; PROBE_STR_ARGS],
+    pub strs: [[u8; PROBE_STR_BYTES]; PROBE_STR_ARGS],
+}
+const _: () = assert!(
+    size_of::<ProbeEvent>() == 40 + 8 + 8 * PROBE_MAX_ARGS + 8 + PROBE_STR_BYTES * PROBE_STR_ARGS
+);
+
 #[cfg(feature = "user")]
 mod user {
     use super::*;
@@ -492,4 +607,8 @@ mod user {
     unsafe impl aya::Pod for PortPairKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for PollState {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ProbeSite {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ProbeRate {}
 }

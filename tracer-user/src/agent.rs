@@ -54,7 +54,9 @@ pub struct AgentArgs {
     #[arg(long)]
     pub quiet: bool,
 
-    /// Forward events to this aggregator (http://HOST:PORT or https://...).
+    /// Forward events to this aggregator (http://HOST:PORT or https://...),
+    /// or to the first of several, comma-separated, that takes each batch
+    /// (aggregators sharing one ClickHouse store).
     #[arg(long, value_name = "URL")]
     pub aggregator: Option<String>,
 
@@ -75,6 +77,15 @@ pub struct AgentArgs {
     /// Extra CA certificate (PEM) to trust for an https:// aggregator.
     #[arg(long, value_name = "FILE")]
     pub ca_cert: Option<PathBuf>,
+
+    /// Certificate (PEM) to present to an aggregator started with
+    /// --tls-client-ca (mutual TLS); needs --client-key.
+    #[arg(long, value_name = "FILE", requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+
+    /// The private key of --client-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
 
     /// Testing only: shift every timestamp by this many milliseconds, to
     /// simulate a host whose clock is off.
@@ -275,6 +286,7 @@ pub async fn run(args: AgentArgs) -> Result<Outcome> {
                 spool_dir: args.spool.clone(),
                 spool_max_bytes: args.spool_max_bytes,
                 ca_cert: args.ca_cert.clone(),
+                client_cert: args.client_cert.clone().zip(args.client_key.clone()),
             };
             Some(crate::forward::start(
                 cfg,

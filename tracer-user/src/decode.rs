@@ -314,6 +314,9 @@ pub fn decode(buf: &[u8]) -> Result<Record, DecodeError> {
                 filename: comm_to_string(&f.path),
             }
         }
+        // Read by `tracer probe` (probe/session.rs), whose programs the
+        // capture pipeline never attaches.
+        EventKind::Probe => return Err(DecodeError::UnknownKind(header.kind)),
         EventKind::FileOpen => {
             let f: FileOpenEvent = read(buf)?;
             Record::FileOpen {

@@ -124,7 +124,36 @@ pub enum EventData {
     Inspector {
         text: String,
     },
+    /// An ad-hoc probe's hit or per-interval aggregate (`tracer probe`).
+    Probe(Box<ProbeHit>),
 }
+
+/// What an ad-hoc probe recorded (docs/events.md, `probe`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProbeHit {
+    /// The probe as given (`usdt:python:function__entry`, `uprobe:uv_fs_*`).
+    pub probe: String,
+    /// The object the point is in, as the process sees its path.
+    pub object: String,
+    /// `provider:name` of a USDT point, or the function symbol.
+    pub point: String,
+    /// `count`, `args` or `latency`.
+    pub record: String,
+    /// count/latency: hits (latency: returns) in the interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+    /// count/latency: the interval the aggregate covers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval_ns: Option<u64>,
+    /// args: `arg0..`, integers or strings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<Vec<serde_json::Value>>,
+    /// latency: `[upper_bound_ns, count]` of each non-empty power-of-two
+    /// bucket (durations below the bound, at least half of it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ns: Option<Vec<[u64; 2]>>,
+}
+
 
 fn is_zero(n: &u64) -> bool {
     *n == 0
@@ -207,10 +236,13 @@ pub enum LossStage {
     /// at close) beyond the tcp_retransmit events that reached user space
     /// for it, without a ring or recursion loss to account for them.
     Probe,
+    /// Hits of an ad-hoc probe over its per-probe rate cap (`tracer probe
+    /// --rate`), counted in the kernel and not emitted.
+    Rate,
 }
 
 impl LossStage {
-    pub const ALL: [LossStage; 7] = [
+    pub const ALL: [LossStage; 8] = [
         LossStage::Ring,
         LossStage::Decode,
         LossStage::Parse,
@@ -218,6 +250,7 @@ impl LossStage {
         LossStage::Forward,
         LossStage::Spool,
         LossStage::Probe,
+        LossStage::Rate,
     ];
 
     /// The name used in JSON, metrics labels and summaries.
@@ -230,6 +263,7 @@ impl LossStage {
             LossStage::Forward => "forward",
             LossStage::Spool => "spool",
             LossStage::Probe => "probe",
+            LossStage::Rate => "rate",
         }
     }
 }
@@ -251,6 +285,7 @@ impl EventData {
             EventData::Exit { .. } => "exit",
             EventData::Logpoint { .. } => "logpoint",
             EventData::Inspector { .. } => "inspector",
+            EventData::Probe(_) => "probe",
         }
     }
 }
@@ -389,8 +424,32 @@ impl Event {
                 write!(s, " {id} {location}| {text}{more}")
             }
             EventData::Inspector { text } => write!(s, " node| {text}"),
+            EventData::Probe(p) => p.write_text(&mut s),
         };
         s
+    }
+}
+
+impl ProbeHit {
+    fn write_text(&self, s: &mut String) -> std::fmt::Result {
+        let base = self.object.rsplit('/').next().unwrap_or(&self.object);
+        write!(s, " {} {base}:{}", self.probe, self.point)?;
+        if let Some(count) = self.count {
+            write!(s, " count={count}")?;
+        }
+        if let Some(ns) = self.interval_ns {
+            write!(s, " in {}", ms(ns))?;
+        }
+        for (i, v) in self.args.iter().flatten().enumerate() {
+            write!(s, " arg{i}={v}")?;
+        }
+        if let Some(buckets) = &self.latency_ns {
+            s.push_str(" latency");
+            for [le, n] in buckets {
+                write!(s, " <{}:{n}", ms(*le))?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -43,7 +43,9 @@ const QUEUE: usize = 65536;
 
 #[derive(Debug, Clone)]
 pub struct ForwardConfig {
-    /// Base URL of the aggregator, e.g. http://10.0.0.1:7878
+    /// Base URL of the aggregator, e.g. http://10.0.0.1:7878, or several,
+    /// comma-separated: aggregators of one shared store (ClickHouse),
+    /// tried in turn when one cannot take a batch.
     pub url: String,
     pub token: String,
     pub host: String,
@@ -51,6 +53,9 @@ pub struct ForwardConfig {
     pub spool_max_bytes: u64,
     /// Extra CA certificate (PEM) to trust for an https:// aggregator.
     pub ca_cert: Option<PathBuf>,
+    /// Certificate chain and key (PEM) to present to an aggregator that
+    /// asks for one (mutual TLS).
+    pub client_cert: Option<(PathBuf, PathBuf)>,
 }
 
 #[derive(Serialize)]
@@ -146,13 +151,37 @@ fn client(cfg: &ForwardConfig) -> Result<reqwest::Client> {
             .with_context(|| format!("{} is not a PEM certificate", ca.display()))?;
         builder = builder.add_root_certificate(cert);
     }
-    if !(cfg.url.starts_with("http://") || cfg.url.starts_with("https://")) {
-        bail!(
-            "--aggregator {} must start with http:// or https://",
-            cfg.url
+    if let Some((cert, key)) = &cfg.client_cert {
+        let mut pem = std::fs::read(cert)
+            .with_context(|| format!("reading --client-cert {}", cert.display()))?;
+        pem.extend(
+            std::fs::read(key)
+                .with_context(|| format!("reading --client-key {}", key.display()))?,
         );
+        let id = reqwest::Identity::from_pem(&pem).with_context(|| {
+            format!(
+                "{} and {} are not a PEM certificate and key",
+                cert.display(),
+                key.display()
+            )
+        })?;
+        builder = builder.identity(id);
+    }
+    for url in aggregator_urls(&cfg.url) {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            bail!("--aggregator {url} must start with http:// or https://");
+        }
     }
     Ok(builder.build()?)
+}
+
+/// The ingest URLs of a comma-separated `--aggregator` list.
+fn aggregator_urls(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| format!("{}/v1/ingest", u.trim_end_matches('/')))
+        .collect()
 }
 
 #[derive(Clone)]
@@ -352,7 +381,12 @@ async fn sender(
     wake: Arc<Notify>,
     finished: Arc<std::sync::atomic::AtomicBool>,
 ) {
-    let url = format!("{}/v1/ingest", cfg.url.trim_end_matches('/'));
+    // Failover: a batch that one aggregator cannot take goes to the next
+    // (any aggregator of a shared store accepts any batch, and a batch
+    // sent twice is stored once); the pause only comes once every
+    // aggregator failed.
+    let urls = aggregator_urls(&cfg.url);
+    let mut current = 0;
     let mut backoff = Duration::from_millis(100);
     let mut down_reported = false;
     loop {
@@ -365,8 +399,11 @@ async fn sender(
             continue;
         }
         let mut progressed = true;
-        for (path, _, _) in files {
-            match send_file(&client, &url, &cfg.token, &path).await {
+        let mut failed_in_turn = 0;
+        let mut files = files.into_iter().peekable();
+        while let Some((path, _, _)) = files.peek().cloned() {
+            let url = &urls[current % urls.len()];
+            match send_file(&client, url, &cfg.token, &path).await {
                 Ok(sent) => {
                     let counter = match sent {
                         Sent::Acked => &stats.acked_batches,
@@ -374,13 +411,24 @@ async fn sender(
                     };
                     counter.fetch_add(1, Ordering::Relaxed);
                     let _ = std::fs::remove_file(&path);
+                    files.next();
+                    failed_in_turn = 0;
                     backoff = Duration::from_millis(100);
                     if down_reported {
                         eprintln!("tracer: aggregator reachable again; sending the spool");
                         down_reported = false;
                     }
                 }
+                Err(e) if failed_in_turn + 1 < urls.len() => {
+                    failed_in_turn += 1;
+                    current += 1;
+                    eprintln!(
+                        "tracer: {e:#}; trying {}",
+                        urls[current % urls.len()].trim_end_matches("/v1/ingest")
+                    );
+                }
                 Err(e) => {
+                    current += 1;
                     if !down_reported {
                         eprintln!(
                             "tracer: {e:#}; keeping batches in {} and retrying",

@@ -21,6 +21,7 @@ pub mod options;
 pub mod output;
 pub mod pipeline;
 pub mod progress;
+pub mod probe;
 pub mod reassembly;
 pub mod retransmits;
 pub mod runner;

@@ -17,6 +17,7 @@ enum Command {
     Agent(tracer_user::agent::AgentArgs),
     Demo(tracer_user::demo::DemoArgs),
     Verify(tracer_user::verify::VerifyArgs),
+    Probe(tracer_user::probe::ProbeArgs),
     Logpoint(tracer_user::inspector::logpoint::LogpointArgs),
     Eval(tracer_user::inspector::eval::EvalArgs),
     Repl(tracer_user::inspector::repl::ReplArgs),
@@ -35,6 +36,7 @@ fn main() -> std::process::ExitCode {
         | Command::Agent(_)
         | Command::Demo(_)
         | Command::Verify(_)
+        | Command::Probe(_)
         | Command::Logpoint(_)
         | Command::Eval(_)
         | Command::Repl(_) => tokio::runtime::Builder::new_current_thread(),
@@ -57,6 +59,9 @@ fn main() -> std::process::ExitCode {
             Command::Attach(args) => tracer_user::attach::run(args).await,
             Command::Agent(args) => tracer_user::agent::run(args).await,
             Command::Demo(args) => tracer_user::demo::run(args)
+                .await
+                .map(|()| Outcome::Complete),
+            Command::Probe(args) => tracer_user::probe::run(args)
                 .await
                 .map(|()| Outcome::Complete),
             Command::Verify(args) => tracer_user::verify::run(args).map(|()| Outcome::Complete),

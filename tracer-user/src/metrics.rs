@@ -286,8 +286,12 @@ fn kind_slot(data: &EventData) -> Option<usize> {
         EventData::Gc { .. } => 7,
         EventData::Exec { .. } => 8,
         EventData::Exit { .. } => 9,
-        // Logpoint and inspector lines are counted by the summary only.
-        EventData::Lost { .. } | EventData::Logpoint { .. } | EventData::Inspector { .. } => {
+        // Logpoint and inspector lines are counted by the summary only; ad-hoc
+        // probes (`tracer probe`) carry their own counts.
+        EventData::Lost { .. }
+        | EventData::Logpoint { .. }
+        | EventData::Inspector { .. }
+        | EventData::Probe(_) => {
             return None;
         }
     })
@@ -506,7 +510,8 @@ impl Metrics {
             EventData::Exec { .. }
             | EventData::Lost { .. }
             | EventData::Logpoint { .. }
-            | EventData::Inspector { .. } => {}
+            | EventData::Inspector { .. }
+            | EventData::Probe(_) => {}
         }
     }
 

@@ -537,6 +537,7 @@ pub fn kind_name(kind: EventKind) -> &'static str {
         EventKind::ConnAdopt => "conn_adopt",
         EventKind::Segment => "tcp_segment",
         EventKind::ReadMark => "read_mark",
+        EventKind::Probe => "probe",
     }
 }
 

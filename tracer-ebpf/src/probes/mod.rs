@@ -5,3 +5,4 @@ pub mod runtime;
 pub mod skb;
 pub mod tcp;
 pub mod tls;
+pub mod usdt;

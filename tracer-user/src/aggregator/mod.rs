@@ -17,6 +17,7 @@ pub mod sqlite;
 pub mod stitch;
 pub mod store;
 pub mod timespec;
+pub mod tls;
 pub mod ui;
 
 use std::{
@@ -66,8 +67,9 @@ Examples:
       --token-file /etc/tracer/token
 
 Every request needs `Authorization: Bearer <token>`. Batches are acknowledged
-only once committed to disk (SQLite) or inserted (ClickHouse). The API is plain HTTP: keep it on loopback or a
-private network, or put a TLS proxy in front. See docs/aggregator.md.")]
+only once committed to disk (SQLite) or inserted (ClickHouse). The API is plain
+HTTP unless --tls-cert/--tls-key are given (--tls-client-ca: mutual TLS).
+See docs/aggregator.md.")]
 pub struct AggregatorArgs {
     /// Address to listen on (port 0 picks a free port; the address is
     /// printed on stderr).
@@ -94,9 +96,37 @@ pub struct AggregatorArgs {
     #[arg(long, value_name = "FILE", requires = "store")]
     pub clickhouse_password_file: Option<PathBuf>,
 
+    /// Spread events over this cluster's shards (a `remote_servers` entry
+    /// of the --store server) through `Distributed` tables.
+    #[arg(long, value_name = "NAME", requires = "clickhouse_shards")]
+    pub clickhouse_cluster: Option<String>,
+
+    /// The cluster's shards, as HTTP URLs (comma-separated), where the
+    /// aggregator creates the local tables.
+    #[arg(
+        long,
+        value_name = "URLS",
+        value_delimiter = ',',
+        requires = "clickhouse_cluster"
+    )]
+    pub clickhouse_shards: Vec<String>,
+
     /// File holding the API token agents and clients must present.
     #[arg(long, value_name = "FILE")]
     pub token_file: PathBuf,
+
+    /// Serve HTTPS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Accept only clients presenting a certificate this CA (PEM) signed
+    /// (mutual TLS; agents give theirs with --client-cert/--client-key).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
 
     /// Largest request body accepted, as sent (compressed).
     #[arg(long, default_value_t = 16 << 20, value_name = "BYTES")]
@@ -142,6 +172,14 @@ async fn serve(args: AggregatorArgs) -> Result<()> {
     if args.max_body == 0 || args.max_decompressed == 0 {
         bail!("--max-body and --max-decompressed must be above 0");
     }
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::server_config(
+            cert,
+            key,
+            args.tls_client_ca.as_deref(),
+        )?),
+        _ => None,
+    };
     let (store, described) = open_store(&args).await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -157,13 +195,19 @@ async fn serve(args: AggregatorArgs) -> Result<()> {
         },
         stop_rx,
     );
-    if !addr.ip().is_loopback() {
+    if !addr.ip().is_loopback() && tls.is_none() {
         eprintln!(
             "tracer: warning: listening on {addr}, beyond this machine, over plain HTTP: \
-             the token and events cross the network unencrypted"
+             the token and events cross the network unencrypted (use --tls-cert/--tls-key)"
         );
     }
-    eprintln!("tracer: aggregator listening on http://{addr} (store: {described})");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mtls = if args.tls_client_ca.is_some() {
+        ", client certificates required"
+    } else {
+        ""
+    };
+    eprintln!("tracer: aggregator listening on {scheme}://{addr} (store: {described}{mtls})");
     if std::io::stderr().is_terminal() {
         eprintln!("tracer: Ctrl-C to stop");
     }
@@ -173,10 +217,21 @@ async fn serve(args: AggregatorArgs) -> Result<()> {
         // Ends live tails; in-flight ingests finish (and commit) first.
         let _ = stop_tx.send(true);
     };
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("serving the API")
+    match tls {
+        Some(config) => {
+            let listener =
+                tls::TlsListener::new(listener, config).context("setting up the TLS listener")?;
+            axum::serve(listener, router(state))
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        None => {
+            axum::serve(listener, router(state))
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    }
+    .context("serving the API")
 }
 
 /// Opens the store `args` name, off the async workers (opening may
@@ -185,6 +240,8 @@ async fn open_store(args: &AggregatorArgs) -> Result<(Arc<dyn Store>, String)> {
     if let Some(url) = &args.store {
         let mut config = clickhouse::Config::parse(url).map_err(anyhow::Error::msg)?;
         config.user = args.clickhouse_user.clone();
+        config.cluster = args.clickhouse_cluster.clone();
+        config.shards = args.clickhouse_shards.clone();
         if let Some(f) = &args.clickhouse_password_file {
             let text = std::fs::read_to_string(f)
                 .with_context(|| format!("reading the ClickHouse password file {}", f.display()))?;

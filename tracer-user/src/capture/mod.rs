@@ -129,7 +129,8 @@ fn epoll_waits(
 }
 
 /// The eBPF object, embedded at build time (tracer-user/build.rs).
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
+pub(crate) static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
 
 pub struct Capture {
     ebpf: Ebpf,

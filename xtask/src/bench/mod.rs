@@ -10,6 +10,7 @@ mod cpu;
 mod harness;
 mod logpoint;
 mod overhead;
+mod probe;
 mod report;
 mod tls;
 mod wrk;
@@ -65,6 +66,10 @@ pub enum BenchCommand {
     ///
     /// Results go to the terminal and to target/bench/logpoint.md.
     Logpoint(logpoint::LogpointArgs),
+    /// Cost per hit of `tracer probe add` (root): a USDT point and a uprobe
+    /// on a function entry, against the same loop with nothing attached,
+    /// in one run. Results go to the terminal and to target/bench/probe.md.
+    Probe(probe::ProbeArgs),
 }
 
 pub fn run(command: &BenchCommand) -> Result<()> {
@@ -76,5 +81,6 @@ pub fn run(command: &BenchCommand) -> Result<()> {
         BenchCommand::Grep(args) => aggregator::grep(args),
         BenchCommand::Tail(args) => aggregator::tail(args),
         BenchCommand::Logpoint(args) => logpoint::run_bench(args),
+        BenchCommand::Probe(args) => probe::run(args),
     }
 }

@@ -81,9 +81,32 @@ pub struct Config {
     pub database: String,
     pub user: Option<String>,
     pub password: Option<String>,
+    /// A cluster (in the server's `remote_servers`) whose shards hold the
+    /// events, through `Distributed` tables; None: this server alone.
+    pub cluster: Option<String>,
+    /// The shards' HTTP URLs, where this store creates the local tables
+    /// (18.16 has no `ON CLUSTER` without ZooKeeper).
+    pub shards: Vec<String>,
 }
 
 impl Config {
+    /// Checks a cluster name (it is written into the DDL).
+    pub fn check(&self) -> std::result::Result<(), String> {
+        if let Some(c) = &self.cluster
+            && (c.is_empty() || !c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+        {
+            return Err(format!(
+                "{c:?} is not a cluster name (letters, digits and _)"
+            ));
+        }
+        for s in &self.shards {
+            if !(s.starts_with("http://") || s.starts_with("https://")) {
+                return Err(format!("shard {s:?} must be an http:// or https:// URL"));
+            }
+        }
+        Ok(())
+    }
+
     /// Parses `clickhouse://HOST:PORT/DB` (HTTP) or
     /// `clickhouses://HOST:PORT/DB` (HTTPS); the port defaults to 8123
     /// (8443), the database to `tracer`.
@@ -127,6 +150,8 @@ impl Config {
             database: db.to_string(),
             user: None,
             password: None,
+            cluster: None,
+            shards: Vec::new(),
         })
     }
 }
@@ -161,6 +186,8 @@ pub struct ClickhouseStore {
     db: String,
     ids: IdSource,
     recording: Mutex<Option<Vec<Sent>>>,
+    /// Whether `events` and `http_index` are Distributed tables.
+    sharded: bool,
 }
 
 impl Drop for ClickhouseStore {
@@ -240,6 +267,7 @@ impl ClickhouseStore {
     }
 
     fn open_with(config: &Config, record: bool) -> Result<Self> {
+        config.check().map_err(StoreError::Open)?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("clickhouse")
@@ -261,6 +289,7 @@ impl ClickhouseStore {
             db: sql::ident(&config.database),
             ids: IdSource::new(0),
             recording: Mutex::new(record.then(Vec::new)),
+            sharded: config.cluster.is_some(),
         };
         let version: Vec<Count> = store
             .fetch("SELECT toUInt64(1) AS n")
@@ -277,14 +306,36 @@ impl ClickhouseStore {
                 other => other,
             })?;
         drop(version);
-        store.create_or_check()?;
+        for shard in &config.shards {
+            store.create_on_shard(config, shard)?;
+        }
+        store.create_or_check(config.cluster.as_deref())?;
         store.ids = IdSource::new(store.register()?);
         Ok(store)
     }
 
-    fn create_or_check(&self) -> Result<()> {
+    /// The local tables on one shard of the cluster.
+    fn create_on_shard(&self, config: &Config, url: &str) -> Result<()> {
+        let mut client = Client::default().with_url(url).with_validation(false);
+        if let Some(u) = &config.user {
+            client = client.with_user(u);
+        }
+        if let Some(p) = &config.password {
+            client = client.with_password(p);
+        }
+        for sql in schema::create_local(&self.db) {
+            self.note(&sql, None, None);
+            self.block_on(client.query_raw(&sql).execute())
+                .map_err(|e| {
+                    StoreError::Open(format!("creating the tables on shard {url}: {}", ch_err(e)))
+                })?;
+        }
+        Ok(())
+    }
+
+    fn create_or_check(&self, cluster: Option<&str>) -> Result<()> {
         let db = &self.db;
-        let stmts = schema::create(db);
+        let stmts = schema::create(db, cluster);
         // The database first; then what version it holds.
         self.exec(&stmts[0])?;
         self.exec(&stmts[1])?;
@@ -405,8 +456,15 @@ impl ClickhouseStore {
     fn insert(&self, sql: &str, body: RowBinary) -> Result<()> {
         let bytes = body.into_bytes();
         self.note(sql, Some(&bytes), None);
+        // Into a Distributed table: answered once every shard has the
+        // rows (by default 18.16 queues them and answers at once).
+        let distributed =
+            self.sharded && (sql.contains(".events (") || sql.contains(".http_index ("));
         self.block_on(async {
             let mut ins = self.client.insert_formatted_with(sql.to_string());
+            if distributed {
+                ins = ins.with_setting("insert_distributed_sync", "1");
+            }
             ins.send(Bytes::from(bytes)).await?;
             ins.end().await
         })
@@ -475,6 +533,11 @@ impl ClickhouseStore {
         }
         out.truncate(want);
         Ok(out)
+    }
+
+    /// [`sql::committed`] for this store's layout.
+    fn committed(&self) -> String {
+        sql::committed(&self.db, self.sharded)
     }
 
     fn select(&self, offsets: &Offsets) -> String {
@@ -731,7 +794,7 @@ impl Store for ClickhouseStore {
         let offsets = self.offsets_now()?;
         let trace = self.trace_set(&q.filter)?;
         let re = compiled(&q.filter)?;
-        let mut where_ = filter_sql(&self.db, &q.filter, &offsets, trace.as_ref());
+        let mut where_ = filter_sql(&self.db, self.sharded, &q.filter, &offsets, trace.as_ref());
         if let Some(a) = q.as_of {
             where_.push_str(&format!(" AND id <= {}", a.raw()));
         }
@@ -763,7 +826,7 @@ impl Store for ClickhouseStore {
     fn count(&self, f: &Filter) -> Result<u64> {
         let offsets = self.offsets_now()?;
         let trace = self.trace_set(f)?;
-        let where_ = filter_sql(&self.db, f, &offsets, trace.as_ref());
+        let where_ = filter_sql(&self.db, self.sharded, f, &offsets, trace.as_ref());
         let from = format!("FROM {}.events WHERE {where_}", self.db);
         let ts = offsets.ts_expr();
         let Some(re) = compiled(f)? else {
@@ -804,7 +867,7 @@ impl Store for ClickhouseStore {
         let offsets = self.offsets_now()?;
         let trace = self.trace_set(f)?;
         let re = compiled(f)?;
-        let mut where_ = filter_sql(&self.db, f, &offsets, trace.as_ref());
+        let mut where_ = filter_sql(&self.db, self.sharded, f, &offsets, trace.as_ref());
         where_.push_str(&format!(" AND id > {}", cursor.raw()));
         self.scan(
             &self.select(&offsets),
@@ -820,7 +883,7 @@ impl Store for ClickhouseStore {
         let n: Vec<Count> = self.fetch(&format!(
             "SELECT toUInt64(greatest(max(id), toInt64(0))) AS n FROM {}.events WHERE {}",
             self.db,
-            sql::committed(&self.db)
+            self.committed()
         ))?;
         Ok(EventId::from_raw(
             n.first().map_or(0, |c| i64::try_from(c.n).unwrap_or(0)),
@@ -886,7 +949,7 @@ impl Store for ClickhouseStore {
                 .collect(),
             ..Filter::default()
         };
-        let where_ = filter_sql(&self.db, &f, &offsets, None);
+        let where_ = filter_sql(&self.db, self.sharded, &f, &offsets, None);
         let rows: Vec<SeriesRow> = self.fetch(&format!(
             "SELECT {} AS ts, host, pid, kind, if(kind = 'log', '', json) AS json \
              FROM {}.events WHERE {where_}",

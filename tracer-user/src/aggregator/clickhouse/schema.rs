@@ -10,8 +10,42 @@ pub const SCHEMA_VERSION: u32 = 1;
 
 /// The statements that create version 1 in database `db` (already quoted
 /// as an identifier). `IF NOT EXISTS` everywhere: several aggregators may
-/// start at once.
-pub fn create(db: &str) -> Vec<String> {
+/// start at once. With `cluster`, `events` and `http_index` are
+/// `Distributed` tables over that cluster's `events_local` and
+/// `http_index_local` ([`create_local`], on every shard), spread by a
+/// hash of the host; the small tables stay on this server.
+pub fn create(db: &str, cluster: Option<&str>) -> Vec<String> {
+    let mut out = create_single(db);
+    if let Some(cluster) = cluster {
+        for (i, table) in [(EVENTS, "events"), (HTTP_INDEX, "http_index")] {
+            let columns = out[i]
+                .split(") ENGINE")
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            out[i] = format!(
+                "{columns}) ENGINE = Distributed({cluster}, {db}, {table}_local, cityHash64(host))"
+            );
+        }
+    }
+    out
+}
+
+/// Where `events` and `http_index` are in [`create_single`]'s list.
+const EVENTS: usize = 2;
+const HTTP_INDEX: usize = 4;
+
+/// What every shard of a cluster holds: the big tables, under `_local`.
+pub fn create_local(db: &str) -> Vec<String> {
+    let single = create_single(db);
+    vec![
+        single[0].clone(),
+        single[EVENTS].replacen(".events (", ".events_local (", 1),
+        single[HTTP_INDEX].replacen(".http_index (", ".http_index_local (", 1),
+    ]
+}
+
+fn create_single(db: &str) -> Vec<String> {
     vec![
         format!("CREATE DATABASE IF NOT EXISTS {db}"),
         format!(

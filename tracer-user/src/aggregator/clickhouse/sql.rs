@@ -90,16 +90,27 @@ pub struct TraceSet {
 /// The rows of `db.events` that are committed (module docs of
 /// `super`): a batch's events count once its batch row exists, and only
 /// the first commit of a batch stored twice.
-pub fn committed(db: &str) -> String {
-    format!("commit_id IN (SELECT min(commit_id) FROM {db}.batches GROUP BY host, run_id, seq)")
+/// With `sharded` the set is built here and sent to the shards (`GLOBAL
+/// IN`): `batches` lives on this server only.
+pub fn committed(db: &str, sharded: bool) -> String {
+    let global = if sharded { "GLOBAL " } else { "" };
+    format!(
+        "commit_id {global}IN (SELECT min(commit_id) FROM {db}.batches GROUP BY host, run_id, seq)"
+    )
 }
 
 /// The WHERE clause (without `WHERE`) for `f` over `db.events`, with `ts`
 /// the corrected time (an alias the SELECT defines). The text condition
 /// here is only a prefilter ([`prefilter`]); the regex itself is applied
 /// by the caller to the rows returned.
-pub fn filter_sql(db: &str, f: &Filter, offsets: &Offsets, trace: Option<&TraceSet>) -> String {
-    let mut conds = vec![committed(db)];
+pub fn filter_sql(
+    db: &str,
+    sharded: bool,
+    f: &Filter,
+    offsets: &Offsets,
+    trace: Option<&TraceSet>,
+) -> String {
+    let mut conds = vec![committed(db, sharded)];
     let (lo, hi) = offsets.bounds();
     if let Some(s) = f.since {
         conds.push(format!("ts >= {s}"));

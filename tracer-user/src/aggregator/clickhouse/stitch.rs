@@ -20,7 +20,7 @@ use serde::Deserialize;
 
 use super::{
     ClickhouseStore,
-    sql::{TraceSet, committed, in_list, lit},
+    sql::{TraceSet, in_list, lit},
 };
 use crate::{
     aggregator::{
@@ -74,7 +74,7 @@ impl ClickhouseStore {
         self.fetch(&format!(
             "SELECT {EXCHANGE_COLS} FROM {db}.http_index WHERE {cond} AND {c}",
             db = self.db,
-            c = committed(&self.db)
+            c = self.committed()
         ))
     }
 
@@ -154,7 +154,7 @@ pub fn after_ingest(store: &ClickhouseStore, batches: &[&Batch]) -> Result<()> {
             "SELECT DISTINCT host, side, conn FROM {db}.http_index WHERE {keys} AND {c}",
             db = store.db,
             keys = in_list("conn", chunk.iter().map(String::as_str)),
-            c = committed(&store.db)
+            c = store.committed()
         ))?;
         for r in rows {
             let e = ends.entry(r.conn).or_default();
@@ -193,7 +193,7 @@ pub fn after_ingest(store: &ClickhouseStore, batches: &[&Batch]) -> Result<()> {
              AND {c} ORDER BY start_ns DESC LIMIT {SAMPLE}",
             db = store.db,
             h = lit(&ch),
-            c = committed(&store.db)
+            c = store.committed()
         ))?;
         let Some(lo) = clients.iter().map(|c| c.start_ns).min() else {
             continue;
@@ -264,20 +264,28 @@ fn update_offsets(store: &ClickhouseStore) -> Result<()> {
             pairs: p.pairs,
         })
         .collect();
-    let current: HashMap<String, (i64, Option<String>)> = store
+    let current: HashMap<String, (i64, i64, Option<String>)> = store
         .offsets()?
         .into_iter()
-        .map(|o| (o.host, (o.offset_ns, o.reference)))
+        .map(|o| (o.host, (o.offset_ns, o.pairs, o.reference)))
         .collect();
     let mut rows = Vec::new();
     let mut estimated: Vec<_> = stitch::offsets(&hosts, &edges).into_iter().collect();
     estimated.sort_by(|a, b| a.0.cmp(&b.0));
     for (host, o) in estimated {
-        let moved = current.get(&host).is_none_or(|(off, reference)| {
-            (off - o.offset_ns).abs() > MOVE_MIN_NS || reference.as_deref() != Some(&o.reference)
+        let moved = current.get(&host).is_none_or(|(off, pairs, reference)| {
+            (off - o.offset_ns).abs() > MOVE_MIN_NS
+                || *pairs != o.pairs
+                || reference.as_deref() != Some(&o.reference)
         });
         if moved {
-            rows.push((host, o.offset_ns, o.pairs, o.reference));
+            // A move under MOVE_MIN_NS keeps the offset in force (each
+            // move changes every time shown for the host).
+            let keep = current
+                .get(&host)
+                .map(|c| c.0)
+                .filter(|off| (off - o.offset_ns).abs() <= MOVE_MIN_NS);
+            rows.push((host, keep.unwrap_or(o.offset_ns), o.pairs, o.reference));
         }
     }
     if rows.is_empty() {

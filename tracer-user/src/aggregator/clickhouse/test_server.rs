@@ -16,6 +16,8 @@ use super::Config;
 const SERVER: &str = "/usr/sbin/clickhouse-server";
 pub const USER: &str = "tracer";
 pub const PASSWORD: &str = "tracer-test-password";
+/// The cluster name in [`Server::start_cluster`]'s configs.
+pub const CLUSTER: &str = "tracer_test";
 
 /// A clickhouse-server of the test's own.
 pub struct Server {
@@ -47,6 +49,45 @@ impl Server {
     /// Starts a server in a new temporary directory and waits until it
     /// answers.
     pub fn start(tag: &str) -> Self {
+        Self::start_with(tag, free_port(), free_port(), "")
+    }
+
+    /// `n` servers, each configured with cluster `tracer_test` whose shards
+    /// are all of them (one replica each): the first answers queries over
+    /// `Distributed` tables. Their `Config` is [`Self::cluster_config`].
+    pub fn start_cluster(tag: &str, n: usize) -> Vec<Self> {
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let shards: String = ports
+            .iter()
+            .map(|(_, tcp)| {
+                format!(
+                    "<shard><replica><host>127.0.0.1</host><port>{tcp}</port>\
+                     <user>{USER}</user><password>{PASSWORD}</password></replica></shard>"
+                )
+            })
+            .collect();
+        let remote = format!("<remote_servers><{CLUSTER}>{shards}</{CLUSTER}></remote_servers>");
+        ports
+            .iter()
+            .enumerate()
+            .map(|(i, (http, tcp))| Self::start_with(&format!("{tag}-{i}"), *http, *tcp, &remote))
+            .collect()
+    }
+
+    /// The store on `servers` (from [`Self::start_cluster`]), through the
+    /// first.
+    pub fn cluster_config(servers: &[Self], database: &str) -> Config {
+        Config {
+            cluster: Some(CLUSTER.into()),
+            shards: servers
+                .iter()
+                .map(|s| format!("http://127.0.0.1:{}", s.http_port))
+                .collect(),
+            ..servers[0].config(database)
+        }
+    }
+
+    fn start_with(tag: &str, http_port: u16, tcp_port: u16, extra: &str) -> Self {
         assert!(
             Path::new(SERVER).exists(),
             "{SERVER} is missing: run `cargo xtask bootstrap` (it installs Debian's \
@@ -58,7 +99,6 @@ impl Server {
             super::now_ns()
         ));
         std::fs::create_dir_all(dir.join("data")).expect("creating the server's directory");
-        let (http_port, tcp_port) = (free_port(), free_port());
         let d = dir.display();
         std::fs::write(
             dir.join("config.xml"),
@@ -76,6 +116,7 @@ impl Server {
     <default_database>default</default_database>
     <mark_cache_size>134217728</mark_cache_size>
     <max_concurrent_queries>100</max_concurrent_queries>
+    {extra}
 </yandex>
 "#
             ),

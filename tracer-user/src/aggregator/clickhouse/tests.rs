@@ -74,6 +74,77 @@ impl Backend for Clickhouse {
 
 store_conformance_suite!(Clickhouse(shared().config(&fresh_db())));
 
+/// The same suite on two servers as two shards behind `Distributed`
+/// tables (shared by the tests of this process like the single server).
+mod two_shards {
+    use super::*;
+
+    fn cluster() -> &'static (u16, u16) {
+        static PORTS: OnceLock<(u16, u16)> = OnceLock::new();
+        PORTS.get_or_init(|| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let servers = Server::start_cluster("shards", 2);
+                let _ = tx.send((servers[0].http_port, servers[1].http_port));
+                // The servers stay owned by this thread, which never ends.
+                loop {
+                    std::thread::park();
+                }
+            });
+            rx.recv().expect("the two shards started")
+        })
+    }
+
+    fn config() -> Config {
+        let (a, b) = *cluster();
+        let dir = std::env::temp_dir();
+        let servers = [Server::handle(a, dir.clone()), Server::handle(b, dir)];
+        Server::cluster_config(&servers, &fresh_db())
+    }
+
+    store_conformance_suite!(Clickhouse(config()));
+
+    #[test]
+    fn events_land_on_both_shards() {
+        let config = config();
+        let store = ClickhouseStore::open(&config).unwrap();
+        let events = (0..40)
+            .map(|i| conformance::log(&format!("h{i}"), i, StreamName::Stdout, "x"))
+            .collect::<Vec<_>>();
+        for (i, e) in events.into_iter().enumerate() {
+            let host = e.host.clone();
+            store
+                .ingest(conformance::batch(&host, i as u64, vec![e]))
+                .unwrap();
+        }
+        assert_eq!(store.count(&Filter::default()).unwrap(), 40);
+        #[derive(clickhouse::Row, serde::Deserialize)]
+        struct N {
+            n: u64,
+        }
+        for url in &config.shards {
+            let client = clickhouse::Client::default()
+                .with_url(url)
+                .with_user(USER_NAME)
+                .with_password(super::super::test_server::PASSWORD)
+                .with_validation(false);
+            let n: Vec<N> = store
+                .block_on(
+                    client
+                        .query_raw(&format!(
+                            "SELECT count() AS n FROM {}.events_local",
+                            store.db
+                        ))
+                        .fetch_all(),
+                )
+                .unwrap();
+            assert!(n[0].n > 0 && n[0].n < 40, "{url}: {}", n[0].n);
+        }
+    }
+
+    const USER_NAME: &str = super::super::test_server::USER;
+}
+
 #[test]
 fn config_parses_urls() {
     let c = Config::parse("clickhouse://db1/tracer").unwrap();

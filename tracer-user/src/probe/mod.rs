@@ -1,0 +1,314 @@
+//! `tracer probe`: USDT points and native function symbols of a running
+//! process, listed and probed ad hoc, without restarting it.
+//!
+//! - [`objects`]: the ELF objects a process maps (through /proc/PID/root)
+//!   and their function symbols;
+//! - [`notes`]: USDT call sites from `.note.stapsdt`;
+//! - [`argspec`]: a note's argument spec -> how the BPF program reads it;
+//! - [`spec`]: `usdt:`/`uprobe:`/`uretprobe:` specs -> call sites;
+//! - [`perf`]: the attach shim (uprobe PMU with `ref_ctr_offset`, BPF link
+//!   with a cookie);
+//! - [`session`]: attach, then report `probe` events until done.
+
+pub mod argspec;
+pub mod notes;
+pub mod objects;
+pub mod perf;
+pub mod session;
+pub mod spec;
+
+use std::{io::Write as _, time::Duration};
+
+use anyhow::{Result, bail};
+use clap::{Args, Subcommand};
+
+use self::session::{RecordMode, Session, SessionOptions};
+use crate::output::StdoutSink;
+
+/// List or probe USDT points and native functions of a running process.
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    #[command(subcommand)]
+    pub command: ProbeCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProbeCommand {
+    List(ListArgs),
+    Add(AddArgs),
+}
+
+/// Every USDT point (or, with --symbols, function symbol) of every ELF
+/// object the process has mapped.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  tracer probe list --pid $(pgrep -n node)
+  tracer probe list --pid 4242 'python:function__*'
+  tracer probe list --pid 4242 --symbols 'uv_fs_*'
+
+Columns: object, provider:name, site address, argument spec, semaphore
+(0x0: none). Objects are read through /proc/PID/root, so processes in
+containers work.")]
+pub struct ListArgs {
+    #[arg(long)]
+    pub pid: u32,
+    /// Glob over `provider:name` (or, with --symbols, over symbol names).
+    pub pattern: Option<String>,
+    /// List function symbols matching PATTERN instead of USDT points.
+    #[arg(long)]
+    pub symbols: bool,
+    /// Only this object (path, file name, or name without .so: `libc`).
+    #[arg(long)]
+    pub object: Option<String>,
+    /// One JSON object per line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Attach probes to a running process and print `probe` events (see
+/// docs/events.md) until --duration, Ctrl-C, or the process exits.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+SPEC:
+  usdt:[OBJECT:]PROVIDER:NAME    every call site of a USDT point; its
+                                 semaphore is raised while attached
+  uprobe:[OBJECT:]SYMBOL_GLOB    entry of matching functions
+  uretprobe:[OBJECT:]SYMBOL_GLOB return of matching functions (arg0: the
+                                 return value)
+
+Examples:
+  tracer probe add --pid 4242 usdt:python:function__entry
+  tracer probe add --pid 4242 --record args --args str,str,int usdt:python:function__entry
+  tracer probe add --pid $(pgrep -n node) --record args --args int,str uprobe:uv_fs_open
+  tracer probe add --pid $(pgrep -n node) --record latency 'uprobe:uv_fs_*' --ttl 60
+
+Each hit is a uprobe trap (microseconds): functions on the event loop's
+hottest paths are refused unless --force. Detaching leaves the process as
+it was (semaphores lowered).")]
+pub struct AddArgs {
+    #[arg(long)]
+    pub pid: u32,
+    #[arg(required = true, value_name = "SPEC")]
+    pub specs: Vec<String>,
+    /// What to record.
+    #[arg(long, value_enum, default_value_t = RecordMode::Count)]
+    pub record: RecordMode,
+    /// With --record args: the type of each argument to report, `int` or
+    /// `str` (a pointer to a NUL-terminated string), e.g. `str,int`.
+    /// Default: every argument of the point as an integer (6 for uprobe:,
+    /// the return value for uretprobe:).
+    #[arg(long = "args", value_name = "TYPES")]
+    pub arg_types: Option<String>,
+    /// Detach after this many seconds (default: until Ctrl-C or the process
+    /// exits).
+    #[arg(
+        long,
+        visible_alias = "ttl",
+        value_name = "SECS",
+        allow_negative_numbers = true
+    )]
+    pub duration: Option<f64>,
+    /// With --record args: most events per second per probe; hits over it
+    /// are counted and reported as `lost` (stage `rate`). 0: no cap.
+    #[arg(long, default_value_t = 1000)]
+    pub rate: u32,
+    /// Most call sites one probe may attach to.
+    #[arg(long, default_value_t = 64)]
+    pub max_sites: usize,
+    /// Probe functions on tracer's deny list (the event loop's hottest).
+    #[arg(long)]
+    pub force: bool,
+    /// Seconds per count/latency aggregate.
+    #[arg(long, default_value_t = 1.0, value_name = "SECS")]
+    pub interval: f64,
+    /// One JSON object per line (docs/events.md).
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn run(args: ProbeArgs) -> Result<()> {
+    match args.command {
+        ProbeCommand::List(a) => list(a),
+        ProbeCommand::Add(a) => add(a).await,
+    }
+}
+
+fn list(args: ListArgs) -> Result<()> {
+    crate::capture::preflight::check_pid(args.pid)?;
+    let mut out = std::io::BufWriter::new(std::io::stdout());
+    if args.symbols {
+        let Some(pattern) = &args.pattern else {
+            bail!("--symbols needs a PATTERN, e.g. 'uv_fs_*' (node has many thousand functions)");
+        };
+        let re = spec::glob(pattern)?;
+        let found = spec::list_symbols(args.pid, args.object.as_deref(), &re)?;
+        for (object, syms) in &found {
+            for s in syms {
+                if args.json {
+                    let v = serde_json::json!({
+                        "object": object, "symbol": s.name, "address": s.address,
+                        "size": s.size, "file_offset": s.file_offset,
+                    });
+                    writeln!(out, "{v}")?;
+                } else {
+                    writeln!(out, "{object} {} {:#x} size={}", s.name, s.address, s.size)?;
+                }
+            }
+        }
+        if found.is_empty() {
+            eprintln!(
+                "tracer: no function symbol of PID {} matches `{pattern}`",
+                args.pid
+            );
+        }
+        return Ok(out.flush()?);
+    }
+    let re = args.pattern.as_deref().map(spec::glob).transpose()?;
+    let found = spec::list_usdt(args.pid, args.object.as_deref())?;
+    let mut shown = 0;
+    for (object, sites) in &found {
+        for s in sites {
+            let point = s.point();
+            if let Some(re) = &re
+                && !re.is_match(&point)
+                && !re.is_match(&s.name)
+            {
+                continue;
+            }
+            shown += 1;
+            if args.json {
+                let v = serde_json::json!({
+                    "object": object, "provider": s.provider, "name": s.name,
+                    "address": s.address, "args": s.args, "semaphore": s.semaphore,
+                });
+                writeln!(out, "{v}")?;
+            } else {
+                writeln!(
+                    out,
+                    "{object} {point} {:#x} args=\"{}\" semaphore={:#x}",
+                    s.address, s.args, s.semaphore
+                )?;
+            }
+        }
+    }
+    if shown == 0 {
+        eprintln!(
+            "tracer: no USDT point{} in the objects of PID {}",
+            args.pattern
+                .as_deref()
+                .map(|p| format!(" matches `{p}`"))
+                .unwrap_or_default(),
+            args.pid
+        );
+    }
+    Ok(out.flush()?)
+}
+
+async fn add(args: AddArgs) -> Result<()> {
+    let duration = match args.duration {
+        Some(d) if !(d > 0.0 && d.is_finite()) => {
+            bail!("--duration/--ttl must be a positive number of seconds")
+        }
+        d => d.map(Duration::from_secs_f64),
+    };
+    if !(args.interval >= 0.01 && args.interval.is_finite()) {
+        bail!("--interval must be at least 0.01 seconds");
+    }
+    let session = Session::start(SessionOptions {
+        pid: args.pid,
+        specs: args.specs.clone(),
+        record: args.record,
+        arg_types: args.arg_types.clone(),
+        rate: args.rate,
+        max_sites: args.max_sites,
+        force: args.force,
+        interval: Duration::from_secs_f64(args.interval),
+        host: crate::options::host_name(),
+    })?;
+    for note in &session.notes {
+        eprintln!("tracer: {note}");
+    }
+    eprintln!(
+        "tracer: attached {} site(s) to PID {}",
+        session.site_count(),
+        args.pid
+    );
+    let mut sink = StdoutSink::new(args.json);
+    let (reason, totals) = session.run(&mut sink, duration).await?;
+    let summary = serde_json::json!({
+        "summary": {
+            "stop_reason": reason, "hits": totals.hits, "events": totals.events,
+            "lost": totals.lost, "decode_errors": totals.decode_errors,
+        }
+    });
+    sink.finish(&summary);
+    eprintln!(
+        "tracer: detached ({reason}): {} hits, {} events, {} lost",
+        totals.hits, totals.events, totals.lost
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::event::{Event, EventData, ProbeHit};
+
+    fn event(hit: ProbeHit) -> Event {
+        Event {
+            ts_ns: 1_764_200_000_123_456_789,
+            host: "h1".into(),
+            pid: 7,
+            tid: 8,
+            comm: "node".into(),
+            data: EventData::Probe(Box::new(hit)),
+        }
+    }
+
+    #[test]
+    fn probe_events_json_and_text() {
+        let e = event(ProbeHit {
+            probe: "uprobe:uv_fs_open".into(),
+            object: "/usr/bin/node".into(),
+            point: "uv_fs_open".into(),
+            record: "args".into(),
+            count: None,
+            interval_ns: None,
+            args: Some(vec![serde_json::json!(3), serde_json::json!("/tmp/a")]),
+            latency_ns: None,
+        });
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "ts_ns": 1_764_200_000_123_456_789u64, "host": "h1", "pid": 7, "tid": 8,
+                "comm": "node", "kind": "probe", "probe": "uprobe:uv_fs_open",
+                "object": "/usr/bin/node", "point": "uv_fs_open", "record": "args",
+                "args": [3, "/tmp/a"]
+            })
+        );
+        assert_eq!(serde_json::from_value::<Event>(v).unwrap(), e);
+        assert!(
+            e.to_text()
+                .ends_with("probe uprobe:uv_fs_open node:uv_fs_open arg0=3 arg1=\"/tmp/a\""),
+            "{}",
+            e.to_text()
+        );
+        let e = event(ProbeHit {
+            probe: "uprobe:work".into(),
+            object: "/tmp/t".into(),
+            point: "work".into(),
+            record: "latency".into(),
+            count: Some(3),
+            interval_ns: Some(1_000_000_000),
+            args: None,
+            latency_ns: Some(vec![[2048, 2], [4096, 1]]),
+        });
+        assert!(
+            e.to_text()
+                .ends_with("t:work count=3 in 1000.000ms latency <0.002ms:2 <0.004ms:1"),
+            "{}",
+            e.to_text()
+        );
+    }
+}
