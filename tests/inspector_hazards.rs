@@ -8,10 +8,12 @@
 //!   one started with a random inspector port (`--inspect=…:0`): refused;
 //! - a process with its own SIGUSR1 handler: a clear error within the open
 //!   timeout; it survives (and its handler ran once); nothing left open;
-//! - a non-node PID: refused before any signal; it survives;
+//! - a non-node PID, and a node whose SIGUSR1 is back to its default
+//!   action (fatal): refused before any signal; they survive;
 //! - two node processes in one namespace, evaluated at once, many times:
 //!   every evaluation succeeds in the right process (no "address in use");
-//! - tracer SIGKILLed while the port is open: the next run closes it;
+//! - tracer SIGKILLed while the port is open: the next run closes it, and
+//!   without a next run the port guard closes it by itself;
 //! - tracer interrupted (Ctrl-C) while the port is open: it closes it;
 //! - a target that exits mid-operation: a clear error, no hang;
 //! - `tracer repl`: multi-line input, history, Ctrl-C cancels one
@@ -175,6 +177,25 @@ fn own_sigusr1_handler_gets_a_clear_error_and_survives() {
 }
 
 #[test]
+fn a_process_whose_sigusr1_would_kill_it_gets_no_signal() {
+    if !require_root("a_process_whose_sigusr1_would_kill_it_gets_no_signal") {
+        return;
+    }
+    let ns = Netns::new("dfl");
+    let audit = audit_log("dfl");
+    let (node, port) = ns.start_node("logpoint_server.js", &[], &["--removed-sigusr1"]);
+    let port: u16 = port.parse().unwrap();
+    let pid = node.pid();
+    let e = tracer_err(&audit, &["eval", "--pid", &pid.to_string(), "1"]);
+    assert!(e.contains("does not catch SIGUSR1"), "{e}");
+    assert!(e.contains("Nothing was sent to it"), "{e}");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(alive(pid), "the process must survive");
+    assert_eq!(ns.get(port, "/orders/q1?qty=1"), r#"{"id":"q1","total":3}"#);
+    let _ = std::fs::remove_file(&audit);
+}
+
+#[test]
 fn a_non_node_pid_is_refused_before_any_signal() {
     if !require_root("a_non_node_pid_is_refused_before_any_signal") {
         return;
@@ -266,6 +287,50 @@ fn a_killed_tracer_leaves_the_port_for_the_next_run_to_close() {
         "the next run closed the port a killed tracer left open"
     );
     assert_eq!(ns.get(port, "/orders/k1?qty=1"), r#"{"id":"k1","total":3}"#);
+
+    // With no tracer run after it, the port guard closes the port by
+    // itself (20 s after tracer last armed it).
+    let mut cmd = Command::new(TRACER);
+    cmd.args([
+        "eval",
+        "--pid",
+        &pid.to_string(),
+        "await new Promise(r => setTimeout(r, 60000))",
+    ])
+    .env("TRACER_AUDIT_LOG", &audit);
+    let slow = Proc::spawn("tracer eval", cmd, true);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ns.port_open(INSPECTOR_PORT) {
+        assert!(Instant::now() < deadline, "the port never opened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let killed = Instant::now();
+    slow.signal(libc::SIGKILL);
+    drop(slow);
+    while ns.port_open(INSPECTOR_PORT) {
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "the port guard did not close the port within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        killed.elapsed() > Duration::from_secs(15),
+        "closed by the guard, not earlier: {:?}",
+        killed.elapsed()
+    );
+    assert!(alive(pid));
+    assert_eq!(
+        eval_value(
+            &audit,
+            pid,
+            "Object.getOwnPropertySymbols(process).map(String).filter(s => s.includes('tracer'))"
+        ),
+        json!(["Symbol(tracer.portGuard)"]),
+        "one guard on `process`: this evaluation's own (the fired one deleted itself)"
+    );
+    assert!(!ns.port_open(INSPECTOR_PORT));
     let _ = std::fs::remove_file(&audit);
 }
 

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use super::{
     audit::Audit,
     cdp::{self, Cdp},
-    session::with_inspector,
+    session::{PortState, with_inspector},
     target::Target,
 };
 
@@ -169,7 +169,12 @@ pub async fn run(args: EvalArgs) -> Result<()> {
     )?;
     let expression = args.expression.clone();
     let timeout = args.timeout;
-    let result = with_inspector(&target, async move |cdp, _| {
+    let result = with_inspector(&target, async move |cdp, state| {
+        // A long --timeout: the port must outlive the evaluation.
+        let guard = super::session::PORT_GUARD.max(timeout + Duration::from_secs(10));
+        if state != PortState::AlreadyOpen && guard > super::session::PORT_GUARD {
+            super::session::arm_port_guard(cdp, guard).await?;
+        }
         evaluate(cdp, &expression, timeout).await
     });
     audit.end(

@@ -20,7 +20,7 @@ use super::{
     audit::Audit,
     cdp::Cdp,
     eval::evaluate,
-    session::{PortState, with_inspector_on},
+    session::{PORT_GUARD, PortState, arm_port_guard, with_inspector_on},
     target::Target,
 };
 
@@ -156,11 +156,19 @@ async fn session(
     );
     let mut buffer = String::new();
     let mut evaluations = 0u64;
+    // The port guard (session.rs) is re-armed while the session lasts.
+    let guarded = state != PortState::AlreadyOpen;
+    let guard = PORT_GUARD.max(timeout + Duration::from_secs(10));
+    let mut heartbeat = tokio::time::interval(PORT_GUARD / 3);
     loop {
         let input = tokio::select! {
             i = lines.recv() => i,
             // A SIGINT while nothing runs (input not from a terminal).
             _ = sigint.recv() => continue,
+            _ = heartbeat.tick(), if guarded => {
+                arm_port_guard(cdp, PORT_GUARD).await?;
+                continue;
+            }
         };
         let line = match input {
             None => break,
@@ -185,6 +193,9 @@ async fn session(
             continue;
         }
         let code = std::mem::take(&mut buffer);
+        if guarded {
+            arm_port_guard(cdp, guard).await?;
+        }
         let audit = Audit::begin("repl.eval", pid, exe, json!({ "expression": code }))?;
         let outcome = tokio::select! {
             r = evaluate(cdp, &code, timeout) => Some(r),

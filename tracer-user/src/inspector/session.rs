@@ -42,7 +42,15 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// on a session it already destroyed and crash (SIGSEGV; seen here on node
 /// 20, nodejs/node#18761). By the time the timer fires tracer has
 /// disconnected.
-const CLOSE_EXPRESSION: &str = "void setTimeout(() => process._debugEnd(), 50).unref()";
+/// It also disarms the port guard.
+const CLOSE_EXPRESSION: &str = "(() => { const k = Symbol.for('tracer.portGuard'); \
+     clearTimeout(process[k]); delete process[k]; \
+     setTimeout(() => process._debugEnd(), 50).unref(); })()";
+/// A port tracer opened closes by itself this long after tracer last armed
+/// its guard, so a tracer killed mid-operation (SIGKILL) leaves it open for
+/// at most that long even if no tracer runs again. Long operations re-arm
+/// it ([`arm_port_guard`]).
+pub const PORT_GUARD: Duration = Duration::from_secs(20);
 
 /// How the inspector was found and what tracer does with it afterwards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,6 +149,15 @@ where
             target.pid
         ),
         None => {
+            if !target.catches_sigusr1 {
+                bail!(
+                    "PID {} ({}) does not catch SIGUSR1 (node installs a handler at start; this \
+                 process has none, e.g. --disable-sigusr1), so SIGUSR1 would kill it. Nothing \
+                 was sent to it. Start it with --inspect=127.0.0.1:PORT to use tracer on it.",
+                    target.pid,
+                    target.exe
+                );
+            }
             // Written before the signal: if tracer dies from here on, the
             // next run knows the open port is its own to close.
             std::fs::write(&marker, b"")
@@ -193,6 +210,9 @@ where
         })?;
     let url = cdp::debugger_url(addr, port).await?;
     let mut conn = Cdp::connect(&url).await?;
+    if state != PortState::AlreadyOpen {
+        arm_port_guard(&mut conn, PORT_GUARD).await?;
+    }
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("handling SIGTERM")?;
     let result = tokio::select! {
@@ -297,6 +317,26 @@ async fn close_port(target: &Target) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// (Re)arms the timer in the target that closes the port `after` from now
+/// unless tracer closes it first. Kept on `process` under a symbol (no
+/// global), deleted when the port is closed.
+pub async fn arm_port_guard(conn: &mut Cdp, after: Duration) -> Result<()> {
+    let expression = format!(
+        "(() => {{ const k = Symbol.for('tracer.portGuard'); clearTimeout(process[k]); \
+         const t = setTimeout(() => {{ delete process[k]; process._debugEnd(); }}, {}); \
+         t.unref(); Object.defineProperty(process, k, \
+         {{ value: t, configurable: true, enumerable: false, writable: true }}); }})()",
+        after.as_millis()
+    );
+    conn.call(
+        "Runtime.evaluate",
+        json!({ "expression": expression, "silent": true }),
+    )
+    .await
+    .map(|_| ())
+    .context("arming the port guard")
 }
 
 async fn schedule_close(conn: &mut Cdp) -> Result<()> {

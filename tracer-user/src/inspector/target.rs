@@ -23,12 +23,16 @@ pub struct Target {
     pub inspect_port: u16,
     /// Whether it was started with the inspector open (`--inspect*`).
     pub started_with_inspect: bool,
+    /// Whether it has a SIGUSR1 handler (node installs one at start;
+    /// without it SIGUSR1 would kill the process, so none is sent).
+    pub catches_sigusr1: bool,
 }
 
 impl Target {
     /// Reads and checks PID. Refuses, with the reason, anything SIGUSR1
-    /// must not be sent to: a missing process, a non-node program, a
-    /// process that does not catch SIGUSR1 (the default action kills it).
+    /// must not be sent to: a missing process, a non-node program. (One
+    /// that does not catch SIGUSR1 is refused when the signal would be
+    /// needed: see `catches_sigusr1`.)
     pub fn inspect(pid: u32) -> Result<Target> {
         let proc = format!("/proc/{pid}");
         let stat = std::fs::read_to_string(format!("{proc}/stat")).with_context(|| {
@@ -50,12 +54,7 @@ impl Target {
         }
         let status = std::fs::read_to_string(format!("{proc}/status"))
             .with_context(|| format!("PID {pid}: cannot read /proc/{pid}/status"))?;
-        if !catches_signal(&status, SIGUSR1) {
-            bail!(
-                "PID {pid} ({exe}) does not catch SIGUSR1 (node installs a handler at start; \
-                 this process has none), so SIGUSR1 would kill it. Nothing was sent to it."
-            );
-        }
+        let catches_sigusr1 = catches_signal(&status, SIGUSR1);
         let netns = std::fs::metadata(format!("{proc}/ns/net"))
             .with_context(|| format!("PID {pid}: cannot read its network namespace"))?
             .ino();
@@ -88,6 +87,7 @@ impl Target {
             netns,
             inspect_port,
             started_with_inspect,
+            catches_sigusr1,
         })
     }
 
