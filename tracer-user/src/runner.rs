@@ -47,6 +47,12 @@ pub struct RunOptions {
     pub discover: Option<Discover>,
     /// When the command started: the summary reports how long start-up took.
     pub started: Instant,
+    /// Told the PID of each process the run starts tracing after an exec
+    /// (the agent's probes follow them); dropped when the run stops.
+    pub follow: Option<mpsc::UnboundedSender<u32>>,
+    /// Events from elsewhere (the agent's probes), emitted with the rest;
+    /// after the run stops, read until their sender closes.
+    pub side_events: Option<mpsc::UnboundedReceiver<Event>>,
 }
 
 #[derive(Debug)]
@@ -179,6 +185,11 @@ fn on_exec(
     }
 }
 
+/// Whether no side event is waiting (then output is flushed).
+fn side_idle(opts: &RunOptions) -> bool {
+    opts.side_events.as_ref().is_none_or(|rx| rx.is_empty())
+}
+
 pub async fn run(
     mut capture: Capture,
     mut pipeline: Pipeline,
@@ -229,6 +240,9 @@ pub async fn run(
                             if !on_exec(&mut capture, &mut pipeline, &mut opts.discover, pid, filename) {
                                 continue;
                             }
+                            if let Some(follow) = &opts.follow {
+                                let _ = follow.send(pid);
+                            }
                             None
                         }
                         _ => None,
@@ -275,6 +289,19 @@ pub async fn run(
                     break "output closed".into();
                 }
             }
+            side = async {
+                match opts.side_events.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => match side {
+                Some(e) => {
+                    if sink.emit(&e).is_err() || (side_idle(&opts) && sink.flush().is_err()) {
+                        break "output closed".into();
+                    }
+                }
+                None => opts.side_events = None,
+            },
             _ = sigint.recv() => break "interrupted".into(),
             _ = sigterm.recv() => break "terminated".into(),
             _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)).await }, if deadline.is_some() => {
@@ -294,6 +321,15 @@ pub async fn run(
         }
     }
     reader.await.context("ring reader task")??;
+    // The side source stops once `follow` is gone, and sends its last.
+    opts.follow = None;
+    if let Some(mut side) = opts.side_events.take() {
+        while let Some(e) = side.recv().await {
+            if output_ok {
+                output_ok = sink.emit(&e).is_ok();
+            }
+        }
+    }
     let mut tail = pipeline.flush_all();
     tail.extend(pipeline.on_ring_losses(&capture.ring_losses()?));
     let errors = stats.decode_errors.load(Ordering::Relaxed);
