@@ -156,7 +156,11 @@ fn agent_probes_a_node_process_that_starts_later() {
         String::from_utf8_lossy(&out.stderr)
     );
     let timeline = parse_ndjson(&String::from_utf8_lossy(&out.stdout));
-    assert_eq!(opens_in(&timeline, pid, &dir), expected(), "tracer timeline");
+    assert_eq!(
+        opens_in(&timeline, pid, &dir),
+        expected(),
+        "tracer timeline"
+    );
 
     // The agent's own stdout carries the same events.
     agent.interrupt();

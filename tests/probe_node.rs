@@ -123,11 +123,19 @@ fn match_probes_every_matching_node_process() {
     let mut cmd = Command::new(TRACER);
     cmd.args(["probe", "add", "--json", "--match"])
         .arg(parent.path().display().to_string().replace('.', "\\."))
-        .args(["--record", "args", "--args", "int,int,str,int", "uprobe:uv_fs_open"]);
+        .args([
+            "--record",
+            "args",
+            "--args",
+            "int,int,str,int",
+            "uprobe:uv_fs_open",
+        ]);
     let mut tracer = Proc::spawn("tracer probe add --match", cmd, true);
     tracer
         .stderr
-        .wait_for("tracer: ready", TRACER_READY_TIMEOUT, |l| l == "tracer: ready");
+        .wait_for("tracer: ready", TRACER_READY_TIMEOUT, |l| {
+            l == "tracer: ready"
+        });
     for node in &mut nodes {
         node.send_line("go");
     }
@@ -159,7 +167,12 @@ fn match_probes_every_matching_node_process() {
         let opens: Vec<(String, i64)> = events
             .iter()
             .filter(|e| e["kind"] == "probe" && e["pid"] == pid)
-            .map(|e| (e["args"][2].as_str().unwrap_or("").to_string(), e["args"][3].as_i64().unwrap() & 3))
+            .map(|e| {
+                (
+                    e["args"][2].as_str().unwrap_or("").to_string(),
+                    e["args"][3].as_i64().unwrap() & 3,
+                )
+            })
             .filter(|(p, _)| p.starts_with(dir.as_str()))
             .map(|(p, f)| (p[dir.len()..].to_string(), f))
             .collect();

@@ -154,7 +154,6 @@ pub struct ProbeHit {
     pub latency_ns: Option<Vec<[u64; 2]>>,
 }
 
-
 fn is_zero(n: &u64) -> bool {
     *n == 0
 }

@@ -40,8 +40,8 @@ const PACKAGES: &[&str] = &[
     // target/ to check every statement on a current ClickHouse.
     "python3-venv",
     "systemtap-sdt-dev", // <sys/sdt.h>: tests/probe_usdt.rs builds a USDT target with gcc
-    "libelf-dev", // libbpf-sys (tracer probe's attach shim) builds libbpf against it
-    "zlib1g-dev", // ... and zlib
+    "libelf-dev",        // libbpf-sys (tracer probe's attach shim) builds libbpf against it
+    "zlib1g-dev",        // ... and zlib
 ];
 
 /// The rustup name under which Debian's toolchain in /usr is linked;

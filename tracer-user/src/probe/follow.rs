@@ -57,7 +57,11 @@ pub struct AgentProbes {
 
 /// Loads the probe programs when `--probe` was given (None otherwise).
 /// Errors name a bad spec or option before anything is traced.
-pub fn start(args: &AgentProbeArgs, host: String, clock_shift_ns: i64) -> Result<Option<AgentProbes>> {
+pub fn start(
+    args: &AgentProbeArgs,
+    host: String,
+    clock_shift_ns: i64,
+) -> Result<Option<AgentProbes>> {
     if args.specs.is_empty() {
         return Ok(None);
     }

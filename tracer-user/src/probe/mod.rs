@@ -95,7 +95,11 @@ Each hit is a uprobe trap (microseconds): functions on the event loop's
 hottest paths are refused unless --force. Detaching leaves the process as
 it was (semaphores lowered).")]
 pub struct AddArgs {
-    #[arg(long, required_unless_present = "match_cmdline", conflicts_with = "match_cmdline")]
+    #[arg(
+        long,
+        required_unless_present = "match_cmdline",
+        conflicts_with = "match_cmdline"
+    )]
     pub pid: Option<u32>,
     /// Every running node process whose command line matches this regex.
     #[arg(long = "match", value_name = "REGEX")]
@@ -294,9 +298,7 @@ async fn add(args: AddArgs) -> Result<()> {
 /// Every running node process (not this one) whose command line matches.
 fn matching_node_processes(re: &str) -> Result<Vec<u32>> {
     let scope = crate::agent::Scope {
-        cmdline: Some(
-            regex::Regex::new(re).context("--match is not a valid regular expression")?,
-        ),
+        cmdline: Some(regex::Regex::new(re).context("--match is not a valid regular expression")?),
         netns: None,
     };
     let me = std::process::id();

@@ -331,7 +331,10 @@ impl Session {
             }
         }
         if resolved.is_empty() {
-            bail!("no probe resolves in PID {pid}: {}", report.notes.join("; "));
+            bail!(
+                "no probe resolves in PID {pid}: {}",
+                report.notes.join("; ")
+            );
         }
         let per_site = if self.opts.record == RecordMode::Latency {
             2
@@ -339,12 +342,7 @@ impl Session {
             1
         };
         let live = self.sites.len() - self.free.len();
-        let total = live
-            + per_site
-                * resolved
-                    .iter()
-                    .map(|(_, sites)| sites.len())
-                    .sum::<usize>();
+        let total = live + per_site * resolved.iter().map(|(_, sites)| sites.len()).sum::<usize>();
         if total > MAX_TOTAL_SITES {
             bail!("{total} sites in all; tracer attaches at most {MAX_TOTAL_SITES} at once");
         }
@@ -499,7 +497,11 @@ impl Session {
                     self.site_map
                         .insert(cookie as u64, value, 0)
                         .context("writing PROBE_SITES")?;
-                    let prog = if is_return { &self.ret_fd } else { &self.hit_fd };
+                    let prog = if is_return {
+                        &self.ret_fd
+                    } else {
+                        &self.hit_fd
+                    };
                     let link = perf::attach(
                         &self.pmu,
                         prog.as_fd(),
