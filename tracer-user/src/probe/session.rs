@@ -89,7 +89,7 @@ impl SessionOptions {
         if self.specs.len() > PROBE_MAX_PROBES as usize {
             bail!("at most {PROBE_MAX_PROBES} probes at once");
         }
-        if !(self.interval >= Duration::from_millis(10)) {
+        if self.interval < Duration::from_millis(10) {
             bail!("the probe interval must be at least 0.01 seconds");
         }
         let types = self.arg_types.as_deref().map(parse_arg_types).transpose()?;
