@@ -2,7 +2,8 @@
 //! process that starts AFTER the agent is ready is found (by its exec),
 //! probed before it does its work, and the files its script opens are
 //! reported exactly, under its pid, on the agent's stdout and in a real
-//! `tracer aggregator` (its events API and `tracer timeline --kind probe`);
+//! `tracer aggregator` (its events API, `tracer timeline --kind probe` and
+//! `tracer tail --kind probe`);
 //! when the process exits its probes are detached.
 //!
 //! The agent is scoped with `--match` to this test's own temporary
@@ -161,6 +162,21 @@ fn agent_probes_a_node_process_that_starts_later() {
         expected(),
         "tracer timeline"
     );
+
+    // ... and through `tracer tail --kind probe` (the latest events).
+    let out = Command::new(TRACER)
+        .args(["tail", "--json", "-n", "100", "--kind", "probe"])
+        .args(["--aggregator", &aggregator.url(), "--token-file"])
+        .arg(&token)
+        .output()
+        .expect("running tracer tail");
+    assert!(
+        out.status.success(),
+        "tracer tail failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tail = parse_ndjson(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(opens_in(&tail, pid, &dir), expected(), "tracer tail");
 
     // The agent's own stdout carries the same events.
     agent.interrupt();
