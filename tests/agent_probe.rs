@@ -187,6 +187,14 @@ fn agent_probes_a_node_process_that_starts_later() {
         expected(),
         "probe events on the agent's stdout"
     );
+    // Its summary counts them with the rest.
+    let summary = run
+        .events
+        .iter()
+        .find(|e| e["kind"] == "summary")
+        .expect("the agent prints a summary");
+    let printed = run.events.iter().filter(|e| e["kind"] == "probe").count();
+    assert_eq!(summary["counts"]["probe"], printed as u64, "{summary}");
     assert!(
         !run.stderr_text().contains("panicked"),
         "{}",

@@ -185,6 +185,38 @@ fn on_exec(
     }
 }
 
+/// What the side source (the agent's probes) emitted, for the summary.
+#[derive(Default)]
+struct SideTotals {
+    counts: BTreeMap<&'static str, u64>,
+    lost: BTreeMap<LossStage, u64>,
+}
+
+impl SideTotals {
+    fn add(&mut self, e: &Event) {
+        *self.counts.entry(e.data.kind()).or_insert(0) += 1;
+        if let crate::event::EventData::Lost { count, stage, .. } = &e.data {
+            *self.lost.entry(*stage).or_insert(0) += count;
+        }
+    }
+
+    fn merged_counts(&self, pipeline: &BTreeMap<&'static str, u64>) -> BTreeMap<&'static str, u64> {
+        let mut out = pipeline.clone();
+        for (k, n) in &self.counts {
+            *out.entry(k).or_insert(0) += n;
+        }
+        out
+    }
+
+    fn merged_lost(&self, pipeline: &BTreeMap<LossStage, u64>) -> BTreeMap<LossStage, u64> {
+        let mut out = pipeline.clone();
+        for (k, n) in &self.lost {
+            *out.entry(*k).or_insert(0) += n;
+        }
+        out
+    }
+}
+
 /// Whether no side event is waiting (then output is flushed).
 fn side_idle(opts: &RunOptions) -> bool {
     opts.side_events.as_ref().is_none_or(|rx| rx.is_empty())
@@ -219,6 +251,7 @@ pub async fn run(
     let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
     let mut loss_tick = tokio::time::interval(Duration::from_secs(1));
     let mut decode_errors_seen = 0u64;
+    let mut side_totals = SideTotals::default();
 
     let emit_all = |events: Vec<Event>, sink: &mut dyn Sink| -> Result<()> {
         for e in &events {
@@ -296,6 +329,7 @@ pub async fn run(
                 }
             } => match side {
                 Some(e) => {
+                    side_totals.add(&e);
                     if sink.emit(&e).is_err() || (side_idle(&opts) && sink.flush().is_err()) {
                         break "output closed".into();
                     }
@@ -325,6 +359,7 @@ pub async fn run(
     opts.follow = None;
     if let Some(mut side) = opts.side_events.take() {
         while let Some(e) = side.recv().await {
+            side_totals.add(&e);
             if output_ok {
                 output_ok = sink.emit(&e).is_ok();
             }
@@ -345,8 +380,8 @@ pub async fn run(
     drop(capture);
     Ok(Summary {
         elapsed,
-        counts: pipeline.counts().clone(),
-        lost: pipeline.lost().clone(),
+        counts: side_totals.merged_counts(pipeline.counts()),
+        lost: side_totals.merged_lost(pipeline.lost()),
         stop_reason,
         startup,
         left_out,
