@@ -27,6 +27,8 @@ Examples:
   tracer agent                                  # every node process on this host
   tracer agent --match 'server\\.js'             # only node processes whose command line matches
   tracer agent --netns /var/run/netns/blue      # only processes in that network namespace
+  tracer agent --probe uprobe:uv_fs_open --probe-record args --probe-args int,int,str
+                                                # a native probe in every traced process
   curl -s 127.0.0.1:9464/metrics
 
 Processes that start later are picked up when they exec; processes that exit
@@ -100,6 +102,9 @@ pub struct AgentArgs {
 
     #[command(flatten)]
     pub capture: CaptureArgs,
+
+    #[command(flatten)]
+    pub probes: crate::probe::follow::AgentProbeArgs,
 }
 
 /// Which processes the agent traces.
@@ -295,6 +300,9 @@ pub async fn run(args: AgentArgs) -> Result<Outcome> {
         }
         None => None,
     };
+    // Probes load before anything is traced, so a bad spec stops here.
+    let clock_shift_ns = args.debug_clock_offset_ms.saturating_mul(1_000_000);
+    let probes = crate::probe::follow::start(&args.probes, host.clone(), clock_shift_ns)?;
     let initial = if discovering {
         scan(&scope)
     } else {
@@ -313,6 +321,9 @@ pub async fn run(args: AgentArgs) -> Result<Outcome> {
                     eprintln!("tracer: PID {pid}: skipped {skipped}");
                 }
                 pipeline.note_preexisting(pid, &report.preexisting);
+                if let Some(p) = &probes {
+                    let _ = p.follow.send(pid);
+                }
                 roots.push(pid);
             }
             // Exited between the scan and now.
@@ -361,7 +372,11 @@ pub async fn run(args: AgentArgs) -> Result<Outcome> {
         forward: forward_handle,
         loop_threshold_ns: args.capture.loop_threshold_ns(),
     };
-    let summary = runner::run(
+    let (follow, side_events, probe_task) = match probes {
+        Some(p) => (Some(p.follow), Some(p.events), Some(p.task)),
+        None => (None, None, None),
+    };
+    let run = runner::run(
         capture,
         pipeline,
         &mut sink,
@@ -371,9 +386,16 @@ pub async fn run(args: AgentArgs) -> Result<Outcome> {
             duration: None,
             discover,
             started,
+            follow,
+            side_events,
         },
-    )
-    .await?;
+    );
+    // The probe session runs next to the runner, in this task; it stops
+    // when the runner drops `follow`.
+    let summary = match probe_task {
+        Some(task) => tokio::join!(run, task).0,
+        None => run.await,
+    }?;
     let _ = stop_tx.send(());
     // Dropping the handle lets the forwarder send its last batches.
     if let Some(handle) = sink.forward.take() {

@@ -96,6 +96,8 @@ pub async fn run(args: AttachArgs) -> Result<Outcome> {
             duration: args.duration.map(Duration::from_secs_f64),
             discover: None,
             started,
+            follow: None,
+            side_events: None,
         },
     )
     .await?;

@@ -47,6 +47,12 @@ pub struct RunOptions {
     pub discover: Option<Discover>,
     /// When the command started: the summary reports how long start-up took.
     pub started: Instant,
+    /// Told the PID of each process the run starts tracing after an exec
+    /// (the agent's probes follow them); dropped when the run stops.
+    pub follow: Option<mpsc::UnboundedSender<u32>>,
+    /// Events from elsewhere (the agent's probes), emitted with the rest;
+    /// after the run stops, read until their sender closes.
+    pub side_events: Option<mpsc::UnboundedReceiver<Event>>,
 }
 
 #[derive(Debug)]
@@ -179,6 +185,43 @@ fn on_exec(
     }
 }
 
+/// What the side source (the agent's probes) emitted, for the summary.
+#[derive(Default)]
+struct SideTotals {
+    counts: BTreeMap<&'static str, u64>,
+    lost: BTreeMap<LossStage, u64>,
+}
+
+impl SideTotals {
+    fn add(&mut self, e: &Event) {
+        *self.counts.entry(e.data.kind()).or_insert(0) += 1;
+        if let crate::event::EventData::Lost { count, stage, .. } = &e.data {
+            *self.lost.entry(*stage).or_insert(0) += count;
+        }
+    }
+
+    fn merged_counts(&self, pipeline: &BTreeMap<&'static str, u64>) -> BTreeMap<&'static str, u64> {
+        let mut out = pipeline.clone();
+        for (k, n) in &self.counts {
+            *out.entry(k).or_insert(0) += n;
+        }
+        out
+    }
+
+    fn merged_lost(&self, pipeline: &BTreeMap<LossStage, u64>) -> BTreeMap<LossStage, u64> {
+        let mut out = pipeline.clone();
+        for (k, n) in &self.lost {
+            *out.entry(*k).or_insert(0) += n;
+        }
+        out
+    }
+}
+
+/// Whether no side event is waiting (then output is flushed).
+fn side_idle(opts: &RunOptions) -> bool {
+    opts.side_events.as_ref().is_none_or(|rx| rx.is_empty())
+}
+
 pub async fn run(
     mut capture: Capture,
     mut pipeline: Pipeline,
@@ -208,6 +251,7 @@ pub async fn run(
     let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
     let mut loss_tick = tokio::time::interval(Duration::from_secs(1));
     let mut decode_errors_seen = 0u64;
+    let mut side_totals = SideTotals::default();
 
     let emit_all = |events: Vec<Event>, sink: &mut dyn Sink| -> Result<()> {
         for e in &events {
@@ -228,6 +272,9 @@ pub async fn run(
                             let pid = head.pid;
                             if !on_exec(&mut capture, &mut pipeline, &mut opts.discover, pid, filename) {
                                 continue;
+                            }
+                            if let Some(follow) = &opts.follow {
+                                let _ = follow.send(pid);
                             }
                             None
                         }
@@ -275,6 +322,20 @@ pub async fn run(
                     break "output closed".into();
                 }
             }
+            side = async {
+                match opts.side_events.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => match side {
+                Some(e) => {
+                    side_totals.add(&e);
+                    if sink.emit(&e).is_err() || (side_idle(&opts) && sink.flush().is_err()) {
+                        break "output closed".into();
+                    }
+                }
+                None => opts.side_events = None,
+            },
             _ = sigint.recv() => break "interrupted".into(),
             _ = sigterm.recv() => break "terminated".into(),
             _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)).await }, if deadline.is_some() => {
@@ -294,6 +355,16 @@ pub async fn run(
         }
     }
     reader.await.context("ring reader task")??;
+    // The side source stops once `follow` is gone, and sends its last.
+    opts.follow = None;
+    if let Some(mut side) = opts.side_events.take() {
+        while let Some(e) = side.recv().await {
+            side_totals.add(&e);
+            if output_ok {
+                output_ok = sink.emit(&e).is_ok();
+            }
+        }
+    }
     let mut tail = pipeline.flush_all();
     tail.extend(pipeline.on_ring_losses(&capture.ring_losses()?));
     let errors = stats.decode_errors.load(Ordering::Relaxed);
@@ -309,8 +380,8 @@ pub async fn run(
     drop(capture);
     Ok(Summary {
         elapsed,
-        counts: pipeline.counts().clone(),
-        lost: pipeline.lost().clone(),
+        counts: side_totals.merged_counts(pipeline.counts()),
+        lost: side_totals.merged_lost(pipeline.lost()),
         stop_reason,
         startup,
         left_out,

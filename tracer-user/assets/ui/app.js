@@ -19,7 +19,7 @@ const WINDOWS = [
   ['24 h', 24 * 3600e3],
 ];
 // Timeline kinds; `tcp` stands for connect, accept and close.
-const KINDS = ['http', 'log', 'logpoint', 'gc', 'loop', 'tcp_retransmit', 'tcp', 'exec', 'exit', 'lost'];
+const KINDS = ['http', 'log', 'logpoint', 'probe', 'gc', 'loop', 'tcp_retransmit', 'tcp', 'exec', 'exit', 'lost'];
 const DEFAULT_OFF = new Set(['tcp']);
 const EVENT_LIMIT = 20000;
 

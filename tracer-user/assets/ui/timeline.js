@@ -29,6 +29,7 @@ const COLOR = {
   lost: '#111',
   proc: '#8a5cd6',
   logpoint: '#e0218a',
+  probe: '#0f9d58',
   link: 'rgba(70, 80, 200, 0.35)',
   linkHi: 'rgba(20, 30, 160, 0.95)',
   grid: '#eceff3',
@@ -349,7 +350,9 @@ export class Timeline {
           ? COLOR[e.stream]
           : e.kind === 'logpoint'
             ? COLOR.logpoint
-            : e.kind === 'gc'
+            : e.kind === 'probe'
+              ? COLOR.probe
+              : e.kind === 'gc'
               ? COLOR.gc
               : e.kind === 'loop'
                 ? COLOR.loop

@@ -79,6 +79,8 @@ export function describe(e) {
       return `exec ${e.exe}`;
     case 'logpoint':
       return `logpoint ${e.id} ${e.location}| ${e.text}${e.dropped ? ` [${e.dropped} dropped]` : ''}`;
+    case 'probe':
+      return `probe ${e.probe} ${e.point}${probeDetail(e)}`;
     case 'inspector':
       return `node inspector| ${e.text}`;
     case 'exit':
@@ -89,6 +91,15 @@ export function describe(e) {
       if (e.kind.startsWith('tcp_')) return `${e.kind} ${e.saddr}:${e.sport} -> ${e.daddr}:${e.dport}`;
       return e.kind;
   }
+}
+
+/** What a probe event recorded: its arguments, or its count (and latency
+ * buckets) over the interval. */
+function probeDetail(e) {
+  if (e.args) return ' ' + e.args.map((a, i) => `arg${i}=${JSON.stringify(a)}`).join(' ');
+  let s = e.count != null ? ` count=${e.count} in ${fmtDur(e.interval_ns)}` : '';
+  if (e.latency_ns) s += ' latency ' + e.latency_ns.map(([b, n]) => `<${fmtDur(b)}:${n}`).join(' ');
+  return s;
 }
 
 /** IPv4-mapped IPv6 compared as IPv4 (as the aggregator's stitching does). */

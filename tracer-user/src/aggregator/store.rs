@@ -18,7 +18,7 @@ pub use crate::event::StreamName;
 use crate::event::{Event, EventData};
 
 /// Event kinds (the `kind` values of docs/events.md).
-pub const KINDS: [&str; 13] = [
+pub const KINDS: [&str; 14] = [
     "log",
     "http",
     "tcp_connect",
@@ -32,6 +32,7 @@ pub const KINDS: [&str; 13] = [
     "lost",
     "logpoint",
     "inspector",
+    "probe",
 ];
 
 /// One of [`KINDS`]: a filter can only name a kind that exists.

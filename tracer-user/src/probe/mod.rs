@@ -8,9 +8,11 @@
 //! - [`spec`]: `usdt:`/`uprobe:`/`uretprobe:` specs -> call sites;
 //! - [`perf`]: the attach shim (uprobe PMU with `ref_ctr_offset`, BPF link
 //!   with a cookie);
-//! - [`session`]: attach, then report `probe` events until done.
+//! - [`session`]: attach, then report `probe` events until done;
+//! - [`follow`]: the agent's `--probe`, on every process it traces.
 
 pub mod argspec;
+pub mod follow;
 pub mod notes;
 pub mod objects;
 pub mod perf;
@@ -19,10 +21,10 @@ pub mod spec;
 
 use std::{io::Write as _, time::Duration};
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 use clap::{Args, Subcommand};
 
-use self::session::{RecordMode, Session, SessionOptions};
+use self::session::{RecordMode, RunControl, Session, SessionOptions};
 use crate::output::StdoutSink;
 
 /// List or probe USDT points and native functions of a running process.
@@ -66,8 +68,9 @@ pub struct ListArgs {
     pub json: bool,
 }
 
-/// Attach probes to a running process and print `probe` events (see
-/// docs/events.md) until --duration, Ctrl-C, or the process exits.
+/// Attach probes to a running process (or every node process whose
+/// command line matches --match) and print `probe` events (see
+/// docs/events.md) until --duration, Ctrl-C, or the processes exit.
 #[derive(Debug, Args)]
 #[command(after_help = "\
 SPEC:
@@ -82,13 +85,25 @@ Examples:
   tracer probe add --pid 4242 --record args --args str,str,int usdt:python:function__entry
   tracer probe add --pid $(pgrep -n node) --record args --args int,str uprobe:uv_fs_open
   tracer probe add --pid $(pgrep -n node) --record latency 'uprobe:uv_fs_*' --ttl 60
+  tracer probe add --match 'server\\.js' uprobe:uv_fs_open
+
+With --match, the node processes running at start are probed (a probe that
+does not resolve in one of them is left out there, with a note); to follow
+processes that start later, use `tracer agent --probe SPEC`.
 
 Each hit is a uprobe trap (microseconds): functions on the event loop's
 hottest paths are refused unless --force. Detaching leaves the process as
 it was (semaphores lowered).")]
 pub struct AddArgs {
-    #[arg(long)]
-    pub pid: u32,
+    #[arg(
+        long,
+        required_unless_present = "match_cmdline",
+        conflicts_with = "match_cmdline"
+    )]
+    pub pid: Option<u32>,
+    /// Every running node process whose command line matches this regex.
+    #[arg(long = "match", value_name = "REGEX")]
+    pub match_cmdline: Option<String>,
     #[arg(required = true, value_name = "SPEC")]
     pub specs: Vec<String>,
     /// What to record.
@@ -215,8 +230,15 @@ async fn add(args: AddArgs) -> Result<()> {
     if !(args.interval >= 0.01 && args.interval.is_finite()) {
         bail!("--interval must be at least 0.01 seconds");
     }
-    let session = Session::start(SessionOptions {
-        pid: args.pid,
+    let pids = match (args.pid, &args.match_cmdline) {
+        (Some(pid), _) => {
+            crate::capture::preflight::check_pid(pid)?;
+            vec![pid]
+        }
+        (None, Some(re)) => matching_node_processes(re)?,
+        (None, None) => bail!("name the process: --pid PID or --match REGEX"),
+    };
+    let mut session = Session::new(SessionOptions {
         specs: args.specs.clone(),
         record: args.record,
         arg_types: args.arg_types.clone(),
@@ -225,17 +247,40 @@ async fn add(args: AddArgs) -> Result<()> {
         force: args.force,
         interval: Duration::from_secs_f64(args.interval),
         host: crate::options::host_name(),
+        clock_shift_ns: 0,
     })?;
-    for note in &session.notes {
-        eprintln!("tracer: {note}");
+    // One named process: any failure is an error. Several matched: a
+    // process where a probe does not resolve keeps the others.
+    let strict = args.pid.is_some();
+    let mut attached = 0;
+    for pid in &pids {
+        match session.add_target(*pid, !strict) {
+            Ok(report) => {
+                for note in &report.notes {
+                    eprintln!("tracer: {note}");
+                }
+                eprintln!("tracer: attached {} site(s) to PID {pid}", report.sites);
+                attached += 1;
+            }
+            Err(e) if strict => return Err(e),
+            Err(e) => eprintln!("tracer: PID {pid}: no probe attached: {e:#}"),
+        }
     }
-    eprintln!(
-        "tracer: attached {} site(s) to PID {}",
-        session.site_count(),
-        args.pid
-    );
+    if attached == 0 {
+        bail!("no probe attached to any of PIDs {pids:?}");
+    }
     let mut sink = StdoutSink::new(args.json);
-    let (reason, totals) = session.run(&mut sink, duration).await?;
+    let (reason, totals) = session
+        .run(
+            &mut sink,
+            RunControl {
+                duration,
+                follow: None,
+                own_signals: true,
+                end_when_none_left: true,
+            },
+        )
+        .await?;
     let summary = serde_json::json!({
         "summary": {
             "stop_reason": reason, "hits": totals.hits, "events": totals.events,
@@ -248,6 +293,28 @@ async fn add(args: AddArgs) -> Result<()> {
         totals.hits, totals.events, totals.lost
     );
     Ok(())
+}
+
+/// Every running node process (not this one) whose command line matches.
+fn matching_node_processes(re: &str) -> Result<Vec<u32>> {
+    let scope = crate::agent::Scope {
+        cmdline: Some(regex::Regex::new(re).context("--match is not a valid regular expression")?),
+        netns: None,
+    };
+    let me = std::process::id();
+    let mut pids: Vec<u32> = std::fs::read_dir("/proc")
+        .context("reading /proc")?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|pid| *pid != me && scope.selects(*pid))
+        .collect();
+    pids.sort_unstable();
+    if pids.is_empty() {
+        bail!(
+            "--match `{re}`: no running node process has a command line that matches (see \
+             `ps -C node -o pid,args`)"
+        );
+    }
+    Ok(pids)
 }
 
 #[cfg(test)]

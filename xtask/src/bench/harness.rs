@@ -72,6 +72,8 @@ pub enum Tool {
     Attach(&'static [&'static str]),
     /// `tracer agent --pid P --quiet --metrics-listen 127.0.0.1:<free> <args>`.
     Agent(Vec<String>),
+    /// `tracer probe add --pid P <args>`, its stdout to /dev/null.
+    Probe(&'static [&'static str]),
     /// A logpoint in the server during the load: `tracer logpoint add --pid
     /// P <args>` before it, `tracer logpoint rm --pid P --all` after.
     Logpoint(&'static [&'static str]),
@@ -85,7 +87,10 @@ pub enum Tool {
 
 impl Tool {
     fn is_tracer(&self) -> bool {
-        matches!(self, Tool::Attach(_) | Tool::Agent(_) | Tool::Logpoint(_))
+        matches!(
+            self,
+            Tool::Attach(_) | Tool::Agent(_) | Tool::Logpoint(_) | Tool::Probe(_)
+        )
     }
 }
 
@@ -421,6 +426,21 @@ impl Round<'_> {
                 Attached {
                     process: agent,
                     metrics_port: Some(port),
+                }
+            }
+            Tool::Probe(extra) => {
+                let mut command = Command::new(tracer::binary());
+                command
+                    .args(["probe", "add", "--pid", &pid.to_string()])
+                    .args(*extra)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped());
+                let mut probe = Spawned::start("tracer probe add", &mut command)?;
+                probe.wait_for_line(Stream::Stderr, tracer::READY_LINE, READY_TIMEOUT)?;
+                Attached {
+                    process: probe,
+                    metrics_port: None,
                 }
             }
             Tool::Bpftrace { .. } => {

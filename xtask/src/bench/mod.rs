@@ -11,6 +11,7 @@ mod harness;
 mod logpoint;
 mod overhead;
 mod probe;
+mod probe_idle;
 mod report;
 mod tls;
 mod wrk;
@@ -70,6 +71,11 @@ pub enum BenchCommand {
     /// on a function entry, against the same loop with nothing attached,
     /// in one run. Results go to the terminal and to target/bench/probe.md.
     Probe(probe::ProbeArgs),
+    /// What an ad-hoc probe on a function the server never calls costs a
+    /// saturated node http server (root): throughput with `tracer probe
+    /// add uprobe:uv_fs_mkdtemp` attached against nothing, rounds
+    /// alternated, medians. Results go to target/bench/probe-idle.md.
+    ProbeIdle(probe_idle::ProbeIdleArgs),
 }
 
 pub fn run(command: &BenchCommand) -> Result<()> {
@@ -82,5 +88,6 @@ pub fn run(command: &BenchCommand) -> Result<()> {
         BenchCommand::Tail(args) => aggregator::tail(args),
         BenchCommand::Logpoint(args) => logpoint::run_bench(args),
         BenchCommand::Probe(args) => probe::run(args),
+        BenchCommand::ProbeIdle(args) => probe_idle::run(args),
     }
 }
