@@ -80,7 +80,9 @@ pub fn run(args: VerifyArgs) -> Result<()> {
         let family = families
             .iter()
             .find(|(p, _)| *p == name)
-            .map_or("-", |(_, f)| *f);
+            .map(|(_, f)| *f)
+            .or_else(|| programs::AD_HOC.contains(&name.as_str()).then_some("probe"))
+            .unwrap_or("-");
         rows.push(Row {
             program: name,
             family,

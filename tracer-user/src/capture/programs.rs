@@ -151,6 +151,10 @@ pub const RUNTIME_UPROBES: [&str; 5] = [
     "gc_exit",
 ];
 
+/// The generic programs of `tracer probe` (probes/usdt.rs), loaded by the
+/// probe session rather than by this plan.
+pub const AD_HOC: [&str; 2] = ["probe_hit", "probe_ret"];
+
 /// Uprobes on node's OpenSSL (probes/tls.rs), part of `http`.
 pub const TLS_UPROBES: [&str; 4] = [
     "ssl_write_enter",
