@@ -29,7 +29,7 @@ use tracer_common::{
 use self::{
     programs::{Hook, Step},
     symbols::{Resolved, SymbolMatch},
-    verifier::{Failure, Verified},
+    verifier::Failure,
 };
 use crate::progress::Progress;
 
@@ -145,8 +145,6 @@ pub struct Capture {
     pub notes: Vec<String>,
     /// Families that could not load or attach, with why; the rest run.
     pub left_out: Vec<LeftOut>,
-    /// What the verifier spent on each program that loaded.
-    pub verified: Vec<Verified>,
     /// Tracepoint and cgroup links, detached together on drop.
     links: Vec<detach::Attached>,
 }
@@ -258,7 +256,6 @@ impl Capture {
             skb_cgroups: Vec::new(),
             notes,
             left_out: Vec::new(),
-            verified: Vec::new(),
             links: Vec::new(),
         };
         let steps = programs::plan(&capture.config);
@@ -274,10 +271,8 @@ impl Capture {
                 i + 1,
                 step.program
             ));
-            let result = verifier::load(&mut capture.ebpf, step.program).and_then(|verified| {
-                capture.verified.push(verified);
-                capture.attach(step)
-            });
+            let result =
+                verifier::load(&mut capture.ebpf, step.program).and_then(|_| capture.attach(step));
             if let Err(failure) = result {
                 capture.on_failure(step, failure, &steps)?;
             }
