@@ -105,7 +105,7 @@ fn texts(rows: &[Stored]) -> Vec<String> {
         .collect()
 }
 
-fn all(limit: usize) -> Query {
+pub fn all(limit: usize) -> Query {
     Query {
         limit,
         ..Query::default()
@@ -113,7 +113,7 @@ fn all(limit: usize) -> Query {
 }
 
 /// Two hosts whose events interleave in time.
-fn two_hosts(store: &impl Store) {
+pub fn two_hosts(store: &impl Store) {
     let a = batch(
         "a",
         0,

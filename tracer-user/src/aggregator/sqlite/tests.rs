@@ -5,10 +5,10 @@
 use super::{schema::SCHEMA_VERSION, *};
 use crate::{
     aggregator::{
-        conformance::{Backend, store_conformance_suite},
-        store::{Query, TextMatch, stream_name},
+        conformance::{Backend, all, batch, log, store_conformance_suite, two_hosts},
+        store::{TextMatch, stream_name},
     },
-    event::{Event, StreamName},
+    event::StreamName,
 };
 
 /// A temporary directory; each `open` opens the store in it again.
@@ -22,66 +22,6 @@ impl Backend for Sqlite {
 }
 
 store_conformance_suite!(Sqlite(tempfile::tempdir().unwrap()));
-
-fn log(host: &str, ts: u64, stream: StreamName, text: &str) -> Event {
-    Event {
-        ts_ns: ts,
-        host: host.into(),
-        pid: 7,
-        tid: 7,
-        comm: "node".into(),
-        data: EventData::Log {
-            stream,
-            path: None,
-            text: text.into(),
-            truncated: false,
-            req_id: None,
-        },
-    }
-}
-
-fn batch(host: &str, seq: u64, events: Vec<Event>) -> Batch {
-    Batch {
-        host: host.into(),
-        run_id: "run-1".into(),
-        seq,
-        events,
-    }
-}
-
-fn all(limit: usize) -> Query {
-    Query {
-        limit,
-        ..Query::default()
-    }
-}
-
-/// Two hosts whose events interleave in time.
-fn two_hosts(store: &SqliteStore) {
-    let a = batch(
-        "a",
-        0,
-        vec![
-            log("a", 10, StreamName::Stdout, "a first"),
-            log("a", 30, StreamName::Stderr, "a ERROR disk"),
-            log("a", 50, StreamName::Stdout, "a third"),
-        ],
-    );
-    let b = batch(
-        "b",
-        0,
-        vec![
-            log("b", 20, StreamName::Stdout, "b error net"),
-            log("b", 30, StreamName::Stdout, "b tie"),
-            Event {
-                data: EventData::Gc { duration_ns: 5 },
-                ..log("b", 40, StreamName::Stdout, "")
-            },
-        ],
-    );
-    assert_eq!(store.ingest(a).unwrap().stored.len(), 3);
-    assert_eq!(store.ingest(b).unwrap().stored.len(), 3);
-}
 
 #[test]
 fn a_failing_batch_fails_alone_in_its_group() {
