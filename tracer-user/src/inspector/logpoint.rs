@@ -49,9 +49,10 @@ pub enum LogpointCommand {
     Rm(RmArgs),
 }
 
+/// The processes a logpoint command acts on.
 #[derive(Debug, Args)]
-pub struct AddArgs {
-    /// Process to add it to (repeatable).
+pub struct Targets {
+    /// Process to act on (repeatable).
     #[arg(
         long = "pid",
         required_unless_present = "match_cmdline",
@@ -61,6 +62,20 @@ pub struct AddArgs {
     /// Also every node process whose command line matches this regex.
     #[arg(long = "match", value_name = "REGEX")]
     pub match_cmdline: Option<String>,
+}
+
+impl Targets {
+    /// Turn `--match` into PIDs (see `select_pids`).
+    fn resolve(&mut self) -> Result<()> {
+        self.pids = super::select_pids(&self.pids, self.match_cmdline.as_deref())?;
+        Ok(())
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct AddArgs {
+    #[command(flatten)]
+    pub targets: Targets,
     /// FILE:LINE[:COL], 1-based. FILE matches the end of a loaded script's
     /// path or URL (`routes/orders.js`, `/srv/app/routes/orders.js`).
     pub location: String,
@@ -88,32 +103,16 @@ pub struct AddArgs {
 
 #[derive(Debug, Args)]
 pub struct ListArgs {
-    /// Process to list (repeatable).
-    #[arg(
-        long = "pid",
-        required_unless_present = "match_cmdline",
-        value_name = "PID"
-    )]
-    pub pids: Vec<u32>,
-    /// Also every node process whose command line matches this regex.
-    #[arg(long = "match", value_name = "REGEX")]
-    pub match_cmdline: Option<String>,
+    #[command(flatten)]
+    pub targets: Targets,
     #[arg(long)]
     pub json: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct RmArgs {
-    /// Process to remove them from (repeatable).
-    #[arg(
-        long = "pid",
-        required_unless_present = "match_cmdline",
-        value_name = "PID"
-    )]
-    pub pids: Vec<u32>,
-    /// Also every node process whose command line matches this regex.
-    #[arg(long = "match", value_name = "REGEX")]
-    pub match_cmdline: Option<String>,
+    #[command(flatten)]
+    pub targets: Targets,
     /// Logpoint ids to remove.
     #[arg(required_unless_present = "all", conflicts_with = "all")]
     pub ids: Vec<String>,
@@ -249,15 +248,15 @@ pub async fn run(args: LogpointArgs) -> Result<()> {
     super::require_root("logpoint")?;
     let (results, json_out) = match args.command {
         LogpointCommand::Add(mut a) => {
-            a.pids = super::select_pids(&a.pids, a.match_cmdline.as_deref())?;
+            a.targets.resolve()?;
             (add(&a), a.json)
         }
         LogpointCommand::List(mut a) => {
-            a.pids = super::select_pids(&a.pids, a.match_cmdline.as_deref())?;
+            a.targets.resolve()?;
             (list(&a), a.json)
         }
         LogpointCommand::Rm(mut a) => {
-            a.pids = super::select_pids(&a.pids, a.match_cmdline.as_deref())?;
+            a.targets.resolve()?;
             (rm(&a), a.json)
         }
     };
@@ -356,7 +355,7 @@ fn add(a: &AddArgs) -> Vec<(u32, Result<Report>)> {
     })();
     let (loc, id, block) = match prepared {
         Ok(p) => p,
-        Err(e) => return vec![(a.pids.first().copied().unwrap_or(0), Err(e))],
+        Err(e) => return vec![(a.targets.pids.first().copied().unwrap_or(0), Err(e))],
     };
     let spec = json!({
         "id": id,
@@ -377,7 +376,7 @@ fn add(a: &AddArgs) -> Vec<(u32, Result<Report>)> {
     let requested = a.location.clone();
     let ttl = humantime::format_duration(a.ttl).to_string();
     each_pid(
-        &a.pids,
+        &a.targets.pids,
         "logpoint.add",
         what,
         || Ok(call_expression("add", &spec.to_string(), true, "null")),
@@ -420,7 +419,7 @@ fn describe_line(lp: &Value) -> String {
 
 fn list(a: &ListArgs) -> Vec<(u32, Result<Report>)> {
     each_pid(
-        &a.pids,
+        &a.targets.pids,
         "logpoint.list",
         json!({}),
         || Ok(call_expression("list", "", false, "[]")),
@@ -447,7 +446,7 @@ fn rm(a: &RmArgs) -> Vec<(u32, Result<Report>)> {
     };
     let wanted = a.ids.clone();
     each_pid(
-        &a.pids,
+        &a.targets.pids,
         "logpoint.rm",
         json!({ "ids": a.ids, "all": a.all }),
         || {
