@@ -163,6 +163,27 @@ fn agent_probes_a_node_process_that_starts_later() {
         "tracer timeline"
     );
 
+    // ... and through `tracer grep`, by the text a probe hit prints (its
+    // arguments: here the paths opened).
+    let out = Command::new(TRACER)
+        .args(["grep", "--json", "--since", "1h"])
+        .arg(format!(
+            r#"^uprobe:uv_fs_open node:uv_fs_open .* arg2="{}/"#,
+            regex::escape(&dir)
+        ))
+        .args(["--aggregator", &aggregator.url(), "--token-file"])
+        .arg(&token)
+        .output()
+        .expect("running tracer grep");
+    assert!(
+        out.status.success(),
+        "tracer grep failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let grepped = parse_ndjson(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(grepped.len(), expected().len(), "tracer grep: {grepped:?}");
+    assert_eq!(opens_in(&grepped, pid, &dir), expected(), "tracer grep");
+
     // ... and through `tracer tail --kind probe` (the latest events).
     let out = Command::new(TRACER)
         .args(["tail", "--json", "-n", "100", "--kind", "probe"])

@@ -638,5 +638,51 @@ fn logpoint_lines_reach_the_aggregator() {
     }
     let tailed = query(&agg, &token, &["tail", "--kind", "logpoint"]);
     assert_eq!(tailed, lines, "tail --kind logpoint shows the same lines");
+    // `tracer grep` finds them by their text, exactly once each...
+    let found = query(&agg, &token, &["grep", r"^agg g[13]$"]);
+    assert_eq!(found, [lines[0].clone(), lines[2].clone()], "tracer grep");
+    let counted = std::process::Command::new(common::TRACER)
+        .args([
+            "grep",
+            "-c",
+            "^agg g",
+            "--aggregator",
+            &agg.url(),
+            "--token-file",
+        ])
+        .arg(&token)
+        .output()
+        .expect("running tracer grep -c");
+    assert_eq!(
+        String::from_utf8_lossy(&counted.stdout),
+        "3\n",
+        "tracer grep -c"
+    );
+    // ... and each is in the trace of the request it fired in, beside that
+    // request's exchange.
+    for (i, e) in lines.iter().enumerate() {
+        let req_id = e["req_id"].as_str().unwrap();
+        let trace = query(
+            &agg,
+            &token,
+            &["timeline", "--since", "5m", "--trace", req_id],
+        );
+        let kinds: Vec<&str> = trace.iter().map(|t| t["kind"].as_str().unwrap()).collect();
+        assert_eq!(
+            trace
+                .iter()
+                .filter(|t| t["kind"] == "logpoint")
+                .collect::<Vec<_>>(),
+            [e],
+            "timeline --trace {req_id}: {kinds:?}"
+        );
+        let path = format!("/orders/g{}?qty={}", i + 1, i + 1);
+        assert!(
+            trace
+                .iter()
+                .any(|t| t["kind"] == "http" && t["path"] == path.as_str()),
+            "timeline --trace {req_id} has its exchange: {trace:?}"
+        );
+    }
     let _ = std::fs::remove_file(&audit);
 }

@@ -1,7 +1,7 @@
 //! The public event model: what `--json` prints (docs/events.md) and what
 //! the text renderer shows. One struct for every front end.
 
-use std::{fmt::Write as _, net::IpAddr, time::Duration};
+use std::{borrow::Cow, fmt::Write as _, net::IpAddr, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
@@ -285,6 +285,32 @@ impl EventData {
             EventData::Logpoint { .. } => "logpoint",
             EventData::Inspector { .. } => "inspector",
             EventData::Probe(_) => "probe",
+        }
+    }
+
+    /// The text `tracer grep` searches, for the kinds that have one: a log
+    /// line's text, a logpoint's rendered line, node's inspector message,
+    /// and a probe hit as `tracer attach` prints it (`PROBE OBJECT:POINT
+    /// arg0=...`). Other kinds are structured only and never match a grep.
+    pub fn search_text(&self) -> Option<Cow<'_, str>> {
+        match self {
+            EventData::Log { text, .. }
+            | EventData::Logpoint { text, .. }
+            | EventData::Inspector { text } => Some(Cow::Borrowed(text)),
+            EventData::Probe(p) => {
+                let mut s = String::new();
+                let _ = p.write_text(&mut s);
+                Some(Cow::Owned(s.trim_start().to_owned()))
+            }
+            _ => None,
+        }
+    }
+
+    /// The request a log line or a logpoint hit belongs to (`req_id`).
+    pub fn line_req_id(&self) -> Option<&str> {
+        match self {
+            EventData::Log { req_id, .. } | EventData::Logpoint { req_id, .. } => req_id.as_deref(),
+            _ => None,
         }
     }
 }

@@ -79,11 +79,16 @@ pub struct TimelineArgs {
     pub client: ClientArgs,
 }
 
-/// Search log lines from every host with a regex; matches in time order.
+/// Search log lines, logpoint lines and probe hits from every host with a
+/// regex; matches in time order.
 #[derive(Debug, Args)]
 #[command(after_help = "\
-Each match prints as `TIME HOST PID STREAM| LINE`. The regex syntax is the
-Rust regex crate's (like ripgrep's). Times as for `tracer timeline`.
+A log line prints as `TIME HOST PID STREAM| LINE`; a logpoint line or a
+probe hit as `tracer timeline` prints it (`... logpoint ID FILE:LINE| TEXT`,
+`... probe SPEC OBJECT:POINT arg0=...`). The regex is matched against a log
+line's text, a logpoint's rendered text (after `| `) and a probe hit's text
+after the word `probe`. The regex syntax is the Rust regex crate's (like
+ripgrep's). Times as for `tracer timeline`.
 
 Examples:
   tracer grep 'ERROR|panic' --since 1h
@@ -106,7 +111,7 @@ pub struct GrepArgs {
     #[arg(long = "host", value_name = "HOST", value_delimiter = ',')]
     pub hosts: Vec<String>,
 
-    /// Only this stream: stdout, stderr or file.
+    /// Only log lines of this stream: stdout, stderr or file.
     #[arg(long, value_name = "STREAM")]
     pub stream: Option<String>,
 

@@ -37,6 +37,7 @@ macro_rules! store_conformance_suite {
             since_cursor_follows_commit_order,
             host_offset_applies_at_ingest,
             trace_links_logs_to_their_request,
+            grep_finds_logpoint_and_probe_lines,
             ingest_many_commits_each_batch_whole_or_not,
             grep_pages_and_new_lines_after_the_cache,
             many_matching_lines_count_and_page,
@@ -365,16 +366,145 @@ pub fn trace_links_logs_to_their_request(backend: &impl Backend) {
     let mut late = line;
     late.ts_ns = 30;
     store.ingest(batch("a", 2, vec![late])).unwrap();
+    // Logpoint hits belong to the request they fired in, like log lines.
+    let hit = |ts, req: &str| Event {
+        data: EventData::Logpoint {
+            id: "lp1".into(),
+            location: "/srv/app.js:7:3".into(),
+            text: format!("hit in {req}"),
+            dropped: 0,
+            req_id: Some(req.into()),
+        },
+        ..log("a", ts, StreamName::Stdout, "")
+    };
+    store
+        .ingest(batch("a", 3, vec![hit(25, "r1"), hit(26, "r2")]))
+        .unwrap();
     let f = Filter {
         trace: Some(tid.into()),
         ..Filter::default()
     };
-    assert_eq!(store.count(&f).unwrap(), 3);
+    assert_eq!(store.count(&f).unwrap(), 4);
+    let rows = store
+        .query(&Query {
+            filter: f,
+            ..all(10)
+        })
+        .unwrap();
+    let kinds: Vec<&str> = rows.iter().map(|r| r.event.data.kind()).collect();
+    assert_eq!(kinds, ["log", "http", "logpoint", "log"]);
+    assert!(
+        matches!(&rows[2].event.data, EventData::Logpoint { text, .. } if text == "hit in r1"),
+        "{rows:#?}"
+    );
     let by_req = Filter {
         trace: Some("r1".into()),
         ..Filter::default()
     };
-    assert_eq!(store.count(&by_req).unwrap(), 3);
+    assert_eq!(store.count(&by_req).unwrap(), 4);
+    let other = Filter {
+        trace: Some("r2".into()),
+        ..Filter::default()
+    };
+    assert_eq!(store.count(&other).unwrap(), 1);
+}
+
+/// Grep searches logpoint lines and probe hits as well as log lines (each
+/// by its [`EventData::search_text`]); a stream condition keeps only log
+/// lines.
+pub fn grep_finds_logpoint_and_probe_lines(backend: &impl Backend) {
+    let store = backend.open();
+    let lp = Event {
+        data: EventData::Logpoint {
+            id: "lp1".into(),
+            location: "/srv/app.js:7:3".into(),
+            text: "order 42 total=9.5".into(),
+            dropped: 0,
+            req_id: None,
+        },
+        ..log("a", 20, StreamName::Stdout, "")
+    };
+    let probe = Event {
+        data: probe_hit("/tmp/order-42.json"),
+        ..log("a", 30, StreamName::Stdout, "")
+    };
+    let gc = Event {
+        data: EventData::Gc { duration_ns: 42 },
+        ..log("a", 40, StreamName::Stdout, "")
+    };
+    store
+        .ingest(batch(
+            "a",
+            0,
+            vec![
+                log("a", 10, StreamName::Stdout, "order 42 received"),
+                lp,
+                probe,
+                gc,
+                log("a", 50, StreamName::Stderr, "order 43 failed"),
+            ],
+        ))
+        .unwrap();
+    let grep = |pattern: &str| Filter {
+        text: Some(TextMatch {
+            pattern: pattern.into(),
+            case_insensitive: false,
+        }),
+        ..Filter::default()
+    };
+    let found = |f: Filter| {
+        let rows = store
+            .query(&Query {
+                filter: f.clone(),
+                ..all(10)
+            })
+            .unwrap();
+        assert_eq!(store.count(&f).unwrap(), rows.len() as u64, "{f:?}");
+        rows.iter().map(|r| r.event.data.kind()).collect::<Vec<_>>()
+    };
+    assert_eq!(found(grep("order.42")), ["log", "logpoint", "probe"]);
+    assert_eq!(found(grep(r"total=\d")), ["logpoint"]);
+    assert_eq!(
+        found(grep(
+            r#"^usdt:app:op app:app:op arg0="/tmp/order-42\.json" arg1=7$"#
+        )),
+        ["probe"]
+    );
+    assert_eq!(found(grep("42")), ["log", "logpoint", "probe"]);
+    // One page at a time, as `tracer grep --limit` reads them.
+    assert_eq!(
+        texts(
+            &store
+                .query(&Query {
+                    filter: grep("42"),
+                    ..all(2)
+                })
+                .unwrap()
+        ),
+        ["a:order 42 received", "a:logpoint"]
+    );
+    let logpoints = Filter {
+        kinds: vec![kind("logpoint")],
+        ..grep("42")
+    };
+    assert_eq!(found(logpoints), ["logpoint"]);
+    let stdout = Filter {
+        stream: Some(StreamName::Stdout),
+        ..grep("42")
+    };
+    assert_eq!(found(stdout), ["log"]);
+    // The tail's own check agrees with the store.
+    let since = store
+        .since_cursor(EventId::START, &grep("order"), 10)
+        .unwrap();
+    assert_eq!(since.len(), 4);
+    let re = grep("order").text.unwrap().compile().unwrap();
+    let all_events = store.query(&all(10)).unwrap();
+    let matching = all_events
+        .iter()
+        .filter(|s| grep("order").matches(&s.event, Some(&re)))
+        .count();
+    assert_eq!(matching, 4);
 }
 
 pub fn ingest_many_commits_each_batch_whole_or_not(backend: &impl Backend) {
@@ -485,7 +615,15 @@ const WORDS: [&str; 6] = ["GET /x", "error disk", "ok", "Error net", "slow", "re
 
 fn event(rng: &mut Rng, host: &str, ts: u64) -> Event {
     let data = match rng.below(10) {
-        0..7 => EventData::Log {
+        6 => EventData::Logpoint {
+            id: format!("lp{}", rng.below(3)),
+            location: "/srv/app.js:7:3".into(),
+            text: format!("{} {}", rng.pick(&WORDS), rng.below(1000)),
+            dropped: 0,
+            req_id: (rng.below(2) == 0).then(|| format!("r{}", rng.below(5))),
+        },
+        9 if rng.below(2) == 0 => probe_hit(&format!("{} {}", rng.pick(&WORDS), rng.below(1000))),
+        0..6 => EventData::Log {
             stream: *rng.pick(&[StreamName::Stdout, StreamName::Stderr, StreamName::File]),
             path: (rng.below(4) == 0).then(|| "/var/log/app.log".to_string()),
             text: format!("{} {}", rng.pick(&WORDS), rng.below(1000)),
@@ -530,6 +668,7 @@ fn filter(rng: &mut Rng) -> Filter {
         0 => f.kinds = vec![EventKind::LOG],
         1 => f.kinds = vec![kind("gc"), kind("lost")],
         2 => f.kinds = vec![EventKind::LOG, kind("loop")],
+        3 => f.kinds = vec![kind("logpoint"), kind("probe"), kind("gc")],
         _ => {}
     }
     if rng.below(4) == 0 {
@@ -542,6 +681,20 @@ fn filter(rng: &mut Rng) -> Filter {
         });
     }
     f
+}
+
+/// A `tracer probe` hit with one string argument.
+fn probe_hit(arg: &str) -> EventData {
+    EventData::Probe(Box::new(crate::event::ProbeHit {
+        probe: "usdt:app:op".into(),
+        object: "/srv/app".into(),
+        point: "app:op".into(),
+        record: "args".into(),
+        count: None,
+        interval_ns: None,
+        args: Some(vec![json!(arg), json!(7)]),
+        latency_ns: None,
+    }))
 }
 
 fn key(s: &Stored) -> Position {

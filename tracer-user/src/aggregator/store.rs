@@ -188,9 +188,20 @@ pub struct Filter {
     pub trace: Option<String>,
     /// Log stream (implies kind `log`).
     pub stream: Option<StreamName>,
-    /// Log text matching this (implies kind `log`).
+    /// Text matching this (implies one of [`TEXT_KINDS`]: a log line's
+    /// text, a logpoint's line, a probe hit; [`EventData::search_text`]).
     pub text: Option<TextMatch>,
 }
+
+/// The kinds a text condition (grep) can match: those with a
+/// [`EventData::search_text`]. Log lines are most of them; the others
+/// are rows.
+pub const TEXT_KINDS: [EventKind; 4] = [
+    EventKind::LOG,
+    EventKind("logpoint"),
+    EventKind("inspector"),
+    EventKind("probe"),
+];
 
 impl Filter {
     /// The same test as a store's query, for events not read from a store
@@ -207,15 +218,18 @@ impl Filter {
         if !self.kinds.is_empty() && !self.kinds.contains(&EventKind::of(&event.data)) {
             return false;
         }
-        if self.stream.is_some() || self.text.is_some() {
-            let EventData::Log { stream, text, .. } = &event.data else {
+        if let Some(want) = self.stream {
+            match &event.data {
+                EventData::Log { stream, .. } if *stream == want => {}
+                _ => return false,
+            }
+        }
+        if self.text.is_some() {
+            let Some(text) = event.data.search_text() else {
                 return false;
             };
-            if self.stream.is_some_and(|s| s != *stream) {
-                return false;
-            }
             if let Some(re) = text_re
-                && !re.is_match(text)
+                && !re.is_match(&text)
             {
                 return false;
             }
@@ -230,12 +244,45 @@ impl Filter {
         self.kinds.is_empty() || self.kinds.contains(&EventKind::LOG)
     }
 
-    /// Whether events of other kinds than log can match (a stream or a
-    /// text condition rules them out).
+    /// Whether events of other kinds than log can match (a stream rules
+    /// them out, a text condition all but [`TEXT_KINDS`]).
     pub fn wants_other_kinds(&self) -> bool {
-        self.stream.is_none()
-            && self.text.is_none()
-            && (self.kinds.is_empty() || self.kinds.iter().any(|k| *k != EventKind::LOG))
+        !self.row_kinds().is_empty_set()
+    }
+
+    /// The kinds other than log this filter can match.
+    pub fn row_kinds(&self) -> RowKinds {
+        if self.stream.is_some() {
+            return RowKinds::Only(Vec::new());
+        }
+        let allowed = |k: &EventKind| *k != EventKind::LOG;
+        match (self.text.is_some(), self.kinds.is_empty()) {
+            (false, true) => RowKinds::All,
+            (false, false) => RowKinds::Only(self.kinds.iter().copied().filter(allowed).collect()),
+            (true, true) => RowKinds::Only(TEXT_KINDS.into_iter().filter(allowed).collect()),
+            (true, false) => RowKinds::Only(
+                self.kinds
+                    .iter()
+                    .copied()
+                    .filter(|k| allowed(k) && TEXT_KINDS.contains(k))
+                    .collect(),
+            ),
+        }
+    }
+}
+
+/// Which kinds of rows (events other than log lines) a filter can match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RowKinds {
+    /// Any kind.
+    All,
+    /// Only these (none: no row matches).
+    Only(Vec<EventKind>),
+}
+
+impl RowKinds {
+    fn is_empty_set(&self) -> bool {
+        matches!(self, RowKinds::Only(k) if k.is_empty())
     }
 }
 

@@ -520,8 +520,7 @@ impl ClickhouseStore {
                 let s = decode(r)?;
                 let keep = match (re, &s.event.data) {
                     (None, _) => true,
-                    (Some(re), EventData::Log { text, .. }) => re.is_match(text),
-                    (Some(_), _) => false,
+                    (Some(re), data) => data.search_text().is_some_and(|t| re.is_match(&t)),
                 };
                 last = Some(next_page(&s));
                 if keep {
@@ -633,6 +632,10 @@ impl ClickhouseStore {
                         id: EventId::from_raw(id),
                         source,
                     })?;
+                let other_text = match &e.data {
+                    EventData::Log { .. } => None,
+                    other => other.search_text(),
+                };
                 let (stream, text, req_id) = match &e.data {
                     EventData::Log {
                         stream,
@@ -645,7 +648,13 @@ impl ClickhouseStore {
                         req_id.as_deref().unwrap_or(""),
                     ),
                     EventData::Http(h) => ("", "", h.req_id.as_str()),
-                    _ => ("", "", ""),
+                    // Logpoint, probe and inspector lines: `text` is what
+                    // grep reads (their JSON keeps it too, they are few).
+                    other => (
+                        "",
+                        other_text.as_deref().unwrap_or(""),
+                        other.line_req_id().unwrap_or(""),
+                    ),
                 };
                 events
                     .i64(id)

@@ -7,7 +7,7 @@
 
 use regex_syntax::hir::literal::{ExtractKind, Extractor};
 
-use crate::aggregator::store::{EventKind, Filter, TextMatch, stream_name};
+use crate::aggregator::store::{EventKind, Filter, TEXT_KINDS, TextMatch, stream_name};
 
 /// A string literal.
 pub fn lit(s: &str) -> String {
@@ -127,8 +127,10 @@ pub fn filter_sql(
     if !f.kinds.is_empty() {
         conds.push(in_list("kind", f.kinds.iter().map(|k| k.name())));
     }
-    if f.stream.is_some() || f.text.is_some() {
+    if f.stream.is_some() {
         conds.push(format!("kind = {}", lit(EventKind::LOG.name())));
+    } else if f.text.is_some() {
+        conds.push(in_list("kind", TEXT_KINDS.iter().map(|k| k.name())));
     }
     if let Some(s) = f.stream {
         conds.push(format!("stream = {}", lit(stream_name(s))));
@@ -140,7 +142,9 @@ pub fn filter_sql(
     }
     if f.trace.is_some() {
         let t = trace.cloned().unwrap_or_default();
-        let mut any = vec![format!("(kind = 'log' AND req_id = {})", lit(&t.id))];
+        // Log lines and logpoint hits belong to the request they fired in.
+        let lines = "kind IN ('log', 'logpoint')";
+        let mut any = vec![format!("({lines} AND req_id = {})", lit(&t.id))];
         if !t.ids.is_empty() {
             let ids: Vec<String> = t.ids.iter().map(i64::to_string).collect();
             any.push(format!("(kind = 'http' AND id IN ({}))", ids.join(", ")));
@@ -152,7 +156,7 @@ pub fn filter_sql(
                 .map(|(h, r)| format!("({}, {})", lit(h), lit(r)))
                 .collect();
             any.push(format!(
-                "(kind = 'log' AND (host, req_id) IN ({}))",
+                "({lines} AND (host, req_id) IN ({}))",
                 pairs.join(", ")
             ));
         }

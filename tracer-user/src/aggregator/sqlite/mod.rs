@@ -222,7 +222,7 @@ impl SqliteStore {
                 let json = std::str::from_utf8(&json).unwrap_or_default();
                 let req_id = match &event.data {
                     EventData::Http(h) => Some(h.req_id.as_str()),
-                    _ => None,
+                    other => other.line_req_id(),
                 };
                 insert.execute(params![
                     id,
@@ -278,10 +278,12 @@ impl SqliteStore {
 impl SqliteStore {
     /// The exchanges of `f.trace`'s trace, when it has one.
     fn members(conn: &Connection, f: &Filter) -> Result<Option<TraceMembers>> {
-        f.trace
-            .as_deref()
-            .map(|t| trace_members(conn, t))
-            .transpose()
+        let Some(t) = f.trace.as_deref() else {
+            return Ok(None);
+        };
+        let mut members = trace_members(conn, t)?;
+        rows::add_logpoints(conn, t, &mut members)?;
+        Ok(Some(members))
     }
 
     /// Runs `f` with the block-side view of a filter: its compiled text

@@ -1,11 +1,12 @@
 //! Events other than log lines, as rows of `events` (log lines are blocks,
 //! `logs.rs`): the SQL for a filter, a page, a count and a tail's catch-up.
 
+use regex::Regex;
 use rusqlite::{Connection, types::Value};
 
 use super::stitch::TraceMembers;
 use crate::{
-    aggregator::store::{EventId, Filter, Query, Result, StoreError, Stored},
+    aggregator::store::{EventId, Filter, Query, Result, RowKinds, StoreError, Stored, TextMatch},
     event::Event,
 };
 
@@ -48,8 +49,8 @@ pub(super) fn push_filter(
     if !f.hosts.is_empty() {
         list(sql, args, "host", f.hosts.iter().map(String::as_str));
     }
-    if !f.kinds.is_empty() {
-        list(sql, args, "kind", f.kinds.iter().map(|k| k.name()));
+    if let RowKinds::Only(kinds) = f.row_kinds() {
+        list(sql, args, "kind", kinds.iter().map(|k| k.name()));
     }
     if f.trace.is_some() {
         let ids = trace.map_or(&[][..], |m| &m.ids[..]);
@@ -63,25 +64,49 @@ pub(super) fn push_filter(
     }
 }
 
-/// Reads `id, ts_ns, json` rows into events with the corrected time.
-pub(super) fn read_rows(stmt: &mut rusqlite::Statement<'_>, args: &[Value]) -> Result<Vec<Stored>> {
-    let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
-        Ok((
-            r.get::<_, i64>(0)?,
-            r.get::<_, i64>(1)?,
-            r.get::<_, String>(2)?,
-        ))
-    })?;
+/// Reads `id, ts_ns, json` rows into events with the corrected time: the
+/// first `limit` whose search text `text` matches (all rows without it).
+/// A text condition is checked here, not in SQL: rows with text (logpoint,
+/// probe, inspector) are few next to log lines, and the regex must be the
+/// `regex` crate's, as for the log blocks. So a statement with a text
+/// condition has no LIMIT, and rows are read lazily until `limit` match.
+fn read_rows(
+    stmt: &mut rusqlite::Statement<'_>,
+    args: &[Value],
+    text: Option<&Regex>,
+    limit: usize,
+) -> Result<Vec<Stored>> {
+    let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
     let mut out = Vec::new();
-    for row in rows {
-        let (id, ts, json) = row?;
-        let id = EventId::from_raw(id);
+    while out.len() < limit {
+        let Some(r) = rows.next()? else { break };
+        let id = EventId::from_raw(r.get::<_, i64>(0)?);
+        let ts: i64 = r.get(1)?;
+        let json: String = r.get(2)?;
         let mut event: Event =
             serde_json::from_str(&json).map_err(|source| StoreError::Corrupt { id, source })?;
+        if let Some(re) = text
+            && !event.data.search_text().is_some_and(|t| re.is_match(&t))
+        {
+            continue;
+        }
         event.ts_ns = u64::try_from(ts).unwrap_or(0);
         out.push(Stored { id, event });
     }
     Ok(out)
+}
+
+/// The compiled text condition of `f`, if any.
+fn text_regex(f: &Filter) -> Result<Option<Regex>> {
+    Ok(f.text.as_ref().map(TextMatch::compile).transpose()?)
+}
+
+/// ` LIMIT ?n` for `limit`, unless rows are filtered by text after SQL.
+fn push_limit(sql: &mut String, args: &mut Vec<Value>, text: Option<&Regex>, limit: usize) {
+    if text.is_none() {
+        args.push(Value::Integer(i64::try_from(limit).unwrap_or(i64::MAX)));
+        sql.push_str(&format!(" LIMIT ?{}", args.len()));
+    }
 }
 
 /// A page of rows for `q`, in its order.
@@ -93,6 +118,7 @@ pub(super) fn query(
     if !q.filter.wants_other_kinds() {
         return Ok(Vec::new());
     }
+    let text = text_regex(&q.filter)?;
     let mut sql = String::from("SELECT id, ts_ns, json FROM events WHERE 1=1");
     let mut args = Vec::new();
     push_filter(&q.filter, members, &mut sql, &mut args);
@@ -111,19 +137,24 @@ pub(super) fn query(
         let n = args.len();
         sql.push_str(&format!(" AND (ts_ns, id) {cmp} (?{}, ?{n})", n - 1));
     }
-    args.push(Value::Integer(i64::try_from(q.limit).unwrap_or(i64::MAX)));
-    sql.push_str(&format!(
-        " ORDER BY ts_ns {dir}, id {dir} LIMIT ?{}",
-        args.len()
-    ));
+    sql.push_str(&format!(" ORDER BY ts_ns {dir}, id {dir}"));
+    push_limit(&mut sql, &mut args, text.as_ref(), q.limit);
     let mut stmt = c.prepare_cached(&sql)?;
-    read_rows(&mut stmt, &args)
+    read_rows(&mut stmt, &args, text.as_ref(), q.limit)
 }
 
 /// How many rows match `f`.
 pub(super) fn count(c: &Connection, f: &Filter, members: Option<&TraceMembers>) -> Result<u64> {
     if !f.wants_other_kinds() {
         return Ok(0);
+    }
+    if let Some(re) = text_regex(f)? {
+        let mut sql = String::from("SELECT id, ts_ns, json FROM events WHERE 1=1");
+        let mut args = Vec::new();
+        push_filter(f, members, &mut sql, &mut args);
+        let mut stmt = c.prepare_cached(&sql)?;
+        let n = read_rows(&mut stmt, &args, Some(&re), usize::MAX)?.len();
+        return Ok(n as u64);
     }
     let mut sql = String::from("SELECT count(*) FROM events WHERE 1=1");
     let mut args = Vec::new();
@@ -143,13 +174,42 @@ pub(super) fn since(
     if !f.wants_other_kinds() {
         return Ok(Vec::new());
     }
+    let text = text_regex(f)?;
     let mut sql = String::from("SELECT id, ts_ns, json FROM events WHERE 1=1");
     let mut args = Vec::new();
     push_filter(f, members, &mut sql, &mut args);
     args.push(Value::Integer(cursor));
     sql.push_str(&format!(" AND id > ?{}", args.len()));
-    args.push(Value::Integer(i64::try_from(limit).unwrap_or(i64::MAX)));
-    sql.push_str(&format!(" ORDER BY id LIMIT ?{}", args.len()));
+    sql.push_str(" ORDER BY id");
+    push_limit(&mut sql, &mut args, text.as_ref(), limit);
     let mut stmt = c.prepare_cached(&sql)?;
-    read_rows(&mut stmt, &args)
+    read_rows(&mut stmt, &args, text.as_ref(), limit)
+}
+
+/// Adds to a trace's rows the logpoint hits of its requests: those whose
+/// `req_id` is one of `members.reqs` on the same host, or is `trace`
+/// itself (as for log lines).
+pub(super) fn add_logpoints(c: &Connection, trace: &str, members: &mut TraceMembers) -> Result<()> {
+    let mut st =
+        c.prepare_cached("SELECT id, host FROM events WHERE kind = 'logpoint' AND req_id = ?")?;
+    let mut reqs: Vec<&str> = members.reqs.iter().map(|(_, r)| r.as_str()).collect();
+    reqs.push(trace);
+    reqs.sort_unstable();
+    reqs.dedup();
+    let mut found = Vec::new();
+    for req in reqs {
+        let rows = st.query_map([req], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
+        for row in rows {
+            let (id, host) = row?;
+            if req == trace || members.reqs.contains(&(host, req.to_owned())) {
+                found.push(id);
+            }
+        }
+    }
+    if !found.is_empty() {
+        members.ids.extend(found);
+        members.ids.sort_unstable();
+        members.ids.dedup();
+    }
+    Ok(())
 }

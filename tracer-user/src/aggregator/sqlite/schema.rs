@@ -90,6 +90,10 @@ DROP INDEX IF EXISTS events_host_ts;
 -- (a traceparent's or an x-request-id) has an index of its own.
 DROP INDEX IF EXISTS events_trace;
 CREATE INDEX IF NOT EXISTS http_own ON http_index(own_trace) WHERE own_trace != req_id;
+-- A request's logpoint hits, for its trace (its log lines are found
+-- through the blocks' request lists); logpoints are rare, so the index is
+-- small and costs ingest nothing for the other kinds.
+CREATE INDEX IF NOT EXISTS events_logpoint_req ON events(req_id) WHERE kind = 'logpoint';
 CREATE TABLE IF NOT EXISTS links (
     client      INTEGER PRIMARY KEY,   -- http_index.id (side client)
     server      INTEGER NOT NULL UNIQUE,

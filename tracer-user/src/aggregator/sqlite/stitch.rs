@@ -548,7 +548,8 @@ fn resolve(conn: &Connection, id: i64) -> Result<Option<String>> {
 /// The exchanges of one trace, found when it is asked for.
 #[derive(Debug, Default)]
 pub struct TraceMembers {
-    /// Their ids (`events.id` of the http events).
+    /// Their rows: `events.id` of the http events, and of the logpoint
+    /// hits fired while serving them (`rows::add_logpoints`).
     pub ids: Vec<i64>,
     /// Their `(host, req_id)`: the log lines written while serving them.
     pub reqs: HashSet<(String, String)>,
