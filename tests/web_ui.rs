@@ -10,7 +10,8 @@
 //! What it proves: the page and assets load without a token and data
 //! needs it (login form and `#token=`); a lane per host; a regex search
 //! returns exactly the injected lines it matches, in order, with host, pid
-//! and stream, and jumps the timeline; a clicked request shows all three
+//! and stream, and jumps the timeline; logpoint lines and probe hits are
+//! found by the same search and shown marked apart, in it and in the tail; a clicked request shows all three
 //! hops; a new log line appears in the live tail, and a burst of 20 000
 //! lines neither freezes the page nor grows the list past its cap; the
 //! requests/s graph has a drawn series per host; a `<script>`/`onerror=`
@@ -307,6 +308,12 @@ fn web_ui_in_chromium_against_the_demo() {
         "{v}"
     );
     assert_eq!(v["tail"], true, "{v}");
+    assert_eq!(
+        v["marked"],
+        serde_json::json!(["log", "logpoint", "probe"]),
+        "{v}"
+    );
+    assert_eq!(v["tailMarked"], true, "{v}");
     assert_eq!(v["xss_inert"], true, "{v}");
     assert!(v["graph"]["inked"].as_u64().unwrap_or(0) > 200, "{v}");
     for shot in ["timeline", "trace", "search", "tail", "graphs"] {

@@ -45,14 +45,35 @@ const PID = 4242;
 /** Stores log lines for host h1, pid 4242, ts now + i µs, through the
  * ingest API (exactly as an agent would). Returns their ts_ns. */
 async function inject(texts) {
+  await injectEvents(texts.map((text) => ({ kind: 'log', stream: 'stdout', text })));
+}
+
+/** Stores events (their kind-specific fields) the same way. */
+async function injectEvents(fields) {
   const base = BigInt(Date.now()) * 1_000_000n;
-  const events = texts.map((text, i) => {
+  const events = fields.map((f, i) => {
     const ts = (base + BigInt(i) * 1000n).toString();
-    return `{"ts_ns":${ts},"host":"h1","pid":${PID},"tid":${PID},"comm":"webui-test","kind":"log","stream":"stdout","text":${JSON.stringify(text)}}`;
+    return `{"ts_ns":${ts},"host":"h1","pid":${PID},"tid":${PID},"comm":"webui-test",${JSON.stringify(f).slice(1, -1)}}`;
   });
   const body = `{"host":"h1","run_id":"${RUN}","seq":${seq++},"events":[${events.join(',')}]}`;
   const ans = JSON.parse(await api('/v1/ingest', { method: 'POST', body, headers: { 'Content-Type': 'application/json' } }));
-  check(ans.accepted === texts.length, `ingest accepted ${ans.accepted} of ${texts.length}`);
+  check(ans.accepted === fields.length, `ingest accepted ${ans.accepted} of ${fields.length}`);
+}
+
+/** A log line, a logpoint line and a probe hit that all carry `word`. */
+function markedEvents(word) {
+  return [
+    { kind: 'log', stream: 'stdout', text: `log ${word}` },
+    { kind: 'logpoint', id: 'lp-webui', location: '/srv/api.js:12:5', text: `logpoint ${word}` },
+    {
+      kind: 'probe',
+      probe: 'uprobe:uv_fs_open',
+      object: '/usr/bin/node',
+      point: 'uv_fs_open',
+      record: 'args',
+      args: [0, `/tmp/${word}.txt`],
+    },
+  ];
 }
 
 async function main() {
@@ -212,6 +233,34 @@ async function run(ctx, expected) {
   check(jumped.cursor === expected[0] && jumped.inView, `a result moves the timeline to it: ${JSON.stringify(jumped)}`);
   await page.screenshot({ path: `${ARTIFACTS}/search.png` });
 
+  // 5b. Logpoint lines and probe hits are searched too, and marked apart
+  // from the program's lines (their kind in the stream column, coloured).
+  const word = `webui-marked-${process.pid}`;
+  await injectEvents(markedEvents(word));
+  await page.fill('#search-re', word);
+  await page.click('#tab-search button[type=submit]');
+  await page.waitForFunction(() => document.getElementById('search-status').textContent === '3 matches');
+  const marked = await page.$$eval('#search-results .result', (els) =>
+    els.map((e) => ({
+      kind: e.dataset.kind,
+      stream: e.querySelector('.r-stream').textContent,
+      text: e.querySelector('.r-text').textContent,
+      color: getComputedStyle(e.querySelector('.r-text')).color,
+    })),
+  );
+  const want = [
+    { kind: 'log', stream: 'stdout', text: `log ${word}` },
+    { kind: 'logpoint', stream: 'logpoint', text: `logpoint ${word}` },
+    { kind: 'probe', stream: 'probe', text: `uprobe:uv_fs_open node:uv_fs_open arg0=0 arg1="/tmp/${word}.txt"` },
+  ];
+  check(
+    JSON.stringify(marked.map(({ kind, stream, text }) => ({ kind, stream, text }))) === JSON.stringify(want),
+    `marked search results ${JSON.stringify(marked)}`,
+  );
+  const colors = new Set(marked.map((m) => m.color));
+  check(colors.size === 3, `log, logpoint and probe results are drawn apart: ${JSON.stringify(marked)}`);
+  result.marked = marked.map((m) => m.kind);
+
   // 6. XSS: the payload is shown as text and nothing of it runs.
   await page.fill('#search-re', 'webui-xss');
   await page.click('#tab-search button[type=submit]');
@@ -239,6 +288,19 @@ async function run(ctx, expected) {
       /store #\d+ GET/.test(e.textContent),
     ),
   );
+  // Logpoint lines and probe hits arrive live, marked by kind.
+  const liveWord = `webui-live-${Date.now()}`;
+  await injectEvents(markedEvents(liveWord));
+  await page.waitForFunction(
+    (w) =>
+      ['logpoint', 'probe'].every((k) =>
+        [...document.querySelectorAll(`#tail-list .tail-row.kind-${k}[data-kind=${k}]`)].some((e) =>
+          e.textContent.includes(w),
+        ),
+      ),
+    liveWord,
+  );
+  result.tailMarked = true;
   const tailXss = await page.evaluate((x) => ({
     shown: [...document.querySelectorAll('#tail-list .t-text')].some((e) => e.textContent === `stdout| ${x}`),
     injected: document.querySelectorAll('#tail-list script, #tail-list img, img[src="x"]').length,

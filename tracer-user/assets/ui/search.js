@@ -1,9 +1,10 @@
-// Regex search over every host's logs (GET /v1/grep, the regex crate's
-// syntax). Results in time order with host, pid and stream; clicking one
-// moves the timeline there.
+// Regex search over every host's logs, logpoint lines and probe hits
+// (GET /v1/grep, the regex crate's syntax). Results in time order with
+// host, pid and stream (or, marked apart, the kind: logpoint, probe);
+// clicking one moves the timeline there.
 
 import { json, ndjson } from './api.js';
-import { el, evMs, fmtTime, nsParam } from './util.js';
+import { el, evMs, fmtTime, nsParam, searchText } from './util.js';
 
 const LIMIT = 2000;
 
@@ -76,16 +77,18 @@ export class Search {
         el(
           'div',
           {
-            className: 'result',
-            dataset: { host: e.host, pid: String(e.pid) },
+            className: `result kind-${e.kind}`,
+            dataset: { host: e.host, pid: String(e.pid), kind: e.kind },
             title: 'show on the timeline',
             onclick: () => this.onJump(e),
           },
           el('span', { className: 'r-time' }, fmtTime(evMs(e))),
           el('span', { className: 'r-host' }, e.host),
           el('span', { className: 'r-pid' }, String(e.pid)),
-          el('span', { className: `r-stream s-${e.stream}` }, e.stream),
-          el('span', { className: 'r-text' }, ...highlight(e.text, pattern)),
+          e.kind === 'log'
+            ? el('span', { className: `r-stream s-${e.stream}` }, e.stream)
+            : el('span', { className: 'r-stream r-kind' }, e.kind),
+          el('span', { className: 'r-text' }, ...highlight(searchText(e), pattern)),
         ),
       );
     }

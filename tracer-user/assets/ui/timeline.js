@@ -8,7 +8,7 @@
 // Lane names are DOM elements (.lane-host, .lane-proc); everything else is
 // drawn, redrawn at most once per animation frame.
 
-import { addr, describe, el, evMs, fmtClock, fmtSpan, fmtTime } from './util.js';
+import { addr, describe, el, evMs, fmtClock, fmtSpan, fmtTime, searchText } from './util.js';
 
 const AXIS_H = 22;
 const HOST_H = 20;
@@ -141,7 +141,7 @@ export class Timeline {
       if (hosts && !hosts.has(e.host)) return false;
       if (kinds && !kinds.has(kindGroup(e.kind))) return false;
       if (text) {
-        if (e.kind === 'log' || e.kind === 'logpoint') return text.test(e.text);
+        if (['log', 'logpoint', 'probe', 'inspector'].includes(e.kind)) return text.test(searchText(e));
         if (e.kind === 'http') return text.test(`${e.method} ${e.path} ${e.status}`);
         return false;
       }

@@ -93,6 +93,22 @@ export function describe(e) {
   }
 }
 
+/** The text the aggregator's grep matches (`EventData::search_text`), for
+ * display and highlighting: a log line's or logpoint's text, a probe hit
+ * as printed after its kind (durations formatted the UI's way). */
+export function searchText(e) {
+  switch (e.kind) {
+    case 'log':
+    case 'logpoint':
+    case 'inspector':
+      return e.text;
+    case 'probe':
+      return `${e.probe} ${e.object.split('/').pop()}:${e.point}${probeDetail(e)}`;
+    default:
+      return '';
+  }
+}
+
 /** What a probe event recorded: its arguments, or its count (and latency
  * buckets) over the interval. */
 function probeDetail(e) {

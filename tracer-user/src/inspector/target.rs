@@ -128,7 +128,7 @@ impl Target {
     }
 }
 
-fn parse_start_time(stat: &str) -> Option<u64> {
+pub(crate) fn parse_start_time(stat: &str) -> Option<u64> {
     // comm (field 2) may hold spaces and parentheses: fields start after
     // the last ')'. starttime is field 22, the 20th after it.
     let rest = &stat[stat.rfind(')')? + 1..];

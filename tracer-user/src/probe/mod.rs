@@ -9,6 +9,7 @@
 //! - [`perf`]: the attach shim (uprobe PMU with `ref_ctr_offset`, BPF link
 //!   with a cookie);
 //! - [`session`]: attach, then report `probe` events until done;
+//! - [`registry`]: the sessions attached on this host (`active`, `rm`);
 //! - [`follow`]: the agent's `--probe`, on every process it traces.
 
 pub mod argspec;
@@ -16,6 +17,7 @@ pub mod follow;
 pub mod notes;
 pub mod objects;
 pub mod perf;
+pub mod registry;
 pub mod session;
 pub mod spec;
 
@@ -38,6 +40,44 @@ pub struct ProbeArgs {
 pub enum ProbeCommand {
     List(ListArgs),
     Add(AddArgs),
+    Active(ActiveArgs),
+    Rm(RmArgs),
+}
+
+/// The probes `tracer probe add` sessions hold on this host now.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Columns: probe id (for `tracer probe rm`), probed PIDs, what is recorded,
+specs, age, and time left with --ttl. Probes of `tracer agent --probe` are
+the agent's and are not listed (they go when the agent stops).")]
+pub struct ActiveArgs {
+    /// One JSON object per line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Detach probes that a `tracer probe add` holds, from any terminal: the
+/// session detaches everything (semaphores lowered) and ends.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  tracer probe active
+  tracer probe rm p4242
+  tracer probe rm --pid $(pgrep -n node)   # every probe on that process
+  tracer probe rm --all")]
+pub struct RmArgs {
+    /// Probe ids, as `tracer probe add` and `tracer probe active` print them.
+    #[arg(value_name = "ID", required_unless_present_any = ["all", "pid"])]
+    pub ids: Vec<String>,
+    /// Every probe on this host.
+    #[arg(long, conflicts_with_all = ["ids", "pid"])]
+    pub all: bool,
+    /// Every probe on this process.
+    #[arg(long, conflicts_with = "ids")]
+    pub pid: Option<u32>,
+    /// How long to wait for each session to detach.
+    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
+    pub timeout: f64,
 }
 
 /// Every USDT point (or, with --symbols, function symbol) of every ELF
@@ -146,7 +186,92 @@ pub async fn run(args: ProbeArgs) -> Result<()> {
     match args.command {
         ProbeCommand::List(a) => list(a),
         ProbeCommand::Add(a) => add(a).await,
+        ProbeCommand::Active(a) => active(a),
+        ProbeCommand::Rm(a) => rm(a),
     }
+}
+
+fn active(args: ActiveArgs) -> Result<()> {
+    let entries = registry::active(std::path::Path::new(registry::DIR))?;
+    let mut out = std::io::BufWriter::new(std::io::stdout());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    for e in &entries {
+        if args.json {
+            writeln!(out, "{}", serde_json::to_string(e)?)?;
+            continue;
+        }
+        let pids: Vec<String> = e.pids.iter().map(u32::to_string).collect();
+        let left = e
+            .expires_ms
+            .map(|x| format!(" ttl={}s", x.saturating_sub(now) / 1000))
+            .unwrap_or_default();
+        writeln!(
+            out,
+            "{} pid={} record={} age={}s{left} {}",
+            e.id,
+            pids.join(","),
+            e.record,
+            now.saturating_sub(e.started_ms) / 1000,
+            e.specs.join(" ")
+        )?;
+    }
+    if entries.is_empty() && !args.json {
+        eprintln!("tracer: no probe is attached on this host (by `tracer probe add`)");
+    }
+    Ok(out.flush()?)
+}
+
+fn rm(args: RmArgs) -> Result<()> {
+    if !(args.timeout > 0.0 && args.timeout.is_finite()) {
+        bail!("--timeout must be a positive number of seconds");
+    }
+    let entries = registry::active(std::path::Path::new(registry::DIR))?;
+    let chosen: Vec<&registry::Entry> = if args.all {
+        entries.iter().collect()
+    } else if let Some(pid) = args.pid {
+        let on: Vec<_> = entries.iter().filter(|e| e.pids.contains(&pid)).collect();
+        if on.is_empty() {
+            bail!(
+                "no probe of `tracer probe add` is attached to PID {pid} (`tracer probe active` \
+                 lists them; probes of `tracer agent --probe` go when the agent stops)"
+            );
+        }
+        on
+    } else {
+        let mut chosen = Vec::new();
+        for id in &args.ids {
+            match entries.iter().find(|e| e.id == *id) {
+                Some(e) => chosen.push(e),
+                None => {
+                    let known: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
+                    bail!(
+                        "no probe `{id}` is attached on this host ({}); `tracer probe active` \
+                         lists them",
+                        if known.is_empty() {
+                            "none is".to_string()
+                        } else {
+                            format!("attached: {}", known.join(", "))
+                        }
+                    );
+                }
+            }
+        }
+        chosen
+    };
+    let timeout = Duration::from_secs_f64(args.timeout);
+    for e in chosen {
+        registry::stop(e, timeout)?;
+        let pids: Vec<String> = e.pids.iter().map(u32::to_string).collect();
+        eprintln!(
+            "tracer: removed probe {} ({} on PID {})",
+            e.id,
+            e.specs.join(" "),
+            pids.join(",")
+        );
+    }
+    Ok(())
 }
 
 fn list(args: ListArgs) -> Result<()> {
@@ -252,7 +377,7 @@ async fn add(args: AddArgs) -> Result<()> {
     // One named process: any failure is an error. Several matched: a
     // process where a probe does not resolve keeps the others.
     let strict = args.pid.is_some();
-    let mut attached = 0;
+    let mut attached = Vec::new();
     for pid in &pids {
         match session.add_target(*pid, !strict) {
             Ok(report) => {
@@ -260,15 +385,27 @@ async fn add(args: AddArgs) -> Result<()> {
                     eprintln!("tracer: {note}");
                 }
                 eprintln!("tracer: attached {} site(s) to PID {pid}", report.sites);
-                attached += 1;
+                attached.push(*pid);
             }
             Err(e) if strict => return Err(e),
             Err(e) => eprintln!("tracer: PID {pid}: no probe attached: {e:#}"),
         }
     }
-    if attached == 0 {
+    if attached.is_empty() {
         bail!("no probe attached to any of PIDs {pids:?}");
     }
+    let record = format!("{:?}", args.record).to_lowercase();
+    let registration = registry::register(
+        std::path::Path::new(registry::DIR),
+        &attached,
+        &args.specs,
+        &record,
+        duration,
+    )?;
+    eprintln!(
+        "tracer: probe id {}: remove it from anywhere with `tracer probe rm {}`",
+        registration.id, registration.id
+    );
     let mut sink = StdoutSink::new(args.json);
     let (reason, totals) = session
         .run(
@@ -288,6 +425,7 @@ async fn add(args: AddArgs) -> Result<()> {
         }
     });
     sink.finish(&summary);
+    drop(registration);
     eprintln!(
         "tracer: detached ({reason}): {} hits, {} events, {} lost",
         totals.hits, totals.events, totals.lost
