@@ -7,9 +7,9 @@
 mod common;
 mod probe_common;
 
-use std::process::Command;
+use std::{process::Command, time::Duration};
 
-use common::{Proc, TempDir, require_root, wait_ready_line};
+use common::{Proc, TRACER, TempDir, require_root, wait_ready_line};
 use probe_common::{
     Bpftrace, ProbeRun, args_of, build_usdt_target, count_of, of_point, probe_add_error,
     probe_list, read_u16, verifier_insns,
@@ -393,4 +393,116 @@ fn the_target_exiting_ends_the_probe_with_final_counts() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(count_of(&events, "tracer_test:plain"), 77, "{events:#?}");
+}
+
+/// `tracer probe rm`, run from another process, detaches a running `probe
+/// add` (which ends cleanly with its counts) and lowers the semaphore;
+/// `tracer probe active` lists the probe only while it is attached; an
+/// unknown id or a PID with no probe is a clear error.
+#[test]
+fn rm_from_another_terminal_detaches_and_lowers_the_semaphore() {
+    if !require_root("rm_from_another_terminal_detaches_and_lowers_the_semaphore") {
+        return;
+    }
+    let mut t = Target::start();
+    let mut run = ProbeRun::start(t.pid(), &["usdt:tracer_gated:hit", "--ttl", "600"]);
+    let id_line = run
+        .proc
+        .stderr
+        .seen()
+        .iter()
+        .find(|l| l.starts_with("tracer: probe id "))
+        .cloned()
+        .expect("probe add prints its id");
+    let id = format!("p{}", run.proc.pid());
+    assert_eq!(
+        id_line,
+        format!("tracer: probe id {id}: remove it from anywhere with `tracer probe rm {id}`")
+    );
+    assert_eq!(t.semaphore(), 1, "semaphore while attached");
+    assert_eq!(t.run(100), 100);
+
+    let active = |args: &[&str]| {
+        let out = Command::new(TRACER)
+            .args(["probe", "active", "--json"])
+            .args(args)
+            .output()
+            .expect("running tracer probe active");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).expect("JSON"))
+            .filter(|v| v["id"] == id.as_str())
+            .collect::<Vec<_>>()
+    };
+    let listed = active(&[]);
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["pids"], serde_json::json!([t.pid()]));
+    assert_eq!(
+        listed[0]["specs"],
+        serde_json::json!(["usdt:tracer_gated:hit"])
+    );
+    assert_eq!(listed[0]["record"], "count");
+    assert!(listed[0]["expires_ms"].as_u64().is_some(), "{listed:?}");
+
+    let rm = |args: &[&str]| {
+        Command::new(TRACER)
+            .args(["probe", "rm"])
+            .args(args)
+            .output()
+            .expect("running tracer probe rm")
+    };
+    let unknown = rm(&["p1"]);
+    assert!(!unknown.status.success());
+    let err = String::from_utf8_lossy(&unknown.stderr);
+    assert!(
+        err.contains("no probe `p1` is attached on this host")
+            && err.contains("`tracer probe active` lists them"),
+        "{err}"
+    );
+    let none = rm(&["--pid", "1"]);
+    assert!(!none.status.success());
+    assert!(
+        String::from_utf8_lossy(&none.stderr)
+            .contains("no probe of `tracer probe add` is attached to PID 1"),
+        "{}",
+        String::from_utf8_lossy(&none.stderr)
+    );
+
+    let removed = rm(&["--pid", &t.pid().to_string()]);
+    assert!(
+        removed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&removed.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&removed.stderr),
+        format!(
+            "tracer: removed probe {id} (usdt:tracer_gated:hit on PID {})\n",
+            t.pid()
+        )
+    );
+    // rm returned once the session was gone: detached, semaphore lowered.
+    let status = run.proc.expect_exit(Duration::from_secs(5));
+    assert!(status.success(), "{}", run.proc.stderr.tail(20));
+    assert_eq!(t.semaphore(), 0, "semaphore after rm");
+    assert_eq!(t.run(10), 0, "points gated off after rm");
+    assert!(active(&[]).is_empty(), "not listed after rm");
+    run.proc.drain(Duration::from_secs(5));
+    let counted: u64 = run
+        .proc
+        .stdout
+        .as_ref()
+        .expect("stdout is piped")
+        .seen()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["point"] == "tracer_gated:hit")
+        .filter_map(|v| v["count"].as_u64())
+        .sum();
+    assert_eq!(counted, 100, "the final counts are reported on rm");
 }

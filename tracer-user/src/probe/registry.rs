@@ -126,7 +126,10 @@ pub fn active(dir: &Path) -> Result<Vec<Entry>> {
         let entry: Entry = match serde_json::from_slice(&text) {
             Ok(e) => e,
             Err(e) => {
-                log::warn!("{}: not a probe registration ({e}); removed", path.display());
+                log::warn!(
+                    "{}: not a probe registration ({e}); removed",
+                    path.display()
+                );
                 let _ = std::fs::remove_file(&path);
                 continue;
             }
