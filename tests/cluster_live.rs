@@ -32,8 +32,8 @@ use std::{
 };
 
 use cluster_common::{
-    HOSTS, Net, PORT, assert_each_once, http_events, line_counts, line_path, parse_events,
-    path_of, request, request_line_regex, service_js, traffic,
+    HOSTS, Net, PORT, assert_each_once, http_events, line_counts, line_path, parse_events, path_of,
+    request, request_line_regex, service_js, traffic,
 };
 use common::{NODE, Proc, TRACER, TempDir, require_root};
 use tracer_user::event::{Event, EventData, HttpSide};
