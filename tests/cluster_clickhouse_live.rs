@@ -50,7 +50,7 @@ use tracer_user::{
 const TOKEN: &str = "cluster-clickhouse-live-token-0123";
 /// How long events may take to reach the store once written: generous, as
 /// this bounds a failing test, not a passing one. After the outage each
-/// agent sends its spool one batch per round trip, and a ClickHouse ingest
+/// agent sends its spool (8 batches at a time), and a ClickHouse ingest
 /// round trip is 100-300 ms on a loaded 2-core box (docs/aggregator.md).
 const SETTLE: Duration = Duration::from_secs(180);
 /// Which aggregator each host's agent tries first (0: A1, 1: A2).
