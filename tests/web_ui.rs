@@ -470,4 +470,9 @@ fn demo_on_clickhouse_two_aggregators_two_shards() {
             "clickhouse-server on port {p} still runs after the demo ended"
         );
     }
+    // Its data stays in --dir for the next run, like the SQLite demo's.
+    for shard in ["shard-0", "shard-1"] {
+        let data = dir.path().join("demo/clickhouse").join(shard).join("data");
+        assert!(data.is_dir(), "{} is gone", data.display());
+    }
 }

@@ -222,8 +222,8 @@ fn start_aggregator(
         .with_context(|| format!("no address in {line:?}"))
 }
 
-/// Two clickhouse-server shards in `dir/clickhouse` (password in
-/// `dir/clickhouse-password`), and the aggregator flags for them.
+/// Two clickhouse-server shards in `dir/clickhouse/shard-{0,1}` (password
+/// in `dir/clickhouse-password`), and the aggregator flags for them.
 fn start_clickhouse(cluster: &mut Cluster, dir: &Path) -> Result<Vec<String>> {
     let password_file = dir.join("clickhouse-password");
     write_secret(&password_file)?;
@@ -235,7 +235,8 @@ fn start_clickhouse(cluster: &mut Cluster, dir: &Path) -> Result<Vec<String>> {
         "[demo] starting two clickhouse-server shards in {}",
         base.display()
     );
-    cluster.servers = Server::try_start_cluster(&base, "demo", 2, password.trim())
+    // Kept in --dir across runs, like the SQLite store.
+    cluster.servers = Server::try_start_cluster(&base, "shard", 2, password.trim(), true)
         .map_err(anyhow::Error::msg)
         .context("starting ClickHouse for --store clickhouse")?;
     let shards = Server::shard_urls(&cluster.servers);

@@ -30,14 +30,31 @@ pub struct Server {
     pub dir: PathBuf,
     /// The password of [`USER`].
     pub password: String,
+    /// Keep `dir` (its data) when dropped, and stop the server gently.
+    keep: bool,
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
         // It may be gone already (a test stopped it).
-        if let Some(c) = &mut self.child {
-            let _ = c.kill();
-            let _ = c.wait();
+        let Some(c) = &mut self.child else {
+            return;
+        };
+        if self.keep {
+            // SIGTERM: the server finishes what it writes (15 s at most).
+            // SAFETY: plain kill(2) on a child we started and not reaped.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let deadline = std::time::Instant::now() + Duration::from_secs(15);
+            while std::time::Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        if !self.keep {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
@@ -61,6 +78,7 @@ impl Server {
             free_port(),
             "",
             PASSWORD,
+            false,
         )
         .unwrap_or_else(|e| panic!("{e}"))
     }
@@ -69,18 +87,22 @@ impl Server {
     /// are all of them (one replica each): the first answers queries over
     /// `Distributed` tables. Their `Config` is [`Self::cluster_config`].
     pub fn start_cluster(tag: &str, n: usize) -> Vec<Self> {
-        Self::try_start_cluster(&std::env::temp_dir(), tag, n, PASSWORD)
+        Self::try_start_cluster(&std::env::temp_dir(), tag, n, PASSWORD, false)
             .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// [`Self::start_cluster`] with the servers' directories in `base`
     /// and `password` for [`USER`]; what went wrong if one does not start
-    /// (those started are stopped again).
+    /// (those started are stopped again). With `keep`, server `i` lives in
+    /// `base/TAG-i`, started again on the data a previous run left there,
+    /// and keeps it when dropped (the demo's store, like its SQLite file);
+    /// without, in a new directory removed when dropped.
     pub fn try_start_cluster(
         base: &Path,
         tag: &str,
         n: usize,
         password: &str,
+        keep: bool,
     ) -> Result<Vec<Self>, String> {
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
         let shards: String = ports
@@ -97,7 +119,15 @@ impl Server {
             .iter()
             .enumerate()
             .map(|(i, (http, tcp))| {
-                Self::try_start_with(base, &format!("{tag}-{i}"), *http, *tcp, &remote, password)
+                Self::try_start_with(
+                    base,
+                    &format!("{tag}-{i}"),
+                    *http,
+                    *tcp,
+                    &remote,
+                    password,
+                    keep,
+                )
             })
             .collect()
     }
@@ -127,6 +157,7 @@ impl Server {
         tcp_port: u16,
         extra: &str,
         password: &str,
+        keep: bool,
     ) -> Result<Self, String> {
         remove_stale_dirs();
         if !Path::new(SERVER).exists() {
@@ -135,11 +166,15 @@ impl Server {
                  (`apt-get install clickhouse-server`; `cargo xtask bootstrap` does)"
             ));
         }
-        let dir = base.join(format!(
-            "tracer-clickhouse-{tag}-{}-{}",
-            std::process::id(),
-            super::now_ns()
-        ));
+        let dir = if keep {
+            base.join(tag)
+        } else {
+            base.join(format!(
+                "tracer-clickhouse-{tag}-{}-{}",
+                std::process::id(),
+                super::now_ns()
+            ))
+        };
         let io = |what: &str, e: std::io::Error| format!("{what} in {}: {e}", dir.display());
         std::fs::create_dir_all(dir.join("data"))
             .map_err(|e| io("creating the server's directory", e))?;
@@ -191,6 +226,7 @@ impl Server {
             http_port,
             dir,
             password: password.into(),
+            keep,
         };
         server.try_wait_ready()?;
         Ok(server)
@@ -220,6 +256,7 @@ impl Server {
             http_port,
             dir,
             password: PASSWORD.into(),
+            keep: true,
         }
     }
 
