@@ -15,10 +15,11 @@
 //!   and each request's trace whole across the three hosts;
 //! - `tail -f` on each aggregator shows every line, also those ingested
 //!   through the other, once;
-//! - then, mid-traffic, A1 SIGKILLed and the second ClickHouse shard
-//!   stopped and started (its part of every insert fails meanwhile: the
-//!   agents spool): afterwards every line and every exchange is there
-//!   exactly once, through either aggregator.
+//! - then, mid-traffic, A1 SIGKILLed, the second ClickHouse shard stopped
+//!   (SIGKILL) for 8 s (its part of every insert fails meanwhile: the
+//!   agents spool) and started, then the first server (batch records,
+//!   every query) for 5 s: afterwards every line and every exchange is
+//!   there exactly once, through either aggregator.
 //!
 //! Needs root (BPF, network namespaces). Names `trc-c1-*`, subnet
 //! 10.79.1.0/24: it may run in parallel with `cluster_live`.
@@ -404,7 +405,7 @@ fn whole_chain() -> BTreeSet<(String, String)> {
 }
 
 #[test]
-fn two_aggregators_two_shards_skewed_clocks_kills_and_a_shard_restart() {
+fn two_aggregators_two_shards_skewed_clocks_then_kills_and_both_servers_restarted() {
     if !require_root("cluster_clickhouse_live") {
         return;
     }
@@ -555,7 +556,8 @@ fn two_aggregators_two_shards_skewed_clocks_kills_and_a_shard_restart() {
     assert_eq!(traced, N, "one gateway request per request sent");
 
     // Phase 2, mid-traffic: A1 SIGKILLed (h1 and h3 fail over to A2), then
-    // shard 2 stopped (every insert fails: the agents spool) and started.
+    // shard 2 stopped (every insert fails: the agents spool) and started,
+    // then server 1 the same.
     let tag = "chdown";
     // ~10 requests/s: every request is a batch per agent (the agents cut
     // a batch when no event came for 3 ms), and the spools fill with them
@@ -585,6 +587,16 @@ fn two_aggregators_two_shards_skewed_clocks_kills_and_a_shard_restart() {
         })
         .collect();
     eprintln!("cluster_clickhouse_live: shard 2 back; batches in the agents' spools: {spooled:?}");
+    thread::sleep(Duration::from_secs(2));
+    // The first server too (it holds the batch records and answers every
+    // query): ingest and queries fail until it is back.
+    cluster.servers[0].kill();
+    eprintln!(
+        "cluster_clickhouse_live: server 1 stopped after {} requests; down for 5 s",
+        sender.answered()
+    );
+    thread::sleep(Duration::from_secs(5));
+    cluster.servers[0].restart();
     thread::sleep(Duration::from_secs(2));
     cluster.restart_aggregator(0);
     thread::sleep(Duration::from_secs(3));
