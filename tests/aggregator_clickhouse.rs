@@ -18,7 +18,10 @@ use std::{
 
 use aggregator_common::{Aggregator, TRACER, TempDir, auth, http, try_http};
 use tracer_user::{
-    aggregator::clickhouse::test_server::{PASSWORD, Server, USER, free_port},
+    aggregator::clickhouse::{
+        SCHEMA_VERSION,
+        test_server::{PASSWORD, Server, USER, free_port},
+    },
     event::{Event, EventData, StreamName},
 };
 
@@ -237,12 +240,14 @@ fn bad_store_settings_are_clear_errors() {
         msg.contains("refused us") && msg.contains("--clickhouse-password-file"),
         "{msg}"
     );
-    let msg = run(
-        &format!("clickhouse://127.0.0.1:{}/tracer", free_port()),
-        &wrong,
-    );
+    // Nothing listens there: the message names the URL and what to check.
+    let port = free_port();
+    let msg = run(&format!("clickhouse://127.0.0.1:{port}/tracer"), &wrong);
     assert!(
-        msg.contains("cannot reach ClickHouse") && msg.contains("is it running"),
+        msg.contains(&format!(
+            "cannot reach ClickHouse at http://127.0.0.1:{port}"
+        )) && msg.contains("is it running")
+            && msg.contains("--store"),
         "{msg}"
     );
     let msg = run("clickhouse://127.0.0.1:1/bad-name", &wrong);
@@ -297,4 +302,125 @@ fn the_forwarder_fails_over_to_the_next_aggregator() {
     let all = texts(live.addr, "/v1/events?since=0");
     let want: Vec<String> = (0..300).map(|i| format!("agent-1:line {i}")).collect();
     assert_eq!(all, want);
+}
+
+/// A database written by a newer tracer (schema version above this one's):
+/// the aggregator refuses to start, names both versions and the way out,
+/// and leaves the database alone.
+#[test]
+fn a_newer_schema_version_stops_the_start() {
+    let server = Server::start("schema");
+    let dir = TempDir::new("clickhouse-schema");
+    let token = dir.token_file();
+    let password = dir.path().join("ch-password");
+    std::fs::write(&password, PASSWORD).unwrap();
+    let url = format!("clickhouse://127.0.0.1:{}/tracer", server.http_port);
+    let args = store_args(&url, &password, &token);
+    // A first start creates the tables and records this version.
+    drop(Aggregator::start_with(&args));
+    let newer = SCHEMA_VERSION + 1;
+    let sql = |q: &str| {
+        let ch: SocketAddr = format!("127.0.0.1:{}", server.http_port).parse().unwrap();
+        let (status, body) = http(
+            ch,
+            "POST",
+            "/",
+            &[("X-ClickHouse-User", USER), ("X-ClickHouse-Key", PASSWORD)],
+            q.as_bytes(),
+        );
+        assert_eq!(status, 200, "{q}: {body}");
+        body
+    };
+    sql(&format!(
+        "INSERT INTO tracer.schema_version (version, applied_ns) VALUES ({newer}, 0)"
+    ));
+    let out = Command::new(TRACER)
+        .args(["aggregator", "--listen", "127.0.0.1:0"])
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        msg.contains(&format!("schema version {newer}"))
+            && msg.contains(&format!("knows up to {SCHEMA_VERSION}"))
+            && msg.contains("upgrade tracer"),
+        "{msg}"
+    );
+    // Left as it was: both versions still recorded, nothing dropped.
+    assert_eq!(sql("SELECT count() FROM tracer.schema_version").trim(), "2");
+}
+
+/// ClickHouse lost while an agent's forwarder sends: the aggregator
+/// answers 500, the forwarder keeps its batches (in its spool) and sends
+/// them once the server is back; every event arrives, once.
+#[test]
+fn clickhouse_lost_mid_run_the_agent_spools_and_nothing_is_lost() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut server = Server::start("lost");
+    let dir = TempDir::new("clickhouse-lost");
+    let token = dir.token_file();
+    let password = dir.path().join("ch-password");
+    std::fs::write(&password, PASSWORD).unwrap();
+    let url = format!("clickhouse://127.0.0.1:{}/tracer", server.http_port);
+    let agg = Aggregator::start_with(&store_args(&url, &password, &token));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let count = |addr| texts(addr, "/v1/events?since=0").len();
+    rt.block_on(async {
+        let (handle, task) = tracer_user::forward::start(
+            tracer_user::forward::ForwardConfig {
+                url: agg.url(),
+                token: aggregator_common::TOKEN.into(),
+                host: "agent-1".into(),
+                spool_dir: dir.path().join("spool"),
+                spool_max_bytes: 1 << 30,
+                ca_cert: None,
+                client_cert: None,
+            },
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        let t0 = now_ns();
+        for i in 0..200 {
+            handle.push(&log("agent-1", t0 + i, &format!("before {i}")));
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while count(agg.addr) < 200 {
+            assert!(Instant::now() < deadline, "the first 200 did not arrive");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        server.kill();
+        let acked = handle.stats.acked_batches.load(Relaxed);
+        for i in 0..200 {
+            handle.push(&log("agent-1", t0 + 1000 + i, &format!("during {i}")));
+            if i % 50 == 49 {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(
+            handle.stats.acked_batches.load(Relaxed),
+            acked,
+            "nothing is acknowledged while ClickHouse is down"
+        );
+        let spooled = std::fs::read_dir(dir.path().join("spool"))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".zst"))
+            })
+            .count();
+        assert!(spooled > 0, "the batches wait in the spool");
+        server.restart();
+        let stats = handle.stats.clone();
+        drop(handle);
+        task.await.unwrap();
+        assert_eq!(stats.queue_dropped.load(Relaxed), 0);
+        assert_eq!(stats.spool_dropped.load(Relaxed), 0);
+    });
+    let want: Vec<String> = (0..200)
+        .map(|i| format!("agent-1:before {i}"))
+        .chain((0..200).map(|i| format!("agent-1:during {i}")))
+        .collect();
+    assert_eq!(texts(agg.addr, "/v1/events?since=0"), want);
 }

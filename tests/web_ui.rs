@@ -18,6 +18,9 @@
 //! log line is displayed literally and never runs. Screenshots go to
 //! `target/test-artifacts/web-ui/`.
 //!
+//! Also `tracer demo --store clickhouse` (no browser): its two aggregators
+//! both answer, and the events are in its two ClickHouse shards.
+//!
 //! Needs root (the demo loads BPF programs and creates namespaces), the
 //! npm registry (once) and the `chromium` package (`cargo xtask bootstrap`).
 
@@ -212,11 +215,16 @@ fn dechunk(mut body: &str) -> String {
     out
 }
 
+/// The demo's namespaces, bridge and metrics ports have fixed names: one
+/// demo at a time.
+static ONE_DEMO: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn web_ui_in_chromium_against_the_demo() {
     if !require_root("web_ui") {
         return;
     }
+    let _one = ONE_DEMO.lock().unwrap_or_else(|e| e.into_inner());
     assert!(
         Path::new(CHROMIUM).is_file(),
         "{CHROMIUM} is missing: install the `chromium` package (cargo xtask bootstrap does)"
@@ -327,4 +335,151 @@ fn web_ui_in_chromium_against_the_demo() {
     }
     drop(demo);
     eprintln!("web_ui: screenshots in {}", artifacts.display());
+}
+
+/// A query on a ClickHouse server's HTTP port; its answer, trimmed.
+fn clickhouse(port: u16, password: &str, query: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut s =
+        std::net::TcpStream::connect(("127.0.0.1", port)).expect("connecting to ClickHouse");
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok();
+    write!(
+        s,
+        "POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nX-ClickHouse-User: tracer\r\n\
+         X-ClickHouse-Key: {password}\r\nContent-Length: {}\r\n\r\n{query}",
+        query.len()
+    )
+    .expect("sending a query");
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).expect("reading the answer");
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    assert!(head.starts_with("HTTP/1.1 200"), "{query}: {head}\n{body}");
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    body.trim().to_string()
+}
+
+/// `tracer demo --store clickhouse`: two aggregators on two shards the
+/// demo starts itself; traffic through all three hops is answered by
+/// both aggregators and lies in ClickHouse; SIGTERM stops the servers too.
+#[test]
+fn demo_on_clickhouse_two_aggregators_two_shards() {
+    if !require_root("web_ui") {
+        return;
+    }
+    let _one = ONE_DEMO.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = TempDir::new("demo-clickhouse");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut cmd = Command::new(TRACER);
+    cmd.args(["demo", "--store", "clickhouse", "--listen", &addr])
+        .args(["--interval-ms", "100", "--dir"])
+        .arg(dir.path().join("demo"))
+        .stdout(Stdio::null());
+    let mut demo = Demo(Proc::spawn("tracer demo --store clickhouse", cmd, false));
+    // `[demo] store: ClickHouse, 2 shards (HTTP ports P1, P2); aggregators
+    // http://A and http://B`
+    let line = demo
+        .0
+        .stderr
+        .wait_for("the ClickHouse store line", DEMO_READY_TIMEOUT, |l| {
+            l.starts_with("[demo] store: ClickHouse")
+        });
+    let ports: Vec<u16> = line
+        .split("HTTP ports ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .expect("the shards' ports")
+        .split(", ")
+        .map(|p| p.parse().expect("a port"))
+        .collect();
+    assert_eq!(ports.len(), 2, "{line}");
+    let aggregators: Vec<String> = line
+        .split("http://")
+        .skip(1)
+        .map(|a| a.split_whitespace().next().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        aggregators,
+        [addr.clone(), aggregators[1].clone()],
+        "{line}"
+    );
+    demo.0
+        .stderr
+        .wait_for("the web UI URL", DEMO_READY_TIMEOUT, |l| {
+            l.contains("[demo] web UI: ")
+        });
+    let token = std::fs::read_to_string(dir.path().join("demo/token")).expect("the demo's token");
+    let token = token.trim();
+    let password = std::fs::read_to_string(dir.path().join("demo/clickhouse-password"))
+        .expect("the demo's ClickHouse password");
+    let password = password.trim();
+
+    // Traffic through all three hops, answered by both aggregators.
+    let deadline = Instant::now() + TRAFFIC_TIMEOUT;
+    for agg in &aggregators {
+        loop {
+            let counts: Vec<u64> = ["gateway", "api", "store"]
+                .iter()
+                .map(|name| {
+                    let body = get(agg, token, &format!("/v1/grep?count=1&re=%5E{name}%20%23"));
+                    let v: serde_json::Value = serde_json::from_str(&body).expect("a count");
+                    v["count"].as_u64().unwrap_or(0)
+                })
+                .collect();
+            if counts.iter().all(|&c| c >= 20) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no traffic through all three hops on {agg} within {TRAFFIC_TIMEOUT:?} \
+                 (log lines per hop: {counts:?}); demo stderr:\n{}",
+                demo.0.stderr.tail(30)
+            );
+            thread::sleep(Duration::from_millis(500));
+        }
+    }
+    // In ClickHouse: every host's events, spread over the two shards'
+    // local tables (their sum is what the Distributed table holds).
+    let hosts = clickhouse(
+        ports[0],
+        password,
+        "SELECT DISTINCT host FROM tracer.events ORDER BY host FORMAT TSV",
+    );
+    assert_eq!(hosts.lines().collect::<Vec<_>>(), ["h1", "h2", "h3"]);
+    let local: Vec<u64> = ports
+        .iter()
+        .map(|p| {
+            clickhouse(*p, password, "SELECT count() FROM tracer.events_local")
+                .parse()
+                .expect("a count")
+        })
+        .collect();
+    eprintln!("web_ui: the demo's ClickHouse shards hold {local:?} event rows");
+    assert!(local.iter().sum::<u64>() > 0);
+
+    // SIGTERM: the demo stops everything, ClickHouse too.
+    demo.0.signal(libc::SIGTERM);
+    let status = demo
+        .0
+        .wait_exit(Duration::from_secs(60))
+        .expect("the demo exits after SIGTERM");
+    assert!(status.success(), "{status}: {}", demo.0.stderr.tail(20));
+    for p in ports {
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", p)).is_err(),
+            "clickhouse-server on port {p} still runs after the demo ended"
+        );
+    }
+    // Its data stays in --dir for the next run, like the SQLite demo's.
+    for shard in ["shard-0", "shard-1"] {
+        let data = dir.path().join("demo/clickhouse").join(shard).join("data");
+        assert!(data.is_dir(), "{} is gone", data.display());
+    }
 }

@@ -2,19 +2,25 @@
 //!
 //! Each "host" is a network namespace joined to a bridge by a veth pair and
 //! runs one node service of a gateway -> api -> store chain. One agent per
-//! host (scoped with `--netns`) forwards to one aggregator; a traffic
-//! generator calls the gateway. Everything it creates is named `trc-demo*`
+//! host (scoped with `--netns`) forwards to one aggregator (SQLite), or,
+//! with `--store clickhouse`, to two aggregators on two local
+//! clickhouse-server shards the demo starts in its directory (h1 and h3
+//! send to the first, h2 to the second, each failing over to the other);
+//! a traffic generator calls the gateway. Everything it creates is named `trc-demo*`
 //! and removed on exit — also what a crashed earlier run left behind, at
 //! start. Traffic stays inside the namespaces and the bridge it creates.
 
 use std::{
+    net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::Duration,
 };
 
 use anyhow::{Context as _, Result, bail};
-use clap::Args;
+use clap::{Args, ValueEnum};
+
+use crate::aggregator::clickhouse::local_server::{self, Server};
 
 const BRIDGE: &str = "trc-demo-br";
 const SUBNET: &str = "10.77.0";
@@ -36,11 +42,31 @@ pub struct DemoArgs {
     /// Milliseconds between requests of the traffic generator.
     #[arg(long, default_value_t = 200)]
     pub interval_ms: u64,
+    /// Where events are stored: `sqlite` (one aggregator, a file in
+    /// --dir) or `clickhouse` (two aggregators on a ClickHouse cluster of
+    /// two shards: clickhouse-server processes the demo starts in --dir,
+    /// on free loopback ports; needs Debian's clickhouse-server package).
+    /// The second aggregator listens on a free port, printed at start.
+    #[arg(long, value_enum, default_value_t = DemoStore::Sqlite)]
+    pub store: DemoStore,
 }
+
+/// The demo's store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DemoStore {
+    Sqlite,
+    Clickhouse,
+}
+
+/// The ClickHouse database the demo's aggregators use.
+const DATABASE: &str = "tracer";
 
 /// Processes and network objects to remove when the demo ends.
 struct Cluster {
     children: Vec<(String, Child)>,
+    /// ClickHouse shards (`--store clickhouse`), stopped after everything
+    /// else (fields drop after `drop` ran).
+    servers: Vec<Server>,
 }
 
 impl Drop for Cluster {
@@ -129,26 +155,126 @@ fn host_addr(i: usize) -> String {
     format!("{SUBNET}.{}", 11 + i)
 }
 
+/// Writes a new random secret to `path` (mode 0600) unless it exists.
+fn write_secret(path: &Path) -> Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    if path.exists() {
+        return Ok(());
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(uuid::Uuid::new_v4().to_string().as_bytes()))
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Starts `tracer aggregator --listen LISTEN STORE_ARGS` and waits for the
+/// address it listens on (it prints it). Its warnings and errors are
+/// shown with `name` in front.
+fn start_aggregator(
+    cluster: &mut Cluster,
+    exe: &Path,
+    name: &str,
+    listen: &str,
+    token_file: &Path,
+    store_args: &[String],
+) -> Result<SocketAddr> {
+    use std::io::BufRead as _;
+    spawn(
+        cluster,
+        name,
+        Command::new(exe)
+            .args(["aggregator", "--listen", listen, "--token-file"])
+            .arg(token_file)
+            .args(store_args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    )?;
+    let stderr = cluster
+        .children
+        .last_mut()
+        .and_then(|(_, c)| c.stderr.take())
+        .context("aggregator stderr")?;
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let label = name.to_string();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("listening on http://") {
+                let _ = tx.send(line);
+            } else if line.contains("error") || line.contains("warning") {
+                eprintln!("[demo] {label}: {line}");
+            }
+        }
+    });
+    let line = rx.recv_timeout(Duration::from_secs(60)).with_context(|| {
+        format!("the {name} did not start listening within 60 s (see its error above)")
+    })?;
+    line.split("http://")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .with_context(|| format!("no address in {line:?}"))
+}
+
+/// Two clickhouse-server shards in `dir/clickhouse/shard-{0,1}` (password
+/// in `dir/clickhouse-password`), and the aggregator flags for them.
+fn start_clickhouse(cluster: &mut Cluster, dir: &Path) -> Result<Vec<String>> {
+    let password_file = dir.join("clickhouse-password");
+    write_secret(&password_file)?;
+    let password = std::fs::read_to_string(&password_file)
+        .with_context(|| format!("reading {}", password_file.display()))?;
+    let base = dir.join("clickhouse");
+    std::fs::create_dir_all(&base).with_context(|| format!("creating {}", base.display()))?;
+    eprintln!(
+        "[demo] starting two clickhouse-server shards in {}",
+        base.display()
+    );
+    // Kept in --dir across runs, like the SQLite store.
+    cluster.servers = Server::try_start_cluster(&base, "shard", 2, password.trim(), true)
+        .map_err(anyhow::Error::msg)
+        .context("starting ClickHouse for --store clickhouse")?;
+    let shards = Server::shard_urls(&cluster.servers);
+    Ok(vec![
+        "--store".into(),
+        format!(
+            "clickhouse://127.0.0.1:{}/{DATABASE}",
+            cluster.servers[0].http_port
+        ),
+        "--clickhouse-user".into(),
+        local_server::USER.into(),
+        "--clickhouse-password-file".into(),
+        password_file.display().to_string(),
+        "--clickhouse-cluster".into(),
+        local_server::CLUSTER.into(),
+        "--clickhouse-shards".into(),
+        shards.join(","),
+    ])
+}
+
 pub async fn run(args: DemoArgs) -> Result<()> {
     crate::capture::preflight::check_privileges()?;
     let dir = match &args.dir {
         Some(d) => d.clone(),
         None => std::env::temp_dir().join("tracer-demo"),
     };
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let token_file = dir.join("token");
-    if !token_file.exists() {
-        use std::io::Write as _;
-        use std::os::unix::fs::OpenOptionsExt as _;
-        // The ingest token is a secret: only root reads it.
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&token_file)
-            .and_then(|mut f| f.write_all(uuid::Uuid::new_v4().to_string().as_bytes()))
-            .with_context(|| format!("writing {}", token_file.display()))?;
+    if args.store == DemoStore::Clickhouse && !Path::new(local_server::SERVER).exists() {
+        bail!(
+            "--store clickhouse needs {} (Debian's clickhouse-server package: \
+             `apt-get install clickhouse-server`; the demo starts its own servers, \
+             no system service)",
+            local_server::SERVER
+        );
     }
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    // The ingest token is a secret: only root reads it.
+    let token_file = dir.join("token");
+    write_secret(&token_file)?;
     let service_js = dir.join("demo-service.js");
     std::fs::write(&service_js, SERVICE_JS)?;
     let traffic_js = dir.join("demo-traffic.js");
@@ -161,18 +287,47 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     setup_network()?;
     let mut cluster = Cluster {
         children: Vec::new(),
+        servers: Vec::new(),
     };
-    let aggregator_url = format!("http://{}", args.listen);
-    spawn(
+    let store_args = match args.store {
+        DemoStore::Sqlite => vec!["--data".into(), dir.join("data").display().to_string()],
+        DemoStore::Clickhouse => start_clickhouse(&mut cluster, &dir)?,
+    };
+    let first = start_aggregator(
         &mut cluster,
+        &exe,
         "aggregator",
-        Command::new(&exe)
-            .args(["aggregator", "--listen", &args.listen, "--data"])
-            .arg(dir.join("data"))
-            .arg("--token-file")
-            .arg(&token_file)
-            .stdout(Stdio::null()),
+        &args.listen,
+        &token_file,
+        &store_args,
     )?;
+    // On ClickHouse a second aggregator on the same store: h2's agent
+    // sends to it first, h1's and h3's to the first one.
+    let urls: Vec<String> = match args.store {
+        DemoStore::Sqlite => vec![format!("http://{first}"); HOSTS.len()],
+        DemoStore::Clickhouse => {
+            let second = start_aggregator(
+                &mut cluster,
+                &exe,
+                "second aggregator",
+                "127.0.0.1:0",
+                &token_file,
+                &store_args,
+            )?;
+            eprintln!(
+                "[demo] store: ClickHouse, 2 shards (HTTP ports {}); aggregators http://{first} \
+                 and http://{second}",
+                cluster
+                    .servers
+                    .iter()
+                    .map(|s| s.http_port.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            let (a, b) = (format!("http://{first}"), format!("http://{second}"));
+            vec![format!("{a},{b}"), format!("{b},{a}"), format!("{a},{b}")]
+        }
+    };
     // Agents first, so the services are traced from their first request.
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<String>();
     for (i, (_, host)) in HOSTS.iter().enumerate() {
@@ -182,7 +337,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             &format!("agent {host}"),
             Command::new(&exe)
                 .args(["agent", "--quiet", "--host", host, "--netns", &ns_path])
-                .args(["--aggregator", &aggregator_url, "--token-file"])
+                .args(["--aggregator", &urls[i], "--token-file"])
                 .arg(&token_file)
                 .arg("--spool")
                 .arg(dir.join(format!("spool-{host}")))
@@ -232,7 +387,18 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         .iter()
         .find(|(name, _)| name == "api")
         .map(|(_, c)| c.id());
-    print_help(&exe, &args.listen, &token_file, api_pid);
+    print_help(&exe, &first.to_string(), &token_file, api_pid);
+    if let Some(s) = cluster.servers.first() {
+        eprintln!(
+            "[demo] ClickHouse itself (the events of both shards):\n\
+             \x20   curl -s -H 'X-ClickHouse-User: {user}' -H \"X-ClickHouse-Key: $(cat {pw})\" \
+             http://127.0.0.1:{port}/ --data-binary \
+             'SELECT host, count() FROM {DATABASE}.events GROUP BY host ORDER BY host'\n",
+            user = local_server::USER,
+            pw = dir.join("clickhouse-password").display(),
+            port = s.http_port,
+        );
+    }
 
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -240,7 +406,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         _ = sigint.recv() => {}
         _ = sigterm.recv() => {}
     }
-    eprintln!("[demo] stopping: services, agents, aggregator, then the namespaces");
+    eprintln!("[demo] stopping: services, agents, aggregators, the namespaces, ClickHouse");
     drop(cluster);
     eprintln!("[demo] cleaned up");
     Ok(())

@@ -5,7 +5,8 @@
 //! Files: `schema.rs` (tables, versions), `sql.rs` (literals, filters, the
 //! regex prefilter), `ids.rs` (event ids without a shared counter),
 //! `rowbinary.rs` (insert bodies), `stitch.rs` (clock offsets after
-//! ingest, traces at query time), `tests.rs` (the conformance suite on a
+//! ingest, traces at query time), `local_server.rs` (a clickhouse-server of
+//! our own, for tests and `tracer demo`), `tests.rs` (the conformance suite on a
 //! ClickHouse server the test starts, and every statement checked on a
 //! current ClickHouse through chdb).
 //!
@@ -34,12 +35,13 @@
 //! - **Ids** come from each aggregator's clock (`ids.rs`), not a counter.
 
 mod ids;
+pub mod local_server;
 mod rowbinary;
 mod schema;
 mod sql;
 mod stitch;
 #[doc(hidden)]
-pub mod test_server;
+pub use self::local_server as test_server;
 #[cfg(test)]
 mod tests;
 
@@ -298,7 +300,8 @@ impl ClickhouseStore {
             .fetch::<Count>("SELECT toUInt64(1) AS n")
             .map_err(|e| match e {
                 StoreError::Unavailable { message, .. } => StoreError::Open(format!(
-                    "cannot reach ClickHouse at {} ({message}); is it running?",
+                    "cannot reach ClickHouse at {} ({message}); is it running, and does --store \
+                     name its HTTP port (8123 by default)?",
                     config.url
                 )),
                 StoreError::Backend { message, .. } => StoreError::Open(format!(

@@ -1,7 +1,10 @@
-//! A clickhouse-server of a test's own (Debian's 18.16, `cargo xtask
-//! bootstrap` installs it): its own temporary directory, config, user and
-//! free loopback ports; no system service. Used by the store's unit tests
-//! and by the integration tests of the aggregator binary on ClickHouse.
+//! A clickhouse-server of our own (Debian's 18.16, `cargo xtask bootstrap`
+//! installs it): its own directory, config, user and free loopback ports;
+//! no system service. Used by the store's unit tests, the integration
+//! tests of the aggregator binary on ClickHouse, and `tracer demo --store
+//! clickhouse` (two of them as two shards, in the demo's directory). The
+//! `start*` functions panic with the reason (for tests); `try_start*`
+//! return it.
 
 use std::{
     net::TcpListener,
@@ -13,26 +16,45 @@ use std::{
 
 use super::Config;
 
-const SERVER: &str = "/usr/sbin/clickhouse-server";
+pub const SERVER: &str = "/usr/sbin/clickhouse-server";
 pub const USER: &str = "tracer";
 pub const PASSWORD: &str = "tracer-test-password";
 /// The cluster name in [`Server::start_cluster`]'s configs.
 pub const CLUSTER: &str = "tracer_test";
 
-/// A clickhouse-server of the test's own.
+/// A clickhouse-server of our own.
 pub struct Server {
     /// None for a handle to a server another owner runs.
     child: Option<Child>,
     pub http_port: u16,
     pub dir: PathBuf,
+    /// The password of [`USER`].
+    pub password: String,
+    /// Keep `dir` (its data) when dropped, and stop the server gently.
+    keep: bool,
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
         // It may be gone already (a test stopped it).
-        if let Some(c) = &mut self.child {
-            let _ = c.kill();
-            let _ = c.wait();
+        let Some(c) = &mut self.child else {
+            return;
+        };
+        if self.keep {
+            // SIGTERM: the server finishes what it writes (15 s at most).
+            // SAFETY: plain kill(2) on a child we started and not reaped.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let deadline = std::time::Instant::now() + Duration::from_secs(15);
+            while std::time::Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        if !self.keep {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
@@ -49,20 +71,46 @@ impl Server {
     /// Starts a server in a new temporary directory and waits until it
     /// answers.
     pub fn start(tag: &str) -> Self {
-        Self::start_with(tag, free_port(), free_port(), "")
+        Self::try_start_with(
+            &std::env::temp_dir(),
+            tag,
+            free_port(),
+            free_port(),
+            "",
+            PASSWORD,
+            false,
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// `n` servers, each configured with cluster `tracer_test` whose shards
     /// are all of them (one replica each): the first answers queries over
     /// `Distributed` tables. Their `Config` is [`Self::cluster_config`].
     pub fn start_cluster(tag: &str, n: usize) -> Vec<Self> {
+        Self::try_start_cluster(&std::env::temp_dir(), tag, n, PASSWORD, false)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Self::start_cluster`] with the servers' directories in `base`
+    /// and `password` for [`USER`]; what went wrong if one does not start
+    /// (those started are stopped again). With `keep`, server `i` lives in
+    /// `base/TAG-i`, started again on the data a previous run left there,
+    /// and keeps it when dropped (the demo's store, like its SQLite file);
+    /// without, in a new directory removed when dropped.
+    pub fn try_start_cluster(
+        base: &Path,
+        tag: &str,
+        n: usize,
+        password: &str,
+        keep: bool,
+    ) -> Result<Vec<Self>, String> {
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
         let shards: String = ports
             .iter()
             .map(|(_, tcp)| {
                 format!(
                     "<shard><replica><host>127.0.0.1</host><port>{tcp}</port>\
-                     <user>{USER}</user><password>{PASSWORD}</password></replica></shard>"
+                     <user>{USER}</user><password>{password}</password></replica></shard>"
                 )
             })
             .collect();
@@ -70,7 +118,17 @@ impl Server {
         ports
             .iter()
             .enumerate()
-            .map(|(i, (http, tcp))| Self::start_with(&format!("{tag}-{i}"), *http, *tcp, &remote))
+            .map(|(i, (http, tcp))| {
+                Self::try_start_with(
+                    base,
+                    &format!("{tag}-{i}"),
+                    *http,
+                    *tcp,
+                    &remote,
+                    password,
+                    keep,
+                )
+            })
             .collect()
     }
 
@@ -79,27 +137,47 @@ impl Server {
     pub fn cluster_config(servers: &[Self], database: &str) -> Config {
         Config {
             cluster: Some(CLUSTER.into()),
-            shards: servers
-                .iter()
-                .map(|s| format!("http://127.0.0.1:{}", s.http_port))
-                .collect(),
+            shards: Self::shard_urls(servers),
             ..servers[0].config(database)
         }
     }
 
-    fn start_with(tag: &str, http_port: u16, tcp_port: u16, extra: &str) -> Self {
+    /// The HTTP URLs of `servers`, for `--clickhouse-shards`.
+    pub fn shard_urls(servers: &[Self]) -> Vec<String> {
+        servers
+            .iter()
+            .map(|s| format!("http://127.0.0.1:{}", s.http_port))
+            .collect()
+    }
+
+    fn try_start_with(
+        base: &Path,
+        tag: &str,
+        http_port: u16,
+        tcp_port: u16,
+        extra: &str,
+        password: &str,
+        keep: bool,
+    ) -> Result<Self, String> {
         remove_stale_dirs();
-        assert!(
-            Path::new(SERVER).exists(),
-            "{SERVER} is missing: run `cargo xtask bootstrap` (it installs Debian's \
-             clickhouse-server package)"
-        );
-        let dir = std::env::temp_dir().join(format!(
-            "tracer-clickhouse-{tag}-{}-{}",
-            std::process::id(),
-            super::now_ns()
-        ));
-        std::fs::create_dir_all(dir.join("data")).expect("creating the server's directory");
+        if !Path::new(SERVER).exists() {
+            return Err(format!(
+                "{SERVER} is missing: install Debian's clickhouse-server package \
+                 (`apt-get install clickhouse-server`; `cargo xtask bootstrap` does)"
+            ));
+        }
+        let dir = if keep {
+            base.join(tag)
+        } else {
+            base.join(format!(
+                "tracer-clickhouse-{tag}-{}-{}",
+                std::process::id(),
+                super::now_ns()
+            ))
+        };
+        let io = |what: &str, e: std::io::Error| format!("{what} in {}: {e}", dir.display());
+        std::fs::create_dir_all(dir.join("data"))
+            .map_err(|e| io("creating the server's directory", e))?;
         let d = dir.display();
         std::fs::write(
             dir.join("config.xml"),
@@ -122,7 +200,7 @@ impl Server {
 "#
             ),
         )
-        .expect("writing config.xml");
+        .map_err(|e| io("writing config.xml", e))?;
         std::fs::write(
             dir.join("users.xml"),
             format!(
@@ -131,7 +209,7 @@ impl Server {
     <profiles><default><max_memory_usage>2000000000</max_memory_usage></default></profiles>
     <users>
         <{USER}>
-            <password>{PASSWORD}</password>
+            <password>{password}</password>
             <networks><ip>127.0.0.1</ip></networks>
             <profile>default</profile>
             <quota>default</quota>
@@ -142,26 +220,32 @@ impl Server {
 "#
             ),
         )
-        .expect("writing users.xml");
+        .map_err(|e| io("writing users.xml", e))?;
         let server = Self {
-            child: Some(spawn(&dir)),
+            child: Some(spawn(&dir)?),
             http_port,
             dir,
+            password: password.into(),
+            keep,
         };
-        server.wait_ready();
-        server
+        server.try_wait_ready()?;
+        Ok(server)
     }
 
-    fn wait_ready(&self) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    fn try_wait_ready(&self) -> Result<(), String> {
+        // Generous: a loaded 2-core machine takes seconds to start it.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
         while std::net::TcpStream::connect(("127.0.0.1", self.http_port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "clickhouse-server did not listen within 30 s; see {}",
-                self.dir.join("error.log").display()
-            );
+            if std::time::Instant::now() > deadline {
+                return Err(format!(
+                    "clickhouse-server did not listen on port {} within 60 s; see {}",
+                    self.http_port,
+                    self.dir.join("error.log").display()
+                ));
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
+        Ok(())
     }
 
     /// A handle to a server another owner runs (nothing is stopped when
@@ -171,6 +255,8 @@ impl Server {
             child: None,
             http_port,
             dir,
+            password: PASSWORD.into(),
+            keep: true,
         }
     }
 
@@ -185,14 +271,14 @@ impl Server {
     /// Starts it again on the same directory and ports.
     pub fn restart(&mut self) {
         self.kill();
-        self.child = Some(spawn(&self.dir));
-        self.wait_ready();
+        self.child = Some(spawn(&self.dir).unwrap_or_else(|e| panic!("{e}")));
+        self.try_wait_ready().unwrap_or_else(|e| panic!("{e}"));
     }
 
     pub fn config(&self, database: &str) -> Config {
         Config {
             user: Some(USER.into()),
-            password: Some(PASSWORD.into()),
+            password: Some(self.password.clone()),
             ..Config::parse(&format!(
                 "clickhouse://127.0.0.1:{}/{database}",
                 self.http_port
@@ -226,7 +312,7 @@ fn remove_stale_dirs() {
 }
 
 /// Runs clickhouse-server on the config in `dir`.
-fn spawn(dir: &Path) -> Child {
+fn spawn(dir: &Path) -> Result<Child, String> {
     let mut cmd = Command::new(SERVER);
     cmd.arg(format!("--config-file={}/config.xml", dir.display()))
         .current_dir(dir)
@@ -235,13 +321,13 @@ fn spawn(dir: &Path) -> Child {
         .stderr(Stdio::null());
     // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and only asks
     // the kernel to kill the server when the thread that started it ends,
-    // so a test's server never outlives the test.
+    // so a test's server never outlives the test (and the demo's, started
+    // from its main thread, never outlives the demo).
     unsafe {
         cmd.pre_exec(|| {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
             Ok(())
         });
     }
-    cmd.spawn()
-        .unwrap_or_else(|e| panic!("starting {SERVER}: {e}"))
+    cmd.spawn().map_err(|e| format!("starting {SERVER}: {e}"))
 }
