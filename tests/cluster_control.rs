@@ -685,3 +685,137 @@ fn one_command_adds_a_logpoint_on_two_hosts_audited_and_refused_where_it_must() 
         assert!(p.try_status().is_none(), "the service on {host} exited");
     }
 }
+
+/// An aggregator on loopback with `args` added; returns it and its address.
+fn aggregator(dir: &Path, extra: &[&str]) -> (Proc, SocketAddr) {
+    let mut cmd = Command::new(TRACER);
+    cmd.args(["aggregator", "--listen", "127.0.0.1:0", "--data"])
+        .arg(dir.join("data"))
+        .arg("--token-file")
+        .arg(dir.join("token"))
+        .args(extra)
+        .stdout(Stdio::null());
+    let mut p = Proc::spawn("aggregator", cmd, false);
+    let line = p
+        .stderr
+        .wait_for("the aggregator's address", Duration::from_secs(30), |l| {
+            l.contains("listening on http://")
+        });
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    (p, addr)
+}
+
+/// What `tracer ARGS` prints on stderr, and that it failed.
+fn fails(args: &[&str]) -> String {
+    let out = Command::new(TRACER)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .output()
+        .expect("running tracer");
+    assert!(!out.status.success(), "tracer {} succeeded", args.join(" "));
+    stderr_of(&out)
+}
+
+/// Refusals that need no cluster: a control API that is off, an admin
+/// token equal to the ingest token, control over plain HTTP beyond this
+/// machine (aggregator and agent), and a host that takes a command but
+/// never answers (reported by name when --wait runs out).
+#[test]
+fn control_is_refused_without_its_preconditions() {
+    if !require_root("cluster_control") {
+        return;
+    }
+    let dir = TempDir::new("cluster-control-refusals");
+    let d = dir.path();
+    std::fs::write(d.join("token"), TOKEN).unwrap();
+    std::fs::write(d.join("admin-token"), ADMIN).unwrap();
+    std::fs::write(d.join("same"), TOKEN).unwrap();
+    let path = |f: &str| d.join(f).display().to_string();
+
+    // Off without --admin-token-file.
+    let (mut agg, addr) = aggregator(d, &[]);
+    let url = format!("http://{addr}");
+    let err = fails(&[
+        "logpoint", "list", "--aggregator", &url, "--admin-token-file", &path("admin-token"),
+    ]);
+    assert_eq!(
+        err,
+        "error: the aggregator refused the command (503 Service Unavailable): the control API \
+         is disabled on this aggregator: start it with --admin-token-file FILE \
+         (docs/logpoints.md)\n"
+    );
+    agg.signal(libc::SIGTERM);
+    agg.wait_exit(Duration::from_secs(10));
+
+    // The admin token must be another secret than the ingest token.
+    let err = fails(&[
+        "aggregator", "--listen", "127.0.0.1:0", "--data", &path("data2"), "--token-file",
+        &path("token"), "--admin-token-file", &path("same"),
+    ]);
+    assert!(
+        err.contains("an admin token equals the ingest token"),
+        "{err}"
+    );
+    // Not on a network address without TLS.
+    let err = fails(&[
+        "aggregator", "--listen", "0.0.0.0:0", "--data", &path("data3"), "--token-file",
+        &path("token"), "--admin-token-file", &path("admin-token"),
+    ]);
+    assert!(err.contains("without TLS") && err.contains("--tls-cert"), "{err}");
+    // An agent with --allow-control refuses plain HTTP to another machine,
+    // before it loads anything.
+    let err = fails(&[
+        "agent", "--allow-control", "--aggregator", "http://192.0.2.1:7878", "--token-file",
+        &path("token"), "--spool", &path("spool"), "--metrics-listen", "127.0.0.1:0",
+    ]);
+    assert!(
+        err.contains("refusing to carry control commands over plain HTTP")
+            && err.contains("--tls-cert"),
+        "{err}"
+    );
+
+    // A host that takes the command (polls) but never answers.
+    let (_agg, addr) = aggregator(d, &["--admin-token-file", &path("admin-token")]);
+    let url = format!("http://{addr}");
+    let poller = thread::spawn(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        write!(
+            s,
+            "GET /v1/control/poll?host=mute HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+             Authorization: Bearer {TOKEN}\r\n\r\n"
+        )
+        .unwrap();
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).unwrap();
+        raw
+    });
+    thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    let err = fails(&[
+        "eval", "--aggregator", &url, "--admin-token-file", &path("admin-token"), "--wait",
+        "2s", "1 + 1",
+    ]);
+    let took = started.elapsed();
+    let polled = poller.join().unwrap();
+    assert!(
+        polled.starts_with("HTTP/1.1 200") && polled.contains(r#""op":"eval""#),
+        "the poll got the command: {polled}"
+    );
+    let first = err.lines().next().unwrap_or_default();
+    assert_eq!(
+        first,
+        "error: host mute: no answer from host mute within 2s (its agent may be busy, stuck \
+         or gone; the command may still run there)"
+    );
+    assert!(took < Duration::from_secs(15), "took {took:?}");
+}
