@@ -164,7 +164,11 @@ impl Cluster {
         let store = format!("http://{}:{PORT}", net.addr(2));
         let mut services = BTreeMap::new();
         for (name, host, _) in HOSTS {
-            let next = if name == "api" { store.clone() } else { String::new() };
+            let next = if name == "api" {
+                store.clone()
+            } else {
+                String::new()
+            };
             let mut cmd = Command::new("ip");
             cmd.args(["netns", "exec", &net.ns(host), NODE])
                 .arg(service_js())
@@ -189,11 +193,12 @@ impl Cluster {
             .arg(dir.path().join("admins"))
             .stdout(Stdio::null());
         let mut aggregator = Proc::spawn("aggregator", cmd, false);
-        let line = aggregator
-            .stderr
-            .wait_for("the aggregator's address", Duration::from_secs(30), |l| {
-                l.contains("listening on http://")
-            });
+        let line =
+            aggregator
+                .stderr
+                .wait_for("the aggregator's address", Duration::from_secs(30), |l| {
+                    l.contains("listening on http://")
+                });
         let addr: SocketAddr = line
             .split("http://")
             .nth(1)
@@ -214,7 +219,10 @@ impl Cluster {
                 .arg("--spool")
                 .arg(dir.path().join(format!("spool-{host}")))
                 .args(["--metrics-listen", "127.0.0.1:0"])
-                .env("TRACER_AUDIT_LOG", dir.path().join(format!("audit-{host}.jsonl")))
+                .env(
+                    "TRACER_AUDIT_LOG",
+                    dir.path().join(format!("audit-{host}.jsonl")),
+                )
                 .stdout(Stdio::null());
             if control {
                 cmd.arg("--allow-control");
@@ -275,7 +283,11 @@ impl Cluster {
             "--token-file",
             &self.dir.path().join("token").display().to_string(),
         ]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout)
             .unwrap()
             .lines()
@@ -386,7 +398,10 @@ fn one_command_adds_a_logpoint_on_two_hosts_audited_and_refused_where_it_must() 
     // known to the aggregator, so it is "control not allowed", not
     // unknown), and each service has served request #1.
     for host in api_hosts {
-        assert_eq!(request(c.net.service(host), &format!("/warmup-{host}")), 200);
+        assert_eq!(
+            request(c.net.service(host), &format!("/warmup-{host}")),
+            200
+        );
     }
     let deadline = Instant::now() + SETTLE;
     loop {
@@ -407,7 +422,10 @@ fn one_command_adds_a_logpoint_on_two_hosts_audited_and_refused_where_it_must() 
             break;
         }
         if Instant::now() > deadline {
-            panic!("control hosts: {control:?}, want {want:?}\n{}", c.diagnosis());
+            panic!(
+                "control hosts: {control:?}, want {want:?}\n{}",
+                c.diagnosis()
+            );
         }
         thread::sleep(Duration::from_millis(250));
     }
@@ -487,13 +505,19 @@ fn one_command_adds_a_logpoint_on_two_hosts_audited_and_refused_where_it_must() 
             "{r}"
         );
         ids.insert(r["result"]["id"].as_str().unwrap().to_owned());
-        reported.insert(r["host"].as_str().unwrap().to_owned(), r["pid"].as_u64().unwrap());
+        reported.insert(
+            r["host"].as_str().unwrap().to_owned(),
+            r["pid"].as_u64().unwrap(),
+        );
     }
     let want_pids: BTreeMap<String, u64> = api_hosts
         .iter()
         .map(|h| (h.to_string(), u64::from(pid_of(&c, h))))
         .collect();
-    assert_eq!(reported, want_pids, "one report per api process: {reports:?}");
+    assert_eq!(
+        reported, want_pids,
+        "one report per api process: {reports:?}"
+    );
     assert_eq!(ids.len(), 1, "one logpoint id across the cluster: {ids:?}");
     let lp_id = ids.into_iter().next().unwrap();
     for host in api_hosts {
@@ -524,7 +548,10 @@ fn one_command_adds_a_logpoint_on_two_hosts_audited_and_refused_where_it_must() 
             break lps;
         }
         if Instant::now() > deadline {
-            panic!("logpoint events per host: {counts:?}, want {N} on h1 and h2\n{}", c.diagnosis());
+            panic!(
+                "logpoint events per host: {counts:?}, want {N} on h1 and h2\n{}",
+                c.diagnosis()
+            );
         }
         thread::sleep(Duration::from_millis(250));
     };
@@ -604,7 +631,11 @@ fn one_command_adds_a_logpoint_on_two_hosts_audited_and_refused_where_it_must() 
             break;
         }
         if Instant::now() > deadline {
-            panic!("after rm: {after} of {} request lines arrived\n{}", 2 * N, c.diagnosis());
+            panic!(
+                "after rm: {after} of {} request lines arrived\n{}",
+                2 * N,
+                c.diagnosis()
+            );
         }
         thread::sleep(Duration::from_millis(250));
     }
@@ -647,12 +678,20 @@ fn one_command_adds_a_logpoint_on_two_hosts_audited_and_refused_where_it_must() 
     for host in api_hosts {
         let pid = u64::from(pid_of(&c, host));
         for op in ["logpoint.add", "logpoint.rm"] {
-            assert_eq!(find(host, op, "requested").len(), 1, "{host} {op}: {audits:?}");
+            assert_eq!(
+                find(host, op, "requested").len(),
+                1,
+                "{host} {op}: {audits:?}"
+            );
             let done = find(host, op, "done");
             assert_eq!(done.len(), 1, "{host} {op}: {audits:?}");
             let a = done[0];
             assert_eq!(a["who"], "alice", "{a}");
-            let want_match = if op == "logpoint.add" { "demo-service".into() } else { Value::Null };
+            let want_match = if op == "logpoint.add" {
+                "demo-service".into()
+            } else {
+                Value::Null
+            };
             assert_eq!(a["match"], want_match, "{a}");
             assert_eq!(a["processes"].as_array().unwrap().len(), 1, "{a}");
             assert_eq!(a["processes"][0]["pid"], pid, "{a}");
@@ -745,7 +784,12 @@ fn control_is_refused_without_its_preconditions() {
     let (mut agg, addr) = aggregator(d, &[]);
     let url = format!("http://{addr}");
     let err = fails(&[
-        "logpoint", "list", "--aggregator", &url, "--admin-token-file", &path("admin-token"),
+        "logpoint",
+        "list",
+        "--aggregator",
+        &url,
+        "--admin-token-file",
+        &path("admin-token"),
     ]);
     assert_eq!(
         err,
@@ -758,8 +802,15 @@ fn control_is_refused_without_its_preconditions() {
 
     // The admin token must be another secret than the ingest token.
     let err = fails(&[
-        "aggregator", "--listen", "127.0.0.1:0", "--data", &path("data2"), "--token-file",
-        &path("token"), "--admin-token-file", &path("same"),
+        "aggregator",
+        "--listen",
+        "127.0.0.1:0",
+        "--data",
+        &path("data2"),
+        "--token-file",
+        &path("token"),
+        "--admin-token-file",
+        &path("same"),
     ]);
     assert!(
         err.contains("an admin token equals the ingest token"),
@@ -767,15 +818,33 @@ fn control_is_refused_without_its_preconditions() {
     );
     // Not on a network address without TLS.
     let err = fails(&[
-        "aggregator", "--listen", "0.0.0.0:0", "--data", &path("data3"), "--token-file",
-        &path("token"), "--admin-token-file", &path("admin-token"),
+        "aggregator",
+        "--listen",
+        "0.0.0.0:0",
+        "--data",
+        &path("data3"),
+        "--token-file",
+        &path("token"),
+        "--admin-token-file",
+        &path("admin-token"),
     ]);
-    assert!(err.contains("without TLS") && err.contains("--tls-cert"), "{err}");
+    assert!(
+        err.contains("without TLS") && err.contains("--tls-cert"),
+        "{err}"
+    );
     // An agent with --allow-control refuses plain HTTP to another machine,
     // before it loads anything.
     let err = fails(&[
-        "agent", "--allow-control", "--aggregator", "http://192.0.2.1:7878", "--token-file",
-        &path("token"), "--spool", &path("spool"), "--metrics-listen", "127.0.0.1:0",
+        "agent",
+        "--allow-control",
+        "--aggregator",
+        "http://192.0.2.1:7878",
+        "--token-file",
+        &path("token"),
+        "--spool",
+        &path("spool"),
+        "--metrics-listen",
+        "127.0.0.1:0",
     ]);
     assert!(
         err.contains("refusing to carry control commands over plain HTTP")
@@ -802,8 +871,14 @@ fn control_is_refused_without_its_preconditions() {
     thread::sleep(Duration::from_millis(500));
     let started = Instant::now();
     let err = fails(&[
-        "eval", "--aggregator", &url, "--admin-token-file", &path("admin-token"), "--wait",
-        "2s", "1 + 1",
+        "eval",
+        "--aggregator",
+        &url,
+        "--admin-token-file",
+        &path("admin-token"),
+        "--wait",
+        "2s",
+        "1 + 1",
     ]);
     let took = started.elapsed();
     let polled = poller.join().unwrap();

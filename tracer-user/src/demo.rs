@@ -149,6 +149,20 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             .and_then(|mut f| f.write_all(uuid::Uuid::new_v4().to_string().as_bytes()))
             .with_context(|| format!("writing {}", token_file.display()))?;
     }
+    // The control API's admin token: another secret than the ingest token
+    // (docs/logpoints.md, "Across the cluster").
+    let admin_file = dir.join("admin-token");
+    if !admin_file.exists() {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&admin_file)
+            .and_then(|mut f| f.write_all(uuid::Uuid::new_v4().to_string().as_bytes()))
+            .with_context(|| format!("writing {}", admin_file.display()))?;
+    }
     let service_js = dir.join("demo-service.js");
     std::fs::write(&service_js, SERVICE_JS)?;
     let traffic_js = dir.join("demo-traffic.js");
@@ -163,25 +177,47 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         children: Vec::new(),
     };
     let aggregator_url = format!("http://{}", args.listen);
-    spawn(
-        &mut cluster,
-        "aggregator",
-        Command::new(&exe)
-            .args(["aggregator", "--listen", &args.listen, "--data"])
-            .arg(dir.join("data"))
-            .arg("--token-file")
-            .arg(&token_file)
-            .stdout(Stdio::null()),
-    )?;
+    // Control commands travel only over TLS or loopback; the demo serves
+    // plain HTTP, so control is on only when it listens on loopback.
+    let control = args
+        .listen
+        .parse::<std::net::SocketAddr>()
+        .is_ok_and(|a| a.ip().is_loopback());
+    if !control {
+        eprintln!(
+            "[demo] --listen {} is not loopback: logpoints through the aggregator are off \
+             (control needs TLS beyond this machine)",
+            args.listen
+        );
+    }
+    let mut aggregator = Command::new(&exe);
+    aggregator
+        .args(["aggregator", "--listen", &args.listen, "--data"])
+        .arg(dir.join("data"))
+        .arg("--token-file")
+        .arg(&token_file)
+        .stdout(Stdio::null());
+    if control {
+        aggregator.arg("--admin-token-file").arg(&admin_file);
+    }
+    spawn(&mut cluster, "aggregator", &mut aggregator)?;
     // Agents first, so the services are traced from their first request.
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<String>();
     for (i, (_, host)) in HOSTS.iter().enumerate() {
         let ns_path = format!("/var/run/netns/{}", netns_name(host));
+        let mut agent = Command::new(&exe);
+        if control {
+            // The demo's agents take logpoint/eval commands from the
+            // aggregator (off by default).
+            agent.arg("agent").arg("--allow-control");
+        } else {
+            agent.arg("agent");
+        }
         spawn(
             &mut cluster,
             &format!("agent {host}"),
-            Command::new(&exe)
-                .args(["agent", "--quiet", "--host", host, "--netns", &ns_path])
+            agent
+                .args(["--quiet", "--host", host, "--netns", &ns_path])
                 .args(["--aggregator", &aggregator_url, "--token-file"])
                 .arg(&token_file)
                 .arg("--spool")
@@ -232,7 +268,13 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         .iter()
         .find(|(name, _)| name == "api")
         .map(|(_, c)| c.id());
-    print_help(&exe, &args.listen, &token_file, api_pid);
+    print_help(
+        &exe,
+        &args.listen,
+        &token_file,
+        control.then_some(admin_file.as_path()),
+        api_pid,
+    );
 
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -281,7 +323,13 @@ fn wait_for_agents(ready: &std::sync::mpsc::Receiver<String>, n: usize) -> Resul
     Ok(())
 }
 
-fn print_help(exe: &Path, listen: &str, token_file: &Path, api_pid: Option<u32>) {
+fn print_help(
+    exe: &Path,
+    listen: &str,
+    token_file: &Path,
+    admin_file: Option<&Path>,
+    api_pid: Option<u32>,
+) {
     let t = token_file.display();
     let x = exe.display();
     // The token (a uuid, URL-safe) rides in the fragment: never sent to the server.
@@ -299,10 +347,21 @@ fn print_help(exe: &Path, listen: &str, token_file: &Path, api_pid: Option<u32>)
         gw = host_addr(0),
     );
     // docs/logpoints.md: a log line added to the running api service (line
-    // 14 of demo-service.js is its per-request log line).
+    // 14 of demo-service.js is its per-request log line), through the
+    // aggregator: the agents run with --allow-control.
+    if let Some(a) = admin_file.map(Path::display) {
+        eprintln!(
+            "[demo] add a log line to the running api service (h2) through the aggregator, and watch \
+         its lines arrive, each tied to its request:\n\
+         \x20   {x} logpoint add --aggregator http://{listen} --admin-token-file {a} --host h2 --match demo-service demo-service.js:14 'api saw ${{req.url}} as request #${{n}}' --ttl 10m\n\
+         \x20   {x} tail -f --kind logpoint --aggregator http://{listen} --token-file {t}\n\
+         \x20   {x} timeline --since 5m --kind audit --aggregator http://{listen} --token-file {t}   # who did what\n\
+         \x20   {x} logpoint rm --all --aggregator http://{listen} --admin-token-file {a} --host h2\n"
+        );
+    }
     if let Some(pid) = api_pid {
         eprintln!(
-            "[demo] add a log line to the running api service (h2), and watch it arrive:\n\
+            "[demo] or on this machine directly (root), by PID:\n\
              \x20   sudo {x} logpoint add --pid {pid} demo-service.js:14 'api saw ${{req.url}} as request #${{n}}' --ttl 10m\n\
              \x20   {x} tail -f --kind logpoint --aggregator http://{listen} --token-file {t}\n\
              \x20   sudo {x} logpoint rm --pid {pid} --all\n"

@@ -148,11 +148,7 @@ pub struct AuditRecord {
     /// The command's arguments (location, template, expression, ids...).
     pub args: serde_json::Value,
     /// The process selector (`--match`), when there is one.
-    #[serde(
-        rename = "match",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "match", default, skip_serializing_if = "Option::is_none")]
     pub match_cmdline: Option<String>,
     /// done: one outcome per process the command ran on.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -482,7 +478,11 @@ impl Event {
 
 impl AuditRecord {
     fn write_text(&self, s: &mut String) -> std::fmt::Result {
-        write!(s, " {} {} by {} ({})", self.phase, self.op, self.who, self.command)?;
+        write!(
+            s,
+            " {} {} by {} ({})",
+            self.phase, self.op, self.who, self.command
+        )?;
         if let Some(m) = &self.match_cmdline {
             write!(s, " match={m:?}")?;
         }

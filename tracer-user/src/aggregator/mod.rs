@@ -254,9 +254,9 @@ async fn serve(args: AggregatorArgs) -> Result<()> {
              logpoint/eval commands",
             a.len()
         ),
-        None => eprintln!(
-            "tracer: control API off (no --admin-token-file): agents take no commands"
-        ),
+        None => {
+            eprintln!("tracer: control API off (no --admin-token-file): agents take no commands")
+        }
     }
     if std::io::stderr().is_terminal() {
         eprintln!("tracer: Ctrl-C to stop");

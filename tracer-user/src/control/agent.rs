@@ -84,11 +84,7 @@ async fn poll_loop(client: reqwest::Client, cfg: ControlConfig) {
                 return;
             }
         };
-        let r = client
-            .get(url)
-            .bearer_auth(&cfg.token)
-            .send()
-            .await;
+        let r = client.get(url).bearer_auth(&cfg.token).send().await;
         let polled = match r {
             Ok(resp) if resp.status().is_success() => resp.json::<Polled>().await.ok(),
             Ok(resp) => {

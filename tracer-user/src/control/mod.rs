@@ -162,7 +162,11 @@ pub fn parse_admin_tokens(text: &str, path: &Path) -> Result<Vec<AdminToken>> {
             );
         }
         if name.as_deref().is_some_and(str::is_empty) {
-            bail!("{} line {}: the name before ':' is empty", path.display(), i + 1);
+            bail!(
+                "{} line {}: the name before ':' is empty",
+                path.display(),
+                i + 1
+            );
         }
         out.push(AdminToken {
             name,

@@ -109,7 +109,10 @@ async fn send(remote: &RemoteArgs, submit: Submit) -> Result<Answer> {
             .ok()
             .and_then(|v| v["error"].as_str().map(str::to_owned))
             .unwrap_or(body);
-        bail!("the aggregator refused the command ({status}): {}", msg.trim());
+        bail!(
+            "the aggregator refused the command ({status}): {}",
+            msg.trim()
+        );
     }
     serde_json::from_str(&body).with_context(|| format!("reading the aggregator's answer: {body}"))
 }

@@ -373,7 +373,10 @@ pub fn add(a: &AddArgs, origin: &Value) -> Vec<(u32, Result<Report>)> {
         }
         let loc = parse_location(&a.location)?;
         let id = a.id.clone().unwrap_or_else(new_id);
-        if !id.starts_with("lp-") || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        if !id.starts_with("lp-")
+            || id.len() > 64
+            || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
             bail!("logpoint id {id:?} must be lp- followed by letters and digits");
         }
         let block = logpoint_block(&id, &a.template, a.condition.as_deref())?;

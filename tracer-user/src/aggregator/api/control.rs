@@ -190,7 +190,10 @@ pub(super) async fn poll(
     let Query(PollParams { host }) =
         params.map_err(|e| error(StatusCode::BAD_REQUEST, e.body_text()))?;
     if host.is_empty() || host.len() > crate::aggregator::store::MAX_HOST_LEN {
-        return Err(error(StatusCode::BAD_REQUEST, "host must be 1 to 255 bytes"));
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "host must be 1 to 255 bytes",
+        ));
     }
     let notify = {
         let mut inner = st.control.lock();
@@ -450,7 +453,11 @@ pub(super) async fn commands(
         }
         inner.waiting.insert(id.clone(), waiters);
     }
-    log::info!("control: {id} {} by {who} to {}", submit.op, hosts.join(","));
+    log::info!(
+        "control: {id} {} by {who} to {}",
+        submit.op,
+        hosts.join(",")
+    );
     let deadline = tokio::time::Instant::now() + wait;
     let mut results = Vec::new();
     for (host, rx) in answers {
@@ -483,7 +490,12 @@ pub(super) async fn commands(
         &st,
         results
             .iter()
-            .map(|r| audit_event(&r.host, record("done", r.processes.clone(), r.error.clone())))
+            .map(|r| {
+                audit_event(
+                    &r.host,
+                    record("done", r.processes.clone(), r.error.clone()),
+                )
+            })
             .collect(),
     )
     .await?;
@@ -529,7 +541,11 @@ pub(super) async fn admin_auth(
         "{} {}: {} admin token",
         req.method(),
         req.uri().path(),
-        if ingest { "the ingest token as" } else { "no or a wrong" }
+        if ingest {
+            "the ingest token as"
+        } else {
+            "no or a wrong"
+        }
     );
     let mut resp = if ingest {
         error(
