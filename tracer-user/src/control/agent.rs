@@ -323,7 +323,7 @@ struct RmSpec {
 
 fn rm_args(args: &Value, pids: Vec<u32>) -> Result<RmArgs> {
     let spec = RmSpec::deserialize(args).context("bad arguments for logpoint.rm")?;
-    if spec.all == !spec.ids.is_empty() {
+    if spec.all != spec.ids.is_empty() {
         bail!("logpoint.rm takes either ids or all: true");
     }
     Ok(RmArgs {
