@@ -491,6 +491,14 @@ fn one_command_adds_a_logpoint_on_two_hosts_audited_and_refused_where_it_must() 
         stderr_of(&out),
         c.diagnosis()
     );
+    // h3 is left out, and the CLI says so.
+    assert!(
+        stderr_of(&out)
+            .lines()
+            .any(|l| l == format!("tracer: skipped {h3_refusal}")),
+        "{}",
+        stderr_of(&out)
+    );
     let reports = json_lines(&out);
     let mut ids = BTreeSet::new();
     let mut reported: BTreeMap<String, u64> = BTreeMap::new();
@@ -878,6 +886,8 @@ fn control_is_refused_without_its_preconditions() {
         &path("admin-token"),
         "--wait",
         "2s",
+        "--timeout",
+        "1s",
         "1 + 1",
     ]);
     let took = started.elapsed();

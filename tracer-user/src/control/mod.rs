@@ -84,6 +84,16 @@ pub struct Answer {
     pub id: String,
     pub who: String,
     pub hosts: Vec<HostResult>,
+    /// Hosts left out of a command that named none (every host that takes
+    /// commands): the hosts known to the aggregator that do not, and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<Skipped>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Skipped {
+    pub host: String,
+    pub reason: String,
 }
 
 /// Refuses to carry control traffic over plain HTTP beyond this machine:

@@ -119,6 +119,9 @@ async fn send(remote: &RemoteArgs, submit: Submit) -> Result<Answer> {
 
 /// Prints every host's report; fails when any process or host failed.
 fn print(answer: &Answer, json_out: bool) -> Result<()> {
+    for s in &answer.skipped {
+        eprintln!("tracer: skipped {}", s.reason);
+    }
     let mut failed = 0;
     let mut total = 0;
     for h in &answer.hosts {
@@ -176,6 +179,9 @@ pub async fn logpoint(args: &LogpointArgs) -> Result<()> {
     let (op, targets, json_out, op_args) = match &args.command {
         LogpointCommand::Add(a) => {
             // Checked here too, so a typo fails before anything is sent.
+            if a.ttl.is_zero() || a.ttl > Duration::from_secs(24 * 3600) {
+                bail!("--ttl must be more than 0 and at most 24h");
+            }
             crate::inspector::logpoint::parse_location(&a.location)?;
             crate::inspector::logpoint::template_literal(&a.template)?;
             (
@@ -216,6 +222,15 @@ pub async fn logpoint(args: &LogpointArgs) -> Result<()> {
 }
 
 pub async fn eval(args: &EvalArgs) -> Result<()> {
+    // The answer must be able to arrive before the command gives up on it.
+    if args.timeout >= args.remote.wait {
+        bail!(
+            "--timeout {} is not shorter than --wait {}: the hosts' answers would be given up \
+             first; give a longer --wait",
+            humantime::format_duration(args.timeout),
+            humantime::format_duration(args.remote.wait)
+        );
+    }
     let answer = send(
         &args.remote,
         Submit {

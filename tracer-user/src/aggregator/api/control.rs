@@ -42,7 +42,7 @@ use tokio::sync::{Notify, oneshot};
 use super::{ApiError, AppState, error, internal};
 use crate::{
     aggregator::{body::read_limited, store::Batch},
-    control::{AdminToken, Answer, Command, HostResult, OPS, Submit},
+    control::{AdminToken, Answer, Command, HostResult, OPS, Skipped, Submit},
     event::{AuditRecord, Event, EventData},
 };
 
@@ -130,16 +130,19 @@ impl Hub {
         }
     }
 
-    fn controlled_hosts(&self) -> Vec<String> {
-        let mut v: Vec<String> = self
-            .lock()
-            .hosts
-            .iter()
-            .filter(|(_, h)| h.takes_commands())
-            .map(|(n, _)| n.clone())
-            .collect();
-        v.sort();
-        v
+    /// The hosts that take commands now, and the others with why not.
+    fn controlled_hosts(&self) -> (Vec<String>, Vec<Skipped>) {
+        let mut names: Vec<String> = self.lock().hosts.keys().cloned().collect();
+        names.sort();
+        let mut take = Vec::new();
+        let mut skipped = Vec::new();
+        for host in names {
+            match self.refusal(&host) {
+                None => take.push(host),
+                Some(reason) => skipped.push(Skipped { host, reason }),
+            }
+        }
+        (take, skipped)
     }
 }
 
@@ -397,8 +400,9 @@ pub(super) async fn commands(
     let mut hosts = submit.hosts.clone();
     hosts.sort();
     hosts.dedup();
+    let mut skipped = Vec::new();
     if hosts.is_empty() {
-        hosts = st.control.controlled_hosts();
+        (hosts, skipped) = st.control.controlled_hosts();
         if hosts.is_empty() {
             return Err(error(
                 StatusCode::CONFLICT,
@@ -460,10 +464,24 @@ pub(super) async fn commands(
     );
     let deadline = tokio::time::Instant::now() + wait;
     let mut results = Vec::new();
+    let mut shutdown = st.shutdown.clone();
     for (host, rx) in answers {
-        let r = match tokio::time::timeout_at(deadline, rx).await {
-            Ok(Ok(r)) => r,
-            _ => HostResult {
+        let answered = tokio::select! {
+            r = tokio::time::timeout_at(deadline, rx) => r.ok().and_then(Result::ok),
+            _ = shutdown.wait_for(|stop| *stop) => None,
+        };
+        let r = match answered {
+            Some(r) => r,
+            None if *st.shutdown.borrow() => HostResult {
+                host: host.clone(),
+                id: id.clone(),
+                processes: Vec::new(),
+                error: Some(format!(
+                    "the aggregator stopped before host {host} answered (the command may \
+                     still run there)"
+                )),
+            },
+            None => HostResult {
                 host: host.clone(),
                 id: id.clone(),
                 processes: Vec::new(),
@@ -505,6 +523,7 @@ pub(super) async fn commands(
             id,
             who,
             hosts: results,
+            skipped,
         },
     ))
 }
