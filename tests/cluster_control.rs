@@ -570,7 +570,33 @@ fn one_command_adds_a_logpoint_on_two_hosts_audited_and_refused_where_it_must() 
     );
     // Each line once, with the text rendered in the request's scope and
     // the req_id of the server exchange of the same request on that host.
-    let https = c.timeline("http");
+    // The server exchanges of those requests (an exchange is reported once
+    // its response is complete, so it may come after the logpoint line).
+    let deadline = Instant::now() + SETTLE;
+    let https = loop {
+        let https = c.timeline("http");
+        let served: BTreeSet<(String, String)> = https
+            .iter()
+            .filter_map(|e| match &e.data {
+                EventData::Http(h) if h.side == HttpSide::Server => {
+                    Some((e.host.clone(), h.path.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        let missing: Vec<(String, String)> = api_hosts
+            .iter()
+            .flat_map(|h| (0..N).map(move |i| (h.to_string(), format!("/orders/ctl-{h}-{i}"))))
+            .filter(|k| !served.contains(k))
+            .collect();
+        if missing.is_empty() {
+            break https;
+        }
+        if Instant::now() > deadline {
+            panic!("server exchanges missing: {missing:?}\n{}", c.diagnosis());
+        }
+        thread::sleep(Duration::from_millis(250));
+    };
     for host in api_hosts {
         let texts: BTreeSet<String> = lps[host].iter().map(|(t, _)| t.clone()).collect();
         assert_eq!(texts, want_texts(host), "{host}: logpoint texts");
