@@ -29,6 +29,9 @@ Examples:
   tracer agent --netns /var/run/netns/blue      # only processes in that network namespace
   tracer agent --probe uprobe:uv_fs_open --probe-record args --probe-args int,int,str
                                                 # a native probe in every traced process
+  tracer agent --aggregator https://agg:7878 --token-file /etc/tracer/token \
+      --ca-cert /etc/tracer/ca.pem --allow-control
+                                                # forward, and take logpoint/eval commands
   curl -s 127.0.0.1:9464/metrics
 
 Processes that start later are picked up when they exec; processes that exit

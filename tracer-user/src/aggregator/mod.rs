@@ -62,6 +62,11 @@ Examples:
   tracer aggregator --data /var/lib/tracer --token-file /etc/tracer/token
   tracer timeline --since 5m --token-file /etc/tracer/token
 
+  # logpoints/eval on agents with --allow-control: admins as NAME:TOKEN lines
+  echo \"alice:$(head -c 32 /dev/urandom | base64)\" > /etc/tracer/admins && chmod 600 /etc/tracer/admins
+  tracer aggregator --listen 0.0.0.0:7878 --tls-cert cert.pem --tls-key key.pem \\
+      --data /var/lib/tracer --token-file /etc/tracer/token --admin-token-file /etc/tracer/admins
+
   tracer aggregator --store clickhouse://127.0.0.1:8123/tracer \\
       --clickhouse-user tracer --clickhouse-password-file /etc/tracer/ch-password \\
       --token-file /etc/tracer/token

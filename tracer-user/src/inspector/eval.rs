@@ -21,6 +21,8 @@ Examples:
   tracer eval --pid 4242 'process.memoryUsage()'
   tracer eval --pid 4242 'require(\"os\").loadavg()'
   tracer eval --pid 4242 'await fetch(\"http://127.0.0.1:8080/health\").then(r => r.status)'
+  tracer eval --aggregator https://agg:7878 --admin-token-file ~/.tracer-admin \\
+      --host h2 --match api 'process.memoryUsage().rss'     # across the cluster
 
 The expression runs in the process's main context, like a line typed in
 node's REPL: top-level `await` works and `require` is available. The value

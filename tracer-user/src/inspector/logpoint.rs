@@ -30,10 +30,18 @@ Examples:
   tracer logpoint rm --pid 4242 lp-1a2b3c4d
   tracer logpoint rm --pid 4242 --all
 
+Across the cluster (agents started with --allow-control; an admin token of
+the aggregator's --admin-token-file; https://, or http:// on this machine):
+  tracer logpoint add --aggregator https://agg:7878 --admin-token-file ~/.tracer-admin \\
+      --host h1,h2 --match api routes/orders.js:57 'order ${order.id}'
+  tracer logpoint list --aggregator https://agg:7878 --admin-token-file ~/.tracer-admin
+  tracer logpoint rm --all --aggregator https://agg:7878 --admin-token-file ~/.tracer-admin
+
 Each hit becomes a `logpoint` event in `tracer attach` / `tracer agent` output
 (docs/events.md). The inspector port is open only while tracer installs or
-removes a logpoint; the logpoints keep working with it closed. Needs root;
-every operation is appended to the audit log (docs/logpoints.md).")]
+removes a logpoint; the logpoints keep working with it closed. Needs root
+(on this host); every operation is appended to the audit log, and through
+the aggregator is an `audit` event too (docs/logpoints.md).")]
 pub struct LogpointArgs {
     #[command(subcommand)]
     pub command: LogpointCommand,
