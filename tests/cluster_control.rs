@@ -16,6 +16,11 @@
 //! - `tracer logpoint rm --all` through the aggregator: no more hits, and
 //!   nothing listens on the inspector port on either host.
 //!
+//! Also: the refusals that need no cluster (control API off, admin token
+//! equal to the ingest token, plain HTTP beyond loopback for aggregator,
+//! agent and CLI, a host that takes a command and never answers), and
+//! `tracer eval` through an HTTPS aggregator (certificates from openssl).
+//!
 //! Needs root (BPF, network namespaces). Names `trc-cN-*`, subnet 10.79.N.
 
 mod common;
@@ -929,4 +934,205 @@ fn control_is_refused_without_its_preconditions() {
          or gone; the command may still run there)"
     );
     assert!(took < Duration::from_secs(15), "took {took:?}");
+}
+
+fn openssl(args: &[&str], dir: &Path) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("running openssl (Debian: openssl)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// ca.pem/ca.key and server.pem/server.key for 127.0.0.1, signed by it.
+fn certificates(dir: &Path) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut a = vec![
+        "req",
+        "-x509",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=tracer control CA",
+    ];
+    a.extend(ec);
+    a.extend(["-keyout", "ca.key", "-out", "ca.pem"]);
+    openssl(&a, dir);
+    let mut a = vec!["req", "-subj", "/CN=aggregator"];
+    a.extend(ec);
+    a.extend(["-keyout", "server.key", "-out", "server.csr"]);
+    openssl(&a, dir);
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(
+        &[
+            "x509",
+            "-req",
+            "-days",
+            "1",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-extfile",
+            "server.ext",
+        ],
+        dir,
+    );
+}
+
+/// The whole path over HTTPS: an aggregator with --tls-cert, an agent
+/// trusting it with --ca-cert and --allow-control, and `tracer eval
+/// --aggregator https://...` evaluating in a node process the agent traces.
+#[test]
+fn eval_through_an_https_aggregator() {
+    if !require_root("cluster_control") {
+        return;
+    }
+    let dir = TempDir::new("cluster-control-tls");
+    let d = dir.path();
+    certificates(d);
+    std::fs::write(d.join("token"), TOKEN).unwrap();
+    std::fs::write(d.join("admins"), format!("ops:{ADMIN}\n")).unwrap();
+    std::fs::write(d.join("admin-token"), ADMIN).unwrap();
+    let script = d.join("ctl-tls-target.js");
+    std::fs::write(
+        &script,
+        "globalThis.answer = 21;\nsetInterval(() => {}, 1000);\nconsole.log('READY');\n",
+    )
+    .unwrap();
+    let mut cmd = Command::new(NODE);
+    cmd.arg(&script);
+    let mut target = Proc::spawn("target", cmd, true);
+    target
+        .stdout
+        .as_mut()
+        .unwrap()
+        .wait_for("READY", Duration::from_secs(15), |l| l == "READY");
+
+    let mut cmd = Command::new(TRACER);
+    cmd.args(["aggregator", "--listen", "127.0.0.1:0", "--data"])
+        .arg(d.join("data"))
+        .arg("--token-file")
+        .arg(d.join("token"))
+        .arg("--admin-token-file")
+        .arg(d.join("admins"))
+        .arg("--tls-cert")
+        .arg(d.join("server.pem"))
+        .arg("--tls-key")
+        .arg(d.join("server.key"))
+        .stdout(Stdio::null());
+    let mut agg = Proc::spawn("aggregator", cmd, false);
+    let line = agg
+        .stderr
+        .wait_for("the aggregator's address", Duration::from_secs(30), |l| {
+            l.contains("listening on https://")
+        });
+    let url = format!(
+        "https://{}",
+        line.split("https://")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+    );
+
+    let mut cmd = Command::new(TRACER);
+    cmd.args(["agent", "--quiet", "--host", "tls-host", "--match"])
+        .arg("ctl-tls-target")
+        .args(["--aggregator", &url])
+        .arg("--token-file")
+        .arg(d.join("token"))
+        .arg("--ca-cert")
+        .arg(d.join("ca.pem"))
+        .arg("--allow-control")
+        .arg("--spool")
+        .arg(d.join("spool"))
+        .args(["--metrics-listen", "127.0.0.1:0"])
+        .env("TRACER_AUDIT_LOG", d.join("audit.jsonl"))
+        .stdout(Stdio::null());
+    let mut agent = Proc::spawn("agent", cmd, false);
+    agent
+        .stderr
+        .wait_for("tracer: ready", Duration::from_secs(90), |l| {
+            l == "tracer: ready"
+        });
+
+    // Until the agent's first poll arrives no host takes commands.
+    let eval = || {
+        Command::new(TRACER)
+            .args(["eval", "--aggregator", &url, "--admin-token-file"])
+            .arg(d.join("admin-token"))
+            .arg("--ca-cert")
+            .arg(d.join("ca.pem"))
+            .args(["--match", "ctl-tls-target", "globalThis.answer * 2"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("running tracer eval")
+    };
+    let deadline = Instant::now() + SETTLE;
+    let out = loop {
+        let out = eval();
+        if out.status.success() || Instant::now() > deadline {
+            break out;
+        }
+        assert!(
+            stderr_of(&out).contains("no agent takes commands: start agents with --allow-control"),
+            "{}",
+            stderr_of(&out)
+        );
+        thread::sleep(Duration::from_millis(250));
+    };
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("[tls-host] PID {}: 42\n", target.pid())
+    );
+    assert!(
+        stderr_of(&out).contains(" by ops: 1 host(s), 1 process(es), 0 failed"),
+        "{}",
+        stderr_of(&out)
+    );
+    // Without trusting the CA, the CLI does not talk to it.
+    let out = Command::new(TRACER)
+        .args(["eval", "--aggregator", &url, "--admin-token-file"])
+        .arg(d.join("admin-token"))
+        .arg("1")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr_of(&out).contains(&format!(
+            "error: the aggregator at {url} presented a TLS certificate this client does not \
+             trust"
+        )) && stderr_of(&out).contains("(give --ca-cert CA.pem for a private CA)"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert!(
+        !listening_in_netns_of(target.pid(), INSPECTOR_PORT),
+        "the inspector port stayed open"
+    );
+    assert!(target.try_status().is_none(), "the target exited");
 }

@@ -94,7 +94,18 @@ async fn send(remote: &RemoteArgs, submit: Submit) -> Result<Answer> {
         .send()
         .await
         .map_err(|e| {
-            if e.is_connect() {
+            let mut chain = String::new();
+            let mut cause: Option<&dyn std::error::Error> = Some(&e);
+            while let Some(c) = cause {
+                chain.push_str(&format!(": {c}"));
+                cause = c.source();
+            }
+            if chain.contains("certificate") {
+                anyhow!(
+                    "the aggregator at {url} presented a TLS certificate this client does not \
+                     trust{chain} (give --ca-cert CA.pem for a private CA)"
+                )
+            } else if e.is_connect() {
                 anyhow!("cannot reach the aggregator at {url} (is `tracer aggregator` running?)")
             } else if e.is_timeout() {
                 anyhow!("the aggregator at {url} did not answer in time")
