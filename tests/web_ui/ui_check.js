@@ -325,6 +325,10 @@ async function run(ctx, expected) {
   );
   for (const h of HOSTS) if (h !== 'h2') await page.uncheck(`#ctl-hosts input[value=${h}]`);
   await page.fill('#ctl-match', 'demo-service');
+  await page.click('#ctl-show-procs');
+  await page.waitForFunction(() => document.querySelectorAll('#ctl-procs .ctl-proc').length === 1);
+  const proc = await page.textContent('#ctl-procs .ctl-proc');
+  check(/^h2 PID \d+: \S*node \S*demo-service\.js$/.test(proc), `selected processes: ${proc}`);
   await page.fill('#ctl-location', 'demo-service.js:14');
   await page.fill('#ctl-template', 'webui-lp ${name} ${req.url}');
   await page.fill('#ctl-ttl', '5m');

@@ -83,11 +83,18 @@ export class ControlPanel {
     );
     this.status = el('div', { id: 'ctl-status', className: 'ctl-status' });
     this.results = el('div', { id: 'ctl-results', className: 'ctl-results' });
+    this.procs = el('div', { id: 'ctl-procs', className: 'ctl-results' });
     this.list = el('div', { id: 'ctl-list', className: 'ctl-list' });
     root.append(
       tokenForm,
       el('div', { className: 'ctl-row' }, el('span', {}, 'Hosts: '), this.hosts),
-      el('div', { className: 'ctl-row' }, this.match),
+      el(
+        'div',
+        { className: 'ctl-row' },
+        this.match,
+        el('button', { type: 'button', id: 'ctl-show-procs', onclick: () => this.showProcesses() }, 'Show processes'),
+      ),
+      this.procs,
       addForm,
       el(
         'div',
@@ -107,6 +114,7 @@ export class ControlPanel {
     this.hosts.replaceChildren(el('span', { className: 'ctl-hint' }, 'give the admin token to see them'));
     this.list.replaceChildren();
     this.results.replaceChildren();
+    this.procs.replaceChildren();
     this.tokenStatus.textContent = 'forgotten';
   }
 
@@ -126,7 +134,27 @@ export class ControlPanel {
       this.hosts.append(el('label', { className: 'host-chip', title: h.refusal || 'takes commands' }, box, h.host, h.control ? '' : ' (no control)'));
     }
     if (!v.hosts.length) this.hosts.append(el('span', { className: 'ctl-hint' }, 'no host has reported yet'));
-    await this.refresh();
+    await this.showProcesses();
+  }
+
+  /** The processes the hosts and `match` select (read from /proc by the
+   * agents; nothing is sent to the processes). */
+  async showProcesses() {
+    let answer;
+    try {
+      answer = await this.send('processes', {});
+    } catch (e) {
+      this.procs.replaceChildren(el('span', { className: 'ctl-hint' }, e.message));
+      return;
+    }
+    const rows = [];
+    for (const h of answer.hosts) {
+      if (h.error) rows.push(el('div', { className: 'ctl-result error' }, `${h.host}: ${h.error}`));
+      for (const p of h.processes || []) {
+        rows.push(el('div', { className: 'ctl-proc', dataset: { host: h.host, pid: String(p.pid) } }, `${h.host} PID ${p.pid}: ${p.result ? p.result.cmdline : ''}`));
+      }
+    }
+    this.procs.replaceChildren(el('div', { className: 'ctl-hint' }, 'Selected processes:'), ...rows);
   }
 
   selectedHosts() {

@@ -12,7 +12,9 @@
 //!   `max_hits`, `rate`;
 //! - `logpoint.list`: none;
 //! - `logpoint.rm`: `ids` (list) or `all: true`;
-//! - `eval`: `expression`, `timeout_ms`.
+//! - `eval`: `expression`, `timeout_ms`;
+//! - `processes`: none (the selected processes' command lines, read from
+//!   /proc; nothing is sent to them).
 
 use std::{path::PathBuf, time::Duration};
 
@@ -222,6 +224,7 @@ pub fn run_command(host: &str, cmd: &Command, scope: &(Scope, Vec<u32>)) -> Host
                 &origin,
             ),
             "logpoint.rm" => logpoint::rm(&rm_args(&cmd.args, pids)?, &origin),
+            "processes" => return Ok(pids.iter().map(|&pid| describe(pid)).collect()),
             _ => return eval_each(&cmd.args, &pids, &origin),
         };
         Ok(results
@@ -251,6 +254,29 @@ pub fn run_command(host: &str, cmd: &Command, scope: &(Scope, Vec<u32>)) -> Host
             processes: Vec::new(),
             error: Some(format!("{e:#}")),
         },
+    }
+}
+
+/// A selected process: its command line and executable.
+fn describe(pid: u32) -> ProcessOutcome {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|raw| {
+            raw.split(|b| *b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default();
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    ProcessOutcome {
+        pid,
+        ok: true,
+        text: Some(format!("PID {pid}: {cmdline}\n")),
+        result: Some(json!({ "cmdline": cmdline, "exe": exe })),
+        error: None,
     }
 }
 

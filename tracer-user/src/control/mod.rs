@@ -27,8 +27,15 @@ use serde_json::Value;
 
 pub use crate::event::ProcessOutcome;
 
-/// The operations a command may name.
-pub const OPS: [&str; 4] = ["logpoint.add", "logpoint.list", "logpoint.rm", "eval"];
+/// The operations a command may name. `processes` lists the processes a
+/// `match` selects (from /proc; nothing is sent to them).
+pub const OPS: [&str; 5] = [
+    "logpoint.add",
+    "logpoint.list",
+    "logpoint.rm",
+    "eval",
+    "processes",
+];
 
 /// What an admin submits (`POST /v1/control/commands`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
