@@ -489,7 +489,13 @@ fn one_command_adds_a_logpoint_on_two_hosts_audited_and_refused_where_it_must() 
 
     // The command: every host that allows control (h1, h2), every process
     // matching demo-service there.
+    let started = Instant::now();
     let out = add(&c, &[], "admin-token");
+    eprintln!(
+        "cluster_control: `tracer logpoint add` through the aggregator on 2 hosts took {} ms \
+         (CLI start to answer, SIGUSR1 open and close included)",
+        started.elapsed().as_millis()
+    );
     assert!(
         out.status.success(),
         "logpoint add failed: {}\n{}",
@@ -627,7 +633,12 @@ fn one_command_adds_a_logpoint_on_two_hosts_audited_and_refused_where_it_must() 
     }
 
     // Remove it everywhere through the aggregator.
+    let started = Instant::now();
     let out = c.control(&["logpoint", "rm", "--json", "--all"], "admin-token");
+    eprintln!(
+        "cluster_control: `tracer logpoint rm --all` through the aggregator on 2 hosts took {} ms",
+        started.elapsed().as_millis()
+    );
     assert!(out.status.success(), "logpoint rm: {}", stderr_of(&out));
     let removed = json_lines(&out);
     assert_eq!(removed.len(), 2, "{removed:?}");

@@ -389,3 +389,72 @@ fn eval_each(args: &Value, pids: &[u32], origin: &Value) -> Result<Vec<ProcessOu
         )
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn op_arguments() {
+        let a = add_args(
+            &json!({ "id": "lp-00aa11bb", "location": "a.js:3", "template": "x=${x}",
+                     "condition": null, "ttl_ms": 60000, "max_hits": null, "rate": 5 }),
+            vec![7],
+        )
+        .unwrap();
+        assert_eq!(a.id.as_deref(), Some("lp-00aa11bb"));
+        assert_eq!(a.ttl, Duration::from_secs(60));
+        assert_eq!((a.rate, a.targets.pids.clone()), (5, vec![7]));
+        // Defaults: the CLI's.
+        let a = add_args(&json!({ "location": "a.js:3", "template": "x" }), vec![7]).unwrap();
+        assert_eq!((a.rate, a.ttl), (100, Duration::from_secs(1800)));
+        assert!(add_args(&json!({ "location": "a.js:3" }), vec![7]).is_err());
+        assert!(
+            add_args(
+                &json!({ "location": "a", "template": "x", "evil": 1 }),
+                vec![7]
+            )
+            .is_err()
+        );
+        assert!(
+            add_args(
+                &json!({ "location": "a", "template": "x", "rate": 0 }),
+                vec![7]
+            )
+            .is_err()
+        );
+        assert!(rm_args(&json!({ "all": true }), vec![7]).unwrap().all);
+        assert_eq!(
+            rm_args(&json!({ "ids": ["lp-1"] }), vec![7]).unwrap().ids,
+            ["lp-1"]
+        );
+        assert!(rm_args(&json!({}), vec![7]).is_err());
+        assert!(rm_args(&json!({ "ids": ["lp-1"], "all": true }), vec![7]).is_err());
+    }
+
+    #[test]
+    fn unknown_op_and_no_process_are_host_errors() {
+        let scope = (
+            Scope {
+                cmdline: None,
+                netns: None,
+            },
+            Vec::new(),
+        );
+        let cmd = |op: &str, m: Option<&str>| Command {
+            id: "cmd-1".into(),
+            op: op.into(),
+            match_cmdline: m.map(str::to_owned),
+            args: json!({}),
+            who: "test".into(),
+        };
+        let r = run_command("h", &cmd("rm -rf", None), &scope);
+        assert!(r.error.unwrap().starts_with("unknown op \"rm -rf\""));
+        let r = run_command("h", &cmd("processes", Some("no such program x9q")), &scope);
+        assert_eq!(
+            r.error.as_deref(),
+            Some("no node process this agent traces matches \"no such program x9q\"")
+        );
+        assert!(r.processes.is_empty());
+    }
+}

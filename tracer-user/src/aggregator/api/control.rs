@@ -585,3 +585,36 @@ pub(super) async fn admin_auth(
         .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     resp
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_name_the_host_and_why() {
+        let hub = Hub::default();
+        assert_eq!(
+            hub.refusal("h9").unwrap(),
+            "host h9: unknown: no agent has sent events or polled for commands as h9"
+        );
+        hub.saw_ingest("h3");
+        assert!(hub.refusal("h3").unwrap().contains("control not allowed"));
+        {
+            let mut inner = hub.lock();
+            let h = inner.hosts.entry("h1".into()).or_default();
+            h.polling = 1;
+            let h = inner.hosts.entry("h2".into()).or_default();
+            h.last_poll = Some(Instant::now() - POLL_GRACE - Duration::from_secs(1));
+        }
+        assert_eq!(hub.refusal("h1"), None);
+        assert!(
+            hub.refusal("h2")
+                .unwrap()
+                .starts_with("host h2: its agent stopped polling for commands 41s ago")
+        );
+        let (take, skipped) = hub.controlled_hosts();
+        assert_eq!(take, ["h1"]);
+        let names: Vec<&str> = skipped.iter().map(|s| s.host.as_str()).collect();
+        assert_eq!(names, ["h2", "h3"]);
+    }
+}
