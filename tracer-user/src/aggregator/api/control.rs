@@ -397,6 +397,16 @@ pub(super) async fn commands(
         processes,
         error,
     };
+    if submit
+        .hosts
+        .iter()
+        .any(|h| h.is_empty() || h.len() > crate::aggregator::store::MAX_HOST_LEN)
+    {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "host names must be 1 to 255 bytes",
+        ));
+    }
     let mut hosts = submit.hosts.clone();
     hosts.sort();
     hosts.dedup();
