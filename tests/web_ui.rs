@@ -15,7 +15,10 @@
 //! hops; a new log line appears in the live tail, and a burst of 20 000
 //! lines neither freezes the page nor grows the list past its cap; the
 //! requests/s graph has a drawn series per host; a `<script>`/`onerror=`
-//! log line is displayed literally and never runs. Screenshots go to
+//! log line is displayed literally and never runs; the Logpoints panel,
+//! given the demo's admin token (kept in memory only), adds a logpoint to
+//! the api service on h2, its lines arrive in the live tail, and it is
+//! listed and removed. Screenshots go to
 //! `target/test-artifacts/web-ui/`.
 //!
 //! Also `tracer demo --store clickhouse` (no browser): its two aggregators
@@ -289,6 +292,12 @@ fn web_ui_in_chromium_against_the_demo() {
         .env("NODE_PATH", &modules)
         .env("BASE", format!("http://{addr}"))
         .env("TOKEN", &token)
+        .env(
+            "ADMIN_TOKEN",
+            std::fs::read_to_string(dir.path().join("demo/admin-token"))
+                .expect("the demo's admin token")
+                .trim(),
+        )
         .env("ARTIFACTS", &artifacts)
         .env("USER_DATA", profile.path());
     let (out, err) = run_bounded(
@@ -324,7 +333,17 @@ fn web_ui_in_chromium_against_the_demo() {
     assert_eq!(v["tailMarked"], true, "{v}");
     assert_eq!(v["xss_inert"], true, "{v}");
     assert!(v["graph"]["inked"].as_u64().unwrap_or(0) > 200, "{v}");
-    for shot in ["timeline", "trace", "search", "tail", "graphs"] {
+    assert_eq!(v["logpoint"]["removed"], true, "{v}");
+    assert!(v["logpoint"]["lines"].as_u64().unwrap_or(0) >= 3, "{v}");
+    for shot in [
+        "timeline",
+        "trace",
+        "search",
+        "tail",
+        "graphs",
+        "logpoints-tail",
+        "logpoints",
+    ] {
         let p = artifacts.join(format!("{shot}.png"));
         let len = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
         assert!(

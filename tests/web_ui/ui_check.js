@@ -10,6 +10,8 @@ const { chromium } = require('playwright-core');
 
 const BASE = process.env.BASE;
 const TOKEN = process.env.TOKEN;
+// The demo's admin token (the Logpoints panel, step 9).
+const ADMIN_TOKEN = process.env.ADMIN_TOKEN;
 const ARTIFACTS = process.env.ARTIFACTS;
 const USER_DATA = process.env.USER_DATA;
 const HOSTS = ['h1', 'h2', 'h3'];
@@ -366,6 +368,56 @@ async function run(ctx, expected) {
   check(HOSTS.every((h) => hostsInGraph.has(h)), `requests/s has a series per host: ${graph.labels}`);
   result.graph = graph;
   await page.screenshot({ path: `${ARTIFACTS}/graphs.png`, fullPage: true });
+
+  // 9. Logpoints panel: with the admin token (memory only), add a
+  // logpoint to the api service on h2, see its lines arrive in the live
+  // tail tied to requests, list it, remove it.
+  await page.selectOption('#window', String(300e3));
+  await page.click('#tabs button[data-tab=control]');
+  await page.fill('#ctl-token', ADMIN_TOKEN);
+  await page.click('#ctl-use');
+  await page.waitForFunction(() => document.getElementById('ctl-token-status').textContent === 'accepted');
+  const ctlHosts = await page.evaluate(() =>
+    [...document.querySelectorAll('#ctl-hosts input')].map((b) => [b.value, !b.disabled]),
+  );
+  check(JSON.stringify(ctlHosts) === JSON.stringify(HOSTS.map((h) => [h, true])), `control hosts: ${JSON.stringify(ctlHosts)}`);
+  check(
+    (await page.evaluate(() => sessionStorage.length + localStorage.length)) === 1,
+    'the admin token is not stored (only the login token is, in sessionStorage)',
+  );
+  for (const h of HOSTS) if (h !== 'h2') await page.uncheck(`#ctl-hosts input[value=${h}]`);
+  await page.fill('#ctl-match', 'demo-service');
+  await page.click('#ctl-show-procs');
+  await page.waitForFunction(() => document.querySelectorAll('#ctl-procs .ctl-proc').length === 1);
+  const proc = await page.textContent('#ctl-procs .ctl-proc');
+  check(/^h2 PID \d+: \S*node \S*demo-service\.js$/.test(proc), `selected processes: ${proc}`);
+  await page.fill('#ctl-location', 'demo-service.js:14');
+  await page.fill('#ctl-template', 'webui-lp ${name} ${req.url}');
+  await page.fill('#ctl-ttl', '5m');
+  await page.click('#ctl-add');
+  await page.waitForFunction(() => /1 ok, 0 failed/.test(document.getElementById('ctl-status').textContent), null, { timeout: 60_000 });
+  const added = await page.textContent('#ctl-results');
+  check(/^h2 PID \d+: logpoint lp-[0-9a-f]{8} added to PID \d+ at file:\/\/.*demo-service\.js:14:/.test(added), `add result: ${added}`);
+  await page.waitForFunction(() => document.querySelectorAll('#ctl-list .ctl-lp').length === 1);
+  const lpId = await page.getAttribute('#ctl-list .ctl-lp', 'data-id');
+  await page.click('#tabs button[data-tab=tail]');
+  await page.selectOption('#tail-kind', 'logpoint');
+  await page.waitForFunction(
+    () => [...document.querySelectorAll('#tail-list .tail-row[data-host=h2] .t-text')].filter((e) => /webui-lp api \//.test(e.textContent)).length >= 3,
+    null,
+    { timeout: 60_000 },
+  );
+  const lpLines = await page.evaluate(() =>
+    [...document.querySelectorAll('#tail-list .tail-row[data-host=h2] .t-text')].filter((e) => /webui-lp api \//.test(e.textContent)).length,
+  );
+  await page.screenshot({ path: `${ARTIFACTS}/logpoints-tail.png` });
+  await page.click('#tabs button[data-tab=control]');
+  await page.click(`#ctl-list .ctl-lp[data-id=${lpId}] .ctl-rm`);
+  await page.waitForFunction(() => /no logpoints on the selected processes/.test(document.getElementById('ctl-list').textContent), null, { timeout: 60_000 });
+  const removed = await page.textContent('#ctl-results');
+  check(/no logpoints left/.test(removed), `rm result: ${removed}`);
+  await page.screenshot({ path: `${ARTIFACTS}/logpoints.png`, fullPage: true });
+  result.logpoint = { id: lpId, lines: lpLines, removed: true };
 
   check(errors.length === 0, `errors on the page: ${errors.join('; ')}`);
   check((await page.evaluate(() => window.__pwned)) === undefined, 'window.__pwned stayed undefined');

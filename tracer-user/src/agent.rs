@@ -29,6 +29,9 @@ Examples:
   tracer agent --netns /var/run/netns/blue      # only processes in that network namespace
   tracer agent --probe uprobe:uv_fs_open --probe-record args --probe-args int,int,str
                                                 # a native probe in every traced process
+  tracer agent --aggregator https://agg:7878 --token-file /etc/tracer/token \
+      --ca-cert /etc/tracer/ca.pem --allow-control
+                                                # forward, and take logpoint/eval commands
   curl -s 127.0.0.1:9464/metrics
 
 Processes that start later are picked up when they exec; processes that exit
@@ -88,6 +91,14 @@ pub struct AgentArgs {
     /// The private key of --client-cert (PEM).
     #[arg(long, value_name = "FILE", requires = "client_cert")]
     pub client_key: Option<PathBuf>,
+
+    /// Take logpoint and eval commands from the aggregator (sent there with
+    /// its admin token) and run them on the processes this agent traces.
+    /// Off by default: it runs code inside production processes. The agent
+    /// keeps a poll open to the aggregator (no inbound connection), and
+    /// refuses a plain http:// aggregator other than on this machine.
+    #[arg(long, requires = "aggregator")]
+    pub allow_control: bool,
 
     /// Testing only: shift every timestamp by this many milliseconds, to
     /// simulate a host whose clock is off.
@@ -254,6 +265,14 @@ pub async fn run(args: AgentArgs) -> Result<Outcome> {
     let started = std::time::Instant::now();
     args.capture.validate()?;
     let scope = Scope::from_args(&args)?;
+    // Before anything is loaded: a refused transport stops here.
+    if args.allow_control
+        && let Some(url) = &args.aggregator
+    {
+        for u in crate::forward::base_urls(url) {
+            crate::control::check_transport(&u, "--aggregator (with --allow-control)")?;
+        }
+    }
     for pid in &args.pids {
         crate::capture::preflight::check_pid(*pid)?;
     }
@@ -283,6 +302,22 @@ pub async fn run(args: AgentArgs) -> Result<Outcome> {
                 .to_string();
             if token.is_empty() {
                 anyhow::bail!("--token-file {} is empty", token_file.display());
+            }
+            if args.allow_control {
+                let control = crate::control::agent::start(crate::control::agent::ControlConfig {
+                    urls: crate::forward::base_urls(url),
+                    token: token.clone(),
+                    host: host.clone(),
+                    ca_cert: args.ca_cert.clone(),
+                    client_cert: args.client_cert.clone().zip(args.client_key.clone()),
+                    scope: scope.clone(),
+                    pids: args.pids.clone(),
+                })?;
+                eprintln!(
+                    "tracer: control allowed: taking logpoint/eval commands from {url} \
+                     (docs/logpoints.md)"
+                );
+                drop(control);
             }
             let cfg = ForwardConfig {
                 url: url.clone(),

@@ -275,6 +275,10 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     // The ingest token is a secret: only root reads it.
     let token_file = dir.join("token");
     write_secret(&token_file)?;
+    // The control API's admin token: another secret than the ingest token
+    // (docs/logpoints.md, "Across the cluster").
+    let admin_file = dir.join("admin-token");
+    write_secret(&admin_file)?;
     let service_js = dir.join("demo-service.js");
     std::fs::write(&service_js, SERVICE_JS)?;
     let traffic_js = dir.join("demo-traffic.js");
@@ -289,10 +293,27 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         children: Vec::new(),
         servers: Vec::new(),
     };
-    let store_args = match args.store {
+    // Control commands travel only over TLS or loopback; the demo serves
+    // plain HTTP, so control is on only when it listens on loopback.
+    let control = args
+        .listen
+        .parse::<std::net::SocketAddr>()
+        .is_ok_and(|a| a.ip().is_loopback());
+    if !control {
+        eprintln!(
+            "[demo] --listen {} is not loopback: logpoints through the aggregator are off \
+             (control needs TLS beyond this machine)",
+            args.listen
+        );
+    }
+    let mut store_args = match args.store {
         DemoStore::Sqlite => vec!["--data".into(), dir.join("data").display().to_string()],
         DemoStore::Clickhouse => start_clickhouse(&mut cluster, &dir)?,
     };
+    if control {
+        store_args.push("--admin-token-file".into());
+        store_args.push(admin_file.display().to_string());
+    }
     let first = start_aggregator(
         &mut cluster,
         &exe,
@@ -328,15 +349,26 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             vec![format!("{a},{b}"), format!("{b},{a}"), format!("{a},{b}")]
         }
     };
+    // An agent takes commands from the first aggregator of its list: the
+    // api's host (h2) from the one the demo's commands go to.
+    let control_url = urls[1].split(',').next().unwrap_or_default().to_string();
     // Agents first, so the services are traced from their first request.
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<String>();
     for (i, (_, host)) in HOSTS.iter().enumerate() {
         let ns_path = format!("/var/run/netns/{}", netns_name(host));
+        let mut agent = Command::new(&exe);
+        if control {
+            // The demo's agents take logpoint/eval commands from the
+            // aggregator (off by default).
+            agent.arg("agent").arg("--allow-control");
+        } else {
+            agent.arg("agent");
+        }
         spawn(
             &mut cluster,
             &format!("agent {host}"),
-            Command::new(&exe)
-                .args(["agent", "--quiet", "--host", host, "--netns", &ns_path])
+            agent
+                .args(["--quiet", "--host", host, "--netns", &ns_path])
                 .args(["--aggregator", &urls[i], "--token-file"])
                 .arg(&token_file)
                 .arg("--spool")
@@ -387,7 +419,13 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         .iter()
         .find(|(name, _)| name == "api")
         .map(|(_, c)| c.id());
-    print_help(&exe, &first.to_string(), &token_file, api_pid);
+    print_help(
+        &exe,
+        &first.to_string(),
+        &token_file,
+        control.then_some((admin_file.as_path(), control_url.as_str())),
+        api_pid,
+    );
     if let Some(s) = cluster.servers.first() {
         eprintln!(
             "[demo] ClickHouse itself (the events of both shards):\n\
@@ -447,7 +485,15 @@ fn wait_for_agents(ready: &std::sync::mpsc::Receiver<String>, n: usize) -> Resul
     Ok(())
 }
 
-fn print_help(exe: &Path, listen: &str, token_file: &Path, api_pid: Option<u32>) {
+fn print_help(
+    exe: &Path,
+    listen: &str,
+    token_file: &Path,
+    // The admin token file, and the aggregator the api host takes
+    // commands from (control on).
+    control: Option<(&Path, &str)>,
+    api_pid: Option<u32>,
+) {
     let t = token_file.display();
     let x = exe.display();
     // The token (a uuid, URL-safe) rides in the fragment: never sent to the server.
@@ -465,10 +511,21 @@ fn print_help(exe: &Path, listen: &str, token_file: &Path, api_pid: Option<u32>)
         gw = host_addr(0),
     );
     // docs/logpoints.md: a log line added to the running api service (line
-    // 14 of demo-service.js is its per-request log line).
+    // 14 of demo-service.js is its per-request log line), through the
+    // aggregator: the agents run with --allow-control.
+    if let Some((a, c)) = control.map(|(a, c)| (a.display(), c)) {
+        eprintln!(
+            "[demo] add a log line to the running api service (h2) through the aggregator, and watch \
+         its lines arrive, each tied to its request:\n\
+         \x20   {x} logpoint add --aggregator {c} --admin-token-file {a} --host h2 --match demo-service demo-service.js:14 'api saw ${{req.url}} as request #${{n}}' --ttl 10m\n\
+         \x20   {x} tail -f --kind logpoint --aggregator http://{listen} --token-file {t}\n\
+         \x20   {x} timeline --since 5m --kind audit --aggregator http://{listen} --token-file {t}   # who did what\n\
+         \x20   {x} logpoint rm --all --aggregator {c} --admin-token-file {a} --host h2\n"
+        );
+    }
     if let Some(pid) = api_pid {
         eprintln!(
-            "[demo] add a log line to the running api service (h2), and watch it arrive:\n\
+            "[demo] or on this machine directly (root), by PID:\n\
              \x20   sudo {x} logpoint add --pid {pid} demo-service.js:14 'api saw ${{req.url}} as request #${{n}}' --ttl 10m\n\
              \x20   {x} tail -f --kind logpoint --aggregator http://{listen} --token-file {t}\n\
              \x20   sudo {x} logpoint rm --pid {pid} --all\n"

@@ -126,6 +126,51 @@ pub enum EventData {
     },
     /// An ad-hoc probe's hit or per-interval aggregate (`tracer probe`).
     Probe(Box<ProbeHit>),
+    /// A control command sent through the aggregator (logpoint add/list/rm,
+    /// eval): who, what, which processes, the result. Stored by the
+    /// aggregator under the host the command went to (docs/logpoints.md,
+    /// "Across the cluster").
+    Audit(Box<AuditRecord>),
+}
+
+/// What an `audit` event records (docs/events.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// The command's id (one per command, shared by its hosts).
+    pub command: String,
+    /// `requested` (recorded before it is sent), `done` (with the
+    /// results), or `refused` (never sent, `error` says why).
+    pub phase: String,
+    /// The admin token's name in --admin-token-file, or its fingerprint.
+    pub who: String,
+    /// `logpoint.add`, `logpoint.list`, `logpoint.rm` or `eval`.
+    pub op: String,
+    /// The command's arguments (location, template, expression, ids...).
+    pub args: serde_json::Value,
+    /// The process selector (`--match`), when there is one.
+    #[serde(rename = "match", default, skip_serializing_if = "Option::is_none")]
+    pub match_cmdline: Option<String>,
+    /// done: one outcome per process the command ran on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub processes: Vec<ProcessOutcome>,
+    /// refused, or done without an answer from the host: why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The outcome of a control command in one process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProcessOutcome {
+    pub pid: u32,
+    pub ok: bool,
+    /// What the operation answered (the resolved logpoint, the value...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    /// The same, as the human report `tracer logpoint`/`eval` print.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// What an ad-hoc probe recorded (docs/events.md, `probe`).
@@ -285,6 +330,7 @@ impl EventData {
             EventData::Logpoint { .. } => "logpoint",
             EventData::Inspector { .. } => "inspector",
             EventData::Probe(_) => "probe",
+            EventData::Audit(_) => "audit",
         }
     }
 
@@ -450,8 +496,33 @@ impl Event {
             }
             EventData::Inspector { text } => write!(s, " node| {text}"),
             EventData::Probe(p) => p.write_text(&mut s),
+            EventData::Audit(a) => a.write_text(&mut s),
         };
         s
+    }
+}
+
+impl AuditRecord {
+    fn write_text(&self, s: &mut String) -> std::fmt::Result {
+        write!(
+            s,
+            " {} {} by {} ({})",
+            self.phase, self.op, self.who, self.command
+        )?;
+        if let Some(m) = &self.match_cmdline {
+            write!(s, " match={m:?}")?;
+        }
+        write!(s, " {}", self.args)?;
+        for p in &self.processes {
+            match &p.error {
+                Some(e) if !p.ok => write!(s, " | PID {}: error: {e}", p.pid)?,
+                _ => write!(s, " | PID {}: ok", p.pid)?,
+            }
+        }
+        if let Some(e) = &self.error {
+            write!(s, " | error: {e}")?;
+        }
+        Ok(())
     }
 }
 

@@ -141,17 +141,36 @@ pub fn start(
 }
 
 fn client(cfg: &ForwardConfig) -> Result<reqwest::Client> {
+    for url in aggregator_urls(&cfg.url) {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            bail!("--aggregator {url} must start with http:// or https://");
+        }
+    }
+    http_client(
+        cfg.ca_cert.as_deref(),
+        cfg.client_cert.as_ref(),
+        Duration::from_secs(10),
+    )
+}
+
+/// The agent's HTTP client for its aggregator: `ca_cert` trusted, the
+/// client certificate presented (mutual TLS), requests cut at `timeout`.
+pub fn http_client(
+    ca_cert: Option<&Path>,
+    client_cert: Option<&(PathBuf, PathBuf)>,
+    timeout: Duration,
+) -> Result<reqwest::Client> {
     let mut builder = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
+        .timeout(timeout)
         .connect_timeout(Duration::from_secs(3));
-    if let Some(ca) = &cfg.ca_cert {
+    if let Some(ca) = ca_cert {
         let pem =
             std::fs::read(ca).with_context(|| format!("reading --ca-cert {}", ca.display()))?;
         let cert = reqwest::Certificate::from_pem(&pem)
             .with_context(|| format!("{} is not a PEM certificate", ca.display()))?;
         builder = builder.add_root_certificate(cert);
     }
-    if let Some((cert, key)) = &cfg.client_cert {
+    if let Some((cert, key)) = client_cert {
         let mut pem = std::fs::read(cert)
             .with_context(|| format!("reading --client-cert {}", cert.display()))?;
         pem.extend(
@@ -167,12 +186,16 @@ fn client(cfg: &ForwardConfig) -> Result<reqwest::Client> {
         })?;
         builder = builder.identity(id);
     }
-    for url in aggregator_urls(&cfg.url) {
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
-            bail!("--aggregator {url} must start with http:// or https://");
-        }
-    }
     Ok(builder.build()?)
+}
+
+/// The base URLs of a comma-separated `--aggregator` list.
+pub fn base_urls(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| u.trim_end_matches('/').to_owned())
+        .collect()
 }
 
 /// The ingest URLs of a comma-separated `--aggregator` list.

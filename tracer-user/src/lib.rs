@@ -9,6 +9,7 @@ pub mod aggregator;
 pub mod attach;
 pub mod capture;
 pub mod conns;
+pub mod control;
 pub mod decode;
 pub mod demo;
 pub mod event;

@@ -291,7 +291,8 @@ fn kind_slot(data: &EventData) -> Option<usize> {
         EventData::Lost { .. }
         | EventData::Logpoint { .. }
         | EventData::Inspector { .. }
-        | EventData::Probe(_) => {
+        | EventData::Probe(_)
+        | EventData::Audit(_) => {
             return None;
         }
     })
@@ -511,7 +512,8 @@ impl Metrics {
             | EventData::Lost { .. }
             | EventData::Logpoint { .. }
             | EventData::Inspector { .. }
-            | EventData::Probe(_) => {}
+            | EventData::Probe(_)
+            | EventData::Audit(_) => {}
         }
     }
 

@@ -3,6 +3,7 @@
 // graphs. docs/ui.md describes it.
 
 import * as api from './api.js';
+import { ControlPanel } from './control.js';
 import { Graphs } from './graphs.js';
 import { Search } from './search.js';
 import { LiveTail } from './tail.js';
@@ -19,7 +20,7 @@ const WINDOWS = [
   ['24 h', 24 * 3600e3],
 ];
 // Timeline kinds; `tcp` stands for connect, accept and close.
-const KINDS = ['http', 'log', 'logpoint', 'probe', 'gc', 'loop', 'tcp_retransmit', 'tcp', 'exec', 'exit', 'lost'];
+const KINDS = ['http', 'log', 'logpoint', 'audit', 'probe', 'gc', 'loop', 'tcp_retransmit', 'tcp', 'exec', 'exit', 'lost'];
 const DEFAULT_OFF = new Set(['tcp']);
 const EVENT_LIMIT = 20000;
 
@@ -99,8 +100,9 @@ function start() {
   });
   const tail = new LiveTail($('tab-tail'));
   const graphs = new Graphs($('tab-graphs'), { onRange: (a, b) => timeline.setView(a, b) });
+  const control = new ControlPanel($('tab-control'));
   // A handle for the browser console and the browser tests.
-  window.tracerUI = { timeline, trace, search, tail, graphs };
+  window.tracerUI = { timeline, trace, search, tail, graphs, control };
 
   async function select(e) {
     showTab('trace');

@@ -9,7 +9,7 @@ import { describe, el, evMs, fmtClock } from './util.js';
 
 const MAX_ROWS = 500;
 const MAX_QUEUED = 5000;
-const KINDS = ['log', 'http', 'tcp_connect', 'tcp_accept', 'tcp_close', 'tcp_retransmit', 'loop', 'gc', 'exec', 'exit', 'lost', 'logpoint', 'inspector', 'probe'];
+const KINDS = ['log', 'http', 'tcp_connect', 'tcp_accept', 'tcp_close', 'tcp_retransmit', 'loop', 'gc', 'exec', 'exit', 'lost', 'logpoint', 'inspector', 'probe', 'audit'];
 
 export class LiveTail {
   constructor(root) {

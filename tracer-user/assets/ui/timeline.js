@@ -29,6 +29,7 @@ const COLOR = {
   lost: '#111',
   proc: '#8a5cd6',
   logpoint: '#e0218a',
+  audit: '#1f5fd6',
   probe: '#0f9d58',
   link: 'rgba(70, 80, 200, 0.35)',
   linkHi: 'rgba(20, 30, 160, 0.95)',
@@ -336,10 +337,10 @@ export class Timeline {
         c.lineWidth = 1;
       }
     } else if (e.pid === 0) {
-      // Host-level (lost): a black square in the host lane.
+      // Host-level (lost; audit: a control command): a square in the host lane.
       y0 = y + 5;
       y1 = y + 15;
-      c.fillStyle = COLOR.lost;
+      c.fillStyle = e.kind === 'audit' ? COLOR.audit : COLOR.lost;
       c.fillRect(x0 - 4, y0, 8, 10);
       x1 = x0 + 4;
     } else {

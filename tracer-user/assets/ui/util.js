@@ -83,6 +83,8 @@ export function describe(e) {
       return `probe ${e.probe} ${e.point}${probeDetail(e)}`;
     case 'inspector':
       return `node inspector| ${e.text}`;
+    case 'audit':
+      return `audit ${e.phase} ${e.op} by ${e.who} (${e.command})${e.match ? ` match=${e.match}` : ''} ${JSON.stringify(e.args)}${auditDetail(e)}`;
     case 'exit':
       return `exit ${e.exit_code ?? ''}${e.signal ? ` signal ${e.signal}` : ''}`;
     case 'tcp_close':
@@ -107,6 +109,12 @@ export function searchText(e) {
     default:
       return '';
   }
+}
+
+/** Per process outcomes of an audited command, or its error. */
+function auditDetail(e) {
+  const ps = (e.processes || []).map((p) => ` | PID ${p.pid}: ${p.ok ? 'ok' : `error: ${p.error}`}`).join('');
+  return ps + (e.error ? ` | error: ${e.error}` : '');
 }
 
 /** What a probe event recorded: its arguments, or its count (and latency

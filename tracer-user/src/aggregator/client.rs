@@ -63,7 +63,8 @@ pub struct TimelineArgs {
     pub hosts: Vec<String>,
 
     /// Only these kinds: log, http, tcp_connect, tcp_accept, tcp_close,
-    /// tcp_retransmit, loop, gc, exec, exit, lost, logpoint, inspector, probe.
+    /// tcp_retransmit, loop, gc, exec, exit, lost, logpoint, inspector, probe,
+    /// audit.
     #[arg(long = "kind", value_name = "KIND", value_delimiter = ',')]
     pub kinds: Vec<String>,
 

@@ -42,7 +42,8 @@ macro_rules! store_conformance_suite {
             grep_pages_and_new_lines_after_the_cache,
             many_matching_lines_count_and_page,
             queries_match_a_model_of_the_store,
-            series_from_stored_events);
+            series_from_stored_events,
+            audit_events_round_trip);
     };
     (@each $backend:expr; $($name:ident),*) => {
         $(
@@ -168,6 +169,75 @@ pub fn ingest_dedupes_by_host_run_seq(backend: &impl Backend) {
             .duplicate
     );
     assert_eq!(store.count(&Filter::default()).unwrap(), 3);
+}
+
+/// `audit` events (control commands, docs/events.md) are stored whole and
+/// found by their kind, next to the logpoint lines they caused.
+pub fn audit_events_round_trip(backend: &impl Backend) {
+    use crate::event::{AuditRecord, ProcessOutcome};
+    let store = backend.open();
+    let audit = Event {
+        ts_ns: 1_000,
+        host: "h1".into(),
+        pid: 0,
+        tid: 0,
+        comm: "tracer".into(),
+        data: EventData::Audit(Box::new(AuditRecord {
+            command: "cmd-0123456789ab".into(),
+            phase: "done".into(),
+            who: "alice".into(),
+            op: "logpoint.add".into(),
+            args: json!({ "id": "lp-00aa11bb", "location": "a.js:3", "template": "x=${x}" }),
+            match_cmdline: Some("api".into()),
+            processes: vec![ProcessOutcome {
+                pid: 42,
+                ok: true,
+                result: Some(json!({ "id": "lp-00aa11bb", "line": 3 })),
+                text: Some("logpoint lp-00aa11bb added\n".into()),
+                error: None,
+            }],
+            error: None,
+        })),
+    };
+    let hit = Event {
+        ts_ns: 2_000,
+        host: "h1".into(),
+        pid: 42,
+        tid: 42,
+        comm: "node".into(),
+        data: EventData::Logpoint {
+            id: "lp-00aa11bb".into(),
+            location: "/srv/a.js:3:5".into(),
+            text: "x=1".into(),
+            dropped: 0,
+            req_id: Some("r-1".into()),
+        },
+    };
+    store
+        .ingest(batch("h1", 0, vec![audit.clone(), hit.clone()]))
+        .unwrap();
+    let only = |k: &str| Query {
+        filter: Filter {
+            kinds: vec![kind(k)],
+            ..Filter::default()
+        },
+        ..all(10)
+    };
+    let got: Vec<Event> = store
+        .query(&only("audit"))
+        .unwrap()
+        .into_iter()
+        .map(|s| s.event)
+        .collect();
+    assert_eq!(got, vec![audit]);
+    let got: Vec<Event> = store
+        .query(&only("logpoint"))
+        .unwrap()
+        .into_iter()
+        .map(|s| s.event)
+        .collect();
+    assert_eq!(got, vec![hit]);
+    assert_eq!(store.count(&only("audit").filter).unwrap(), 1);
 }
 
 pub fn query_orders_by_time_then_commit_and_pages(backend: &impl Backend) {

@@ -62,11 +62,18 @@ Examples:
   tracer aggregator --data /var/lib/tracer --token-file /etc/tracer/token
   tracer timeline --since 5m --token-file /etc/tracer/token
 
+  # logpoints/eval on agents with --allow-control: admins as NAME:TOKEN lines
+  echo \"alice:$(head -c 32 /dev/urandom | base64)\" > /etc/tracer/admins && chmod 600 /etc/tracer/admins
+  tracer aggregator --listen 0.0.0.0:7878 --tls-cert cert.pem --tls-key key.pem \\
+      --data /var/lib/tracer --token-file /etc/tracer/token --admin-token-file /etc/tracer/admins
+
   tracer aggregator --store clickhouse://127.0.0.1:8123/tracer \\
       --clickhouse-user tracer --clickhouse-password-file /etc/tracer/ch-password \\
       --token-file /etc/tracer/token
 
-Every request needs `Authorization: Bearer <token>`. Batches are acknowledged
+Every request needs `Authorization: Bearer <token>`; the control API
+(/v1/control/commands, /v1/control/hosts) an admin token instead
+(--admin-token-file). Batches are acknowledged
 only once committed to disk (SQLite) or inserted (ClickHouse). The API is plain
 HTTP unless --tls-cert/--tls-key are given (--tls-client-ca: mutual TLS).
 See docs/aggregator.md.")]
@@ -114,6 +121,14 @@ pub struct AggregatorArgs {
     /// File holding the API token agents and clients must present.
     #[arg(long, value_name = "FILE")]
     pub token_file: PathBuf,
+
+    /// Enables the control API (logpoints and eval on agents started with
+    /// --allow-control, docs/logpoints.md): a file of admin tokens, one per
+    /// line as `NAME:TOKEN` (NAME is who audit events name) or a bare
+    /// `TOKEN` (named by its fingerprint). Must differ from the ingest
+    /// token. Off without it.
+    #[arg(long, value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
 
     /// Serve HTTPS with this certificate chain (PEM); needs --tls-key.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
@@ -180,6 +195,35 @@ async fn serve(args: AggregatorArgs) -> Result<()> {
         )?),
         _ => None,
     };
+    let admin = match &args.admin_token_file {
+        Some(path) => {
+            let admins = crate::control::read_admin_tokens(path)?;
+            if admins.iter().any(|a| a.token == token) {
+                bail!(
+                    "{}: an admin token equals the ingest token; the admin token must be a \
+                     different secret (every agent holds the ingest token)",
+                    path.display()
+                );
+            }
+            if !args.listen.ip().is_loopback() && tls.is_none() {
+                bail!(
+                    "--admin-token-file on {} without TLS: control commands cross the network \
+                     only over TLS; add --tls-cert/--tls-key (or listen on 127.0.0.1)",
+                    args.listen
+                );
+            }
+            if let Ok(meta) = std::fs::metadata(path)
+                && meta.permissions().mode() & 0o077 != 0
+            {
+                eprintln!(
+                    "tracer: warning: {} is readable by other users (chmod 600 it)",
+                    path.display()
+                );
+            }
+            Some(admins)
+        }
+        None => None,
+    };
     let (store, described) = open_store(&args).await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -189,6 +233,7 @@ async fn serve(args: AggregatorArgs) -> Result<()> {
     let state = AppState::new(
         store,
         token.into_bytes(),
+        admin.clone(),
         Limits {
             max_body: args.max_body,
             max_decompressed: args.max_decompressed,
@@ -208,6 +253,16 @@ async fn serve(args: AggregatorArgs) -> Result<()> {
         ""
     };
     eprintln!("tracer: aggregator listening on {scheme}://{addr} (store: {described}{mtls})");
+    match &admin {
+        Some(a) => eprintln!(
+            "tracer: control API on ({} admin token(s)): agents with --allow-control take \
+             logpoint/eval commands",
+            a.len()
+        ),
+        None => {
+            eprintln!("tracer: control API off (no --admin-token-file): agents take no commands")
+        }
+    }
     if std::io::stderr().is_terminal() {
         eprintln!("tracer: Ctrl-C to stop");
     }

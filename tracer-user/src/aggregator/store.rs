@@ -18,7 +18,7 @@ pub use crate::event::StreamName;
 use crate::event::{Event, EventData};
 
 /// Event kinds (the `kind` values of docs/events.md).
-pub const KINDS: [&str; 14] = [
+pub const KINDS: [&str; 15] = [
     "log",
     "http",
     "tcp_connect",
@@ -33,6 +33,7 @@ pub const KINDS: [&str; 14] = [
     "logpoint",
     "inspector",
     "probe",
+    "audit",
 ];
 
 /// One of [`KINDS`]: a filter can only name a kind that exists.

@@ -55,6 +55,11 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ),
     ("/ui/tail.js", JS, include_str!("../../assets/ui/tail.js")),
     (
+        "/ui/control.js",
+        JS,
+        include_str!("../../assets/ui/control.js"),
+    ),
+    (
         "/ui/graphs.js",
         JS,
         include_str!("../../assets/ui/graphs.js"),

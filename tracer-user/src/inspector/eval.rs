@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 use clap::Args;
 use serde_json::{Value, json};
 
@@ -21,6 +21,8 @@ Examples:
   tracer eval --pid 4242 'process.memoryUsage()'
   tracer eval --pid 4242 'require(\"os\").loadavg()'
   tracer eval --pid 4242 'await fetch(\"http://127.0.0.1:8080/health\").then(r => r.status)'
+  tracer eval --aggregator https://agg:7878 --admin-token-file ~/.tracer-admin \\
+      --host h2 --match api 'process.memoryUsage().rss'     # across the cluster
 
 The expression runs in the process's main context, like a line typed in
 node's REPL: top-level `await` works and `require` is available. The value
@@ -28,9 +30,20 @@ is printed as JSON when it can be serialised, else as node's preview of it.
 The inspector port is open only for the moment of the evaluation. Needs root;
 every evaluation is appended to the audit log (docs/logpoints.md).")]
 pub struct EvalArgs {
-    /// Process to evaluate in.
-    #[arg(long, value_name = "PID")]
-    pub pid: u32,
+    /// Process to evaluate in (this host).
+    #[arg(
+        long,
+        value_name = "PID",
+        required_unless_present = "aggregator",
+        conflicts_with = "aggregator"
+    )]
+    pub pid: Option<u32>,
+    /// With --aggregator: every node process whose command line matches
+    /// this regex, on every selected host.
+    #[arg(long = "match", value_name = "REGEX", requires = "aggregator")]
+    pub match_cmdline: Option<String>,
+    #[command(flatten)]
+    pub remote: crate::control::remote::RemoteArgs,
     /// The JavaScript to evaluate.
     pub expression: String,
     /// Give up waiting after this long. Synchronous code is stopped at the
@@ -159,16 +172,40 @@ async fn describe(cdp: &mut Cdp, r: &Value) -> Result<Evaluated> {
 }
 
 pub async fn run(args: EvalArgs) -> Result<()> {
+    if args.remote.aggregator.is_some() {
+        return crate::control::remote::eval(&args).await;
+    }
     super::require_root("eval")?;
-    let target = Target::inspect(args.pid)?;
-    let audit = Audit::begin(
-        "eval",
-        args.pid,
-        &target.exe,
-        json!({ "expression": args.expression }),
-    )?;
-    let expression = args.expression.clone();
-    let timeout = args.timeout;
+    let pid = args
+        .pid
+        .context("give --pid PID (or --aggregator URL to run across the cluster)")?;
+    let value = eval_pid(pid, &args.expression, args.timeout, &Value::Null)?;
+    if args.json {
+        println!("{}", value.to_json());
+    } else {
+        println!("{}", value.to_text());
+    }
+    if let Evaluated::Thrown(_) = value {
+        bail!("the expression threw in PID {pid}");
+    }
+    Ok(())
+}
+
+/// One audited evaluation in `pid` (blocking: the inspector runs on a
+/// thread of its own). `origin`: see `logpoint::each_pid`.
+pub fn eval_pid(
+    pid: u32,
+    expression: &str,
+    timeout: Duration,
+    origin: &Value,
+) -> Result<Evaluated> {
+    let target = Target::inspect(pid)?;
+    let mut what = json!({ "expression": expression });
+    if !origin.is_null() {
+        what["origin"] = origin.clone();
+    }
+    let audit = Audit::begin("eval", pid, &target.exe, what)?;
+    let expression = expression.to_owned();
     let result = with_inspector(&target, async move |cdp, state| {
         // A long --timeout: the port must outlive the evaluation.
         let guard = super::session::PORT_GUARD.max(timeout + Duration::from_secs(10));
@@ -181,14 +218,5 @@ pub async fn run(args: EvalArgs) -> Result<()> {
         &result,
         result.as_ref().map(|e| e.to_json()).unwrap_or(Value::Null),
     );
-    let value = result?;
-    if args.json {
-        println!("{}", value.to_json());
-    } else {
-        println!("{}", value.to_text());
-    }
-    if let Evaluated::Thrown(_) = value {
-        bail!("the expression threw in PID {}", args.pid);
-    }
-    Ok(())
+    result
 }

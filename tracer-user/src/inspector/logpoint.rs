@@ -30,10 +30,18 @@ Examples:
   tracer logpoint rm --pid 4242 lp-1a2b3c4d
   tracer logpoint rm --pid 4242 --all
 
+Across the cluster (agents started with --allow-control; an admin token of
+the aggregator's --admin-token-file; https://, or http:// on this machine):
+  tracer logpoint add --aggregator https://agg:7878 --admin-token-file ~/.tracer-admin \\
+      --host h1,h2 --match api routes/orders.js:57 'order ${order.id}'
+  tracer logpoint list --aggregator https://agg:7878 --admin-token-file ~/.tracer-admin
+  tracer logpoint rm --all --aggregator https://agg:7878 --admin-token-file ~/.tracer-admin
+
 Each hit becomes a `logpoint` event in `tracer attach` / `tracer agent` output
 (docs/events.md). The inspector port is open only while tracer installs or
-removes a logpoint; the logpoints keep working with it closed. Needs root;
-every operation is appended to the audit log (docs/logpoints.md).")]
+removes a logpoint; the logpoints keep working with it closed. Needs root
+(on this host); every operation is appended to the audit log, and through
+the aggregator is an `audit` event too (docs/logpoints.md).")]
 pub struct LogpointArgs {
     #[command(subcommand)]
     pub command: LogpointCommand,
@@ -52,16 +60,20 @@ pub enum LogpointCommand {
 /// The processes a logpoint command acts on.
 #[derive(Debug, Args)]
 pub struct Targets {
-    /// Process to act on (repeatable).
+    /// Process to act on (repeatable; this host only).
     #[arg(
         long = "pid",
-        required_unless_present = "match_cmdline",
+        required_unless_present_any = ["match_cmdline", "aggregator"],
+        conflicts_with = "aggregator",
         value_name = "PID"
     )]
     pub pids: Vec<u32>,
-    /// Also every node process whose command line matches this regex.
+    /// Also every node process whose command line matches this regex
+    /// (with --aggregator: on every selected host).
     #[arg(long = "match", value_name = "REGEX")]
     pub match_cmdline: Option<String>,
+    #[command(flatten)]
+    pub remote: crate::control::remote::RemoteArgs,
 }
 
 impl Targets {
@@ -99,6 +111,10 @@ pub struct AddArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+    /// The id to give the logpoint (a command through the aggregator gives
+    /// every process the same one, so `rm ID` works cluster-wide).
+    #[arg(skip)]
+    pub id: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -226,7 +242,7 @@ pub fn logpoint_block(id: &str, template: &str, condition: Option<&str>) -> Resu
     ))
 }
 
-fn new_id() -> String {
+pub fn new_id() -> String {
     let u = uuid::Uuid::new_v4().simple().to_string();
     format!("lp-{}", &u[..8])
 }
@@ -245,19 +261,28 @@ fn call_expression(method: &str, args: &str, install: bool, absent: &str) -> Str
 }
 
 pub async fn run(args: LogpointArgs) -> Result<()> {
+    let remote = match &args.command {
+        LogpointCommand::Add(a) => &a.targets,
+        LogpointCommand::List(a) => &a.targets,
+        LogpointCommand::Rm(a) => &a.targets,
+    };
+    if remote.remote.aggregator.is_some() {
+        return crate::control::remote::logpoint(&args).await;
+    }
     super::require_root("logpoint")?;
+    let none = Value::Null;
     let (results, json_out) = match args.command {
         LogpointCommand::Add(mut a) => {
             a.targets.resolve()?;
-            (add(&a), a.json)
+            (add(&a, &none), a.json)
         }
         LogpointCommand::List(mut a) => {
             a.targets.resolve()?;
-            (list(&a), a.json)
+            (list(&a, &none), a.json)
         }
         LogpointCommand::Rm(mut a) => {
             a.targets.resolve()?;
-            (rm(&a), a.json)
+            (rm(&a, &none), a.json)
         }
     };
     let mut failed = 0;
@@ -307,14 +332,20 @@ fn port_note(state: PortState) -> &'static str {
     }
 }
 
-/// Runs one audited operation on each process.
+/// Runs one audited operation on each process. `origin` (a command
+/// through the aggregator: its id and who sent it) goes into the audit
+/// record.
 fn each_pid(
     pids: &[u32],
     op: &str,
-    what: Value,
+    mut what: Value,
+    origin: &Value,
     expression: impl Fn() -> Result<String>,
     render: impl Fn(u32, &Value, PortState) -> String,
 ) -> Vec<(u32, Result<Report>)> {
+    if !origin.is_null() {
+        what["origin"] = origin.clone();
+    }
     let mut out = Vec::new();
     for &pid in pids {
         let r = (|| -> Result<Report> {
@@ -343,13 +374,19 @@ fn each_pid(
     out
 }
 
-fn add(a: &AddArgs) -> Vec<(u32, Result<Report>)> {
+pub fn add(a: &AddArgs, origin: &Value) -> Vec<(u32, Result<Report>)> {
     let prepared = (|| -> Result<(Location, String, String)> {
         if a.ttl.is_zero() || a.ttl > MAX_TTL {
             bail!("--ttl must be more than 0 and at most 24h");
         }
         let loc = parse_location(&a.location)?;
-        let id = new_id();
+        let id = a.id.clone().unwrap_or_else(new_id);
+        if !id.starts_with("lp-")
+            || id.len() > 64
+            || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            bail!("logpoint id {id:?} must be lp- followed by letters and digits");
+        }
         let block = logpoint_block(&id, &a.template, a.condition.as_deref())?;
         Ok((loc, id, block))
     })();
@@ -379,6 +416,7 @@ fn add(a: &AddArgs) -> Vec<(u32, Result<Report>)> {
         &a.targets.pids,
         "logpoint.add",
         what,
+        origin,
         || Ok(call_expression("add", &spec.to_string(), true, "null")),
         |pid, v, state| {
             format!(
@@ -417,11 +455,12 @@ fn describe_line(lp: &Value) -> String {
     )
 }
 
-fn list(a: &ListArgs) -> Vec<(u32, Result<Report>)> {
+pub fn list(a: &ListArgs, origin: &Value) -> Vec<(u32, Result<Report>)> {
     each_pid(
         &a.targets.pids,
         "logpoint.list",
         json!({}),
+        origin,
         || Ok(call_expression("list", "", false, "[]")),
         |pid, v, state| {
             let lps = v.as_array().cloned().unwrap_or_default();
@@ -438,7 +477,7 @@ fn list(a: &ListArgs) -> Vec<(u32, Result<Report>)> {
     )
 }
 
-fn rm(a: &RmArgs) -> Vec<(u32, Result<Report>)> {
+pub fn rm(a: &RmArgs, origin: &Value) -> Vec<(u32, Result<Report>)> {
     let ids = if a.all {
         "null".to_owned()
     } else {
@@ -449,6 +488,7 @@ fn rm(a: &RmArgs) -> Vec<(u32, Result<Report>)> {
         &a.targets.pids,
         "logpoint.rm",
         json!({ "ids": a.ids, "all": a.all }),
+        origin,
         || {
             Ok(call_expression(
                 "rm",

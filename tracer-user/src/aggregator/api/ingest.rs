@@ -124,6 +124,22 @@ fn decode_batch(raw: &[u8], zstd: bool, limits: Limits) -> Result<Batch, ApiErro
     Ok(batch)
 }
 
+/// Stores a batch made by the aggregator itself (audit events) through
+/// the writer thread, like an agent's; returns once it is committed.
+pub(super) async fn store_batch(st: &AppState, batch: Batch) -> Result<(), ApiError> {
+    let (tx, rx) = oneshot::channel();
+    st.writer
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .send((batch, tx))
+        .map_err(|_| internal("the ingest writer stopped"))?;
+    match rx.await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(internal(e)),
+        Err(_) => Err(internal("the ingest writer stopped")),
+    }
+}
+
 /// POST /v1/ingest: answered 200 only once the batch is committed.
 pub(super) async fn ingest(
     State(st): State<Arc<AppState>>,
@@ -154,6 +170,7 @@ pub(super) async fn ingest(
     let limits = st.limits;
     let result = match tokio::task::spawn_blocking(move || decode_batch(&raw, zstd, limits)).await {
         Ok(Ok(batch)) => {
+            st.control.saw_ingest(&batch.host);
             let (tx, rx) = oneshot::channel();
             let queued = st
                 .writer

@@ -1,7 +1,8 @@
 //! The HTTP API (docs/aggregator.md), one file per resource: `ingest.rs`
 //! (POST /v1/ingest and the group-committing writer thread), `events.rs`
 //! (GET /v1/events, /v1/grep, /v1/offsets), `tail.rs` (GET /v1/tail),
-//! `series.rs` (GET /v1/series, the web UI's graphs); `params.rs` parses
+//! `series.rs` (GET /v1/series, the web UI's graphs), `control.rs` (the
+//! command channel to agents, /v1/control/*); `params.rs` parses
 //! what they share. This file holds the state, the token check and the
 //! router, which only wires; the UI's static assets are `super::ui`.
 //!
@@ -12,6 +13,7 @@
 //! `/v1/tail?follow=1` streams; a follower that falls behind catches up
 //! from the store by cursor, so it misses nothing.
 
+pub mod control;
 mod events;
 mod ingest;
 mod params;
@@ -51,6 +53,12 @@ pub struct Limits {
 pub struct AppState {
     pub(super) store: Arc<dyn Store>,
     token: Vec<u8>,
+    /// The admins of `--admin-token-file` (None: the control API is off).
+    admin: Option<Vec<crate::control::AdminToken>>,
+    control: control::Hub,
+    /// Identifies the batches of audit events this aggregator stores.
+    audit_run_id: String,
+    audit_seq: std::sync::atomic::AtomicU64,
     limits: Limits,
     live: broadcast::Sender<Arc<Vec<Stored>>>,
     /// Decoded batches waiting for the writer thread (group commit).
@@ -64,6 +72,7 @@ impl AppState {
     pub fn new(
         store: Arc<dyn Store>,
         token: Vec<u8>,
+        admin: Option<Vec<crate::control::AdminToken>>,
         limits: Limits,
         shutdown: watch::Receiver<bool>,
     ) -> Arc<Self> {
@@ -77,6 +86,10 @@ impl AppState {
         Arc::new(Self {
             store,
             token,
+            admin,
+            control: control::Hub::default(),
+            audit_run_id: format!("aggregator-{}", uuid::Uuid::new_v4()),
+            audit_seq: std::sync::atomic::AtomicU64::new(0),
             limits,
             live,
             writer: Mutex::new(writer),
@@ -86,7 +99,17 @@ impl AppState {
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
+    // Admin routes: their own token check (control::admin_auth).
+    let admin = Router::new()
+        .route("/v1/control/commands", post(control::commands))
+        .route("/v1/control/hosts", get(control::hosts))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            control::admin_auth,
+        ));
     Router::new()
+        .route("/v1/control/poll", get(control::poll))
+        .route("/v1/control/results", post(control::results))
         .route("/v1/ingest", post(ingest::ingest))
         .route("/v1/events", get(events::events))
         .route("/v1/grep", get(events::grep))
@@ -94,6 +117,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/offsets", get(events::offsets))
         .route("/v1/series", get(series::series))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth))
+        .merge(admin)
         // The web UI's page and assets hold no data: no token (docs/ui.md).
         .merge(super::ui::assets())
         .with_state(state)
