@@ -13,6 +13,8 @@
 //!   with the right text and the `req_id` of the request they fired in;
 //! - every command is in the timeline as `audit` events (who, what, which
 //!   processes, result), and in each agent's own audit log;
+//! - the lines are found by `tracer grep` (exact counts) and each is in
+//!   the trace of the request it fired in (`timeline --trace REQ_ID`);
 //! - `tracer logpoint rm --all` through the aggregator: no more hits, and
 //!   nothing listens on the inspector port on either host.
 //!
@@ -628,6 +630,72 @@ fn one_command_adds_a_logpoint_on_two_hosts_audited_and_refused_where_it_must() 
                 req_id.as_deref(),
                 Some(served[0]),
                 "{host}: the req_id of {text:?}"
+            );
+        }
+    }
+    // The lines are searchable with `tracer grep`, exactly once each...
+    let token = c.dir.path().join("token").display().to_string();
+    let c_url = c.url();
+    let grep = |args: &[&str]| {
+        let mut all = vec!["grep"];
+        all.extend_from_slice(args);
+        all.extend(["--aggregator", &c_url, "--token-file", &token]);
+        let out = c.run(&all);
+        assert!(out.status.success(), "tracer grep: {}", stderr_of(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(
+        grep(&["-c", "^lp api /orders/ctl-"]),
+        format!("{}\n", 2 * N)
+    );
+    for host in api_hosts {
+        let found: Vec<Value> = grep(&["--json", &format!("^lp api /orders/ctl-{host}-")])
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("JSON"))
+            .collect();
+        assert_eq!(
+            found.len(),
+            N,
+            "{host}: grep finds each line once: {found:?}"
+        );
+        assert!(
+            found
+                .iter()
+                .all(|e| e["kind"] == "logpoint" && e["host"] == host),
+            "{found:?}"
+        );
+    }
+    // ... and each is in the trace of the request it fired in: the trace
+    // of that request's gateway exchange (h3 -> h1/h2 -> store) holds it.
+    for host in api_hosts {
+        for (text, req_id) in lps[host].iter().take(3) {
+            let req_id = req_id.as_deref().unwrap();
+            let out = c.run(&[
+                "timeline",
+                "--json",
+                "--since",
+                "1h",
+                "--trace",
+                req_id,
+                "--aggregator",
+                &c_url,
+                "--token-file",
+                &token,
+            ]);
+            assert!(out.status.success(), "{}", stderr_of(&out));
+            let trace: Vec<Value> = json_lines(&out);
+            let hits: Vec<&Value> = trace.iter().filter(|e| e["kind"] == "logpoint").collect();
+            assert_eq!(
+                hits.len(),
+                1,
+                "{host}: the trace of {req_id} holds its logpoint line: {trace:?}"
+            );
+            assert_eq!(hits[0]["text"], text.as_str());
+            assert!(
+                trace
+                    .iter()
+                    .any(|e| e["kind"] == "http" && e["req_id"] == req_id),
+                "{host}: the trace of {req_id} holds its exchange"
             );
         }
     }
