@@ -1,7 +1,9 @@
 //! A clickhouse-server of a test's own (Debian's 18.16, `cargo xtask
 //! bootstrap` installs it): its own temporary directory, config, user and
 //! free loopback ports; no system service. Used by the store's unit tests
-//! and by the integration tests of the aggregator binary on ClickHouse.
+//! by the integration tests of the aggregator binary on ClickHouse, and by
+//! the benchmarks (`cargo xtask bench clickhouse`, through
+//! `examples/aggregator_load.rs clickhouse-server`).
 
 use std::{
     net::TcpListener,
@@ -172,6 +174,11 @@ impl Server {
             http_port,
             dir,
         }
+    }
+
+    /// The server process's id, when this handle runs it.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Stops the server (SIGKILL) and waits for it.
