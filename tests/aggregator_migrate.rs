@@ -152,10 +152,12 @@ fn events(base: i64) -> [(&'static str, Vec<Event>); 2] {
 }
 
 fn tracer_lines(agg: &Aggregator, token: &Path, args: &[&str]) -> Vec<String> {
+    // The subcommand, the client's flags, then the rest (a `--` may end it).
     let out = Command::new(TRACER)
-        .args(args)
+        .arg(args[0])
         .args(["--aggregator", &agg.url(), "--token-file"])
         .arg(token)
+        .args(&args[1..])
         .stdin(Stdio::null())
         .output()
         .expect("running tracer");
