@@ -7,7 +7,7 @@
 //! stdout for xtask to read.
 //!
 //!     aggregator_load ingest --url URL[,URL..] --token-file F [--events N] [--senders S] [--hosts H]
-//!     aggregator_load load-store (--data DIR | --store URL --password-file F) --lines N [--hosts H]
+//!     aggregator_load load-store (--data DIR | --store URL --password-file F) --lines N [--hosts H] [--mixed]
 //!     aggregator_load count (--data DIR | --store URL --password-file F)
 //!     aggregator_load planted --lines N [--hosts H]
 //!     aggregator_load clickhouse-server --password-file F [--tag T]
@@ -492,13 +492,14 @@ fn ingest(args: &[String]) -> Result<()> {
 }
 
 /// Writes `--lines` log lines through `Store::ingest_many` (no HTTP, no
-/// JSON parsing), in groups of `--group` batches: the grep corpus.
+/// JSON parsing), in groups of `--group` batches: the grep corpus. With
+/// `--mixed`, `--lines` events of the ingest mix instead (85% logs).
 fn load_store(args: &[String]) -> Result<()> {
     let lines: usize = arg(args, "--lines", None)?;
     let hosts: usize = arg(args, "--hosts", Some(8))?;
     let group: usize = arg(args, "--group", Some(16))?;
     let store = open_store(args)?;
-    let mut generator = Generator::new(hosts, true);
+    let mut generator = Generator::new(hosts, !args.iter().any(|a| a == "--mixed"));
     let start = Instant::now();
     let (mut done, mut text_bytes, mut n) = (0usize, 0u64, 0usize);
     while done < lines {

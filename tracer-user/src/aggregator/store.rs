@@ -342,16 +342,6 @@ pub trait Store: Send + Sync {
         batches.into_iter().map(|b| self.ingest(b)).collect()
     }
 
-    /// How many threads may call [`Self::ingest_many`] at once (the API's
-    /// group commit runs this many writers). 1: groups are stored one at a
-    /// time, in order (SQLite: one writer, and live tails are fed in commit
-    /// order). A store with round trips to a server gains from groups in
-    /// flight together; its tails must then poll
-    /// ([`Self::polled_by_tails`]), since commits may finish out of order.
-    fn ingest_writers(&self) -> usize {
-        1
-    }
-
     /// A page of events matching `q`, ordered by corrected time then id.
     fn query(&self, q: &Query) -> Result<Vec<Stored>>;
 

@@ -401,15 +401,16 @@ fn ingest_part(args: &ClickhouseArgs, ctx: &Ctx, server: &Server, tmp: &Path) ->
     Ok(t)
 }
 
-/// Loads `lines` log lines into `backend` directly: the text bytes and the
-/// rate.
-fn load_lines(backend: &Backend, lines: u64, hosts: u32) -> Result<(f64, f64)> {
+/// Loads `lines` log lines (`mixed`: events of the ingest mix) into
+/// `backend` directly: the text bytes and the rate.
+fn load_lines(backend: &Backend, lines: u64, hosts: u32, mixed: bool) -> Result<(f64, f64)> {
     let out = cmd::output(
         Command::new(load_gen())
             .arg("load-store")
             .args(backend.load_args())
             .args(["--lines", &lines.to_string()])
-            .args(["--hosts", &hosts.to_string()]),
+            .args(["--hosts", &hosts.to_string()])
+            .args(mixed.then_some("--mixed")),
     )?;
     Ok((
         json_num(&out, "text_bytes")?,
@@ -453,7 +454,7 @@ fn grep_part(args: &ClickhouseArgs, ctx: &Ctx, server: &Server, tmp: &Path) -> R
             args.grep_lines,
             backend.name()
         );
-        let (text_bytes, lps) = load_lines(backend, args.grep_lines, args.hosts)?;
+        let (text_bytes, lps) = load_lines(backend, args.grep_lines, args.hosts, false)?;
         loads.push(format!("{} {lps:.0} lines/s", backend.name()));
         let aggs = backend.start_aggregators(1, &ctx.token)?;
         let agg = &aggs[0];
@@ -554,9 +555,9 @@ fn growth_part(args: &ClickhouseArgs, ctx: &Ctx, server: &Server, tmp: &Path) ->
         t,
         "\n### Ingest as the store grows\n\n`cargo xtask bench clickhouse --parts growth \
          --events {step} --grow-to {}`: per store, {step} events through one \
-         aggregator over HTTP into the empty store (as in Ingest), then {} log \
-         lines loaded directly (`Store::ingest_many`), then {step} events over HTTP \
-         again, now into a store of {} events. First/last tenth: the rate over the \
+         aggregator over HTTP into the empty store (as in Ingest), then {} events \
+         of the same mix loaded directly (`Store::ingest_many`, groups of 16 \
+         batches), then {step} events over HTTP again, now into a store of {} events. First/last tenth: the rate over the \
          first and the last 10% of a measurement's events.\n",
         args.grow_to,
         args.grow_to - 2 * step,
@@ -579,16 +580,16 @@ fn growth_part(args: &ClickhouseArgs, ctx: &Ctx, server: &Server, tmp: &Path) ->
         let started = Instant::now();
         let empty = ingest_once(ctx, backend, 1, step, 0.0)?;
         println!(
-            "{}: empty store {:.0} events/s; loading {} lines ...",
+            "{}: empty store {:.0} events/s; loading {} events ...",
             backend.name(),
             empty.rate,
             args.grow_to - 2 * step
         );
-        let (_, lps) = load_lines(backend, args.grow_to - 2 * step, args.hosts)?;
+        let (_, lps) = load_lines(backend, args.grow_to - 2 * step, args.hosts, true)?;
         let before = backend.count()?;
         let full = ingest_once(ctx, backend, 1, step, before)?;
         println!(
-            "{}: at {before} events {:.0} events/s (loaded at {lps:.0} lines/s; {:.0} s)",
+            "{}: at {before} events {:.0} events/s (loaded at {lps:.0} events/s; {:.0} s)",
             backend.name(),
             full.rate,
             started.elapsed().as_secs_f64()

@@ -1,11 +1,10 @@
-//! POST /v1/ingest: a body decoded on the blocking pool, then stored by a
-//! writer thread (SQLite: the one; ClickHouse: several, see
-//! `Store::ingest_writers`) with whatever else is waiting (group commit:
+//! POST /v1/ingest: a body decoded on the blocking pool, then stored by
+//! the one writer thread with whatever else is waiting (group commit:
 //! `Store::ingest_many`), answered only once its group is durable.
 
 use std::{
     borrow::Cow,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{Arc, PoisonError},
 };
 
 use axum::{
@@ -42,17 +41,27 @@ pub(super) struct Ingested {
 /// behind the others in its group.
 const GROUP_EVENTS: usize = 32_768;
 
-/// A thread that writes (`Store::ingest_writers` of them; SQLite: one):
-/// it takes every batch waiting, stores them together
-/// (`Store::ingest_many`: one transaction, one fsync), publishes what was
-/// stored to live tails in commit order, then answers each batch. Ends
-/// when the state (and so every sender) is gone.
+/// The one thread that writes: it takes every batch waiting, stores them
+/// together (`Store::ingest_many`: one transaction, one fsync), publishes
+/// what was stored to live tails in commit order, then answers each
+/// batch. Ends when the state (and so every sender) is gone.
 pub(super) fn writer_thread(
     store: Arc<dyn Store>,
     live: broadcast::Sender<Arc<Vec<Stored>>>,
-    queue: Arc<Mutex<std::sync::mpsc::Receiver<Pending>>>,
+    queue: std::sync::mpsc::Receiver<Pending>,
 ) {
-    while let Some(group) = next_group(&queue) {
+    while let Ok(first) = queue.recv() {
+        let mut events = first.0.events.len();
+        let mut group = vec![first];
+        while events < GROUP_EVENTS {
+            match queue.try_recv() {
+                Ok(p) => {
+                    events += p.0.events.len();
+                    group.push(p);
+                }
+                Err(_) => break,
+            }
+        }
         let (batches, replies): (Vec<Batch>, Vec<_>) = group.into_iter().unzip();
         let n = batches.len();
         // A panic in the store must not stop the only writer: the group is
@@ -92,26 +101,6 @@ pub(super) fn writer_thread(
             let _ = reply.send(answer);
         }
     }
-}
-
-/// The next group: the first batch to arrive and whatever else is waiting
-/// then, up to [`GROUP_EVENTS`]. Writers take turns at the queue; None
-/// once every sender is gone.
-fn next_group(queue: &Mutex<std::sync::mpsc::Receiver<Pending>>) -> Option<Vec<Pending>> {
-    let queue = queue.lock().unwrap_or_else(PoisonError::into_inner);
-    let first = queue.recv().ok()?;
-    let mut events = first.0.events.len();
-    let mut group = vec![first];
-    while events < GROUP_EVENTS {
-        match queue.try_recv() {
-            Ok(p) => {
-                events += p.0.events.len();
-                group.push(p);
-            }
-            Err(_) => break,
-        }
-    }
-    Some(group)
 }
 
 /// Decompresses, parses and validates an ingest body (blocking).

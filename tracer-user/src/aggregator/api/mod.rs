@@ -69,14 +69,11 @@ impl AppState {
     ) -> Arc<Self> {
         let (live, _) = broadcast::channel(LIVE_CAPACITY);
         let (writer, queue) = std::sync::mpsc::channel();
-        let queue = Arc::new(Mutex::new(queue));
-        for i in 0..store.ingest_writers().max(1) {
-            let (s, l, q) = (store.clone(), live.clone(), queue.clone());
-            std::thread::Builder::new()
-                .name(format!("ingest-writer-{i}"))
-                .spawn(move || ingest::writer_thread(s, l, q))
-                .expect("spawning an ingest writer thread");
-        }
+        let (s, l) = (store.clone(), live.clone());
+        std::thread::Builder::new()
+            .name("ingest-writer".into())
+            .spawn(move || ingest::writer_thread(s, l, queue))
+            .expect("spawning the ingest writer thread");
         Arc::new(Self {
             store,
             token,

@@ -163,8 +163,6 @@ const TAIL_POLL: Duration = Duration::from_millis(100);
 /// it can become visible after events with later ids. Covers inserts that
 /// take up to this long and clocks of aggregators this far apart.
 const TAIL_REWIND_MS: i64 = 2_000;
-/// Groups stored at once by one aggregator ([`Store::ingest_writers`]).
-const INGEST_WRITERS: usize = 3;
 /// Most exchanges one trace walk reads (a runaway loop guard).
 const MAX_TRACE_EXCHANGES: usize = 100_000;
 /// Rows read per step when a regex decides which rows count.
@@ -943,14 +941,6 @@ impl Store for ClickhouseStore {
         Ok(EventId::from_raw(
             n.first().map_or(0, |c| i64::try_from(c.n).unwrap_or(0)),
         ))
-    }
-
-    /// Groups in flight together: each spends most of its time waiting
-    /// for ClickHouse to write its parts, so one writer leaves both the
-    /// server and the aggregator idle. Commits finish out of id order,
-    /// which the tails' rewind ([`TAIL_REWIND_MS`]) covers.
-    fn ingest_writers(&self) -> usize {
-        INGEST_WRITERS
     }
 
     fn polled_by_tails(&self) -> Option<Duration> {
