@@ -168,9 +168,12 @@ pub fn copy(source: &dyn Store, target: &dyn Store, run_id: &str) -> Result<Copi
     };
     loop {
         let page = source.since_cursor(cursor, &all, PAGE)?;
-        let done = page.is_empty();
+        // Done when nothing is left, or past what was committed at the
+        // start (ids may have gaps, so the last one is not always seen).
+        let mut done = page.is_empty();
         for s in page {
             if s.id > last {
+                done = true;
                 break;
             }
             cursor = s.id;

@@ -156,6 +156,10 @@ impl Aggregator {
         Ok(Self { proc, url })
     }
 
+    pub(super) fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
     pub(super) fn cpu_ticks(&self) -> Result<u64> {
         cpu::process_ticks(self.proc.pid())
     }

@@ -66,6 +66,10 @@ pub struct ClickhouseArgs {
     /// Rounds over the grep patterns; the table shows medians.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
     grep_rounds: u32,
+    /// Seconds one grep may take; a pattern that takes longer is reported
+    /// as such and not asked again.
+    #[arg(long, default_value_t = 60)]
+    grep_timeout: u32,
     /// Events in the store before the growth part's second measurement.
     #[arg(long, default_value_t = 10_000_000)]
     grow_to: u64,
@@ -401,6 +405,44 @@ fn ingest_part(args: &ClickhouseArgs, ctx: &Ctx, server: &Server, tmp: &Path) ->
     Ok(t)
 }
 
+/// The stdout of `c` if it exits successfully within `limit`; None (and
+/// the command killed) if it does not.
+fn output_within(c: &mut Command, limit: Duration) -> Result<Option<String>> {
+    let mut child = c
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting `{}`", cmd::display(c)))?;
+    let mut stdout = child.stdout.take().context("no stdout")?;
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stdout, &mut s);
+        s
+    });
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            let out = reader.join().unwrap_or_default();
+            if !status.success() {
+                let mut err = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut e, &mut err);
+                }
+                bail!("`{}` failed ({status}): {}", cmd::display(c), err.trim());
+            }
+            return Ok(Some(out));
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = reader.join();
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Loads `lines` log lines (`mixed`: events of the ingest mix) into
 /// `backend` directly: the text bytes and the rate.
 fn load_lines(backend: &Backend, lines: u64, hosts: u32, mixed: bool) -> Result<(f64, f64)> {
@@ -431,15 +473,16 @@ fn grep_part(args: &ClickhouseArgs, ctx: &Ctx, server: &Server, tmp: &Path) -> R
     let _ = writeln!(
         t,
         "\n### Grep\n\n`cargo xtask bench clickhouse --parts grep --grep-lines {} \
-         --grep-rounds {}`: the same {} log lines from {} hosts loaded into each \
+         --grep-rounds {} --grep-timeout {}`: the same {} log lines from {} hosts loaded into each \
          store through `Store::ingest_many` directly (groups of 16 batches of \
          2000; no HTTP); then the real `tracer aggregator` on it and `tracer grep` \
          over HTTP for each planted pattern (`-c`, then listing every line). Every \
          answer must be exactly the planted count. GB/s is log text over the \
          command's wall time; per core is log text over the CPU time the \
          aggregator and clickhouse-server spent on the query (/proc, 10 ms \
-         ticks).\n",
-        args.grep_lines, args.grep_rounds, args.grep_lines, args.hosts
+         ticks). A pattern with no answer within the timeout is stopped and \
+         not asked again.\n",
+        args.grep_lines, args.grep_rounds, args.grep_timeout, args.grep_lines, args.hosts
     );
     let _ = writeln!(
         t,
@@ -459,10 +502,16 @@ fn grep_part(args: &ClickhouseArgs, ctx: &Ctx, server: &Server, tmp: &Path) -> R
         let aggs = backend.start_aggregators(1, &ctx.token)?;
         let agg = &aggs[0];
         let mut samples: Vec<Vec<(f64, f64)>> = vec![Vec::new(); needles.len() * 2];
+        // Patterns that ran out of time once are not asked again.
+        let mut timed_out = vec![false; needles.len() * 2];
         for round in 1..=args.grep_rounds {
             let mut k = 0;
             for count in [true, false] {
                 for (name, re, ci, expect) in &needles {
+                    if timed_out[k] {
+                        k += 1;
+                        continue;
+                    }
                     let mut c = Command::new(tracer::binary());
                     c.args(["grep", "--aggregator", &agg.url])
                         .arg("--token-file")
@@ -476,7 +525,34 @@ fn grep_part(args: &ClickhouseArgs, ctx: &Ctx, server: &Server, tmp: &Path) -> R
                     c.arg("--").arg(re);
                     let (a0, s0) = ticks(&aggs, backend.server())?;
                     let t0 = Instant::now();
-                    let out = cmd::output(&mut c)?;
+                    let limit = Duration::from_secs(u64::from(args.grep_timeout));
+                    let Some(out) = output_within(&mut c, limit)? else {
+                        println!(
+                            "round {round}: {} {name}{} {re:?}: no answer within {} s, stopped",
+                            backend.name(),
+                            if count { " -c" } else { "" },
+                            args.grep_timeout
+                        );
+                        timed_out[k] = true;
+                        // Let the store finish what it was doing before
+                        // the next pattern is timed.
+                        for a in &aggs {
+                            cpu::ticks_when_settled(
+                                a.pid(),
+                                Duration::from_secs(1),
+                                Duration::from_secs(120),
+                            )?;
+                        }
+                        if let Some(s) = backend.server() {
+                            cpu::ticks_when_settled(
+                                s.pid,
+                                Duration::from_secs(1),
+                                Duration::from_secs(120),
+                            )?;
+                        }
+                        k += 1;
+                        continue;
+                    };
                     let wall = t0.elapsed().as_secs_f64();
                     let (a1, s1) = ticks(&aggs, backend.server())?;
                     let n = if count {
@@ -508,16 +584,31 @@ fn grep_part(args: &ClickhouseArgs, ctx: &Ctx, server: &Server, tmp: &Path) -> R
         let mut slowest = f64::INFINITY;
         for count in [true, false] {
             for (name, re, ci, expect) in &needles {
+                let label = format!(
+                    "{name}{} `{re}`{}",
+                    if count { " -c" } else { "" },
+                    if *ci { " -i" } else { "" }
+                );
+                if timed_out[k] {
+                    slowest = slowest.min(text_bytes / f64::from(args.grep_timeout) / 1e9);
+                    let _ = writeln!(
+                        t,
+                        "| {} | {label} | {expect} | > {} s (stopped) | < {:.2} | |",
+                        backend.name(),
+                        args.grep_timeout,
+                        text_bytes / f64::from(args.grep_timeout) / 1e9
+                    );
+                    k += 1;
+                    continue;
+                }
                 let wall = median(samples[k].iter().map(|s| s.0).collect());
                 let cpu_s = median(samples[k].iter().map(|s| s.1).collect());
                 let per_core = text_bytes / cpu_s.max(0.01) / 1e9;
                 slowest = slowest.min(text_bytes / wall / 1e9);
                 let _ = writeln!(
                     t,
-                    "| {} | {name}{} `{re}`{} | {expect} | {wall:.3} s | {:.2} | {per_core:.2} |",
+                    "| {} | {label} | {expect} | {wall:.3} s | {:.2} | {per_core:.2} |",
                     backend.name(),
-                    if count { " -c" } else { "" },
-                    if *ci { " -i" } else { "" },
                     text_bytes / wall / 1e9
                 );
                 k += 1;
