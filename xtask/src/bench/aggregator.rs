@@ -156,8 +156,9 @@ impl Aggregator {
         Ok(Self { proc, url })
     }
 
-    pub(super) fn pid(&self) -> u32 {
-        self.proc.pid()
+    /// SIGKILL (a query it is busy with would delay a graceful stop).
+    pub(super) fn kill(mut self) {
+        let _ = self.proc.stop(Signal::SIGKILL, STOP_GRACE);
     }
 
     pub(super) fn cpu_ticks(&self) -> Result<u64> {

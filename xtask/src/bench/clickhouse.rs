@@ -499,8 +499,7 @@ fn grep_part(args: &ClickhouseArgs, ctx: &Ctx, server: &Server, tmp: &Path) -> R
         );
         let (text_bytes, lps) = load_lines(backend, args.grep_lines, args.hosts, false)?;
         loads.push(format!("{} {lps:.0} lines/s", backend.name()));
-        let aggs = backend.start_aggregators(1, &ctx.token)?;
-        let agg = &aggs[0];
+        let mut aggs = backend.start_aggregators(1, &ctx.token)?;
         let mut samples: Vec<Vec<(f64, f64)>> = vec![Vec::new(); needles.len() * 2];
         // Patterns that ran out of time once are not asked again.
         let mut timed_out = vec![false; needles.len() * 2];
@@ -513,7 +512,7 @@ fn grep_part(args: &ClickhouseArgs, ctx: &Ctx, server: &Server, tmp: &Path) -> R
                         continue;
                     }
                     let mut c = Command::new(tracer::binary());
-                    c.args(["grep", "--aggregator", &agg.url])
+                    c.args(["grep", "--aggregator", &aggs[0].url])
                         .arg("--token-file")
                         .arg(&ctx.token);
                     if *ci {
@@ -534,22 +533,12 @@ fn grep_part(args: &ClickhouseArgs, ctx: &Ctx, server: &Server, tmp: &Path) -> R
                             args.grep_timeout
                         );
                         timed_out[k] = true;
-                        // Let the store finish what it was doing before
-                        // the next pattern is timed.
-                        for a in &aggs {
-                            cpu::ticks_when_settled(
-                                a.pid(),
-                                Duration::from_secs(1),
-                                Duration::from_secs(120),
-                            )?;
+                        // The aggregator would go on scanning: a new one
+                        // for the next pattern.
+                        for a in aggs.drain(..) {
+                            a.kill();
                         }
-                        if let Some(s) = backend.server() {
-                            cpu::ticks_when_settled(
-                                s.pid,
-                                Duration::from_secs(1),
-                                Duration::from_secs(120),
-                            )?;
-                        }
+                        aggs = backend.start_aggregators(1, &ctx.token)?;
                         k += 1;
                         continue;
                     };
