@@ -637,7 +637,9 @@ fn growth_part(args: &ClickhouseArgs, ctx: &Ctx, server: &Server, tmp: &Path) ->
          --events {step} --grow-to {}`: per store, {step} events through one \
          aggregator over HTTP into the empty store (as in Ingest), then {} events \
          of the same mix loaded directly (`Store::ingest_many`, groups of 16 \
-         batches), then {step} events over HTTP again, now into a store of {} events. First/last tenth: the rate over the \
+         batches), then, once clickhouse-server is idle again (its merges of the load's parts \
+         done; at most 3 min), {step} events over HTTP again, now into a store of {} \
+         events. First/last tenth: the rate over the \
          first and the last 10% of a measurement's events.\n",
         args.grow_to,
         args.grow_to - 2 * step,
@@ -666,10 +668,18 @@ fn growth_part(args: &ClickhouseArgs, ctx: &Ctx, server: &Server, tmp: &Path) ->
             args.grow_to - 2 * step
         );
         let (_, lps) = load_lines(backend, args.grow_to - 2 * step, args.hosts, true)?;
+        // The server merges the load's parts for a while after it: the
+        // second measurement starts once it is idle, so it measures the
+        // store's size rather than the load's backlog.
+        let settle = Instant::now();
+        if let Some(s) = backend.server() {
+            cpu::ticks_when_settled(s.pid, Duration::from_secs(2), Duration::from_secs(180))?;
+        }
+        let settled_s = settle.elapsed().as_secs_f64();
         let before = backend.count()?;
         let full = ingest_once(ctx, backend, 1, step, before)?;
         println!(
-            "{}: at {before} events {:.0} events/s (loaded at {lps:.0} events/s; {:.0} s)",
+            "{}: at {before} events {:.0} events/s (loaded at {lps:.0} events/s; server idle after {settled_s:.0} s; {:.0} s)",
             backend.name(),
             full.rate,
             started.elapsed().as_secs_f64()

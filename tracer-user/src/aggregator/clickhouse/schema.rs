@@ -88,12 +88,7 @@ fn create_single(db: &str) -> Vec<String> {
                 received_ns Int64
             ) ENGINE = MergeTree ORDER BY (host, run_id, seq)"
         ),
-        // HTTP exchanges by connection, for stitching (raw times). Small
-        // granules: after every group with exchanges, ingest looks up the
-        // group's connections here (`stitch::after_ingest`), a few hundred
-        // keys spread over the whole table; with the default 8192 rows a
-        // granule that read most of the table, and ingest slowed as the
-        // store grew (`cargo xtask bench clickhouse --parts growth`).
+        // HTTP exchanges by connection, for stitching (raw times).
         format!(
             "CREATE TABLE IF NOT EXISTS {db}.http_index (
                 id Int64,
@@ -106,8 +101,7 @@ fn create_single(db: &str) -> Vec<String> {
                 req_id String,
                 parent_req_id String,
                 own_trace String
-            ) ENGINE = MergeTree ORDER BY (conn, side, start_ns)
-            SETTINGS index_granularity = 256"
+            ) ENGINE = MergeTree ORDER BY (conn, side, start_ns)"
         ),
         // Clock difference per host pair (server minus client), the latest
         // row of a pair wins.
