@@ -230,7 +230,14 @@ fn answers(agg: &Aggregator, token: &Path) -> Answers {
             let mut t = parse(tracer_lines(
                 agg,
                 token,
-                &["timeline", "--since", "0", "--json", "--trace", &format!("s{i}-srv")],
+                &[
+                    "timeline",
+                    "--since",
+                    "0",
+                    "--json",
+                    "--trace",
+                    &format!("s{i}-srv"),
+                ],
             ));
             t.sort_by_key(|e| (e.ts_ns, e.host.clone()));
             t
@@ -307,7 +314,9 @@ fn an_sqlite_store_moves_to_clickhouse_exactly_and_idempotently() {
     let url = format!("clickhouse://127.0.0.1:{}/moved", server.http_port);
     let first = migrate(&data, &url, &password);
     assert!(
-        first.contains(&format!("copied {total} events from 2 hosts ({total} stored now")),
+        first.contains(&format!(
+            "copied {total} events from 2 hosts ({total} stored now"
+        )),
         "{first}"
     );
     let store_args = [

@@ -9,10 +9,10 @@
 pub mod api;
 pub mod body;
 pub mod clickhouse;
-pub mod migrate;
 pub mod client;
 #[cfg(test)]
 mod conformance;
+pub mod migrate;
 pub mod series;
 pub mod sqlite;
 pub mod stitch;

@@ -133,7 +133,10 @@ impl Server {
 /// Where one measurement stores its events.
 enum Backend<'a> {
     Sqlite(PathBuf),
-    Clickhouse { server: &'a Server, database: String },
+    Clickhouse {
+        server: &'a Server,
+        database: String,
+    },
 }
 
 impl Backend<'_> {
@@ -187,11 +190,7 @@ impl Backend<'_> {
 
     fn count(&self) -> Result<f64> {
         json_num(
-            &cmd::output(
-                Command::new(load_gen())
-                    .arg("count")
-                    .args(self.load_args()),
-            )?,
+            &cmd::output(Command::new(load_gen()).arg("count").args(self.load_args()))?,
             "events",
         )
     }
