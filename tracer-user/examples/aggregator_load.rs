@@ -6,10 +6,16 @@
 //! trait directly. Each subcommand prints one JSON line of results on
 //! stdout for xtask to read.
 //!
-//!     aggregator_load ingest --url URL --token-file F [--events N] [--senders S] [--hosts H]
-//!     aggregator_load load-store --data DIR --lines N [--hosts H]
-//!     aggregator_load count --data DIR
+//!     aggregator_load ingest --url URL[,URL..] --token-file F [--events N] [--senders S] [--hosts H]
+//!     aggregator_load load-store (--data DIR | --store URL --password-file F) --lines N [--hosts H] [--mixed]
+//!     aggregator_load count (--data DIR | --store URL --password-file F)
 //!     aggregator_load planted --lines N [--hosts H]
+//!     aggregator_load clickhouse-server --password-file F [--tag T]
+//!
+//! `--store URL` is a ClickHouse store (`clickhouse://127.0.0.1:PORT/DB`)
+//! logged into as the user `clickhouse-server` configures; that subcommand
+//! runs a clickhouse-server of its own (the tests' `test_server`) until its
+//! stdin closes, after printing its store URL.
 //!
 //! Grep needles are planted at fixed line numbers, so how many lines each
 //! benchmark pattern matches is known exactly without scanning (`planted`).
@@ -26,8 +32,9 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use tracer_user::{
     aggregator::{
+        clickhouse::{ClickhouseStore, Config, test_server},
         sqlite::SqliteStore,
-        store::{Batch, Filter, Store as _},
+        store::{Batch, Filter, Store},
     },
     event::{Event, EventData, HttpExchange, HttpSide, StreamName, Tuple},
     forward::BATCH_EVENTS,
@@ -278,10 +285,11 @@ fn main() -> Result<()> {
         Some("load-store") => load_store(&args),
         Some("profile") => profile(&args),
         Some("count") => {
-            let store = SqliteStore::open(&arg::<PathBuf>(&args, "--data", None)?)?;
+            let store = open_store(&args)?;
             println!("{{\"events\":{}}}", store.count(&Filter::default())?);
             Ok(())
         }
+        Some("clickhouse-server") => clickhouse_server(&args),
         Some("planted") => {
             let lines: u64 = arg(&args, "--lines", None)?;
             let out: Vec<serde_json::Value> = NEEDLES
@@ -294,8 +302,55 @@ fn main() -> Result<()> {
             println!("{}", serde_json::Value::Array(out));
             Ok(())
         }
-        _ => bail!("usage: aggregator_load ingest|load-store|count|planted ... (see the source)"),
+        _ => bail!(
+            "usage: aggregator_load ingest|load-store|count|planted|clickhouse-server ... \
+             (see the source)"
+        ),
     }
+}
+
+/// The store `--store URL --password-file F` (ClickHouse) or `--data DIR`
+/// (SQLite) names.
+fn open_store(args: &[String]) -> Result<Box<dyn Store>> {
+    if args.iter().any(|a| a == "--store") {
+        let url: String = arg(args, "--store", None)?;
+        let password = std::fs::read_to_string(arg::<PathBuf>(args, "--password-file", None)?)?;
+        let config = Config {
+            user: Some(test_server::USER.into()),
+            password: Some(password.trim().to_string()),
+            ..Config::parse(&url).map_err(anyhow::Error::msg)?
+        };
+        return Ok(Box::new(ClickhouseStore::open(&config)?));
+    }
+    Ok(Box::new(SqliteStore::open(&arg::<PathBuf>(
+        args, "--data", None,
+    )?)?))
+}
+
+/// Runs a clickhouse-server of its own (own directory, config and free
+/// loopback ports; killed with this process), writes its password to
+/// `--password-file`, prints `{"store":URL,"http_port":P}` and serves until
+/// stdin closes.
+fn clickhouse_server(args: &[String]) -> Result<()> {
+    let tag: String = arg(args, "--tag", Some("bench".to_string()))?;
+    let password_file: PathBuf = arg(args, "--password-file", None)?;
+    std::fs::write(&password_file, test_server::PASSWORD)?;
+    let server = test_server::Server::start(&tag);
+    println!(
+        "{}",
+        serde_json::json!({
+            "store": format!("clickhouse://127.0.0.1:{}/tracer", server.http_port),
+            "http_port": server.http_port,
+            "pid": server.pid(),
+            "dir": server.dir,
+        })
+    );
+    let mut sink = String::new();
+    while std::io::stdin().read_line(&mut sink)? > 0 {
+        sink.clear();
+    }
+    drop(server);
+    Ok(())
 }
 
 /// POSTs `--events` events (rounded up to whole batches) with `--senders`
@@ -303,7 +358,11 @@ fn main() -> Result<()> {
 /// prints events acknowledged, seconds from the first send to the last
 /// acknowledgement, and the rate.
 fn ingest(args: &[String]) -> Result<()> {
-    let url: String = arg(args, "--url", None)?;
+    let urls: String = arg(args, "--url", None)?;
+    let urls: Vec<String> = urls
+        .split(',')
+        .map(|u| format!("{}/v1/ingest", u.trim_end_matches('/')))
+        .collect();
     let token = std::fs::read_to_string(arg::<PathBuf>(args, "--token-file", None)?)?
         .trim()
         .to_string();
@@ -335,10 +394,12 @@ fn ingest(args: &[String]) -> Result<()> {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(120))
             .build()?;
-        let url = format!("{}/v1/ingest", url.trim_end_matches('/'));
         let start = Instant::now();
         let mut tasks = Vec::new();
-        for _ in 0..senders {
+        for k in 0..senders {
+            // Sender k sends to aggregator k mod n, like agents spread
+            // over a list of aggregators.
+            let url = &urls[k % urls.len()];
             let (client, url, token, bodies, next) = (
                 client.clone(),
                 url.clone(),
@@ -368,7 +429,11 @@ fn ingest(args: &[String]) -> Result<()> {
                     if !status.is_success() || answer["accepted"] != *n {
                         bail!("batch {i}: {status} {answer}");
                     }
-                    lat.push(sent.elapsed().as_secs_f64() * 1e3);
+                    lat.push((
+                        sent.elapsed().as_secs_f64() * 1e3,
+                        start.elapsed().as_secs_f64(),
+                        *n,
+                    ));
                     acked += n;
                 }
             }));
@@ -382,7 +447,29 @@ fn ingest(args: &[String]) -> Result<()> {
         }
         Ok::<_, anyhow::Error>((acked, start.elapsed().as_secs_f64(), latencies))
     })?;
-    let mut latencies = latencies;
+    // (answer ms, answered at s, events) per batch.
+    let mut done: Vec<(f64, f64, usize)> = latencies;
+    done.sort_by(|a, b| a.1.total_cmp(&b.1));
+    // The rate over the first and the last tenth of the events
+    // acknowledged: does ingest slow down as the store grows?
+    let tenth = acked / 10;
+    let (mut sum, mut t_first) = (0usize, seconds);
+    for d in &done {
+        sum += d.2;
+        if sum >= tenth {
+            t_first = d.1;
+            break;
+        }
+    }
+    let (mut sum, mut t_last) = (0usize, 0.0);
+    for d in done.iter().rev() {
+        sum += d.2;
+        if sum >= tenth {
+            t_last = d.1;
+            break;
+        }
+    }
+    let mut latencies: Vec<f64> = done.iter().map(|d| d.0).collect();
     latencies.sort_by(f64::total_cmp);
     let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize];
     println!(
@@ -397,31 +484,40 @@ fn ingest(args: &[String]) -> Result<()> {
             "prepare_seconds": prepare_s,
             "batch_ms_p50": pct(0.5),
             "batch_ms_p99": pct(0.99),
+            "first_tenth_events_per_sec": tenth as f64 / t_first.max(1e-9),
+            "last_tenth_events_per_sec": tenth as f64 / (seconds - t_last).max(1e-9),
         })
     );
     Ok(())
 }
 
-/// Writes `--lines` log lines through `SqliteStore::ingest` (no HTTP, no
-/// JSON parsing): the grep corpus.
+/// Writes `--lines` log lines through `Store::ingest_many` (no HTTP, no
+/// JSON parsing), in groups of `--group` batches: the grep corpus. With
+/// `--mixed`, `--lines` events of the ingest mix instead (85% logs).
 fn load_store(args: &[String]) -> Result<()> {
-    let dir: PathBuf = arg(args, "--data", None)?;
     let lines: usize = arg(args, "--lines", None)?;
     let hosts: usize = arg(args, "--hosts", Some(8))?;
-    let store = SqliteStore::open(&dir)?;
-    let mut generator = Generator::new(hosts, true);
+    let group: usize = arg(args, "--group", Some(16))?;
+    let store = open_store(args)?;
+    let mut generator = Generator::new(hosts, !args.iter().any(|a| a == "--mixed"));
     let start = Instant::now();
     let (mut done, mut text_bytes, mut n) = (0usize, 0u64, 0usize);
     while done < lines {
-        let b = generator.batch(n, BATCH_EVENTS.min(lines - done));
-        for e in &b.events {
-            if let EventData::Log { text, .. } = &e.data {
-                text_bytes += text.len() as u64;
+        let mut batches = Vec::with_capacity(group);
+        while done < lines && batches.len() < group {
+            let b = generator.batch(n, BATCH_EVENTS.min(lines - done));
+            for e in &b.events {
+                if let EventData::Log { text, .. } = &e.data {
+                    text_bytes += text.len() as u64;
+                }
             }
+            done += b.events.len();
+            n += 1;
+            batches.push(b);
         }
-        done += b.events.len();
-        n += 1;
-        store.ingest(b)?;
+        for out in store.ingest_many(batches) {
+            out?;
+        }
     }
     let seconds = start.elapsed().as_secs_f64();
     println!(

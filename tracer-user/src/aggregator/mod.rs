@@ -12,6 +12,7 @@ pub mod clickhouse;
 pub mod client;
 #[cfg(test)]
 mod conformance;
+pub mod migrate;
 pub mod series;
 pub mod sqlite;
 pub mod stitch;
@@ -42,6 +43,7 @@ pub enum ClusterCommand {
     Timeline(client::TimelineArgs),
     Grep(client::GrepArgs),
     Tail(client::TailArgs),
+    Migrate(migrate::MigrateArgs),
 }
 
 pub async fn run(cmd: ClusterCommand) -> Result<()> {
@@ -50,6 +52,7 @@ pub async fn run(cmd: ClusterCommand) -> Result<()> {
         ClusterCommand::Timeline(args) => client::timeline(args).await,
         ClusterCommand::Grep(args) => client::grep(args).await,
         ClusterCommand::Tail(args) => client::tail(args).await,
+        ClusterCommand::Migrate(args) => migrate::run(args).await,
     }
 }
 
@@ -289,19 +292,38 @@ async fn serve(args: AggregatorArgs) -> Result<()> {
     .context("serving the API")
 }
 
+/// The ClickHouse store `url` names, logged into as `user` with the
+/// password in `password_file`.
+fn clickhouse_config(
+    url: &str,
+    user: Option<String>,
+    password_file: Option<&std::path::Path>,
+    cluster: Option<String>,
+    shards: Vec<String>,
+) -> Result<clickhouse::Config> {
+    let mut config = clickhouse::Config::parse(url).map_err(anyhow::Error::msg)?;
+    config.user = user;
+    config.cluster = cluster;
+    config.shards = shards;
+    if let Some(f) = password_file {
+        let text = std::fs::read_to_string(f)
+            .with_context(|| format!("reading the ClickHouse password file {}", f.display()))?;
+        config.password = Some(text.trim_end_matches(['\n', '\r']).to_string());
+    }
+    Ok(config)
+}
+
 /// Opens the store `args` name, off the async workers (opening may
 /// upgrade a schema or wait for a server): the store and how to name it.
 async fn open_store(args: &AggregatorArgs) -> Result<(Arc<dyn Store>, String)> {
     if let Some(url) = &args.store {
-        let mut config = clickhouse::Config::parse(url).map_err(anyhow::Error::msg)?;
-        config.user = args.clickhouse_user.clone();
-        config.cluster = args.clickhouse_cluster.clone();
-        config.shards = args.clickhouse_shards.clone();
-        if let Some(f) = &args.clickhouse_password_file {
-            let text = std::fs::read_to_string(f)
-                .with_context(|| format!("reading the ClickHouse password file {}", f.display()))?;
-            config.password = Some(text.trim_end_matches(['\n', '\r']).to_string());
-        }
+        let config = clickhouse_config(
+            url,
+            args.clickhouse_user.clone(),
+            args.clickhouse_password_file.as_deref(),
+            args.clickhouse_cluster.clone(),
+            args.clickhouse_shards.clone(),
+        )?;
         let described = format!("ClickHouse {}/{}", config.url, config.database);
         let store = tokio::task::spawn_blocking(move || clickhouse::ClickhouseStore::open(&config))
             .await

@@ -6,6 +6,7 @@
 //! terminal and to target/bench/<name>.md, with how busy the machine was.
 
 use std::{
+    ffi::OsStr,
     fmt::Write as _,
     fs,
     io::{BufRead as _, BufReader},
@@ -29,8 +30,8 @@ use crate::{
 };
 
 /// The issue's aims.
-const INGEST_AIM_EVENTS_PER_SEC: f64 = 500_000.0;
-const GREP_AIM_BYTES_PER_SEC_PER_CORE: f64 = 1e9;
+pub(super) const INGEST_AIM_EVENTS_PER_SEC: f64 = 500_000.0;
+pub(super) const GREP_AIM_BYTES_PER_SEC_PER_CORE: f64 = 1e9;
 const TAIL_AIM_P99_MS: f64 = 100.0;
 
 const STOP_GRACE: Duration = Duration::from_secs(30);
@@ -87,11 +88,11 @@ pub struct TailArgs {
     no_build: bool,
 }
 
-fn load_gen() -> PathBuf {
+pub(super) fn load_gen() -> PathBuf {
     cmd::workspace_root().join("target/release/examples/aggregator_load")
 }
 
-fn build(no_build: bool) -> Result<()> {
+pub(super) fn build(no_build: bool) -> Result<()> {
     if no_build {
         return Ok(());
     }
@@ -107,7 +108,7 @@ fn build(no_build: bool) -> Result<()> {
 }
 
 /// The number after `"key":` in a JSON line (the load generator's output).
-fn json_num(text: &str, key: &str) -> Result<f64> {
+pub(super) fn json_num(text: &str, key: &str) -> Result<f64> {
     let pat = format!("\"{key}\":");
     let at = text
         .find(&pat)
@@ -122,18 +123,23 @@ fn json_num(text: &str, key: &str) -> Result<f64> {
 }
 
 /// A running `tracer aggregator` on a free loopback port.
-struct Aggregator {
+pub(super) struct Aggregator {
     proc: Spawned,
-    url: String,
+    pub(super) url: String,
 }
 
 impl Aggregator {
     fn start(data: &Path, token_file: &Path) -> Result<Self> {
+        Self::start_on(&[OsStr::new("--data"), data.as_os_str()], token_file)
+    }
+
+    /// An aggregator on the store `store_args` name (`--data DIR` or
+    /// `--store URL ...`).
+    pub(super) fn start_on(store_args: &[&OsStr], token_file: &Path) -> Result<Self> {
         let mut command = Command::new(tracer::binary());
         command
             .arg("aggregator")
-            .arg("--data")
-            .arg(data)
+            .args(store_args)
             .arg("--token-file")
             .arg(token_file)
             .args(["--listen", "127.0.0.1:0"])
@@ -150,17 +156,22 @@ impl Aggregator {
         Ok(Self { proc, url })
     }
 
-    fn cpu_ticks(&self) -> Result<u64> {
+    /// SIGKILL (a query it is busy with would delay a graceful stop).
+    pub(super) fn kill(mut self) {
+        let _ = self.proc.stop(Signal::SIGKILL, STOP_GRACE);
+    }
+
+    pub(super) fn cpu_ticks(&self) -> Result<u64> {
         cpu::process_ticks(self.proc.pid())
     }
 
-    fn stop(mut self) -> Result<()> {
+    pub(super) fn stop(mut self) -> Result<()> {
         self.proc.stop(Signal::SIGTERM, STOP_GRACE)?;
         Ok(())
     }
 }
 
-fn token_file(dir: &Path) -> Result<PathBuf> {
+pub(super) fn token_file(dir: &Path) -> Result<PathBuf> {
     let path = dir.join("token");
     fs::write(&path, "bench-token-0123456789abcdef\n")?;
     fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
@@ -169,7 +180,7 @@ fn token_file(dir: &Path) -> Result<PathBuf> {
 
 /// The machine before a run: 1-minute load and cores busy in the last
 /// half second (nothing of ours running).
-fn machine_state() -> String {
+pub(super) fn machine_state() -> String {
     let busy = cpu::machine_busy_cores(Duration::from_millis(500)).unwrap_or(f64::NAN);
     format!(
         "load average {:.2}, {busy:.2} cores busy before the run",
@@ -177,14 +188,14 @@ fn machine_state() -> String {
     )
 }
 
-fn now_text() -> String {
+pub(super) fn now_text() -> String {
     cmd::output(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]))
         .map(|s| s.trim().to_string())
         .unwrap_or_default()
 }
 
 /// Prints the report and writes it to target/bench/<name>.md.
-fn publish(name: &str, text: &str) -> Result<()> {
+pub(super) fn publish(name: &str, text: &str) -> Result<()> {
     println!("\n{text}");
     let dir = cmd::workspace_root().join("target/bench");
     fs::create_dir_all(&dir)?;
@@ -194,7 +205,7 @@ fn publish(name: &str, text: &str) -> Result<()> {
     Ok(())
 }
 
-fn met(ok: bool) -> &'static str {
+pub(super) fn met(ok: bool) -> &'static str {
     if ok { "met" } else { "MISSED" }
 }
 
@@ -293,6 +304,40 @@ pub fn ingest(args: &IngestArgs) -> Result<()> {
     publish("ingest", &text)
 }
 
+/// The grep needles planted in `lines` generated log lines: (name, regex,
+/// case-insensitive, how many lines carry it).
+pub(super) fn planted_needles(lines: u64) -> Result<Vec<(String, String, bool, u64)>> {
+    let planted = cmd::output(
+        Command::new(load_gen())
+            .arg("planted")
+            .args(["--lines", &lines.to_string()]),
+    )?;
+    // [{"count":N,"i":B,"name":"..","re":".."}, ...]
+    planted
+        .trim()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .split("},{")
+        .map(|obj| {
+            let field = |k: &str| -> Result<String> {
+                let pat = format!("\"{k}\":\"");
+                let at = obj.find(&pat).context("planted: bad output")? + pat.len();
+                let rest = &obj[at..];
+                Ok(
+                    rest[..rest.find("\",").or(rest.find('"')).unwrap_or(rest.len())]
+                        .replace("\\\\", "\\"),
+                )
+            };
+            Ok((
+                field("name")?,
+                field("re")?,
+                obj.contains("\"i\":true"),
+                json_num(obj, "count")? as u64,
+            ))
+        })
+        .collect()
+}
+
 /// One timed grep.
 struct GrepSample {
     seconds: f64,
@@ -344,35 +389,7 @@ pub fn grep(args: &GrepArgs) -> Result<()> {
         }
     };
     let text_bytes = json_num(&loaded, "text_bytes")?;
-    let planted = cmd::output(
-        Command::new(load_gen())
-            .arg("planted")
-            .args(["--lines", &args.lines.to_string()]),
-    )?;
-    // [{"count":N,"i":B,"name":"..","re":".."}, ...]
-    let needles: Vec<(String, String, bool, u64)> = planted
-        .trim()
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .split("},{")
-        .map(|obj| {
-            let field = |k: &str| -> Result<String> {
-                let pat = format!("\"{k}\":\"");
-                let at = obj.find(&pat).context("planted: bad output")? + pat.len();
-                let rest = &obj[at..];
-                Ok(
-                    rest[..rest.find("\",").or(rest.find('"')).unwrap_or(rest.len())]
-                        .replace("\\\\", "\\"),
-                )
-            };
-            Ok((
-                field("name")?,
-                field("re")?,
-                obj.contains("\"i\":true"),
-                json_num(obj, "count")? as u64,
-            ))
-        })
-        .collect::<Result<_>>()?;
+    let needles = planted_needles(args.lines)?;
     let before = machine_state();
     let started = now_text();
     let agg = Aggregator::start(&data, &token)?;

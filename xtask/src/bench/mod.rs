@@ -6,6 +6,7 @@
 mod agent_cpu;
 mod aggregator;
 mod bpftrace;
+mod clickhouse;
 mod cpu;
 mod harness;
 mod logpoint;
@@ -55,6 +56,13 @@ pub enum BenchCommand {
     ///
     /// Results go to the terminal and to target/bench/grep.md.
     Grep(aggregator::GrepArgs),
+    /// The ClickHouse store against SQLite in one run (ClickHouse 18.16,
+    /// the benchmark's own server): ingest events/s and CPU per event
+    /// (SQLite, ClickHouse behind 1 and 2 aggregators), grep GB/s over the
+    /// same log lines in each, and ingest into an empty vs a grown store.
+    ///
+    /// Results go to the terminal and to target/bench/clickhouse.md.
+    Clickhouse(clickhouse::ClickhouseArgs),
     /// Tail latency p50/p99 from a node process's write() to the line
     /// printed by `tracer tail -f --json`, through a real agent and
     /// aggregator (root).
@@ -85,6 +93,7 @@ pub fn run(command: &BenchCommand) -> Result<()> {
         BenchCommand::AgentCpu(args) => agent_cpu::run(args),
         BenchCommand::Ingest(args) => aggregator::ingest(args),
         BenchCommand::Grep(args) => aggregator::grep(args),
+        BenchCommand::Clickhouse(args) => clickhouse::run(args),
         BenchCommand::Tail(args) => aggregator::tail(args),
         BenchCommand::Logpoint(args) => logpoint::run_bench(args),
         BenchCommand::Probe(args) => probe::run(args),

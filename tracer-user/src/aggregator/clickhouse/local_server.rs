@@ -260,6 +260,11 @@ impl Server {
         }
     }
 
+    /// The server process's id, when this handle runs it.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Stops the server (SIGKILL) and waits for it.
     pub fn kill(&mut self) {
         if let Some(c) = &mut self.child {

@@ -1,0 +1,703 @@
+//! `cargo xtask bench clickhouse`: the ClickHouse store against the SQLite
+//! store (issue 13), in one run on one machine, so the ratios hold even
+//! when the machine's speed swings. Three parts, each bounded (a few
+//! minutes), each choosable with `--parts`:
+//!
+//! - **ingest**: events/s and CPU per event through the real `tracer
+//!   aggregator` over HTTP, rounds alternating SQLite, ClickHouse behind
+//!   one aggregator, ClickHouse behind two (senders split between them);
+//! - **grep**: `tracer grep` over the same generated log lines stored in
+//!   each backend (loaded through `Store::ingest_many` directly);
+//! - **growth**: ingest rate into an empty store, then again after the
+//!   store was filled to `--grow-to` events.
+//!
+//! The ClickHouse server is the tests' own (`test_server.rs`: Debian's
+//! 18.16, its own directory and ports), started through
+//! `aggregator_load clickhouse-server` and stopped at the end. Results go
+//! to the terminal and to target/bench/clickhouse.md.
+
+use std::{
+    ffi::{OsStr, OsString},
+    fmt::Write as _,
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+
+use super::{
+    aggregator::{
+        Aggregator, GREP_AIM_BYTES_PER_SEC_PER_CORE, INGEST_AIM_EVENTS_PER_SEC, build, json_num,
+        load_gen, machine_state, met, now_text, planted_needles, publish, token_file,
+    },
+    cpu,
+    report::median,
+};
+use crate::{
+    cmd,
+    procs::{Spawned, Stream},
+    tracer,
+};
+
+#[derive(Args)]
+pub struct ClickhouseArgs {
+    /// Which parts to run, comma-separated: ingest, grep, growth.
+    #[arg(long, default_value = "ingest,grep,growth", value_delimiter = ',')]
+    parts: Vec<String>,
+    /// Ingest rounds (each configuration once per round, on a fresh
+    /// store); the table shows medians.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
+    /// Events per ingest round (whole batches of 2000, as agents cut them).
+    #[arg(long, default_value_t = 1_000_000)]
+    events: u64,
+    /// Concurrent HTTP senders (agents), split evenly over the aggregators.
+    #[arg(long, default_value_t = 8)]
+    senders: u32,
+    /// Hosts the batches come from.
+    #[arg(long, default_value_t = 8)]
+    hosts: u32,
+    /// Log lines in each backend for the grep part.
+    #[arg(long, default_value_t = 10_000_000)]
+    grep_lines: u64,
+    /// Rounds over the grep patterns; the table shows medians.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    grep_rounds: u32,
+    /// Seconds one grep may take; a pattern that takes longer is reported
+    /// as such and not asked again.
+    #[arg(long, default_value_t = 60)]
+    grep_timeout: u32,
+    /// Events in the store before the growth part's second measurement.
+    #[arg(long, default_value_t = 10_000_000)]
+    grow_to: u64,
+    /// Use the binaries in target/release as they are.
+    #[arg(long)]
+    no_build: bool,
+}
+
+/// A clickhouse-server of the benchmark's own (`aggregator_load
+/// clickhouse-server`, which stops it when it is stopped).
+struct Server {
+    proc: Spawned,
+    http_port: u16,
+    pid: u32,
+    dir: PathBuf,
+    password_file: PathBuf,
+}
+
+impl Server {
+    fn start(tmp: &Path) -> Result<Self> {
+        let password_file = tmp.join("clickhouse-password");
+        let mut command = Command::new(load_gen());
+        command
+            .arg("clickhouse-server")
+            .arg("--password-file")
+            .arg(&password_file)
+            .args(["--tag", "bench"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut proc = Spawned::start("clickhouse-server", &mut command)?;
+        let line = proc.wait_for_line(Stream::Stdout, "\"store\"", Duration::from_secs(60))?;
+        let dir = line
+            .split("\"dir\":\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .context("no dir in the server's line")?;
+        Ok(Self {
+            http_port: json_num(&line, "http_port")? as u16,
+            pid: json_num(&line, "pid")? as u32,
+            dir: PathBuf::from(dir),
+            proc,
+            password_file,
+        })
+    }
+
+    fn url(&self, database: &str) -> String {
+        format!("clickhouse://127.0.0.1:{}/{database}", self.http_port)
+    }
+
+    fn cpu_ticks(&self) -> Result<u64> {
+        cpu::process_ticks(self.pid)
+    }
+
+    fn stop(self) {
+        drop(self.proc);
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Where one measurement stores its events.
+enum Backend<'a> {
+    Sqlite(PathBuf),
+    Clickhouse {
+        server: &'a Server,
+        database: String,
+    },
+}
+
+impl Backend<'_> {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Sqlite(_) => "SQLite",
+            Self::Clickhouse { .. } => "ClickHouse",
+        }
+    }
+
+    /// `tracer aggregator`'s arguments for this store.
+    fn aggregator_args(&self) -> Vec<OsString> {
+        match self {
+            Self::Sqlite(dir) => vec!["--data".into(), dir.into()],
+            Self::Clickhouse { server, database } => vec![
+                "--store".into(),
+                server.url(database).into(),
+                "--clickhouse-user".into(),
+                "tracer".into(),
+                "--clickhouse-password-file".into(),
+                server.password_file.clone().into(),
+            ],
+        }
+    }
+
+    /// `aggregator_load count|load-store`'s arguments for this store.
+    fn load_args(&self) -> Vec<OsString> {
+        match self {
+            Self::Sqlite(dir) => vec!["--data".into(), dir.into()],
+            Self::Clickhouse { server, database } => vec![
+                "--store".into(),
+                server.url(database).into(),
+                "--password-file".into(),
+                server.password_file.clone().into(),
+            ],
+        }
+    }
+
+    fn server(&self) -> Option<&Server> {
+        match self {
+            Self::Sqlite(_) => None,
+            Self::Clickhouse { server, .. } => Some(server),
+        }
+    }
+
+    fn start_aggregators(&self, n: usize, token: &Path) -> Result<Vec<Aggregator>> {
+        let args = self.aggregator_args();
+        let args: Vec<&OsStr> = args.iter().map(OsString::as_os_str).collect();
+        (0..n).map(|_| Aggregator::start_on(&args, token)).collect()
+    }
+
+    fn count(&self) -> Result<f64> {
+        json_num(
+            &cmd::output(Command::new(load_gen()).arg("count").args(self.load_args()))?,
+            "events",
+        )
+    }
+}
+
+/// CPU ticks of the aggregators and of the server, summed.
+fn ticks(aggs: &[Aggregator], server: Option<&Server>) -> Result<(u64, u64)> {
+    let mut a = 0;
+    for agg in aggs {
+        a += agg.cpu_ticks()?;
+    }
+    Ok((a, server.map(Server::cpu_ticks).transpose()?.unwrap_or(0)))
+}
+
+/// One ingest measurement.
+#[derive(Clone, Copy)]
+struct Ingest {
+    rate: f64,
+    agg_cpu_us: f64,
+    server_cpu_us: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    first_tenth: f64,
+    last_tenth: f64,
+    load: f64,
+}
+
+struct Ctx {
+    ticks: f64,
+    token: PathBuf,
+    senders: u32,
+    hosts: u32,
+}
+
+/// Sends `events` through `n` aggregators on `backend` and checks the
+/// store holds `expect_before` + what was acknowledged.
+fn ingest_once(
+    ctx: &Ctx,
+    backend: &Backend,
+    n: usize,
+    events: u64,
+    expect_before: f64,
+) -> Result<Ingest> {
+    let aggs = backend.start_aggregators(n, &ctx.token)?;
+    let urls: Vec<&str> = aggs.iter().map(|a| a.url.as_str()).collect();
+    let load = cpu::load_average().unwrap_or(f64::NAN);
+    let (a0, s0) = ticks(&aggs, backend.server())?;
+    let out = cmd::output(
+        Command::new(load_gen())
+            .arg("ingest")
+            .args(["--url", &urls.join(",")])
+            .arg("--token-file")
+            .arg(&ctx.token)
+            .args(["--events", &events.to_string()])
+            .args(["--senders", &ctx.senders.to_string()])
+            .args(["--hosts", &ctx.hosts.to_string()]),
+    )?;
+    let (a1, s1) = ticks(&aggs, backend.server())?;
+    for a in aggs {
+        a.stop()?;
+    }
+    let acked = json_num(&out, "events")?;
+    let count = backend.count()?;
+    if count != expect_before + acked {
+        bail!(
+            "{}: {acked} events acknowledged but the store holds {} new",
+            backend.name(),
+            count - expect_before
+        );
+    }
+    Ok(Ingest {
+        rate: json_num(&out, "events_per_sec")?,
+        agg_cpu_us: (a1 - a0) as f64 / ctx.ticks * 1e6 / acked,
+        server_cpu_us: (s1 - s0) as f64 / ctx.ticks * 1e6 / acked,
+        p50_ms: json_num(&out, "batch_ms_p50")?,
+        p99_ms: json_num(&out, "batch_ms_p99")?,
+        first_tenth: json_num(&out, "first_tenth_events_per_sec")?,
+        last_tenth: json_num(&out, "last_tenth_events_per_sec")?,
+        load,
+    })
+}
+
+pub fn run(args: &ClickhouseArgs) -> Result<()> {
+    for p in &args.parts {
+        if !matches!(p.as_str(), "ingest" | "grep" | "growth") {
+            bail!("--parts: unknown part {p:?} (ingest, grep, growth)");
+        }
+    }
+    build(args.no_build)?;
+    let tmp = tempfile::Builder::new()
+        .prefix("tracer-bench-clickhouse-")
+        .tempdir()?;
+    let before = machine_state();
+    let started = now_text();
+    let server = Server::start(tmp.path())?;
+    let ctx = Ctx {
+        ticks: cpu::clock_ticks_per_sec()? as f64,
+        token: token_file(tmp.path())?,
+        senders: args.senders,
+        hosts: args.hosts,
+    };
+    let mut text = format!(
+        "## ClickHouse vs SQLite ({started})\n\nClickHouse 18.16 (Debian's, the \
+         benchmark's own server on loopback) and the SQLite store on the same \
+         machine, in one run. Machine: {before}.\n"
+    );
+    let want = |p: &str| args.parts.iter().any(|x| x == p);
+    let result = (|| {
+        if want("ingest") {
+            text.push_str(&ingest_part(args, &ctx, &server, tmp.path())?);
+        }
+        if want("grep") {
+            text.push_str(&grep_part(args, &ctx, &server, tmp.path())?);
+        }
+        if want("growth") {
+            text.push_str(&growth_part(args, &ctx, &server, tmp.path())?);
+        }
+        Ok::<_, anyhow::Error>(())
+    })();
+    server.stop();
+    result?;
+    publish("clickhouse", &text)
+}
+
+fn ingest_part(args: &ClickhouseArgs, ctx: &Ctx, server: &Server, tmp: &Path) -> Result<String> {
+    // (label, aggregators, ClickHouse?)
+    let configs = [
+        ("SQLite, 1 aggregator", 1, false),
+        ("ClickHouse, 1 aggregator", 1, true),
+        ("ClickHouse, 2 aggregators", 2, true),
+    ];
+    let mut rows: Vec<Vec<Ingest>> = vec![Vec::new(); configs.len()];
+    for round in 1..=args.rounds {
+        for (k, (label, n, ch)) in configs.iter().enumerate() {
+            let backend = if *ch {
+                Backend::Clickhouse {
+                    server,
+                    database: format!("bench_ingest_{round}_{n}"),
+                }
+            } else {
+                Backend::Sqlite(tmp.join(format!("ingest-{round}")))
+            };
+            let r = ingest_once(ctx, &backend, *n, args.events, 0.0)?;
+            println!(
+                "round {round}: {label}: {:.0} events/s, CPU µs/event aggregator {:.2} server {:.2}, \
+                 batch p50 {:.0} ms p99 {:.0} ms (count exact; load {:.2})",
+                r.rate, r.agg_cpu_us, r.server_cpu_us, r.p50_ms, r.p99_ms, r.load
+            );
+            rows[k].push(r);
+            if let Backend::Sqlite(dir) = &backend {
+                let _ = fs::remove_dir_all(dir);
+            }
+        }
+    }
+    let med = |k: usize, f: fn(&Ingest) -> f64| median(rows[k].iter().map(f).collect());
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "\n### Ingest\n\n`cargo xtask bench clickhouse --parts ingest --rounds {} --events {} \
+         --senders {} --hosts {}`: the real `tracer aggregator` on 127.0.0.1, a fresh \
+         store per measurement (a new SQLite directory, a new ClickHouse database), \
+         rounds alternating the three setups; {} HTTP senders POST zstd batches of \
+         2000 events (85% log lines, 10% http, 5% tcp), built beforehand, split \
+         evenly over the aggregators. The rate is events acknowledged over the time \
+         from the first send to the last answer; afterwards the store's count must \
+         equal the events acknowledged. CPU per event from /proc/PID/stat \
+         (utime+stime) of the aggregators and of clickhouse-server over the load. \
+         The senders, the aggregators and the server share the 2 cores.\n",
+        args.rounds, args.events, args.senders, args.hosts, args.senders
+    );
+    let _ = writeln!(
+        t,
+        "| setup | median events/s | vs SQLite | aggregator CPU µs/event | server CPU µs/event | batch answer p50 / p99 |\n\
+         |---|---:|---:|---:|---:|---:|"
+    );
+    let base = med(0, |r| r.rate);
+    for (k, (label, _, _)) in configs.iter().enumerate() {
+        let rate = med(k, |r| r.rate);
+        let _ = writeln!(
+            t,
+            "| {label} | {rate:.0} | {:.2}× | {:.2} | {:.2} | {:.0} / {:.0} ms |",
+            rate / base,
+            med(k, |r| r.agg_cpu_us),
+            med(k, |r| r.server_cpu_us),
+            med(k, |r| r.p50_ms),
+            med(k, |r| r.p99_ms),
+        );
+    }
+    let _ = writeln!(t, "\nRounds (events/s per setup, load average):");
+    for round in 0..args.rounds as usize {
+        let _ = writeln!(
+            t,
+            "- {}: {}; load {:.2}",
+            round + 1,
+            rows.iter()
+                .map(|r| format!("{:.0}", r[round].rate))
+                .collect::<Vec<_>>()
+                .join(", "),
+            rows[0][round].load
+        );
+    }
+    let ch1 = med(1, |r| r.rate);
+    let ch2 = med(2, |r| r.rate);
+    let _ = writeln!(
+        t,
+        "\nClickHouse with 2 aggregators: **{ch2:.0} events/s**, {:.2}× one aggregator \
+         (aim ≥ {INGEST_AIM_EVENTS_PER_SEC:.0}: {}).",
+        ch2 / ch1,
+        met(ch2 >= INGEST_AIM_EVENTS_PER_SEC)
+    );
+    Ok(t)
+}
+
+/// The stdout of `c` if it exits successfully within `limit`; None (and
+/// the command killed) if it does not.
+fn output_within(c: &mut Command, limit: Duration) -> Result<Option<String>> {
+    let mut child = c
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting `{}`", cmd::display(c)))?;
+    let mut stdout = child.stdout.take().context("no stdout")?;
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stdout, &mut s);
+        s
+    });
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            let out = reader.join().unwrap_or_default();
+            if !status.success() {
+                let mut err = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut e, &mut err);
+                }
+                bail!("`{}` failed ({status}): {}", cmd::display(c), err.trim());
+            }
+            return Ok(Some(out));
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = reader.join();
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Loads `lines` log lines (`mixed`: events of the ingest mix) into
+/// `backend` directly: the text bytes and the rate.
+fn load_lines(backend: &Backend, lines: u64, hosts: u32, mixed: bool) -> Result<(f64, f64)> {
+    let out = cmd::output(
+        Command::new(load_gen())
+            .arg("load-store")
+            .args(backend.load_args())
+            .args(["--lines", &lines.to_string()])
+            .args(["--hosts", &hosts.to_string()])
+            .args(mixed.then_some("--mixed")),
+    )?;
+    Ok((
+        json_num(&out, "text_bytes")?,
+        json_num(&out, "lines_per_sec")?,
+    ))
+}
+
+fn grep_part(args: &ClickhouseArgs, ctx: &Ctx, server: &Server, tmp: &Path) -> Result<String> {
+    let needles = planted_needles(args.grep_lines)?;
+    let backends = [
+        Backend::Sqlite(tmp.join("grep")),
+        Backend::Clickhouse {
+            server,
+            database: "bench_grep".into(),
+        },
+    ];
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "\n### Grep\n\n`cargo xtask bench clickhouse --parts grep --grep-lines {} \
+         --grep-rounds {} --grep-timeout {}`: the same {} log lines from {} hosts loaded into each \
+         store through `Store::ingest_many` directly (groups of 16 batches of \
+         2000; no HTTP); then the real `tracer aggregator` on it and `tracer grep` \
+         over HTTP for each planted pattern (`-c`, then listing every line). Every \
+         answer must be exactly the planted count. GB/s is log text over the \
+         command's wall time; per core is log text over the CPU time the \
+         aggregator and clickhouse-server spent on the query (/proc, 10 ms \
+         ticks). A pattern with no answer within the timeout is stopped and \
+         not asked again.\n",
+        args.grep_lines, args.grep_rounds, args.grep_timeout, args.grep_lines, args.hosts
+    );
+    let _ = writeln!(
+        t,
+        "| store | pattern | matches | median wall | GB/s (wall) | GB/s per core (CPU) |\n\
+         |---|---|---:|---:|---:|---:|"
+    );
+    let mut loads = Vec::new();
+    let mut worst = Vec::new();
+    for backend in &backends {
+        println!(
+            "loading {} log lines into {} ...",
+            args.grep_lines,
+            backend.name()
+        );
+        let (text_bytes, lps) = load_lines(backend, args.grep_lines, args.hosts, false)?;
+        loads.push(format!("{} {lps:.0} lines/s", backend.name()));
+        let mut aggs = backend.start_aggregators(1, &ctx.token)?;
+        let mut samples: Vec<Vec<(f64, f64)>> = vec![Vec::new(); needles.len() * 2];
+        // Patterns that ran out of time once are not asked again.
+        let mut timed_out = vec![false; needles.len() * 2];
+        for round in 1..=args.grep_rounds {
+            let mut k = 0;
+            for count in [true, false] {
+                for (name, re, ci, expect) in &needles {
+                    if timed_out[k] {
+                        k += 1;
+                        continue;
+                    }
+                    let mut c = Command::new(tracer::binary());
+                    c.args(["grep", "--aggregator", &aggs[0].url])
+                        .arg("--token-file")
+                        .arg(&ctx.token);
+                    if *ci {
+                        c.arg("-i");
+                    }
+                    if count {
+                        c.arg("-c");
+                    }
+                    c.arg("--").arg(re);
+                    let (a0, s0) = ticks(&aggs, backend.server())?;
+                    let t0 = Instant::now();
+                    let limit = Duration::from_secs(u64::from(args.grep_timeout));
+                    let Some(out) = output_within(&mut c, limit)? else {
+                        println!(
+                            "round {round}: {} {name}{} {re:?}: no answer within {} s, stopped",
+                            backend.name(),
+                            if count { " -c" } else { "" },
+                            args.grep_timeout
+                        );
+                        timed_out[k] = true;
+                        // The aggregator would go on scanning: a new one
+                        // for the next pattern.
+                        for a in aggs.drain(..) {
+                            a.kill();
+                        }
+                        aggs = backend.start_aggregators(1, &ctx.token)?;
+                        k += 1;
+                        continue;
+                    };
+                    let wall = t0.elapsed().as_secs_f64();
+                    let (a1, s1) = ticks(&aggs, backend.server())?;
+                    let n = if count {
+                        out.trim().parse().context("grep -c printed no number")?
+                    } else {
+                        out.lines().count() as u64
+                    };
+                    if n != *expect {
+                        bail!(
+                            "{}: {name} ({re}): {n} lines, but {expect} were planted",
+                            backend.name()
+                        );
+                    }
+                    let cpu_s = ((a1 - a0) + (s1 - s0)) as f64 / ctx.ticks;
+                    println!(
+                        "round {round}: {} {name}{} {re:?}: {n} lines (exact), {wall:.3} s, CPU {cpu_s:.2} s",
+                        backend.name(),
+                        if count { " -c" } else { "" },
+                    );
+                    samples[k].push((wall, cpu_s));
+                    k += 1;
+                }
+            }
+        }
+        for a in aggs {
+            a.stop()?;
+        }
+        let mut k = 0;
+        let mut slowest = f64::INFINITY;
+        for count in [true, false] {
+            for (name, re, ci, expect) in &needles {
+                let label = format!(
+                    "{name}{} `{re}`{}",
+                    if count { " -c" } else { "" },
+                    if *ci { " -i" } else { "" }
+                );
+                if timed_out[k] {
+                    slowest = slowest.min(text_bytes / f64::from(args.grep_timeout) / 1e9);
+                    let _ = writeln!(
+                        t,
+                        "| {} | {label} | {expect} | > {} s (stopped) | < {:.2} | |",
+                        backend.name(),
+                        args.grep_timeout,
+                        text_bytes / f64::from(args.grep_timeout) / 1e9
+                    );
+                    k += 1;
+                    continue;
+                }
+                let wall = median(samples[k].iter().map(|s| s.0).collect());
+                let cpu_s = median(samples[k].iter().map(|s| s.1).collect());
+                let per_core = text_bytes / cpu_s.max(0.01) / 1e9;
+                slowest = slowest.min(text_bytes / wall / 1e9);
+                let _ = writeln!(
+                    t,
+                    "| {} | {label} | {expect} | {wall:.3} s | {:.2} | {per_core:.2} |",
+                    backend.name(),
+                    text_bytes / wall / 1e9
+                );
+                k += 1;
+            }
+        }
+        worst.push((backend.name(), slowest, text_bytes));
+        if let Backend::Sqlite(dir) = backend {
+            let _ = fs::remove_dir_all(dir);
+        }
+    }
+    let _ = writeln!(
+        t,
+        "\n{:.0} MB of log text; loaded at {}. Slowest pattern (wall): {}; \
+         ClickHouse/SQLite {:.2}× (aim ≥ {:.0} GB/s per core).",
+        worst[0].2 / 1e6,
+        loads.join(", "),
+        worst
+            .iter()
+            .map(|(n, g, _)| format!("{n} {g:.2} GB/s"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        worst[1].1 / worst[0].1,
+        GREP_AIM_BYTES_PER_SEC_PER_CORE / 1e9,
+    );
+    Ok(t)
+}
+
+fn growth_part(args: &ClickhouseArgs, ctx: &Ctx, server: &Server, tmp: &Path) -> Result<String> {
+    let step = args.events;
+    if args.grow_to < 3 * step {
+        bail!("--grow-to must be at least 3 × --events");
+    }
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "\n### Ingest as the store grows\n\n`cargo xtask bench clickhouse --parts growth \
+         --events {step} --grow-to {}`: per store, {step} events through one \
+         aggregator over HTTP into the empty store (as in Ingest), then {} events \
+         of the same mix loaded directly (`Store::ingest_many`, groups of 16 \
+         batches), then, once clickhouse-server is idle again (its merges of the load's parts \
+         done; at most 3 min), {step} events over HTTP again, now into a store of {} \
+         events. First/last tenth: the rate over the \
+         first and the last 10% of a measurement's events.\n",
+        args.grow_to,
+        args.grow_to - 2 * step,
+        args.grow_to - step
+    );
+    let _ = writeln!(
+        t,
+        "| store | empty: events/s (first / last tenth) | at {:.0}M: events/s (first / last tenth) | ratio |\n\
+         |---|---:|---:|---:|",
+        (args.grow_to - step) as f64 / 1e6
+    );
+    let backends = [
+        Backend::Sqlite(tmp.join("growth")),
+        Backend::Clickhouse {
+            server,
+            database: "bench_growth".into(),
+        },
+    ];
+    for backend in &backends {
+        let started = Instant::now();
+        let empty = ingest_once(ctx, backend, 1, step, 0.0)?;
+        println!(
+            "{}: empty store {:.0} events/s; loading {} events ...",
+            backend.name(),
+            empty.rate,
+            args.grow_to - 2 * step
+        );
+        let (_, lps) = load_lines(backend, args.grow_to - 2 * step, args.hosts, true)?;
+        // The server merges the load's parts for a while after it: the
+        // second measurement starts once it is idle, so it measures the
+        // store's size rather than the load's backlog.
+        let settle = Instant::now();
+        if let Some(s) = backend.server() {
+            cpu::ticks_when_settled(s.pid, Duration::from_secs(2), Duration::from_secs(180))?;
+        }
+        let settled_s = settle.elapsed().as_secs_f64();
+        let before = backend.count()?;
+        let full = ingest_once(ctx, backend, 1, step, before)?;
+        println!(
+            "{}: at {before} events {:.0} events/s (loaded at {lps:.0} events/s; server idle after {settled_s:.0} s; {:.0} s)",
+            backend.name(),
+            full.rate,
+            started.elapsed().as_secs_f64()
+        );
+        let _ = writeln!(
+            t,
+            "| {} | {:.0} ({:.0} / {:.0}) | {:.0} ({:.0} / {:.0}) | {:.2}× |",
+            backend.name(),
+            empty.rate,
+            empty.first_tenth,
+            empty.last_tenth,
+            full.rate,
+            full.first_tenth,
+            full.last_tenth,
+            full.rate / empty.rate
+        );
+        if let Backend::Sqlite(dir) = backend {
+            let _ = fs::remove_dir_all(dir);
+        }
+    }
+    Ok(t)
+}
