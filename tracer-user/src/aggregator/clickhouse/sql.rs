@@ -183,7 +183,12 @@ pub fn prefilter(t: &TextMatch) -> Option<String> {
         .parse(&t.pattern)
         .ok()?;
     let mut ex = Extractor::new();
-    ex.kind(ExtractKind::Prefix);
+    // Past the limit the extractor shortens the literals (a shorter
+    // prefix of every match is still one) rather than giving up, so
+    // `ERR-[0-9]{4}` keeps `ERR-0`..`ERR-9` and a long `-i` phrase its
+    // first letters' case variants.
+    ex.kind(ExtractKind::Prefix)
+        .limit_total(MAX_PREFILTER_LITERALS);
     let seq = ex.extract(&hir);
     let lits = seq.literals()?;
     if lits.is_empty() || lits.len() > MAX_PREFILTER_LITERALS {
@@ -227,6 +232,15 @@ mod tests {
         );
         // Every case variant, Unicode's included: o/O times k/K/U+212A.
         assert_eq!(p("ok", true).unwrap().matches("position").count(), 6);
+        // Too many literals: shorter prefixes of them, still sound.
+        let class = p(r"ERR-[0-9]{4}-[A-Z]{2}\b", false).unwrap();
+        let n = class.matches("position").count();
+        assert!((1..=MAX_PREFILTER_LITERALS).contains(&n), "{class}");
+        assert!(class.contains("position(text, 'ERR-"), "{class}");
+        let phrase = p("connection reset by peer", true).unwrap();
+        let n = phrase.matches("position").count();
+        assert!((1..=MAX_PREFILTER_LITERALS).contains(&n), "{phrase}");
+        assert!(phrase.contains("position(text, 'conn"), "{phrase}");
         // No literal every match starts with: no prefilter.
         assert_eq!(p(r"\d9$", false), None);
         assert_eq!(p(".*", false), None);
