@@ -331,6 +331,7 @@ fn web_ui_in_chromium_against_the_demo() {
         "{v}"
     );
     assert_eq!(v["tailMarked"], true, "{v}");
+    assert_eq!(v["probeGraph"], serde_json::json!(["h1/4242"]), "{v}");
     assert_eq!(v["xss_inert"], true, "{v}");
     assert!(v["graph"]["inked"].as_u64().unwrap_or(0) > 200, "{v}");
     assert_eq!(v["logpoint"]["removed"], true, "{v}");

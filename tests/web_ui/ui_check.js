@@ -367,6 +367,20 @@ async function run(ctx, expected) {
   const hostsInGraph = new Set(graph.labels.filter((l) => l.includes('/')).map((l) => l.split('/')[0]));
   check(HOSTS.every((h) => hostsInGraph.has(h)), `requests/s has a series per host: ${graph.labels}`);
   result.graph = graph;
+  // The probe hits injected above (h1, pid 4242) have a graph of their own.
+  const probeGraph = await page.evaluate(() => {
+    const card = [...document.querySelectorAll('#graphs-grid .graph')].find(
+      (c) => c.querySelector('.graph-title').textContent === 'Probe hits/s',
+    );
+    if (!card) return null;
+    const labels = [...card.querySelectorAll('.u-legend .u-series .u-label')].map((e) => e.textContent);
+    return { series: Number(card.dataset.series), labels, canvas: !!card.querySelector('canvas') };
+  });
+  check(
+    probeGraph && probeGraph.canvas && probeGraph.series === 1 && probeGraph.labels.includes(`h1/${PID}`),
+    `probe hits/s graph: ${JSON.stringify(probeGraph)}`,
+  );
+  result.probeGraph = probeGraph.labels.filter((l) => l.includes('/'));
   await page.screenshot({ path: `${ARTIFACTS}/graphs.png`, fullPage: true });
 
   // 9. Logpoints panel: with the admin token (memory only), add a

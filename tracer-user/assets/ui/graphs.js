@@ -17,6 +17,7 @@ const CHARTS = [
   { title: 'TCP retransmits/s', series: [['retransmits_per_s', '']] },
   { title: 'Log lines/s', series: [['log_lines_per_s', '']] },
   { title: 'Lost events/s', series: [['lost_per_s', '']] },
+  { title: 'Probe hits/s', series: [['probe_hits_per_s', '']] },
 ];
 
 const PALETTE = ['#2f6fdb', '#d43c3c', '#1a9a5a', '#e08a1e', '#8a5cd6', '#138a7e', '#c0398f', '#5b6470', '#9c7a00'];

@@ -927,6 +927,24 @@ pub fn series_from_stored_events(backend: &impl Backend) {
         "lost",
         json!({"count": 6, "stage": "ring", "for_kind": "log"}),
     ));
+    // Probe hits: an aggregate of 7 in the first bucket, two args events
+    // and an aggregate of 4 in the second.
+    let probe = |count: Option<u64>| {
+        let mut v = json!({"probe": "uprobe:uv_fs_open", "object": "/usr/bin/node",
+                           "point": "uv_fs_open", "record": "count"});
+        match count {
+            Some(n) => v["count"] = json!(n),
+            None => {
+                v["record"] = json!("args");
+                v["args"] = json!([0]);
+            }
+        }
+        v
+    };
+    events.push(series_event(11 * S, 7, "probe", probe(Some(7))));
+    events.push(series_event(12 * S, 7, "probe", probe(None)));
+    events.push(series_event(13 * S, 7, "probe", probe(None)));
+    events.push(series_event(13 * S, 7, "probe", probe(Some(4))));
     // Outside the window.
     events.push(series_event(
         14 * S,
@@ -961,6 +979,7 @@ pub fn series_from_stored_events(backend: &impl Backend) {
     assert_eq!(p.gc_pause_ms, vec![0.0, 2.0]);
     assert_eq!(p.loop_delay_ms, vec![None, Some(40.0)]);
     assert_eq!(p.retransmits_per_s, vec![0.0, 0.5]);
+    assert_eq!(p.probe_hits_per_s, vec![3.5, 3.0]);
     // Another host only: nothing.
     let q = SeriesQuery::new(10 * S, 14 * S, 2 * S, vec!["h2".into()]).unwrap();
     assert!(store.series(&q).unwrap().procs.is_empty());

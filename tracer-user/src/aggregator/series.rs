@@ -19,7 +19,10 @@
 //!   (server: request in, response out; client: the reverse), per second;
 //! - `retransmits_per_s`, `log_lines_per_s`, `lost_per_s`: counts per
 //!   second (`lost` sums the events' `count`; losses are reported with
-//!   pid 0, the host's agent).
+//!   pid 0, the host's agent);
+//! - `probe_hits_per_s`: hits of ad-hoc probes (`tracer probe`, the
+//!   agent's `--probe`) per second: a count or latency aggregate adds its
+//!   `count`, an `args` event one hit.
 
 use std::collections::BTreeMap;
 
@@ -114,6 +117,10 @@ pub enum Sample {
     Lost {
         count: u64,
     },
+    /// `hits` hits of an ad-hoc probe.
+    Probe {
+        hits: u64,
+    },
 }
 
 /// What an event adds to the graphs (None: nothing).
@@ -136,6 +143,9 @@ pub fn sample_of(data: &crate::event::EventData) -> Option<Sample> {
             segments: u64::from(*segments),
         },
         EventData::Lost { count, .. } => Sample::Lost { count: *count },
+        EventData::Probe(p) => Sample::Probe {
+            hits: p.count.unwrap_or(1),
+        },
         _ => return None,
     })
 }
@@ -156,6 +166,7 @@ pub struct ProcSeries {
     pub retransmits_per_s: Vec<f64>,
     pub log_lines_per_s: Vec<f64>,
     pub lost_per_s: Vec<f64>,
+    pub probe_hits_per_s: Vec<f64>,
 }
 
 /// The answer of `GET /v1/series`.
@@ -182,6 +193,7 @@ struct Acc {
     retransmits: Vec<u64>,
     logs: Vec<u64>,
     lost: Vec<u64>,
+    probe_hits: Vec<u64>,
 }
 
 impl Acc {
@@ -196,6 +208,7 @@ impl Acc {
             retransmits: vec![0; n],
             logs: vec![0; n],
             lost: vec![0; n],
+            probe_hits: vec![0; n],
         }
     }
 }
@@ -278,6 +291,9 @@ impl SeriesBuilder {
             Sample::Gc { duration_ns } => acc.gc_ns[b] = acc.gc_ns[b].saturating_add(duration_ns),
             Sample::Retransmit { segments } => acc.retransmits[b] += segments,
             Sample::Lost { count } => acc.lost[b] = acc.lost[b].saturating_add(count),
+            Sample::Probe { hits } => {
+                acc.probe_hits[b] = acc.probe_hits[b].saturating_add(hits);
+            }
         }
     }
 
@@ -315,6 +331,7 @@ impl SeriesBuilder {
                     retransmits_per_s: per_s(&acc.retransmits),
                     log_lines_per_s: per_s(&acc.logs),
                     lost_per_s: per_s(&acc.lost),
+                    probe_hits_per_s: per_s(&acc.probe_hits),
                 }
             })
             .collect();

@@ -1008,10 +1008,18 @@ impl Store for ClickhouseStore {
             since: Some(q.since),
             until: Some(q.until),
             hosts: q.hosts.clone(),
-            kinds: ["log", "http", "loop", "gc", "tcp_retransmit", "lost"]
-                .iter()
-                .filter_map(|k| EventKind::parse(k))
-                .collect(),
+            kinds: [
+                "log",
+                "http",
+                "loop",
+                "gc",
+                "tcp_retransmit",
+                "lost",
+                "probe",
+            ]
+            .iter()
+            .filter_map(|k| EventKind::parse(k))
+            .collect(),
             ..Filter::default()
         };
         let where_ = filter_sql(&self.db, self.sharded, &f, &offsets, None);

@@ -12,7 +12,7 @@ use crate::aggregator::{
 
 /// The event kinds a series is computed from.
 /// (Log lines are counted from their blocks.)
-const KINDS: &str = "('http', 'loop', 'gc', 'tcp_retransmit', 'lost')";
+const KINDS: &str = "('http', 'loop', 'gc', 'tcp_retransmit', 'lost', 'probe')";
 
 pub(super) fn series(conn: &Connection, q: &SeriesQuery) -> Result<Series> {
     let mut sql = format!(
@@ -60,6 +60,10 @@ pub(super) fn series(conn: &Connection, q: &SeriesQuery) -> Result<Series> {
             },
             "lost" => Sample::Lost {
                 count: num(r.get(10)?),
+            },
+            // A count or latency aggregate has its hits; an args event is one.
+            "probe" => Sample::Probe {
+                hits: r.get::<_, Option<i64>>(10)?.map_or(1, |v| num(Some(v))),
             },
             _ => continue,
         };
