@@ -484,6 +484,82 @@ fn demo_on_clickhouse_two_aggregators_two_shards() {
     eprintln!("web_ui: the demo's ClickHouse shards hold {local:?} event rows");
     assert!(local.iter().sum::<u64>() > 0);
 
+    // A logpoint through the first aggregator reaches the api on h2, whose
+    // agent sends its events to the second one first: agents poll every
+    // aggregator of their list for commands. The demo prints this command.
+    let admin = dir.path().join("demo/admin-token").display().to_string();
+    let printed =
+        format!("logpoint add --aggregator http://{addr} --admin-token-file {admin} --host h2");
+    assert!(
+        demo.0.stderr.seen().iter().any(|l| l.contains(&printed)),
+        "the demo prints `{printed}`:\n{}",
+        demo.0.stderr.tail(40)
+    );
+    let control = |args: &[&str]| {
+        let out = Command::new(TRACER)
+            .args(args)
+            .args([
+                "--aggregator",
+                &format!("http://{addr}"),
+                "--admin-token-file",
+                &admin,
+            ])
+            .output()
+            .expect("running tracer logpoint");
+        assert!(
+            out.status.success(),
+            "tracer {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let added = control(&[
+        "logpoint",
+        "add",
+        "--host",
+        "h2",
+        "--match",
+        "demo-service",
+        "demo-service.js:14",
+        "ch-demo saw ${req.url}",
+        "--ttl",
+        "2m",
+    ]);
+    assert!(added.contains("[h2] logpoint"), "{added}");
+    let token_file = dir.path().join("demo/token").display().to_string();
+    let deadline = Instant::now() + TRAFFIC_TIMEOUT;
+    let seen = loop {
+        let out = Command::new(TRACER)
+            .args([
+                "grep",
+                "-c",
+                "^ch-demo saw /",
+                "--since",
+                "5m",
+                "--aggregator",
+            ])
+            .arg(format!("http://{}", aggregators[1]))
+            .args(["--token-file", &token_file])
+            .output()
+            .expect("running tracer grep");
+        let n: u64 = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0);
+        if n >= 5 {
+            break n;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no logpoint lines from h2 through the second aggregator ({n}); demo stderr:\n{}",
+            demo.0.stderr.tail(30)
+        );
+        thread::sleep(Duration::from_millis(500));
+    };
+    eprintln!("web_ui: {seen} logpoint lines from h2, added through the first aggregator");
+    let removed = control(&["logpoint", "rm", "--all", "--host", "h2"]);
+    assert!(removed.contains("[h2]"), "{removed}");
+
     // SIGTERM: the demo stops everything, ClickHouse too.
     demo.0.signal(libc::SIGTERM);
     let status = demo

@@ -349,9 +349,9 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             vec![format!("{a},{b}"), format!("{b},{a}"), format!("{a},{b}")]
         }
     };
-    // An agent takes commands from the first aggregator of its list: the
-    // api's host (h2) from the one the demo's commands go to.
-    let control_url = urls[1].split(',').next().unwrap_or_default().to_string();
+    // Agents poll every aggregator of their list for commands, so the
+    // demo's commands may go through the first.
+    let control_url = format!("http://{first}");
     // Agents first, so the services are traced from their first request.
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<String>();
     for (i, (_, host)) in HOSTS.iter().enumerate() {

@@ -61,7 +61,24 @@ pub fn start(cfg: ControlConfig) -> Result<tokio::task::JoinHandle<()>> {
         cfg.client_cert.as_ref(),
         POLL_TIMEOUT,
     )?;
-    Ok(tokio::spawn(poll_loop(client, cfg)))
+    // One poll per aggregator of the list, not only the first: several
+    // aggregators on one ClickHouse store are interchangeable, so a
+    // command may be sent through any of them, and each one only knows
+    // the hosts that poll it.
+    let cfg = std::sync::Arc::new(cfg);
+    let polls: Vec<_> = cfg
+        .urls
+        .iter()
+        .map(|url| {
+            let base = url.trim_end_matches('/').to_owned();
+            tokio::spawn(poll_loop(client.clone(), cfg.clone(), base))
+        })
+        .collect();
+    Ok(tokio::spawn(async move {
+        for p in polls {
+            let _ = p.await;
+        }
+    }))
 }
 
 #[derive(Deserialize)]
@@ -69,13 +86,12 @@ struct Polled {
     commands: Vec<Command>,
 }
 
-async fn poll_loop(client: reqwest::Client, cfg: ControlConfig) {
-    let cfg = std::sync::Arc::new(cfg);
-    let mut current = 0;
+/// Polls the aggregator at `base` for commands until the runtime ends.
+async fn poll_loop(client: reqwest::Client, cfg: std::sync::Arc<ControlConfig>, base: String) {
+    let base = base.as_str();
     let mut backoff = Duration::from_millis(500);
     let mut down_reported = false;
     loop {
-        let base = cfg.urls[current % cfg.urls.len()].trim_end_matches('/');
         let url = match reqwest::Url::parse_with_params(
             &format!("{base}/v1/control/poll"),
             &[("host", cfg.host.as_str())],
@@ -110,7 +126,6 @@ async fn poll_loop(client: reqwest::Client, cfg: ControlConfig) {
         };
         let Some(polled) = polled else {
             down_reported = true;
-            current += 1;
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(5));
             continue;
