@@ -171,6 +171,20 @@ pub fn build_usdt_target(dir: &Path) -> PathBuf {
     bin
 }
 
+/// How many perf events process `pid` holds open.
+fn perf_event_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    std::fs::read_link(e.path())
+                        .is_ok_and(|t| t.to_string_lossy() == "anon_inode:[perf_event]")
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
 /// A running bpftrace program (stdout: its maps at exit).
 pub struct Bpftrace {
     pub proc: Proc,
@@ -184,11 +198,34 @@ impl Bpftrace {
         cmd.args(["-p", &pid.to_string(), "-e", program])
             .env("BPFTRACE_STRLEN", "200");
         let mut proc = Proc::spawn("bpftrace", cmd, true);
-        proc.stdout.as_mut().expect("stdout is piped").wait_for(
+        let line = proc.stdout.as_mut().expect("stdout is piped").wait_for(
             "bpftrace's Attaching line",
             TRACER_READY_TIMEOUT,
             |l| l.starts_with("Attaching "),
         );
+        // `Attaching N probes...` is printed before attaching: a hit (or a
+        // SIGINT, which bpftrace then ignores) in between is lost. Every
+        // probe is a perf event, as is bpftrace's output buffer on each
+        // online CPU (bpftrace 0.17), so wait until it holds N + CPUs of
+        // them; a bpftrace that buffers otherwise gets a second instead.
+        let n: usize = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no probe count in bpftrace's `{line}`"));
+        // SAFETY: sysconf reads a system value; no memory is involved.
+        let cpus =
+            usize::try_from(unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }).unwrap_or(1);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while perf_event_fds(proc.pid()) < n + cpus {
+            if std::time::Instant::now() > deadline {
+                std::thread::sleep(Duration::from_secs(1));
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // The program is attached to the last one right after it opens.
+        std::thread::sleep(Duration::from_millis(200));
         Self { proc }
     }
 
