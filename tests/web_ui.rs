@@ -490,10 +490,10 @@ fn demo_on_clickhouse_two_aggregators_two_shards() {
     let admin = dir.path().join("demo/admin-token").display().to_string();
     let printed =
         format!("logpoint add --aggregator http://{addr} --admin-token-file {admin} --host h2");
-    assert!(
-        demo.0.stderr.seen().iter().any(|l| l.contains(&printed)),
-        "the demo prints `{printed}`:\n{}",
-        demo.0.stderr.tail(40)
+    demo.0.stderr.wait_for(
+        "the demo's logpoint command",
+        Duration::from_secs(10),
+        |l| l.contains(&printed),
     );
     let control = |args: &[&str]| {
         let out = Command::new(TRACER)
