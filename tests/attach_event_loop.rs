@@ -88,9 +88,12 @@ fn blocked_and_busy_time_per_turn() {
         idle.len(),
         blocked_share
     );
+    // Not 1.0: a turn's wake-up (the timer fires, the thread waits for a
+    // core, the callback runs) is busy time, 1-4 ms per 100 ms turn on a
+    // loaded 2-core CI machine (0.981 seen there); a stall is 300 ms.
     assert!(
-        blocked_share >= 0.99,
-        "idle: {:.4} of the time blocked, expected >= 0.99 ({})",
+        blocked_share >= 0.95,
+        "idle: {:.4} of the time blocked, expected >= 0.95 ({})",
         blocked_share,
         shown(&idle)
     );
