@@ -94,13 +94,7 @@ impl Target {
     /// Whether the process still runs and is the same one (an exited
     /// process waiting to be reaped is a zombie, not alive).
     pub fn alive(&self) -> bool {
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)) else {
-            return false;
-        };
-        let state = stat
-            .rfind(')')
-            .and_then(|i| stat[i + 1..].split_whitespace().next());
-        !matches!(state, Some("Z" | "X")) && parse_start_time(&stat) == Some(self.start_time)
+        live_start_time(self.pid) == Some(self.start_time)
     }
 
     /// TCP sockets this process listens on: (address, port).
@@ -128,7 +122,18 @@ impl Target {
     }
 }
 
-pub(crate) fn parse_start_time(stat: &str) -> Option<u64> {
+/// The start time of `pid` (for telling a reused PID apart), if it is
+/// running: None for a process that is gone or a zombie.
+pub(crate) fn live_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let state = stat[stat.rfind(')')? + 1..].split_whitespace().next();
+    if matches!(state, Some("Z" | "X")) {
+        return None;
+    }
+    parse_start_time(&stat)
+}
+
+fn parse_start_time(stat: &str) -> Option<u64> {
     // comm (field 2) may hold spaces and parentheses: fields start after
     // the last ')'. starttime is field 22, the 20th after it.
     let rest = &stat[stat.rfind(')')? + 1..];

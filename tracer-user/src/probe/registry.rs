@@ -22,7 +22,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::inspector::target::parse_start_time;
+use crate::inspector::target::live_start_time as start_of;
 
 /// Where sessions register.
 pub const DIR: &str = "/run/tracer/probes";
@@ -65,16 +65,6 @@ fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// The start time of `pid`, if it is alive (not a zombie).
-fn start_of(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let state = stat[stat.rfind(')')? + 1..].split_whitespace().next();
-    if matches!(state, Some("Z" | "X")) {
-        return None;
-    }
-    parse_start_time(&stat)
 }
 
 /// Registers this process's probes on `pids`.
