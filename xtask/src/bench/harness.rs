@@ -63,6 +63,34 @@ pub struct RoundArgs {
     /// Use target/release/tracer as it is instead of building it first.
     #[arg(long)]
     pub no_build: bool,
+    /// Measure only these configurations (comma-separated names, as in the
+    /// table), always with the base: e.g. `--only never` for more rounds of
+    /// one comparison in the same time.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+}
+
+/// The base and the configurations `--only` names (all when it names none).
+fn selected<'a>(configs: &'a [Config], only: &[String]) -> Result<Vec<&'a Config>> {
+    if let Some(unknown) = only
+        .iter()
+        .find(|name| !configs.iter().any(|c| c.name == name.as_str()))
+    {
+        bail!(
+            "--only {unknown}: no such configuration; this benchmark has {}",
+            configs
+                .iter()
+                .map(|c| c.name)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(configs
+        .iter()
+        .enumerate()
+        .filter(|(i, c)| *i == 0 || only.is_empty() || only.iter().any(|n| n == c.name))
+        .map(|(_, c)| c)
+        .collect())
 }
 
 /// What is attached to the server during a configuration's rounds.
@@ -144,14 +172,14 @@ pub struct Bench {
 pub fn run(bench: &Bench, server: Server, args: &RoundArgs) -> Result<()> {
     let what = format!("cargo xtask bench {}", bench.id);
     cmd::require_root(&what)?;
+    let configs = selected(&bench.configs, &args.only)?;
     let mut programs = vec![
         ("node", "install Node.js 20"),
         ("wrk", "cargo xtask bootstrap installs it"),
         ("taskset", "Debian package util-linux"),
         ("getconf", "Debian package libc-bin"),
     ];
-    if bench
-        .configs
+    if configs
         .iter()
         .any(|c| matches!(c.tool, Tool::Bpftrace { .. }))
     {
@@ -164,7 +192,7 @@ pub fn run(bench: &Bench, server: Server, args: &RoundArgs) -> Result<()> {
             args.rounds
         );
     }
-    if bench.configs.iter().any(|c| c.tool.is_tracer()) {
+    if configs.iter().any(|c| c.tool.is_tracer()) {
         if args.no_build {
             if !tracer::binary().is_file() {
                 bail!(
@@ -202,7 +230,7 @@ pub fn run(bench: &Bench, server: Server, args: &RoundArgs) -> Result<()> {
     let pid = node_server.pid();
     let url = format!("{}://127.0.0.1:{port}/", server.scheme);
     let mut bt_scripts = Vec::new();
-    for config in &bench.configs {
+    for config in &configs {
         bt_scripts.push(match config.tool {
             Tool::Bpftrace { script, .. } => {
                 let path = server.scripts.path(&format!("{}.bt", config.name));
@@ -219,8 +247,7 @@ pub fn run(bench: &Bench, server: Server, args: &RoundArgs) -> Result<()> {
          {} rounds x {} s per config: {}",
         args.rounds,
         args.seconds,
-        bench
-            .configs
+        configs
             .iter()
             .map(|c| c.name)
             .collect::<Vec<_>>()
@@ -229,8 +256,7 @@ pub fn run(bench: &Bench, server: Server, args: &RoundArgs) -> Result<()> {
     eprintln!("[bench] warm-up ({WARMUP_SECONDS} s, not counted)");
     wrk::run(&url, WARMUP_SECONDS, WRK_CPU).context("warm-up run failed")?;
 
-    let mut series: Vec<Series> = bench
-        .configs
+    let mut series: Vec<Series> = configs
         .iter()
         .map(|c| Series {
             name: c.name,
@@ -245,8 +271,7 @@ pub fn run(bench: &Bench, server: Server, args: &RoundArgs) -> Result<()> {
         ticks_per_sec,
     };
     for round in 1..=args.rounds {
-        for ((config, series), bt_script) in
-            bench.configs.iter().zip(series.iter_mut()).zip(&bt_scripts)
+        for ((config, series), bt_script) in configs.iter().zip(series.iter_mut()).zip(&bt_scripts)
         {
             let sample = run
                 .measure(config, bt_script.as_deref())
