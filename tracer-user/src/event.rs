@@ -116,6 +116,10 @@ pub enum EventData {
         /// Hits the rate cap suppressed since the previous line.
         #[serde(default, skip_serializing_if = "is_zero")]
         dropped: u64,
+        /// Milliseconds since the previous line during which the rate cap
+        /// had lifted the logpoint (its hits then were not seen).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        unwatched_ms: u64,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         req_id: Option<String>,
     },
@@ -485,12 +489,13 @@ impl Event {
                 location,
                 text,
                 dropped,
+                unwatched_ms,
                 ..
             } => {
-                let more = if *dropped > 0 {
-                    format!(" [{dropped} dropped]")
-                } else {
-                    String::new()
+                let more = match (*dropped, *unwatched_ms) {
+                    (0, 0) => String::new(),
+                    (d, 0) => format!(" [{d} dropped]"),
+                    (d, ms) => format!(" [{d} dropped, not watched for {ms} ms]"),
                 };
                 write!(s, " {id} {location}| {text}{more}")
             }

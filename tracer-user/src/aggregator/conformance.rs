@@ -210,6 +210,7 @@ pub fn audit_events_round_trip(backend: &impl Backend) {
             location: "/srv/a.js:3:5".into(),
             text: "x=1".into(),
             dropped: 0,
+            unwatched_ms: 0,
             req_id: Some("r-1".into()),
         },
     };
@@ -443,6 +444,7 @@ pub fn trace_links_logs_to_their_request(backend: &impl Backend) {
             location: "/srv/app.js:7:3".into(),
             text: format!("hit in {req}"),
             dropped: 0,
+            unwatched_ms: 0,
             req_id: Some(req.into()),
         },
         ..log("a", ts, StreamName::Stdout, "")
@@ -490,6 +492,7 @@ pub fn grep_finds_logpoint_and_probe_lines(backend: &impl Backend) {
             location: "/srv/app.js:7:3".into(),
             text: "order 42 total=9.5".into(),
             dropped: 0,
+            unwatched_ms: 0,
             req_id: None,
         },
         ..log("a", 20, StreamName::Stdout, "")
@@ -690,6 +693,7 @@ fn event(rng: &mut Rng, host: &str, ts: u64) -> Event {
             location: "/srv/app.js:7:3".into(),
             text: format!("{} {}", rng.pick(&WORDS), rng.below(1000)),
             dropped: 0,
+            unwatched_ms: 0,
             req_id: (rng.below(2) == 0).then(|| format!("r{}", rng.below(5))),
         },
         9 if rng.below(2) == 0 => probe_hit(&format!("{} {}", rng.pick(&WORDS), rng.below(1000))),

@@ -32,6 +32,8 @@ struct Hit {
     text: String,
     #[serde(default)]
     dropped: u64,
+    #[serde(default)]
+    unwatched_ms: u64,
 }
 
 /// The `logpoint` event for a line of a logpoint file (None when the line
@@ -43,6 +45,7 @@ pub fn logpoint_event(line: &str, req_id: Option<String>) -> Option<EventData> {
         location: hit.loc,
         text: hit.text,
         dropped: hit.dropped,
+        unwatched_ms: hit.unwatched_ms,
         req_id,
     })
 }
@@ -81,6 +84,7 @@ mod tests {
                 location: "/a.js:3:5".into(),
                 text: "x=1".into(),
                 dropped: 2,
+                unwatched_ms: 0,
                 req_id: Some("r1".into())
             }
         );
@@ -113,6 +117,25 @@ mod tests {
         let back: crate::event::Event =
             serde_json::from_str(&serde_json::to_string(&e).unwrap()).unwrap();
         assert_eq!(back, e);
+        // After the rate cap lifted it: both counts, in JSON and text.
+        let lifted = crate::event::Event {
+            data: logpoint_event(
+                r#"{"lp":"lp-0011aabb","loc":"/a.js:3:5","text":"x=1","dropped":100,"unwatched_ms":850}"#,
+                None,
+            )
+            .unwrap(),
+            ..e.clone()
+        };
+        assert!(
+            serde_json::to_string(&lifted)
+                .unwrap()
+                .ends_with(r#""text":"x=1","dropped":100,"unwatched_ms":850}"#)
+        );
+        assert_eq!(
+            lifted.to_text(),
+            "2025-11-26T23:33:20.123456Z h1 7/7 node logpoint lp-0011aabb /a.js:3:5| x=1 \
+             [100 dropped, not watched for 850 ms]"
+        );
         assert!(is_inspector_notice(
             "Debugger listening on ws://127.0.0.1:9229/abc"
         ));

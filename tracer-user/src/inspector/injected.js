@@ -6,7 +6,12 @@
 // It owns one in-process inspector.Session: breakpoints set through it stay
 // active after the inspector port is closed. Each logpoint is a breakpoint
 // whose condition renders the template, hands the line to emit() and
-// returns false, so the program never pauses. Lines go to a file of their
+// returns false, so the program never pauses. A hit costs V8's
+// conditional-breakpoint machinery (~100-200 µs) whether or not it logs, so
+// the rate cap also lifts the breakpoint: once a logpoint has written its
+// `rate` lines in a second and counted as many again as dropped, it stops
+// being watched until that second ends (the time unwatched is reported).
+// Lines go to a file of their
 // own (tracer-logpoints-PID.jsonl), one JSON object per line, which tracer's log capture
 // turns into `logpoint` events; the program's stdout and stderr are not
 // touched. When the last logpoint is removed everything is undone: the
@@ -93,6 +98,7 @@ function (require) {
     hits: lp.hits,
     emitted: lp.emitted,
     dropped: lp.dropped,
+    unwatched_ms: lp.unwatchedMs + (lp.liftedAt ? Date.now() - lp.liftedAt : 0),
     max_hits: lp.maxHits,
     rate: lp.rate,
     expires_in_ms: Math.max(0, lp.expiresAt - Date.now()),
@@ -104,10 +110,46 @@ function (require) {
   const conditionOf = (ids) => '(() => { const __t = globalThis.__tracer; ' +
     'if (__t === undefined) return false; ' +
     ids.map((id) => lps.get(id).block).join(' ') + ' return false; })()';
+  // Only the logpoints being watched (not lifted by their rate cap) are in
+  // the condition; with none, the location has no breakpoint (bp.id null).
+  const watched = (bp) => bp.ids.filter((id) => !lps.get(id).liftedAt);
   const setBreakpoint = (bp) => {
-    const params = { url: bp.url, lineNumber: bp.line, condition: conditionOf(bp.ids) };
+    const params = { url: bp.url, lineNumber: bp.line, condition: conditionOf(watched(bp)) };
     if (bp.column !== null) params.columnNumber = bp.column;
     return post('Debugger.setBreakpointByUrl', params);
+  };
+  const clearBreakpoint = (bp) => {
+    if (bp.id === null) return;
+    try { post('Debugger.removeBreakpoint', { breakpointId: bp.id }); } catch (e) {}
+    bp.id = null;
+  };
+  // Sets the location's breakpoint again for the logpoints now watched.
+  const rearmLocation = (bp) => {
+    clearBreakpoint(bp);
+    if (watched(bp).length === 0) return;
+    try { bp.id = setBreakpoint(bp).breakpointId; } catch (e) {}
+  };
+
+  // The rate cap's second half: stop watching until the window ends. Not
+  // from inside the condition (the debugger is busy evaluating it).
+  const lift = (lp) => {
+    lp.liftPending = false;
+    const bp = bps.get(lp.key);
+    if (!lps.has(lp.id) || lp.liftedAt || !bp) return;
+    lp.liftedAt = Date.now();
+    rearmLocation(bp);
+    lp.liftTimer = setTimeout(() => watchAgain(lp), Math.max(1, lp.winStart + 1000 - lp.liftedAt));
+    lp.liftTimer.unref();
+  };
+  const watchAgain = (lp) => {
+    lp.liftTimer = null;
+    if (!lps.has(lp.id) || !lp.liftedAt) return;
+    const ms = Date.now() - lp.liftedAt;
+    lp.unwatchedMs += ms;
+    lp.pendingUnwatchedMs += ms;
+    lp.liftedAt = 0;
+    const bp = bps.get(lp.key);
+    if (bp) rearmLocation(bp);
   };
 
   const addOne = (spec) => {
@@ -147,6 +189,12 @@ function (require) {
       pendingDropped: 0,
       winStart: 0,
       winCount: 0,
+      winDropped: 0,
+      liftPending: false,
+      liftedAt: 0,
+      liftTimer: null,
+      unwatchedMs: 0,
+      pendingUnwatchedMs: 0,
       maxHits: spec.maxHits,
       rate: spec.rate,
       expiresAt: Date.now() + spec.ttlMs,
@@ -158,7 +206,7 @@ function (require) {
     lps.set(lp.id, lp);
     let res;
     try {
-      if (old) post('Debugger.removeBreakpoint', { breakpointId: old.id });
+      if (old) clearBreakpoint(old);
       res = setBreakpoint(bp);
       if (!res.locations || res.locations.length === 0) {
         post('Debugger.removeBreakpoint', { breakpointId: res.breakpointId });
@@ -168,7 +216,7 @@ function (require) {
     } catch (e) {
       lps.delete(lp.id);
       if (old) {
-        try { old.id = setBreakpoint(old).breakpointId; } catch (e2) { bps.delete(key); }
+        try { rearmLocation(old); } catch (e2) { bps.delete(key); }
       }
       throw e;
     }
@@ -187,16 +235,18 @@ function (require) {
 
   const removeOne = (lp) => {
     clearTimeout(lp.timer);
-    lps.delete(lp.id);
+    clearTimeout(lp.liftTimer);
     const bp = bps.get(lp.key);
-    if (!bp) return;
-    try { post('Debugger.removeBreakpoint', { breakpointId: bp.id }); } catch (e) {}
-    bp.ids = bp.ids.filter((id) => id !== lp.id);
-    if (bp.ids.length === 0) {
-      bps.delete(lp.key);
-    } else {
-      try { bp.id = setBreakpoint(bp).breakpointId; } catch (e) {}
+    if (bp) {
+      // Before it leaves `lps`: watched() looks the ids up there.
+      bp.ids = bp.ids.filter((id) => id !== lp.id);
+      if (bp.ids.length === 0) {
+        clearBreakpoint(bp);
+        bps.delete(lp.key);
+      }
     }
+    lps.delete(lp.id);
+    if (bp && bp.ids.length > 0) rearmLocation(bp);
   };
 
   const teardown = () => {
@@ -249,10 +299,16 @@ function (require) {
       if (now - lp.winStart >= 1000) {
         lp.winStart = now;
         lp.winCount = 0;
+        lp.winDropped = 0;
       }
       if (lp.winCount >= lp.rate) {
         lp.dropped++;
         lp.pendingDropped++;
+        lp.winDropped++;
+        if (lp.winDropped >= lp.rate && !lp.liftPending) {
+          lp.liftPending = true;
+          setImmediate(() => lift(lp));
+        }
         return false;
       }
       lp.winCount++;
@@ -269,6 +325,10 @@ function (require) {
       if (lp.pendingDropped) {
         rec.dropped = lp.pendingDropped;
         lp.pendingDropped = 0;
+      }
+      if (lp.pendingUnwatchedMs) {
+        rec.unwatched_ms = lp.pendingUnwatchedMs;
+        lp.pendingUnwatchedMs = 0;
       }
       write(JSON.stringify(rec) + '\n');
       // Not from inside the condition: the debugger is busy evaluating it.

@@ -104,7 +104,10 @@ pub struct AddArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_hits: Option<u64>,
     /// At most this many lines per second; hits beyond it are counted
-    /// (`dropped` on the next line, and in `list`), not logged.
+    /// (`dropped` on the next line, and in `list`), not logged. Each hit
+    /// costs ~100-200 µs of V8's breakpoint machinery, so once a second
+    /// has counted as many dropped as it logged, the logpoint is lifted
+    /// until that second ends (`unwatched_ms` says for how long).
     #[arg(long, default_value_t = 100, value_name = "LINES",
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub rate: u32,
@@ -438,7 +441,7 @@ pub fn add(a: &AddArgs, origin: &Value) -> Vec<(u32, Result<Report>)> {
 
 fn describe_line(lp: &Value) -> String {
     format!(
-        "{}  {}:{}:{}  hits={} logged={} dropped={} expires_in={}s  {}{}",
+        "{}  {}:{}:{}  hits={} logged={} dropped={}{} expires_in={}s  {}{}",
         lp["id"].as_str().unwrap_or("?"),
         lp["url"].as_str().unwrap_or("?"),
         lp["line"],
@@ -446,6 +449,10 @@ fn describe_line(lp: &Value) -> String {
         lp["hits"],
         lp["emitted"],
         lp["dropped"],
+        match lp["unwatched_ms"].as_u64() {
+            Some(ms) if ms > 0 => format!(" unwatched={ms}ms"),
+            _ => String::new(),
+        },
         lp["expires_in_ms"].as_u64().unwrap_or(0) / 1000,
         lp["template"].as_str().unwrap_or(""),
         lp["condition"]

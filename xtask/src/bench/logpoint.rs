@@ -87,8 +87,9 @@ fn verdict(series: &[Series]) -> Option<String> {
 
 const NOTES: &str = "\
 `never`: a logpoint on a line no request runs. `capped`: on the handler's \
-`res.end` line with the default rate cap (100 lines/s; the other hits run \
-the condition and are counted as dropped). `every`: the same with \
+`res.end` line with the default rate cap (100 lines/s; as many hits again \
+are counted as dropped, then the breakpoint is lifted for the rest of the \
+second). `every`: the same with \
 `--rate 100000`, so every request renders and writes its line. The logpoint \
 is added before each round's load and removed after it (the inspector port \
 is closed during the load). Per-hit µs = 1/req/s(config) - 1/req/s(base), \
