@@ -27,7 +27,28 @@ const LOGPOINT_SERVER: Script = Script {
 pub struct LogpointArgs {
     #[command(flatten)]
     rounds: RoundArgs,
+    /// Serve with an async handler that awaits twice per request (a
+    /// logpoint keeps V8's debugger on, which makes every await slower).
+    #[arg(long)]
+    async_handler: bool,
 }
+
+/// `tracer logpoint add` arguments for the handler's `res.end` line, with
+/// the default cap and logging every hit.
+const ON_HANDLER: &[&str] = &["logpoint-server.js:18", "served ${served} ${req.url}"];
+const ON_ASYNC_HANDLER: &[&str] = &["logpoint-server.js:24", "served ${served} ${req.url}"];
+const EVERY_HIT: &[&str] = &[
+    "logpoint-server.js:18",
+    "served ${served} ${req.url}",
+    "--rate",
+    "100000",
+];
+const EVERY_ASYNC_HIT: &[&str] = &[
+    "logpoint-server.js:24",
+    "served ${served} ${req.url}",
+    "--rate",
+    "100000",
+];
 
 /// `tracer logpoint add --pid PID ARGS` (the audit log under target/bench).
 pub fn add(pid: u32, args: &[&str]) -> Result<()> {
@@ -115,17 +136,20 @@ pub fn run_bench(args: &LogpointArgs) -> Result<()> {
             config(
                 "capped",
                 "logpoint on the handler, default cap 100 lines/s",
-                &["logpoint-server.js:18", "served ${served} ${req.url}"],
+                if args.async_handler {
+                    ON_ASYNC_HANDLER
+                } else {
+                    ON_HANDLER
+                },
             ),
             config(
                 "every",
                 "logpoint on the handler, every hit logged",
-                &[
-                    "logpoint-server.js:18",
-                    "served ${served} ${req.url}",
-                    "--rate",
-                    "100000",
-                ],
+                if args.async_handler {
+                    EVERY_ASYNC_HIT
+                } else {
+                    EVERY_HIT
+                },
             ),
         ],
         notes: NOTES.to_string(),
@@ -134,9 +158,17 @@ pub fn run_bench(args: &LogpointArgs) -> Result<()> {
     let server = Server {
         scripts: Scripts::write(&[LOGPOINT_SERVER])?,
         script: LOGPOINT_SERVER,
-        env: Vec::new(),
+        env: if args.async_handler {
+            vec![("BENCH_ASYNC", "1".into())]
+        } else {
+            Vec::new()
+        },
         scheme: "http",
-        about: "`res.end('hello world')`",
+        about: if args.async_handler {
+            "an async handler: two awaits, then `res.end('hello world')`"
+        } else {
+            "`res.end('hello world')`"
+        },
     };
     harness::run(&bench, server, &args.rounds)
 }
