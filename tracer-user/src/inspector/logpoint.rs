@@ -377,6 +377,11 @@ fn each_pid(
     out
 }
 
+/// What a logpoint costs even where it never fires (docs/logpoints.md,
+/// "Cost"): said at every `add`, since nothing else would show it.
+const DEBUGGER_NOTE: &str = "while the process has logpoints, V8's debugger is on in it: \
+every await and promise reaction costs ~1 µs more (see docs/logpoints.md, Cost)";
+
 pub fn add(a: &AddArgs, origin: &Value) -> Vec<(u32, Result<Report>)> {
     let prepared = (|| -> Result<(Location, String, String)> {
         if a.ttl.is_zero() || a.ttl > MAX_TTL {
@@ -424,7 +429,7 @@ pub fn add(a: &AddArgs, origin: &Value) -> Vec<(u32, Result<Report>)> {
         |pid, v, state| {
             format!(
                 "logpoint {} added to PID {pid} at {}:{}:{} (asked for {requested}); \
-                 removed after {ttl}{}\n  {}\n",
+                 removed after {ttl}{}\n  {}\n  {DEBUGGER_NOTE}\n",
                 v["id"].as_str().unwrap_or("?"),
                 v["url"].as_str().unwrap_or("?"),
                 v["line"],
