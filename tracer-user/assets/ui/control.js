@@ -250,7 +250,7 @@ export class ControlPanel {
               'div',
               { className: 'ctl-lp', dataset: { id: lp.id, host: h.host, pid: String(p.pid) } },
               el('code', {}, lp.id),
-              ` ${h.host} PID ${p.pid} ${lp.url}:${lp.line}:${lp.column} hits=${lp.hits} logged=${lp.emitted} dropped=${lp.dropped} `,
+              ` ${h.host} PID ${p.pid} ${lp.url}:${lp.line}:${lp.column} hits=${lp.hits} logged=${lp.emitted} dropped=${lp.dropped}${lp.unwatched_ms ? ` unwatched=${lp.unwatched_ms}ms` : ''} `,
               el('code', {}, lp.template),
               ' ',
               el('button', { type: 'button', className: 'ctl-rm', onclick: () => this.rm([lp.id]) }, 'remove'),

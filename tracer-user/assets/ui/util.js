@@ -63,6 +63,14 @@ export function debounce(fn, ms) {
 }
 
 /** One line describing an event (tooltips, tail, trace rows). */
+// The counts a logpoint line carries about the hits before it, as the
+// CLI's text form writes them.
+function logpointDropped(e) {
+  if (!e.dropped && !e.unwatched_ms) return '';
+  const unwatched = e.unwatched_ms ? `, not watched for ${e.unwatched_ms} ms` : '';
+  return ` [${e.dropped || 0} dropped${unwatched}]`;
+}
+
 export function describe(e) {
   switch (e.kind) {
     case 'log':
@@ -78,7 +86,7 @@ export function describe(e) {
     case 'exec':
       return `exec ${e.exe}`;
     case 'logpoint':
-      return `logpoint ${e.id} ${e.location}| ${e.text}${e.dropped ? ` [${e.dropped} dropped]` : ''}`;
+      return `logpoint ${e.id} ${e.location}| ${e.text}${logpointDropped(e)}`;
     case 'probe':
       return `probe ${e.probe} ${e.point}${probeDetail(e)}`;
     case 'inspector':
