@@ -17,7 +17,10 @@ use super::{
     store::TextMatch,
     timespec::{format_ns, parse_time},
 };
-use crate::event::{Event, EventData, StreamName};
+use crate::{
+    client_tls::{ClientTls, http_client, transport_error},
+    event::{Event, EventData, StreamName},
+};
 
 /// The environment variable holding the token when --token-file is absent.
 pub const TOKEN_ENV: &str = "TRACER_TOKEN";
@@ -37,6 +40,9 @@ pub struct ClientArgs {
     /// Print events as JSON Lines (docs/events.md) instead of text.
     #[arg(long)]
     pub json: bool,
+
+    #[command(flatten)]
+    pub tls: ClientTls,
 }
 
 /// Show events from every host in one time order.
@@ -164,6 +170,7 @@ pub struct Client {
     http: reqwest::Client,
     base: Url,
     token: String,
+    tls: ClientTls,
 }
 
 impl Client {
@@ -194,11 +201,14 @@ impl Client {
                 ),
             },
         };
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .context("setting up the HTTP client")?;
-        Ok(Self { http, base, token })
+        // No total timeout: `tail -f` is one answer that lasts.
+        let http = http_client(&args.tls, Duration::from_secs(5), None)?;
+        Ok(Self {
+            http,
+            base,
+            token,
+            tls: args.tls.clone(),
+        })
     }
 
     fn shown_url(&self) -> String {
@@ -238,20 +248,7 @@ impl Client {
     }
 
     fn transport_error(&self, e: reqwest::Error) -> anyhow::Error {
-        if e.is_connect() {
-            anyhow!(
-                "cannot reach the aggregator at {} (is `tracer aggregator` running?)",
-                self.shown_url()
-            )
-        } else if e.is_timeout() {
-            anyhow!(
-                "the aggregator at {} did not answer in time",
-                self.shown_url()
-            )
-        } else {
-            anyhow::Error::new(e)
-                .context(format!("talking to the aggregator at {}", self.shown_url()))
-        }
+        transport_error(e, &self.shown_url(), &self.tls)
     }
 }
 

@@ -1,0 +1,302 @@
+//! How every client of the aggregator reaches it: the agent (ingest in
+//! `forward`, the control poll in `control::agent`), the control CLI
+//! (`tracer logpoint|eval --aggregator`, `control::remote`) and the query
+//! CLI (`tracer timeline|grep|tail`, `aggregator::client`).
+//!
+//! One set of TLS options ([`ClientTls`]: `--ca-cert`, `--client-cert`,
+//! `--client-key`), one function building the reqwest client from them
+//! ([`http_client`]), and one translation of what rustls reports into a
+//! sentence that names the fix ([`tls_problem`], [`transport_error`]).
+//! Plain `http://` needs none of it: the options only matter for
+//! `https://`.
+
+use std::{error::Error as _, path::Path, path::PathBuf, time::Duration};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use clap::Args;
+use rustls::AlertDescription;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
+
+/// The TLS side of a connection to an `https://` aggregator. Every
+/// command that flattens it has an `--aggregator` (the options mean
+/// nothing without one).
+#[derive(Debug, Clone, Default, Args)]
+#[group(requires = "aggregator", multiple = true)]
+#[command(next_help_heading = "TLS to the aggregator (https:// only)")]
+pub struct ClientTls {
+    /// CA certificate (PEM) to trust besides the system's: the CA that
+    /// issued the aggregator's --tls-cert, when that is a private CA.
+    #[arg(long, value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
+
+    /// Certificate (PEM) to present to an aggregator started with
+    /// --tls-client-ca (mutual TLS): one issued by that CA. Needs
+    /// --client-key.
+    #[arg(long, value_name = "FILE", requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+
+    /// The private key (PEM) of --client-cert.
+    #[arg(long, value_name = "FILE", requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
+}
+
+impl ClientTls {
+    /// Any of the options given.
+    pub fn any(&self) -> bool {
+        self.ca_cert.is_some() || self.client_cert.is_some() || self.client_key.is_some()
+    }
+}
+
+fn read(path: &Path, flag: &str) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| anyhow!("cannot read {flag} {}: {e}", path.display()))
+}
+
+/// The HTTP client for an aggregator: `tls.ca_cert` trusted besides the
+/// system's CAs, the client certificate presented when the server asks
+/// for one, connections given up after `connect`, whole requests after
+/// `total` (none: a stream such as `tail -f` may last).
+pub fn http_client(
+    tls: &ClientTls,
+    connect: Duration,
+    total: Option<Duration>,
+) -> Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder().connect_timeout(connect);
+    if let Some(t) = total {
+        builder = builder.timeout(t);
+    }
+    if let Some(ca) = &tls.ca_cert {
+        let pem = read(ca, "--ca-cert")?;
+        // reqwest takes a bundle without complaint and fails only at the
+        // handshake; checked here so a wrong file is named at start.
+        let n = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| anyhow!("--ca-cert {} is not PEM: {e}", ca.display()))?
+            .len();
+        if n == 0 {
+            bail!(
+                "--ca-cert {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+                ca.display()
+            );
+        }
+        for cert in reqwest::Certificate::from_pem_bundle(&pem)
+            .with_context(|| format!("--ca-cert {}", ca.display()))?
+        {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    match (&tls.client_cert, &tls.client_key) {
+        (Some(cert), Some(key)) => {
+            let mut pem = read(cert, "--client-cert")?;
+            let key_pem = read(key, "--client-key")?;
+            if CertificateDer::pem_slice_iter(&pem).next().is_none() {
+                bail!(
+                    "--client-cert {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+                    cert.display()
+                );
+            }
+            if PrivateKeyDer::from_pem_slice(&key_pem).is_err() {
+                bail!(
+                    "--client-key {} holds no PEM private key (-----BEGIN PRIVATE KEY-----)",
+                    key.display()
+                );
+            }
+            pem.push(b'\n');
+            pem.extend(key_pem);
+            let id = reqwest::Identity::from_pem(&pem).with_context(|| {
+                format!(
+                    "--client-cert {} and --client-key {}",
+                    cert.display(),
+                    key.display()
+                )
+            })?;
+            builder = builder.identity(id);
+        }
+        (None, None) => {}
+        // clap's `requires` keeps these apart; a config built in code may not.
+        (Some(_), None) => bail!("--client-cert needs --client-key (its private key)"),
+        (None, Some(_)) => bail!("--client-key needs --client-cert (its certificate)"),
+    }
+    builder.build().map_err(|e| {
+        if let (Some(rustls::Error::InconsistentKeys(_)), Some(cert), Some(key)) =
+            (rustls_error(&e), &tls.client_cert, &tls.client_key)
+        {
+            return anyhow!(
+                "--client-key {} is not the private key of --client-cert {}",
+                key.display(),
+                cert.display()
+            );
+        }
+        let mut msg = format!("setting up the HTTP client: {e}");
+        let mut cause = e.source();
+        while let Some(c) = cause {
+            msg.push_str(&format!(": {c}"));
+            cause = c.source();
+        }
+        if tls.client_cert.is_some() {
+            msg.push_str(" (do --client-cert and --client-key belong together?)");
+        }
+        anyhow!(msg)
+    })
+}
+
+/// The rustls error somewhere in an error's chain. `io::Error` hides its
+/// payload from `source()` (it returns the payload's source), so the walk
+/// steps into the payload itself.
+fn rustls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if let Some(r) = c.downcast_ref::<rustls::Error>() {
+            return Some(r);
+        }
+        cause = match c.downcast_ref::<std::io::Error>() {
+            Some(io) => match io.get_ref() {
+                Some(payload) => Some(payload as &(dyn std::error::Error + 'static)),
+                None => c.source(),
+            },
+            None => c.source(),
+        };
+    }
+    None
+}
+
+/// A sentence naming the TLS problem behind `e` and its fix, when TLS is
+/// what failed (`url`: the aggregator as the user gave it).
+pub fn tls_problem(e: &reqwest::Error, url: &str, tls: &ClientTls) -> Option<String> {
+    let err = rustls_error(e)?;
+    let url = url.trim_end_matches('/');
+    Some(match err {
+        // TLS 1.3: the server asked for a certificate and got none.
+        rustls::Error::AlertReceived(AlertDescription::CertificateRequired) => format!(
+            "the aggregator at {url} requires a client certificate (it runs with \
+             --tls-client-ca): give --client-cert FILE --client-key FILE, a certificate \
+             issued by that CA and its key"
+        ),
+        // What a server sends when it does not accept the certificate
+        // presented (rustls: UnknownCA for another CA's; TLS 1.2 servers
+        // often HandshakeFailure for a missing one).
+        rustls::Error::AlertReceived(
+            alert @ (AlertDescription::UnknownCA
+            | AlertDescription::BadCertificate
+            | AlertDescription::CertificateUnknown
+            | AlertDescription::CertificateExpired
+            | AlertDescription::CertificateRevoked
+            | AlertDescription::UnsupportedCertificate
+            | AlertDescription::AccessDenied
+            | AlertDescription::HandshakeFailure),
+        ) => match &tls.client_cert {
+            Some(cert) => format!(
+                "the aggregator at {url} refused the client certificate {} ({alert:?}): give \
+                 --client-cert a certificate issued by the CA of the aggregator's \
+                 --tls-client-ca, not expired, with its --client-key",
+                cert.display()
+            ),
+            None => format!(
+                "the TLS handshake with the aggregator at {url} failed ({alert:?}); if it \
+                 requires client certificates (--tls-client-ca), give --client-cert FILE \
+                 --client-key FILE"
+            ),
+        },
+        rustls::Error::InvalidCertificate(cert_err) => {
+            let hint = match (cert_err, &tls.ca_cert) {
+                (rustls::CertificateError::UnknownIssuer, Some(ca)) => format!(
+                    "--ca-cert {} is not the CA that issued it; give that one",
+                    ca.display()
+                ),
+                (
+                    rustls::CertificateError::NotValidForName
+                    | rustls::CertificateError::NotValidForNameContext { .. },
+                    _,
+                ) => "it is not issued for this host name: use a name or address of its \
+                      subjectAltName in the URL"
+                    .to_owned(),
+                _ => "give --ca-cert CA.pem for a private CA".to_owned(),
+            };
+            format!(
+                "the aggregator at {url} presented a TLS certificate this client does not \
+                 trust: {err} ({hint})"
+            )
+        }
+        rustls::Error::InvalidMessage(_) => format!(
+            "the aggregator at {url} does not answer in TLS ({err}): use http:// if it was \
+             started without --tls-cert"
+        ),
+        other => format!("the TLS handshake with the aggregator at {url} failed: {other}"),
+    })
+}
+
+/// A request to the aggregator at `url` that got no answer, in the user's
+/// terms: the TLS problem and its fix, an aggregator that is down or too
+/// slow, else the error itself.
+pub fn transport_error(e: reqwest::Error, url: &str, tls: &ClientTls) -> anyhow::Error {
+    let url = url.trim_end_matches('/');
+    if let Some(msg) = tls_problem(&e, url, tls) {
+        anyhow!(msg)
+    } else if e.is_connect() {
+        anyhow!("cannot reach the aggregator at {url} (is `tracer aggregator` running?)")
+    } else if e.is_timeout() {
+        anyhow!("the aggregator at {url} did not answer in time")
+    } else if url.starts_with("http://") && e.is_request() {
+        // A TLS listener drops a plain HTTP request without an answer.
+        anyhow::Error::new(e).context(format!(
+            "talking to the aggregator at {url} (if it was started with --tls-cert, use \
+             https://)"
+        ))
+    } else {
+        anyhow::Error::new(e).context(format!("talking to the aggregator at {url}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_files_are_named_with_their_flag() {
+        let tls = ClientTls {
+            ca_cert: Some("/nonexistent/ca.pem".into()),
+            ..Default::default()
+        };
+        let e = http_client(&tls, Duration::from_secs(1), None).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "cannot read --ca-cert /nonexistent/ca.pem: No such file or directory (os error 2)"
+        );
+        let tls = ClientTls {
+            ca_cert: None,
+            client_cert: Some("/nonexistent/c.pem".into()),
+            client_key: Some("/nonexistent/c.key".into()),
+        };
+        let e = http_client(&tls, Duration::from_secs(1), None).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "cannot read --client-cert /nonexistent/c.pem: No such file or directory (os error 2)"
+        );
+    }
+
+    #[test]
+    fn a_file_that_is_not_pem_is_named() {
+        let dir = std::env::temp_dir().join(format!("tracer-client-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let junk = dir.join("junk.pem");
+        std::fs::write(&junk, "not a certificate\n").unwrap();
+        let tls = ClientTls {
+            ca_cert: Some(junk.clone()),
+            ..Default::default()
+        };
+        let e = http_client(&tls, Duration::from_secs(1), None).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "--ca-cert {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+                junk.display()
+            )
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn no_options_is_plain_reqwest() {
+        assert!(http_client(&ClientTls::default(), Duration::from_secs(1), None).is_ok());
+        assert!(!ClientTls::default().any());
+    }
+}
