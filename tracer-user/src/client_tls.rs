@@ -10,12 +10,17 @@
 //! Plain `http://` needs none of it: the options only matter for
 //! `https://`.
 
-use std::{error::Error as _, path::Path, path::PathBuf, time::Duration};
+use std::{
+    error::Error as _,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use clap::Args;
 use rustls::AlertDescription;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime, pem::PemObject as _};
 
 /// The TLS side of a connection to an `https://` aggregator. Every
 /// command that flattens it has an `--aggregator` (the options mean
@@ -159,12 +164,10 @@ fn rustls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rust
     None
 }
 
-/// A sentence naming the TLS problem behind `e` and its fix, when TLS is
-/// what failed (`url`: the aggregator as the user gave it).
-pub fn tls_problem(e: &reqwest::Error, url: &str, tls: &ClientTls) -> Option<String> {
-    let err = rustls_error(e)?;
-    let url = url.trim_end_matches('/');
-    Some(match err {
+/// A sentence naming what rustls reported and its fix (`url`: the
+/// aggregator as the user gave it).
+fn sentence(err: &rustls::Error, url: &str, tls: &ClientTls) -> String {
+    match err {
         // TLS 1.3: the server asked for a certificate and got none.
         rustls::Error::AlertReceived(AlertDescription::CertificateRequired) => format!(
             "the aggregator at {url} requires a client certificate (it runs with \
@@ -172,10 +175,12 @@ pub fn tls_problem(e: &reqwest::Error, url: &str, tls: &ClientTls) -> Option<Str
              issued by that CA and its key"
         ),
         // What a server sends when it does not accept the certificate
-        // presented (rustls: UnknownCA for another CA's; TLS 1.2 servers
+        // presented (rustls: UnknownCA for another CA's, DecryptError for
+        // one signed by another CA of the same name; TLS 1.2 servers
         // often HandshakeFailure for a missing one).
         rustls::Error::AlertReceived(
             alert @ (AlertDescription::UnknownCA
+            | AlertDescription::DecryptError
             | AlertDescription::BadCertificate
             | AlertDescription::CertificateUnknown
             | AlertDescription::CertificateExpired
@@ -198,7 +203,13 @@ pub fn tls_problem(e: &reqwest::Error, url: &str, tls: &ClientTls) -> Option<Str
         },
         rustls::Error::InvalidCertificate(cert_err) => {
             let hint = match (cert_err, &tls.ca_cert) {
-                (rustls::CertificateError::UnknownIssuer, Some(ca)) => format!(
+                // BadSignature: a CA of the same name (one made anew, say)
+                // that did not sign it.
+                (
+                    rustls::CertificateError::UnknownIssuer
+                    | rustls::CertificateError::BadSignature,
+                    Some(ca),
+                ) => format!(
                     "--ca-cert {} is not the CA that issued it; give that one",
                     ca.display()
                 ),
@@ -221,15 +232,149 @@ pub fn tls_problem(e: &reqwest::Error, url: &str, tls: &ClientTls) -> Option<Str
              started without --tls-cert"
         ),
         other => format!("the TLS handshake with the aggregator at {url} failed: {other}"),
-    })
+    }
+}
+
+/// A sentence naming the TLS problem behind `e` and its fix, when TLS is
+/// what failed (`url`: the aggregator as the user gave it).
+///
+/// In TLS 1.3 the server judges the client's certificate only after the
+/// client has finished its handshake, so its refusal (an alert) may
+/// arrive while hyper is still handing over the request; hyper then
+/// reports a connection that closed or "was not ready", and the alert
+/// is lost. For such an error on https:// one more handshake, made only
+/// to read what the server says ([`server_verdict`]), tells.
+pub async fn tls_problem(e: &reqwest::Error, url: &str, tls: &ClientTls) -> Option<String> {
+    let url = url.trim_end_matches('/');
+    if let Some(err) = rustls_error(e) {
+        return Some(sentence(err, url, tls));
+    }
+    if e.is_timeout() || e.is_status() || e.is_decode() || e.is_builder() {
+        return None;
+    }
+    let alert = server_verdict(url, tls).await?;
+    Some(sentence(&alert, url, tls))
+}
+
+/// The alert an https:// server sends right after a handshake with this
+/// client's certificate (or none), if any. Nothing is sent over the
+/// connection: no token, no request.
+async fn server_verdict(url: &str, tls: &ClientTls) -> Option<rustls::Error> {
+    use tokio::io::AsyncReadExt as _;
+
+    let parsed = reqwest::Url::parse(url).ok()?;
+    if parsed.scheme() != "https" {
+        return None;
+    }
+    let host = parsed.host_str()?;
+    let port = parsed.port_or_known_default()?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .ok()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServer(provider)));
+    let config = match (&tls.client_cert, &tls.client_key) {
+        (Some(cert), Some(key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .ok()?
+                .collect::<Result<Vec<_>, _>>()
+                .ok()?;
+            let key = PrivateKeyDer::from_pem_file(key).ok()?;
+            builder.with_client_auth_cert(chain, key).ok()?
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    let name = ServerName::try_from(host.trim_start_matches('[').trim_end_matches(']'))
+        .ok()?
+        .to_owned();
+    let alert_of = |e: std::io::Error| -> Option<rustls::Error> {
+        match e.get_ref()?.downcast_ref::<rustls::Error>()? {
+            a @ rustls::Error::AlertReceived(_) => Some(a.clone()),
+            _ => None,
+        }
+    };
+    // Ok(stream): the handshake went through; Err(alert or not).
+    let connect = async {
+        let tcp = tokio::net::TcpStream::connect((host, port))
+            .await
+            .map_err(|_| None)?;
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .map_err(alert_of)
+    };
+    let mut stream = match tokio::time::timeout(Duration::from_secs(10), connect).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(alert)) => return alert,
+        Err(_) => return None,
+    };
+    // A server that refuses the certificate says so at once; one that
+    // takes it waits for a request, which never comes.
+    let mut byte = [0u8; 1];
+    match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte)).await {
+        Ok(Err(e)) => alert_of(e),
+        _ => None,
+    }
+}
+
+/// Takes any server certificate: used only by [`server_verdict`], which
+/// runs after the real request failed past the server's certificate
+/// check and sends nothing; it only listens for the server's alert.
+#[derive(Debug)]
+struct AnyServer(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyServer {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 /// A request to the aggregator at `url` that got no answer, in the user's
 /// terms: the TLS problem and its fix, an aggregator that is down or too
 /// slow, else the error itself.
-pub fn transport_error(e: reqwest::Error, url: &str, tls: &ClientTls) -> anyhow::Error {
+pub async fn transport_error(e: reqwest::Error, url: &str, tls: &ClientTls) -> anyhow::Error {
     let url = url.trim_end_matches('/');
-    if let Some(msg) = tls_problem(&e, url, tls) {
+    if let Some(msg) = tls_problem(&e, url, tls).await {
         anyhow!(msg)
     } else if e.is_connect() {
         anyhow!("cannot reach the aggregator at {url} (is `tracer aggregator` running?)")

@@ -486,11 +486,18 @@ async fn send_file(
         .header("content-type", "application/json")
         .body(body)
         .send()
-        .await
-        .map_err(|e| match tls_problem(&e, url.trim_end_matches("/v1/ingest"), tls) {
-            Some(problem) => anyhow::anyhow!(problem),
-            None => anyhow::Error::new(e).context(format!("cannot reach the aggregator at {url}")),
-        })?;
+        .await;
+    let resp = match resp {
+        Ok(resp) => resp,
+        Err(e) => match tls_problem(&e, url.trim_end_matches("/v1/ingest"), tls).await {
+            Some(problem) => bail!(problem),
+            None => {
+                return Err(
+                    anyhow::Error::new(e).context(format!("cannot reach the aggregator at {url}"))
+                );
+            }
+        },
+    };
     let status = resp.status();
     if status.is_success() {
         return Ok(Sent::Acked);

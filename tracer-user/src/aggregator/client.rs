@@ -225,13 +225,10 @@ impl Client {
             url.query_pairs_mut()
                 .extend_pairs(params.iter().map(|(k, v)| (*k, v.as_str())));
         }
-        let resp = self
-            .http
-            .get(url)
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .map_err(|e| self.transport_error(e))?;
+        let resp = match self.http.get(url).bearer_auth(&self.token).send().await {
+            Ok(resp) => resp,
+            Err(e) => return Err(transport_error(e, &self.shown_url(), &self.tls).await),
+        };
         let status = resp.status();
         if status.is_success() {
             return Ok(resp);
@@ -245,10 +242,6 @@ impl Client {
             .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(String::from))
             .unwrap_or(body);
         bail!("the aggregator answered {status}: {}", msg.trim())
-    }
-
-    fn transport_error(&self, e: reqwest::Error) -> anyhow::Error {
-        transport_error(e, &self.shown_url(), &self.tls)
     }
 }
 

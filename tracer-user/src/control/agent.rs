@@ -116,7 +116,7 @@ async fn poll_loop(client: reqwest::Client, cfg: std::sync::Arc<ControlConfig>, 
             }
             Err(e) => {
                 if !down_reported {
-                    match tls_problem(&e, base, &cfg.tls) {
+                    match tls_problem(&e, base, &cfg.tls).await {
                         Some(problem) => eprintln!("tracer: control: {problem}; retrying"),
                         None => eprintln!("tracer: control: cannot reach {base}: {e}; retrying"),
                     }

@@ -81,7 +81,7 @@ async fn send(remote: &RemoteArgs, submit: Submit) -> Result<Answer> {
         Some(remote.wait + Duration::from_secs(15)),
     )?;
     let endpoint = format!("{}/v1/control/commands", url.trim_end_matches('/'));
-    let resp = http
+    let sent = http
         .post(&endpoint)
         .bearer_auth(&tokens[0].token)
         .json(&Submit {
@@ -89,8 +89,11 @@ async fn send(remote: &RemoteArgs, submit: Submit) -> Result<Answer> {
             ..submit
         })
         .send()
-        .await
-        .map_err(|e| transport_error(e, url, &remote.tls))?;
+        .await;
+    let resp = match sent {
+        Ok(resp) => resp,
+        Err(e) => return Err(transport_error(e, url, &remote.tls).await),
+    };
     let status = resp.status();
     let body = resp.text().await.unwrap_or_default();
     if !status.is_success() {
