@@ -20,7 +20,7 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use clap::Args;
 use rustls::AlertDescription;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime, pem::PemObject as _};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject as _};
 
 /// The TLS side of a connection to an `https://` aggregator. Every
 /// command that flattens it has an `--aggregator` (the options mean
@@ -249,7 +249,9 @@ pub async fn tls_problem(e: &reqwest::Error, url: &str, tls: &ClientTls) -> Opti
     if let Some(err) = rustls_error(e) {
         return Some(sentence(err, url, tls));
     }
-    if e.is_timeout() || e.is_status() || e.is_decode() || e.is_builder() {
+    // Not a refusal after the handshake: the connection (and with it the
+    // handshake) failed, the server was slow, or it answered.
+    if e.is_connect() || e.is_timeout() || e.is_status() || e.is_decode() || e.is_builder() {
         return None;
     }
     let alert = server_verdict(url, tls).await?;
@@ -258,7 +260,8 @@ pub async fn tls_problem(e: &reqwest::Error, url: &str, tls: &ClientTls) -> Opti
 
 /// The alert an https:// server sends right after a handshake with this
 /// client's certificate (or none), if any. Nothing is sent over the
-/// connection: no token, no request.
+/// connection: no token, no request. (reqwest does not surface the alert
+/// here and offers no hook into its connection, hence tokio-rustls.)
 async fn server_verdict(url: &str, tls: &ClientTls) -> Option<rustls::Error> {
     use tokio::io::AsyncReadExt as _;
 
@@ -268,12 +271,24 @@ async fn server_verdict(url: &str, tls: &ClientTls) -> Option<rustls::Error> {
     }
     let host = parsed.host_str()?;
     let port = parsed.port_or_known_default()?;
+    // The server is checked as reqwest checks it: the platform's roots
+    // and --ca-cert (the request got past this check already).
+    let extra_roots = match &tls.ca_cert {
+        Some(ca) => CertificateDer::pem_file_iter(ca)
+            .ok()?
+            .collect::<Result<Vec<_>, _>>()
+            .ok()?,
+        None => Vec::new(),
+    };
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+    let verifier =
+        rustls_platform_verifier::Verifier::new_with_extra_roots(extra_roots, provider.clone())
+            .ok()?;
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .ok()?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyServer(provider)));
+        .with_custom_certificate_verifier(Arc::new(verifier));
     let config = match (&tls.client_cert, &tls.client_key) {
         (Some(cert), Some(key)) => {
             let chain = CertificateDer::pem_file_iter(cert)
@@ -315,57 +330,6 @@ async fn server_verdict(url: &str, tls: &ClientTls) -> Option<rustls::Error> {
     match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte)).await {
         Ok(Err(e)) => alert_of(e),
         _ => None,
-    }
-}
-
-/// Takes any server certificate: used only by [`server_verdict`], which
-/// runs after the real request failed past the server's certificate
-/// check and sends nothing; it only listens for the server's alert.
-#[derive(Debug)]
-struct AnyServer(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AnyServer {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 
