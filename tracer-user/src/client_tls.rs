@@ -45,13 +45,6 @@ pub struct ClientTls {
     pub client_key: Option<PathBuf>,
 }
 
-impl ClientTls {
-    /// Any of the options given.
-    pub fn any(&self) -> bool {
-        self.ca_cert.is_some() || self.client_cert.is_some() || self.client_key.is_some()
-    }
-}
-
 fn read(path: &Path, flag: &str) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| anyhow!("cannot read {flag} {}: {e}", path.display()))
 }
@@ -71,8 +64,9 @@ pub fn http_client(
     }
     if let Some(ca) = &tls.ca_cert {
         let pem = read(ca, "--ca-cert")?;
-        // reqwest takes a bundle without complaint and fails only at the
-        // handshake; checked here so a wrong file is named at start.
+        // A file without a certificate would add no root and fail only at
+        // the handshake, as an untrusted server; checked here so the wrong
+        // file is named at start.
         let n = CertificateDer::pem_slice_iter(&pem)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| anyhow!("--ca-cert {} is not PEM: {e}", ca.display()))?
@@ -404,8 +398,48 @@ mod tests {
     }
 
     #[test]
+    fn what_rustls_reports_becomes_the_fix() {
+        let url = "https://agg:7878";
+        let none = ClientTls::default();
+        let with_cert = ClientTls {
+            ca_cert: Some("ca.pem".into()),
+            client_cert: Some("me.pem".into()),
+            client_key: Some("me.key".into()),
+        };
+        let alert = |a| rustls::Error::AlertReceived(a);
+        assert_eq!(
+            sentence(&alert(AlertDescription::CertificateRequired), url, &none),
+            "the aggregator at https://agg:7878 requires a client certificate (it runs with \
+             --tls-client-ca): give --client-cert FILE --client-key FILE, a certificate \
+             issued by that CA and its key"
+        );
+        assert_eq!(
+            sentence(
+                &alert(AlertDescription::CertificateExpired),
+                url,
+                &with_cert
+            ),
+            "the aggregator at https://agg:7878 refused the client certificate me.pem \
+             (CertificateExpired): give --client-cert a certificate issued by the CA of the \
+             aggregator's --tls-client-ca, not expired, with its --client-key"
+        );
+        assert_eq!(
+            sentence(&alert(AlertDescription::HandshakeFailure), url, &none),
+            "the TLS handshake with the aggregator at https://agg:7878 failed \
+             (HandshakeFailure); if it requires client certificates (--tls-client-ca), give \
+             --client-cert FILE --client-key FILE"
+        );
+        let bad_name = rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName);
+        assert_eq!(
+            sentence(&bad_name, url, &with_cert),
+            "the aggregator at https://agg:7878 presented a TLS certificate this client does \
+             not trust: invalid peer certificate: NotValidForName (it is not issued for this \
+             host name: use a name or address of its subjectAltName in the URL)"
+        );
+    }
+
+    #[test]
     fn no_options_is_plain_reqwest() {
         assert!(http_client(&ClientTls::default(), Duration::from_secs(1), None).is_ok());
-        assert!(!ClientTls::default().any());
     }
 }
