@@ -22,26 +22,29 @@ use clap::Args;
 use rustls::AlertDescription;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject as _};
 
+/// Where --help lists the options (per option: a heading for the whole
+/// struct would carry over to the options flattened after it).
+const HEADING: &str = "TLS to the aggregator (https:// only)";
+
 /// The TLS side of a connection to an `https://` aggregator. Every
 /// command that flattens it has an `--aggregator` (the options mean
 /// nothing without one).
 #[derive(Debug, Clone, Default, Args)]
 #[group(requires = "aggregator", multiple = true)]
-#[command(next_help_heading = "TLS to the aggregator (https:// only)")]
 pub struct ClientTls {
     /// CA certificate (PEM) to trust besides the system's: the CA that
     /// issued the aggregator's --tls-cert, when that is a private CA.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help_heading = HEADING)]
     pub ca_cert: Option<PathBuf>,
 
     /// Certificate (PEM) to present to an aggregator started with
     /// --tls-client-ca (mutual TLS): one issued by that CA. Needs
     /// --client-key.
-    #[arg(long, value_name = "FILE", requires = "client_key")]
+    #[arg(long, value_name = "FILE", requires = "client_key", help_heading = HEADING)]
     pub client_cert: Option<PathBuf>,
 
     /// The private key (PEM) of --client-cert.
-    #[arg(long, value_name = "FILE", requires = "client_cert")]
+    #[arg(long, value_name = "FILE", requires = "client_cert", help_heading = HEADING)]
     pub client_key: Option<PathBuf>,
 }
 

@@ -54,7 +54,9 @@ Times: a duration ago (30s, 5m, 2h), an RFC 3339 time (2026-11-26T23:40:01Z),
 Examples:
   tracer timeline --since 10m --host web-1 --host web-2
   tracer timeline --trace 4bf92f3577b34da6a3ce929d0e0e4736   # one request across hosts
-  tracer timeline --kind http,log --json | jq .")]
+  tracer timeline --kind http,log --json | jq .
+  tracer timeline --aggregator https://agg:7878 --token-file /etc/tracer/token \\
+      --ca-cert ca.pem --client-cert me.pem --client-key me.key   # mutual TLS")]
 pub struct TimelineArgs {
     /// Start of the window.
     #[arg(long, default_value = "5m", value_name = "TIME")]
