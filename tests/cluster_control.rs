@@ -1133,7 +1133,8 @@ fn client_certificate(dir: &Path, name: &str) {
 /// with --allow-control presenting its certificate (ingest and the control
 /// poll), and `tracer logpoint list --aggregator https://...` presenting
 /// the admin's: it lists the (no) logpoints of the node process the agent
-/// traces. Without --client-cert the CLI is told which flag to give.
+/// traces. Without --client-cert the CLI is told which flag to give, and
+/// so is an agent (in its log).
 #[test]
 fn logpoint_list_through_a_mutual_tls_aggregator() {
     if !require_root("cluster_control") {
@@ -1263,6 +1264,36 @@ fn logpoint_list_through_a_mutual_tls_aggregator() {
              by that CA and its key\n"
         )
     );
+    // An agent without its certificate is told the same, in its log.
+    let mut cmd = Command::new(TRACER);
+    cmd.args(["agent", "--quiet", "--host", "no-cert-host", "--match"])
+        .arg("ctl-mtls-target")
+        .args(["--aggregator", &url])
+        .arg("--token-file")
+        .arg(d.join("token"))
+        .args(["--ca-cert", "ca.pem", "--allow-control"])
+        .arg("--spool")
+        .arg(d.join("spool-no-cert"))
+        .args(["--metrics-listen", "127.0.0.1:0"])
+        .env("TRACER_AUDIT_LOG", d.join("audit-no-cert.jsonl"))
+        .current_dir(d)
+        .stdout(Stdio::null());
+    let mut no_cert = Proc::spawn("agent without certificate", cmd, false);
+    let told = no_cert
+        .stderr
+        .wait_for("the agent's control error", Duration::from_secs(90), |l| {
+            l.starts_with("tracer: control: ")
+        });
+    assert_eq!(
+        told,
+        format!(
+            "tracer: control: the aggregator at {url} requires a client certificate (it runs \
+             with --tls-client-ca): give --client-cert FILE --client-key FILE, a certificate \
+             issued by that CA and its key; retrying"
+        )
+    );
+    no_cert.signal(libc::SIGTERM);
+    no_cert.wait_exit(Duration::from_secs(30));
     assert!(
         !listening_in_netns_of(target.pid(), INSPECTOR_PORT),
         "the inspector port stayed open"
