@@ -275,8 +275,7 @@ fn the_forwarder_fails_over_to_the_next_aggregator() {
                 host: "agent-1".into(),
                 spool_dir: dir.path().join("spool"),
                 spool_max_bytes: 1 << 30,
-                ca_cert: None,
-                client_cert: None,
+                tls: Default::default(),
             },
             Duration::from_secs(20),
         )
@@ -374,8 +373,7 @@ fn clickhouse_lost_mid_run_the_agent_spools_and_nothing_is_lost() {
                 host: "agent-1".into(),
                 spool_dir: dir.path().join("spool"),
                 spool_max_bytes: 1 << 30,
-                ca_cert: None,
-                client_cert: None,
+                tls: Default::default(),
             },
             Duration::from_secs(60),
         )

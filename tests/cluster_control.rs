@@ -21,7 +21,9 @@
 //! Also: the refusals that need no cluster (control API off, admin token
 //! equal to the ingest token, plain HTTP beyond loopback for aggregator,
 //! agent and CLI, a host that takes a command and never answers), and
-//! `tracer eval` through an HTTPS aggregator (certificates from openssl).
+//! `tracer eval` through an HTTPS aggregator and `tracer logpoint list`
+//! through one that requires client certificates (mutual TLS; all
+//! certificates from openssl).
 //!
 //! Needs root (BPF, network namespaces). Names `trc-kN-*`, subnet 10.81.N (apart from cluster_live, cluster_clickhouse_live).
 
@@ -1077,6 +1079,226 @@ fn certificates(dir: &Path) {
         ],
         dir,
     );
+}
+
+/// `name.pem`/`name.key`: a client certificate issued by ca.pem.
+fn client_certificate(dir: &Path, name: &str) {
+    let (key, csr, pem) = (
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("{name}.pem"),
+    );
+    let subj = format!("/CN={name}");
+    openssl(
+        &[
+            "req",
+            "-subj",
+            &subj,
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+        ],
+        dir,
+    );
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    openssl(
+        &[
+            "x509",
+            "-req",
+            "-days",
+            "1",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-extfile",
+            "client.ext",
+        ],
+        dir,
+    );
+}
+
+/// Mutual TLS end to end: an aggregator with --tls-client-ca, an agent
+/// with --allow-control presenting its certificate (ingest and the control
+/// poll), and `tracer logpoint list --aggregator https://...` presenting
+/// the admin's: it lists the (no) logpoints of the node process the agent
+/// traces. Without --client-cert the CLI is told which flag to give, and
+/// so is an agent (in its log).
+#[test]
+fn logpoint_list_through_a_mutual_tls_aggregator() {
+    if !require_root("cluster_control") {
+        return;
+    }
+    let dir = TempDir::new("cluster-control-mtls");
+    let d = dir.path();
+    certificates(d);
+    client_certificate(d, "agent");
+    client_certificate(d, "admin");
+    std::fs::write(d.join("token"), TOKEN).unwrap();
+    std::fs::write(d.join("admins"), format!("ops:{ADMIN}\n")).unwrap();
+    std::fs::write(d.join("admin-token"), ADMIN).unwrap();
+    let script = d.join("ctl-mtls-target.js");
+    std::fs::write(
+        &script,
+        "setInterval(() => {}, 1000);\nconsole.log('READY');\n",
+    )
+    .unwrap();
+    let mut cmd = Command::new(NODE);
+    cmd.arg(&script);
+    let mut target = Proc::spawn("target", cmd, true);
+    target
+        .stdout
+        .as_mut()
+        .unwrap()
+        .wait_for("READY", Duration::from_secs(15), |l| l == "READY");
+
+    let mut cmd = Command::new(TRACER);
+    cmd.args(["aggregator", "--listen", "127.0.0.1:0", "--data"])
+        .arg(d.join("data"))
+        .arg("--token-file")
+        .arg(d.join("token"))
+        .arg("--admin-token-file")
+        .arg(d.join("admins"))
+        .args(["--tls-cert", "server.pem", "--tls-key", "server.key"])
+        .args(["--tls-client-ca", "ca.pem"])
+        .current_dir(d)
+        .stdout(Stdio::null());
+    let mut agg = Proc::spawn("aggregator", cmd, false);
+    let line = agg
+        .stderr
+        .wait_for("the aggregator's address", Duration::from_secs(30), |l| {
+            l.contains("listening on https://")
+        });
+    assert!(line.contains("client certificates required"), "{line}");
+    let url = format!(
+        "https://{}",
+        line.split("https://")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+    );
+
+    let mut cmd = Command::new(TRACER);
+    cmd.args(["agent", "--quiet", "--host", "mtls-host", "--match"])
+        .arg("ctl-mtls-target")
+        .args(["--aggregator", &url])
+        .arg("--token-file")
+        .arg(d.join("token"))
+        .args(["--ca-cert", "ca.pem"])
+        .args(["--client-cert", "agent.pem", "--client-key", "agent.key"])
+        .arg("--allow-control")
+        .arg("--spool")
+        .arg(d.join("spool"))
+        .args(["--metrics-listen", "127.0.0.1:0"])
+        .env("TRACER_AUDIT_LOG", d.join("audit.jsonl"))
+        .current_dir(d)
+        .stdout(Stdio::null());
+    let mut agent = Proc::spawn("agent", cmd, false);
+    agent
+        .stderr
+        .wait_for("tracer: ready", Duration::from_secs(90), |l| {
+            l == "tracer: ready"
+        });
+
+    let list = |client_cert: bool| {
+        let mut cmd = Command::new(TRACER);
+        cmd.args(["logpoint", "list", "--aggregator", &url])
+            .args(["--admin-token-file", "admin-token", "--ca-cert", "ca.pem"])
+            .args(["--match", "ctl-mtls-target"])
+            .current_dir(d)
+            .stdin(Stdio::null());
+        if client_cert {
+            cmd.args(["--client-cert", "admin.pem", "--client-key", "admin.key"]);
+        }
+        cmd.output().expect("running tracer logpoint list")
+    };
+    // Until the agent's first poll arrives no host takes commands.
+    let deadline = Instant::now() + SETTLE;
+    let out = loop {
+        let out = list(true);
+        if out.status.success() || Instant::now() > deadline {
+            break out;
+        }
+        assert!(
+            stderr_of(&out).contains("no agent takes commands: start agents with --allow-control"),
+            "{}",
+            stderr_of(&out)
+        );
+        thread::sleep(Duration::from_millis(250));
+    };
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!(
+            "[mtls-host] PID {}: 0 logpoint(s) (inspector opened with SIGUSR1 and closed \
+             again)\n",
+            target.pid()
+        )
+    );
+    assert!(
+        stderr_of(&out).contains(" by ops: 1 host(s), 1 process(es), 0 failed"),
+        "{}",
+        stderr_of(&out)
+    );
+    let out = list(false);
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
+    assert_eq!(
+        stderr_of(&out),
+        format!(
+            "error: the aggregator at {url} requires a client certificate (it runs with \
+             --tls-client-ca): give --client-cert FILE --client-key FILE, a certificate issued \
+             by that CA and its key\n"
+        )
+    );
+    // An agent without its certificate is told the same, in its log.
+    let mut cmd = Command::new(TRACER);
+    cmd.args(["agent", "--quiet", "--host", "no-cert-host", "--match"])
+        .arg("ctl-mtls-target")
+        .args(["--aggregator", &url])
+        .arg("--token-file")
+        .arg(d.join("token"))
+        .args(["--ca-cert", "ca.pem", "--allow-control"])
+        .arg("--spool")
+        .arg(d.join("spool-no-cert"))
+        .args(["--metrics-listen", "127.0.0.1:0"])
+        .env("TRACER_AUDIT_LOG", d.join("audit-no-cert.jsonl"))
+        .current_dir(d)
+        .stdout(Stdio::null());
+    let mut no_cert = Proc::spawn("agent without certificate", cmd, false);
+    let told = no_cert
+        .stderr
+        .wait_for("the agent's control error", Duration::from_secs(90), |l| {
+            l.starts_with("tracer: control: ")
+        });
+    assert_eq!(
+        told,
+        format!(
+            "tracer: control: the aggregator at {url} requires a client certificate (it runs \
+             with --tls-client-ca): give --client-cert FILE --client-key FILE, a certificate \
+             issued by that CA and its key; retrying"
+        )
+    );
+    no_cert.signal(libc::SIGTERM);
+    no_cert.wait_exit(Duration::from_secs(30));
+    assert!(
+        !listening_in_netns_of(target.pid(), INSPECTOR_PORT),
+        "the inspector port stayed open"
+    );
+    assert!(target.try_status().is_none(), "the target exited");
 }
 
 /// The whole path over HTTPS: an aggregator with --tls-cert, an agent

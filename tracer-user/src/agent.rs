@@ -79,18 +79,8 @@ pub struct AgentArgs {
     #[arg(long, default_value_t = 256 * 1024 * 1024, value_name = "BYTES")]
     pub spool_max_bytes: u64,
 
-    /// Extra CA certificate (PEM) to trust for an https:// aggregator.
-    #[arg(long, value_name = "FILE")]
-    pub ca_cert: Option<PathBuf>,
-
-    /// Certificate (PEM) to present to an aggregator started with
-    /// --tls-client-ca (mutual TLS); needs --client-key.
-    #[arg(long, value_name = "FILE", requires = "client_key")]
-    pub client_cert: Option<PathBuf>,
-
-    /// The private key of --client-cert (PEM).
-    #[arg(long, value_name = "FILE", requires = "client_cert")]
-    pub client_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub tls: crate::client_tls::ClientTls,
 
     /// Take logpoint and eval commands from the aggregator (sent there with
     /// its admin token) and run them on the processes this agent traces.
@@ -308,8 +298,7 @@ pub async fn run(args: AgentArgs) -> Result<Outcome> {
                     urls: crate::forward::base_urls(url),
                     token: token.clone(),
                     host: host.clone(),
-                    ca_cert: args.ca_cert.clone(),
-                    client_cert: args.client_cert.clone().zip(args.client_key.clone()),
+                    tls: args.tls.clone(),
                     scope: scope.clone(),
                     pids: args.pids.clone(),
                 })?;
@@ -325,8 +314,7 @@ pub async fn run(args: AgentArgs) -> Result<Outcome> {
                 host: host.clone(),
                 spool_dir: args.spool.clone(),
                 spool_max_bytes: args.spool_max_bytes,
-                ca_cert: args.ca_cert.clone(),
-                client_cert: args.client_cert.clone().zip(args.client_key.clone()),
+                tls: args.tls.clone(),
             };
             Some(crate::forward::start(
                 cfg,

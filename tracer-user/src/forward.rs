@@ -24,7 +24,10 @@ use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
 use tokio::sync::{Notify, mpsc};
 
-use crate::event::{Event, EventData, LossStage};
+use crate::{
+    client_tls::{ClientTls, http_client, tls_problem},
+    event::{Event, EventData, LossStage},
+};
 
 /// Most events in one batch.
 pub const BATCH_EVENTS: usize = 2000;
@@ -51,11 +54,8 @@ pub struct ForwardConfig {
     pub host: String,
     pub spool_dir: PathBuf,
     pub spool_max_bytes: u64,
-    /// Extra CA certificate (PEM) to trust for an https:// aggregator.
-    pub ca_cert: Option<PathBuf>,
-    /// Certificate chain and key (PEM) to present to an aggregator that
-    /// asks for one (mutual TLS).
-    pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// --ca-cert, --client-cert/--client-key for an https:// aggregator.
+    pub tls: ClientTls,
 }
 
 #[derive(Serialize)]
@@ -147,46 +147,10 @@ fn client(cfg: &ForwardConfig) -> Result<reqwest::Client> {
         }
     }
     http_client(
-        cfg.ca_cert.as_deref(),
-        cfg.client_cert.as_ref(),
-        Duration::from_secs(10),
+        &cfg.tls,
+        Duration::from_secs(3),
+        Some(Duration::from_secs(10)),
     )
-}
-
-/// The agent's HTTP client for its aggregator: `ca_cert` trusted, the
-/// client certificate presented (mutual TLS), requests cut at `timeout`.
-pub fn http_client(
-    ca_cert: Option<&Path>,
-    client_cert: Option<&(PathBuf, PathBuf)>,
-    timeout: Duration,
-) -> Result<reqwest::Client> {
-    let mut builder = reqwest::Client::builder()
-        .timeout(timeout)
-        .connect_timeout(Duration::from_secs(3));
-    if let Some(ca) = ca_cert {
-        let pem =
-            std::fs::read(ca).with_context(|| format!("reading --ca-cert {}", ca.display()))?;
-        let cert = reqwest::Certificate::from_pem(&pem)
-            .with_context(|| format!("{} is not a PEM certificate", ca.display()))?;
-        builder = builder.add_root_certificate(cert);
-    }
-    if let Some((cert, key)) = client_cert {
-        let mut pem = std::fs::read(cert)
-            .with_context(|| format!("reading --client-cert {}", cert.display()))?;
-        pem.extend(
-            std::fs::read(key)
-                .with_context(|| format!("reading --client-key {}", key.display()))?,
-        );
-        let id = reqwest::Identity::from_pem(&pem).with_context(|| {
-            format!(
-                "{} and {} are not a PEM certificate and key",
-                cert.display(),
-                key.display()
-            )
-        })?;
-        builder = builder.identity(id);
-    }
-    Ok(builder.build()?)
 }
 
 /// The base URLs of a comma-separated `--aggregator` list.
@@ -439,7 +403,7 @@ async fn sender(
             let results = futures_util::future::join_all(
                 window
                     .iter()
-                    .map(|path| send_file(&client, url, &cfg.token, path)),
+                    .map(|path| send_file(&client, url, &cfg.token, &cfg.tls, path)),
             )
             .await;
             let mut done = Vec::new();
@@ -507,7 +471,13 @@ enum Sent {
     Rejected,
 }
 
-async fn send_file(client: &reqwest::Client, url: &str, token: &str, path: &Path) -> Result<Sent> {
+async fn send_file(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    tls: &ClientTls,
+    path: &Path,
+) -> Result<Sent> {
     let body = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let resp = client
         .post(url)
@@ -516,8 +486,18 @@ async fn send_file(client: &reqwest::Client, url: &str, token: &str, path: &Path
         .header("content-type", "application/json")
         .body(body)
         .send()
-        .await
-        .with_context(|| format!("cannot reach the aggregator at {url}"))?;
+        .await;
+    let resp = match resp {
+        Ok(resp) => resp,
+        Err(e) => match tls_problem(&e, url.trim_end_matches("/v1/ingest"), tls).await {
+            Some(problem) => bail!(problem),
+            None => {
+                return Err(
+                    anyhow::Error::new(e).context(format!("cannot reach the aggregator at {url}"))
+                );
+            }
+        },
+    };
     let status = resp.status();
     if status.is_success() {
         return Ok(Sent::Acked);

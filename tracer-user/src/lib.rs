@@ -8,6 +8,7 @@ pub mod agent;
 pub mod aggregator;
 pub mod attach;
 pub mod capture;
+pub mod client_tls;
 pub mod conns;
 pub mod control;
 pub mod decode;

@@ -26,7 +26,12 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    // rustls-platform-verifier logs every certificate it rejects; the
+    // client says so itself, with the fix (client_tls::tls_problem).
+    env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or("warn,rustls_platform_verifier=off"),
+    )
+    .init();
     let cli = Cli::parse();
     // The tracing front ends are one pipeline: a single thread avoids a
     // cross-thread wakeup for every hand-off (measured: most of the agent's

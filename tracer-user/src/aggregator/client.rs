@@ -17,7 +17,10 @@ use super::{
     store::TextMatch,
     timespec::{format_ns, parse_time},
 };
-use crate::event::{Event, EventData, StreamName};
+use crate::{
+    client_tls::{ClientTls, http_client, transport_error},
+    event::{Event, EventData, StreamName},
+};
 
 /// The environment variable holding the token when --token-file is absent.
 pub const TOKEN_ENV: &str = "TRACER_TOKEN";
@@ -37,6 +40,9 @@ pub struct ClientArgs {
     /// Print events as JSON Lines (docs/events.md) instead of text.
     #[arg(long)]
     pub json: bool,
+
+    #[command(flatten)]
+    pub tls: ClientTls,
 }
 
 /// Show events from every host in one time order.
@@ -48,7 +54,9 @@ Times: a duration ago (30s, 5m, 2h), an RFC 3339 time (2026-11-26T23:40:01Z),
 Examples:
   tracer timeline --since 10m --host web-1 --host web-2
   tracer timeline --trace 4bf92f3577b34da6a3ce929d0e0e4736   # one request across hosts
-  tracer timeline --kind http,log --json | jq .")]
+  tracer timeline --kind http,log --json | jq .
+  tracer timeline --aggregator https://agg:7878 --token-file /etc/tracer/token \\
+      --ca-cert ca.pem --client-cert me.pem --client-key me.key   # mutual TLS")]
 pub struct TimelineArgs {
     /// Start of the window.
     #[arg(long, default_value = "5m", value_name = "TIME")]
@@ -164,6 +172,7 @@ pub struct Client {
     http: reqwest::Client,
     base: Url,
     token: String,
+    tls: ClientTls,
 }
 
 impl Client {
@@ -194,11 +203,14 @@ impl Client {
                 ),
             },
         };
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .context("setting up the HTTP client")?;
-        Ok(Self { http, base, token })
+        // No total timeout: `tail -f` is one answer that lasts.
+        let http = http_client(&args.tls, Duration::from_secs(5), None)?;
+        Ok(Self {
+            http,
+            base,
+            token,
+            tls: args.tls.clone(),
+        })
     }
 
     fn shown_url(&self) -> String {
@@ -215,13 +227,10 @@ impl Client {
             url.query_pairs_mut()
                 .extend_pairs(params.iter().map(|(k, v)| (*k, v.as_str())));
         }
-        let resp = self
-            .http
-            .get(url)
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .map_err(|e| self.transport_error(e))?;
+        let resp = match self.http.get(url).bearer_auth(&self.token).send().await {
+            Ok(resp) => resp,
+            Err(e) => return Err(transport_error(e, &self.shown_url(), &self.tls).await),
+        };
         let status = resp.status();
         if status.is_success() {
             return Ok(resp);
@@ -235,23 +244,6 @@ impl Client {
             .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(String::from))
             .unwrap_or(body);
         bail!("the aggregator answered {status}: {}", msg.trim())
-    }
-
-    fn transport_error(&self, e: reqwest::Error) -> anyhow::Error {
-        if e.is_connect() {
-            anyhow!(
-                "cannot reach the aggregator at {} (is `tracer aggregator` running?)",
-                self.shown_url()
-            )
-        } else if e.is_timeout() {
-            anyhow!(
-                "the aggregator at {} did not answer in time",
-                self.shown_url()
-            )
-        } else {
-            anyhow::Error::new(e)
-                .context(format!("talking to the aggregator at {}", self.shown_url()))
-        }
     }
 }
 

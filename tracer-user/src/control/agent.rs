@@ -16,7 +16,7 @@
 //! - `processes`: none (the selected processes' command lines, read from
 //!   /proc; nothing is sent to them).
 
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use regex::Regex;
@@ -26,6 +26,7 @@ use serde_json::{Value, json};
 use super::{Command, HostResult, OPS, ProcessOutcome};
 use crate::{
     agent::Scope,
+    client_tls::{ClientTls, http_client, tls_problem},
     inspector::{
         eval,
         logpoint::{self, AddArgs, ListArgs, Report, RmArgs, Targets},
@@ -42,8 +43,8 @@ pub struct ControlConfig {
     /// The agent's ingest token: it identifies the agent, as for ingest.
     pub token: String,
     pub host: String,
-    pub ca_cert: Option<PathBuf>,
-    pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// --ca-cert, --client-cert/--client-key (the agent's own).
+    pub tls: ClientTls,
     /// The processes this agent traces; commands reach no others.
     pub scope: Scope,
     /// The agent's `--pid` list, when it was given one.
@@ -56,11 +57,7 @@ pub fn start(cfg: ControlConfig) -> Result<tokio::task::JoinHandle<()>> {
     for url in &cfg.urls {
         super::check_transport(url, "--aggregator (with --allow-control)")?;
     }
-    let client = crate::forward::http_client(
-        cfg.ca_cert.as_deref(),
-        cfg.client_cert.as_ref(),
-        POLL_TIMEOUT,
-    )?;
+    let client = http_client(&cfg.tls, Duration::from_secs(3), Some(POLL_TIMEOUT))?;
     // One poll per aggregator of the list, not only the first: several
     // aggregators on one ClickHouse store are interchangeable, so a
     // command may be sent through any of them, and each one only knows
@@ -119,7 +116,10 @@ async fn poll_loop(client: reqwest::Client, cfg: std::sync::Arc<ControlConfig>, 
             }
             Err(e) => {
                 if !down_reported {
-                    eprintln!("tracer: control: cannot reach {base}: {e}; retrying");
+                    match tls_problem(&e, base, &cfg.tls).await {
+                        Some(problem) => eprintln!("tracer: control: {problem}; retrying"),
+                        None => eprintln!("tracer: control: cannot reach {base}: {e}; retrying"),
+                    }
                 }
                 None
             }
@@ -313,7 +313,7 @@ fn targets(pids: Vec<u32>) -> Targets {
             aggregator: None,
             admin_token_file: None,
             hosts: Vec::new(),
-            ca_cert: None,
+            tls: Default::default(),
             wait: Duration::from_secs(30),
         },
     }

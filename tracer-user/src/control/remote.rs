@@ -5,14 +5,17 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use anyhow::{Context as _, Result, anyhow, bail};
+use anyhow::{Context as _, Result, bail};
 use clap::Args;
 use serde_json::{Value, json};
 
 use super::{Answer, Submit, check_transport, read_admin_tokens};
-use crate::inspector::{
-    eval::EvalArgs,
-    logpoint::{LogpointArgs, LogpointCommand, new_id},
+use crate::{
+    client_tls::{ClientTls, http_client, transport_error},
+    inspector::{
+        eval::EvalArgs,
+        logpoint::{LogpointArgs, LogpointCommand, new_id},
+    },
 };
 
 /// Most a command may wait for its hosts.
@@ -39,9 +42,10 @@ pub struct RemoteArgs {
         requires = "aggregator"
     )]
     pub hosts: Vec<String>,
-    /// With --aggregator: extra CA certificate (PEM) to trust for https://.
-    #[arg(long, value_name = "FILE", requires = "aggregator")]
-    pub ca_cert: Option<PathBuf>,
+    /// With --aggregator: how to reach an https:// one (--ca-cert,
+    /// --client-cert/--client-key).
+    #[command(flatten)]
+    pub tls: ClientTls,
     /// With --aggregator: how long to wait for the hosts' answers; a host
     /// that has not answered by then is reported by name.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration,
@@ -71,20 +75,13 @@ async fn send(remote: &RemoteArgs, submit: Submit) -> Result<Answer> {
     if remote.wait.is_zero() || remote.wait > MAX_WAIT {
         bail!("--wait must be more than 0 and at most 5m");
     }
-    let mut builder = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(remote.wait + Duration::from_secs(15));
-    if let Some(ca) = &remote.ca_cert {
-        let pem =
-            std::fs::read(ca).with_context(|| format!("reading --ca-cert {}", ca.display()))?;
-        builder = builder.add_root_certificate(
-            reqwest::Certificate::from_pem(&pem)
-                .with_context(|| format!("{} is not a PEM certificate", ca.display()))?,
-        );
-    }
-    let http = builder.build().context("setting up the HTTP client")?;
+    let http = http_client(
+        &remote.tls,
+        Duration::from_secs(5),
+        Some(remote.wait + Duration::from_secs(15)),
+    )?;
     let endpoint = format!("{}/v1/control/commands", url.trim_end_matches('/'));
-    let resp = http
+    let sent = http
         .post(&endpoint)
         .bearer_auth(&tokens[0].token)
         .json(&Submit {
@@ -92,27 +89,11 @@ async fn send(remote: &RemoteArgs, submit: Submit) -> Result<Answer> {
             ..submit
         })
         .send()
-        .await
-        .map_err(|e| {
-            let mut chain = String::new();
-            let mut cause: Option<&dyn std::error::Error> = Some(&e);
-            while let Some(c) = cause {
-                chain.push_str(&format!(": {c}"));
-                cause = c.source();
-            }
-            if chain.contains("certificate") {
-                anyhow!(
-                    "the aggregator at {url} presented a TLS certificate this client does not \
-                     trust{chain} (give --ca-cert CA.pem for a private CA)"
-                )
-            } else if e.is_connect() {
-                anyhow!("cannot reach the aggregator at {url} (is `tracer aggregator` running?)")
-            } else if e.is_timeout() {
-                anyhow!("the aggregator at {url} did not answer in time")
-            } else {
-                anyhow::Error::new(e).context(format!("talking to the aggregator at {url}"))
-            }
-        })?;
+        .await;
+    let resp = match sent {
+        Ok(resp) => resp,
+        Err(e) => return Err(transport_error(e, url, &remote.tls).await),
+    };
     let status = resp.status();
     let body = resp.text().await.unwrap_or_default();
     if !status.is_success() {
