@@ -309,7 +309,13 @@ pub async fn run(args: LogpointArgs) -> Result<()> {
                         json!({ "pid": pid, "ok": false, "error": format!("{e:#}") })
                     );
                 } else {
-                    eprintln!("error: PID {pid}: {e:#}");
+                    // Most errors about a process already start by naming it.
+                    let msg = format!("{e:#}");
+                    if msg.starts_with(&format!("PID {pid}")) {
+                        eprintln!("error: {msg}");
+                    } else {
+                        eprintln!("error: PID {pid}: {msg}");
+                    }
                 }
             }
         }
