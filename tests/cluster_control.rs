@@ -27,18 +27,20 @@
 //!
 //! Needs root (BPF, network namespaces). Names `trc-kN-*`, subnet 10.81.N (apart from cluster_live, cluster_clickhouse_live).
 
+mod cluster_common;
 mod common;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpStream},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Output, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
+use cluster_common::{Net, request, service_js};
 use common::{NODE, Proc, TRACER, TempDir, require_root};
 use serde_json::Value;
 use tracer_user::event::{Event, EventData, HttpSide};
@@ -60,97 +62,6 @@ const TEMPLATE: &str = "lp ${name} ${req.url} #${n}";
 /// Node's inspector port (the services run without --inspect-port).
 const INSPECTOR_PORT: u16 = 9229;
 
-fn service_js() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/demo-service.js")
-}
-
-struct Net {
-    prefix: String,
-    subnet: String,
-}
-
-impl Net {
-    fn new(id: u8) -> Self {
-        let net = Self {
-            prefix: format!("trc-k{id}"),
-            subnet: format!("10.81.{id}"),
-        };
-        net.teardown();
-        ip(&["link", "add", &net.bridge(), "type", "bridge"]);
-        ip(&[
-            "addr",
-            "add",
-            &format!("{}.1/24", net.subnet),
-            "dev",
-            &net.bridge(),
-        ]);
-        ip(&["link", "set", &net.bridge(), "up"]);
-        for (i, (_, host, _)) in HOSTS.iter().enumerate() {
-            let ns = net.ns(host);
-            let outer = format!("{}-{host}v", net.prefix);
-            ip(&["netns", "add", &ns]);
-            ip(&[
-                "link", "add", &outer, "type", "veth", "peer", "name", "eth0", "netns", &ns,
-            ]);
-            ip(&["link", "set", &outer, "master", &net.bridge(), "up"]);
-            let addr = format!("{}/24", net.addr(i));
-            ip(&["-n", &ns, "addr", "add", &addr, "dev", "eth0"]);
-            ip(&["-n", &ns, "link", "set", "eth0", "up"]);
-            ip(&["-n", &ns, "link", "set", "lo", "up"]);
-        }
-        net
-    }
-
-    fn bridge(&self) -> String {
-        format!("{}-br", self.prefix)
-    }
-
-    fn ns(&self, host: &str) -> String {
-        format!("{}-{host}", self.prefix)
-    }
-
-    fn addr(&self, i: usize) -> String {
-        format!("{}.{}", self.subnet, 11 + i)
-    }
-
-    fn service(&self, host: &str) -> SocketAddr {
-        let i = HOSTS.iter().position(|(_, h, _)| *h == host).unwrap();
-        format!("{}:{PORT}", self.addr(i)).parse().unwrap()
-    }
-
-    fn teardown(&self) {
-        for (_, host, _) in HOSTS {
-            quiet_ip(&["netns", "del", &self.ns(host)]);
-            quiet_ip(&["link", "del", &format!("{}-{host}v", self.prefix)]);
-        }
-        quiet_ip(&["link", "del", &self.bridge()]);
-    }
-}
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        self.teardown();
-    }
-}
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("running ip");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn quiet_ip(args: &[&str]) {
-    let _ = Command::new("ip")
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-}
-
 /// Field order is drop order: agents and services before the network.
 struct Cluster {
     agents: BTreeMap<&'static str, Proc>,
@@ -163,7 +74,7 @@ struct Cluster {
 
 impl Cluster {
     fn start(id: u8) -> Self {
-        let net = Net::new(id);
+        let net = Net::new(&format!("trc-k{id}"), &format!("10.81.{id}"));
         let dir = TempDir::new(&format!("cluster-control-{id}"));
         std::fs::write(dir.path().join("token"), TOKEN).unwrap();
         // The aggregator's admin file names the admin; the CLI's holds
@@ -333,24 +244,6 @@ impl Cluster {
         out += &format!("aggregator:\n{}\n", self.aggregator.stderr.tail(15));
         out
     }
-}
-
-/// One request (`Connection: close`); returns the HTTP status.
-fn request(to: SocketAddr, path: &str) -> u16 {
-    let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(5))
-        .unwrap_or_else(|e| panic!("connecting to {to}: {e}"));
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).unwrap();
-    raw.split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no HTTP status in {raw:?}"))
 }
 
 /// Whether anything listens on `port` in the network namespace of `pid`.

@@ -1,5 +1,6 @@
 //! What the live cluster tests share (`tests/cluster_live.rs` on SQLite,
-//! `tests/cluster_clickhouse_live.rs` on ClickHouse): the network of three
+//! `tests/cluster_clickhouse_live.rs` on ClickHouse, and the network and
+//! requests of `tests/cluster_control.rs`): the network of three
 //! namespaces on a bridge, requests into the demo's gateway -> api ->
 //! store chain, bounded traffic, and the exact-once checks on what grep
 //! and timeline answer.
@@ -87,7 +88,16 @@ impl Net {
     }
 
     pub fn gateway(&self) -> SocketAddr {
-        format!("{}:{PORT}", self.addr(0)).parse().unwrap()
+        self.service("h1")
+    }
+
+    /// Where the service of `host` (h1, h2 or h3) listens.
+    pub fn service(&self, host: &str) -> SocketAddr {
+        let i = HOSTS
+            .iter()
+            .position(|(_, h)| *h == host)
+            .unwrap_or_else(|| panic!("no host {host}"));
+        format!("{}:{PORT}", self.addr(i)).parse().unwrap()
     }
 
     fn teardown(&self) {
@@ -141,11 +151,11 @@ pub fn parse_events(out: &str) -> Vec<Event> {
         .collect()
 }
 
-/// One request through the chain from outside it (`Connection: close`).
-/// Returns the HTTP status.
-pub fn request(gateway: SocketAddr, path: &str) -> u16 {
-    let mut s = TcpStream::connect_timeout(&gateway, Duration::from_secs(5))
-        .unwrap_or_else(|e| panic!("connecting to the gateway {gateway}: {e}"));
+/// One request to a service from outside the network (`Connection:
+/// close`), e.g. through the chain at its gateway. Returns the HTTP status.
+pub fn request(to: SocketAddr, path: &str) -> u16 {
+    let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("connecting to {to}: {e}"));
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(
         s,
