@@ -53,27 +53,8 @@ pub struct MigrateArgs {
     #[arg(long, value_name = "URL")]
     pub to: String,
 
-    /// ClickHouse user (default: ClickHouse's `default`).
-    #[arg(long, value_name = "NAME")]
-    pub clickhouse_user: Option<String>,
-
-    /// File holding the ClickHouse user's password.
-    #[arg(long, value_name = "FILE")]
-    pub clickhouse_password_file: Option<PathBuf>,
-
-    /// Spread events over this cluster's shards (as `tracer aggregator
-    /// --clickhouse-cluster`).
-    #[arg(long, value_name = "NAME", requires = "clickhouse_shards")]
-    pub clickhouse_cluster: Option<String>,
-
-    /// The cluster's shards, as HTTP URLs (comma-separated).
-    #[arg(
-        long,
-        value_name = "URLS",
-        value_delimiter = ',',
-        requires = "clickhouse_cluster"
-    )]
-    pub clickhouse_shards: Vec<String>,
+    #[command(flatten)]
+    pub clickhouse: super::ClickhouseArgs,
 }
 
 /// Events read from the source per step.
@@ -97,13 +78,7 @@ pub struct Copied {
 }
 
 pub async fn run(args: MigrateArgs) -> Result<()> {
-    let config = super::clickhouse_config(
-        &args.to,
-        args.clickhouse_user.clone(),
-        args.clickhouse_password_file.as_deref(),
-        args.clickhouse_cluster.clone(),
-        args.clickhouse_shards.clone(),
-    )?;
+    let config = args.clickhouse.config(&args.to)?;
     let from = args.from.clone();
     if !from.is_dir() {
         bail!(

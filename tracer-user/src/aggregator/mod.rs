@@ -98,28 +98,8 @@ pub struct AggregatorArgs {
     #[arg(long, value_name = "URL", conflicts_with = "data")]
     pub store: Option<String>,
 
-    /// ClickHouse user (default: ClickHouse's `default`).
-    #[arg(long, value_name = "NAME", requires = "store")]
-    pub clickhouse_user: Option<String>,
-
-    /// File holding the ClickHouse user's password.
-    #[arg(long, value_name = "FILE", requires = "store")]
-    pub clickhouse_password_file: Option<PathBuf>,
-
-    /// Spread events over this cluster's shards (a `remote_servers` entry
-    /// of the --store server) through `Distributed` tables.
-    #[arg(long, value_name = "NAME", requires = "clickhouse_shards")]
-    pub clickhouse_cluster: Option<String>,
-
-    /// The cluster's shards, as HTTP URLs (comma-separated), where the
-    /// aggregator creates the local tables.
-    #[arg(
-        long,
-        value_name = "URLS",
-        value_delimiter = ',',
-        requires = "clickhouse_cluster"
-    )]
-    pub clickhouse_shards: Vec<String>,
+    #[command(flatten)]
+    pub clickhouse: ClickhouseArgs,
 
     /// File holding the API token agents and clients must present.
     #[arg(long, value_name = "FILE")]
@@ -292,44 +272,73 @@ async fn serve(args: AggregatorArgs) -> Result<()> {
     .context("serving the API")
 }
 
-/// The ClickHouse store `url` names, logged into as `user` with the
-/// password in `password_file`.
-fn clickhouse_config(
-    url: &str,
-    user: Option<String>,
-    password_file: Option<&std::path::Path>,
-    cluster: Option<String>,
-    shards: Vec<String>,
-) -> Result<clickhouse::Config> {
-    let mut config = clickhouse::Config::parse(url).map_err(anyhow::Error::msg)?;
-    config.user = user;
-    config.cluster = cluster;
-    config.shards = shards;
-    if let Some(f) = password_file {
-        let text = std::fs::read_to_string(f)
-            .with_context(|| format!("reading the ClickHouse password file {}", f.display()))?;
-        config.password = Some(text.trim_end_matches(['\n', '\r']).to_string());
+/// How to log into a ClickHouse store and spread it over shards: the
+/// flags of `tracer aggregator --store` and `tracer migrate --to`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ClickhouseArgs {
+    /// ClickHouse user (default: ClickHouse's `default`).
+    #[arg(long, value_name = "NAME")]
+    pub clickhouse_user: Option<String>,
+
+    /// File holding the ClickHouse user's password.
+    #[arg(long, value_name = "FILE")]
+    pub clickhouse_password_file: Option<PathBuf>,
+
+    /// Spread events over this cluster's shards (a `remote_servers` entry
+    /// of the store's server) through `Distributed` tables.
+    #[arg(long, value_name = "NAME", requires = "clickhouse_shards")]
+    pub clickhouse_cluster: Option<String>,
+
+    /// The cluster's shards, as HTTP URLs (comma-separated), where the
+    /// local tables are created.
+    #[arg(
+        long,
+        value_name = "URLS",
+        value_delimiter = ',',
+        requires = "clickhouse_cluster"
+    )]
+    pub clickhouse_shards: Vec<String>,
+}
+
+impl ClickhouseArgs {
+    fn any(&self) -> bool {
+        self.clickhouse_user.is_some()
+            || self.clickhouse_password_file.is_some()
+            || self.clickhouse_cluster.is_some()
     }
-    Ok(config)
+
+    /// The ClickHouse store `url` names, with these login and shards.
+    pub fn config(&self, url: &str) -> Result<clickhouse::Config> {
+        let mut config = clickhouse::Config::parse(url).map_err(anyhow::Error::msg)?;
+        config.user = self.clickhouse_user.clone();
+        config.cluster = self.clickhouse_cluster.clone();
+        config.shards = self.clickhouse_shards.clone();
+        if let Some(f) = &self.clickhouse_password_file {
+            let text = std::fs::read_to_string(f)
+                .with_context(|| format!("reading the ClickHouse password file {}", f.display()))?;
+            config.password = Some(text.trim_end_matches(['\n', '\r']).to_string());
+        }
+        Ok(config)
+    }
 }
 
 /// Opens the store `args` name, off the async workers (opening may
 /// upgrade a schema or wait for a server): the store and how to name it.
 async fn open_store(args: &AggregatorArgs) -> Result<(Arc<dyn Store>, String)> {
     if let Some(url) = &args.store {
-        let config = clickhouse_config(
-            url,
-            args.clickhouse_user.clone(),
-            args.clickhouse_password_file.as_deref(),
-            args.clickhouse_cluster.clone(),
-            args.clickhouse_shards.clone(),
-        )?;
+        let config = args.clickhouse.config(url)?;
         let described = format!("ClickHouse {}/{}", config.url, config.database);
         let store = tokio::task::spawn_blocking(move || clickhouse::ClickhouseStore::open(&config))
             .await
             .context("opening the store")?
             .with_context(|| format!("opening the store {described}"))?;
         return Ok((Arc::new(store), described));
+    }
+    if args.clickhouse.any() {
+        bail!(
+            "the --clickhouse-* options are for a ClickHouse store: give --store \
+             clickhouse://HOST:8123/DB, or leave them out for SQLite in --data"
+        );
     }
     let Some(data) = args.data.clone() else {
         bail!("give --data DIR (SQLite) or --store clickhouse://HOST:8123/DB");
