@@ -1022,6 +1022,141 @@ fn client_certificate(dir: &Path, name: &str) {
     );
 }
 
+/// What the TLS tests share: a directory with the certificates
+/// ([`certificates`], plus client ones named in `clients`) and the tokens,
+/// a node target that prints READY (`globalThis.answer` is 21), and an
+/// aggregator with the control API and `tls_args` (paths relative to the
+/// directory). Field order is drop order.
+struct TlsSetup {
+    _aggregator: Proc,
+    target: Proc,
+    /// The aggregator's `https://` address.
+    url: String,
+    name: String,
+    dir: TempDir,
+}
+
+impl TlsSetup {
+    fn start(name: &str, clients: &[&str], tls_args: &[&str]) -> Self {
+        let dir = TempDir::new(&format!("cluster-control-{name}"));
+        let d = dir.path();
+        certificates(d);
+        for client in clients {
+            client_certificate(d, client);
+        }
+        std::fs::write(d.join("token"), TOKEN).unwrap();
+        std::fs::write(d.join("admins"), format!("ops:{ADMIN}\n")).unwrap();
+        std::fs::write(d.join("admin-token"), ADMIN).unwrap();
+        let script = d.join(format!("ctl-{name}-target.js"));
+        std::fs::write(
+            &script,
+            "globalThis.answer = 21;\nsetInterval(() => {}, 1000);\nconsole.log('READY');\n",
+        )
+        .unwrap();
+        let mut cmd = Command::new(NODE);
+        cmd.arg(&script);
+        let mut target = Proc::spawn("target", cmd, true);
+        target
+            .stdout
+            .as_mut()
+            .unwrap()
+            .wait_for("READY", Duration::from_secs(15), |l| l == "READY");
+
+        let mut cmd = Command::new(TRACER);
+        cmd.args(["aggregator", "--listen", "127.0.0.1:0", "--data", "data"])
+            .args(["--token-file", "token", "--admin-token-file", "admins"])
+            .args(tls_args)
+            .current_dir(d)
+            .stdout(Stdio::null());
+        let mut aggregator = Proc::spawn("aggregator", cmd, false);
+        let line =
+            aggregator
+                .stderr
+                .wait_for("the aggregator's address", Duration::from_secs(30), |l| {
+                    l.contains("listening on https://")
+                });
+        if tls_args.contains(&"--tls-client-ca") {
+            assert!(line.contains("client certificates required"), "{line}");
+        }
+        let url = format!(
+            "https://{}",
+            line.split("https://")
+                .nth(1)
+                .unwrap()
+                .split_whitespace()
+                .next()
+                .unwrap()
+        );
+        TlsSetup {
+            _aggregator: aggregator,
+            target,
+            url,
+            name: name.to_owned(),
+            dir,
+        }
+    }
+
+    /// `tracer agent --allow-control` on the target as `host`, with
+    /// `tls_args` (paths relative to the directory), not yet waited for.
+    fn agent(&self, host: &str, tls_args: &[&str]) -> Proc {
+        let d = self.dir.path();
+        let mut cmd = Command::new(TRACER);
+        cmd.args(["agent", "--quiet", "--host", host, "--match"])
+            .arg(self.target_name())
+            .args(["--aggregator", &self.url, "--token-file", "token"])
+            .args(tls_args)
+            .arg("--allow-control")
+            .arg("--spool")
+            .arg(d.join(format!("spool-{host}")))
+            .args(["--metrics-listen", "127.0.0.1:0"])
+            .env("TRACER_AUDIT_LOG", d.join(format!("audit-{host}.jsonl")))
+            .current_dir(d)
+            .stdout(Stdio::null());
+        Proc::spawn(&format!("agent {host}"), cmd, false)
+    }
+
+    /// What `--match` finds the target by (its script's name).
+    fn target_name(&self) -> String {
+        format!("ctl-{}-target", self.name)
+    }
+
+    /// A control command run (in the directory) until the agents' first
+    /// poll has arrived: before it, no host takes commands.
+    fn once_agents_poll(&self, args: &[&str]) -> Output {
+        let run = || {
+            Command::new(TRACER)
+                .args(args)
+                .current_dir(self.dir.path())
+                .stdin(Stdio::null())
+                .output()
+                .expect("running tracer")
+        };
+        let deadline = Instant::now() + SETTLE;
+        loop {
+            let out = run();
+            if out.status.success() || Instant::now() > deadline {
+                return out;
+            }
+            assert!(
+                stderr_of(&out)
+                    .contains("no agent takes commands: start agents with --allow-control"),
+                "{}",
+                stderr_of(&out)
+            );
+            thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// The target survived, and its inspector port is closed again.
+    fn assert_target_as_found(&mut self) {
+        assert!(
+            !listening_in_netns_of(self.target.pid(), INSPECTOR_PORT),
+            "the inspector port stayed open"
+        );
+        assert!(self.target.try_status().is_none(), "the target exited");
+    }
+}
+
 /// Mutual TLS end to end: an aggregator with --tls-client-ca, an agent
 /// with --allow-control presenting its certificate (ingest and the control
 /// poll), and `tracer logpoint list --aggregator https://...` presenting
@@ -1033,112 +1168,63 @@ fn logpoint_list_through_a_mutual_tls_aggregator() {
     if !require_root("cluster_control") {
         return;
     }
-    let dir = TempDir::new("cluster-control-mtls");
-    let d = dir.path();
-    certificates(d);
-    client_certificate(d, "agent");
-    client_certificate(d, "admin");
-    std::fs::write(d.join("token"), TOKEN).unwrap();
-    std::fs::write(d.join("admins"), format!("ops:{ADMIN}\n")).unwrap();
-    std::fs::write(d.join("admin-token"), ADMIN).unwrap();
-    let script = d.join("ctl-mtls-target.js");
-    std::fs::write(
-        &script,
-        "setInterval(() => {}, 1000);\nconsole.log('READY');\n",
-    )
-    .unwrap();
-    let mut cmd = Command::new(NODE);
-    cmd.arg(&script);
-    let mut target = Proc::spawn("target", cmd, true);
-    target
-        .stdout
-        .as_mut()
-        .unwrap()
-        .wait_for("READY", Duration::from_secs(15), |l| l == "READY");
-
-    let mut cmd = Command::new(TRACER);
-    cmd.args(["aggregator", "--listen", "127.0.0.1:0", "--data"])
-        .arg(d.join("data"))
-        .arg("--token-file")
-        .arg(d.join("token"))
-        .arg("--admin-token-file")
-        .arg(d.join("admins"))
-        .args(["--tls-cert", "server.pem", "--tls-key", "server.key"])
-        .args(["--tls-client-ca", "ca.pem"])
-        .current_dir(d)
-        .stdout(Stdio::null());
-    let mut agg = Proc::spawn("aggregator", cmd, false);
-    let line = agg
-        .stderr
-        .wait_for("the aggregator's address", Duration::from_secs(30), |l| {
-            l.contains("listening on https://")
-        });
-    assert!(line.contains("client certificates required"), "{line}");
-    let url = format!(
-        "https://{}",
-        line.split("https://")
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
+    let mut setup = TlsSetup::start(
+        "mtls",
+        &["agent", "admin"],
+        &[
+            "--tls-cert",
+            "server.pem",
+            "--tls-key",
+            "server.key",
+            "--tls-client-ca",
+            "ca.pem",
+        ],
     );
-
-    let mut cmd = Command::new(TRACER);
-    cmd.args(["agent", "--quiet", "--host", "mtls-host", "--match"])
-        .arg("ctl-mtls-target")
-        .args(["--aggregator", &url])
-        .arg("--token-file")
-        .arg(d.join("token"))
-        .args(["--ca-cert", "ca.pem"])
-        .args(["--client-cert", "agent.pem", "--client-key", "agent.key"])
-        .arg("--allow-control")
-        .arg("--spool")
-        .arg(d.join("spool"))
-        .args(["--metrics-listen", "127.0.0.1:0"])
-        .env("TRACER_AUDIT_LOG", d.join("audit.jsonl"))
-        .current_dir(d)
-        .stdout(Stdio::null());
-    let mut agent = Proc::spawn("agent", cmd, false);
+    let url = setup.url.clone();
+    let target = setup.target_name();
+    let mut agent = setup.agent(
+        "mtls-host",
+        &[
+            "--ca-cert",
+            "ca.pem",
+            "--client-cert",
+            "agent.pem",
+            "--client-key",
+            "agent.key",
+        ],
+    );
     agent
         .stderr
         .wait_for("tracer: ready", Duration::from_secs(90), |l| {
             l == "tracer: ready"
         });
 
-    let list = |client_cert: bool| {
-        let mut cmd = Command::new(TRACER);
-        cmd.args(["logpoint", "list", "--aggregator", &url])
-            .args(["--admin-token-file", "admin-token", "--ca-cert", "ca.pem"])
-            .args(["--match", "ctl-mtls-target"])
-            .current_dir(d)
-            .stdin(Stdio::null());
-        if client_cert {
-            cmd.args(["--client-cert", "admin.pem", "--client-key", "admin.key"]);
-        }
-        cmd.output().expect("running tracer logpoint list")
-    };
-    // Until the agent's first poll arrives no host takes commands.
-    let deadline = Instant::now() + SETTLE;
-    let out = loop {
-        let out = list(true);
-        if out.status.success() || Instant::now() > deadline {
-            break out;
-        }
-        assert!(
-            stderr_of(&out).contains("no agent takes commands: start agents with --allow-control"),
-            "{}",
-            stderr_of(&out)
-        );
-        thread::sleep(Duration::from_millis(250));
-    };
+    let list = [
+        "logpoint",
+        "list",
+        "--aggregator",
+        &url,
+        "--admin-token-file",
+        "admin-token",
+        "--ca-cert",
+        "ca.pem",
+        "--match",
+        &target,
+    ];
+    let out = setup.once_agents_poll(
+        &[
+            &list[..],
+            &["--client-cert", "admin.pem", "--client-key", "admin.key"],
+        ]
+        .concat(),
+    );
     assert!(out.status.success(), "{}", stderr_of(&out));
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         format!(
             "[mtls-host] PID {}: 0 logpoint(s) (inspector opened with SIGUSR1 and closed \
              again)\n",
-            target.pid()
+            setup.target.pid()
         )
     );
     assert!(
@@ -1146,7 +1232,12 @@ fn logpoint_list_through_a_mutual_tls_aggregator() {
         "{}",
         stderr_of(&out)
     );
-    let out = list(false);
+    let out = Command::new(TRACER)
+        .args(list)
+        .current_dir(setup.dir.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(out.stdout.is_empty());
     assert_eq!(
@@ -1158,20 +1249,7 @@ fn logpoint_list_through_a_mutual_tls_aggregator() {
         )
     );
     // An agent without its certificate is told the same, in its log.
-    let mut cmd = Command::new(TRACER);
-    cmd.args(["agent", "--quiet", "--host", "no-cert-host", "--match"])
-        .arg("ctl-mtls-target")
-        .args(["--aggregator", &url])
-        .arg("--token-file")
-        .arg(d.join("token"))
-        .args(["--ca-cert", "ca.pem", "--allow-control"])
-        .arg("--spool")
-        .arg(d.join("spool-no-cert"))
-        .args(["--metrics-listen", "127.0.0.1:0"])
-        .env("TRACER_AUDIT_LOG", d.join("audit-no-cert.jsonl"))
-        .current_dir(d)
-        .stdout(Stdio::null());
-    let mut no_cert = Proc::spawn("agent without certificate", cmd, false);
+    let mut no_cert = setup.agent("no-cert-host", &["--ca-cert", "ca.pem"]);
     let told = no_cert
         .stderr
         .wait_for("the agent's control error", Duration::from_secs(90), |l| {
@@ -1187,11 +1265,7 @@ fn logpoint_list_through_a_mutual_tls_aggregator() {
     );
     no_cert.signal(libc::SIGTERM);
     no_cert.wait_exit(Duration::from_secs(30));
-    assert!(
-        !listening_in_netns_of(target.pid(), INSPECTOR_PORT),
-        "the inspector port stayed open"
-    );
-    assert!(target.try_status().is_none(), "the target exited");
+    setup.assert_target_as_found();
 }
 
 /// The whole path over HTTPS: an aggregator with --tls-cert, an agent
@@ -1202,105 +1276,36 @@ fn eval_through_an_https_aggregator() {
     if !require_root("cluster_control") {
         return;
     }
-    let dir = TempDir::new("cluster-control-tls");
-    let d = dir.path();
-    certificates(d);
-    std::fs::write(d.join("token"), TOKEN).unwrap();
-    std::fs::write(d.join("admins"), format!("ops:{ADMIN}\n")).unwrap();
-    std::fs::write(d.join("admin-token"), ADMIN).unwrap();
-    let script = d.join("ctl-tls-target.js");
-    std::fs::write(
-        &script,
-        "globalThis.answer = 21;\nsetInterval(() => {}, 1000);\nconsole.log('READY');\n",
-    )
-    .unwrap();
-    let mut cmd = Command::new(NODE);
-    cmd.arg(&script);
-    let mut target = Proc::spawn("target", cmd, true);
-    target
-        .stdout
-        .as_mut()
-        .unwrap()
-        .wait_for("READY", Duration::from_secs(15), |l| l == "READY");
-
-    let mut cmd = Command::new(TRACER);
-    cmd.args(["aggregator", "--listen", "127.0.0.1:0", "--data"])
-        .arg(d.join("data"))
-        .arg("--token-file")
-        .arg(d.join("token"))
-        .arg("--admin-token-file")
-        .arg(d.join("admins"))
-        .arg("--tls-cert")
-        .arg(d.join("server.pem"))
-        .arg("--tls-key")
-        .arg(d.join("server.key"))
-        .stdout(Stdio::null());
-    let mut agg = Proc::spawn("aggregator", cmd, false);
-    let line = agg
-        .stderr
-        .wait_for("the aggregator's address", Duration::from_secs(30), |l| {
-            l.contains("listening on https://")
-        });
-    let url = format!(
-        "https://{}",
-        line.split("https://")
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
+    let mut setup = TlsSetup::start(
+        "tls",
+        &[],
+        &["--tls-cert", "server.pem", "--tls-key", "server.key"],
     );
-
-    let mut cmd = Command::new(TRACER);
-    cmd.args(["agent", "--quiet", "--host", "tls-host", "--match"])
-        .arg("ctl-tls-target")
-        .args(["--aggregator", &url])
-        .arg("--token-file")
-        .arg(d.join("token"))
-        .arg("--ca-cert")
-        .arg(d.join("ca.pem"))
-        .arg("--allow-control")
-        .arg("--spool")
-        .arg(d.join("spool"))
-        .args(["--metrics-listen", "127.0.0.1:0"])
-        .env("TRACER_AUDIT_LOG", d.join("audit.jsonl"))
-        .stdout(Stdio::null());
-    let mut agent = Proc::spawn("agent", cmd, false);
+    let url = setup.url.clone();
+    let target = setup.target_name();
+    let mut agent = setup.agent("tls-host", &["--ca-cert", "ca.pem"]);
     agent
         .stderr
         .wait_for("tracer: ready", Duration::from_secs(90), |l| {
             l == "tracer: ready"
         });
 
-    // Until the agent's first poll arrives no host takes commands.
-    let eval = || {
-        Command::new(TRACER)
-            .args(["eval", "--aggregator", &url, "--admin-token-file"])
-            .arg(d.join("admin-token"))
-            .arg("--ca-cert")
-            .arg(d.join("ca.pem"))
-            .args(["--match", "ctl-tls-target", "globalThis.answer * 2"])
-            .stdin(Stdio::null())
-            .output()
-            .expect("running tracer eval")
-    };
-    let deadline = Instant::now() + SETTLE;
-    let out = loop {
-        let out = eval();
-        if out.status.success() || Instant::now() > deadline {
-            break out;
-        }
-        assert!(
-            stderr_of(&out).contains("no agent takes commands: start agents with --allow-control"),
-            "{}",
-            stderr_of(&out)
-        );
-        thread::sleep(Duration::from_millis(250));
-    };
+    let out = setup.once_agents_poll(&[
+        "eval",
+        "--aggregator",
+        &url,
+        "--admin-token-file",
+        "admin-token",
+        "--ca-cert",
+        "ca.pem",
+        "--match",
+        &target,
+        "globalThis.answer * 2",
+    ]);
     assert!(out.status.success(), "{}", stderr_of(&out));
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        format!("[tls-host] PID {}: 42\n", target.pid())
+        format!("[tls-host] PID {}: 42\n", setup.target.pid())
     );
     assert!(
         stderr_of(&out).contains(" by ops: 1 host(s), 1 process(es), 0 failed"),
@@ -1310,7 +1315,7 @@ fn eval_through_an_https_aggregator() {
     // Without trusting the CA, the CLI does not talk to it.
     let out = Command::new(TRACER)
         .args(["eval", "--aggregator", &url, "--admin-token-file"])
-        .arg(d.join("admin-token"))
+        .arg(setup.dir.path().join("admin-token"))
         .arg("1")
         .stdin(Stdio::null())
         .output()
@@ -1324,9 +1329,5 @@ fn eval_through_an_https_aggregator() {
         "{}",
         stderr_of(&out)
     );
-    assert!(
-        !listening_in_netns_of(target.pid(), INSPECTOR_PORT),
-        "the inspector port stayed open"
-    );
-    assert!(target.try_status().is_none(), "the target exited");
+    setup.assert_target_as_found();
 }
