@@ -171,7 +171,8 @@ const MAX_PREFILTER_LITERALS: usize = 64;
 
 /// A condition every line the regex can match satisfies: one of the
 /// literals every match starts with occurs in the text (`position`, a
-/// byte search, over the text column only). None when the regex has no
+/// byte search, over the text column only; `positionCaseInsensitive` for
+/// a case-insensitive pattern). None when the regex has no
 /// such finite set of literals (then every line of the other conditions
 /// is read and the regex decides). Found with regex-syntax's literal
 /// extractor on the same pattern and flags the `regex` crate compiles, so
@@ -200,7 +201,19 @@ pub fn prefilter(t: &TextMatch) -> Option<String> {
         if s.is_empty() {
             return None;
         }
-        conds.push(format!("position(text, {}) > 0", lit(s)));
+        // Case-insensitive: the variants that differ in ASCII case only
+        // are one `positionCaseInsensitive` (ASCII case folding; any
+        // other byte compared as is, so every variant still finds itself):
+        // one search per row instead of up to 64 (`-i 'connection reset
+        // by peer'`: 5-6 s for -c over 10M lines with 64 `position`s).
+        conds.push(if t.case_insensitive {
+            format!(
+                "positionCaseInsensitive(text, {}) > 0",
+                lit(&s.to_ascii_lowercase())
+            )
+        } else {
+            format!("position(text, {}) > 0", lit(s))
+        });
     }
     conds.sort();
     conds.dedup();
@@ -230,8 +243,13 @@ mod tests {
             p("disk|net", false).unwrap(),
             "(position(text, 'disk') > 0 OR position(text, 'net') > 0)"
         );
-        // Every case variant, Unicode's included: o/O times k/K/U+212A.
-        assert_eq!(p("ok", true).unwrap().matches("position").count(), 6);
+        // Every case variant, Unicode's included (o/O times k/K/U+212A),
+        // those differing in ASCII case only as one.
+        assert_eq!(
+            p("ok", true).unwrap(),
+            "(positionCaseInsensitive(text, 'ok') > 0 OR \
+             positionCaseInsensitive(text, 'o\u{212a}') > 0)"
+        );
         // Too many literals: shorter prefixes of them, still sound.
         let class = p(r"ERR-[0-9]{4}-[A-Z]{2}\b", false).unwrap();
         let n = class.matches("position").count();
@@ -240,7 +258,11 @@ mod tests {
         let phrase = p("connection reset by peer", true).unwrap();
         let n = phrase.matches("position").count();
         assert!((1..=MAX_PREFILTER_LITERALS).contains(&n), "{phrase}");
-        assert!(phrase.contains("position(text, 'conn"), "{phrase}");
+        assert!(
+            phrase.starts_with("(positionCaseInsensitive(text, 'conn"),
+            "{phrase}"
+        );
+        assert_eq!(phrase.matches("position").count(), 1, "{phrase}");
         // No literal every match starts with: no prefilter.
         assert_eq!(p(r"\d9$", false), None);
         assert_eq!(p(".*", false), None);
