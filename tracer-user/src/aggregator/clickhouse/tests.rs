@@ -675,10 +675,18 @@ fn a_groups_connection_lookup_is_a_bounded_sample_of_every_host_and_side() {
 #[test]
 fn only_loopback_servers_are_sent_uncompressed() {
     use super::on_loopback;
-    for url in ["http://127.0.0.1:8123", "https://localhost:8443", "http://[::1]:8123"] {
+    for url in [
+        "http://127.0.0.1:8123",
+        "https://localhost:8443",
+        "http://[::1]:8123",
+    ] {
         assert!(on_loopback(url), "{url}");
     }
-    for url in ["http://10.0.0.5:8123", "https://ch.example.com:8443", "http://[fe80::1]:8123"] {
+    for url in [
+        "http://10.0.0.5:8123",
+        "https://ch.example.com:8443",
+        "http://[fe80::1]:8123",
+    ] {
         assert!(!on_loopback(url), "{url}");
     }
 }
