@@ -7,6 +7,7 @@
 //! stdout for xtask to read.
 //!
 //!     aggregator_load ingest --url URL[,URL..] --token-file F [--events N] [--senders S] [--hosts H]
+//!                            [--in-flight K]
 //!     aggregator_load load-store (--data DIR | --store URL --password-file F) --lines N [--hosts H] [--mixed]
 //!     aggregator_load count (--data DIR | --store URL --password-file F)
 //!     aggregator_load planted --lines N [--hosts H]
@@ -37,7 +38,7 @@ use tracer_user::{
         store::{Batch, Filter, Store},
     },
     event::{Event, EventData, HttpExchange, HttpSide, StreamName, Tuple},
-    forward::BATCH_EVENTS,
+    forward::{BATCH_EVENTS, IN_FLIGHT},
 };
 
 /// The patterns `bench grep` times and the lines that match each: line `i`
@@ -353,8 +354,10 @@ fn clickhouse_server(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// POSTs `--events` events (rounded up to whole batches) with `--senders`
-/// concurrent connections, all batches built and compressed beforehand;
+/// POSTs `--events` events (rounded up to whole batches) from `--senders`
+/// senders, each like an agent with a backlog: `--in-flight` batches at
+/// once (default: the agent's `forward::IN_FLIGHT`), then the next window
+/// once all are answered; all batches built and compressed beforehand;
 /// prints events acknowledged, seconds from the first send to the last
 /// acknowledgement, and the rate.
 fn ingest(args: &[String]) -> Result<()> {
@@ -370,6 +373,10 @@ fn ingest(args: &[String]) -> Result<()> {
     let senders: usize = arg(args, "--senders", Some(4))?;
     let hosts: usize = arg(args, "--hosts", Some(8))?;
     let per_batch: usize = arg(args, "--batch", Some(BATCH_EVENTS))?;
+    let in_flight: usize = arg(args, "--in-flight", Some(IN_FLIGHT))?;
+    if in_flight == 0 {
+        bail!("--in-flight must be at least 1");
+    }
     let batches = events.div_ceil(per_batch);
     let mut generator = Generator::new(hosts, false);
     let t0 = Instant::now();
@@ -411,30 +418,44 @@ fn ingest(args: &[String]) -> Result<()> {
                 let mut acked = 0usize;
                 let mut lat = Vec::new();
                 loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some((n, body)) = bodies.get(i) else {
+                    // Like an agent with a backlog (`forward.rs`): up to
+                    // `in_flight` batches at once, the next window once
+                    // all of them are answered.
+                    let window: Vec<usize> = (0..in_flight)
+                        .map(|_| next.fetch_add(1, Ordering::Relaxed))
+                        .filter(|i| *i < bodies.len())
+                        .collect();
+                    if window.is_empty() {
                         return Ok::<_, anyhow::Error>((acked, lat));
-                    };
-                    let sent = Instant::now();
-                    let resp = client
-                        .post(&url)
-                        .bearer_auth(&token)
-                        .header("content-encoding", "zstd")
-                        .header("content-type", "application/json")
-                        .body(body.clone())
-                        .send()
-                        .await?;
-                    let status = resp.status();
-                    let answer: serde_json::Value = resp.json().await?;
-                    if !status.is_success() || answer["accepted"] != *n {
-                        bail!("batch {i}: {status} {answer}");
                     }
-                    lat.push((
-                        sent.elapsed().as_secs_f64() * 1e3,
-                        start.elapsed().as_secs_f64(),
-                        *n,
-                    ));
-                    acked += n;
+                    let sends = window.iter().map(|&i| {
+                        let (n, body) = &bodies[i];
+                        let req = client
+                            .post(&url)
+                            .bearer_auth(&token)
+                            .header("content-encoding", "zstd")
+                            .header("content-type", "application/json")
+                            .body(body.clone());
+                        async move {
+                            let sent = Instant::now();
+                            let resp = req.send().await?;
+                            let status = resp.status();
+                            let answer: serde_json::Value = resp.json().await?;
+                            if !status.is_success() || answer["accepted"] != *n {
+                                bail!("batch {i}: {status} {answer}");
+                            }
+                            Ok((
+                                sent.elapsed().as_secs_f64() * 1e3,
+                                start.elapsed().as_secs_f64(),
+                                *n,
+                            ))
+                        }
+                    });
+                    for r in futures_util::future::join_all(sends).await {
+                        let r = r?;
+                        acked += r.2;
+                        lat.push(r);
+                    }
                 }
             }));
         }

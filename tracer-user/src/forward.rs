@@ -361,7 +361,7 @@ fn write_batch(spool: &Spool, host: &str, run_id: &str, seq: u64, events: &[Even
 }
 
 /// Spooled batches sent at once (see `sender`).
-const IN_FLIGHT: usize = 8;
+pub const IN_FLIGHT: usize = 8;
 
 async fn sender(
     client: reqwest::Client,

@@ -390,6 +390,15 @@ pub trait Store: Send + Sync {
         batches.into_iter().map(|b| self.ingest(b)).collect()
     }
 
+    /// Most events the API's writer puts in one `ingest_many` group: it
+    /// bounds the time a batch waits behind the others in its group.
+    /// SQLite: 32768 (the transaction's dirty pages stay small). A store
+    /// whose cost is per insert rather than per event (ClickHouse) takes
+    /// more.
+    fn max_group_events(&self) -> usize {
+        32_768
+    }
+
     /// A page of events matching `q`, ordered by corrected time then id.
     fn query(&self, q: &Query) -> Result<Vec<Stored>>;
 

@@ -57,6 +57,10 @@ pub struct ClickhouseArgs {
     /// Concurrent HTTP senders (agents), split evenly over the aggregators.
     #[arg(long, default_value_t = 8)]
     senders: u32,
+    /// Batches each sender has in flight at once, as an agent with a
+    /// backlog sends them (`forward::IN_FLIGHT`); 1: one at a time.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    in_flight: u32,
     /// Hosts the batches come from.
     #[arg(long, default_value_t = 8)]
     hosts: u32,
@@ -222,6 +226,7 @@ struct Ctx {
     ticks: f64,
     token: PathBuf,
     senders: u32,
+    in_flight: u32,
     hosts: u32,
 }
 
@@ -246,6 +251,7 @@ fn ingest_once(
             .arg(&ctx.token)
             .args(["--events", &events.to_string()])
             .args(["--senders", &ctx.senders.to_string()])
+            .args(["--in-flight", &ctx.in_flight.to_string()])
             .args(["--hosts", &ctx.hosts.to_string()]),
     )?;
     let (a1, s1) = ticks(&aggs, backend.server())?;
@@ -290,6 +296,7 @@ pub fn run(args: &ClickhouseArgs) -> Result<()> {
         ticks: cpu::clock_ticks_per_sec()? as f64,
         token: token_file(tmp.path())?,
         senders: args.senders,
+        in_flight: args.in_flight,
         hosts: args.hosts,
     };
     let mut text = format!(
@@ -350,16 +357,23 @@ fn ingest_part(args: &ClickhouseArgs, ctx: &Ctx, server: &Server, tmp: &Path) ->
     let _ = writeln!(
         t,
         "\n### Ingest\n\n`cargo xtask bench clickhouse --parts ingest --rounds {} --events {} \
-         --senders {} --hosts {}`: the real `tracer aggregator` on 127.0.0.1, a fresh \
+         --senders {} --in-flight {} --hosts {}`: the real `tracer aggregator` on 127.0.0.1, a fresh \
          store per measurement (a new SQLite directory, a new ClickHouse database), \
          rounds alternating the three setups; {} HTTP senders POST zstd batches of \
-         2000 events (85% log lines, 10% http, 5% tcp), built beforehand, split \
-         evenly over the aggregators. The rate is events acknowledged over the time \
+         2000 events (85% log lines, 10% http, 5% tcp), built beforehand, each sender \
+         like an agent with a backlog ({} batches at once, the next window when all \
+         are answered), split evenly over the aggregators. The rate is events acknowledged over the time \
          from the first send to the last answer; afterwards the store's count must \
          equal the events acknowledged. CPU per event from /proc/PID/stat \
          (utime+stime) of the aggregators and of clickhouse-server over the load. \
          The senders, the aggregators and the server share the 2 cores.\n",
-        args.rounds, args.events, args.senders, args.hosts, args.senders
+        args.rounds,
+        args.events,
+        args.senders,
+        args.in_flight,
+        args.hosts,
+        args.senders,
+        args.in_flight
     );
     let _ = writeln!(
         t,

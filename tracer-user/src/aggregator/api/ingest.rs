@@ -37,10 +37,6 @@ pub(super) struct Ingested {
     unpublished: Vec<Stored>,
 }
 
-/// Most events committed in one group: bounds the time a batch waits
-/// behind the others in its group.
-const GROUP_EVENTS: usize = 32_768;
-
 /// The one thread that writes: it takes every batch waiting, stores them
 /// together (`Store::ingest_many`: one transaction, one fsync), publishes
 /// what was stored to live tails in commit order, then answers each
@@ -50,10 +46,12 @@ pub(super) fn writer_thread(
     live: broadcast::Sender<Arc<Vec<Stored>>>,
     queue: std::sync::mpsc::Receiver<Pending>,
 ) {
+    // Most events committed in one group (`Store::max_group_events`).
+    let group_events = store.max_group_events();
     while let Ok(first) = queue.recv() {
         let mut events = first.0.events.len();
         let mut group = vec![first];
-        while events < GROUP_EVENTS {
+        while events < group_events {
             match queue.try_recv() {
                 Ok(p) => {
                     events += p.0.events.len();

@@ -171,7 +171,8 @@ const MAX_PREFILTER_LITERALS: usize = 64;
 
 /// A condition every line the regex can match satisfies: one of the
 /// literals every match starts with occurs in the text (`position`, a
-/// byte search, over the text column only). None when the regex has no
+/// byte search, over the text column only; `positionCaseInsensitive` for
+/// a case-insensitive pattern). None when the regex has no
 /// such finite set of literals (then every line of the other conditions
 /// is read and the regex decides). Found with regex-syntax's literal
 /// extractor on the same pattern and flags the `regex` crate compiles, so
@@ -194,18 +195,58 @@ pub fn prefilter(t: &TextMatch) -> Option<String> {
     if lits.is_empty() || lits.len() > MAX_PREFILTER_LITERALS {
         return None;
     }
-    let mut conds = Vec::with_capacity(lits.len());
+    // Case-insensitive: the variants that differ in ASCII case only are
+    // one `positionCaseInsensitive` (ASCII case folding; any other byte
+    // compared as is, so every variant still finds itself): one search
+    // per row instead of up to 64 (`-i 'connection reset by peer'`: 5-6 s
+    // for -c over 10M lines with 64 `position`s, 0.65 s with one).
+    let mut strs = Vec::with_capacity(lits.len());
     for l in lits {
         let s = std::str::from_utf8(l.as_bytes()).ok()?;
         if s.is_empty() {
             return None;
         }
-        conds.push(format!("position(text, {}) > 0", lit(s)));
+        strs.push(if t.case_insensitive {
+            s.to_ascii_lowercase()
+        } else {
+            s.to_string()
+        });
     }
-    conds.sort();
-    conds.dedup();
+    strs.sort();
+    strs.dedup();
+    // Several literals with a long common prefix (`ERR-0`..`ERR-9`): the
+    // prefix alone, one search instead of ten. Every match contains it.
+    if strs.len() > 1 {
+        let first = &strs[0];
+        let mut common = first.len();
+        for s in &strs[1..] {
+            common = common.min(
+                first
+                    .char_indices()
+                    .zip(s.chars())
+                    .find(|((_, a), b)| a != b)
+                    .map_or(first.len().min(s.len()), |((i, _), _)| i),
+            );
+        }
+        if common >= MIN_COMMON_PREFIX {
+            strs = vec![first[..common].to_string()];
+        }
+    }
+    let search = if t.case_insensitive {
+        "positionCaseInsensitive"
+    } else {
+        "position"
+    };
+    let conds: Vec<String> = strs
+        .iter()
+        .map(|s| format!("{search}(text, {}) > 0", lit(s)))
+        .collect();
     Some(format!("({})", conds.join(" OR ")))
 }
+
+/// A common prefix at least this long (bytes) replaces the literals that
+/// share it.
+const MIN_COMMON_PREFIX: usize = 4;
 
 #[cfg(test)]
 mod tests {
@@ -230,17 +271,26 @@ mod tests {
             p("disk|net", false).unwrap(),
             "(position(text, 'disk') > 0 OR position(text, 'net') > 0)"
         );
-        // Every case variant, Unicode's included: o/O times k/K/U+212A.
-        assert_eq!(p("ok", true).unwrap().matches("position").count(), 6);
+        // Every case variant, Unicode's included (o/O times k/K/U+212A),
+        // those differing in ASCII case only as one.
+        assert_eq!(
+            p("ok", true).unwrap(),
+            "(positionCaseInsensitive(text, 'ok') > 0 OR \
+             positionCaseInsensitive(text, 'o\u{212a}') > 0)"
+        );
         // Too many literals: shorter prefixes of them, still sound.
         let class = p(r"ERR-[0-9]{4}-[A-Z]{2}\b", false).unwrap();
         let n = class.matches("position").count();
         assert!((1..=MAX_PREFILTER_LITERALS).contains(&n), "{class}");
-        assert!(class.contains("position(text, 'ERR-"), "{class}");
+        assert_eq!(class, "(position(text, 'ERR-') > 0)");
         let phrase = p("connection reset by peer", true).unwrap();
         let n = phrase.matches("position").count();
         assert!((1..=MAX_PREFILTER_LITERALS).contains(&n), "{phrase}");
-        assert!(phrase.contains("position(text, 'conn"), "{phrase}");
+        assert!(
+            phrase.starts_with("(positionCaseInsensitive(text, 'conn"),
+            "{phrase}"
+        );
+        assert_eq!(phrase.matches("position").count(), 1, "{phrase}");
         // No literal every match starts with: no prefilter.
         assert_eq!(p(r"\d9$", false), None);
         assert_eq!(p(".*", false), None);

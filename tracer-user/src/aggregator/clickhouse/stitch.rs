@@ -2,10 +2,11 @@
 //! of `super` for what is stored). The matching itself is the pure
 //! `crate::aggregator::stitch`, shared with SQLite:
 //! - after a group with http events ([`after_ingest`]), each host pair the
-//!   new exchanges are on is re-estimated from its latest client
-//!   exchanges (at most [`SAMPLE`]) and the server exchanges on their
-//!   connections; a changed clock difference is recorded in `host_pairs`
-//!   and the offsets recomputed from all pairs;
+//!   new exchanges are on (found from a sample of their connections,
+//!   [`lookup_keys`]) is re-estimated from its latest client exchanges (at
+//!   most [`SAMPLE`]) and the server exchanges on their connections; a
+//!   changed clock difference is recorded in `host_pairs` and the offsets
+//!   recomputed from all pairs;
 //! - when a trace is asked for ([`trace`]), the walk over exchanges
 //!   (parents in a process, links across hosts) matches each connection
 //!   it crosses at its host pair's clock difference.
@@ -13,7 +14,7 @@
 //! Every step reads only what is in ClickHouse, so any aggregator computes
 //! the same thing, whichever ingested which half of a request.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use clickhouse::Row;
 use serde::Deserialize;
@@ -39,6 +40,11 @@ const MOVE_MIN_NS: i64 = 50_000;
 /// Connection keys per `IN (...)` list (statements stay well below
 /// ClickHouse's 256 KiB query size limit).
 const KEYS_PER_QUERY: usize = 512;
+/// Connections per (host, side) of a group whose other ends are looked
+/// up after it (see [`lookup_keys`]).
+const KEYS_PER_HOST_SIDE: usize = 2;
+/// Most connections looked up after one group.
+const KEYS_PER_GROUP: usize = 32;
 
 #[derive(Row, Deserialize, Clone, Debug)]
 struct Exchange {
@@ -129,20 +135,67 @@ fn candidates(clients: &[&Exchange], servers: &[&Exchange], cross_host: bool) ->
     out
 }
 
-/// Re-estimates the host pairs the http exchanges of `batches` are on,
-/// and the offsets when a pair moved.
-pub fn after_ingest(store: &ClickhouseStore, batches: &[&Batch]) -> Result<()> {
-    let mut conns = BTreeSet::new();
+/// The connections of `batches`' exchanges whose other ends
+/// [`after_ingest`] looks up: a sample of at most [`KEYS_PER_HOST_SIDE`]
+/// per host and side (the ones whose keys hash lowest, so a different
+/// sample each time a host's connections change), [`KEYS_PER_GROUP`] in
+/// all, every host and side of the group taking its turn before any takes
+/// a second.
+///
+/// Why a sample: `http_index` is sorted by connection, so each key looked
+/// up reads a granule (8192 rows) of every part it may be in. All of a
+/// group's connections (hundreds to thousands) read the whole table, once
+/// per group: the ingest rate then fell as the store grew (0.6x at 9M
+/// events, docs/benchmarks.md). A host pair with traffic has many
+/// connections, and any one of them shows the pair; the pair's clock
+/// difference is then estimated from its latest exchanges, not from the
+/// sample. A pair with a few exchanges among thousands on both hosts may
+/// be found a few groups later.
+pub fn lookup_keys(batches: &[&Batch]) -> Vec<String> {
+    let mut by_side: BTreeMap<(&str, bool), BTreeMap<u64, String>> = BTreeMap::new();
     for b in batches {
         for e in &b.events {
             if let EventData::Http(h) = &e.data {
-                conns.insert(conn_key(h));
+                let key = conn_key(h);
+                let rank = {
+                    use std::hash::{Hash as _, Hasher as _};
+                    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                    key.hash(&mut hasher);
+                    hasher.finish()
+                };
+                let kept = by_side
+                    .entry((e.host.as_str(), h.side == HttpSide::Client))
+                    .or_default();
+                kept.insert(rank, key);
+                if kept.len() > KEYS_PER_HOST_SIDE {
+                    kept.pop_last();
+                }
             }
         }
     }
+    let mut lists: Vec<Vec<String>> = by_side
+        .into_values()
+        .map(|m| m.into_values().collect())
+        .collect();
+    let mut out = BTreeSet::new();
+    for round in 0..KEYS_PER_HOST_SIDE {
+        for l in &mut lists {
+            if out.len() < KEYS_PER_GROUP
+                && let Some(k) = l.get(round)
+            {
+                out.insert(k.clone());
+            }
+        }
+    }
+    out.into_iter().collect()
+}
+
+/// Re-estimates the host pairs the http exchanges of `batches` are on
+/// (those [`lookup_keys`] finds), and the offsets when a pair moved.
+pub fn after_ingest(store: &ClickhouseStore, batches: &[&Batch]) -> Result<()> {
+    let conns = lookup_keys(batches);
     // Both ends of those connections, whoever ingested them.
     let mut ends: HashMap<String, (BTreeSet<String>, BTreeSet<String>)> = HashMap::new();
-    let conns: Vec<String> = conns.into_iter().collect();
     for chunk in conns.chunks(KEYS_PER_QUERY) {
         #[derive(Row, Deserialize)]
         struct End {

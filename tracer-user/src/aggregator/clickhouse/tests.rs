@@ -610,3 +610,83 @@ fn every_statement_runs_on_a_current_clickhouse_too() {
     );
     eprintln!("{}", msg.trim());
 }
+
+/// The connections looked up after a group (`stitch::lookup_keys`): a
+/// bounded sample in which every host and side of the group has one
+/// before any has a second, whatever the group's size.
+#[test]
+fn a_groups_connection_lookup_is_a_bounded_sample_of_every_host_and_side() {
+    use std::collections::BTreeMap;
+
+    use crate::aggregator::stitch::conn_key;
+    // 40 hosts, each with 300 server and 300 client exchanges on their own
+    // connections.
+    let mut batches = Vec::new();
+    let mut side_of = BTreeMap::new();
+    for h in 0..40u16 {
+        let host = format!("h{h}");
+        let mut events = Vec::new();
+        for i in 0..600u16 {
+            let side = if i % 2 == 0 {
+                HttpSide::Server
+            } else {
+                HttpSide::Client
+            };
+            let e = http(&host, side, 1_000, 1, "r", None, 1000 + h * 600 + i);
+            if let EventData::Http(x) = &e.data {
+                side_of.insert(conn_key(x), (host.clone(), side == HttpSide::Client));
+            }
+            events.push(e);
+        }
+        batches.push(conformance::batch(&host, 0, events));
+    }
+    let all: Vec<&crate::aggregator::store::Batch> = batches.iter().collect();
+    let keys = super::stitch::lookup_keys(&all);
+    assert_eq!(keys.len(), 32, "{keys:?}");
+    let mut per_side: BTreeMap<(String, bool), usize> = BTreeMap::new();
+    for k in &keys {
+        *per_side.entry(side_of[k].clone()).or_default() += 1;
+    }
+    // 80 hosts-and-sides, 32 keys: 32 of them one key each.
+    assert_eq!(per_side.len(), 32);
+    assert!(per_side.values().all(|n| *n == 1), "{per_side:?}");
+    // A small group: every connection of it.
+    let small = conformance::batch(
+        "api",
+        0,
+        vec![
+            http("api", HttpSide::Server, 1, 1, "a", None, 7),
+            http("api", HttpSide::Client, 1, 1, "b", None, 8),
+            http("db", HttpSide::Server, 1, 1, "c", None, 9),
+        ],
+    );
+    assert_eq!(super::stitch::lookup_keys(&[&small]).len(), 3);
+    // One host and side with many connections: 2 of them.
+    let one = conformance::batch(
+        "api",
+        0,
+        (0..500u16)
+            .map(|i| http("api", HttpSide::Server, 1, 1, "a", None, 2000 + i))
+            .collect(),
+    );
+    assert_eq!(super::stitch::lookup_keys(&[&one]).len(), 2);
+}
+
+#[test]
+fn only_loopback_servers_are_sent_uncompressed() {
+    use super::on_loopback;
+    for url in [
+        "http://127.0.0.1:8123",
+        "https://localhost:8443",
+        "http://[::1]:8123",
+    ] {
+        assert!(on_loopback(url), "{url}");
+    }
+    for url in [
+        "http://10.0.0.5:8123",
+        "https://ch.example.com:8443",
+        "http://[fe80::1]:8123",
+    ] {
+        assert!(!on_loopback(url), "{url}");
+    }
+}
