@@ -40,11 +40,11 @@ const MOVE_MIN_NS: i64 = 50_000;
 /// Connection keys per `IN (...)` list (statements stay well below
 /// ClickHouse's 256 KiB query size limit).
 const KEYS_PER_QUERY: usize = 512;
-/// Connections per (host, side) of a group whose other ends are looked
-/// up after it (see [`lookup_keys`]).
-const KEYS_PER_HOST_SIDE: usize = 2;
+/// Connections per (host, side, peer address) of a group whose other
+/// ends are looked up after it (see [`lookup_keys`]).
+const KEYS_PER_PEER: usize = 2;
 /// Most connections looked up after one group.
-const KEYS_PER_GROUP: usize = 32;
+const KEYS_PER_GROUP: usize = 64;
 
 #[derive(Row, Deserialize, Clone, Debug)]
 struct Exchange {
@@ -136,50 +136,59 @@ fn candidates(clients: &[&Exchange], servers: &[&Exchange], cross_host: bool) ->
 }
 
 /// The connections of `batches`' exchanges whose other ends
-/// [`after_ingest`] looks up: a sample of at most [`KEYS_PER_HOST_SIDE`]
-/// per host and side (the ones whose keys hash lowest, so a different
-/// sample each time a host's connections change), [`KEYS_PER_GROUP`] in
-/// all, every host and side of the group taking its turn before any takes
-/// a second.
+/// [`after_ingest`] looks up: a sample of at most [`KEYS_PER_PEER`] per
+/// host, side and peer address (the ones whose keys hash lowest, so a
+/// different sample each time a host's connections change),
+/// [`KEYS_PER_GROUP`] in all, every (host, side, peer) of the group taking
+/// its turn before any takes a second (in an order that changes from group
+/// to group, when there are more than fit).
 ///
 /// Why a sample: `http_index` is sorted by connection, so each key looked
-/// up reads a granule (8192 rows) of every part it may be in. All of a
-/// group's connections (hundreds to thousands) read the whole table, once
-/// per group: the ingest rate then fell as the store grew (0.6x at 9M
-/// events, docs/benchmarks.md). A host pair with traffic has many
-/// connections, and any one of them shows the pair; the pair's clock
-/// difference is then estimated from its latest exchanges, not from the
-/// sample. A pair with a few exchanges among thousands on both hosts may
-/// be found a few groups later.
+/// up reads a granule of every part it may be in. All of a group's
+/// connections (hundreds to thousands) read the whole table, once per
+/// group: the ingest rate then fell as the store grew (0.6x at 9M events,
+/// docs/benchmarks.md). A host pair with traffic has many connections, and
+/// any one of them shows the pair; the pair's clock difference is then
+/// estimated from its latest exchanges, not from the sample. Why per peer
+/// address: a pair with a few exchanges among thousands of a host's others
+/// is still looked up in every group it has an exchange in (until more
+/// than [`KEYS_PER_GROUP`] (host, side, peer) meet in one group).
 pub fn lookup_keys(batches: &[&Batch]) -> Vec<String> {
-    let mut by_side: BTreeMap<(&str, bool), BTreeMap<u64, String>> = BTreeMap::new();
+    let rank_of = |key: &str| {
+        use std::hash::{Hash as _, Hasher as _};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut hasher);
+        hasher.finish()
+    };
+    type Peer<'a> = (&'a str, bool, std::net::IpAddr);
+    let mut by_peer: BTreeMap<Peer, BTreeMap<u64, String>> = BTreeMap::new();
     for b in batches {
         for e in &b.events {
             if let EventData::Http(h) = &e.data {
                 let key = conn_key(h);
-                let rank = {
-                    use std::hash::{Hash as _, Hasher as _};
-                    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-                    key.hash(&mut hasher);
-                    hasher.finish()
-                };
-                let kept = by_side
-                    .entry((e.host.as_str(), h.side == HttpSide::Client))
+                // The remote end, from this host's side of the connection.
+                let peer = h.tuple.daddr.to_canonical();
+                let kept = by_peer
+                    .entry((e.host.as_str(), h.side == HttpSide::Client, peer))
                     .or_default();
-                kept.insert(rank, key);
-                if kept.len() > KEYS_PER_HOST_SIDE {
+                kept.insert(rank_of(&key), key);
+                if kept.len() > KEYS_PER_PEER {
                     kept.pop_last();
                 }
             }
         }
     }
-    let mut lists: Vec<Vec<String>> = by_side
+    let mut lists: Vec<(u64, Vec<String>)> = by_peer
         .into_values()
-        .map(|m| m.into_values().collect())
+        .map(|m| {
+            let first = m.keys().next().copied().unwrap_or(0);
+            (first, m.into_values().collect())
+        })
         .collect();
+    lists.sort_unstable_by_key(|(first, _)| *first);
     let mut out = BTreeSet::new();
-    for round in 0..KEYS_PER_HOST_SIDE {
-        for l in &mut lists {
+    for round in 0..KEYS_PER_PEER {
+        for (_, l) in &lists {
             if out.len() < KEYS_PER_GROUP
                 && let Some(k) = l.get(round)
             {

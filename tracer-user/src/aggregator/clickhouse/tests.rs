@@ -612,10 +612,10 @@ fn every_statement_runs_on_a_current_clickhouse_too() {
 }
 
 /// The connections looked up after a group (`stitch::lookup_keys`): a
-/// bounded sample in which every host and side of the group has one
+/// bounded sample in which every host, side and peer of the group has one
 /// before any has a second, whatever the group's size.
 #[test]
-fn a_groups_connection_lookup_is_a_bounded_sample_of_every_host_and_side() {
+fn a_groups_connection_lookup_is_a_bounded_sample_of_every_host_side_and_peer() {
     use std::collections::BTreeMap;
 
     use crate::aggregator::stitch::conn_key;
@@ -642,13 +642,14 @@ fn a_groups_connection_lookup_is_a_bounded_sample_of_every_host_and_side() {
     }
     let all: Vec<&crate::aggregator::store::Batch> = batches.iter().collect();
     let keys = super::stitch::lookup_keys(&all);
-    assert_eq!(keys.len(), 32, "{keys:?}");
+    assert_eq!(keys.len(), 64, "{keys:?}");
     let mut per_side: BTreeMap<(String, bool), usize> = BTreeMap::new();
     for k in &keys {
         *per_side.entry(side_of[k].clone()).or_default() += 1;
     }
-    // 80 hosts-and-sides, 32 keys: 32 of them one key each.
-    assert_eq!(per_side.len(), 32);
+    // 80 hosts-and-sides (one peer address each), 64 keys: 64 of them one
+    // key each.
+    assert_eq!(per_side.len(), 64);
     assert!(per_side.values().all(|n| *n == 1), "{per_side:?}");
     // A small group: every connection of it.
     let small = conformance::batch(
@@ -670,6 +671,21 @@ fn a_groups_connection_lookup_is_a_bounded_sample_of_every_host_and_side() {
             .collect(),
     );
     assert_eq!(super::stitch::lookup_keys(&[&one]).len(), 2);
+    // The same host with one exchange from another peer among its 500: that
+    // connection is looked up too (a rare host pair is not starved).
+    let mut rare = http("api", HttpSide::Server, 1, 1, "z", None, 9999);
+    if let EventData::Http(x) = &mut rare.data {
+        x.tuple.daddr = "10.0.0.9".parse().unwrap();
+    }
+    let rare_key = match &rare.data {
+        EventData::Http(x) => conn_key(x),
+        _ => unreachable!(),
+    };
+    let mut with_rare = one.events.clone();
+    with_rare.insert(250, rare);
+    let keys = super::stitch::lookup_keys(&[&conformance::batch("api", 0, with_rare)]);
+    assert_eq!(keys.len(), 3, "{keys:?}");
+    assert!(keys.contains(&rare_key), "{keys:?}");
 }
 
 #[test]
