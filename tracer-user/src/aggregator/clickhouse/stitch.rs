@@ -41,10 +41,12 @@ const MOVE_MIN_NS: i64 = 50_000;
 /// ClickHouse's 256 KiB query size limit).
 const KEYS_PER_QUERY: usize = 512;
 /// Connections per (host, side, peer address) of a group whose other
-/// ends are looked up after it (see [`lookup_keys`]).
-const KEYS_PER_PEER: usize = 2;
-/// Most connections looked up after one group.
-const KEYS_PER_GROUP: usize = 64;
+/// ends are looked up after it (see [`lookup_keys`]): one shows the pair.
+const KEYS_PER_PEER: usize = 1;
+/// Most connections looked up after one group: each reads a granule of
+/// every part of `http_index`, so this bounds what a group costs the
+/// server however large the store grows.
+const KEYS_PER_GROUP: usize = 32;
 
 #[derive(Row, Deserialize, Clone, Debug)]
 struct Exchange {
