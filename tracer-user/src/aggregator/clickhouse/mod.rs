@@ -190,6 +190,9 @@ pub struct ClickhouseStore {
     recording: Mutex<Option<Vec<Sent>>>,
     /// Whether `events` and `http_index` are Distributed tables.
     sharded: bool,
+    /// When this aggregator last re-estimated each host pair's clock
+    /// difference (`stitch::after_ingest`): only how often, never what.
+    estimated: Mutex<std::collections::HashMap<(String, String), std::time::Instant>>,
 }
 
 impl Drop for ClickhouseStore {
@@ -311,6 +314,7 @@ impl ClickhouseStore {
             ids: IdSource::new(0),
             recording: Mutex::new(record.then(Vec::new)),
             sharded: config.cluster.is_some(),
+            estimated: Mutex::default(),
         };
         // The login first, for a clear message when it fails.
         store

@@ -4,7 +4,8 @@
 //! - after a group with http events ([`after_ingest`]), each host pair the
 //!   new exchanges are on (found from a sample of their connections,
 //!   [`lookup_keys`]) is re-estimated from its latest client exchanges (at
-//!   most [`SAMPLE`]) and the server exchanges on their connections; a
+//!   most [`SAMPLE`]) and the server exchanges on their connections (a
+//!   known pair at most every [`RE_ESTIMATE_EVERY`] per aggregator); a
 //!   changed clock difference is recorded in `host_pairs` and the offsets
 //!   recomputed from all pairs;
 //! - when a trace is asked for ([`trace`]), the walk over exchanges
@@ -37,6 +38,13 @@ const SAMPLE: usize = 1024;
 /// A new estimate is recorded (and applied to every query) when it moves
 /// by more than this.
 const MOVE_MIN_NS: i64 = 50_000;
+/// A host pair already in `host_pairs` is re-estimated by one aggregator
+/// at most this often. Each estimate reads the client host's latest
+/// exchanges from `http_index`, which is sorted by connection, not host,
+/// so it scans the table: after every group (several a second under
+/// load) that grew with the store. Clock differences move slowly; a pair
+/// seen for the first time is estimated at once.
+const RE_ESTIMATE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 /// Connection keys per `IN (...)` list (statements stay well below
 /// ClickHouse's 256 KiB query size limit).
 const KEYS_PER_QUERY: usize = 512;
@@ -252,6 +260,16 @@ pub fn after_ingest(store: &ClickhouseStore, batches: &[&Batch]) -> Result<()> {
         .collect();
     let mut changed = Vec::new();
     for (ch, sh) in pairs {
+        let pair = (ch.clone(), sh.clone());
+        let recent = store
+            .estimated
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&pair)
+            .is_some_and(|t| t.elapsed() < RE_ESTIMATE_EVERY);
+        if recent && known.contains_key(&pair) {
+            continue;
+        }
         let clients = store.fetch::<Exchange>(&format!(
             "SELECT {EXCHANGE_COLS} FROM {db}.http_index WHERE host = {h} AND side = 'client' \
              AND {c} ORDER BY start_ns DESC LIMIT {SAMPLE}",
@@ -282,6 +300,11 @@ pub fn after_ingest(store: &ClickhouseStore, batches: &[&Batch]) -> Result<()> {
         if n == 0 {
             continue;
         }
+        store
+            .estimated
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(pair, std::time::Instant::now());
         let before = known.get(&(ch.clone(), sh.clone()));
         if before.is_none_or(|&(t, p)| (t - m.theta).abs() > MOVE_MIN_NS || p != n) {
             changed.push((ch, sh, m.theta, n));
