@@ -38,13 +38,16 @@ const SAMPLE: usize = 1024;
 /// A new estimate is recorded (and applied to every query) when it moves
 /// by more than this.
 const MOVE_MIN_NS: i64 = 50_000;
-/// A host pair already in `host_pairs` is re-estimated by one aggregator
-/// at most this often. Each estimate reads the client host's latest
-/// exchanges from `http_index`, which is sorted by connection, not host,
-/// so it scans the table: after every group (several a second under
-/// load) that grew with the store. Clock differences move slowly; a pair
-/// seen for the first time is estimated at once.
+/// A host pair whose estimate rests on [`SETTLED_LINKS`] or more matched
+/// exchanges is re-estimated by one aggregator at most this often. Each
+/// estimate reads the client host's latest exchanges from `http_index`,
+/// which is sorted by connection, not host, so it scans the table: after
+/// every group (several a second under load) that grew with the store.
+/// Clock differences move slowly; a pair seen for the first time, or on
+/// few exchanges yet, is estimated after every group it is in.
 const RE_ESTIMATE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+/// Matched exchanges after which a pair's estimate is taken as settled.
+const SETTLED_LINKS: i64 = 256;
 /// Connection keys per `IN (...)` list (statements stay well below
 /// ClickHouse's 256 KiB query size limit).
 const KEYS_PER_QUERY: usize = 512;
@@ -267,7 +270,10 @@ pub fn after_ingest(store: &ClickhouseStore, batches: &[&Batch]) -> Result<()> {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(&pair)
             .is_some_and(|t| t.elapsed() < RE_ESTIMATE_EVERY);
-        if recent && known.contains_key(&pair) {
+        let settled = known
+            .get(&pair)
+            .is_some_and(|&(_, links)| links >= SETTLED_LINKS);
+        if recent && settled {
             continue;
         }
         let clients = store.fetch::<Exchange>(&format!(
