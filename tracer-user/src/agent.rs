@@ -157,15 +157,7 @@ impl Scope {
     }
 
     fn selects_program(&self, pid: u32, exe: &std::path::Path, argv0_counts: bool) -> bool {
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
-            .map(|raw| {
-                raw.split(|b| *b == 0)
-                    .filter(|a| !a.is_empty())
-                    .map(|a| String::from_utf8_lossy(a).into_owned())
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            })
-            .unwrap_or_default();
+        let cmdline = cmdline_of(pid);
         let node = if argv0_counts {
             is_node(exe, &cmdline)
         } else {
@@ -453,6 +445,20 @@ pub async fn run(args: AgentArgs) -> Result<Outcome> {
     }
     eprintln!("{}", summary.to_text());
     Ok(Outcome::of(&summary))
+}
+
+/// A process's command line, its arguments joined by spaces (empty when it
+/// is gone or unreadable): what `--match` is matched against.
+pub fn cmdline_of(pid: u32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|raw| {
+            raw.split(|b| *b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -274,15 +274,7 @@ pub fn run_command(host: &str, cmd: &Command, scope: &(Scope, Vec<u32>)) -> Host
 
 /// A selected process: its command line and executable.
 fn describe(pid: u32) -> ProcessOutcome {
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|raw| {
-            raw.split(|b| *b == 0)
-                .filter(|a| !a.is_empty())
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .unwrap_or_default();
+    let cmdline = crate::agent::cmdline_of(pid);
     let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
         .map(|p| p.display().to_string())
         .unwrap_or_default();
