@@ -450,15 +450,7 @@ pub async fn run(args: AgentArgs) -> Result<Outcome> {
 /// A process's command line, its arguments joined by spaces (empty when it
 /// is gone or unreadable): what `--match` is matched against.
 pub fn cmdline_of(pid: u32) -> String {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|raw| {
-            raw.split(|b| *b == 0)
-                .filter(|a| !a.is_empty())
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .unwrap_or_default()
+    crate::inspector::target::read_nul_separated(&format!("/proc/{pid}/cmdline")).join(" ")
 }
 
 #[cfg(test)]

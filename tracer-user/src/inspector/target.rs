@@ -140,7 +140,9 @@ fn parse_start_time(stat: &str) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
-fn read_nul_separated(path: &str) -> Vec<String> {
+/// The NUL-separated strings of a /proc file (cmdline, environ); empty
+/// when it is gone or unreadable.
+pub(crate) fn read_nul_separated(path: &str) -> Vec<String> {
     std::fs::read(path)
         .map(|b| {
             b.split(|&c| c == 0)
