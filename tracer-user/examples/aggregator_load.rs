@@ -7,8 +7,9 @@
 //! stdout for xtask to read.
 //!
 //!     aggregator_load ingest --url URL[,URL..] --token-file F [--events N] [--senders S] [--hosts H]
-//!                            [--in-flight K]
+//!                            [--in-flight K] [--start-s S]
 //!     aggregator_load load-store (--data DIR | --store URL --password-file F) --lines N [--hosts H] [--mixed]
+//!                                [--start-s S]
 //!     aggregator_load count (--data DIR | --store URL --password-file F)
 //!     aggregator_load planted --lines N [--hosts H]
 //!     aggregator_load clickhouse-server --password-file F [--tag T]
@@ -17,6 +18,9 @@
 //! logged into as the user `clickhouse-server` configures; that subcommand
 //! runs a clickhouse-server of its own (the tests' `test_server`) until its
 //! stdin closes, after printing its store URL.
+//!
+//! `--start-s S` starts the events' times S seconds later than by default,
+//! so that a run continues the timeline of an earlier one.
 //!
 //! Grep needles are planted at fixed line numbers, so how many lines each
 //! benchmark pattern matches is known exactly without scanning (`planted`).
@@ -136,6 +140,39 @@ fn planted(n: usize, lines: u64) -> u64 {
     }
 }
 
+/// Host `h`'s address (host-1 is 10.0.0.1).
+fn host_ip(h: usize) -> std::net::IpAddr {
+    std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, (h % 250 + 1) as u8))
+}
+
+/// A complete GET exchange as agents report one.
+fn exchange(
+    side: HttpSide,
+    path: &str,
+    duration_ns: u64,
+    tuple: Tuple,
+    req_id: String,
+) -> HttpExchange {
+    HttpExchange {
+        side,
+        method: "GET".into(),
+        path: path.into(),
+        status: 200,
+        duration_ns,
+        req_bytes: 120,
+        resp_bytes: 900,
+        tuple,
+        tls: false,
+        req_id,
+        parent_req_id: None,
+        traceparent: None,
+        request_id: None,
+        complete: true,
+        req_body: None,
+        resp_body: None,
+    }
+}
+
 fn tuple(rng: &mut Rng) -> Tuple {
     Tuple {
         saddr: "10.0.0.2".parse().unwrap(),
@@ -147,34 +184,109 @@ fn tuple(rng: &mut Rng) -> Tuple {
 
 /// Generates the events of every host, cut into batches, in the order
 /// agents would send them. `logs_only` makes every event a log line (the
-/// grep corpus); otherwise ~85% are logs, ~10% http, ~5% tcp.
+/// grep corpus); otherwise ~85% are logs, ~10% http, ~5% tcp. Half the
+/// http exchanges are client calls from host `h` to host `h + 1`, whose
+/// server half that host records in its next server slot (so the
+/// aggregator's stitching finds host pairs and estimates their clocks, as
+/// in a real cluster); the other half are server exchanges, answering
+/// those calls or, when none wait, a client outside the hosts.
 struct Generator {
     rng: Rng,
     hosts: Vec<String>,
     seq: Vec<u64>,
     /// Connections opened per host, for request ids.
     conns: Vec<u64>,
+    /// Per host, the server halves of the calls made to it, not yet
+    /// recorded, with their start times.
+    calls: Vec<std::collections::VecDeque<(u64, HttpExchange)>>,
     run_id: String,
     ts: u64,
     next_line: u64,
     logs_only: bool,
 }
 
+/// The first event's time: 2026-11-27T00:00:00Z.
+const FIRST_TS_NS: u64 = 1_795_737_600_000_000_000;
+
 impl Generator {
     /// A fresh run id each time, so runs against one aggregator never
-    /// collide with its dedupe.
-    fn new(hosts: usize, logs_only: bool) -> Self {
+    /// collide with its dedupe. The first event is `start_s` seconds
+    /// after [`FIRST_TS_NS`] (a later run of a benchmark continues the
+    /// timeline instead of repeating it).
+    fn new(hosts: usize, logs_only: bool, start_s: u64) -> Self {
         Self {
             rng: Rng(0x9e37_79b9_7f4a_7c15),
             hosts: (1..=hosts).map(|h| format!("host-{h}")).collect(),
             seq: vec![0; hosts],
             conns: vec![0; hosts],
+            calls: vec![std::collections::VecDeque::new(); hosts],
             run_id: uuid::Uuid::new_v4().to_string(),
-            // 2026-11-27T00:00:00Z
-            ts: 1_795_737_600_000_000_000,
+            ts: FIRST_TS_NS + start_s * 1_000_000_000,
             next_line: 0,
             logs_only,
         }
+    }
+
+    /// A call from host `h` to host `h + 1` (as that host's client), with
+    /// its server half queued for that host: it started a quarter of the
+    /// call's duration later and took half of it (clocks in step).
+    fn call(&mut self, h: usize) -> HttpExchange {
+        let to = (h + 1) % self.hosts.len();
+        let (client_ip, server_ip) = (host_ip(h), host_ip(to));
+        let port = 30_000 + self.rng.below(30_000) as u16;
+        let duration_ns = 200_000 + self.rng.below(5_000_000);
+        let path = PATHS[self.rng.below(PATHS.len() as u64) as usize];
+        let host = self.hosts[h].clone();
+        let client = exchange(
+            HttpSide::Client,
+            path,
+            duration_ns,
+            Tuple {
+                saddr: client_ip,
+                sport: port,
+                daddr: server_ip,
+                dport: 8080,
+            },
+            self.req_id(&host),
+        );
+        let to_host = self.hosts[to].clone();
+        let server = exchange(
+            HttpSide::Server,
+            path,
+            duration_ns / 2,
+            Tuple {
+                saddr: server_ip,
+                sport: 8080,
+                daddr: client_ip,
+                dport: port,
+            },
+            self.req_id(&to_host),
+        );
+        self.calls[to].push_back((self.ts + duration_ns / 4, server));
+        client
+    }
+
+    /// A server exchange on host `h`: the oldest call to it not yet
+    /// recorded, else a request from outside the hosts. With its start.
+    fn answer(&mut self, h: usize) -> (HttpExchange, Option<u64>) {
+        if let Some((start, s)) = self.calls[h].pop_front() {
+            return (s, Some(start));
+        }
+        let host = self.hosts[h].clone();
+        let outside = Tuple {
+            saddr: host_ip(h),
+            sport: 8080,
+            daddr: "192.0.2.1".parse().unwrap(),
+            dport: 30_000 + self.rng.below(30_000) as u16,
+        };
+        let s = exchange(
+            HttpSide::Server,
+            PATHS[self.rng.below(PATHS.len() as u64) as usize],
+            100_000 + self.rng.below(5_000_000),
+            outside,
+            self.req_id(&host),
+        );
+        (s, None)
     }
 
     /// A request id as agents make them (`conns.rs`): the agent run's
@@ -190,6 +302,7 @@ impl Generator {
 
     fn event(&mut self, host: &str) -> Event {
         self.ts += 1_000 + self.rng.below(20_000);
+        let mut ts_ns = self.ts;
         let pid = 1000 + self.rng.below(4) as u32;
         let roll = if self.logs_only {
             0
@@ -212,24 +325,16 @@ impl Generator {
                     req_id: None,
                 }
             }
-            85..95 => EventData::Http(Box::new(HttpExchange {
-                side: HttpSide::Server,
-                method: "GET".into(),
-                path: PATHS[self.rng.below(PATHS.len() as u64) as usize].into(),
-                status: 200,
-                duration_ns: 100_000 + self.rng.below(5_000_000),
-                req_bytes: 120,
-                resp_bytes: 900,
-                tuple: tuple(&mut self.rng),
-                tls: false,
-                req_id: self.req_id(host),
-                parent_req_id: None,
-                traceparent: None,
-                request_id: None,
-                complete: true,
-                req_body: None,
-                resp_body: None,
-            })),
+            85..90 => {
+                let h = self.hosts.iter().position(|x| x == host).unwrap_or(0);
+                EventData::Http(Box::new(self.call(h)))
+            }
+            90..95 => {
+                let h = self.hosts.iter().position(|x| x == host).unwrap_or(0);
+                let (exchange, start) = self.answer(h);
+                ts_ns = start.unwrap_or(ts_ns);
+                EventData::Http(Box::new(exchange))
+            }
             95..98 => EventData::TcpAccept(tuple(&mut self.rng)),
             _ => EventData::TcpClose {
                 tuple: tuple(&mut self.rng),
@@ -242,7 +347,7 @@ impl Generator {
             },
         };
         Event {
-            ts_ns: self.ts,
+            ts_ns,
             host: host.to_string(),
             pid,
             tid: pid,
@@ -378,7 +483,8 @@ fn ingest(args: &[String]) -> Result<()> {
         bail!("--in-flight must be at least 1");
     }
     let batches = events.div_ceil(per_batch);
-    let mut generator = Generator::new(hosts, false);
+    let start_s: u64 = arg(args, "--start-s", Some(0))?;
+    let mut generator = Generator::new(hosts, false, start_s);
     let t0 = Instant::now();
     let mut bodies = Vec::with_capacity(batches);
     let (mut json_bytes, mut wire_bytes) = (0usize, 0usize);
@@ -520,7 +626,8 @@ fn load_store(args: &[String]) -> Result<()> {
     let hosts: usize = arg(args, "--hosts", Some(8))?;
     let group: usize = arg(args, "--group", Some(16))?;
     let store = open_store(args)?;
-    let mut generator = Generator::new(hosts, !args.iter().any(|a| a == "--mixed"));
+    let start_s: u64 = arg(args, "--start-s", Some(0))?;
+    let mut generator = Generator::new(hosts, !args.iter().any(|a| a == "--mixed"), start_s);
     let start = Instant::now();
     let (mut done, mut text_bytes, mut n) = (0usize, 0u64, 0usize);
     while done < lines {
@@ -559,7 +666,7 @@ fn profile(args: &[String]) -> Result<()> {
     let dir: PathBuf = arg(args, "--data", None)?;
     let events: usize = arg(args, "--events", Some(200_000))?;
     let hosts: usize = arg(args, "--hosts", Some(8))?;
-    let mut generator = Generator::new(hosts, false);
+    let mut generator = Generator::new(hosts, false, 0);
     let bodies: Vec<Vec<u8>> = (0..events.div_ceil(BATCH_EVENTS))
         .map(|n| {
             let json = serde_json::to_vec(&generator.batch(n, BATCH_EVENTS)).unwrap();

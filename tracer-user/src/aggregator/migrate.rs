@@ -1,5 +1,8 @@
 //! `tracer migrate --from DIR --to clickhouse://...`: copies an SQLite
 //! store into a ClickHouse store (docs/aggregator.md, "Scaling out").
+//! `tracer migrate --rebuild-http-index --to clickhouse://...` brings a
+//! ClickHouse store's `http_index` tables of an older layout up to date
+//! (`clickhouse/layout.rs`).
 //!
 //! Every event is read through the `Store` trait in commit (id) order, as
 //! the aggregator shows it (its clock-corrected time), and stored again
@@ -32,7 +35,8 @@ use super::{
 };
 
 /// Copy an SQLite store into a ClickHouse store: every event, its time and
-/// each host's clock offset. Rerunning stores nothing twice.
+/// each host's clock offset. Rerunning stores nothing twice. Or bring a
+/// ClickHouse store's tables of an older layout up to date.
 #[derive(Debug, Args)]
 #[command(after_help = "\
 Examples:
@@ -40,13 +44,30 @@ Examples:
   tracer migrate --from /var/lib/tracer --to clickhouse://127.0.0.1:8123/tracer \\
       --clickhouse-user tracer --clickhouse-password-file /etc/tracer/ch-password
 
+  # an aggregator warned that http_index has an older layout: stop the
+  # aggregators, then:
+  tracer migrate --rebuild-http-index --to clickhouse://127.0.0.1:8123/tracer \\
+      --clickhouse-user tracer --clickhouse-password-file /etc/tracer/ch-password
+
 Then start the aggregators with --store instead of --data. Run it again if it
-was interrupted: batches already copied are skipped. See docs/aggregator.md,
-\"Scaling out\".")]
+was interrupted: batches already copied are skipped, tables already rebuilt
+are left alone. See docs/aggregator.md, \"Scaling out\".")]
 pub struct MigrateArgs {
     /// The SQLite store's directory (an aggregator's --data).
-    #[arg(long, value_name = "DIR")]
-    pub from: PathBuf,
+    #[arg(
+        long,
+        value_name = "DIR",
+        required_unless_present = "rebuild_http_index",
+        conflicts_with = "rebuild_http_index"
+    )]
+    pub from: Option<PathBuf>,
+
+    /// Instead of copying: rebuild the store's `http_index` tables created
+    /// before 2026-12-06 (not partitioned by time, so ingest slows as they
+    /// grow) in the current layout. Stop the aggregators first: rows
+    /// written during the copy would be left behind.
+    #[arg(long)]
+    pub rebuild_http_index: bool,
 
     /// The ClickHouse store, `clickhouse://HOST:8123/DB` (`clickhouses://`
     /// for HTTPS); its tables are created if missing.
@@ -79,7 +100,9 @@ pub struct Copied {
 
 pub async fn run(args: MigrateArgs) -> Result<()> {
     let config = args.clickhouse.config(&args.to)?;
-    let from = args.from.clone();
+    let Some(from) = args.from.clone() else {
+        return rebuild(config).await;
+    };
     if !from.is_dir() {
         bail!(
             "{} is not an SQLite store (give the directory an aggregator ran with --data)",
@@ -101,6 +124,21 @@ pub async fn run(args: MigrateArgs) -> Result<()> {
         "tracer: copied {} events from {} hosts ({} stored now, {} batches were copied already)",
         copied.events, copied.hosts, copied.stored, copied.skipped_batches
     );
+    Ok(())
+}
+
+/// `--rebuild-http-index`: every `http_index` table of the older layout,
+/// rebuilt; what it does on stderr.
+async fn rebuild(config: clickhouse::Config) -> Result<()> {
+    let described = format!("ClickHouse {}/{}", config.url, config.database);
+    let rebuilt = tokio::task::spawn_blocking(move || -> Result<usize> {
+        let store = clickhouse::ClickhouseStore::open(&config)
+            .with_context(|| format!("opening the store {described}"))?;
+        Ok(store.rebuild_http_index(&config, &mut |line| eprintln!("tracer: {line}"))?)
+    })
+    .await
+    .context("the rebuild stopped")??;
+    eprintln!("tracer: {rebuilt} http_index table(s) rebuilt");
     Ok(())
 }
 

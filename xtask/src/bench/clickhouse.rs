@@ -238,6 +238,7 @@ fn ingest_once(
     n: usize,
     events: u64,
     expect_before: f64,
+    start_s: u64,
 ) -> Result<Ingest> {
     let aggs = backend.start_aggregators(n, &ctx.token)?;
     let urls: Vec<&str> = aggs.iter().map(|a| a.url.as_str()).collect();
@@ -252,7 +253,8 @@ fn ingest_once(
             .args(["--events", &events.to_string()])
             .args(["--senders", &ctx.senders.to_string()])
             .args(["--in-flight", &ctx.in_flight.to_string()])
-            .args(["--hosts", &ctx.hosts.to_string()]),
+            .args(["--hosts", &ctx.hosts.to_string()])
+            .args(["--start-s", &start_s.to_string()]),
     )?;
     let (a1, s1) = ticks(&aggs, backend.server())?;
     for a in aggs {
@@ -340,7 +342,7 @@ fn ingest_part(args: &ClickhouseArgs, ctx: &Ctx, server: &Server, tmp: &Path) ->
             } else {
                 Backend::Sqlite(tmp.join(format!("ingest-{round}")))
             };
-            let r = ingest_once(ctx, &backend, *n, args.events, 0.0)?;
+            let r = ingest_once(ctx, &backend, *n, args.events, 0.0, 0)?;
             println!(
                 "round {round}: {label}: {:.0} events/s, CPU µs/event aggregator {:.2} server {:.2}, \
                  batch p50 {:.0} ms p99 {:.0} ms (count exact; load {:.2})",
@@ -458,14 +460,24 @@ fn output_within(c: &mut Command, limit: Duration) -> Result<Option<String>> {
 
 /// Loads `lines` log lines (`mixed`: events of the ingest mix) into
 /// `backend` directly: the text bytes and the rate.
-fn load_lines(backend: &Backend, lines: u64, hosts: u32, mixed: bool) -> Result<(f64, f64)> {
+/// Loads `lines` events into `backend` directly: log lines, or with
+/// `mixed` the ingest mix; their times start `start_s` seconds into the
+/// generator's timeline.
+fn load_lines(
+    backend: &Backend,
+    lines: u64,
+    hosts: u32,
+    mixed: bool,
+    start_s: u64,
+) -> Result<(f64, f64)> {
     let out = cmd::output(
         Command::new(load_gen())
             .arg("load-store")
             .args(backend.load_args())
             .args(["--lines", &lines.to_string()])
             .args(["--hosts", &hosts.to_string()])
-            .args(mixed.then_some("--mixed")),
+            .args(mixed.then_some("--mixed"))
+            .args(["--start-s", &start_s.to_string()]),
     )?;
     Ok((
         json_num(&out, "text_bytes")?,
@@ -510,7 +522,7 @@ fn grep_part(args: &ClickhouseArgs, ctx: &Ctx, server: &Server, tmp: &Path) -> R
             args.grep_lines,
             backend.name()
         );
-        let (text_bytes, lps) = load_lines(backend, args.grep_lines, args.hosts, false)?;
+        let (text_bytes, lps) = load_lines(backend, args.grep_lines, args.hosts, false, 0)?;
         loads.push(format!("{} {lps:.0} lines/s", backend.name()));
         let mut aggs = backend.start_aggregators(1, &ctx.token)?;
         let mut samples: Vec<Vec<(f64, f64)>> = vec![Vec::new(); needles.len() * 2];
@@ -652,8 +664,9 @@ fn growth_part(args: &ClickhouseArgs, ctx: &Ctx, server: &Server, tmp: &Path) ->
          of the same mix loaded directly (`Store::ingest_many`, groups of 16 \
          batches), then, once clickhouse-server is idle again (its merges of the load's parts \
          done; at most 3 min), {step} events over HTTP again, now into a store of {} \
-         events. First/last tenth: the rate over the \
-         first and the last 10% of a measurement's events.\n",
+         events. Each step's events are later than the step before's (the load \
+         generator's `--start-s`), as in a store that grew over time. First/last \
+         tenth: the rate over the first and the last 10% of a measurement's events.\n",
         args.grow_to,
         args.grow_to - 2 * step,
         args.grow_to - step
@@ -673,14 +686,24 @@ fn growth_part(args: &ClickhouseArgs, ctx: &Ctx, server: &Server, tmp: &Path) ->
     ];
     for backend in &backends {
         let started = Instant::now();
-        let empty = ingest_once(ctx, backend, 1, step, 0.0)?;
+        // Each step's events come after the previous step's, as they do
+        // in a store that grew over time (events are 1-21 µs apart).
+        let load_start_s = step * 21 / 1_000_000 + 60;
+        let full_start_s = load_start_s + (args.grow_to - 2 * step) * 21 / 1_000_000 + 60;
+        let empty = ingest_once(ctx, backend, 1, step, 0.0, 0)?;
         println!(
             "{}: empty store {:.0} events/s; loading {} events ...",
             backend.name(),
             empty.rate,
             args.grow_to - 2 * step
         );
-        let (_, lps) = load_lines(backend, args.grow_to - 2 * step, args.hosts, true)?;
+        let (_, lps) = load_lines(
+            backend,
+            args.grow_to - 2 * step,
+            args.hosts,
+            true,
+            load_start_s,
+        )?;
         // The server merges the load's parts for a while after it: the
         // second measurement starts once it is idle, so it measures the
         // store's size rather than the load's backlog.
@@ -690,7 +713,7 @@ fn growth_part(args: &ClickhouseArgs, ctx: &Ctx, server: &Server, tmp: &Path) ->
         }
         let settled_s = settle.elapsed().as_secs_f64();
         let before = backend.count()?;
-        let full = ingest_once(ctx, backend, 1, step, before)?;
+        let full = ingest_once(ctx, backend, 1, step, before, full_start_s)?;
         println!(
             "{}: at {before} events {:.0} events/s (loaded at {lps:.0} events/s; server idle after {settled_s:.0} s; {:.0} s)",
             backend.name(),

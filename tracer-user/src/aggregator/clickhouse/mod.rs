@@ -5,7 +5,8 @@
 //! Files: `schema.rs` (tables, versions), `sql.rs` (literals, filters, the
 //! regex prefilter), `ids.rs` (event ids without a shared counter),
 //! `rowbinary.rs` (insert bodies), `stitch.rs` (clock offsets after
-//! ingest, traces at query time), `local_server.rs` (a clickhouse-server of
+//! ingest, traces at query time), `layout.rs` (`http_index` tables of an
+//! older layout, and their rebuild), `local_server.rs` (a clickhouse-server of
 //! our own, for tests and `tracer demo`), `tests.rs` (the conformance suite on a
 //! ClickHouse server the test starts, and every statement checked on a
 //! current ClickHouse through chdb).
@@ -35,6 +36,7 @@
 //! - **Ids** come from each aggregator's clock (`ids.rs`), not a counter.
 
 mod ids;
+mod layout;
 pub mod local_server;
 mod rowbinary;
 mod schema;
@@ -336,19 +338,21 @@ impl ClickhouseStore {
             store.create_on_shard(config, shard)?;
         }
         store.create_or_check(config.cluster.as_deref())?;
+        for table in store.older_http_index(config)? {
+            log::warn!(
+                "{table} was created by a tracer before 2026-12-06, without partitions by \
+                 time: the lookups after each group read all of it, so ingest slows as the \
+                 store grows. Rebuild it with `tracer migrate --rebuild-http-index --to URL` \
+                 while no aggregator runs (docs/aggregator.md, \"Flat as the store grows\")."
+            );
+        }
         store.ids = IdSource::new(store.register()?);
         Ok(store)
     }
 
     /// The local tables on one shard of the cluster.
     fn create_on_shard(&self, config: &Config, url: &str) -> Result<()> {
-        let mut client = Client::default().with_url(url).with_validation(false);
-        if let Some(u) = &config.user {
-            client = client.with_user(u);
-        }
-        if let Some(p) = &config.password {
-            client = client.with_password(p);
-        }
+        let client = layout::shard_client(config, url);
         for sql in schema::create_local(&self.db) {
             self.note(&sql, None, None);
             self.block_on(client.query_raw(&sql).execute())

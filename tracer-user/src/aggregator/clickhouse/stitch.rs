@@ -4,8 +4,9 @@
 //! - after a group with http events ([`after_ingest`]), each host pair the
 //!   new exchanges are on (found from a sample of their connections,
 //!   [`lookup_keys`]) is re-estimated from its latest client exchanges (at
-//!   most [`SAMPLE`]) and the server exchanges on their connections (a
-//!   known pair at most every [`RE_ESTIMATE_EVERY`] per aggregator); a
+//!   most [`SAMPLE`], from the last [`RECENT_NS`] once the pair has an
+//!   estimate) and the server exchanges on their connections (a known
+//!   pair at most every [`RE_ESTIMATE_EVERY`] per aggregator); a
 //!   changed clock difference is recorded in `host_pairs` and the offsets
 //!   recomputed from all pairs;
 //! - when a trace is asked for ([`trace`]), the walk over exchanges
@@ -35,16 +36,24 @@ use crate::{
 /// Client exchanges per host pair a clock difference is estimated from
 /// (the latest).
 const SAMPLE: usize = 1024;
+/// How far back a known pair's estimate looks for those exchanges
+/// (before the client host's latest).
+const RECENT_NS: i64 = 60_000_000_000;
+/// How far from a known clock difference a known pair's server exchanges
+/// are looked for (estimates move by far less between two groups).
+const SLACK_NS: i64 = 1_000_000_000;
+/// Matched exchanges an estimate needs to record a moved clock over a
+/// known estimate on more.
+const MOVED_LINKS: i64 = 32;
 /// A new estimate is recorded (and applied to every query) when it moves
 /// by more than this.
 const MOVE_MIN_NS: i64 = 50_000;
 /// A host pair whose estimate rests on [`SETTLED_LINKS`] or more matched
-/// exchanges is re-estimated by one aggregator at most this often. Each
-/// estimate reads the client host's latest exchanges from `http_index`,
-/// which is sorted by connection, not host, so it scans the table: after
-/// every group (several a second under load) that grew with the store.
-/// Clock differences move slowly; a pair seen for the first time, or on
-/// few exchanges yet, is estimated after every group it is in.
+/// exchanges is re-estimated by one aggregator at most this often: clock
+/// differences move slowly, and each estimate reads the client host's
+/// latest exchanges (after every group, several a second under load). A
+/// pair seen for the first time, or on few exchanges yet, is estimated
+/// after every group it is in.
 const RE_ESTIMATE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 /// Matched exchanges after which a pair's estimate is taken as settled.
 const SETTLED_LINKS: i64 = 256;
@@ -76,11 +85,11 @@ const EXCHANGE_COLS: &str =
     "id, host, side, conn, start_ns, end_ns, req_id, parent_req_id, own_trace";
 
 #[derive(Row, Deserialize)]
-struct PairRow {
-    client_host: String,
-    server_host: String,
-    theta_ns: i64,
-    pairs: i64,
+pub(super) struct PairRow {
+    pub client_host: String,
+    pub server_host: String,
+    pub theta_ns: i64,
+    pub pairs: i64,
 }
 
 #[derive(Row, Deserialize)]
@@ -98,7 +107,7 @@ impl ClickhouseStore {
     }
 
     /// Every host pair's latest clock difference.
-    fn pairs(&self) -> Result<Vec<PairRow>> {
+    pub(super) fn pairs(&self) -> Result<Vec<PairRow>> {
         self.fetch(&format!(
             "SELECT client_host, server_host, argMax(theta_ns, updated_ns) AS theta, \
              argMax(pairs, updated_ns) AS n FROM {}.host_pairs \
@@ -212,11 +221,146 @@ pub fn lookup_keys(batches: &[&Batch]) -> Vec<String> {
     out.into_iter().collect()
 }
 
+/// The raw start times of a group's exchanges.
+struct GroupTimes<'a> {
+    earliest: i64,
+    latest: i64,
+    /// The latest start of each host's client exchanges.
+    clients: HashMap<&'a str, i64>,
+    /// The latest start of each host's server exchanges.
+    servers: HashMap<&'a str, i64>,
+}
+
+/// None when `batches` hold no exchanges.
+fn group_times<'a>(batches: &[&'a Batch]) -> Option<GroupTimes<'a>> {
+    let mut g: Option<GroupTimes> = None;
+    for b in batches {
+        for e in &b.events {
+            if let EventData::Http(h) = &e.data {
+                let t = i64::try_from(e.ts_ns).unwrap_or(i64::MAX);
+                let g = g.get_or_insert_with(|| GroupTimes {
+                    earliest: t,
+                    latest: t,
+                    clients: HashMap::new(),
+                    servers: HashMap::new(),
+                });
+                g.earliest = g.earliest.min(t);
+                g.latest = g.latest.max(t);
+                let by_host = if h.side == HttpSide::Client {
+                    &mut g.clients
+                } else {
+                    &mut g.servers
+                };
+                let latest = by_host.entry(e.host.as_str()).or_insert(t);
+                *latest = (*latest).max(t);
+            }
+        }
+    }
+    g
+}
+
+/// Where a pair's estimate looks for exchanges.
+#[derive(Clone, Copy)]
+enum Window {
+    /// Around a known clock difference `theta`: the client host's
+    /// exchanges of the last [`RECENT_NS`] before `anchor` (its clock),
+    /// the server host's within [`SLACK_NS`] of them at `theta`.
+    Known { anchor: i64, theta: i64 },
+    /// As far as the skew allowed between hosts goes: the client host's
+    /// exchanges since `since` (None: all of them), the server host's
+    /// within [`MAX_SKEW_NS`] of them.
+    Wide { since: Option<i64> },
+}
+
+/// A pair's clock difference from its client host's latest exchanges in
+/// `window` (at most [`SAMPLE`]) and the server host's on their
+/// connections; None when no exchange matched.
+fn estimate(
+    store: &ClickhouseStore,
+    ch: &str,
+    sh: &str,
+    window: Window,
+) -> Result<Option<stitch::Matched>> {
+    let since = match window {
+        Window::Known { anchor, .. } => Some(anchor.saturating_sub(RECENT_NS)),
+        Window::Wide { since } => since,
+    };
+    let clients = store.fetch::<Exchange>(&format!(
+        "SELECT {EXCHANGE_COLS} FROM {db}.http_index WHERE host = {h} \
+         AND side = 'client'{bound} AND {c} ORDER BY start_ns DESC LIMIT {SAMPLE}",
+        db = store.db,
+        h = lit(ch),
+        bound = since.map_or(String::new(), |t| format!(" AND start_ns >= {t}")),
+        c = store.committed()
+    ))?;
+    let Some(first) = clients.iter().map(|c| c.start_ns).min() else {
+        return Ok(None);
+    };
+    let last = clients.iter().map(|c| c.start_ns).max().unwrap_or(first);
+    let last_end = clients.iter().map(|c| c.end_ns).max().unwrap_or(last);
+    let (a, b) = match window {
+        Window::Known { theta, .. } => (
+            first.saturating_add(theta).saturating_sub(SLACK_NS),
+            last_end.saturating_add(theta).saturating_add(SLACK_NS),
+        ),
+        Window::Wide { .. } => (
+            first.saturating_sub(MAX_SKEW_NS),
+            last.saturating_add(MAX_SKEW_NS),
+        ),
+    };
+    let keys: BTreeSet<&str> = clients.iter().map(|c| c.conn.as_str()).collect();
+    let keys: Vec<&str> = keys.into_iter().collect();
+    let mut servers = Vec::new();
+    for chunk in keys.chunks(KEYS_PER_QUERY) {
+        servers.extend(store.exchanges(&format!(
+            "host = {h} AND side = 'server' AND {keys} AND start_ns BETWEEN {a} AND {b}",
+            h = lit(sh),
+            keys = in_list("conn", chunk.iter().copied())
+        ))?);
+    }
+    let cs: Vec<&Exchange> = clients.iter().collect();
+    let ss: Vec<&Exchange> = servers.iter().collect();
+    let m = stitch::match_pairs(&candidates(&cs, &ss, true), false);
+    Ok((!m.links.is_empty()).then_some(m))
+}
+
+/// Whether a new estimate (`theta` on `links` matched exchanges) is
+/// recorded over the pair's `known` one (clock difference, links): when
+/// it rests on more exchanges, or the clock moved by more than
+/// [`MOVE_MIN_NS`] and it rests on at least as many or on
+/// [`MOVED_LINKS`]. A recent window of a quiet pair holds few exchanges:
+/// its estimate does not replace a better-founded one that it agrees with.
+fn replaces(known: Option<(i64, i64)>, theta: i64, links: i64) -> bool {
+    let Some((was, on)) = known else {
+        return true;
+    };
+    let moved = (was - theta).abs() > MOVE_MIN_NS;
+    links > on || (moved && (links >= on || links >= MOVED_LINKS))
+}
+
 /// Re-estimates the host pairs the http exchanges of `batches` are on
 /// (those [`lookup_keys`] finds), and the offsets when a pair moved.
+///
+/// Every read is bounded in time by the group's own exchanges (raw times,
+/// give or take [`MAX_SKEW_NS`] between hosts): `http_index` is
+/// partitioned by `start_ns`, so each of its parts knows the range of
+/// times it holds and ClickHouse skips the parts outside the bound. What a
+/// group reads then depends on the recent traffic, not on the size of the
+/// store (docs/aggregator.md, "Flat as the store grows").
 pub fn after_ingest(store: &ClickhouseStore, batches: &[&Batch]) -> Result<()> {
+    let Some(GroupTimes {
+        earliest: lo,
+        latest: hi,
+        clients: own_clients,
+        servers: own_servers,
+    }) = group_times(batches)
+    else {
+        return Ok(());
+    };
     let conns = lookup_keys(batches);
-    // Both ends of those connections, whoever ingested them.
+    // Both ends of those connections, whoever ingested them: the other
+    // end of an exchange of this group started within the clock skew
+    // allowed between two hosts.
     let mut ends: HashMap<String, (BTreeSet<String>, BTreeSet<String>)> = HashMap::new();
     for chunk in conns.chunks(KEYS_PER_QUERY) {
         #[derive(Row, Deserialize)]
@@ -226,9 +370,12 @@ pub fn after_ingest(store: &ClickhouseStore, batches: &[&Batch]) -> Result<()> {
             conn: String,
         }
         let rows: Vec<End> = store.fetch(&format!(
-            "SELECT DISTINCT host, side, conn FROM {db}.http_index WHERE {keys} AND {c}",
+            "SELECT DISTINCT host, side, conn FROM {db}.http_index WHERE {keys} \
+             AND start_ns BETWEEN {a} AND {b} AND {c}",
             db = store.db,
             keys = in_list("conn", chunk.iter().map(String::as_str)),
+            a = lo.saturating_sub(MAX_SKEW_NS),
+            b = hi.saturating_add(MAX_SKEW_NS),
             c = store.committed()
         ))?;
         for r in rows {
@@ -276,43 +423,53 @@ pub fn after_ingest(store: &ClickhouseStore, batches: &[&Batch]) -> Result<()> {
         if recent && settled {
             continue;
         }
-        let clients = store.fetch::<Exchange>(&format!(
-            "SELECT {EXCHANGE_COLS} FROM {db}.http_index WHERE host = {h} AND side = 'client' \
-             AND {c} ORDER BY start_ns DESC LIMIT {SAMPLE}",
-            db = store.db,
-            h = lit(&ch),
-            c = store.committed()
-        ))?;
-        let Some(lo) = clients.iter().map(|c| c.start_ns).min() else {
+        // Where to look: around the known clock difference, else (and
+        // when that finds nothing: the clock may have jumped) anywhere
+        // the skew allows, at most every RE_ESTIMATE_EVERY per pair.
+        let anchor = |theta: i64| {
+            own_clients
+                .get(ch.as_str())
+                .copied()
+                .or_else(|| {
+                    own_servers
+                        .get(sh.as_str())
+                        .map(|t| t.saturating_sub(theta))
+                })
+                .unwrap_or_else(|| hi.saturating_sub(MAX_SKEW_NS))
+        };
+        // (estimate, whether it looked wide)
+        let (found, wide) = match known.get(&pair) {
+            Some(&(theta, _)) => {
+                let anchor = anchor(theta);
+                match estimate(store, &ch, &sh, Window::Known { anchor, theta })? {
+                    Some(m) => (Some(m), false),
+                    None if !recent => {
+                        let since = anchor.saturating_sub(MAX_SKEW_NS + RECENT_NS);
+                        let w = Window::Wide { since: Some(since) };
+                        (estimate(store, &ch, &sh, w)?, true)
+                    }
+                    None => continue,
+                }
+            }
+            None if !recent => (
+                estimate(store, &ch, &sh, Window::Wide { since: None })?,
+                true,
+            ),
+            None => continue,
+        };
+        // What limits the next estimates: a success, or a wide look.
+        if found.is_some() || wide {
+            store
+                .estimated
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(pair.clone(), std::time::Instant::now());
+        }
+        let Some(m) = found else {
             continue;
         };
-        let hi = clients.iter().map(|c| c.start_ns).max().unwrap_or(lo);
-        let keys: BTreeSet<&str> = clients.iter().map(|c| c.conn.as_str()).collect();
-        let keys: Vec<&str> = keys.into_iter().collect();
-        let mut servers = Vec::new();
-        for chunk in keys.chunks(KEYS_PER_QUERY) {
-            servers.extend(store.exchanges(&format!(
-                "host = {h} AND side = 'server' AND {keys} AND start_ns BETWEEN {a} AND {b}",
-                h = lit(&sh),
-                keys = in_list("conn", chunk.iter().copied()),
-                a = lo.saturating_sub(MAX_SKEW_NS),
-                b = hi.saturating_add(MAX_SKEW_NS)
-            ))?);
-        }
-        let cs: Vec<&Exchange> = clients.iter().collect();
-        let ss: Vec<&Exchange> = servers.iter().collect();
-        let m = stitch::match_pairs(&candidates(&cs, &ss, true), false);
         let n = i64::try_from(m.links.len()).unwrap_or(i64::MAX);
-        if n == 0 {
-            continue;
-        }
-        store
-            .estimated
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(pair, std::time::Instant::now());
-        let before = known.get(&(ch.clone(), sh.clone()));
-        if before.is_none_or(|&(t, p)| (t - m.theta).abs() > MOVE_MIN_NS || p != n) {
+        if replaces(known.get(&pair).copied(), m.theta, n) {
             changed.push((ch, sh, m.theta, n));
         }
     }
@@ -546,5 +703,26 @@ pub fn side_name(s: HttpSide) -> &'static str {
     match s {
         HttpSide::Client => "client",
         HttpSide::Server => "server",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{MOVE_MIN_NS, replaces};
+
+    #[test]
+    fn an_estimate_on_fewer_exchanges_replaces_only_a_moved_clock() {
+        // A first estimate is always recorded.
+        assert!(replaces(None, 5, 1));
+        // More exchanges: recorded, moved or not.
+        assert!(replaces(Some((0, 100)), 10, 101));
+        // Fewer, and agreeing: the better-founded one stays.
+        assert!(!replaces(Some((0, 1000)), MOVE_MIN_NS, 40));
+        // Fewer, but the clock moved: recorded when they are enough.
+        assert!(replaces(Some((0, 1000)), MOVE_MIN_NS + 1, 32));
+        assert!(!replaces(Some((0, 1000)), 5_000_000, 31));
+        // As many, the same clock: nothing new to record.
+        assert!(!replaces(Some((7, 64)), 7, 64));
+        assert!(replaces(Some((7, 64)), 7 + MOVE_MIN_NS + 1, 64));
     }
 }

@@ -142,6 +142,11 @@ mod two_shards {
         }
     }
 
+    #[test]
+    fn older_http_index_local_tables_are_found_and_rebuilt() {
+        super::older_http_index_is_rebuilt(&config());
+    }
+
     const USER_NAME: &str = super::super::test_server::USER;
 }
 
@@ -705,4 +710,255 @@ fn only_loopback_servers_are_sent_uncompressed() {
     ] {
         assert!(!on_loopback(url), "{url}");
     }
+}
+
+/// What a group reads after it is stored (`stitch::after_ingest`: the
+/// other ends of its connections, the client host's latest exchanges, the
+/// server exchanges on them) is bounded by the group's times, so it does
+/// not grow with older traffic in the store: each of those reads, run
+/// again with ClickHouse's `max_rows_to_read`, stays far below the rows of
+/// older traffic, which the same read without its time bound exceeds.
+/// Merges are stopped so that the new exchanges stay in a part of their
+/// own, as they are between merges.
+#[test]
+fn reads_after_a_group_skip_older_traffic() {
+    let config = shared().config(&fresh_db());
+    let a = ClickhouseStore::open(&config).unwrap();
+    a.exec(&format!("SYSTEM STOP MERGES {}.http_index", a.db))
+        .unwrap();
+    // "api" calls "db" (whose clock is about 2 ms ahead), each call on a
+    // connection of its own.
+    let calls = |seq: u64, first: u64, n: u64, port: u16| {
+        let (mut api, mut db) = (Vec::new(), Vec::new());
+        for i in 0..n {
+            let t = first + i * 1_000_000;
+            let port = port + i as u16;
+            let (req, srv) = (format!("c{seq}-{i}"), format!("s{seq}-{i}"));
+            api.push(http("api", HttpSide::Client, t, 800_000, &req, None, port));
+            db.push(http(
+                "db",
+                HttpSide::Server,
+                t + 2_100_000,
+                400_000,
+                &srv,
+                None,
+                port,
+            ));
+        }
+        (
+            conformance::batch("api", seq, api),
+            conformance::batch("db", seq, db),
+        )
+    };
+    // 20 batches of 500 calls, through aggregator a.
+    const DAY: u64 = 86_400_000_000_000;
+    let base = 20_000 * DAY + 3_600_000_000_000;
+    for seq in 0..20 {
+        let (api, db) = calls(seq, base + seq * 1_000_000_000, 500, 10_000);
+        a.ingest(db).unwrap();
+        a.ingest(api).unwrap();
+    }
+    let old_rows = 20 * 2 * 500;
+    // An hour later (the same day: one partition), 100 calls through
+    // aggregator b, which has not estimated the pair yet.
+    let b = ClickhouseStore::open_recording(&config).unwrap();
+    // The same ports again, as connections reuse them.
+    let (api, db) = calls(20, base + 3_600_000_000_000, 100, 10_000);
+    b.ingest(db).unwrap();
+    let known = b.pairs().unwrap();
+    assert_eq!(known.len(), 1);
+    assert!(known[0].pairs >= 500, "{}", known[0].pairs);
+    let before = b.recorded().len();
+    b.ingest(api).unwrap();
+    let reads: Vec<Sent> = b.recorded()[before..]
+        .iter()
+        .filter(|s| s.sql.starts_with("SELECT") && s.sql.contains(".http_index "))
+        .cloned()
+        .collect();
+    // The ends lookup, then the known pair's recent client exchanges and
+    // the server exchanges at its clock difference: exactly the new ones.
+    let rows: Vec<Option<usize>> = reads.iter().map(|s| s.rows).collect();
+    assert_eq!(rows, [Some(2), Some(100), Some(100)], "{reads:#?}");
+    // The new exchanges are 200 rows in 2 parts of their own; the older
+    // traffic, 20,000 in 40. ClickHouse checks the limit against the
+    // granules (1024 rows here) it will read from `http_index`, and from
+    // `batches` for the commit check, which is left out here: it reads
+    // the same whatever the time bound.
+    let bound = 4096;
+    let commit_check = format!(" AND {}", b.committed());
+    let rows_at_most = |sql: &str| {
+        assert!(sql.contains(&commit_check), "{sql}");
+        b.block_on(
+            b.client
+                .query_raw(&sql.replace(&commit_check, ""))
+                .with_setting("max_rows_to_read", bound.to_string())
+                .execute(),
+        )
+    };
+    // Without their time bounds, each of them reads the older traffic.
+    let bound_re =
+        regex::Regex::new(r" AND start_ns (>= -?[0-9]+|BETWEEN -?[0-9]+ AND -?[0-9]+)").unwrap();
+    for Sent { sql, .. } in &reads {
+        let r = rows_at_most(sql);
+        assert!(r.is_ok(), "{sql}\nread more than {bound} rows: {r:?}");
+        assert!(bound_re.is_match(sql), "{sql}");
+        let unbounded = bound_re.replace(sql, "");
+        assert!(
+            rows_at_most(&unbounded).is_err(),
+            "{unbounded}\nread at most {bound} of {old_rows} rows"
+        );
+    }
+    // 100 new links agree with the estimate on more: it stays (at db's
+    // lead: the server half inside the client's, 1.7 to 2.1 ms).
+    let pairs = b.pairs().unwrap();
+    assert_eq!(pairs.len(), 1);
+    let p = &pairs[0];
+    assert_eq!(
+        (
+            p.client_host.as_str(),
+            p.server_host.as_str(),
+            p.pairs,
+            p.theta_ns
+        ),
+        ("api", "db", known[0].pairs, known[0].theta_ns)
+    );
+    assert!(
+        (1_700_000..=2_100_000).contains(&p.theta_ns),
+        "{}",
+        p.theta_ns
+    );
+}
+
+/// `http_index` as a tracer before 2026-12-06 created it (one partition,
+/// granules of 8192 rows), under `name`.
+fn older_http_index(db: &str, name: &str) -> String {
+    format!(
+        "CREATE TABLE {db}.{name} (id Int64, commit_id Int64, host String, side String, \
+         conn String, start_ns Int64, end_ns Int64, req_id String, parent_req_id String, \
+         own_trace String) ENGINE = MergeTree ORDER BY (conn, side, start_ns)"
+    )
+}
+
+/// A store whose `http_index` tables have the older layout works, is
+/// found out when opened, and `rebuild_http_index` brings every table to
+/// the current layout with every row (ids, commits): traces still cross
+/// hosts, and a second rebuild has nothing to do.
+fn older_http_index_is_rebuilt(config: &Config) {
+    // The tables as that tracer left them.
+    let first = ClickhouseStore::open(config).unwrap();
+    let db = first.db.clone();
+    let tables = first.http_index_tables(config);
+    for t in &tables {
+        for sql in [
+            format!("DROP TABLE {db}.{}", t.name),
+            older_http_index(&db, t.name),
+        ] {
+            first.block_on(t.client.query_raw(&sql).execute()).unwrap();
+        }
+    }
+    drop(first);
+    let store = ClickhouseStore::open(config).unwrap();
+    let older: Vec<String> = tables
+        .iter()
+        .map(|t| format!("{}: {db}.{}", t.url, t.name))
+        .collect();
+    assert_eq!(store.older_http_index(config).unwrap(), older);
+    // 30 calls from "api" to "db" (clock 3 s ahead), stitched on it.
+    let (mut api, mut srv) = (Vec::new(), Vec::new());
+    for i in 0..30u64 {
+        let t = 5_000_000_000_000 + i * 10_000_000;
+        let port = 20_000 + i as u16;
+        api.push(http(
+            "api",
+            HttpSide::Client,
+            t,
+            3_000_000,
+            &format!("c{i}"),
+            None,
+            port,
+        ));
+        srv.push(http(
+            "db",
+            HttpSide::Server,
+            t + 3_001_000_000,
+            1_000_000,
+            &format!("s{i}"),
+            None,
+            port,
+        ));
+    }
+    store.ingest(conformance::batch("db", 0, srv)).unwrap();
+    store.ingest(conformance::batch("api", 0, api)).unwrap();
+    let in_trace = |s: &ClickhouseStore| {
+        s.count(&Filter {
+            trace: Some("c7".into()),
+            ..Filter::default()
+        })
+        .unwrap()
+    };
+    assert_eq!(in_trace(&store), 2);
+    let mut said = Vec::new();
+    let n = store
+        .rebuild_http_index(config, &mut |line| said.push(line.to_string()))
+        .unwrap();
+    assert_eq!(n, tables.len(), "{said:#?}");
+    assert!(store.older_http_index(config).unwrap().is_empty());
+    // Every row is there: all 60 exchanges, over the tables.
+    let copied: usize = said
+        .iter()
+        .filter_map(|l| {
+            l.split(" (")
+                .nth(1)?
+                .split(" rows)")
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .sum();
+    assert_eq!(copied, 60, "{said:#?}");
+    #[derive(clickhouse::Row, serde::Deserialize)]
+    struct N {
+        n: u64,
+    }
+    let n: Vec<N> = store
+        .fetch(&format!("SELECT count() AS n FROM {db}.http_index"))
+        .unwrap();
+    assert_eq!(n[0].n, 60);
+    assert_eq!(in_trace(&store), 2);
+    // New exchanges go into the rebuilt tables.
+    store
+        .ingest(conformance::batch(
+            "api",
+            1,
+            vec![http(
+                "api",
+                HttpSide::Client,
+                6_000_000_000_000,
+                1,
+                "late",
+                None,
+                9,
+            )],
+        ))
+        .unwrap();
+    let n: Vec<N> = store
+        .fetch(&format!("SELECT count() AS n FROM {db}.http_index"))
+        .unwrap();
+    assert_eq!(n[0].n, 61);
+    let mut again = Vec::new();
+    assert_eq!(
+        store
+            .rebuild_http_index(config, &mut |line| again.push(line.to_string()))
+            .unwrap(),
+        0
+    );
+    assert!(
+        again.iter().all(|l| l.ends_with("is current")),
+        "{again:#?}"
+    );
+}
+
+#[test]
+fn an_older_http_index_is_found_and_rebuilt() {
+    older_http_index_is_rebuilt(&shared().config(&fresh_db()));
 }
