@@ -77,6 +77,10 @@ pub struct ClickhouseArgs {
     /// Events in the store before the growth part's second measurement.
     #[arg(long, default_value_t = 10_000_000)]
     grow_to: u64,
+    /// The stores the growth part measures, comma-separated: sqlite,
+    /// clickhouse (one alone halves its time).
+    #[arg(long, default_value = "sqlite,clickhouse", value_delimiter = ',')]
+    growth_stores: Vec<String>,
     /// Use the binaries in target/release as they are.
     #[arg(long)]
     no_build: bool,
@@ -285,6 +289,11 @@ pub fn run(args: &ClickhouseArgs) -> Result<()> {
     for p in &args.parts {
         if !matches!(p.as_str(), "ingest" | "grep" | "growth") {
             bail!("--parts: unknown part {p:?} (ingest, grep, growth)");
+        }
+    }
+    for s in &args.growth_stores {
+        if !matches!(s.as_str(), "sqlite" | "clickhouse") {
+            bail!("--growth-stores: unknown store {s:?} (sqlite, clickhouse)");
         }
     }
     build(args.no_build)?;
@@ -673,17 +682,21 @@ fn growth_part(args: &ClickhouseArgs, ctx: &Ctx, server: &Server, tmp: &Path) ->
     );
     let _ = writeln!(
         t,
-        "| store | empty: events/s (first / last tenth) | at {:.0}M: events/s (first / last tenth) | ratio |\n\
-         |---|---:|---:|---:|",
+        "| store | empty: events/s (first / last tenth) | at {:.0}M: events/s (first / last tenth) | ratio | CPU µs/event aggregator, server: empty → at {:.0}M |\n\
+         |---|---:|---:|---:|---|",
+        (args.grow_to - step) as f64 / 1e6,
         (args.grow_to - step) as f64 / 1e6
     );
-    let backends = [
-        Backend::Sqlite(tmp.join("growth")),
-        Backend::Clickhouse {
+    let mut backends = Vec::new();
+    if args.growth_stores.iter().any(|s| s == "sqlite") {
+        backends.push(Backend::Sqlite(tmp.join("growth")));
+    }
+    if args.growth_stores.iter().any(|s| s == "clickhouse") {
+        backends.push(Backend::Clickhouse {
             server,
             database: "bench_growth".into(),
-        },
-    ];
+        });
+    }
     for backend in &backends {
         let started = Instant::now();
         // Each step's events come after the previous step's, as they do
@@ -722,7 +735,7 @@ fn growth_part(args: &ClickhouseArgs, ctx: &Ctx, server: &Server, tmp: &Path) ->
         );
         let _ = writeln!(
             t,
-            "| {} | {:.0} ({:.0} / {:.0}) | {:.0} ({:.0} / {:.0}) | {:.2}× |",
+            "| {} | {:.0} ({:.0} / {:.0}) | {:.0} ({:.0} / {:.0}) | {:.2}× | {:.2}, {:.2} → {:.2}, {:.2} |",
             backend.name(),
             empty.rate,
             empty.first_tenth,
@@ -730,7 +743,11 @@ fn growth_part(args: &ClickhouseArgs, ctx: &Ctx, server: &Server, tmp: &Path) ->
             full.rate,
             full.first_tenth,
             full.last_tenth,
-            full.rate / empty.rate
+            full.rate / empty.rate,
+            empty.agg_cpu_us,
+            empty.server_cpu_us,
+            full.agg_cpu_us,
+            full.server_cpu_us
         );
         if let Backend::Sqlite(dir) = backend {
             let _ = fs::remove_dir_all(dir);

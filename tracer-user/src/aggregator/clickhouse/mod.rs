@@ -195,6 +195,10 @@ pub struct ClickhouseStore {
     /// When this aggregator last re-estimated each host pair's clock
     /// difference (`stitch::after_ingest`): only how often, never what.
     estimated: Mutex<std::collections::HashMap<(String, String), std::time::Instant>>,
+    /// The host pairs this aggregator last found behind each (host, side,
+    /// peer address) of a group, and when (`stitch::after_ingest`): only
+    /// how often to look again, never what a query answers.
+    resolved: Mutex<stitch::Resolved>,
 }
 
 impl Drop for ClickhouseStore {
@@ -317,6 +321,7 @@ impl ClickhouseStore {
             recording: Mutex::new(record.then(Vec::new)),
             sharded: config.cluster.is_some(),
             estimated: Mutex::default(),
+            resolved: Mutex::default(),
         };
         // The login first, for a clear message when it fails.
         store

@@ -3,12 +3,13 @@
 //! `crate::aggregator::stitch`, shared with SQLite:
 //! - after a group with http events ([`after_ingest`]), each host pair the
 //!   new exchanges are on (found from a sample of their connections,
-//!   [`lookup_keys`]) is re-estimated from its latest client exchanges (at
-//!   most [`SAMPLE`], from the last [`RECENT_NS`] once the pair has an
-//!   estimate) and the server exchanges on their connections (a known
-//!   pair at most every [`RE_ESTIMATE_EVERY`] per aggregator); a
-//!   changed clock difference is recorded in `host_pairs` and the offsets
-//!   recomputed from all pairs;
+//!   [`lookup_keys`]) is re-estimated from its client host's latest
+//!   exchanges (at most [`SAMPLE`]) and the server exchanges on their
+//!   connections: once the pair has an estimate, only those of the last
+//!   [`RECENT_NS`] and near its clock difference ([`Window`]), and a
+//!   settled pair at most every [`RE_ESTIMATE_EVERY`] per aggregator; a
+//!   better-founded or moved clock difference is recorded in `host_pairs`
+//!   ([`replaces`]) and the offsets recomputed from all pairs;
 //! - when a trace is asked for ([`trace`]), the walk over exchanges
 //!   (parents in a process, links across hosts) matches each connection
 //!   it crosses at its host pair's clock difference.
@@ -37,7 +38,10 @@ use crate::{
 /// (the latest).
 const SAMPLE: usize = 1024;
 /// How far back a known pair's estimate looks for those exchanges
-/// (before the client host's latest).
+/// (before the client host's latest): first the last [`RECENT_SHORT_NS`],
+/// and when they hold fewer than a quarter of [`SAMPLE`], the last
+/// [`RECENT_NS`].
+const RECENT_SHORT_NS: i64 = 5_000_000_000;
 const RECENT_NS: i64 = 60_000_000_000;
 /// How far from a known clock difference a known pair's server exchanges
 /// are looked for (estimates move by far less between two groups).
@@ -175,15 +179,31 @@ fn candidates(clients: &[&Exchange], servers: &[&Exchange], cross_host: bool) ->
 /// address: a pair with a few exchanges among thousands of a host's others
 /// is still looked up in every group it has an exchange in (until more
 /// than [`KEYS_PER_GROUP`] (host, side, peer) meet in one group).
+#[cfg(test)]
 pub fn lookup_keys(batches: &[&Batch]) -> Vec<String> {
+    let mut keys: Vec<String> = lookup_peers(batches).into_iter().map(|(_, k)| k).collect();
+    keys.sort_unstable();
+    keys
+}
+
+/// A group's (host, client side?, peer address): what a connection's
+/// other end is looked up for.
+pub type Peer = (String, bool, std::net::IpAddr);
+
+/// Per (host, side, peer), the host pairs an aggregator found behind it,
+/// and when.
+pub type Resolved = HashMap<Peer, (std::time::Instant, Vec<(String, String)>)>;
+
+/// [`lookup_keys`] with the (host, side, peer) each key was chosen for.
+fn lookup_peers(batches: &[&Batch]) -> Vec<(Peer, String)> {
     let rank_of = |key: &str| {
         use std::hash::{Hash as _, Hasher as _};
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         key.hash(&mut hasher);
         hasher.finish()
     };
-    type Peer<'a> = (&'a str, bool, std::net::IpAddr);
-    let mut by_peer: BTreeMap<Peer, BTreeMap<u64, String>> = BTreeMap::new();
+    let mut by_peer: BTreeMap<(&str, bool, std::net::IpAddr), BTreeMap<u64, String>> =
+        BTreeMap::new();
     for b in batches {
         for e in &b.events {
             if let EventData::Http(h) = &e.data {
@@ -200,25 +220,31 @@ pub fn lookup_keys(batches: &[&Batch]) -> Vec<String> {
             }
         }
     }
-    let mut lists: Vec<(u64, Vec<String>)> = by_peer
-        .into_values()
-        .map(|m| {
+    let mut lists: Vec<(u64, Peer, Vec<String>)> = by_peer
+        .into_iter()
+        .map(|((host, client, ip), m)| {
             let first = m.keys().next().copied().unwrap_or(0);
-            (first, m.into_values().collect())
+            (
+                first,
+                (host.to_string(), client, ip),
+                m.into_values().collect(),
+            )
         })
         .collect();
-    lists.sort_unstable_by_key(|(first, _)| *first);
-    let mut out = BTreeSet::new();
+    lists.sort_unstable_by_key(|(first, ..)| *first);
+    let mut out: Vec<(Peer, String)> = Vec::new();
+    let mut taken = BTreeSet::new();
     for round in 0..KEYS_PER_PEER {
-        for (_, l) in &lists {
-            if out.len() < KEYS_PER_GROUP
+        for (_, peer, l) in &lists {
+            if taken.len() < KEYS_PER_GROUP
                 && let Some(k) = l.get(round)
+                && taken.insert(k.clone())
             {
-                out.insert(k.clone());
+                out.push((peer.clone(), k.clone()));
             }
         }
     }
-    out.into_iter().collect()
+    out
 }
 
 /// The raw start times of a group's exchanges.
@@ -263,7 +289,8 @@ fn group_times<'a>(batches: &[&'a Batch]) -> Option<GroupTimes<'a>> {
 #[derive(Clone, Copy)]
 enum Window {
     /// Around a known clock difference `theta`: the client host's
-    /// exchanges of the last [`RECENT_NS`] before `anchor` (its clock),
+    /// exchanges of the last [`RECENT_SHORT_NS`] (or [`RECENT_NS`]) before
+    /// `anchor` (its clock),
     /// the server host's within [`SLACK_NS`] of them at `theta`.
     Known { anchor: i64, theta: i64 },
     /// As far as the skew allowed between hosts goes: the client host's
@@ -281,18 +308,30 @@ fn estimate(
     sh: &str,
     window: Window,
 ) -> Result<Option<stitch::Matched>> {
-    let since = match window {
-        Window::Known { anchor, .. } => Some(anchor.saturating_sub(RECENT_NS)),
-        Window::Wide { since } => since,
+    let latest_clients = |since: Option<i64>| {
+        store.fetch::<Exchange>(&format!(
+            "SELECT {EXCHANGE_COLS} FROM {db}.http_index WHERE host = {h} \
+             AND side = 'client'{bound} AND {c} ORDER BY start_ns DESC LIMIT {SAMPLE}",
+            db = store.db,
+            h = lit(ch),
+            bound = since.map_or(String::new(), |t| format!(" AND start_ns >= {t}")),
+            c = store.committed()
+        ))
     };
-    let clients = store.fetch::<Exchange>(&format!(
-        "SELECT {EXCHANGE_COLS} FROM {db}.http_index WHERE host = {h} \
-         AND side = 'client'{bound} AND {c} ORDER BY start_ns DESC LIMIT {SAMPLE}",
-        db = store.db,
-        h = lit(ch),
-        bound = since.map_or(String::new(), |t| format!(" AND start_ns >= {t}")),
-        c = store.committed()
-    ))?;
+    let clients = match window {
+        // The last RECENT_SHORT_NS hold enough of a busy host's exchanges
+        // and are a few recent parts; a quieter host's, the last
+        // RECENT_NS.
+        Window::Known { anchor, .. } => {
+            let short = latest_clients(Some(anchor.saturating_sub(RECENT_SHORT_NS)))?;
+            if short.len() >= SAMPLE / 4 {
+                short
+            } else {
+                latest_clients(Some(anchor.saturating_sub(RECENT_NS)))?
+            }
+        }
+        Window::Wide { since } => latest_clients(since)?,
+    };
     let Some(first) = clients.iter().map(|c| c.start_ns).min() else {
         return Ok(None);
     };
@@ -357,12 +396,34 @@ pub fn after_ingest(store: &ClickhouseStore, batches: &[&Batch]) -> Result<()> {
     else {
         return Ok(());
     };
-    let conns = lookup_keys(batches);
-    // Both ends of those connections, whoever ingested them: the other
-    // end of an exchange of this group started within the clock skew
-    // allowed between two hosts.
+    // The host pairs of the group's connections: each sampled (host, side,
+    // peer)'s, as this aggregator found them within RE_ESTIMATE_EVERY,
+    // or else from both ends of its connection in `http_index`, whoever
+    // ingested them (the other end of an exchange started within the
+    // clock skew allowed between two hosts of it). A (host, side, peer) is
+    // looked up again only after RE_ESTIMATE_EVERY: a new pair is still
+    // found at once, through the key of the end that arrives second.
+    let mut pairs: BTreeSet<(String, String)> = BTreeSet::new();
+    let mut to_look: HashMap<String, Peer> = HashMap::new();
+    {
+        let resolved = store
+            .resolved
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (peer, key) in lookup_peers(batches) {
+            match resolved.get(&peer) {
+                Some((at, found)) if at.elapsed() < RE_ESTIMATE_EVERY => {
+                    pairs.extend(found.iter().cloned());
+                }
+                _ => {
+                    to_look.insert(key, peer);
+                }
+            }
+        }
+    }
+    let keys: Vec<&str> = to_look.keys().map(String::as_str).collect();
     let mut ends: HashMap<String, (BTreeSet<String>, BTreeSet<String>)> = HashMap::new();
-    for chunk in conns.chunks(KEYS_PER_QUERY) {
+    for chunk in keys.chunks(KEYS_PER_QUERY) {
         #[derive(Row, Deserialize)]
         struct End {
             host: String,
@@ -373,7 +434,7 @@ pub fn after_ingest(store: &ClickhouseStore, batches: &[&Batch]) -> Result<()> {
             "SELECT DISTINCT host, side, conn FROM {db}.http_index WHERE {keys} \
              AND start_ns BETWEEN {a} AND {b} AND {c}",
             db = store.db,
-            keys = in_list("conn", chunk.iter().map(String::as_str)),
+            keys = in_list("conn", chunk.iter().copied()),
             a = lo.saturating_sub(MAX_SKEW_NS),
             b = hi.saturating_add(MAX_SKEW_NS),
             c = store.committed()
@@ -387,17 +448,27 @@ pub fn after_ingest(store: &ClickhouseStore, batches: &[&Batch]) -> Result<()> {
             }
         }
     }
-    let mut pairs: BTreeSet<(String, String)> = BTreeSet::new();
-    for (conn, (clients, servers)) in &ends {
-        if stitch::is_loopback_key(conn) {
-            continue;
-        }
-        for c in clients {
-            for s in servers {
-                if c != s {
-                    pairs.insert((c.clone(), s.clone()));
+    {
+        let mut resolved = store
+            .resolved
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = std::time::Instant::now();
+        for (key, peer) in to_look {
+            let mut found = Vec::new();
+            if let Some((clients, servers)) = ends.get(&key)
+                && !stitch::is_loopback_key(&key)
+            {
+                for c in clients {
+                    for s in servers {
+                        if c != s {
+                            found.push((c.clone(), s.clone()));
+                        }
+                    }
                 }
             }
+            pairs.extend(found.iter().cloned());
+            resolved.insert(peer, (now, found));
         }
     }
     if pairs.is_empty() {
