@@ -359,3 +359,96 @@ fn migrate_names_a_missing_store() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("is not an SQLite store"), "{stderr}");
 }
+
+/// A ClickHouse store whose `http_index` a tracer before 2026-12-06
+/// created (one partition, so ingest slows as it grows): `tracer migrate
+/// --rebuild-http-index` says what it finds and does, rebuilds it with
+/// every row, and the aggregator then answers exactly as before; a second
+/// run has nothing to do.
+#[test]
+fn migrate_rebuilds_an_older_http_index_in_place() {
+    let dir = TempDir::new("migrate-rebuild");
+    let token = dir.token_file();
+    let server = Server::start("rebuild");
+    let password = dir.path().join("ch-password");
+    std::fs::write(&password, format!("{PASSWORD}\n")).unwrap();
+    let ch: SocketAddr = format!("127.0.0.1:{}", server.http_port).parse().unwrap();
+    let sql = |q: &str| {
+        let path = format!("/?user={USER}&password={PASSWORD}");
+        let (status, answer) = http(ch, "POST", &path, &[], q.as_bytes());
+        assert_eq!(status, 200, "{q}: {answer}");
+    };
+    // The table as that tracer created it, before the aggregator starts.
+    sql("CREATE DATABASE older");
+    sql(
+        "CREATE TABLE older.http_index (id Int64, commit_id Int64, host String, \
+         side String, conn String, start_ns Int64, end_ns Int64, req_id String, \
+         parent_req_id String, own_trace String) ENGINE = MergeTree \
+         ORDER BY (conn, side, start_ns)",
+    );
+    let url = format!("clickhouse://127.0.0.1:{}/older", server.http_port);
+    let store_args = [
+        "--store",
+        url.as_str(),
+        "--clickhouse-user",
+        USER,
+        "--clickhouse-password-file",
+        password.to_str().unwrap(),
+        "--token-file",
+        token.to_str().unwrap(),
+    ];
+    let base = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64
+        - 600_000 * MS;
+    let hosts = events(base);
+    let exchanges = hosts
+        .iter()
+        .flat_map(|(_, e)| e)
+        .filter(|e| matches!(e.data, EventData::Http(_)))
+        .count();
+    let before = {
+        let agg = Aggregator::start_with(&store_args);
+        for (host, events) in &hosts {
+            for (seq, chunk) in events.chunks(5).enumerate() {
+                ingest(agg.addr, host, seq as u64, chunk);
+            }
+        }
+        answers(&agg, &token)
+    };
+    for (i, t) in before.traces.iter().enumerate() {
+        assert_eq!(t.len(), 4, "request {i}'s trace: {t:?}");
+    }
+    let rebuild = || {
+        let out = Command::new(TRACER)
+            .args(["migrate", "--rebuild-http-index", "--to", &url])
+            .args(["--clickhouse-user", USER, "--clickhouse-password-file"])
+            .arg(&password)
+            .stdin(Stdio::null())
+            .output()
+            .expect("running tracer migrate --rebuild-http-index");
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{stderr}");
+        stderr
+    };
+    let first = rebuild();
+    for said in [
+        "`older`.http_index was created by a tracer before 2026-12-06".to_string(),
+        format!("copying `older`.http_index ({exchanges} rows) into the current layout"),
+        "`older`.http_index rebuilt".to_string(),
+        "tracer: 1 http_index table(s) rebuilt".to_string(),
+    ] {
+        assert!(first.contains(&said), "{said:?} not in:\n{first}");
+    }
+    let agg = Aggregator::start_with(&store_args);
+    assert_eq!(answers(&agg, &token), before);
+    drop(agg);
+    let second = rebuild();
+    assert!(
+        second.contains("`older`.http_index is current")
+            && second.contains("tracer: 0 http_index table(s) rebuilt")
+            && !second.contains("was created by a tracer before"),
+        "{second}"
+    );
+}
