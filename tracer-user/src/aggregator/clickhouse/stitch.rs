@@ -247,6 +247,17 @@ fn lookup_peers(batches: &[&Batch]) -> Vec<(Peer, String)> {
     out
 }
 
+/// The client's and the server's address in a connection key
+/// (`stitch::conn_key`: `CLIENT:PORT>SERVER:PORT`).
+fn key_addresses(key: &str) -> Option<(std::net::IpAddr, std::net::IpAddr)> {
+    let ip = |end: &str| {
+        let (ip, _) = end.rsplit_once(':')?;
+        ip.trim_matches(['[', ']']).parse().ok()
+    };
+    let (client, server) = key.split_once('>')?;
+    Some((ip(client)?, ip(server)?))
+}
+
 /// The raw start times of a group's exchanges.
 struct GroupTimes<'a> {
     earliest: i64,
@@ -464,6 +475,22 @@ pub fn after_ingest(store: &ClickhouseStore, batches: &[&Batch]) -> Result<()> {
                         if c != s {
                             found.push((c.clone(), s.clone()));
                         }
+                    }
+                }
+            }
+            // The other end's (host, side, peer) is behind the same pairs:
+            // it learns them now, even if it was looked up (and found
+            // nothing) before this end's exchanges were in.
+            if let Some((client_ip, server_ip)) = key_addresses(&key) {
+                for (c, s) in &found {
+                    let mirror = if peer.1 {
+                        (s.clone(), false, client_ip)
+                    } else {
+                        (c.clone(), true, server_ip)
+                    };
+                    let entry = resolved.entry(mirror).or_insert((now, Vec::new()));
+                    if !entry.1.contains(&(c.clone(), s.clone())) {
+                        entry.1.push((c.clone(), s.clone()));
                     }
                 }
             }
@@ -779,7 +806,21 @@ pub fn side_name(s: HttpSide) -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    use super::{MOVE_MIN_NS, replaces};
+    use super::{MOVE_MIN_NS, key_addresses, replaces};
+
+    #[test]
+    fn a_connection_keys_addresses() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        assert_eq!(
+            key_addresses("10.0.0.1:40000>10.0.0.2:8080"),
+            Some((ip("10.0.0.1"), ip("10.0.0.2")))
+        );
+        assert_eq!(
+            key_addresses("[fd00::1]:5000>[fd00::2]:443"),
+            Some((ip("fd00::1"), ip("fd00::2")))
+        );
+        assert_eq!(key_addresses("garbage"), None);
+    }
 
     #[test]
     fn an_estimate_on_fewer_exchanges_replaces_only_a_moved_clock() {
