@@ -251,6 +251,29 @@ fn answers(agg: &Aggregator, token: &Path) -> Answers {
     }
 }
 
+/// `tracer aggregator`'s arguments for the ClickHouse store at `url`.
+fn on_clickhouse<'a>(url: &'a str, password: &'a Path, token: &'a Path) -> [&'a str; 8] {
+    [
+        "--store",
+        url,
+        "--clickhouse-user",
+        USER,
+        "--clickhouse-password-file",
+        password.to_str().unwrap(),
+        "--token-file",
+        token.to_str().unwrap(),
+    ]
+}
+
+/// Now less 10 minutes, in ns: where the test's events start.
+fn ten_minutes_ago() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64
+        - 600_000 * MS
+}
+
 fn migrate(data: &Path, url: &str, password: &Path) -> String {
     let out = Command::new(TRACER)
         .args(["migrate", "--from"])
@@ -271,11 +294,7 @@ fn an_sqlite_store_moves_to_clickhouse_exactly_and_idempotently() {
     let dir = TempDir::new("migrate");
     let token = dir.token_file();
     let data = dir.path().join("data");
-    let base = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as i64
-        - 600_000 * MS;
+    let base = ten_minutes_ago();
     let hosts = events(base);
     let total: usize = hosts.iter().map(|(_, e)| e.len()).sum();
 
@@ -319,16 +338,7 @@ fn an_sqlite_store_moves_to_clickhouse_exactly_and_idempotently() {
         )),
         "{first}"
     );
-    let store_args = [
-        "--store",
-        url.as_str(),
-        "--clickhouse-user",
-        USER,
-        "--clickhouse-password-file",
-        password.to_str().unwrap(),
-        "--token-file",
-        token.to_str().unwrap(),
-    ];
+    let store_args = on_clickhouse(&url, &password, &token);
     let moved = {
         let agg = Aggregator::start_with(&store_args);
         answers(&agg, &token)
@@ -387,21 +397,8 @@ fn migrate_rebuilds_an_older_http_index_in_place() {
          ORDER BY (conn, side, start_ns)",
     );
     let url = format!("clickhouse://127.0.0.1:{}/older", server.http_port);
-    let store_args = [
-        "--store",
-        url.as_str(),
-        "--clickhouse-user",
-        USER,
-        "--clickhouse-password-file",
-        password.to_str().unwrap(),
-        "--token-file",
-        token.to_str().unwrap(),
-    ];
-    let base = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as i64
-        - 600_000 * MS;
+    let store_args = on_clickhouse(&url, &password, &token);
+    let base = ten_minutes_ago();
     let hosts = events(base);
     let exchanges = hosts
         .iter()
