@@ -16,12 +16,12 @@ use serde::Deserialize;
 use super::{ClickhouseStore, Config, ch_err, schema, sql::lit};
 use crate::aggregator::store::{Result, StoreError};
 
-/// One `http_index` table: where it is and what it is called.
+/// One table: where it is and what it is called.
 pub(super) struct Table {
     pub client: Client,
     /// The server's URL, for messages.
     pub url: String,
-    pub name: &'static str,
+    pub name: String,
 }
 
 #[derive(Row, Deserialize)]
@@ -35,15 +35,12 @@ struct Rows {
 }
 
 impl ClickhouseStore {
-    /// The `http_index` tables that hold the exchanges: this server's, or
-    /// on a cluster each shard's `http_index_local`.
-    pub(super) fn http_index_tables(&self, config: &Config) -> Vec<Table> {
+    /// The tables that hold the rows of `table` (`events` or
+    /// `http_index`): this server's, or on a cluster each shard's
+    /// `{table}_local`.
+    pub(super) fn holding(&self, config: &Config, table: &str) -> Vec<Table> {
         if config.shards.is_empty() {
-            return vec![Table {
-                client: self.client.clone(),
-                url: config.url.clone(),
-                name: "http_index",
-            }];
+            return vec![self.here(config, table)];
         }
         config
             .shards
@@ -51,9 +48,18 @@ impl ClickhouseStore {
             .map(|url| Table {
                 client: shard_client(config, url),
                 url: url.clone(),
-                name: "http_index_local",
+                name: format!("{table}_local"),
             })
             .collect()
+    }
+
+    /// `table` on the server the store talks to.
+    pub(super) fn here(&self, config: &Config, table: &str) -> Table {
+        Table {
+            client: self.client.clone(),
+            url: config.url.clone(),
+            name: table.to_string(),
+        }
     }
 
     /// Whether `t` exists in `config`'s database without a partition key
@@ -65,7 +71,7 @@ impl ClickhouseStore {
                     .query_raw(&format!(
                         "SELECT partition_key FROM system.tables WHERE database = {} AND name = {}",
                         lit(&config.database),
-                        lit(t.name)
+                        lit(&t.name)
                     ))
                     .fetch_all(),
             )
@@ -77,7 +83,7 @@ impl ClickhouseStore {
     /// aggregator opens the store).
     pub(super) fn older_http_index(&self, config: &Config) -> Result<Vec<String>> {
         let mut out = Vec::new();
-        for t in self.http_index_tables(config) {
+        for t in self.holding(config, "http_index") {
             if self.unpartitioned(config, &t)? {
                 out.push(format!("{}: {}.{}", t.url, self.db, t.name));
             }
@@ -95,12 +101,12 @@ impl ClickhouseStore {
         progress: &mut dyn FnMut(&str),
     ) -> Result<usize> {
         let mut rebuilt = 0;
-        for t in self.http_index_tables(config) {
+        for t in self.holding(config, "http_index") {
             if !self.unpartitioned(config, &t)? {
                 progress(&format!("{}: {}.{} is current", t.url, self.db, t.name));
                 continue;
             }
-            let (db, name) = (&self.db, t.name);
+            let (db, name) = (&self.db, &t.name);
             let (new, old) = (format!("{db}.{name}_rebuilt"), format!("{db}.{name}_old"));
             let n: Vec<Rows> = self
                 .block_on(

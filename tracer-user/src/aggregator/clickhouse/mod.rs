@@ -6,7 +6,8 @@
 //! regex prefilter), `ids.rs` (event ids without a shared counter),
 //! `rowbinary.rs` (insert bodies), `stitch.rs` (clock offsets after
 //! ingest, traces at query time), `layout.rs` (`http_index` tables of an
-//! older layout, and their rebuild), `local_server.rs` (a clickhouse-server of
+//! older layout, and their rebuild), `upgrade.rs` (a store of an older
+//! schema version brought up to this one), `local_server.rs` (a clickhouse-server of
 //! our own, for tests and `tracer demo`), `tests.rs` (the conformance suite on a
 //! ClickHouse server the test starts, and every statement checked on a
 //! current ClickHouse through chdb).
@@ -42,6 +43,7 @@ mod rowbinary;
 mod schema;
 mod sql;
 mod stitch;
+mod upgrade;
 #[doc(hidden)]
 pub use self::local_server as test_server;
 #[cfg(test)]
@@ -68,7 +70,7 @@ use super::{
     stitch::{conn_key, own_trace},
     store::{
         Batch, EventId, EventKind, Filter, HostOffset, IngestOutcome, Query, Result, Store,
-        StoreError, Stored, corrected, stream_name,
+        StoreError, Stored, corrected, parse_stream, stream_name,
     },
 };
 use crate::event::{Event, EventData};
@@ -252,9 +254,16 @@ fn ch_err(e: clickhouse::error::Error) -> StoreError {
 struct EventRow {
     id: i64,
     ts: i64,
-    json: String,
+    host: String,
+    pid: u32,
+    tid: u32,
+    comm: String,
+    stream: String,
     /// A log line's text (its JSON has it empty).
     text: String,
+    req_id: String,
+    /// Empty for a plain log line (`stored_json`).
+    json: String,
 }
 
 #[derive(Row, Deserialize)]
@@ -342,7 +351,7 @@ impl ClickhouseStore {
         for shard in &config.shards {
             store.create_on_shard(config, shard)?;
         }
-        store.create_or_check(config.cluster.as_deref())?;
+        store.create_or_check(config)?;
         for table in store.older_http_index(config)? {
             log::warn!(
                 "{table} was created by a tracer before 2026-12-06, without partitions by \
@@ -368,9 +377,9 @@ impl ClickhouseStore {
         Ok(())
     }
 
-    fn create_or_check(&self, cluster: Option<&str>) -> Result<()> {
+    fn create_or_check(&self, config: &Config) -> Result<()> {
         let db = &self.db;
-        let stmts = schema::create(db, cluster);
+        let stmts = schema::create(db, config.cluster.as_deref());
         // The database first; then what version it holds.
         self.exec(&stmts[0])?;
         self.exec(&stmts[1])?;
@@ -388,8 +397,11 @@ impl ClickhouseStore {
             self.exec(s)?;
         }
         if found < u64::from(SCHEMA_VERSION) {
-            // Version 1 is the first: nothing older to convert. Later
-            // versions add their steps here, then record themselves.
+            // A new store has its tables as this version creates them
+            // (above); an older one gets the columns added since.
+            if found > 0 {
+                self.upgrade(config, found)?;
+            }
             let mut body = RowBinary::default();
             body.u32(SCHEMA_VERSION).i64(now_ns()).end_row();
             self.insert(
@@ -605,7 +617,7 @@ impl ClickhouseStore {
 
     fn select(&self, offsets: &Offsets) -> String {
         format!(
-            "SELECT id, {} AS ts, json, text FROM {}.events",
+            "SELECT id, {} AS ts, host, pid, tid, comm, stream, text, req_id, json FROM {}.events",
             offsets.ts_expr(),
             self.db
         )
@@ -614,13 +626,73 @@ impl ClickhouseStore {
 
 fn decode(r: EventRow) -> Result<Stored> {
     let id = EventId::from_raw(r.id);
+    let ts_ns = u64::try_from(r.ts).unwrap_or(0);
+    if r.json.is_empty() {
+        // A plain log line (version 2): its columns are all of it.
+        let stream = parse_stream(&r.stream).ok_or_else(|| StoreError::Corrupt {
+            id,
+            source: serde::de::Error::custom(format!(
+                "a log line without JSON has stream {:?}",
+                r.stream
+            )),
+        })?;
+        let event = Event {
+            ts_ns,
+            host: r.host,
+            pid: r.pid,
+            tid: r.tid,
+            comm: r.comm,
+            data: EventData::Log {
+                stream,
+                path: None,
+                text: r.text,
+                truncated: false,
+                req_id: (!r.req_id.is_empty()).then_some(r.req_id),
+            },
+        };
+        return Ok(Stored { id, event });
+    }
     let mut event: Event =
         serde_json::from_str(&r.json).map_err(|source| StoreError::Corrupt { id, source })?;
-    event.ts_ns = u64::try_from(r.ts).unwrap_or(0);
+    event.ts_ns = ts_ns;
     if let EventData::Log { text, .. } = &mut event.data {
         *text = r.text;
     }
     Ok(Stored { id, event })
+}
+
+/// What `events.json` holds for `e`: nothing for a plain log line (its
+/// columns hold all of it, `decode`); for a log line with a path or cut
+/// short, its JSON without the text (that is in `text`); for any other
+/// event, its JSON.
+fn stored_json(e: &Event) -> serde_json::Result<String> {
+    match &e.data {
+        EventData::Log {
+            path: None,
+            truncated: false,
+            req_id,
+            ..
+        } if req_id.as_deref() != Some("") => Ok(String::new()),
+        EventData::Log {
+            stream,
+            path,
+            truncated,
+            req_id,
+            ..
+        } => serde_json::to_string(&Event {
+            data: EventData::Log {
+                stream: *stream,
+                path: path.clone(),
+                text: String::new(),
+                truncated: *truncated,
+                req_id: req_id.clone(),
+            },
+            host: e.host.clone(),
+            comm: e.comm.clone(),
+            ..*e
+        }),
+        _ => serde_json::to_string(e),
+    }
 }
 
 fn compiled(f: &Filter) -> Result<Option<Regex>> {
@@ -675,25 +747,10 @@ impl ClickhouseStore {
             for (i, e) in b.events.iter().enumerate() {
                 let id = IdSource::nth(first, i);
                 let raw = i64::try_from(e.ts_ns).unwrap_or(i64::MAX);
-                // A log line's text is stored once, in `text` (what grep
-                // reads); its JSON has it empty and `decode` puts it back.
-                let stripped;
-                let for_json = match &e.data {
-                    EventData::Log { .. } => {
-                        let mut s = e.clone();
-                        if let EventData::Log { text, .. } = &mut s.data {
-                            text.clear();
-                        }
-                        stripped = s;
-                        &stripped
-                    }
-                    _ => e,
-                };
-                let json =
-                    serde_json::to_string(for_json).map_err(|source| StoreError::Corrupt {
-                        id: EventId::from_raw(id),
-                        source,
-                    })?;
+                let json = stored_json(e).map_err(|source| StoreError::Corrupt {
+                    id: EventId::from_raw(id),
+                    source,
+                })?;
                 let other_text = match &e.data {
                     EventData::Log { .. } => None,
                     other => other.search_text(),
@@ -724,6 +781,8 @@ impl ClickhouseStore {
                     .i64(raw)
                     .str(&e.host)
                     .u32(e.pid)
+                    .u32(e.tid)
+                    .str(&e.comm)
                     .str(e.data.kind())
                     .str(stream)
                     .str(text)
@@ -761,8 +820,8 @@ impl ClickhouseStore {
         if events.rows() > 0 {
             inserts.push((
                 format!(
-                    "INSERT INTO {db}.events (id, commit_id, raw_ts, host, pid, kind, stream, \
-                     text, req_id, json) FORMAT RowBinary"
+                    "INSERT INTO {db}.events (id, commit_id, raw_ts, host, pid, tid, comm, \
+                     kind, stream, text, req_id, json) FORMAT RowBinary"
                 ),
                 events,
             ));

@@ -6,7 +6,42 @@
 //! is refused, an older one is upgraded in place by the steps below.
 
 /// What this tracer writes.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// A column added to a table after version 1: a store of an older version
+/// gets it by `ALTER TABLE ... ADD COLUMN` when an aggregator opens it
+/// (`upgrade.rs`). Rows written before have the type's default.
+pub struct Added {
+    pub version: u32,
+    /// `events` or `http_index` (on a cluster, also each shard's
+    /// `_local`).
+    pub table: &'static str,
+    pub column: &'static str,
+    pub ty: &'static str,
+    pub after: &'static str,
+}
+
+/// Every column added since version 1, oldest first.
+pub const ADDED: [Added; 2] = [
+    // Version 2: a log line is stored in columns only, its JSON empty
+    // (`mod.rs`, `insert_group` and `decode`). Its JSON repeated its time,
+    // host, pid, kind and stream, two thirds of the bytes every insert and
+    // every merge of `events` handled.
+    Added {
+        version: 2,
+        table: "events",
+        column: "tid",
+        ty: "UInt32",
+        after: "pid",
+    },
+    Added {
+        version: 2,
+        table: "events",
+        column: "comm",
+        ty: "String",
+        after: "tid",
+    },
+];
 
 /// The statements that create version 1 in database `db` (already quoted
 /// as an identifier). `IF NOT EXISTS` everywhere: several aggregators may
@@ -65,6 +100,9 @@ fn create_single(db: &str) -> Vec<String> {
         // exists and is the first commit of that batch (see `committed`).
         // Sorted by host then raw time: queries give a time range and
         // often hosts, and both prune granules through the primary key.
+        // `json` is the event's JSON without what the columns hold: empty
+        // for a plain log line (since version 2), whose columns are all of
+        // it; a log line's text is in `text` only.
         format!(
             "CREATE TABLE IF NOT EXISTS {db}.events (
                 id Int64,
@@ -72,6 +110,8 @@ fn create_single(db: &str) -> Vec<String> {
                 raw_ts Int64,
                 host String,
                 pid UInt32,
+                tid UInt32,
+                comm String,
                 kind String,
                 stream String,
                 text String,

@@ -74,6 +74,8 @@ impl Backend for Clickhouse {
 
 store_conformance_suite!(Clickhouse(shared().config(&fresh_db())));
 
+mod upgrade;
+
 /// The same suite on two servers as two shards behind `Distributed`
 /// tables (shared by the tests of this process like the single server).
 mod two_shards {
@@ -95,7 +97,7 @@ mod two_shards {
         })
     }
 
-    fn config() -> Config {
+    pub(super) fn config() -> Config {
         let (a, b) = *cluster();
         let dir = std::env::temp_dir();
         let servers = [Server::handle(a, dir.clone()), Server::handle(b, dir)];
@@ -587,14 +589,21 @@ fn every_statement_runs_on_a_current_clickhouse_too() {
     let sent: Vec<Sent> = store.recorded();
     let shapes = sent.iter().filter(|s| s.sql.starts_with("SELECT")).count();
     assert!(shapes > 60, "only {shapes} queries recorded");
-    let json: Vec<serde_json::Value> = sent
-        .iter()
-        .map(|s| serde_json::json!({"sql": s.sql, "body": s.body, "rows": s.rows}))
-        .collect();
+    replay_on_chdb(&sent.iter().map(sent_json).collect::<Vec<_>>());
+}
+
+/// A statement sent, as [`REPLAY`] reads it.
+fn sent_json(s: &Sent) -> serde_json::Value {
+    serde_json::json!({"sql": s.sql, "body": s.body, "rows": s.rows})
+}
+
+/// Replays `sent` ([`sent_json`]) on chdb; panics with what it said
+/// unless every statement ran.
+fn replay_on_chdb(sent: &[serde_json::Value]) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("sent.json");
     std::fs::File::create(&path)
-        .and_then(|mut f| f.write_all(serde_json::to_string(&json).unwrap().as_bytes()))
+        .and_then(|mut f| f.write_all(serde_json::to_string(sent).unwrap().as_bytes()))
         .unwrap();
     let out = Command::new(chdb_python())
         .args(["-c", REPLAY])
@@ -852,11 +861,11 @@ fn older_http_index_is_rebuilt(config: &Config) {
     // The tables as that tracer left them.
     let first = ClickhouseStore::open(config).unwrap();
     let db = first.db.clone();
-    let tables = first.http_index_tables(config);
+    let tables = first.holding(config, "http_index");
     for t in &tables {
         for sql in [
             format!("DROP TABLE {db}.{}", t.name),
-            older_http_index(&db, t.name),
+            older_http_index(&db, &t.name),
         ] {
             first.block_on(t.client.query_raw(&sql).execute()).unwrap();
         }
