@@ -4,7 +4,8 @@
 //!
 //! Files: `schema.rs` (tables, versions), `sql.rs` (literals, filters, the
 //! regex prefilter), `ids.rs` (event ids without a shared counter),
-//! `rowbinary.rs` (insert bodies), `stitch.rs` (clock offsets after
+//! `rowbinary.rs` (insert bodies), `fresh.rs` (what ingest reads after
+//! every group, reused for a second), `stitch.rs` (clock offsets after
 //! ingest, traces at query time), `layout.rs` (`http_index` tables of an
 //! older layout, and their rebuild), `upgrade.rs` (a store of an older
 //! schema version brought up to this one), `local_server.rs` (a clickhouse-server of
@@ -36,6 +37,7 @@
 //!   stitch like halves ingested through one.
 //! - **Ids** come from each aggregator's clock (`ids.rs`), not a counter.
 
+mod fresh;
 mod ids;
 mod layout;
 pub mod local_server;
@@ -201,6 +203,9 @@ pub struct ClickhouseStore {
     /// peer address) of a group, and when (`stitch::after_ingest`): only
     /// how often to look again, never what a query answers.
     resolved: Mutex<stitch::Resolved>,
+    /// The offsets and host pairs as ingest last read them (`fresh.rs`).
+    ingest_offsets: fresh::Fresh<Offsets>,
+    pairs_seen: fresh::Fresh<Vec<stitch::PairRow>>,
 }
 
 impl Drop for ClickhouseStore {
@@ -331,6 +336,8 @@ impl ClickhouseStore {
             sharded: config.cluster.is_some(),
             estimated: Mutex::default(),
             resolved: Mutex::default(),
+            ingest_offsets: fresh::Fresh::default(),
+            pairs_seen: fresh::Fresh::default(),
         };
         // The login first, for a clear message when it fails.
         store
@@ -852,7 +859,9 @@ impl ClickhouseStore {
     /// or None for a duplicate.
     fn ingest_group(&self, batches: &[Batch]) -> Result<Vec<Option<Placed>>> {
         let known = self.known(&batches.iter().collect::<Vec<_>>())?;
-        let offsets = self.offsets_now()?;
+        // Only for the times `IngestOutcome::stored` shows: what is
+        // stored is the raw time.
+        let offsets = self.ingest_offsets.get(|| self.offsets_now())?;
         let mut seen = HashSet::new();
         let mut placed = Vec::with_capacity(batches.len());
         let mut new = Vec::new();
@@ -1158,14 +1167,16 @@ impl ClickhouseStore {
                 .i64(now)
                 .end_row();
         }
-        self.insert(
+        let written = self.insert(
             &format!(
                 "INSERT INTO {}.host_offsets (host, offset_ns, pairs, reference, updated_ns) \
                  FORMAT RowBinary",
                 self.db
             ),
             body,
-        )
+        );
+        self.ingest_offsets.clear();
+        written
     }
 
     /// Waits until ClickHouse answers (tests and `open` retries).

@@ -88,7 +88,7 @@ struct Exchange {
 const EXCHANGE_COLS: &str =
     "id, host, side, conn, start_ns, end_ns, req_id, parent_req_id, own_trace";
 
-#[derive(Row, Deserialize)]
+#[derive(Clone, Row, Deserialize)]
 pub(super) struct PairRow {
     pub client_host: String,
     pub server_host: String,
@@ -502,7 +502,8 @@ pub fn after_ingest(store: &ClickhouseStore, batches: &[&Batch]) -> Result<()> {
         return Ok(());
     }
     let known: HashMap<(String, String), (i64, i64)> = store
-        .pairs()?
+        .pairs_seen
+        .get(|| store.pairs())?
         .into_iter()
         .map(|p| ((p.client_host, p.server_host), (p.theta_ns, p.pairs)))
         .collect();
@@ -587,6 +588,7 @@ pub fn after_ingest(store: &ClickhouseStore, batches: &[&Batch]) -> Result<()> {
         ),
         body,
     )?;
+    store.pairs_seen.clear();
     update_offsets(store)
 }
 
