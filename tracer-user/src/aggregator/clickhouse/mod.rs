@@ -669,9 +669,10 @@ fn decode(r: EventRow) -> Result<Stored> {
 }
 
 /// What `events.json` holds for `e`: nothing for a plain log line (its
-/// columns hold all of it, `decode`); for a log line with a path or cut
-/// short, its JSON without the text (that is in `text`); for any other
-/// event, its JSON.
+/// columns hold all of it, `decode`); for a log line with a path, cut
+/// short, or with an empty request id (which the empty `req_id` column
+/// would read back as none), its JSON without the text (that is in
+/// `text`); for any other event, its JSON.
 fn stored_json(e: &Event) -> serde_json::Result<String> {
     match &e.data {
         EventData::Log {
