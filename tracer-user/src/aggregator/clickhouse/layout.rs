@@ -53,6 +53,19 @@ impl ClickhouseStore {
             .collect()
     }
 
+    /// Every table with `table`'s columns: on a cluster each shard's
+    /// `{table}_local`, then the `Distributed` one over them (an `ALTER`
+    /// goes in this order: the `Distributed` table's inserts name the
+    /// columns); else the one table.
+    pub(super) fn with_columns_of(&self, config: &Config, table: &str) -> Vec<Table> {
+        let mut out = Vec::new();
+        if !config.shards.is_empty() {
+            out = self.holding(config, table);
+        }
+        out.push(self.here(config, table));
+        out
+    }
+
     /// `table` on the server the store talks to.
     pub(super) fn here(&self, config: &Config, table: &str) -> Table {
         Table {

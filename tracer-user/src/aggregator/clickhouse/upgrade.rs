@@ -22,12 +22,7 @@ impl ClickhouseStore {
             .iter()
             .filter(|a| u64::from(a.version) > found)
         {
-            let mut tables = Vec::new();
-            if !config.shards.is_empty() {
-                tables = self.holding(config, added.table);
-            }
-            tables.push(self.here(config, added.table));
-            for t in &tables {
+            for t in &self.with_columns_of(config, added.table) {
                 self.add_column(config, t, added)?;
             }
         }

@@ -146,12 +146,8 @@ fn columns_of_events(store: &ClickhouseStore, config: &Config) -> Vec<String> {
     struct Name {
         name: String,
     }
-    let mut tables = Vec::new();
-    if !config.shards.is_empty() {
-        tables = store.holding(config, "events");
-    }
-    tables.push(store.here(config, "events"));
-    tables
+    store
+        .with_columns_of(config, "events")
         .iter()
         .map(|t| {
             let names: Vec<Name> = store
