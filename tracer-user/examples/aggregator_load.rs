@@ -409,7 +409,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         _ => bail!(
-            "usage: aggregator_load ingest|load-store|count|planted|clickhouse-server ... \
+            "usage: aggregator_load ingest|load-store|count|planted|clickhouse-server|profile ... \
              (see the source)"
         ),
     }
@@ -661,12 +661,13 @@ fn load_store(args: &[String]) -> Result<()> {
 }
 
 /// Where ingest time goes, on one thread: zstd + JSON parsing of the
-/// batches, then `Store::ingest` alone.
+/// batches (the aggregator's parser, and serde's derived one it must agree
+/// with), then `Store::ingest` alone. `--logs-only`: log lines only.
 fn profile(args: &[String]) -> Result<()> {
     let dir: PathBuf = arg(args, "--data", None)?;
     let events: usize = arg(args, "--events", Some(200_000))?;
     let hosts: usize = arg(args, "--hosts", Some(8))?;
-    let mut generator = Generator::new(hosts, false, 0);
+    let mut generator = Generator::new(hosts, args.iter().any(|a| a == "--logs-only"), 0);
     let bodies: Vec<Vec<u8>> = (0..events.div_ceil(BATCH_EVENTS))
         .map(|n| {
             let json = serde_json::to_vec(&generator.batch(n, BATCH_EVENTS)).unwrap();
@@ -680,11 +681,19 @@ fn profile(args: &[String]) -> Result<()> {
         .collect();
     let unzstd = t.elapsed().as_secs_f64();
     let t = Instant::now();
-    let batches: Vec<Batch> = jsons
+    let derived: Vec<Batch> = jsons
         .iter()
         .map(|j| serde_json::from_slice(j).unwrap())
         .collect();
+    let parse_derived = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let batches: Vec<Batch> = jsons
+        .iter()
+        .map(|j| tracer_user::aggregator::batch_json::parse_batch(j).unwrap())
+        .collect();
     let parse = t.elapsed().as_secs_f64();
+    anyhow::ensure!(batches == derived, "the two parsers disagree");
+    drop(derived);
     let group: usize = arg(args, "--group", Some(1))?;
     let store = SqliteStore::open(&dir)?;
     let cpu0 = process_cpu_s();
@@ -702,6 +711,7 @@ fn profile(args: &[String]) -> Result<()> {
     println!(
         "{}",
         serde_json::json!({"events": n, "unzstd_us": us(unzstd), "parse_us": us(parse),
+            "parse_derived_us": us(parse_derived),
             "ingest_us": us(ingest), "ingest_cpu_us": us(ingest_cpu)})
     );
     Ok(())

@@ -7,6 +7,7 @@
 //! queries over every host's events in one time order.
 
 pub mod api;
+pub mod batch_json;
 pub mod body;
 pub mod clickhouse;
 pub mod client;

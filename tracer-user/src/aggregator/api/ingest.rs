@@ -114,7 +114,7 @@ fn decode_batch(raw: &[u8], zstd: bool, limits: Limits) -> Result<Batch, ApiErro
     } else {
         Cow::Borrowed(raw)
     };
-    let batch: Batch = serde_json::from_slice(&json)
+    let batch: Batch = crate::aggregator::batch_json::parse_batch(&json)
         .map_err(|e| error(StatusCode::BAD_REQUEST, format!("malformed batch: {e}")))?;
     batch
         .validate()
