@@ -289,6 +289,51 @@ fn a_batch_stored_twice_by_racing_aggregators_counts_once() {
     assert_eq!(a.count(&Filter::default()).unwrap(), 3);
 }
 
+/// Two aggregators' rows of one host and day land in two partitions of
+/// `events`, one per aggregator's tag (schema.rs says why), and read back
+/// as one store.
+#[test]
+fn each_aggregator_writes_partitions_of_its_own() {
+    #[derive(clickhouse::Row, serde::Deserialize)]
+    struct Part {
+        partition: String,
+    }
+    let config = shared().config(&fresh_db());
+    let (a, b) = (
+        ClickhouseStore::open(&config).unwrap(),
+        ClickhouseStore::open(&config).unwrap(),
+    );
+    let day = 86_400_000_000_000u64 * 20_000;
+    for (store, seq) in [(&a, 0), (&b, 1), (&a, 2)] {
+        let batch = conformance::batch(
+            "h",
+            seq,
+            vec![conformance::log("h", day + seq, StreamName::Stdout, "x")],
+        );
+        assert!(!store.ingest(batch).unwrap().duplicate);
+    }
+    let tag = |s: &ClickhouseStore| s.ids.reserve(1, 0).0 & 0xff;
+    let mut want = vec![
+        format!("(20000,{})", tag(&a)),
+        format!("(20000,{})", tag(&b)),
+    ];
+    want.sort();
+    let got: Vec<String> = a
+        .fetch::<Part>(&format!(
+            "SELECT DISTINCT partition FROM system.parts WHERE database = '{}' \
+             AND table = 'events' AND active ORDER BY partition",
+            config.database
+        ))
+        .unwrap()
+        .into_iter()
+        .map(|p| p.partition)
+        .collect();
+    assert_eq!(got, want);
+    for s in [&a, &b] {
+        assert_eq!(s.count(&Filter::default()).unwrap(), 3);
+    }
+}
+
 fn http(
     host: &str,
     side: HttpSide,
