@@ -246,8 +246,8 @@ fn settle(server: &Server) -> Result<u64> {
     Ok(idle - start)
 }
 
-/// Sends `events` through `n` aggregators on `backend` and checks the
-/// store holds `expect_before` + what was acknowledged.
+/// Sends `events` through `n` new aggregators on `backend` and checks
+/// the store holds `expect_before` + what was acknowledged.
 fn ingest_once(
     ctx: &Ctx,
     backend: &Backend,
@@ -256,30 +256,32 @@ fn ingest_once(
     expect_before: f64,
     start_s: u64,
 ) -> Result<Ingest> {
+    let aggs = backend.start_aggregators(n, &ctx.token)?;
+    let result = ingest_through(ctx, backend, &aggs, events, expect_before, start_s);
+    for a in aggs {
+        a.stop()?;
+    }
+    result
+}
+
+/// Sends `events` through `aggs` (running on `backend`), checks the
+/// store holds `expect_before` + what was acknowledged, and measures.
+fn ingest_through(
+    ctx: &Ctx,
+    backend: &Backend,
+    aggs: &[Aggregator],
+    events: u64,
+    expect_before: f64,
+    start_s: u64,
+) -> Result<Ingest> {
     // The previous measurement's merges are its own cost, not this one's.
     if let Some(server) = backend.server() {
         settle(server)?;
     }
-    let aggs = backend.start_aggregators(n, &ctx.token)?;
-    let urls: Vec<&str> = aggs.iter().map(|a| a.url.as_str()).collect();
     let load = cpu::load_average().unwrap_or(f64::NAN);
-    let (a0, s0) = ticks(&aggs, backend.server())?;
-    let out = cmd::output(
-        Command::new(load_gen())
-            .arg("ingest")
-            .args(["--url", &urls.join(",")])
-            .arg("--token-file")
-            .arg(&ctx.token)
-            .args(["--events", &events.to_string()])
-            .args(["--senders", &ctx.senders.to_string()])
-            .args(["--in-flight", &ctx.in_flight.to_string()])
-            .args(["--hosts", &ctx.hosts.to_string()])
-            .args(["--start-s", &start_s.to_string()]),
-    )?;
-    let (a1, s1) = ticks(&aggs, backend.server())?;
-    for a in aggs {
-        a.stop()?;
-    }
+    let (a0, s0) = ticks(aggs, backend.server())?;
+    let out = send(ctx, aggs, events, start_s)?;
+    let (a1, s1) = ticks(aggs, backend.server())?;
     let acked = json_num(&out, "events")?;
     let count = backend.count()?;
     if count != expect_before + acked {
@@ -304,6 +306,25 @@ fn ingest_once(
         last_tenth: json_num(&out, "last_tenth_events_per_sec")?,
         load,
     })
+}
+
+/// `aggregator_load ingest`: `events` of the ingest mix through `aggs`,
+/// the first `start_s` seconds into the generator's timeline. Its JSON
+/// summary.
+fn send(ctx: &Ctx, aggs: &[Aggregator], events: u64, start_s: u64) -> Result<String> {
+    let urls: Vec<&str> = aggs.iter().map(|a| a.url.as_str()).collect();
+    cmd::output(
+        Command::new(load_gen())
+            .arg("ingest")
+            .args(["--url", &urls.join(",")])
+            .arg("--token-file")
+            .arg(&ctx.token)
+            .args(["--events", &events.to_string()])
+            .args(["--senders", &ctx.senders.to_string()])
+            .args(["--in-flight", &ctx.in_flight.to_string()])
+            .args(["--hosts", &ctx.hosts.to_string()])
+            .args(["--start-s", &start_s.to_string()]),
+    )
 }
 
 pub fn run(args: &ClickhouseArgs) -> Result<()> {
@@ -685,6 +706,61 @@ fn grep_part(args: &ClickhouseArgs, ctx: &Ctx, server: &Server, tmp: &Path) -> R
     Ok(t)
 }
 
+/// Largest load of one `aggregator_load ingest` run while a store grows
+/// (its batches are built in memory first).
+const LOAD_CHUNK: u64 = 4_000_000;
+
+/// The growth steps through `agg`: `step` events into the empty store,
+/// the load, then `step` events into the grown store. Returns both
+/// measurements, the load's rate, the seconds the server took to go idle
+/// after it, and the store's size before the second measurement.
+fn grow(
+    ctx: &Ctx,
+    args: &ClickhouseArgs,
+    backend: &Backend,
+    agg: &[Aggregator],
+    step: u64,
+) -> Result<(Ingest, Ingest, f64, f64, f64)> {
+    // Each step's events come after the previous step's, as they do in a
+    // store that grew over time (events are 1-21 µs apart).
+    let load_events = args.grow_to - 2 * step;
+    let load_start_s = step * 21 / 1_000_000 + 60;
+    let full_start_s = load_start_s + load_events * 21 / 1_000_000 + 60;
+    let empty = ingest_through(ctx, backend, agg, step, 0.0, 0)?;
+    println!(
+        "{}: empty store {:.0} events/s; loading {load_events} events ...",
+        backend.name(),
+        empty.rate,
+    );
+    let load_started = Instant::now();
+    let mut loaded = 0;
+    while loaded < load_events {
+        let n = LOAD_CHUNK.min(load_events - loaded);
+        send(ctx, agg, n, load_start_s + loaded * 21 / 1_000_000)?;
+        loaded += n;
+        println!("{}: loaded {loaded} of {load_events}", backend.name());
+    }
+    let lps = load_events as f64 / load_started.elapsed().as_secs_f64();
+    // The server merges the load's parts for a while after it: the second
+    // measurement starts once it is idle, so it measures the store's size
+    // rather than the load's backlog.
+    let settling = Instant::now();
+    if let Some(s) = backend.server() {
+        settle(s)?;
+    }
+    let settled_s = settling.elapsed().as_secs_f64();
+    let before = backend.count()?;
+    if before != (step + load_events) as f64 {
+        bail!(
+            "{}: {} events sent but the store holds {before}",
+            backend.name(),
+            step + load_events
+        );
+    }
+    let full = ingest_through(ctx, backend, agg, step, before, full_start_s)?;
+    Ok((empty, full, lps, settled_s, before))
+}
+
 fn growth_part(args: &ClickhouseArgs, ctx: &Ctx, server: &Server, tmp: &Path) -> Result<String> {
     let step = args.events;
     if args.grow_to < 3 * step {
@@ -696,8 +772,9 @@ fn growth_part(args: &ClickhouseArgs, ctx: &Ctx, server: &Server, tmp: &Path) ->
         "\n### Ingest as the store grows\n\n`cargo xtask bench clickhouse --parts growth \
          --events {step} --grow-to {}`: per store, {step} events through one \
          aggregator over HTTP into the empty store (as in Ingest), then {} events \
-         of the same mix loaded directly (`Store::ingest_many`, groups of 16 \
-         batches), then, once clickhouse-server is idle again (its merges of the load's parts \
+         of the same mix through the same aggregator (on ClickHouse each aggregator \
+         writes partitions of its own, so this is the store it writes to), then, \
+         once clickhouse-server is idle again (its merges of the load's parts \
          done; at most 3 min), {step} events over HTTP again, now into a store of {} \
          events. Each step's events are later than the step before's (the load \
          generator's `--start-s`), as in a store that grew over time. First/last \
@@ -725,34 +802,16 @@ fn growth_part(args: &ClickhouseArgs, ctx: &Ctx, server: &Server, tmp: &Path) ->
     }
     for backend in &backends {
         let started = Instant::now();
-        // Each step's events come after the previous step's, as they do
-        // in a store that grew over time (events are 1-21 µs apart).
-        let load_start_s = step * 21 / 1_000_000 + 60;
-        let full_start_s = load_start_s + (args.grow_to - 2 * step) * 21 / 1_000_000 + 60;
-        let empty = ingest_once(ctx, backend, 1, step, 0.0, 0)?;
-        println!(
-            "{}: empty store {:.0} events/s; loading {} events ...",
-            backend.name(),
-            empty.rate,
-            args.grow_to - 2 * step
-        );
-        let (_, lps) = load_lines(
-            backend,
-            args.grow_to - 2 * step,
-            args.hosts,
-            true,
-            load_start_s,
-        )?;
-        // The server merges the load's parts for a while after it: the
-        // second measurement starts once it is idle, so it measures the
-        // store's size rather than the load's backlog.
-        let settle = Instant::now();
-        if let Some(s) = backend.server() {
-            cpu::ticks_when_settled(s.pid, Duration::from_secs(2), Duration::from_secs(180))?;
+        // One aggregator for the three steps: on ClickHouse each
+        // aggregator writes partitions of its own (schema.rs), so the
+        // store it grows is the one it writes to, as for an aggregator
+        // that has run all day.
+        let agg = backend.start_aggregators(1, &ctx.token)?;
+        let grown = grow(ctx, args, backend, &agg, step);
+        for a in agg {
+            a.stop()?;
         }
-        let settled_s = settle.elapsed().as_secs_f64();
-        let before = backend.count()?;
-        let full = ingest_once(ctx, backend, 1, step, before, full_start_s)?;
+        let (empty, full, lps, settled_s, before) = grown?;
         println!(
             "{}: at {before} events {:.0} events/s (loaded at {lps:.0} events/s; server idle after {settled_s:.0} s; {:.0} s)",
             backend.name(),

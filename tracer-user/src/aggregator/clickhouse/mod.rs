@@ -267,7 +267,7 @@ struct EventRow {
     /// A log line's text (its JSON has it empty).
     text: String,
     req_id: String,
-    /// Empty for a plain log line (`stored_json`).
+    /// Empty for a plain log line, else the event's data (`stored_json`).
     json: String,
 }
 
@@ -631,48 +631,65 @@ impl ClickhouseStore {
     }
 }
 
+/// The fields of a whole event's JSON that `events` had no column for
+/// before version 2 (`tid`, `comm`), read from the JSON of a row written
+/// before version 3 (the whole event); absent from the JSON written since
+/// (the event's data alone).
+#[derive(Deserialize)]
+struct OlderFields {
+    tid: Option<u32>,
+    comm: Option<String>,
+}
+
 fn decode(r: EventRow) -> Result<Stored> {
     let id = EventId::from_raw(r.id);
-    let ts_ns = u64::try_from(r.ts).unwrap_or(0);
-    if r.json.is_empty() {
+    let corrupt = |source| StoreError::Corrupt { id, source };
+    let (mut tid, mut comm) = (r.tid, r.comm);
+    let data = if r.json.is_empty() {
         // A plain log line (version 2): its columns are all of it.
-        let stream = parse_stream(&r.stream).ok_or_else(|| StoreError::Corrupt {
-            id,
-            source: serde::de::Error::custom(format!(
+        let stream = parse_stream(&r.stream).ok_or_else(|| {
+            corrupt(serde::de::Error::custom(format!(
                 "a log line without JSON has stream {:?}",
                 r.stream
-            )),
+            )))
         })?;
-        let event = Event {
-            ts_ns,
-            host: r.host,
-            pid: r.pid,
-            tid: r.tid,
-            comm: r.comm,
-            data: EventData::Log {
-                stream,
-                path: None,
-                text: r.text,
-                truncated: false,
-                req_id: (!r.req_id.is_empty()).then_some(r.req_id),
-            },
-        };
-        return Ok(Stored { id, event });
-    }
-    let mut event: Event =
-        serde_json::from_str(&r.json).map_err(|source| StoreError::Corrupt { id, source })?;
-    event.ts_ns = ts_ns;
-    if let EventData::Log { text, .. } = &mut event.data {
-        *text = r.text;
-    }
+        EventData::Log {
+            stream,
+            path: None,
+            text: r.text,
+            truncated: false,
+            req_id: (!r.req_id.is_empty()).then_some(r.req_id),
+        }
+    } else {
+        // The data alone (version 3) or within the whole event (before),
+        // whose other fields `EventData` skips.
+        let mut data: EventData = serde_json::from_str(&r.json).map_err(corrupt)?;
+        let older: OlderFields = serde_json::from_str(&r.json).map_err(corrupt)?;
+        tid = older.tid.unwrap_or(tid);
+        comm = older.comm.unwrap_or(comm);
+        if let EventData::Log { text, .. } = &mut data {
+            *text = r.text;
+        }
+        data
+    };
+    let event = Event {
+        ts_ns: u64::try_from(r.ts).unwrap_or(0),
+        host: r.host,
+        pid: r.pid,
+        tid,
+        comm,
+        data,
+    };
     Ok(Stored { id, event })
 }
 
-/// What `events.json` holds for `e`: nothing for a plain log line (its
-/// columns hold all of it, `decode`); for a log line with a path, cut
-/// short, or with an empty request id (which the empty `req_id` column
-/// would read back as none), its JSON without the text (that is in
-/// `text`); for any other event, its JSON.
+/// What `events.json` holds for `e`: what the columns do not. Nothing for
+/// a plain log line (its columns hold all of it, `decode`); for a log line
+/// with a path, cut short, or with an empty request id (which the empty
+/// `req_id` column would read back as none), its data without the text
+/// (that is in `text`); for any other event, its data (`EventData`'s JSON:
+/// the kind and the kind's fields; time, host, pid, tid and comm are
+/// columns).
 fn stored_json(e: &Event) -> serde_json::Result<String> {
     match &e.data {
         EventData::Log {
@@ -687,19 +704,14 @@ fn stored_json(e: &Event) -> serde_json::Result<String> {
             truncated,
             req_id,
             ..
-        } => serde_json::to_string(&Event {
-            data: EventData::Log {
-                stream: *stream,
-                path: path.clone(),
-                text: String::new(),
-                truncated: *truncated,
-                req_id: req_id.clone(),
-            },
-            host: e.host.clone(),
-            comm: e.comm.clone(),
-            ..*e
+        } => serde_json::to_string(&EventData::Log {
+            stream: *stream,
+            path: path.clone(),
+            text: String::new(),
+            truncated: *truncated,
+            req_id: req_id.clone(),
         }),
-        _ => serde_json::to_string(e),
+        data => serde_json::to_string(data),
     }
 }
 
@@ -1105,6 +1117,7 @@ impl Store for ClickhouseStore {
     fn series(&self, q: &SeriesQuery) -> Result<Series> {
         #[derive(Row, Deserialize)]
         struct SeriesRow {
+            id: i64,
             ts: i64,
             host: String,
             pid: u32,
@@ -1132,7 +1145,7 @@ impl Store for ClickhouseStore {
         };
         let where_ = filter_sql(&self.db, self.sharded, &f, &offsets, None);
         let rows: Vec<SeriesRow> = self.fetch(&format!(
-            "SELECT {} AS ts, host, pid, kind, if(kind = 'log', '', json) AS json \
+            "SELECT id, {} AS ts, host, pid, kind, if(kind = 'log', '', json) AS json \
              FROM {}.events WHERE {where_}",
             offsets.ts_expr(),
             self.db
@@ -1142,9 +1155,14 @@ impl Store for ClickhouseStore {
             let sample = if r.kind == "log" {
                 Some(Sample::Log)
             } else {
-                serde_json::from_str::<Event>(&r.json)
-                    .ok()
-                    .and_then(|e| super::series::sample_of(&e.data))
+                // The event's data: its JSON alone (version 3) or within
+                // the whole event's (before), whose other fields it skips.
+                let data: EventData =
+                    serde_json::from_str(&r.json).map_err(|source| StoreError::Corrupt {
+                        id: EventId::from_raw(r.id),
+                        source,
+                    })?;
+                super::series::sample_of(&data)
             };
             if let Some(s) = sample {
                 builder.add(r.ts, &r.host, r.pid, s);

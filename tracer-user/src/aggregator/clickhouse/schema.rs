@@ -5,8 +5,14 @@
 //! version is a row in `schema_version`; a store written by a newer tracer
 //! is refused, an older one is upgraded in place by the steps below.
 
-/// What this tracer writes.
-pub const SCHEMA_VERSION: u32 = 2;
+/// What this tracer writes. Version 2 added `tid` and `comm` ([`ADDED`])
+/// and stored a plain log line without JSON. Version 3 added no column:
+/// `events.json` holds an event's data alone (`EventData`'s JSON), no
+/// longer its time, host, pid, tid and comm, which are columns; rows
+/// written before keep their whole JSON and read back as before
+/// (`decode` in `mod.rs`). A tracer of version 2 would fail to read the
+/// new rows, hence the new version.
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// A column added to a table after version 1: a store of an older version
 /// gets it by `ALTER TABLE ... ADD COLUMN` when an aggregator opens it
@@ -101,9 +107,10 @@ fn create_single(db: &str) -> Vec<String> {
         // exists and is the first commit of that batch (see `committed`).
         // Sorted by host then raw time: queries give a time range and
         // often hosts, and both prune granules through the primary key.
-        // `json` is the event's JSON without what the columns hold: empty
-        // for a plain log line (since version 2), whose columns are all of
-        // it; a log line's text is in `text` only.
+        // `json` is what the columns do not hold: empty for a plain log
+        // line (since version 2), whose columns are all of it; else the
+        // event's data without time, host, pid, tid and comm (since
+        // version 3); a log line's text is in `text` only.
         // Partitioned by day and by the aggregator that wrote the row (an
         // id's low 8 bits are its aggregator's tag, `ids.rs`): ClickHouse
         // merges parts only within a partition, and grows keener to merge

@@ -41,9 +41,17 @@ fn older_line() -> (Event, String) {
     (e, json.to_string())
 }
 
+/// An exchange as versions 1 and 2 stored it: its whole JSON.
+fn older_exchange() -> (Event, String) {
+    let e = http("old", HttpSide::Server, 1_500, 2, "r0", None, 81);
+    let json = serde_json::to_string(&e).unwrap();
+    (e, json)
+}
+
 /// The statements that leave `config`'s database as a tracer of version 1
-/// did, with one committed log line ([`older_line`]): (server, SQL), the
-/// server None for the one the store talks to.
+/// did, with one committed batch of a log line ([`older_line`]) and an
+/// exchange ([`older_exchange`]): (server, SQL), the server None for the
+/// one the store talks to.
 fn version_1(config: &Config, db: &str) -> Vec<(Option<String>, String)> {
     let mut out = vec![
         (None, format!("CREATE DATABASE IF NOT EXISTS {db}")),
@@ -60,12 +68,16 @@ fn version_1(config: &Config, db: &str) -> Vec<(Option<String>, String)> {
         ),
     ];
     let (e, json) = older_line();
+    let (x, x_json) = older_exchange();
     let row = format!(
         "INSERT INTO {db}.{{table}} (id, commit_id, raw_ts, host, pid, kind, stream, text, \
          req_id, json) VALUES (5000, 5000, {}, 'old', 41, 'log', 'stderr', \
-         'written before the upgrade', '', {})",
+         'written before the upgrade', '', {}), (5256, 5000, {}, 'old', 1, 'http', '', '', \
+         'r0', {})",
         e.ts_ns,
-        sql::lit(&json)
+        sql::lit(&json),
+        x.ts_ns,
+        sql::lit(&x_json)
     );
     match &config.cluster {
         None => {
@@ -109,7 +121,7 @@ fn version_1(config: &Config, db: &str) -> Vec<(Option<String>, String)> {
         None,
         format!(
             "INSERT INTO {db}.batches (host, run_id, seq, commit_id, events, received_ns) \
-             VALUES ('old', 'run-1', 0, 5000, 1, 0)"
+             VALUES ('old', 'run-1', 0, 5000, 2, 0)"
         ),
     ));
     out
@@ -168,10 +180,10 @@ fn columns_of_events(store: &ClickhouseStore, config: &Config) -> Vec<String> {
 }
 
 /// Two aggregators open a version 1 store at once: both open it, every
-/// `events` table gets `tid` and `comm` after `pid`, the line written
-/// before reads back as it was, lines written after read back exactly
-/// (a plain log line with its JSON empty), and a third open changes
-/// nothing.
+/// `events` table gets `tid` and `comm` after `pid`, the events written
+/// before read back as they were, events written after read back exactly
+/// (a plain log line with its JSON empty, the others with their data
+/// alone as JSON), and a third open changes nothing.
 fn older_schema_is_upgraded(config: &Config) {
     let db = sql::ident(&config.database);
     run(config, &version_1(config, &db));
@@ -202,7 +214,9 @@ fn older_schema_is_upgraded(config: &Config) {
         "an upgraded store was altered again"
     );
     let (old, _) = older_line();
-    assert_eq!(everything(&store), vec![old.clone()]);
+    let (old_exchange, _) = older_exchange();
+    let before = vec![old, old_exchange];
+    assert_eq!(everything(&store), before);
     // After: a plain line, one with a path, one with an empty request id,
     // and an exchange.
     let plain = Event {
@@ -226,18 +240,100 @@ fn older_schema_is_upgraded(config: &Config) {
     store
         .ingest(conformance::batch("new", 0, after.clone()))
         .unwrap();
-    let mut all = vec![old];
+    let mut all = before;
     all.extend(after);
+    all.sort_by_key(|e| e.ts_ns);
     assert_eq!(everything(&store), all);
-    let empty_json: Vec<Count> = store
+    assert_eq!(json_shapes(&store, &db), (1, 2, 3));
+}
+
+/// How many `events` rows have no JSON, their whole event's (written
+/// before version 3), and their data's alone.
+fn json_shapes(store: &ClickhouseStore, db: &str) -> (u64, u64, u64) {
+    let count = |cond: &str| {
+        store
+            .fetch::<Count>(&format!(
+                "SELECT toUInt64(count()) AS n FROM {db}.events WHERE {cond}"
+            ))
+            .unwrap()[0]
+            .n
+    };
+    (
+        count("json = ''"),
+        count("position(json, '\"ts_ns\":') > 0"),
+        count("json != '' AND position(json, '\"ts_ns\":') = 0"),
+    )
+}
+
+/// A store of version 2 (its columns current, its JSON whole) becomes
+/// version 3 without an `ALTER`; what it held reads back as it was.
+#[test]
+fn a_version_2_store_is_upgraded_without_altering_it() {
+    let config = shared().config(&fresh_db());
+    let db = sql::ident(&config.database);
+    let store = ClickhouseStore::open(&config).unwrap();
+    // As version 2 wrote a batch: a plain log line without JSON, an
+    // exchange with its whole JSON.
+    let line = Event {
+        tid: 7,
+        comm: "worker".into(),
+        ..conformance::log("v2", 1_000, StreamName::Stdout, "plain")
+    };
+    let (exchange, exchange_json) = older_exchange();
+    let exchange = Event {
+        host: "v2".into(),
+        ..exchange
+    };
+    let exchange_json = exchange_json.replace("\"host\":\"old\"", "\"host\":\"v2\"");
+    run(
+        &config,
+        &[
+            (None, format!("DROP TABLE {db}.schema_version")),
+            (
+                None,
+                format!(
+                    "CREATE TABLE {db}.schema_version (version UInt32, applied_ns Int64) \
+                     ENGINE = MergeTree ORDER BY version"
+                ),
+            ),
+            (
+                None,
+                format!("INSERT INTO {db}.schema_version (version, applied_ns) VALUES (2, 0)"),
+            ),
+            (
+                None,
+                format!(
+                    "INSERT INTO {db}.events (id, commit_id, raw_ts, host, pid, tid, comm, kind, \
+                     stream, text, req_id, json) VALUES (5000, 5000, 1000, 'v2', 7, 7, 'worker', \
+                     'log', 'stdout', 'plain', '', ''), (5256, 5000, {}, 'v2', 1, 1, 'node', \
+                     'http', '', '', 'r0', {})",
+                    exchange.ts_ns,
+                    sql::lit(&exchange_json)
+                ),
+            ),
+            (
+                None,
+                format!(
+                    "INSERT INTO {db}.batches (host, run_id, seq, commit_id, events, received_ns) \
+                     VALUES ('v2', 'run-1', 0, 5000, 2, 0)"
+                ),
+            ),
+        ],
+    );
+    drop(store);
+    let store = ClickhouseStore::open_recording(&config).unwrap();
+    assert!(
+        store.recorded().iter().all(|s| !s.sql.starts_with("ALTER")),
+        "a version 2 store needs no ALTER"
+    );
+    let version: Vec<Count> = store
         .fetch(&format!(
-            "SELECT toUInt64(count()) AS n FROM {db}.events WHERE json = ''"
+            "SELECT toUInt64(max(version)) AS n FROM {db}.schema_version"
         ))
         .unwrap();
-    assert_eq!(
-        empty_json[0].n, 1,
-        "only the plain line is stored without JSON"
-    );
+    assert_eq!(version[0].n, 3);
+    assert_eq!(everything(&store), vec![line, exchange]);
+    assert_eq!(json_shapes(&store, &db), (1, 1, 0));
 }
 
 #[test]
