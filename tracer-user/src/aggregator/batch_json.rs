@@ -154,25 +154,31 @@ enum Key {
 
 impl<'de> Deserialize<'de> for Key {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct KeyVisitor;
-        impl Visitor<'_> for KeyVisitor {
-            type Value = Key;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a field name")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key, E> {
-                Ok(match v {
-                    "ts_ns" => Key::TsNs,
-                    "host" => Key::Host,
-                    "pid" => Key::Pid,
-                    "tid" => Key::Tid,
-                    "comm" => Key::Comm,
-                    "kind" => Key::Kind,
-                    _ => Key::Other,
-                })
-            }
-        }
-        d.deserialize_identifier(KeyVisitor)
+        d.deserialize_str(StrAs("a field name", |v| match v {
+            "ts_ns" => Key::TsNs,
+            "host" => Key::Host,
+            "pid" => Key::Pid,
+            "tid" => Key::Tid,
+            "comm" => Key::Comm,
+            "kind" => Key::Kind,
+            _ => Key::Other,
+        }))
+    }
+}
+
+/// Reads a string as a `T` (what it is, and how), without allocating
+/// for it.
+struct StrAs<T>(&'static str, fn(&str) -> T);
+
+impl<T> Visitor<'_> for StrAs<T> {
+    type Value = T;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(self.0)
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
+        Ok((self.1)(v))
     }
 }
 
@@ -187,23 +193,13 @@ enum Kind {
 
 impl<'de> Deserialize<'de> for Kind {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct KindVisitor;
-        impl Visitor<'_> for KindVisitor {
-            type Value = Kind;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("an event kind")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Kind, E> {
-                Ok(match v {
-                    "log" => Kind::Log,
-                    "http" => Kind::Http,
-                    "tcp_connect" => Kind::TcpConnect,
-                    "tcp_accept" => Kind::TcpAccept,
-                    other => Kind::Other(other.to_owned()),
-                })
-            }
-        }
-        d.deserialize_str(KindVisitor)
+        d.deserialize_str(StrAs("an event kind", |v| match v {
+            "log" => Kind::Log,
+            "http" => Kind::Http,
+            "tcp_connect" => Kind::TcpConnect,
+            "tcp_accept" => Kind::TcpAccept,
+            other => Kind::Other(other.to_owned()),
+        }))
     }
 }
 

@@ -41,6 +41,23 @@ fn older_line() -> (Event, String) {
     (e, json.to_string())
 }
 
+/// The statements that make `schema_version` and record `version` in it.
+fn recorded_version(db: &str, version: u32) -> [(Option<String>, String); 2] {
+    [
+        (
+            None,
+            format!(
+                "CREATE TABLE {db}.schema_version (version UInt32, applied_ns Int64) \
+                 ENGINE = MergeTree ORDER BY version"
+            ),
+        ),
+        (
+            None,
+            format!("INSERT INTO {db}.schema_version (version, applied_ns) VALUES ({version}, 0)"),
+        ),
+    ]
+}
+
 /// An exchange as versions 1 and 2 stored it: its whole JSON.
 fn older_exchange() -> (Event, String) {
     let e = http("old", HttpSide::Server, 1_500, 2, "r0", None, 81);
@@ -53,20 +70,8 @@ fn older_exchange() -> (Event, String) {
 /// exchange ([`older_exchange`]): (server, SQL), the server None for the
 /// one the store talks to.
 fn version_1(config: &Config, db: &str) -> Vec<(Option<String>, String)> {
-    let mut out = vec![
-        (None, format!("CREATE DATABASE IF NOT EXISTS {db}")),
-        (
-            None,
-            format!(
-                "CREATE TABLE {db}.schema_version (version UInt32, applied_ns Int64) \
-                 ENGINE = MergeTree ORDER BY version"
-            ),
-        ),
-        (
-            None,
-            format!("INSERT INTO {db}.schema_version (version, applied_ns) VALUES (1, 0)"),
-        ),
-    ];
+    let mut out = vec![(None, format!("CREATE DATABASE IF NOT EXISTS {db}"))];
+    out.extend(recorded_version(db, 1));
     let (e, json) = older_line();
     let (x, x_json) = older_exchange();
     let row = format!(
@@ -285,41 +290,29 @@ fn a_version_2_store_is_upgraded_without_altering_it() {
         ..exchange
     };
     let exchange_json = exchange_json.replace("\"host\":\"old\"", "\"host\":\"v2\"");
-    run(
-        &config,
-        &[
-            (None, format!("DROP TABLE {db}.schema_version")),
-            (
-                None,
-                format!(
-                    "CREATE TABLE {db}.schema_version (version UInt32, applied_ns Int64) \
-                     ENGINE = MergeTree ORDER BY version"
-                ),
-            ),
-            (
-                None,
-                format!("INSERT INTO {db}.schema_version (version, applied_ns) VALUES (2, 0)"),
-            ),
-            (
-                None,
-                format!(
-                    "INSERT INTO {db}.events (id, commit_id, raw_ts, host, pid, tid, comm, kind, \
+    let mut statements = vec![(None, format!("DROP TABLE {db}.schema_version"))];
+    statements.extend(recorded_version(&db, 2));
+    statements.extend([
+        (
+            None,
+            format!(
+                "INSERT INTO {db}.events (id, commit_id, raw_ts, host, pid, tid, comm, kind, \
                      stream, text, req_id, json) VALUES (5000, 5000, 1000, 'v2', 7, 7, 'worker', \
                      'log', 'stdout', 'plain', '', ''), (5256, 5000, {}, 'v2', 1, 1, 'node', \
                      'http', '', '', 'r0', {})",
-                    exchange.ts_ns,
-                    sql::lit(&exchange_json)
-                ),
+                exchange.ts_ns,
+                sql::lit(&exchange_json)
             ),
-            (
-                None,
-                format!(
-                    "INSERT INTO {db}.batches (host, run_id, seq, commit_id, events, received_ns) \
+        ),
+        (
+            None,
+            format!(
+                "INSERT INTO {db}.batches (host, run_id, seq, commit_id, events, received_ns) \
                      VALUES ('v2', 'run-1', 0, 5000, 2, 0)"
-                ),
             ),
-        ],
-    );
+        ),
+    ]);
+    run(&config, &statements);
     drop(store);
     let store = ClickhouseStore::open_recording(&config).unwrap();
     assert!(
