@@ -664,9 +664,14 @@ fn decode(r: EventRow) -> Result<Stored> {
         // The data alone (version 3) or within the whole event (before),
         // whose other fields `EventData` skips.
         let mut data: EventData = serde_json::from_str(&r.json).map_err(corrupt)?;
-        let older: OlderFields = serde_json::from_str(&r.json).map_err(corrupt)?;
-        tid = older.tid.unwrap_or(tid);
-        comm = older.comm.unwrap_or(comm);
+        // Only JSON with these keys can hold them (this store wrote all of
+        // it, and serde_json escapes no letters): most rows skip the
+        // second read.
+        if r.json.contains("\"tid\":") || r.json.contains("\"comm\":") {
+            let older: OlderFields = serde_json::from_str(&r.json).map_err(corrupt)?;
+            tid = older.tid.unwrap_or(tid);
+            comm = older.comm.unwrap_or(comm);
+        }
         if let EventData::Log { text, .. } = &mut data {
             *text = r.text;
         }
