@@ -75,7 +75,7 @@ use super::{
         StoreError, Stored, corrected, parse_stream, stream_name,
     },
 };
-use crate::event::{Event, EventData};
+use crate::event::{Event, EventData, HttpSide};
 
 pub use self::schema::SCHEMA_VERSION;
 
@@ -526,8 +526,10 @@ impl ClickhouseStore {
                 // Into a Distributed table: answered once every shard has
                 // the rows (by default 18.16 queues them and answers at
                 // once).
-                let distributed =
-                    self.sharded && (sql.contains(".events (") || sql.contains(".http_index ("));
+                let distributed = self.sharded
+                    && schema::SHARDED
+                        .iter()
+                        .any(|(_, table)| sql.contains(&format!(".{table} (")));
                 let client = self.client.clone();
                 rt.spawn(async move {
                     let mut ins = client.insert_formatted_with(sql);
@@ -766,6 +768,8 @@ impl ClickhouseStore {
         let db = &self.db;
         let mut events = RowBinary::default();
         let mut http = RowBinary::default();
+        // The client side's rows of `http`, again (`schema.rs`).
+        let mut clients = RowBinary::default();
         let mut commits = RowBinary::default();
         let received = now_ns();
         for &(b, first) in batches {
@@ -817,17 +821,25 @@ impl ClickhouseStore {
                 if let EventData::Http(h) = &e.data {
                     let side = stitch::side_name(h.side);
                     let end = raw.saturating_add(i64::try_from(h.duration_ns).unwrap_or(i64::MAX));
-                    http.i64(id)
-                        .i64(first)
-                        .str(&e.host)
-                        .str(side)
-                        .str(&conn_key(h))
-                        .i64(raw)
-                        .i64(end)
-                        .str(&h.req_id)
-                        .str(h.parent_req_id.as_deref().unwrap_or(""))
-                        .str(&own_trace(h))
-                        .end_row();
+                    let (conn, trace) = (conn_key(h), own_trace(h));
+                    let tables: &mut [&mut RowBinary] = if h.side == HttpSide::Client {
+                        &mut [&mut http, &mut clients]
+                    } else {
+                        &mut [&mut http]
+                    };
+                    for t in tables {
+                        t.i64(id)
+                            .i64(first)
+                            .str(&e.host)
+                            .str(side)
+                            .str(&conn)
+                            .i64(raw)
+                            .i64(end)
+                            .str(&h.req_id)
+                            .str(h.parent_req_id.as_deref().unwrap_or(""))
+                            .str(&trace)
+                            .end_row();
+                    }
                 }
             }
             commits
@@ -840,7 +852,7 @@ impl ClickhouseStore {
                 .end_row();
         }
         // Events and exchanges together (one round trip); the commit
-        // rows only after both are in.
+        // rows only after all are in.
         let mut inserts = Vec::new();
         if events.rows() > 0 {
             inserts.push((
@@ -852,14 +864,16 @@ impl ClickhouseStore {
             ));
         }
         let had_http = http.rows() > 0;
-        if had_http {
-            inserts.push((
-                format!(
-                    "INSERT INTO {db}.http_index (id, commit_id, host, side, conn, start_ns, \
-                     end_ns, req_id, parent_req_id, own_trace) FORMAT RowBinary"
-                ),
-                http,
-            ));
+        for (table, rows) in [("http_index", http), ("http_clients", clients)] {
+            if rows.rows() > 0 {
+                inserts.push((
+                    format!(
+                        "INSERT INTO {db}.{table} (id, commit_id, host, side, conn, start_ns, \
+                         end_ns, req_id, parent_req_id, own_trace) FORMAT RowBinary"
+                    ),
+                    rows,
+                ));
+            }
         }
         self.insert_all(inserts)?;
         self.insert(

@@ -11,8 +11,11 @@
 /// longer its time, host, pid, tid and comm, which are columns; rows
 /// written before keep their whole JSON and read back as before
 /// (`decode` in `mod.rs`). A tracer of version 2 would fail to read the
-/// new rows, hence the new version.
-pub const SCHEMA_VERSION: u32 = 3;
+/// new rows, hence the new version. Version 4 added the table
+/// `http_clients` (created when an aggregator opens the store, like every
+/// table): a tracer of version 3 would not write it, and the clock
+/// estimates of the others would miss the exchanges it stores.
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// A column added to a table after version 1: a store of an older version
 /// gets it by `ALTER TABLE ... ADD COLUMN` when an aggregator opens it
@@ -49,16 +52,16 @@ pub const ADDED: [Added; 2] = [
     },
 ];
 
-/// The statements that create version 1 in database `db` (already quoted
-/// as an identifier). `IF NOT EXISTS` everywhere: several aggregators may
-/// start at once. With `cluster`, `events` and `http_index` are
-/// `Distributed` tables over that cluster's `events_local` and
-/// `http_index_local` ([`create_local`], on every shard), spread by a
-/// hash of the host; the small tables stay on this server.
+/// The statements that create this version's tables in database `db`
+/// (already quoted as an identifier). `IF NOT EXISTS` everywhere: several
+/// aggregators may start at once. With `cluster`, the big tables
+/// ([`SHARDED`]) are `Distributed` tables over that cluster's
+/// `{table}_local` ([`create_local`], on every shard), spread by a hash of
+/// the host; the small tables stay on this server.
 pub fn create(db: &str, cluster: Option<&str>) -> Vec<String> {
     let mut out = create_single(db);
     if let Some(cluster) = cluster {
-        for (i, table) in [(EVENTS, "events"), (HTTP_INDEX, "http_index")] {
+        for (i, table) in SHARDED {
             let columns = out[i]
                 .split(") ENGINE")
                 .next()
@@ -72,18 +75,27 @@ pub fn create(db: &str, cluster: Option<&str>) -> Vec<String> {
     out
 }
 
-/// Where `events` and `http_index` are in [`create_single`]'s list.
+/// Where the big tables are in [`create_single`]'s list.
 const EVENTS: usize = 2;
 const HTTP_INDEX: usize = 4;
+const HTTP_CLIENTS: usize = 8;
+
+/// The tables a cluster spreads over its shards, by their place in
+/// [`create_single`]'s list.
+pub const SHARDED: [(usize, &str); 3] = [
+    (EVENTS, "events"),
+    (HTTP_INDEX, "http_index"),
+    (HTTP_CLIENTS, "http_clients"),
+];
 
 /// What every shard of a cluster holds: the big tables, under `_local`.
 pub fn create_local(db: &str) -> Vec<String> {
     let single = create_single(db);
-    vec![
-        single[0].clone(),
-        single[EVENTS].replacen(".events (", ".events_local (", 1),
-        single[HTTP_INDEX].replacen(".http_index (", ".http_index_local (", 1),
-    ]
+    let mut out = vec![single[0].clone()];
+    for (i, table) in SHARDED {
+        out.push(single[i].replacen(&format!(".{table} ("), &format!(".{table}_local ("), 1));
+    }
+    out
 }
 
 /// `http_index`'s statement, for a table called `name` (a rebuild's
@@ -140,7 +152,12 @@ fn create_single(db: &str) -> Vec<String> {
         ),
         // One row per stored batch, written after its events: the commit
         // record. A batch stored twice (two aggregators racing on one
-        // retried batch) has two rows; the lower commit id wins.
+        // retried batch) has two rows; the lower commit id wins. Before
+        // each group, its batches' keys are looked up here (`known`):
+        // each key reads the granule that may hold it, and a group's keys
+        // are the latest batches of many hosts, so granules of 1024 rows
+        // rather than 8192 make that read 8x smaller once the table is
+        // large (since 2026-12-06; an older table works the same).
         format!(
             "CREATE TABLE IF NOT EXISTS {db}.batches (
                 host String,
@@ -149,7 +166,8 @@ fn create_single(db: &str) -> Vec<String> {
                 commit_id Int64,
                 events UInt32,
                 received_ns Int64
-            ) ENGINE = MergeTree ORDER BY (host, run_id, seq)"
+            ) ENGINE = MergeTree ORDER BY (host, run_id, seq)
+            SETTINGS index_granularity = 1024"
         ),
         // HTTP exchanges by connection, for stitching (raw times). Looked
         // up by a few connection keys at a time (after each ingested group
@@ -209,6 +227,33 @@ fn create_single(db: &str) -> Vec<String> {
                 started_ns Int64,
                 name String
             ) ENGINE = MergeTree ORDER BY (tag, started_ns)"
+        ),
+        // The client side's rows of `http_index` again, sorted by host and
+        // time: the clock estimates after ingest read a client host's
+        // latest exchanges (stitch.rs, `estimate`). On `http_index`,
+        // sorted by connection, that read could skip only the parts
+        // whose start times all lie before its bound; once merges joined
+        // the new parts to the older ones of the day, it read them whole
+        // (at 49M events 215k rows per read, 36 reads per 1M events
+        // ingested, docs/aggregator.md, "Flat as the store grows"). Here
+        // the primary key bounds it to the host's exchanges since the
+        // bound, however the parts were merged. Since version 4.
+        format!(
+            "CREATE TABLE IF NOT EXISTS {db}.http_clients (
+                id Int64,
+                commit_id Int64,
+                host String,
+                side String,
+                conn String,
+                start_ns Int64,
+                end_ns Int64,
+                req_id String,
+                parent_req_id String,
+                own_trace String
+            ) ENGINE = MergeTree
+            PARTITION BY intDiv(start_ns, 86400000000000)
+            ORDER BY (host, start_ns)
+            SETTINGS index_granularity = 1024"
         ),
     ]
 }

@@ -102,6 +102,7 @@ struct HostRow {
 }
 
 impl ClickhouseStore {
+    /// The committed exchanges of `http_index` that meet `cond`.
     fn exchanges(&self, cond: &str) -> Result<Vec<Exchange>> {
         self.fetch(&format!(
             "SELECT {EXCHANGE_COLS} FROM {db}.http_index WHERE {cond} AND {c}",
@@ -310,6 +311,32 @@ enum Window {
     Wide { since: Option<i64> },
 }
 
+/// `exchanges` without the copies of one exchange that a batch stored
+/// twice leaves (two aggregators racing on a retried batch: the same
+/// exchange under two ids), the first of each kept.
+///
+/// Why the reads after ingest skip the commit check that queries make
+/// (`committed`): that check reads all of `batches` (every batch's first
+/// commit), so each read would cost more as the store grows, and these
+/// reads run after every group. What it keeps out does not change a
+/// clock estimate: a copy shows the same clock difference again (and is
+/// dropped here, so it does not count twice), and an exchange whose batch
+/// is not committed yet (or never will be, its aggregator having died
+/// between the inserts) happened all the same.
+fn distinct(mut exchanges: Vec<Exchange>) -> Vec<Exchange> {
+    let mut seen = HashSet::new();
+    exchanges.retain(|e| {
+        seen.insert((
+            e.host.clone(),
+            e.side.clone(),
+            e.conn.clone(),
+            e.start_ns,
+            e.end_ns,
+        ))
+    });
+    exchanges
+}
+
 /// A pair's clock difference from its client host's latest exchanges in
 /// `window` (at most [`SAMPLE`]) and the server host's on their
 /// connections; None when no exchange matched.
@@ -320,14 +347,15 @@ fn estimate(
     window: Window,
 ) -> Result<Option<stitch::Matched>> {
     let latest_clients = |since: Option<i64>| {
-        store.fetch::<Exchange>(&format!(
-            "SELECT {EXCHANGE_COLS} FROM {db}.http_index WHERE host = {h} \
-             AND side = 'client'{bound} AND {c} ORDER BY start_ns DESC LIMIT {SAMPLE}",
-            db = store.db,
-            h = lit(ch),
-            bound = since.map_or(String::new(), |t| format!(" AND start_ns >= {t}")),
-            c = store.committed()
-        ))
+        store
+            .fetch::<Exchange>(&format!(
+                "SELECT {EXCHANGE_COLS} FROM {db}.http_clients WHERE host = {h}{bound} \
+                 ORDER BY start_ns DESC LIMIT {SAMPLE}",
+                db = store.db,
+                h = lit(ch),
+                bound = since.map_or(String::new(), |t| format!(" AND start_ns >= {t}")),
+            ))
+            .map(distinct)
     };
     let clients = match window {
         // The last RECENT_SHORT_NS hold enough of a busy host's exchanges
@@ -362,12 +390,15 @@ fn estimate(
     let keys: Vec<&str> = keys.into_iter().collect();
     let mut servers = Vec::new();
     for chunk in keys.chunks(KEYS_PER_QUERY) {
-        servers.extend(store.exchanges(&format!(
-            "host = {h} AND side = 'server' AND {keys} AND start_ns BETWEEN {a} AND {b}",
+        servers.extend(store.fetch::<Exchange>(&format!(
+            "SELECT {EXCHANGE_COLS} FROM {db}.http_index WHERE host = {h} AND side = 'server' \
+             AND {keys} AND start_ns BETWEEN {a} AND {b}",
+            db = store.db,
             h = lit(sh),
             keys = in_list("conn", chunk.iter().copied())
         ))?);
     }
+    let servers = distinct(servers);
     let cs: Vec<&Exchange> = clients.iter().collect();
     let ss: Vec<&Exchange> = servers.iter().collect();
     let m = stitch::match_pairs(&candidates(&cs, &ss, true), false);
@@ -392,11 +423,13 @@ fn replaces(known: Option<(i64, i64)>, theta: i64, links: i64) -> bool {
 /// (those [`lookup_keys`] finds), and the offsets when a pair moved.
 ///
 /// Every read is bounded in time by the group's own exchanges (raw times,
-/// give or take [`MAX_SKEW_NS`] between hosts): `http_index` is
-/// partitioned by `start_ns`, so each of its parts knows the range of
-/// times it holds and ClickHouse skips the parts outside the bound. What a
-/// group reads then depends on the recent traffic, not on the size of the
-/// store (docs/aggregator.md, "Flat as the store grows").
+/// give or take [`MAX_SKEW_NS`] between hosts), and by keys its table is
+/// sorted by: connections in `http_index` (sorted by connection, side,
+/// start), a client host's latest exchanges in `http_clients` (sorted by
+/// host, start). None makes the commit check, which reads all of
+/// `batches` ([`distinct`] says why it is not needed). What a group reads
+/// then depends on the recent traffic, not on the size of the store
+/// (docs/aggregator.md, "Flat as the store grows").
 pub fn after_ingest(store: &ClickhouseStore, batches: &[&Batch]) -> Result<()> {
     let Some(GroupTimes {
         earliest: lo,
@@ -443,12 +476,11 @@ pub fn after_ingest(store: &ClickhouseStore, batches: &[&Batch]) -> Result<()> {
         }
         let rows: Vec<End> = store.fetch(&format!(
             "SELECT DISTINCT host, side, conn FROM {db}.http_index WHERE {keys} \
-             AND start_ns BETWEEN {a} AND {b} AND {c}",
+             AND start_ns BETWEEN {a} AND {b}",
             db = store.db,
             keys = in_list("conn", chunk.iter().copied()),
             a = lo.saturating_sub(MAX_SKEW_NS),
             b = hi.saturating_add(MAX_SKEW_NS),
-            c = store.committed()
         ))?;
         for r in rows {
             let e = ends.entry(r.conn).or_default();

@@ -289,6 +289,71 @@ fn a_batch_stored_twice_by_racing_aggregators_counts_once() {
     assert_eq!(a.count(&Filter::default()).unwrap(), 3);
 }
 
+/// The clock estimates after ingest read exchanges without the commit
+/// check (`stitch::distinct`): the two halves of a pair's exchanges, each
+/// stored twice by racing aggregators, still count once in its estimate.
+#[test]
+fn a_clock_estimate_counts_an_exchange_stored_twice_once() {
+    let config = shared().config(&fresh_db());
+    let (a, b) = (
+        ClickhouseStore::open(&config).unwrap(),
+        ClickhouseStore::open(&config).unwrap(),
+    );
+    let t0 = 1_800_000_000_000_000_000;
+    let (mut api, mut db) = (Vec::new(), Vec::new());
+    for i in 0..40u64 {
+        let t = t0 + i * 1_000_000;
+        let port = 20_000 + i as u16;
+        let (req, srv) = (format!("c{i}"), format!("s{i}"));
+        api.push(http("api", HttpSide::Client, t, 800_000, &req, None, port));
+        db.push(http(
+            "db",
+            HttpSide::Server,
+            t + 2_100_000,
+            400_000,
+            &srv,
+            None,
+            port,
+        ));
+    }
+    let (api, db) = (
+        conformance::batch("api", 0, api),
+        conformance::batch("db", 0, db),
+    );
+    // Both check for each batch before either commits: both insert it;
+    // then a looks at its group.
+    for batch in [&db, &api] {
+        for s in [&a, &b] {
+            let first = s
+                .ids
+                .reserve(batch.events.len(), super::now_ns() / 1_000_000)
+                .0;
+            s.insert_group(&[(batch, first)]).unwrap();
+        }
+    }
+    assert_eq!(
+        a.count(&Filter::default()).unwrap(),
+        80,
+        "the copies are not shown"
+    );
+    super::stitch::after_ingest(&a, &[&api]).unwrap();
+    let pairs = a.pairs().unwrap();
+    assert_eq!(pairs.len(), 1);
+    assert_eq!(
+        (
+            pairs[0].client_host.as_str(),
+            pairs[0].server_host.as_str(),
+            pairs[0].pairs
+        ),
+        ("api", "db", 40)
+    );
+    assert!(
+        (1_700_000..=2_100_000).contains(&pairs[0].theta_ns),
+        "{}",
+        pairs[0].theta_ns
+    );
+}
+
 /// Two aggregators' rows of one host and day land in two partitions of
 /// `events`, one per aggregator's tag (schema.rs says why), and read back
 /// as one store.
@@ -772,14 +837,21 @@ fn only_loopback_servers_are_sent_uncompressed() {
 /// not grow with older traffic in the store: each of those reads, run
 /// again with ClickHouse's `max_rows_to_read`, stays far below the rows of
 /// older traffic, which the same read without its time bound exceeds.
-/// Merges are stopped so that the new exchanges stay in a part of their
-/// own, as they are between merges.
+/// Merges are stopped first, so that the new exchanges stay in parts of
+/// their own, as they are between merges; then everything is merged into
+/// one part, as merges do in time, and the client host's latest exchanges
+/// are still read within their bound (from `http_clients`), where the
+/// same read on `http_index` would read the older traffic too.
 #[test]
 fn reads_after_a_group_skip_older_traffic() {
     let config = shared().config(&fresh_db());
     let a = ClickhouseStore::open(&config).unwrap();
-    a.exec(&format!("SYSTEM STOP MERGES {}.http_index", a.db))
-        .unwrap();
+    // Each load in parts of its own first (merges stopped), then all of
+    // it in one part (below).
+    for table in ["http_index", "http_clients"] {
+        a.exec(&format!("SYSTEM STOP MERGES {}.{table}", a.db))
+            .unwrap();
+    }
     // "api" calls "db" (whose clock is about 2 ms ahead), each call on a
     // connection of its own.
     let calls = |seq: u64, first: u64, n: u64, port: u16| {
@@ -826,7 +898,10 @@ fn reads_after_a_group_skip_older_traffic() {
     b.ingest(api).unwrap();
     let reads: Vec<Sent> = b.recorded()[before..]
         .iter()
-        .filter(|s| s.sql.starts_with("SELECT") && s.sql.contains(".http_index "))
+        .filter(|s| {
+            s.sql.starts_with("SELECT")
+                && (s.sql.contains(".http_index ") || s.sql.contains(".http_clients "))
+        })
         .cloned()
         .collect();
     // The ends lookup, then the known pair's recent client exchanges (the
@@ -840,16 +915,14 @@ fn reads_after_a_group_skip_older_traffic() {
     );
     // The new exchanges are 200 rows in 2 parts of their own; the older
     // traffic, 20,000 in 40. ClickHouse checks the limit against the
-    // granules (1024 rows here) it will read from `http_index`, and from
-    // `batches` for the commit check, which is left out here: it reads
-    // the same whatever the time bound.
+    // granules (1024 rows here) it will read. These reads make no commit
+    // check (`stitch::distinct` says why): it would read all of `batches`.
     let bound = 4096;
-    let commit_check = format!(" AND {}", b.committed());
     let rows_at_most = |sql: &str| {
-        assert!(sql.contains(&commit_check), "{sql}");
+        assert!(!sql.contains(".batches"), "{sql}");
         b.block_on(
             b.client
-                .query_raw(&sql.replace(&commit_check, ""))
+                .query_raw(sql)
                 .with_setting("max_rows_to_read", bound.to_string())
                 .execute(),
         )
@@ -865,6 +938,36 @@ fn reads_after_a_group_skip_older_traffic() {
         assert!(
             rows_at_most(&unbounded).is_err(),
             "{unbounded}\nread at most {bound} of {old_rows} rows"
+        );
+    }
+    // Once merges joined the new exchanges to the older ones (here all in
+    // one part), a part's range of times no longer keeps the older out:
+    // the client host's latest exchanges, read from `http_index` (sorted
+    // by connection), would read them all; from `http_clients` (sorted by
+    // host and time) the primary key still bounds the read.
+    for table in ["http_index", "http_clients"] {
+        b.exec(&format!("SYSTEM START MERGES {}.{table}", b.db))
+            .unwrap();
+        b.exec(&format!("OPTIMIZE TABLE {}.{table} FINAL", b.db))
+            .unwrap();
+    }
+    let latest: Vec<&str> = reads
+        .iter()
+        .map(|s| s.sql.as_str())
+        .filter(|sql| sql.contains(".http_clients "))
+        .collect();
+    assert_eq!(latest.len(), 2, "{reads:#?}");
+    for sql in latest {
+        let r = rows_at_most(sql);
+        assert!(r.is_ok(), "{sql}\nread more than {bound} rows: {r:?}");
+        let on_index = sql.replace(
+            ".http_clients WHERE host = 'api'",
+            ".http_index WHERE host = 'api' AND side = 'client'",
+        );
+        assert_ne!(on_index, sql);
+        assert!(
+            rows_at_most(&on_index).is_err(),
+            "{on_index}\nread at most {bound} of {old_rows} rows"
         );
     }
     // 100 new links agree with the estimate on more: it stays (at db's
