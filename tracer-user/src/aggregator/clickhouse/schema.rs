@@ -104,6 +104,11 @@ pub fn http_index(db: &str, name: &str) -> String {
     create_single(db)[HTTP_INDEX].replacen(".http_index (", &format!(".{name} ("), 1)
 }
 
+/// The columns of `http_index` and `http_clients`.
+const EXCHANGE_COLUMNS: &str = "id Int64, commit_id Int64, host String, side String, \
+    conn String, start_ns Int64, end_ns Int64, req_id String, parent_req_id String, \
+    own_trace String";
+
 fn create_single(db: &str) -> Vec<String> {
     let tag_mask = (1u32 << super::ids::TAG_BITS) - 1;
     vec![
@@ -182,18 +187,7 @@ fn create_single(db: &str) -> Vec<String> {
         // store grows"). A table created before either (granules of 8192,
         // one partition) works the same, slower.
         format!(
-            "CREATE TABLE IF NOT EXISTS {db}.http_index (
-                id Int64,
-                commit_id Int64,
-                host String,
-                side String,
-                conn String,
-                start_ns Int64,
-                end_ns Int64,
-                req_id String,
-                parent_req_id String,
-                own_trace String
-            ) ENGINE = MergeTree
+            "CREATE TABLE IF NOT EXISTS {db}.http_index ({EXCHANGE_COLUMNS}) ENGINE = MergeTree
             PARTITION BY intDiv(start_ns, 86400000000000)
             ORDER BY (conn, side, start_ns)
             SETTINGS index_granularity = 1024"
@@ -239,18 +233,7 @@ fn create_single(db: &str) -> Vec<String> {
         // the primary key bounds it to the host's exchanges since the
         // bound, however the parts were merged. Since version 4.
         format!(
-            "CREATE TABLE IF NOT EXISTS {db}.http_clients (
-                id Int64,
-                commit_id Int64,
-                host String,
-                side String,
-                conn String,
-                start_ns Int64,
-                end_ns Int64,
-                req_id String,
-                parent_req_id String,
-                own_trace String
-            ) ENGINE = MergeTree
+            "CREATE TABLE IF NOT EXISTS {db}.http_clients ({EXCHANGE_COLUMNS}) ENGINE = MergeTree
             PARTITION BY intDiv(start_ns, 86400000000000)
             ORDER BY (host, start_ns)
             SETTINGS index_granularity = 1024"

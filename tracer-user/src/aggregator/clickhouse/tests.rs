@@ -26,7 +26,7 @@ use super::{
 use crate::{
     aggregator::{
         conformance::{self, Backend, store_conformance_suite},
-        store::{EventKind, Filter, Query, Store as _, StreamName, TextMatch},
+        store::{Batch, EventKind, Filter, Query, Store as _, StreamName, TextMatch},
     },
     event::{Event, EventData, HttpExchange, HttpSide, Tuple},
 };
@@ -289,22 +289,15 @@ fn a_batch_stored_twice_by_racing_aggregators_counts_once() {
     assert_eq!(a.count(&Filter::default()).unwrap(), 3);
 }
 
-/// The clock estimates after ingest read exchanges without the commit
-/// check (`stitch::distinct`): the two halves of a pair's exchanges, each
-/// stored twice by racing aggregators, still count once in its estimate.
-#[test]
-fn a_clock_estimate_counts_an_exchange_stored_twice_once() {
-    let config = shared().config(&fresh_db());
-    let (a, b) = (
-        ClickhouseStore::open(&config).unwrap(),
-        ClickhouseStore::open(&config).unwrap(),
-    );
-    let t0 = 1_800_000_000_000_000_000;
+/// Batch `seq` of `n` calls from "api" to "db" (whose clock is about 2 ms
+/// ahead), 1 ms apart from `first`, each on a connection of its own
+/// (client ports from `port`): the client batch and the server batch.
+fn calls(seq: u64, first: u64, n: u64, port: u16) -> (Batch, Batch) {
     let (mut api, mut db) = (Vec::new(), Vec::new());
-    for i in 0..40u64 {
-        let t = t0 + i * 1_000_000;
-        let port = 20_000 + i as u16;
-        let (req, srv) = (format!("c{i}"), format!("s{i}"));
+    for i in 0..n {
+        let t = first + i * 1_000_000;
+        let port = port + i as u16;
+        let (req, srv) = (format!("c{seq}-{i}"), format!("s{seq}-{i}"));
         api.push(http("api", HttpSide::Client, t, 800_000, &req, None, port));
         db.push(http(
             "db",
@@ -316,10 +309,23 @@ fn a_clock_estimate_counts_an_exchange_stored_twice_once() {
             port,
         ));
     }
-    let (api, db) = (
-        conformance::batch("api", 0, api),
-        conformance::batch("db", 0, db),
+    (
+        conformance::batch("api", seq, api),
+        conformance::batch("db", seq, db),
+    )
+}
+
+/// The clock estimates after ingest read exchanges without the commit
+/// check (`stitch::distinct`): the two halves of a pair's exchanges, each
+/// stored twice by racing aggregators, still count once in its estimate.
+#[test]
+fn a_clock_estimate_counts_an_exchange_stored_twice_once() {
+    let config = shared().config(&fresh_db());
+    let (a, b) = (
+        ClickhouseStore::open(&config).unwrap(),
+        ClickhouseStore::open(&config).unwrap(),
     );
+    let (api, db) = calls(0, 1_800_000_000_000_000_000, 40, 20_000);
     // Both check for each batch before either commits: both insert it;
     // then a looks at its group.
     for batch in [&db, &api] {
@@ -852,30 +858,6 @@ fn reads_after_a_group_skip_older_traffic() {
         a.exec(&format!("SYSTEM STOP MERGES {}.{table}", a.db))
             .unwrap();
     }
-    // "api" calls "db" (whose clock is about 2 ms ahead), each call on a
-    // connection of its own.
-    let calls = |seq: u64, first: u64, n: u64, port: u16| {
-        let (mut api, mut db) = (Vec::new(), Vec::new());
-        for i in 0..n {
-            let t = first + i * 1_000_000;
-            let port = port + i as u16;
-            let (req, srv) = (format!("c{seq}-{i}"), format!("s{seq}-{i}"));
-            api.push(http("api", HttpSide::Client, t, 800_000, &req, None, port));
-            db.push(http(
-                "db",
-                HttpSide::Server,
-                t + 2_100_000,
-                400_000,
-                &srv,
-                None,
-                port,
-            ));
-        }
-        (
-            conformance::batch("api", seq, api),
-            conformance::batch("db", seq, db),
-        )
-    };
     // 20 batches of 500 calls, through aggregator a.
     const DAY: u64 = 86_400_000_000_000;
     let base = 20_000 * DAY + 3_600_000_000_000;
