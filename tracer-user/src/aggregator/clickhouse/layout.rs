@@ -54,12 +54,14 @@ impl ClickhouseStore {
     }
 
     /// Every table with `table`'s columns: on a cluster each shard's
-    /// `{table}_local`, then the `Distributed` one over them (an `ALTER`
+    /// `{table}_local` (for a table spread over them, `schema::SHARDED`),
+    /// then the `Distributed` one over them (an `ALTER`
     /// goes in this order: the `Distributed` table's inserts name the
     /// columns); else the one table.
     pub(super) fn with_columns_of(&self, config: &Config, table: &str) -> Vec<Table> {
         let mut out = Vec::new();
-        if !config.shards.is_empty() {
+        let sharded = schema::SHARDED.iter().any(|&(_, t)| t == table);
+        if sharded && !config.shards.is_empty() {
             out = self.holding(config, table);
         }
         out.push(self.here(config, table));

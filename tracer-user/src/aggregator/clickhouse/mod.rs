@@ -171,6 +171,22 @@ const TAIL_POLL: Duration = Duration::from_millis(100);
 /// it can become visible after events with later ids. Covers inserts that
 /// take up to this long and clocks of aggregators this far apart.
 const TAIL_REWIND_MS: i64 = 2_000;
+/// Most batches whose times bound a tail's read ([`ClickhouseStore::spans_after`]);
+/// past it the read is not bounded (a statement stays small).
+const MAX_TAIL_BATCHES: usize = 2048;
+/// Raw times of one host closer than this are read as one range.
+const SPAN_GAP_NS: i64 = 1_000_000_000;
+
+/// Which events may follow a tail's cursor.
+enum Spans {
+    /// None: no batch has ids past it.
+    None,
+    /// Those that meet this condition.
+    Within(String),
+    /// Not known (batches written before version 4, or too many).
+    Unknown,
+}
+
 /// Most exchanges one trace walk reads (a runaway loop guard).
 const MAX_TRACE_EXCHANGES: usize = 100_000;
 /// Rows read per step when a regex decides which rows count.
@@ -619,6 +635,62 @@ impl ClickhouseStore {
         Ok(out)
     }
 
+    /// Where the events after `cursor` can be: the raw times, per host,
+    /// of the batches whose ids reach past it (a batch's ids are its
+    /// commit id and the next `events - 1`). A live tail reads again from
+    /// just behind its newest event, and `events` is sorted by host and
+    /// raw time, not by id: so bounded, a poll reads the granules of the
+    /// new batches' times rather than every part whose ids reach past the
+    /// cursor, which merges make as large as the store. Ranges of a host
+    /// less than [`SPAN_GAP_NS`] apart are read as one.
+    fn spans_after(&self, cursor: EventId) -> Result<Spans> {
+        #[derive(Row, Deserialize)]
+        struct Span {
+            host: String,
+            lo: i64,
+            hi: i64,
+        }
+        let step = 1i64 << ids::TAG_BITS;
+        let mut rows: Vec<Span> = self.fetch(&format!(
+            "SELECT host, min_raw_ts AS lo, max_raw_ts AS hi FROM {}.batches \
+             WHERE events > 0 AND commit_id + (toInt64(events) - 1) * {step} > {} \
+             ORDER BY host, lo LIMIT {}",
+            self.db,
+            cursor.raw(),
+            MAX_TAIL_BATCHES + 1
+        ))?;
+        if rows.is_empty() {
+            return Ok(Spans::None);
+        }
+        // Written before version 4 (0, 0: unknown), or too many to list.
+        if rows.len() > MAX_TAIL_BATCHES || rows.iter().any(|r| r.lo == 0 && r.hi == 0) {
+            return Ok(Spans::Unknown);
+        }
+        let mut merged: Vec<Span> = Vec::new();
+        for r in rows.drain(..) {
+            match merged.last_mut() {
+                Some(m) if m.host == r.host && r.lo <= m.hi.saturating_add(SPAN_GAP_NS) => {
+                    m.hi = m.hi.max(r.hi);
+                }
+                _ => merged.push(r),
+            }
+        }
+        Ok(Spans::Within(
+            merged
+                .iter()
+                .map(|m| {
+                    format!(
+                        "host = {} AND raw_ts BETWEEN {} AND {}",
+                        sql::lit(&m.host),
+                        m.lo,
+                        m.hi
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(" OR "),
+        ))
+    }
+
     /// [`sql::committed`] for this store's layout.
     fn committed(&self) -> String {
         sql::committed(&self.db, self.sharded)
@@ -773,9 +845,12 @@ impl ClickhouseStore {
         let mut commits = RowBinary::default();
         let received = now_ns();
         for &(b, first) in batches {
+            // The raw times the batch spans (0, 0 for none).
+            let mut span: Option<(i64, i64)> = None;
             for (i, e) in b.events.iter().enumerate() {
                 let id = IdSource::nth(first, i);
                 let raw = i64::try_from(e.ts_ns).unwrap_or(i64::MAX);
+                span = Some(span.map_or((raw, raw), |(lo, hi)| (lo.min(raw), hi.max(raw))));
                 let json = stored_json(e).map_err(|source| StoreError::Corrupt {
                     id: EventId::from_raw(id),
                     source,
@@ -849,6 +924,8 @@ impl ClickhouseStore {
                 .i64(first)
                 .u32(u32::try_from(b.events.len()).unwrap_or(u32::MAX))
                 .i64(received)
+                .i64(span.map_or(0, |s| s.0))
+                .i64(span.map_or(0, |s| s.1))
                 .end_row();
         }
         // Events and exchanges together (one round trip); the commit
@@ -878,8 +955,8 @@ impl ClickhouseStore {
         self.insert_all(inserts)?;
         self.insert(
             &format!(
-                "INSERT INTO {db}.batches (host, run_id, seq, commit_id, events, received_ns) \
-                 FORMAT RowBinary"
+                "INSERT INTO {db}.batches (host, run_id, seq, commit_id, events, received_ns, \
+                 min_raw_ts, max_raw_ts) FORMAT RowBinary"
             ),
             commits,
         )
@@ -1073,6 +1150,15 @@ impl Store for ClickhouseStore {
         let re = compiled(f)?;
         let mut where_ = filter_sql(&self.db, self.sharded, f, &offsets, trace.as_ref());
         where_.push_str(&format!(" AND id > {}", cursor.raw()));
+        match self.spans_after(cursor)? {
+            Spans::None => return Ok(Vec::new()),
+            Spans::Within(cond) => {
+                where_.push_str(" AND (");
+                where_.push_str(&cond);
+                where_.push(')');
+            }
+            Spans::Unknown => {}
+        }
         self.scan(
             &self.select(&offsets),
             &where_,

@@ -14,7 +14,9 @@
 /// new rows, hence the new version. Version 4 added the table
 /// `http_clients` (created when an aggregator opens the store, like every
 /// table): a tracer of version 3 would not write it, and the clock
-/// estimates of the others would miss the exchanges it stores.
+/// estimates of the others would miss the exchanges it stores; and the
+/// raw times each batch's events span (`batches.min_raw_ts`,
+/// `max_raw_ts`, [`ADDED`]), which bound a live tail's reads.
 pub const SCHEMA_VERSION: u32 = 4;
 
 /// A column added to a table after version 1: a store of an older version
@@ -22,8 +24,8 @@ pub const SCHEMA_VERSION: u32 = 4;
 /// (`upgrade.rs`). Rows written before have the type's default.
 pub struct Added {
     pub version: u32,
-    /// `events` or `http_index` (on a cluster, also each shard's
-    /// `_local`).
+    /// `events`, `http_index` (on a cluster, also each shard's `_local`)
+    /// or `batches`.
     pub table: &'static str,
     pub column: &'static str,
     pub ty: &'static str,
@@ -31,7 +33,7 @@ pub struct Added {
 }
 
 /// Every column added since version 1, oldest first.
-pub const ADDED: [Added; 2] = [
+pub const ADDED: [Added; 4] = [
     // Version 2: a log line is stored in columns only, its JSON empty
     // (`mod.rs`, `insert_group` and `decode`). Its JSON repeated its time,
     // host, pid, kind and stream, two thirds of the bytes every insert and
@@ -49,6 +51,24 @@ pub const ADDED: [Added; 2] = [
         column: "comm",
         ty: "String",
         after: "tid",
+    },
+    // Version 4: the raw times a batch's events span, so that a live
+    // tail reads only those times of the hosts whose batches are new
+    // (`since_cursor` in `mod.rs`). Rows written before have 0 and 0:
+    // unknown, and a tail that meets one reads as before.
+    Added {
+        version: 4,
+        table: "batches",
+        column: "min_raw_ts",
+        ty: "Int64",
+        after: "received_ns",
+    },
+    Added {
+        version: 4,
+        table: "batches",
+        column: "max_raw_ts",
+        ty: "Int64",
+        after: "min_raw_ts",
     },
 ];
 
@@ -170,7 +190,9 @@ fn create_single(db: &str) -> Vec<String> {
                 seq Int64,
                 commit_id Int64,
                 events UInt32,
-                received_ns Int64
+                received_ns Int64,
+                min_raw_ts Int64,
+                max_raw_ts Int64
             ) ENGINE = MergeTree ORDER BY (host, run_id, seq)
             SETTINGS index_granularity = 1024"
         ),

@@ -930,8 +930,7 @@ fn reads_after_a_group_skip_older_traffic() {
     for table in ["http_index", "http_clients"] {
         b.exec(&format!("SYSTEM START MERGES {}.{table}", b.db))
             .unwrap();
-        b.exec(&format!("OPTIMIZE TABLE {}.{table} FINAL", b.db))
-            .unwrap();
+        merge_into_one_part(&b, table);
     }
     let latest: Vec<&str> = reads
         .iter()
@@ -971,6 +970,144 @@ fn reads_after_a_group_skip_older_traffic() {
         "{}",
         p.theta_ns
     );
+}
+
+/// Merges `table` into one part (`OPTIMIZE ... FINAL` does nothing while
+/// a merge of its parts is under way: tried again until it did).
+fn merge_into_one_part(store: &ClickhouseStore, table: &str) {
+    for _ in 0..100 {
+        store
+            .exec(&format!("OPTIMIZE TABLE {}.{table} FINAL", store.db))
+            .unwrap();
+        let parts: Vec<super::Count> = store
+            .fetch(&format!(
+                "SELECT count() AS n FROM system.parts WHERE active AND database = {} \
+                 AND table = {}",
+                super::sql::lit(store.db.trim_matches('`')),
+                super::sql::lit(table)
+            ))
+            .unwrap();
+        if parts.first().is_some_and(|p| p.n == 1) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("{table} did not merge into one part");
+}
+
+/// A live tail's poll (`since_cursor`, from just behind its newest event)
+/// reads the new batches' hosts and raw times (`batches.min_raw_ts`,
+/// `max_raw_ts`), not the older traffic that merges joined them to: run
+/// again with `max_rows_to_read`, it stays below the rows of the older
+/// traffic, which the same read without those bounds exceeds. With no
+/// batch past the cursor it reads no events at all, and a batch row
+/// without times (written before version 4) makes it read as before, with
+/// the same answer.
+#[test]
+fn a_tail_poll_reads_only_the_new_batches_times() {
+    let config = shared().config(&fresh_db());
+    let a = ClickhouseStore::open(&config).unwrap();
+    const HOUR: u64 = 3_600_000_000_000;
+    let base = 20_000 * 86_400_000_000_000 + HOUR;
+    // 40,000 lines of 4 hosts, then (its cursor taken) 10 lines of h1 an
+    // hour later; then all in one part, as merges make them in time.
+    for seq in 0..20u64 {
+        let host = format!("h{}", seq % 4);
+        let lines = (0..2000)
+            .map(|i| {
+                let t = base + seq * 1_000_000_000 + i * 1000;
+                conformance::log(&host, t, StreamName::Stdout, "older")
+            })
+            .collect();
+        a.ingest(conformance::batch(&host, seq, lines)).unwrap();
+    }
+    let cursor = a.cursor().unwrap();
+    let new: Vec<Event> = (0..10)
+        .map(|i| {
+            conformance::log(
+                "h1",
+                base + HOUR + i,
+                StreamName::Stdout,
+                &format!("new {i}"),
+            )
+        })
+        .collect();
+    a.ingest(conformance::batch("h1", 100, new)).unwrap();
+    merge_into_one_part(&a, "events");
+    let b = ClickhouseStore::open_recording(&config).unwrap();
+    let poll = |store: &ClickhouseStore| -> Vec<String> {
+        store
+            .since_cursor(cursor, &Filter::default(), 100)
+            .unwrap()
+            .into_iter()
+            .map(|s| match s.event.data {
+                EventData::Log { text, .. } => text,
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    };
+    let want: Vec<String> = (0..10).map(|i| format!("new {i}")).collect();
+    let before = b.recorded().len();
+    assert_eq!(poll(&b), want);
+    let reads: Vec<String> = b.recorded()[before..]
+        .iter()
+        .map(|s| s.sql.clone())
+        .filter(|sql| sql.contains(".events ") && sql.contains(" AND id > "))
+        .collect();
+    assert_eq!(reads.len(), 1, "{reads:#?}");
+    let read = &reads[0];
+    // Granules of 8192 rows: the new lines' one (or two), against the
+    // five of all 40,010.
+    let bound = 16_384;
+    let rows_at_most = |sql: &str| {
+        b.block_on(
+            b.client
+                .query_raw(sql)
+                .with_setting("max_rows_to_read", bound.to_string())
+                .execute(),
+        )
+    };
+    let r = rows_at_most(read);
+    assert!(r.is_ok(), "{read}\nread more than {bound} rows: {r:?}");
+    let spans = regex::Regex::new(r" AND \(host = 'h1' AND raw_ts BETWEEN -?[0-9]+ AND -?[0-9]+\)")
+        .unwrap();
+    assert!(spans.is_match(read), "{read}");
+    let unbounded = spans.replace(read, "");
+    assert!(
+        rows_at_most(&unbounded).is_err(),
+        "{unbounded}\nread at most {bound} of 40,010 rows"
+    );
+    // Past the newest event: no events read.
+    let newest = b.cursor().unwrap();
+    let before = b.recorded().len();
+    assert!(
+        b.since_cursor(newest, &Filter::default(), 100)
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        b.recorded()[before..]
+            .iter()
+            .all(|s| !s.sql.contains(".events ")),
+        "{:#?}",
+        &b.recorded()[before..]
+    );
+    // A batch row without times past the cursor: read as before.
+    b.exec(&format!(
+        "INSERT INTO {}.batches (host, run_id, seq, commit_id, events, received_ns) \
+         VALUES ('h9', 'run-1', 0, {}, 1, 0)",
+        b.db,
+        newest.raw() - 256
+    ))
+    .unwrap();
+    let before = b.recorded().len();
+    assert_eq!(poll(&b), want);
+    let read = b.recorded()[before..]
+        .iter()
+        .map(|s| s.sql.clone())
+        .find(|sql| sql.contains(".events ") && sql.contains(" AND id > "))
+        .unwrap();
+    assert!(!read.contains("raw_ts BETWEEN"), "{read}");
 }
 
 /// `http_index` as a tracer before 2026-12-06 created it (one partition,

@@ -6,9 +6,10 @@
 use std::thread;
 
 use super::{
-    super::{Count, SCHEMA_VERSION, layout::shard_client, sql},
+    super::{Count, SCHEMA_VERSION, layout::shard_client, schema::ADDED, sql},
     *,
 };
+use crate::aggregator::store::EventId;
 
 /// `events` as schema version 1 created it (no `tid`, `comm`), under
 /// `name`, with `engine`.
@@ -270,11 +271,12 @@ fn json_shapes(store: &ClickhouseStore, db: &str) -> (u64, u64, u64) {
     )
 }
 
-/// A store of version 2 (its columns current, its JSON whole) becomes
-/// the current version without an `ALTER`; what it held reads back as it
-/// was.
+/// A store of version 2 (its `events` columns current, its JSON whole,
+/// `batches` without raw times) becomes the current version with no
+/// `ALTER` of `events`; what it held reads back as it was, and tails over
+/// it, whose batch rows have no raw times.
 #[test]
-fn a_version_2_store_is_upgraded_without_altering_it() {
+fn a_version_2_store_is_upgraded_without_altering_events() {
     let config = shared().config(&fresh_db());
     let db = sql::ident(&config.database);
     let store = ClickhouseStore::open(&config).unwrap();
@@ -291,7 +293,19 @@ fn a_version_2_store_is_upgraded_without_altering_it() {
         ..exchange
     };
     let exchange_json = exchange_json.replace("\"host\":\"old\"", "\"host\":\"v2\"");
-    let mut statements = vec![(None, format!("DROP TABLE {db}.schema_version"))];
+    let mut statements = vec![
+        (None, format!("DROP TABLE {db}.schema_version")),
+        // `batches` as version 2 made it, without the raw times.
+        (None, format!("DROP TABLE {db}.batches")),
+        (
+            None,
+            format!(
+                "CREATE TABLE {db}.batches (host String, run_id String, seq Int64, \
+                 commit_id Int64, events UInt32, received_ns Int64) \
+                 ENGINE = MergeTree ORDER BY (host, run_id, seq)"
+            ),
+        ),
+    ];
     statements.extend(recorded_version(&db, 2));
     statements.extend([
         (
@@ -316,9 +330,19 @@ fn a_version_2_store_is_upgraded_without_altering_it() {
     run(&config, &statements);
     drop(store);
     let store = ClickhouseStore::open_recording(&config).unwrap();
-    assert!(
-        store.recorded().iter().all(|s| !s.sql.starts_with("ALTER")),
-        "a version 2 store needs no ALTER"
+    let alters: Vec<String> = store
+        .recorded()
+        .iter()
+        .filter(|s| s.sql.starts_with("ALTER"))
+        .map(|s| s.sql.clone())
+        .collect();
+    assert_eq!(
+        alters,
+        [
+            format!("ALTER TABLE {db}.batches ADD COLUMN min_raw_ts Int64 AFTER received_ns"),
+            format!("ALTER TABLE {db}.batches ADD COLUMN max_raw_ts Int64 AFTER min_raw_ts"),
+        ],
+        "a version 2 store's events need no ALTER"
     );
     let version: Vec<Count> = store
         .fetch(&format!(
@@ -326,8 +350,17 @@ fn a_version_2_store_is_upgraded_without_altering_it() {
         ))
         .unwrap();
     assert_eq!(version[0].n, u64::from(SCHEMA_VERSION));
-    assert_eq!(everything(&store), vec![line, exchange]);
+    assert_eq!(everything(&store), vec![line.clone(), exchange.clone()]);
     assert_eq!(json_shapes(&store, &db), (1, 1, 0));
+    // A tail over them: their batch row has no raw times, so it reads
+    // without them (`since_cursor`).
+    let tailed: Vec<Event> = store
+        .since_cursor(EventId::from_raw(0), &Filter::default(), 10)
+        .unwrap()
+        .into_iter()
+        .map(|s| s.event)
+        .collect();
+    assert_eq!(tailed, vec![line, exchange]);
 }
 
 #[test]
@@ -351,7 +384,7 @@ fn the_upgrade_runs_on_a_current_clickhouse_too() {
     let store = ClickhouseStore::open_recording(&config).unwrap();
     let sent = store.recorded();
     assert!(
-        sent.iter().filter(|s| s.sql.starts_with("ALTER")).count() == 2,
+        sent.iter().filter(|s| s.sql.starts_with("ALTER")).count() == ADDED.len(),
         "{:#?}",
         sent.iter().map(|s| &s.sql).collect::<Vec<_>>()
     );
