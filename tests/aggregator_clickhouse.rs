@@ -422,3 +422,81 @@ fn clickhouse_lost_mid_run_the_agent_spools_and_nothing_is_lost() {
         .collect();
     assert_eq!(texts(agg.addr, "/v1/events?since=0"), want);
 }
+
+/// `tail -f -n 0 --host quiet`, where quiet's newest line is older than
+/// the 2 s a polling tail reads again behind the store's newest event
+/// (400,000 lines of quiet, then a pause, then another host's), prints
+/// only quiet's lines that come after it started, and stops being read
+/// for as soon as its client leaves: the aggregator then stops at once
+/// when told to.
+#[test]
+fn a_tail_on_a_store_with_history_prints_only_new_lines() {
+    let server = Server::start("tail-history");
+    let dir = TempDir::new("clickhouse-tail");
+    let token = dir.token_file();
+    let password = dir.path().join("ch-password");
+    std::fs::write(&password, format!("{PASSWORD}\n")).unwrap();
+    let url = format!("clickhouse://127.0.0.1:{}/tracer", server.http_port);
+    let mut a = Aggregator::start_with(&store_args(&url, &password, &token));
+    let t0 = now_ns();
+    for seq in 0..200u64 {
+        let lines: Vec<Event> = (0..2000)
+            .map(|i| log("quiet", t0 + seq * 2000 + i, &format!("old {seq}-{i}")))
+            .collect();
+        assert_eq!(ingest(a.addr, "quiet", seq, &lines), (2000, false));
+    }
+    // Past the 2 s a polling tail reads again behind the newest event,
+    // which is another host's.
+    thread::sleep(Duration::from_millis(2500));
+    let busy: Vec<Event> = (0..10)
+        .map(|i| log("busy", now_ns() + i, &format!("busy {i}")))
+        .collect();
+    assert_eq!(ingest(a.addr, "busy", 0, &busy), (10, false));
+    let mut tail = Command::new(TRACER)
+        .args(["tail", "-f", "-n", "0", "--host", "quiet", "--aggregator"])
+        .arg(a.url())
+        .arg("--token-file")
+        .arg(&token)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (line_tx, line_rx) = mpsc::channel();
+    let stdout = tail.stdout.take().unwrap();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line_tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    thread::sleep(Duration::from_millis(500));
+    let t1 = now_ns();
+    let new: Vec<Event> = (0..3)
+        .map(|i| log("quiet", t1 + i, &format!("new {i}")))
+        .collect();
+    assert_eq!(ingest(a.addr, "quiet", 200, &new), (3, false));
+    let got: Vec<String> = (0..3)
+        .map(|_| {
+            line_rx
+                .recv_timeout(Duration::from_secs(10))
+                .expect("tail -f printed fewer than 3 lines")
+        })
+        .collect();
+    assert!(
+        got.iter()
+            .enumerate()
+            .all(|(i, l)| l.contains(&format!("new {i}"))),
+        "{got:?}"
+    );
+    thread::sleep(Duration::from_millis(500));
+    assert!(line_rx.try_recv().is_err(), "tail -f printed more");
+    let _ = tail.kill();
+    let _ = tail.wait();
+    thread::sleep(Duration::from_millis(300));
+    assert!(
+        a.terminate_within(Duration::from_secs(3)),
+        "the aggregator went on reading for a tail whose client left"
+    );
+}

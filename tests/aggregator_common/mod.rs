@@ -80,6 +80,20 @@ impl Aggregator {
     }
 
     /// SIGKILL, and wait for it to be gone.
+    /// Sends SIGTERM; whether the aggregator exited within `limit`.
+    pub fn terminate_within(&mut self, limit: std::time::Duration) -> bool {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let start = std::time::Instant::now();
+        while start.elapsed() < limit {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        false
+    }
+
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

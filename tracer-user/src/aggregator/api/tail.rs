@@ -92,7 +92,7 @@ pub(super) async fn tail(
             tokio::spawn(follow_live(st.clone(), live, filter, cursor, tx));
         }
         (None, Some(every)) if follow => {
-            tokio::spawn(follow_polled(st.clone(), filter, seen, every, tx));
+            tokio::spawn(follow_polled(st.clone(), filter, cursor, seen, every, tx));
         }
         _ => return Ok(Sse::new(snapshot).into_response()),
     }
@@ -130,40 +130,61 @@ fn visible_since(
 async fn follow_polled(
     st: Arc<AppState>,
     filter: Filter,
+    cursor: EventId,
     mut seen: BTreeSet<EventId>,
     every: std::time::Duration,
     tx: mpsc::Sender<sse::Event>,
 ) {
     let mut shutdown = st.shutdown.clone();
-    let mut high = seen.last().copied().unwrap_or(EventId::START);
+    // From the snapshot's cursor: when nothing was committed in the
+    // rewind before it, `seen` is empty, and starting from the first id
+    // would send the whole store.
+    let mut high = seen.last().copied().unwrap_or(cursor).max(cursor);
     loop {
         tokio::select! {
             _ = tx.closed() => return,
             _ = shutdown.wait_for(|stop| *stop) => return,
             _ = tokio::time::sleep(every) => {}
         }
-        let (store, f) = (st.store.clone(), filter.clone());
-        let from = store.rewind(high);
-        let rows = match tokio::task::spawn_blocking(move || visible_since(&*store, from, &f)).await
-        {
-            Ok(Ok(rows)) => rows,
-            Ok(Err(e)) => {
-                report(&tx, e.to_string()).await;
+        // Page by page, each sent before the next is read: a backlog of
+        // millions (a tail following a bulk load) is neither held in
+        // memory nor read on after the client left or the server began
+        // to stop.
+        let mut after = st.store.rewind(high);
+        loop {
+            if tx.is_closed() || *shutdown.borrow() {
                 return;
             }
-            Err(e) => {
-                report(&tx, e.to_string()).await;
-                return;
+            let (store, f) = (st.store.clone(), filter.clone());
+            let page = match tokio::task::spawn_blocking(move || {
+                store.since_cursor(after, &f, PAGE)
+            })
+            .await
+            {
+                Ok(Ok(page)) => page,
+                Ok(Err(e)) => {
+                    report(&tx, e.to_string()).await;
+                    return;
+                }
+                Err(e) => {
+                    report(&tx, e.to_string()).await;
+                    return;
+                }
+            };
+            let done = page.len() < PAGE;
+            for s in &page {
+                if seen.insert(s.id) && tx.send(sse_event(s)).await.is_err() {
+                    return;
+                }
+                high = high.max(s.id);
+                after = s.id;
             }
-        };
-        for s in &rows {
-            if seen.insert(s.id) && tx.send(sse_event(s)).await.is_err() {
-                return;
+            // Ids below the next read's start are never read again.
+            seen = seen.split_off(&st.store.rewind(high));
+            if done {
+                break;
             }
-            high = high.max(s.id);
         }
-        // Ids below the next read's start are never read again.
-        seen = seen.split_off(&st.store.rewind(high));
     }
 }
 
