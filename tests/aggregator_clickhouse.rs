@@ -112,6 +112,38 @@ fn texts(addr: SocketAddr, path: &str) -> Vec<String> {
         .collect()
 }
 
+/// `tracer tail -f -n 0` through `a` with `extra` options, and its lines
+/// as they come (with when), once it had half a second to start following.
+fn follow(
+    a: &Aggregator,
+    token: &Path,
+    extra: &[&str],
+) -> (std::process::Child, mpsc::Receiver<(Instant, String)>) {
+    let mut tail = Command::new(TRACER)
+        .args(["tail", "-f", "-n", "0"])
+        .args(extra)
+        .arg("--aggregator")
+        .arg(a.url())
+        .arg("--token-file")
+        .arg(token)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (line_tx, line_rx) = mpsc::channel();
+    let stdout = tail.stdout.take().unwrap();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line_tx.send((Instant::now(), line)).is_err() {
+                return;
+            }
+        }
+    });
+    thread::sleep(Duration::from_millis(500));
+    (tail, line_rx)
+}
+
 #[test]
 fn two_aggregators_share_one_clickhouse() {
     let mut server = Server::start("agg");
@@ -125,24 +157,7 @@ fn two_aggregators_share_one_clickhouse() {
     let b = Aggregator::start_with(&args);
 
     // tail -f on a, before anything is stored.
-    let mut tail = Command::new(TRACER)
-        .args(["tail", "-f", "-n", "0", "--aggregator"])
-        .arg(a.url())
-        .arg("--token-file")
-        .arg(&token)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let (line_tx, line_rx) = mpsc::channel();
-    let stdout = tail.stdout.take().unwrap();
-    thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = line_tx.send((Instant::now(), line));
-        }
-    });
-    thread::sleep(Duration::from_millis(500));
+    let (mut tail, line_rx) = follow(&a, &token, &[]);
 
     // web-1 sends through a, web-2 through b; times interleave.
     let t0 = now_ns();
@@ -452,26 +467,7 @@ fn a_tail_on_a_store_with_history_prints_only_new_lines() {
         .map(|i| log("busy", now_ns() + i, &format!("busy {i}")))
         .collect();
     assert_eq!(ingest(a.addr, "busy", 0, &busy), (10, false));
-    let mut tail = Command::new(TRACER)
-        .args(["tail", "-f", "-n", "0", "--host", "quiet", "--aggregator"])
-        .arg(a.url())
-        .arg("--token-file")
-        .arg(&token)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let (line_tx, line_rx) = mpsc::channel();
-    let stdout = tail.stdout.take().unwrap();
-    thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line_tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    thread::sleep(Duration::from_millis(500));
+    let (mut tail, line_rx) = follow(&a, &token, &["--host", "quiet"]);
     let t1 = now_ns();
     let new: Vec<Event> = (0..3)
         .map(|i| log("quiet", t1 + i, &format!("new {i}")))
@@ -482,6 +478,7 @@ fn a_tail_on_a_store_with_history_prints_only_new_lines() {
             line_rx
                 .recv_timeout(Duration::from_secs(10))
                 .expect("tail -f printed fewer than 3 lines")
+                .1
         })
         .collect();
     assert!(
