@@ -108,7 +108,21 @@ fn http_over_lossy_reordering_links_is_reported_once_with_exact_sizes() {
     let run = tracer.finish(Duration::from_secs(15));
     drop(client);
     drop(server);
-    run.assert_clean_end();
+    // A retransmit the kernel counted without its event reaching the tracer
+    // is reported as `lost` (stage probe) at the connection's close
+    // (tracer-user/src/retransmits.rs). It is rare, and tests/attach_retransmit.rs
+    // holds it to an exact count and a bound; it says nothing about HTTP, so it
+    // is allowed here, and must add up in the summary.
+    let is_probe_loss = |e: &Value| {
+        e["kind"] == "lost" && e["stage"] == "probe" && e["for_kind"] == "tcp_retransmit"
+    };
+    run.assert_clean_end_allowing(is_probe_loss);
+    let probe_lost: u64 = run
+        .events
+        .iter()
+        .filter(|e| is_probe_loss(e))
+        .map(|e| e["count"].as_u64().unwrap_or(0))
+        .sum();
 
     let mut problems = Vec::new();
     for (pid, side) in [(spid, "server"), (cpid, "client")] {
@@ -137,7 +151,14 @@ fn http_over_lossy_reordering_links_is_reported_once_with_exact_sizes() {
              proved nothing"
         ));
     }
+    eprintln!("tcp_retransmit events: {retransmits}; lost at stage probe: {probe_lost}");
     let summary = run.events.last().expect("summary");
+    if summary["lost"]["probe"].as_u64() != Some(probe_lost) {
+        problems.push(format!(
+            "summary.lost.probe must be {probe_lost}, the sum of the probe losses reported: {}",
+            summary["lost"]
+        ));
+    }
     for stage in ["ring", "decode", "parse", "capture"] {
         if summary["lost"][stage].as_u64() != Some(0) {
             problems.push(format!(
@@ -148,7 +169,8 @@ fn http_over_lossy_reordering_links_is_reported_once_with_exact_sizes() {
     }
     assert!(
         problems.is_empty(),
-        "{}\n(retransmits reported: {retransmits})\ntracer stderr:\n{}",
+        "{}\n(retransmits reported: {retransmits}; lost at stage probe: {probe_lost})\n\
+         tracer stderr:\n{}",
         list_problems(&problems),
         run.stderr_text()
     );
