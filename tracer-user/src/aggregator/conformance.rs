@@ -35,6 +35,7 @@ macro_rules! store_conformance_suite {
             query_orders_by_time_then_commit_and_pages,
             grep_with_regex_and_case_folding,
             since_cursor_follows_commit_order,
+            ids_between_end_where_told,
             host_offset_applies_at_ingest,
             trace_links_logs_to_their_request,
             grep_finds_logpoint_and_probe_lines,
@@ -368,6 +369,58 @@ pub fn since_cursor_follows_commit_order(backend: &impl Backend) {
         .since_cursor(rows[2].id, &Filter::default(), 2)
         .unwrap();
     assert_eq!(texts(&after), ["b:b error net", "b:b tie"]);
+}
+
+/// What a polling tail's snapshot saw: the ids in a range, and none
+/// committed after its end, matching a filter (with a regex too).
+pub fn ids_between_end_where_told(backend: &impl Backend) {
+    let store = backend.open();
+    two_hosts(&store);
+    let first = store.cursor().unwrap();
+    let all = store
+        .since_cursor(EventId::START, &Filter::default(), 100)
+        .unwrap();
+    let later = batch(
+        "a",
+        1,
+        vec![
+            log("a", 60, StreamName::Stdout, "a later"),
+            log("a", 70, StreamName::Stdout, "a later error"),
+        ],
+    );
+    assert_eq!(store.ingest(later).unwrap().stored.len(), 2);
+    let ids = |from: EventId, to: EventId, f: &Filter| {
+        store
+            .ids_between(from, to, f)
+            .unwrap()
+            .into_iter()
+            .collect::<Vec<_>>()
+    };
+    let ids_of = |rows: &[Stored]| rows.iter().map(|s| s.id).collect::<Vec<_>>();
+    assert_eq!(ids(EventId::START, first, &Filter::default()), ids_of(&all));
+    assert_eq!(
+        ids(all[1].id, all[4].id, &Filter::default()),
+        ids_of(&all[2..5])
+    );
+    let host_b = Filter {
+        hosts: vec!["b".into()],
+        ..Filter::default()
+    };
+    assert_eq!(ids(EventId::START, first, &host_b), ids_of(&all[3..]));
+    let errors = Filter {
+        text: Some(TextMatch {
+            pattern: "error".into(),
+            case_insensitive: true,
+        }),
+        ..Filter::default()
+    };
+    assert_eq!(
+        ids(EventId::START, first, &errors),
+        vec![all[1].id, all[3].id]
+    );
+    let newest = store.cursor().unwrap();
+    assert_eq!(ids(first, newest, &errors).len(), 1);
+    assert!(ids(newest, newest, &Filter::default()).is_empty());
 }
 
 pub fn host_offset_applies_at_ingest(backend: &impl Backend) {

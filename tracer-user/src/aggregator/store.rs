@@ -11,6 +11,8 @@
 //! the offset in force when the batch arrived. Filters, ordering and the
 //! `ts_ns` of events handed back all use the corrected time.
 
+use std::collections::BTreeSet;
+
 use regex::{Regex, RegexBuilder};
 use serde::{Deserialize, Serialize};
 
@@ -409,6 +411,14 @@ pub trait Store: Send + Sync {
     /// most `limit`: how a live tail catches up.
     fn since_cursor(&self, cursor: EventId, f: &Filter, limit: usize) -> Result<Vec<Stored>>;
 
+    /// The ids of the events matching `f` with ids in (`from`, `to`]: what
+    /// a polling tail's snapshot saw, so that it sends only what becomes
+    /// visible after it. Here, page by page of whole events; a store that
+    /// can read the ids alone does.
+    fn ids_between(&self, from: EventId, to: EventId, f: &Filter) -> Result<BTreeSet<EventId>> {
+        ids_by_pages(self, from, to, f)
+    }
+
     /// The id of the last committed event ([`EventId::START`] when empty).
     fn cursor(&self) -> Result<EventId>;
 
@@ -462,6 +472,34 @@ pub struct HostOffset {
 /// `raw + offset`, kept in 0..=i64::MAX.
 pub fn corrected(raw: i64, offset: i64) -> i64 {
     raw.saturating_add(offset).max(0)
+}
+
+/// [`Store::ids_between`] from pages of whole events ([`Store::since_cursor`]).
+pub fn ids_by_pages<S: Store + ?Sized>(
+    store: &S,
+    from: EventId,
+    to: EventId,
+    f: &Filter,
+) -> Result<BTreeSet<EventId>> {
+    const PAGE: usize = 10_000;
+    let mut out = BTreeSet::new();
+    let mut after = from;
+    loop {
+        let page = store.since_cursor(after, f, PAGE)?;
+        let done = page.len() < PAGE;
+        for s in page {
+            // Events committed since (a firehose arriving as the tail
+            // starts) would otherwise keep every page full.
+            if s.id > to {
+                return Ok(out);
+            }
+            out.insert(s.id);
+            after = s.id;
+        }
+        if done {
+            return Ok(out);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -45,6 +45,7 @@ mod rowbinary;
 mod schema;
 mod sql;
 mod stitch;
+mod tail;
 mod upgrade;
 #[doc(hidden)]
 pub use self::local_server as test_server;
@@ -52,7 +53,7 @@ pub use self::local_server as test_server;
 mod tests;
 
 use std::{
-    collections::HashSet,
+    collections::{BTreeSet, HashSet},
     sync::Mutex,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -72,7 +73,7 @@ use super::{
     stitch::{conn_key, own_trace},
     store::{
         Batch, EventId, EventKind, Filter, HostOffset, IngestOutcome, Query, Result, Store,
-        StoreError, Stored, corrected, parse_stream, stream_name,
+        StoreError, Stored, corrected, ids_by_pages, parse_stream, stream_name,
     },
 };
 use crate::event::{Event, EventData, HttpSide};
@@ -171,21 +172,9 @@ const TAIL_POLL: Duration = Duration::from_millis(100);
 /// it can become visible after events with later ids. Covers inserts that
 /// take up to this long and clocks of aggregators this far apart.
 const TAIL_REWIND_MS: i64 = 2_000;
-/// Most batches whose times bound a tail's read ([`ClickhouseStore::spans_after`]);
-/// past it the read is not bounded (a statement stays small).
+/// Most batches listed to bound a tail's reads ([`ClickhouseStore::tail_windows`]);
+/// past them one read is not bounded by times.
 const MAX_TAIL_BATCHES: usize = 2048;
-/// Raw times of one host closer than this are read as one range.
-const SPAN_GAP_NS: i64 = 1_000_000_000;
-
-/// Which events may follow a tail's cursor.
-enum Spans {
-    /// None: no batch has ids past it.
-    None,
-    /// Those that meet this condition.
-    Within(String),
-    /// Not known (batches written before version 4, or too many).
-    Unknown,
-}
 
 /// Most exchanges one trace walk reads (a runaway loop guard).
 const MAX_TRACE_EXCHANGES: usize = 100_000;
@@ -635,60 +624,46 @@ impl ClickhouseStore {
         Ok(out)
     }
 
-    /// Where the events after `cursor` can be: the raw times, per host,
-    /// of the batches whose ids reach past it (a batch's ids are its
-    /// commit id and the next `events - 1`). A live tail reads again from
-    /// just behind its newest event, and `events` is sorted by host and
-    /// raw time, not by id: so bounded, a poll reads the granules of the
-    /// new batches' times rather than every part whose ids reach past the
-    /// cursor, which merges make as large as the store. Ranges of a host
-    /// less than [`SPAN_GAP_NS`] apart are read as one.
-    fn spans_after(&self, cursor: EventId) -> Result<Spans> {
+    /// The reads that hold the events after `cursor`, bounded by the ids
+    /// and raw times its batches' rows record (`tail.rs`): none when no
+    /// batch has ids past it; one read bounded by ids alone when some
+    /// batch's times are not known (written before version 4).
+    fn tail_windows(&self, cursor: EventId) -> Result<Vec<tail::Window>> {
         #[derive(Row, Deserialize)]
-        struct Span {
+        struct BatchRow {
             host: String,
             lo: i64,
             hi: i64,
+            first: i64,
+            events: u32,
         }
         let step = 1i64 << ids::TAG_BITS;
-        let mut rows: Vec<Span> = self.fetch(&format!(
-            "SELECT host, min_raw_ts AS lo, max_raw_ts AS hi FROM {}.batches \
+        let rows: Vec<BatchRow> = self.fetch(&format!(
+            "SELECT host, min_raw_ts AS lo, max_raw_ts AS hi, commit_id AS first, events \
+             FROM {}.batches \
              WHERE events > 0 AND commit_id + (toInt64(events) - 1) * {step} > {} \
-             ORDER BY host, lo LIMIT {}",
+             ORDER BY commit_id LIMIT {}",
             self.db,
             cursor.raw(),
             MAX_TAIL_BATCHES + 1
         ))?;
-        if rows.is_empty() {
-            return Ok(Spans::None);
+        if rows.iter().any(|r| r.lo == 0 && r.hi == 0) {
+            return Ok(tail::windows(&[], cursor.raw(), false));
         }
-        // Written before version 4 (0, 0: unknown), or too many to list.
-        if rows.len() > MAX_TAIL_BATCHES || rows.iter().any(|r| r.lo == 0 && r.hi == 0) {
-            return Ok(Spans::Unknown);
-        }
-        let mut merged: Vec<Span> = Vec::new();
-        for r in rows.drain(..) {
-            match merged.last_mut() {
-                Some(m) if m.host == r.host && r.lo <= m.hi.saturating_add(SPAN_GAP_NS) => {
-                    m.hi = m.hi.max(r.hi);
-                }
-                _ => merged.push(r),
-            }
-        }
-        Ok(Spans::Within(
-            merged
-                .iter()
-                .map(|m| {
-                    format!(
-                        "host = {} AND raw_ts BETWEEN {} AND {}",
-                        sql::lit(&m.host),
-                        m.lo,
-                        m.hi
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join(" OR "),
-        ))
+        let complete = rows.len() <= MAX_TAIL_BATCHES;
+        let batches: Vec<tail::NewBatch> = rows
+            .into_iter()
+            .take(MAX_TAIL_BATCHES)
+            .map(|r| tail::NewBatch {
+                last: r.first + (i64::from(r.events) - 1) * step,
+                host: r.host,
+                lo: r.lo,
+                hi: r.hi,
+                first: r.first,
+                events: u64::from(r.events),
+            })
+            .collect();
+        Ok(tail::windows(&batches, cursor.raw(), complete))
     }
 
     /// [`sql::committed`] for this store's layout.
@@ -1148,25 +1123,56 @@ impl Store for ClickhouseStore {
         let offsets = self.offsets_now()?;
         let trace = self.trace_set(f)?;
         let re = compiled(f)?;
-        let mut where_ = filter_sql(&self.db, self.sharded, f, &offsets, trace.as_ref());
-        where_.push_str(&format!(" AND id > {}", cursor.raw()));
-        match self.spans_after(cursor)? {
-            Spans::None => return Ok(Vec::new()),
-            Spans::Within(cond) => {
-                where_.push_str(" AND (");
-                where_.push_str(&cond);
-                where_.push(')');
+        let filtered = filter_sql(&self.db, self.sharded, f, &offsets, trace.as_ref());
+        let mut out = Vec::new();
+        for window in self.tail_windows(cursor)? {
+            out.extend(self.scan(
+                &self.select(&offsets),
+                &format!("{filtered}{}", window.condition()),
+                "id",
+                limit - out.len(),
+                re.as_ref(),
+                |s| format!("id > {}", s.id.raw()),
+            )?);
+            if out.len() >= limit {
+                break;
             }
-            Spans::Unknown => {}
         }
-        self.scan(
-            &self.select(&offsets),
-            &where_,
-            "id",
-            limit,
-            re.as_ref(),
-            |s| format!("id > {}", s.id.raw()),
-        )
+        Ok(out)
+    }
+
+    /// The ids alone, when no regex needs the text: a tail that starts
+    /// while a firehose arrives reads the ids of the last 2 s of it (600k
+    /// at 300k a second), not whole events.
+    fn ids_between(&self, from: EventId, to: EventId, f: &Filter) -> Result<BTreeSet<EventId>> {
+        /// An id, and the corrected time a filter's time bounds name.
+        #[derive(Row, Deserialize)]
+        struct Id {
+            id: i64,
+            #[allow(dead_code)]
+            ts: i64,
+        }
+        if f.text.is_some() {
+            return ids_by_pages(self, from, to, f);
+        }
+        let offsets = self.offsets_now()?;
+        let trace = self.trace_set(f)?;
+        let filtered = filter_sql(&self.db, self.sharded, f, &offsets, trace.as_ref());
+        let mut out = BTreeSet::new();
+        for window in self.tail_windows(from)? {
+            if window.after >= to.raw() {
+                break;
+            }
+            let ids: Vec<Id> = self.fetch(&format!(
+                "SELECT id, {} AS ts FROM {}.events WHERE {filtered}{} AND id <= {}",
+                offsets.ts_expr(),
+                self.db,
+                window.condition(),
+                to.raw()
+            ))?;
+            out.extend(ids.into_iter().map(|r| EventId::from_raw(r.id)));
+        }
+        Ok(out)
     }
 
     fn cursor(&self) -> Result<EventId> {

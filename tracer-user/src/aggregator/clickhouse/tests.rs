@@ -26,7 +26,9 @@ use super::{
 use crate::{
     aggregator::{
         conformance::{self, Backend, store_conformance_suite},
-        store::{Batch, EventKind, Filter, Query, Store as _, StreamName, TextMatch},
+        store::{
+            Batch, EventId, EventKind, Filter, Query, Store as _, Stored, StreamName, TextMatch,
+        },
     },
     event::{Event, EventData, HttpExchange, HttpSide, Tuple},
 };
@@ -627,6 +629,27 @@ fn workload(store: &ClickhouseStore) {
             }
         }
     }
+    // A tail's read of a backlog in windows (ids bounded above, `tail.rs`).
+    let backlog = (0..super::tail::WINDOW_EVENTS)
+        .map(|i| conformance::log("c", 1000 + i, StreamName::Stdout, "backlog"))
+        .collect();
+    store.ingest(conformance::batch("c", 0, backlog)).unwrap();
+    store
+        .ingest(conformance::batch(
+            "c",
+            1,
+            vec![conformance::log("c", 9000, StreamName::Stdout, "last")],
+        ))
+        .unwrap();
+    store
+        .since_cursor(crate::aggregator::store::EventId::START, &filters[0], 10)
+        .unwrap();
+    let newest = store.cursor().unwrap();
+    for f in &filters[..2] {
+        store
+            .ids_between(crate::aggregator::store::EventId::START, newest, f)
+            .unwrap();
+    }
     store.offsets().unwrap();
     store.host_offset("a").unwrap();
     store
@@ -1108,6 +1131,115 @@ fn a_tail_poll_reads_only_the_new_batches_times() {
         .find(|sql| sql.contains(".events ") && sql.contains(" AND id > "))
         .unwrap();
     assert!(!read.contains("raw_ts BETWEEN"), "{read}");
+}
+
+/// A tail far behind (a backlog of 400,000 events, merged into one part)
+/// reads its first page from the first window of batches: the first 1000
+/// events by id, reading the granules of that window's batches' times, not
+/// every event past its cursor (which the read bounded by all of their
+/// times did, to sort them by id).
+#[test]
+fn a_tail_page_on_a_backlog_reads_one_window() {
+    const BATCHES: u64 = 200;
+    const PER_BATCH: u64 = 2000;
+    let config = shared().config(&fresh_db());
+    let a = ClickhouseStore::open(&config).unwrap();
+    let base = 20_000 * 86_400_000_000_000u64;
+    for seq in 0..BATCHES {
+        let host = format!("h{}", seq % 4);
+        let lines = (0..PER_BATCH)
+            .map(|i| {
+                let t = base + seq * 1_000_000_000 + i * 1000;
+                conformance::log(&host, t, StreamName::Stdout, &format!("{seq} {i}"))
+            })
+            .collect();
+        a.ingest(conformance::batch(&host, seq, lines)).unwrap();
+    }
+    merge_into_one_part(&a, "events");
+    let b = ClickhouseStore::open_recording(&config).unwrap();
+    let text = |s: &Stored| match &s.event.data {
+        EventData::Log { text, .. } => text.clone(),
+        other => panic!("{other:?}"),
+    };
+    let before = b.recorded().len();
+    let page: Vec<String> = b
+        .since_cursor(EventId::START, &Filter::default(), 1000)
+        .unwrap()
+        .iter()
+        .map(text)
+        .collect();
+    let want: Vec<String> = (0..1000).map(|i| format!("0 {i}")).collect();
+    assert_eq!(page, want);
+    let reads: Vec<String> = b.recorded()[before..]
+        .iter()
+        .map(|s| s.sql.clone())
+        .filter(|sql| sql.contains(".events ") && sql.contains(" AND id > "))
+        .collect();
+    assert_eq!(reads.len(), 1, "{reads:#?}");
+    // The first window: its batches' times (each host's a second apart,
+    // so a range each), at most two granules of 8192 rows each.
+    let window_batches = super::tail::WINDOW_EVENTS.div_ceil(PER_BATCH);
+    let bound = window_batches * 2 * 8192;
+    assert!(bound * 2 < BATCHES * PER_BATCH);
+    let rows_at_most = |sql: &str| {
+        b.block_on(
+            b.client
+                .query_raw(sql)
+                .with_setting("max_rows_to_read", bound.to_string())
+                .execute(),
+        )
+    };
+    let read = &reads[0];
+    let r = rows_at_most(read);
+    assert!(r.is_ok(), "{read}\nread more than {bound} rows: {r:?}");
+    let window = regex::Regex::new(r" AND id <= [0-9]+ AND \(.*\)").unwrap();
+    assert!(window.is_match(read), "{read}");
+    let all_times = format!(
+        " AND (raw_ts BETWEEN {base} AND {})",
+        base + BATCHES * 1_000_000_000
+    );
+    let unwindowed = window.replace(read, all_times.as_str());
+    assert!(
+        rows_at_most(&unwindowed).is_err(),
+        "{unwindowed}\nread at most {bound} of {} rows",
+        BATCHES * PER_BATCH
+    );
+    // Every page after it, to the end, in order.
+    let mut cursor = EventId::START;
+    let mut seen = 0;
+    loop {
+        let page = b.since_cursor(cursor, &Filter::default(), 10_000).unwrap();
+        for s in &page {
+            assert_eq!(
+                text(s),
+                format!("{} {}", seen / PER_BATCH, seen % PER_BATCH)
+            );
+            seen += 1;
+        }
+        match page.last() {
+            Some(last) if page.len() == 10_000 => cursor = last.id,
+            _ => break,
+        }
+    }
+    assert_eq!(seen, BATCHES * PER_BATCH);
+    // What a tail's snapshot saw: the ids alone.
+    let newest = b.cursor().unwrap();
+    let before = b.recorded().len();
+    let ids = b
+        .ids_between(EventId::START, newest, &Filter::default())
+        .unwrap();
+    assert_eq!(ids.len() as u64, BATCHES * PER_BATCH);
+    let reads: Vec<String> = b.recorded()[before..]
+        .iter()
+        .map(|s| s.sql.clone())
+        .filter(|sql| sql.contains(".events "))
+        .collect();
+    assert!(
+        reads
+            .iter()
+            .all(|sql| sql.starts_with("SELECT id, ") && !sql.contains("text")),
+        "{reads:#?}"
+    );
 }
 
 /// `http_index` as a tracer before 2026-12-06 created it (one partition,

@@ -1,0 +1,273 @@
+//! Where a live tail's next events are.
+//!
+//! A tail reads the events after its cursor in id order, but `events` is
+//! sorted by host and raw time, and merges make its parts as large as the
+//! store: bounded by its ids alone, a read would cover every part whose ids
+//! reach past the cursor. Each row of `batches` records its events' ids
+//! (the commit id and the count) and their host's raw times (since schema
+//! version 4), so a read can be bounded by the times of the batches it
+//! needs instead.
+//!
+//! Those batches are cut, in id order, into windows of about
+//! [`WINDOW_EVENTS`] events, and a page reads one window after another
+//! until it is full. A window ends just before the next window's first id,
+//! and it reads the times of every batch with an id inside it (a batch of
+//! another aggregator may begin inside an earlier one's ids). So a tail
+//! that follows a firehose reads about a window's events per page, not
+//! every event committed since its cursor, which it used to sort by id to
+//! keep the first page's worth (1.4M rows per page of 1000, measured).
+
+use super::sql;
+
+/// Events per window: more than a tail's page (10,000), and enough that a
+/// filtered tail (which may keep few of them) needs few reads.
+pub const WINDOW_EVENTS: u64 = 16_384;
+/// Batches per window, at most: each may add a range to the statement
+/// (ClickHouse refuses statements over 256 KiB by default).
+const WINDOW_BATCHES: usize = 256;
+/// Raw times of one host closer than this are read as one range.
+const SPAN_GAP_NS: i64 = 1_000_000_000;
+
+/// A batch with ids past a tail's cursor: its host, the raw times of its
+/// events, and its first and last id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewBatch {
+    pub host: String,
+    pub lo: i64,
+    pub hi: i64,
+    pub first: i64,
+    pub last: i64,
+    pub events: u64,
+}
+
+/// One read of a tail's page: the events with ids in (`after`, `upto`]
+/// (no upper bound when `upto` is None) that meet `spans` (any, when it is
+/// None).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Window {
+    pub after: i64,
+    pub upto: Option<i64>,
+    pub spans: Option<String>,
+}
+
+impl Window {
+    /// The window's conditions, to add to a read's `WHERE`.
+    pub fn condition(&self) -> String {
+        let mut c = format!(" AND id > {}", self.after);
+        if let Some(upto) = self.upto {
+            c.push_str(&format!(" AND id <= {upto}"));
+        }
+        if let Some(spans) = &self.spans {
+            c.push_str(&format!(" AND ({spans})"));
+        }
+        c
+    }
+}
+
+/// The windows that hold every event after `cursor`, given `batches`: the
+/// batches whose last id is past it, sorted by first id. `complete` is
+/// false when more batches exist than were listed: those begin at or after
+/// the last one listed, so the windows end just before it, and one last
+/// window reads everything from there on without times.
+pub fn windows(batches: &[NewBatch], cursor: i64, complete: bool) -> Vec<Window> {
+    let mut out = Vec::new();
+    let mut after = cursor;
+    let (mut events, mut listed) = (0u64, 0usize);
+    let cut = |after: &mut i64, upto: i64, out: &mut Vec<Window>| {
+        out.push(Window {
+            after: *after,
+            upto: Some(upto),
+            spans: Some(spans(batches, *after, upto)),
+        });
+        *after = upto;
+    };
+    for (i, b) in batches.iter().enumerate() {
+        let Some(next) = batches.get(i + 1) else {
+            break;
+        };
+        events += b.events;
+        listed += 1;
+        // The next batch begins a new window once this one is full, if an
+        // id lies between (a batch that began before the cursor may
+        // start after it in this order).
+        if (events >= WINDOW_EVENTS || listed >= WINDOW_BATCHES) && next.first - 1 > after {
+            cut(&mut after, next.first - 1, &mut out);
+            (events, listed) = (0, 0);
+        }
+    }
+    match (batches.last(), complete) {
+        (None, true) => {}
+        (Some(_), true) => out.push(Window {
+            after,
+            upto: None,
+            spans: Some(spans(batches, after, i64::MAX)),
+        }),
+        (last, false) => {
+            if let Some(last) = last
+                && last.first - 1 > after
+            {
+                cut(&mut after, last.first - 1, &mut out);
+            }
+            out.push(Window {
+                after,
+                upto: None,
+                spans: None,
+            });
+        }
+    }
+    out
+}
+
+/// The raw times, per host, of the batches with ids in (`after`, `upto`],
+/// as a condition on `events`; ranges of a host less than [`SPAN_GAP_NS`]
+/// apart are read as one.
+fn spans(batches: &[NewBatch], after: i64, upto: i64) -> String {
+    let mut inside: Vec<&NewBatch> = batches
+        .iter()
+        .filter(|b| b.first <= upto && b.last > after)
+        .collect();
+    inside.sort_by(|a, b| (&a.host, a.lo).cmp(&(&b.host, b.lo)));
+    let mut merged: Vec<(&str, i64, i64)> = Vec::new();
+    for b in inside {
+        match merged.last_mut() {
+            Some((host, _, hi)) if *host == b.host && b.lo <= hi.saturating_add(SPAN_GAP_NS) => {
+                *hi = (*hi).max(b.hi);
+            }
+            _ => merged.push((&b.host, b.lo, b.hi)),
+        }
+    }
+    merged
+        .iter()
+        .map(|(host, lo, hi)| format!("host = {} AND raw_ts BETWEEN {lo} AND {hi}", sql::lit(host)))
+        .collect::<Vec<_>>()
+        .join(" OR ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(host: &str, lo: i64, first: i64, events: u64) -> NewBatch {
+        NewBatch {
+            host: host.to_owned(),
+            lo,
+            hi: lo + 10,
+            first,
+            last: first + (i64::try_from(events).unwrap() - 1) * 256,
+            events,
+        }
+    }
+
+    #[test]
+    fn a_few_batches_are_one_window_without_an_upper_bound() {
+        let b = [
+            batch("a", 100, 1000, 10),
+            batch("b", 5_000_000_000, 9000, 10),
+        ];
+        assert_eq!(
+            windows(&b, 500, true),
+            vec![Window {
+                after: 500,
+                upto: None,
+                spans: Some(
+                    "host = 'a' AND raw_ts BETWEEN 100 AND 110 OR \
+                     host = 'b' AND raw_ts BETWEEN 5000000000 AND 5000000010"
+                        .to_owned()
+                ),
+            }]
+        );
+    }
+
+    #[test]
+    fn a_backlog_is_cut_where_a_window_is_full() {
+        // Three batches of a window's events each (ids 256 apart), their
+        // first ids 20M apart.
+        let n = WINDOW_EVENTS;
+        let b = [
+            batch("a", 0, 10_000_000, n),
+            batch("a", 2_000_000_000, 30_000_000, n),
+            batch("a", 4_000_000_000, 50_000_000, n),
+        ];
+        let w = windows(&b, 0, true);
+        let bounds: Vec<(i64, Option<i64>)> = w.iter().map(|w| (w.after, w.upto)).collect();
+        assert_eq!(
+            bounds,
+            vec![
+                (0, Some(29_999_999)),
+                (29_999_999, Some(49_999_999)),
+                (49_999_999, None)
+            ]
+        );
+        assert_eq!(
+            w[1].spans.as_deref(),
+            Some("host = 'a' AND raw_ts BETWEEN 2000000000 AND 2000000010")
+        );
+    }
+
+    #[test]
+    fn many_small_batches_are_cut_into_windows_of_a_few_hundred() {
+        let b: Vec<NewBatch> = (0..1000)
+            .map(|i| batch(&format!("h{i}"), 0, 1000 + i * 256, 1))
+            .collect();
+        let w = windows(&b, 0, true);
+        assert_eq!(w.len(), 4);
+        for w in &w {
+            let ranges = w.spans.as_deref().unwrap().matches(" OR ").count() + 1;
+            assert!(ranges <= WINDOW_BATCHES, "{ranges}");
+        }
+    }
+
+    #[test]
+    fn a_window_reads_an_earlier_batch_whose_ids_reach_into_it() {
+        // Aggregator 1's big batch spans ids that aggregator 2's batches
+        // begin inside.
+        let n = WINDOW_EVENTS;
+        let big = batch("a", 0, 1_000, 2 * n);
+        let b = [big.clone(), batch("b", 7_000_000_000, big.first + 1_000, n)];
+        let w = windows(&b, 0, true);
+        assert_eq!(w.len(), 2);
+        assert_eq!(w[0].upto, Some(big.first + 999));
+        assert_eq!(
+            w[1].spans.as_deref(),
+            Some(
+                "host = 'a' AND raw_ts BETWEEN 0 AND 10 OR \
+                 host = 'b' AND raw_ts BETWEEN 7000000000 AND 7000000010"
+            )
+        );
+    }
+
+    #[test]
+    fn past_the_listed_batches_one_window_reads_the_rest_unbounded() {
+        let b = [batch("a", 0, 1000, 5), batch("b", 0, 9000, 5)];
+        let w = windows(&b, 0, false);
+        assert_eq!(
+            w,
+            vec![
+                Window {
+                    after: 0,
+                    upto: Some(8999),
+                    spans: Some("host = 'a' AND raw_ts BETWEEN 0 AND 10".to_owned()),
+                },
+                Window {
+                    after: 8999,
+                    upto: None,
+                    spans: None,
+                }
+            ]
+        );
+        assert_eq!(
+            w[0].condition(),
+            " AND id > 0 AND id <= 8999 AND (host = 'a' AND raw_ts BETWEEN 0 AND 10)"
+        );
+        // Nothing listed and more to come: one unbounded read.
+        assert_eq!(
+            windows(&[], 7, false),
+            vec![Window {
+                after: 7,
+                upto: None,
+                spans: None
+            }]
+        );
+        assert!(windows(&[], 7, true).is_empty());
+    }
+}
