@@ -497,3 +497,67 @@ fn a_tail_on_a_store_with_history_prints_only_new_lines() {
         "the aggregator went on reading for a tail whose client left"
     );
 }
+
+/// `tail -f` started while a firehose arrives prints its first new line
+/// at once, the firehose still running. A polling tail reads what its
+/// snapshot saw (the 2 s behind its cursor) to skip it later; that read
+/// used to go on while every page was full, so during a firehose the tail
+/// printed nothing at all, for as long as the firehose lasted.
+#[test]
+fn a_tail_started_during_a_firehose_prints_at_once() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    };
+    let server = Server::start("tail-firehose");
+    let dir = TempDir::new("clickhouse-firehose");
+    let token = dir.token_file();
+    let password = dir.path().join("ch-password");
+    std::fs::write(&password, format!("{PASSWORD}\n")).unwrap();
+    let url = format!("clickhouse://127.0.0.1:{}/tracer", server.http_port);
+    let a = Aggregator::start_with(&store_args(&url, &password, &token));
+    // Two senders, 2000 lines a batch, until told to stop (at most 2,000
+    // batches each: a bounded load).
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let senders: Vec<_> = ["fire-a", "fire-b"]
+        .into_iter()
+        .map(|host| {
+            let (stop, sent, addr) = (stop.clone(), sent.clone(), a.addr);
+            thread::spawn(move || {
+                for seq in 0..2000u64 {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let t = now_ns();
+                    let lines: Vec<Event> = (0..2000)
+                        .map(|i| log(host, t + i, &format!("{host} {seq}-{i}")))
+                        .collect();
+                    assert_eq!(ingest(addr, host, seq, &lines), (2000, false));
+                    sent.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    // The firehose well under way: more than its 2 s of rewind behind.
+    thread::sleep(Duration::from_secs(3));
+    let before = sent.load(Ordering::Relaxed);
+    assert!(before > 10, "only {before} batches in 3 s");
+    let started = Instant::now();
+    let (mut tail, line_rx) = follow(&a, &token, &[]);
+    let first = line_rx.recv_timeout(Duration::from_secs(10));
+    let running = sent.load(Ordering::Relaxed) < 4000;
+    stop.store(true, Ordering::Relaxed);
+    for s in senders {
+        s.join().unwrap();
+    }
+    let _ = tail.kill();
+    let _ = tail.wait();
+    let (at, line) = first.expect("tail -f printed nothing within 10 s of a firehose");
+    assert!(line.contains("fire-"), "{line}");
+    assert!(running, "the firehose ended before the tail printed");
+    eprintln!(
+        "first line {:?} after the tail started, {before} batches of 2000 before it",
+        at - started
+    );
+}
