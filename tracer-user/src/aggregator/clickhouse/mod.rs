@@ -1175,9 +1175,15 @@ impl Store for ClickhouseStore {
         Ok(out)
     }
 
+    /// From the committed batch rows (a batch's last id is its commit id
+    /// and `events - 1` steps on): `max(id)` over `events` read the id
+    /// column of the whole store (68M rows, 0.5 s at 56M events) each time
+    /// a tail started.
     fn cursor(&self) -> Result<EventId> {
         let n: Vec<Count> = self.fetch(&format!(
-            "SELECT toUInt64(greatest(max(id), toInt64(0))) AS n FROM {}.events WHERE {}",
+            "SELECT toUInt64(greatest(max(commit_id + (toInt64(events) - 1) * {}), \
+             toInt64(0))) AS n FROM {}.batches WHERE events > 0 AND {}",
+            1i64 << ids::TAG_BITS,
             self.db,
             self.committed()
         ))?;
