@@ -925,12 +925,7 @@ fn reads_after_a_group_skip_older_traffic() {
     let bound = 4096;
     let rows_at_most = |sql: &str| {
         assert!(!sql.contains(".batches"), "{sql}");
-        b.block_on(
-            b.client
-                .query_raw(sql)
-                .with_setting("max_rows_to_read", bound.to_string())
-                .execute(),
-        )
+        read_at_most(&b, sql, bound)
     };
     // Without their time bounds, each of them reads the older traffic.
     let bound_re =
@@ -993,6 +988,29 @@ fn reads_after_a_group_skip_older_traffic() {
         "{}",
         p.theta_ns
     );
+}
+
+/// Runs `sql` on `store`'s server, refused if it would read more than
+/// `bound` rows (ClickHouse's `max_rows_to_read`: planned from the
+/// primary key, before reading).
+fn read_at_most(store: &ClickhouseStore, sql: &str, bound: u64) -> clickhouse::error::Result<()> {
+    store.block_on(
+        store
+            .client
+            .query_raw(sql)
+            .with_setting("max_rows_to_read", bound.to_string())
+            .execute(),
+    )
+}
+
+/// The reads of `events` past a cursor that `store` sent since its
+/// `before`th statement.
+fn cursor_reads(store: &ClickhouseStore, before: usize) -> Vec<String> {
+    store.recorded()[before..]
+        .iter()
+        .map(|s| s.sql.clone())
+        .filter(|sql| sql.contains(".events ") && sql.contains(" AND id > "))
+        .collect()
 }
 
 /// Merges `table` into one part (`OPTIMIZE ... FINAL` does nothing while
@@ -1072,24 +1090,13 @@ fn a_tail_poll_reads_only_the_new_batches_times() {
     let want: Vec<String> = (0..10).map(|i| format!("new {i}")).collect();
     let before = b.recorded().len();
     assert_eq!(poll(&b), want);
-    let reads: Vec<String> = b.recorded()[before..]
-        .iter()
-        .map(|s| s.sql.clone())
-        .filter(|sql| sql.contains(".events ") && sql.contains(" AND id > "))
-        .collect();
+    let reads = cursor_reads(&b, before);
     assert_eq!(reads.len(), 1, "{reads:#?}");
     let read = &reads[0];
     // Granules of 8192 rows: the new lines' one (or two), against the
     // five of all 40,010.
     let bound = 16_384;
-    let rows_at_most = |sql: &str| {
-        b.block_on(
-            b.client
-                .query_raw(sql)
-                .with_setting("max_rows_to_read", bound.to_string())
-                .execute(),
-        )
-    };
+    let rows_at_most = |sql: &str| read_at_most(&b, sql, bound);
     let r = rows_at_most(read);
     assert!(r.is_ok(), "{read}\nread more than {bound} rows: {r:?}");
     let spans = regex::Regex::new(r" AND \(host = 'h1' AND raw_ts BETWEEN -?[0-9]+ AND -?[0-9]+\)")
@@ -1170,25 +1177,14 @@ fn a_tail_page_on_a_backlog_reads_one_window() {
         .collect();
     let want: Vec<String> = (0..1000).map(|i| format!("0 {i}")).collect();
     assert_eq!(page, want);
-    let reads: Vec<String> = b.recorded()[before..]
-        .iter()
-        .map(|s| s.sql.clone())
-        .filter(|sql| sql.contains(".events ") && sql.contains(" AND id > "))
-        .collect();
+    let reads = cursor_reads(&b, before);
     assert_eq!(reads.len(), 1, "{reads:#?}");
     // The first window: its batches' times (each host's a second apart,
     // so a range each), at most two granules of 8192 rows each.
     let window_batches = super::tail::WINDOW_EVENTS.div_ceil(PER_BATCH);
     let bound = window_batches * 2 * 8192;
     assert!(bound * 2 < BATCHES * PER_BATCH);
-    let rows_at_most = |sql: &str| {
-        b.block_on(
-            b.client
-                .query_raw(sql)
-                .with_setting("max_rows_to_read", bound.to_string())
-                .execute(),
-        )
-    };
+    let rows_at_most = |sql: &str| read_at_most(&b, sql, bound);
     let read = &reads[0];
     let r = rows_at_most(read);
     assert!(r.is_ok(), "{read}\nread more than {bound} rows: {r:?}");
