@@ -9,7 +9,7 @@
 use std::{
     io::{BufRead as _, BufReader},
     net::SocketAddr,
-    path::Path,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::mpsc,
     thread,
@@ -84,6 +84,18 @@ fn now_ns() -> u64 {
         .as_nanos() as u64
 }
 
+/// A temporary directory `name` holding an API token file and
+/// ClickHouse's password file, and the store URL of `server`'s `tracer`
+/// database: (directory, token, password, url).
+fn store_files(server: &Server, name: &str) -> (TempDir, PathBuf, PathBuf, String) {
+    let dir = TempDir::new(name);
+    let token = dir.token_file();
+    let password = dir.path().join("ch-password");
+    std::fs::write(&password, format!("{PASSWORD}\n")).unwrap();
+    let url = format!("clickhouse://127.0.0.1:{}/tracer", server.http_port);
+    (dir, token, password, url)
+}
+
 fn store_args<'a>(url: &'a str, password_file: &'a Path, token: &'a Path) -> Vec<&'a str> {
     vec![
         "--store",
@@ -147,11 +159,7 @@ fn follow(
 #[test]
 fn two_aggregators_share_one_clickhouse() {
     let mut server = Server::start("agg");
-    let dir = TempDir::new("clickhouse");
-    let token = dir.token_file();
-    let password = dir.path().join("ch-password");
-    std::fs::write(&password, format!("{PASSWORD}\n")).unwrap();
-    let url = format!("clickhouse://127.0.0.1:{}/tracer", server.http_port);
+    let (_dir, token, password, url) = store_files(&server, "clickhouse");
     let args = store_args(&url, &password, &token);
     let mut a = Aggregator::start_with(&args);
     let b = Aggregator::start_with(&args);
@@ -274,11 +282,7 @@ fn bad_store_settings_are_clear_errors() {
 #[test]
 fn the_forwarder_fails_over_to_the_next_aggregator() {
     let server = Server::start("failover");
-    let dir = TempDir::new("clickhouse-failover");
-    let token = dir.token_file();
-    let password = dir.path().join("ch-password");
-    std::fs::write(&password, PASSWORD).unwrap();
-    let url = format!("clickhouse://127.0.0.1:{}/tracer", server.http_port);
+    let (dir, token, password, url) = store_files(&server, "clickhouse-failover");
     let live = Aggregator::start_with(&store_args(&url, &password, &token));
     let dead = format!("http://127.0.0.1:{}", free_port());
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -324,11 +328,7 @@ fn the_forwarder_fails_over_to_the_next_aggregator() {
 #[test]
 fn a_newer_schema_version_stops_the_start() {
     let server = Server::start("schema");
-    let dir = TempDir::new("clickhouse-schema");
-    let token = dir.token_file();
-    let password = dir.path().join("ch-password");
-    std::fs::write(&password, PASSWORD).unwrap();
-    let url = format!("clickhouse://127.0.0.1:{}/tracer", server.http_port);
+    let (_dir, token, password, url) = store_files(&server, "clickhouse-schema");
     let args = store_args(&url, &password, &token);
     // A first start creates the tables and records this version.
     drop(Aggregator::start_with(&args));
@@ -372,11 +372,7 @@ fn a_newer_schema_version_stops_the_start() {
 fn clickhouse_lost_mid_run_the_agent_spools_and_nothing_is_lost() {
     use std::sync::atomic::Ordering::Relaxed;
     let mut server = Server::start("lost");
-    let dir = TempDir::new("clickhouse-lost");
-    let token = dir.token_file();
-    let password = dir.path().join("ch-password");
-    std::fs::write(&password, PASSWORD).unwrap();
-    let url = format!("clickhouse://127.0.0.1:{}/tracer", server.http_port);
+    let (dir, token, password, url) = store_files(&server, "clickhouse-lost");
     let agg = Aggregator::start_with(&store_args(&url, &password, &token));
     let rt = tokio::runtime::Runtime::new().unwrap();
     let count = |addr| texts(addr, "/v1/events?since=0").len();
@@ -447,11 +443,7 @@ fn clickhouse_lost_mid_run_the_agent_spools_and_nothing_is_lost() {
 #[test]
 fn a_tail_on_a_store_with_history_prints_only_new_lines() {
     let server = Server::start("tail-history");
-    let dir = TempDir::new("clickhouse-tail");
-    let token = dir.token_file();
-    let password = dir.path().join("ch-password");
-    std::fs::write(&password, format!("{PASSWORD}\n")).unwrap();
-    let url = format!("clickhouse://127.0.0.1:{}/tracer", server.http_port);
+    let (_dir, token, password, url) = store_files(&server, "clickhouse-tail");
     let mut a = Aggregator::start_with(&store_args(&url, &password, &token));
     let t0 = now_ns();
     for seq in 0..200u64 {
@@ -510,11 +502,7 @@ fn a_tail_started_during_a_firehose_prints_at_once() {
         atomic::{AtomicBool, AtomicU64, Ordering},
     };
     let server = Server::start("tail-firehose");
-    let dir = TempDir::new("clickhouse-firehose");
-    let token = dir.token_file();
-    let password = dir.path().join("ch-password");
-    std::fs::write(&password, format!("{PASSWORD}\n")).unwrap();
-    let url = format!("clickhouse://127.0.0.1:{}/tracer", server.http_port);
+    let (_dir, token, password, url) = store_files(&server, "clickhouse-firehose");
     let a = Aggregator::start_with(&store_args(&url, &password, &token));
     // Two senders, 2000 lines a batch, until told to stop (at most 2,000
     // batches each: a bounded load).
