@@ -13,7 +13,8 @@ use serde_json::json;
 use super::{
     series::SeriesQuery,
     store::{
-        Batch, EventId, EventKind, Filter, Position, Query, Store, Stored, StreamName, TextMatch,
+        Batch, EventId, EventKind, Filter, Position, Query, Store, Stored, StreamName, TailMark,
+        TextMatch,
     },
 };
 use crate::event::{Event, EventData, HttpExchange, HttpSide, Tuple};
@@ -35,7 +36,7 @@ macro_rules! store_conformance_suite {
             query_orders_by_time_then_commit_and_pages,
             grep_with_regex_and_case_folding,
             since_cursor_follows_commit_order,
-            ids_between_end_where_told,
+            a_polled_tail_reads_each_commit_once,
             host_offset_applies_at_ingest,
             trace_links_logs_to_their_request,
             grep_finds_logpoint_and_probe_lines,
@@ -371,42 +372,15 @@ pub fn since_cursor_follows_commit_order(backend: &impl Backend) {
     assert_eq!(texts(&after), ["b:b error net", "b:b tie"]);
 }
 
-/// What a polling tail's snapshot saw: the ids in a range, and none
-/// committed after its end, matching a filter (with a regex too).
-pub fn ids_between_end_where_told(backend: &impl Backend) {
+/// A live tail that polls ([`Store::poll_tail`]): from where its
+/// snapshot was ([`Store::tail_mark`]), the events of each commit made
+/// since, once each, matching its filter, in commit order, page by page;
+/// none when nothing new was committed, or only a retried batch. A filter
+/// that matches nothing goes on past what it has read: it does not show
+/// an earlier commit again later.
+pub fn a_polled_tail_reads_each_commit_once(backend: &impl Backend) {
     let store = backend.open();
     two_hosts(&store);
-    let first = store.cursor().unwrap();
-    let all = store
-        .since_cursor(EventId::START, &Filter::default(), 100)
-        .unwrap();
-    let later = batch(
-        "a",
-        1,
-        vec![
-            log("a", 60, StreamName::Stdout, "a later"),
-            log("a", 70, StreamName::Stdout, "a later error"),
-        ],
-    );
-    assert_eq!(store.ingest(later).unwrap().stored.len(), 2);
-    let ids = |from: EventId, to: EventId, f: &Filter| {
-        store
-            .ids_between(from, to, f)
-            .unwrap()
-            .into_iter()
-            .collect::<Vec<_>>()
-    };
-    let ids_of = |rows: &[Stored]| rows.iter().map(|s| s.id).collect::<Vec<_>>();
-    assert_eq!(ids(EventId::START, first, &Filter::default()), ids_of(&all));
-    assert_eq!(
-        ids(all[1].id, all[4].id, &Filter::default()),
-        ids_of(&all[2..5])
-    );
-    let host_b = Filter {
-        hosts: vec!["b".into()],
-        ..Filter::default()
-    };
-    assert_eq!(ids(EventId::START, first, &host_b), ids_of(&all[3..]));
     let errors = Filter {
         text: Some(TextMatch {
             pattern: "error".into(),
@@ -414,13 +388,46 @@ pub fn ids_between_end_where_told(backend: &impl Backend) {
         }),
         ..Filter::default()
     };
+    let all = Filter::default();
+    let mut every = store.tail_mark().unwrap();
+    assert_eq!(every.upto, store.cursor().unwrap());
+    let mut rare = every.clone();
+    let poll = |mark: &mut TailMark, f: &Filter, limit: usize| {
+        let mut got = Vec::new();
+        loop {
+            let page = store.poll_tail(mark, f, limit).unwrap();
+            got.extend(texts(&page.events));
+            if !page.more {
+                return got;
+            }
+        }
+    };
+    assert!(poll(&mut every, &all, 10).is_empty());
+    let later = |host: &str, seq: u64, texts: &[&str]| {
+        let lines = texts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| log(host, 60 + i as u64, StreamName::Stdout, t))
+            .collect();
+        store.ingest(batch(host, seq, lines)).unwrap()
+    };
+    assert_eq!(later("a", 1, &["a later", "a later error"]).stored.len(), 2);
+    assert_eq!(later("b", 1, &["b quiet"]).stored.len(), 1);
     assert_eq!(
-        ids(EventId::START, first, &errors),
-        vec![all[1].id, all[3].id]
+        poll(&mut every, &all, 1),
+        ["a:a later", "a:a later error", "b:b quiet"]
     );
-    let newest = store.cursor().unwrap();
-    assert_eq!(ids(first, newest, &errors).len(), 1);
-    assert!(ids(newest, newest, &Filter::default()).is_empty());
+    assert!(poll(&mut every, &all, 10).is_empty());
+    assert_eq!(poll(&mut rare, &errors, 10), ["a:a later error"]);
+    assert_eq!(later("b", 2, &["b more"]).stored.len(), 1);
+    assert!(poll(&mut rare, &errors, 10).is_empty());
+    assert!(poll(&mut rare, &errors, 10).is_empty());
+    assert_eq!(poll(&mut every, &all, 10), ["b:b more"]);
+    assert!(later("b", 2, &["b more"]).duplicate);
+    assert!(poll(&mut every, &all, 10).is_empty());
+    assert_eq!(later("b", 3, &["b error again"]).stored.len(), 1);
+    assert_eq!(poll(&mut rare, &errors, 10), ["b:b error again"]);
+    assert_eq!(poll(&mut every, &all, 10), ["b:b error again"]);
 }
 
 pub fn host_offset_applies_at_ingest(backend: &impl Backend) {

@@ -11,7 +11,7 @@
 //! the offset in force when the batch arrived. Filters, ordering and the
 //! `ts_ns` of events handed back all use the corrected time.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 use regex::{Regex, RegexBuilder};
 use serde::{Deserialize, Serialize};
@@ -377,6 +377,24 @@ pub enum StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// Where a polling tail is ([`Store::poll_tail`]): every commit whose
+/// ids end at or below `upto` is read, except late ones still possible
+/// (a backend that polls knows how late), and so is each commit in `read`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TailMark {
+    pub upto: EventId,
+    /// Commits read that could still be followed by a late one: first id
+    /// to last id.
+    pub read: BTreeMap<EventId, EventId>,
+}
+
+/// One poll's events, and whether more were left for the next poll.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TailPage {
+    pub events: Vec<Stored>,
+    pub more: bool,
+}
+
 /// The storage backend. Calls block (run them off the async workers).
 pub trait Store: Send + Sync {
     /// Stores a validated batch in one transaction and returns only once it
@@ -411,14 +429,6 @@ pub trait Store: Send + Sync {
     /// most `limit`: how a live tail catches up.
     fn since_cursor(&self, cursor: EventId, f: &Filter, limit: usize) -> Result<Vec<Stored>>;
 
-    /// The ids of the events matching `f` with ids in (`from`, `to`]: what
-    /// a polling tail's snapshot saw, so that it sends only what becomes
-    /// visible after it. Here, page by page of whole events; a store that
-    /// can read the ids alone does.
-    fn ids_between(&self, from: EventId, to: EventId, f: &Filter) -> Result<BTreeSet<EventId>> {
-        ids_by_pages(self, from, to, f)
-    }
-
     /// The id of the last committed event ([`EventId::START`] when empty).
     fn cursor(&self) -> Result<EventId>;
 
@@ -430,12 +440,31 @@ pub trait Store: Send + Sync {
         None
     }
 
-    /// Where a polling tail at `cursor` reads from again: events may
-    /// become visible after events with higher ids (ids from another
-    /// aggregator's clock, a commit in flight). The cursor itself when
-    /// ids become visible in order.
-    fn rewind(&self, cursor: EventId) -> EventId {
-        cursor
+    /// Where a polling tail starts: after every commit visible now. Its
+    /// `upto` is the snapshot's cursor. Here, [`Store::cursor`]: a store
+    /// whose ids become visible in order needs nothing more.
+    fn tail_mark(&self) -> Result<TailMark> {
+        Ok(TailMark {
+            upto: self.cursor()?,
+            ..TailMark::default()
+        })
+    }
+
+    /// The events matching `f` of the commits `mark` has not read, in
+    /// commit order, each commit's once, and `mark` moved past them. Stops
+    /// after the commit that reaches `limit` events (`more` set). Here,
+    /// from [`Store::since_cursor`], for a store whose ids become visible
+    /// in order; a store written by other processes too overrides it.
+    fn poll_tail(&self, mark: &mut TailMark, f: &Filter, limit: usize) -> Result<TailPage> {
+        let newest = self.cursor()?;
+        let events = self.since_cursor(mark.upto, f, limit)?;
+        let more = events.len() >= limit;
+        mark.upto = match (more, events.last()) {
+            (true, Some(last)) => last.id,
+            // Every commit up to `newest` was visible, and read.
+            _ => mark.upto.max(newest),
+        };
+        Ok(TailPage { events, more })
     }
 
     /// Clock correction for `host`: ns added to its events' `ts_ns` at
@@ -472,34 +501,6 @@ pub struct HostOffset {
 /// `raw + offset`, kept in 0..=i64::MAX.
 pub fn corrected(raw: i64, offset: i64) -> i64 {
     raw.saturating_add(offset).max(0)
-}
-
-/// [`Store::ids_between`] from pages of whole events ([`Store::since_cursor`]).
-pub fn ids_by_pages<S: Store + ?Sized>(
-    store: &S,
-    from: EventId,
-    to: EventId,
-    f: &Filter,
-) -> Result<BTreeSet<EventId>> {
-    const PAGE: usize = 10_000;
-    let mut out = BTreeSet::new();
-    let mut after = from;
-    loop {
-        let page = store.since_cursor(after, f, PAGE)?;
-        let done = page.len() < PAGE;
-        for s in page {
-            // Events committed since (a firehose arriving as the tail
-            // starts) would otherwise keep every page full.
-            if s.id > to {
-                return Ok(out);
-            }
-            out.insert(s.id);
-            after = s.id;
-        }
-        if done {
-            return Ok(out);
-        }
-    }
 }
 
 #[cfg(test)]

@@ -736,9 +736,14 @@ fn grow(
     let mut loaded = 0;
     while loaded < load_events {
         let n = LOAD_CHUNK.min(load_events - loaded);
+        let chunk_started = Instant::now();
         send(ctx, agg, n, load_start_s + loaded * 21 / 1_000_000)?;
         loaded += n;
-        println!("{}: loaded {loaded} of {load_events}", backend.name());
+        println!(
+            "{}: loaded {loaded} of {load_events} ({:.0} events/s)",
+            backend.name(),
+            n as f64 / chunk_started.elapsed().as_secs_f64()
+        );
     }
     let lps = load_events as f64 / load_started.elapsed().as_secs_f64();
     // The server merges the load's parts for a while after it: the second

@@ -1,7 +1,7 @@
 //! GET /v1/tail: Server-Sent Events, the last `n` events then, with
 //! `follow=1`, every new one as its batch commits.
 
-use std::{collections::BTreeSet, convert::Infallible, sync::Arc};
+use std::{convert::Infallible, sync::Arc};
 
 use axum::{
     extract::{Query as QueryParams, State, rejection::QueryRejection},
@@ -17,7 +17,7 @@ use super::{
     ApiError, AppState, blocking,
     params::{Params, flag},
 };
-use crate::aggregator::store::{EventId, Filter, Query, Stored};
+use crate::aggregator::store::{EventId, Filter, Query, Stored, TailMark};
 
 /// Most events `tail` shows before following.
 const MAX_TAIL_LINES: usize = 100_000;
@@ -60,22 +60,24 @@ pub(super) async fn tail(
     let polled = st.store.polled_by_tails();
     let live = (follow && polled.is_none()).then(|| st.live.subscribe());
     let (store, f) = (st.store.clone(), filter.clone());
-    let (cursor, mut rows, seen) = blocking(move || {
-        let cursor = store.cursor()?;
+    let (mark, mut rows) = blocking(move || {
+        // A polling follower goes on from the commits its snapshot saw:
+        // what becomes visible after it, older ids included, is shown.
+        let mark = match polled {
+            Some(_) if follow => store.tail_mark()?,
+            _ => TailMark {
+                upto: store.cursor()?,
+                ..TailMark::default()
+            },
+        };
         let rows = store.query(&Query {
             filter: f.clone(),
-            as_of: Some(cursor),
+            as_of: Some(mark.upto),
             newest_first: true,
             limit: n,
             ..Query::default()
         })?;
-        // A polling follower shows what becomes visible after the
-        // snapshot, older ids included, and nothing the snapshot saw.
-        let seen = match (follow, polled) {
-            (true, Some(_)) => store.ids_between(store.rewind(cursor), cursor, &f)?,
-            _ => BTreeSet::new(),
-        };
-        Ok((cursor, rows, seen))
+        Ok((mark, rows))
     })
     .await?;
     rows.reverse();
@@ -89,10 +91,10 @@ pub(super) async fn tail(
     let (tx, rx) = mpsc::channel(256);
     match (live, polled) {
         (Some(live), _) => {
-            tokio::spawn(follow_live(st.clone(), live, filter, cursor, tx));
+            tokio::spawn(follow_live(st.clone(), live, filter, mark.upto, tx));
         }
         (None, Some(every)) if follow => {
-            tokio::spawn(follow_polled(st.clone(), filter, cursor, seen, every, tx));
+            tokio::spawn(follow_polled(st.clone(), filter, mark, every, tx));
         }
         _ => return Ok(Sse::new(snapshot).into_response()),
     }
@@ -105,23 +107,17 @@ pub(super) async fn tail(
 }
 
 /// Follows a store other aggregators write to (`Store::polled_by_tails`):
-/// every `every`, reads what is visible from a little before the newest
-/// event seen (`Store::rewind`) and sends what was not sent yet, so an
-/// event ingested through another aggregator, or committed late, is
-/// shown once.
+/// every `every`, reads the commits made since the last poll
+/// (`Store::poll_tail`), an event ingested through another aggregator or
+/// committed late included, each once.
 async fn follow_polled(
     st: Arc<AppState>,
     filter: Filter,
-    cursor: EventId,
-    mut seen: BTreeSet<EventId>,
+    mut mark: TailMark,
     every: std::time::Duration,
     tx: mpsc::Sender<sse::Event>,
 ) {
     let mut shutdown = st.shutdown.clone();
-    // From the snapshot's cursor: when nothing was committed in the
-    // rewind before it, `seen` is empty, and starting from the first id
-    // would send the whole store.
-    let mut high = seen.last().copied().unwrap_or(cursor).max(cursor);
     loop {
         tokio::select! {
             _ = tx.closed() => return,
@@ -132,24 +128,20 @@ async fn follow_polled(
         // millions (a tail following a bulk load) is neither held in
         // memory nor read on after the client left or the server began
         // to stop.
-        let mut after = match late_start(&st, &filter, high, &seen).await {
-            Ok(after) => after,
-            Err(e) => {
-                report(&tx, e).await;
-                return;
-            }
-        };
         loop {
             if tx.is_closed() || *shutdown.borrow() {
                 return;
             }
-            let (store, f) = (st.store.clone(), filter.clone());
-            let page = match tokio::task::spawn_blocking(move || {
-                store.since_cursor(after, &f, PAGE)
+            let (store, f, mut m) = (st.store.clone(), filter.clone(), mark.clone());
+            let polled = tokio::task::spawn_blocking(move || {
+                store.poll_tail(&mut m, &f, PAGE).map(|page| (page, m))
             })
-            .await
-            {
-                Ok(Ok(page)) => page,
+            .await;
+            let page = match polled {
+                Ok(Ok((page, m))) => {
+                    mark = m;
+                    page
+                }
                 Ok(Err(e)) => {
                     report(&tx, e.to_string()).await;
                     return;
@@ -159,48 +151,16 @@ async fn follow_polled(
                     return;
                 }
             };
-            let done = page.len() < PAGE;
-            for s in &page {
-                if seen.insert(s.id) && tx.send(sse_event(s)).await.is_err() {
+            for s in &page.events {
+                if tx.send(sse_event(s)).await.is_err() {
                     return;
                 }
-                high = high.max(s.id);
-                after = s.id;
             }
-            // Ids below the next read's start are never read again.
-            seen = seen.split_off(&st.store.rewind(high));
-            if done {
+            if !page.more {
                 break;
             }
         }
     }
-}
-
-/// Where a poll reads from: just before the first event matching
-/// `filter` that became visible behind `high` (ids up to `Store::rewind`
-/// before it) since it was read, a late commit; `high` when none did. The
-/// ids alone are read for that: re-reading the whole rewind as events, each
-/// poll, would read 2 s of a firehose (600k events at 300k a second) to
-/// find none.
-async fn late_start(
-    st: &AppState,
-    filter: &Filter,
-    high: EventId,
-    seen: &BTreeSet<EventId>,
-) -> Result<EventId, String> {
-    let from = st.store.rewind(high);
-    if from == high {
-        return Ok(high);
-    }
-    let (store, f) = (st.store.clone(), filter.clone());
-    let ids = tokio::task::spawn_blocking(move || store.ids_between(from, high, &f))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
-    Ok(ids
-        .difference(seen)
-        .next()
-        .map_or(high, |late| EventId::from_raw(late.raw() - 1)))
 }
 
 /// Sends every committed event matching `filter` with id > `last` to `tx`

@@ -53,7 +53,7 @@ pub use self::local_server as test_server;
 mod tests;
 
 use std::{
-    collections::{BTreeSet, HashSet},
+    collections::HashSet,
     sync::Mutex,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -73,7 +73,7 @@ use super::{
     stitch::{conn_key, own_trace},
     store::{
         Batch, EventId, EventKind, Filter, HostOffset, IngestOutcome, Query, Result, Store,
-        StoreError, Stored, corrected, ids_by_pages, parse_stream, stream_name,
+        StoreError, Stored, TailMark, TailPage, corrected, parse_stream, stream_name,
     },
 };
 use crate::event::{Event, EventData, HttpSide};
@@ -629,6 +629,25 @@ impl ClickhouseStore {
     /// batch has ids past it; one read bounded by ids alone when some
     /// batch's times are not known (written before version 4).
     fn tail_windows(&self, cursor: EventId) -> Result<Vec<tail::Window>> {
+        let (batches, complete) = self.batches_past(cursor)?;
+        if batches.iter().any(|b| !b.timed()) {
+            return Ok(tail::windows(&[], cursor.raw(), false));
+        }
+        Ok(tail::windows(&batches, cursor.raw(), complete))
+    }
+
+    /// Where a polling tail at `cursor` lists batches from: ids come from
+    /// each aggregator's clock, and a batch commits after it took its ids,
+    /// so a batch may become visible after batches with higher ids, up to
+    /// [`TAIL_REWIND_MS`] later.
+    fn rewind(&self, cursor: EventId) -> EventId {
+        let ms = IdSource::millis(cursor.raw()) - TAIL_REWIND_MS;
+        EventId::from_raw(IdSource::floor_at(ms))
+    }
+
+    /// The rows of the batches whose last id is past `cursor`, in commit
+    /// order, at most [`MAX_TAIL_BATCHES`], and whether that was all.
+    fn batches_past(&self, cursor: EventId) -> Result<(Vec<tail::NewBatch>, bool)> {
         #[derive(Row, Deserialize)]
         struct BatchRow {
             host: String,
@@ -647,11 +666,8 @@ impl ClickhouseStore {
             cursor.raw(),
             MAX_TAIL_BATCHES + 1
         ))?;
-        if rows.iter().any(|r| r.lo == 0 && r.hi == 0) {
-            return Ok(tail::windows(&[], cursor.raw(), false));
-        }
         let complete = rows.len() <= MAX_TAIL_BATCHES;
-        let batches: Vec<tail::NewBatch> = rows
+        let batches = rows
             .into_iter()
             .take(MAX_TAIL_BATCHES)
             .map(|r| tail::NewBatch {
@@ -663,7 +679,7 @@ impl ClickhouseStore {
                 events: u64::from(r.events),
             })
             .collect();
-        Ok(tail::windows(&batches, cursor.raw(), complete))
+        Ok((batches, complete))
     }
 
     /// [`sql::committed`] for this store's layout.
@@ -1141,38 +1157,69 @@ impl Store for ClickhouseStore {
         Ok(out)
     }
 
-    /// The ids alone, when no regex needs the text: a tail that starts
-    /// while a firehose arrives reads the ids of the last 2 s of it (600k
-    /// at 300k a second), not whole events.
-    fn ids_between(&self, from: EventId, to: EventId, f: &Filter) -> Result<BTreeSet<EventId>> {
-        /// An id, and the corrected time a filter's time bounds name.
-        #[derive(Row, Deserialize)]
-        struct Id {
-            id: i64,
-            #[allow(dead_code)]
-            ts: i64,
+    /// After the snapshot's cursor and every batch listed behind it that
+    /// a late commit could still follow: a batch committed since the
+    /// cursor was read is in the snapshot too, so it is not read again.
+    fn tail_mark(&self) -> Result<TailMark> {
+        let mut mark = TailMark {
+            upto: self.cursor()?,
+            ..TailMark::default()
+        };
+        let (batches, _) = self.batches_past(self.rewind(mark.upto))?;
+        for b in &batches {
+            mark.read
+                .insert(EventId::from_raw(b.first), EventId::from_raw(b.last));
+            mark.upto = mark.upto.max(EventId::from_raw(b.last));
         }
-        if f.text.is_some() {
-            return ids_by_pages(self, from, to, f);
-        }
-        let offsets = self.offsets_now()?;
-        let trace = self.trace_set(f)?;
-        let filtered = filter_sql(&self.db, self.sharded, f, &offsets, trace.as_ref());
-        let mut out = BTreeSet::new();
-        for window in self.tail_windows(from)? {
-            if window.after >= to.raw() {
-                break;
+        Ok(mark)
+    }
+
+    /// The batches listed past the mark's rewind that it has not read,
+    /// read a group at a time by their commit ids (`tail.rs`, `groups`):
+    /// a batch's events are read once, whatever its ids, and a poll reads
+    /// only the batches committed since the last one. Before, a poll read
+    /// every event after the tail's newest match, so a tail whose filter
+    /// matched rarely read all the traffic since, each poll.
+    fn poll_tail(&self, mark: &mut TailMark, f: &Filter, limit: usize) -> Result<TailPage> {
+        let (listed, complete) = self.batches_past(self.rewind(mark.upto))?;
+        let new: Vec<tail::NewBatch> = listed
+            .into_iter()
+            .filter(|b| !mark.read.contains_key(&EventId::from_raw(b.first)))
+            .collect();
+        let mut page = TailPage {
+            events: Vec::new(),
+            more: !complete,
+        };
+        if !new.is_empty() {
+            let offsets = self.offsets_now()?;
+            let trace = self.trace_set(f)?;
+            let re = compiled(f)?;
+            let filtered = filter_sql(&self.db, self.sharded, f, &offsets, trace.as_ref());
+            for group in tail::groups(&new) {
+                if page.events.len() >= limit {
+                    page.more = true;
+                    break;
+                }
+                // All of the group's events: no more exist.
+                let events = group.iter().map(|b| b.events).sum::<u64>();
+                page.events.extend(self.scan(
+                    &self.select(&offsets),
+                    &format!("{filtered}{}", tail::group_condition(group)),
+                    "id",
+                    usize::try_from(events).unwrap_or(usize::MAX),
+                    re.as_ref(),
+                    |s| format!("id > {}", s.id.raw()),
+                )?);
+                for b in group {
+                    let last = EventId::from_raw(b.last);
+                    mark.read.insert(EventId::from_raw(b.first), last);
+                    mark.upto = mark.upto.max(last);
+                }
             }
-            let ids: Vec<Id> = self.fetch(&format!(
-                "SELECT id, {} AS ts FROM {}.events WHERE {filtered}{} AND id <= {}",
-                offsets.ts_expr(),
-                self.db,
-                window.condition(),
-                to.raw()
-            ))?;
-            out.extend(ids.into_iter().map(|r| EventId::from_raw(r.id)));
         }
-        Ok(out)
+        let from = self.rewind(mark.upto);
+        mark.read.retain(|_, last| *last > from);
+        Ok(page)
     }
 
     /// From the committed batch rows (a batch's last id is its commit id
@@ -1194,11 +1241,6 @@ impl Store for ClickhouseStore {
 
     fn polled_by_tails(&self) -> Option<Duration> {
         Some(TAIL_POLL)
-    }
-
-    fn rewind(&self, cursor: EventId) -> EventId {
-        let ms = IdSource::millis(cursor.raw()) - TAIL_REWIND_MS;
-        EventId::from_raw(IdSource::floor_at(ms))
     }
 
     fn host_offset(&self, host: &str) -> Result<i64> {

@@ -40,6 +40,14 @@ pub struct NewBatch {
     pub events: u64,
 }
 
+impl NewBatch {
+    /// Whether its row records its events' raw times (since version 4;
+    /// 0 and 0 before).
+    pub fn timed(&self) -> bool {
+        self.lo != 0 || self.hi != 0
+    }
+}
+
 /// One read of a tail's page: the events with ids in (`after`, `upto`]
 /// (no upper bound when `upto` is None) that meet `spans` (any, when it is
 /// None).
@@ -116,6 +124,42 @@ pub fn windows(batches: &[NewBatch], cursor: i64, complete: bool) -> Vec<Window>
         }
     }
     out
+}
+
+/// A poll's new batches (`ClickhouseStore::poll_tail`), in commit order,
+/// cut into groups of about [`WINDOW_EVENTS`] events and at most
+/// [`WINDOW_BATCHES`] batches, each read at once.
+pub fn groups(batches: &[NewBatch]) -> Vec<&[NewBatch]> {
+    let mut out = Vec::new();
+    let (mut start, mut events) = (0, 0u64);
+    for (i, b) in batches.iter().enumerate() {
+        events += b.events;
+        if events >= WINDOW_EVENTS || i + 1 - start >= WINDOW_BATCHES {
+            out.push(&batches[start..=i]);
+            (start, events) = (i + 1, 0);
+        }
+    }
+    if start < batches.len() {
+        out.push(&batches[start..]);
+    }
+    out
+}
+
+/// The conditions that read a group's events and no others: their commit
+/// ids, and (to read only their granules) their ids' range and their
+/// hosts' raw times, when every row records them.
+pub fn group_condition(group: &[NewBatch]) -> String {
+    let commits: Vec<String> = group.iter().map(|b| b.first.to_string()).collect();
+    let lo = group.iter().map(|b| b.first).min().unwrap_or(0);
+    let hi = group.iter().map(|b| b.last).max().unwrap_or(0);
+    let mut c = format!(
+        " AND commit_id IN ({}) AND id >= {lo} AND id <= {hi}",
+        commits.join(", ")
+    );
+    if group.iter().all(NewBatch::timed) {
+        c.push_str(&format!(" AND ({})", spans(group, i64::MIN, i64::MAX)));
+    }
+    c
 }
 
 /// The raw times, per host, of the batches with ids in (`after`, `upto`],

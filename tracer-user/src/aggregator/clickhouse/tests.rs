@@ -27,7 +27,8 @@ use crate::{
     aggregator::{
         conformance::{self, Backend, store_conformance_suite},
         store::{
-            Batch, EventId, EventKind, Filter, Query, Store as _, Stored, StreamName, TextMatch,
+            Batch, EventId, EventKind, Filter, Query, Store as _, Stored, StreamName, TailMark,
+            TextMatch,
         },
     },
     event::{Event, EventData, HttpExchange, HttpSide, Tuple},
@@ -644,11 +645,10 @@ fn workload(store: &ClickhouseStore) {
     store
         .since_cursor(crate::aggregator::store::EventId::START, &filters[0], 10)
         .unwrap();
-    let newest = store.cursor().unwrap();
+    // A polling tail's start and its reads by commit ids.
+    store.tail_mark().unwrap();
     for f in &filters[..2] {
-        store
-            .ids_between(crate::aggregator::store::EventId::START, newest, f)
-            .unwrap();
+        store.poll_tail(&mut TailMark::default(), f, 10).unwrap();
     }
     store.offsets().unwrap();
     store.host_offset("a").unwrap();
@@ -1218,23 +1218,45 @@ fn a_tail_page_on_a_backlog_reads_one_window() {
         }
     }
     assert_eq!(seen, BATCHES * PER_BATCH);
-    // What a tail's snapshot saw: the ids alone.
-    let newest = b.cursor().unwrap();
+    // A polling tail this far behind reads a group of batches at a time,
+    // by their commit ids and times, and every event once, in order.
+    let mut mark = TailMark::default();
     let before = b.recorded().len();
-    let ids = b
-        .ids_between(EventId::START, newest, &Filter::default())
-        .unwrap();
-    assert_eq!(ids.len() as u64, BATCHES * PER_BATCH);
+    let mut seen = 0;
+    loop {
+        let page = b.poll_tail(&mut mark, &Filter::default(), 10_000).unwrap();
+        for s in &page.events {
+            assert_eq!(
+                text(s),
+                format!("{} {}", seen / PER_BATCH, seen % PER_BATCH)
+            );
+            seen += 1;
+        }
+        if !page.more {
+            break;
+        }
+    }
+    assert_eq!(seen, BATCHES * PER_BATCH);
     let reads: Vec<String> = b.recorded()[before..]
         .iter()
         .map(|s| s.sql.clone())
         .filter(|sql| sql.contains(".events "))
         .collect();
-    assert!(
-        reads
-            .iter()
-            .all(|sql| sql.starts_with("SELECT id, ") && !sql.contains("text")),
+    assert_eq!(
+        reads.len() as u64,
+        BATCHES.div_ceil(window_batches),
         "{reads:#?}"
+    );
+    for read in &reads {
+        assert!(read.contains(" AND commit_id IN ("), "{read}");
+        let r = rows_at_most(read);
+        assert!(r.is_ok(), "{read}\nread more than {bound} rows: {r:?}");
+    }
+    assert!(
+        b.poll_tail(&mut mark, &Filter::default(), 10_000)
+            .unwrap()
+            .events
+            .is_empty()
     );
 }
 
@@ -1370,4 +1392,82 @@ fn older_http_index_is_rebuilt(config: &Config) {
 #[test]
 fn an_older_http_index_is_found_and_rebuilt() {
     older_http_index_is_rebuilt(&shared().config(&fresh_db()));
+}
+
+/// A polling tail shows a batch committed late (its ids below what the
+/// tail has read: another aggregator's clock behind) once; and a tail
+/// whose filter matches nothing reads, each poll, only the batches
+/// committed since the last one, not every event since its last match.
+#[test]
+fn a_polled_tail_reads_late_commits_once_and_only_new_batches() {
+    let config = shared().config(&fresh_db());
+    let a = ClickhouseStore::open(&config).unwrap();
+    let b = ClickhouseStore::open_recording(&config).unwrap();
+    // Aggregator a's clock a second ahead of b's.
+    let now_ms = super::now_ns() / 1_000_000;
+    a.ids.reserve(1, now_ms + 1000);
+    let base = 20_000 * 86_400_000_000_000u64;
+    let lines = |host: &str, seq: u64, text: &str| {
+        let lines = (0..100)
+            .map(|i| conformance::log(host, base + seq * 1000 + i, StreamName::Stdout, text))
+            .collect();
+        conformance::batch(host, seq, lines)
+    };
+    a.ingest(lines("h1", 0, "ahead")).unwrap();
+    let needle = Filter {
+        text: Some(TextMatch {
+            pattern: "needle".into(),
+            case_insensitive: false,
+        }),
+        ..Filter::default()
+    };
+    let mut every = b.tail_mark().unwrap();
+    let mut rare = b.tail_mark().unwrap();
+    let texts = |page: super::TailPage| -> Vec<String> {
+        assert!(!page.more);
+        page.events
+            .iter()
+            .map(|s| match &s.event.data {
+                EventData::Log { text, .. } => text.clone(),
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    };
+    // b commits after the tail read a's batch, with lower ids.
+    let late = b.ingest(lines("h2", 0, "behind")).unwrap();
+    assert!(late.stored[0].id < every.upto, "{late:?} {every:?}");
+    assert_eq!(
+        texts(b.poll_tail(&mut every, &Filter::default(), 1000).unwrap()),
+        vec!["behind"; 100]
+    );
+    assert!(texts(b.poll_tail(&mut every, &Filter::default(), 1000).unwrap()).is_empty());
+    assert!(texts(b.poll_tail(&mut rare, &needle, 1000).unwrap()).is_empty());
+    // Nine batches more, matching nothing; one poll reads them.
+    for seq in 1..10 {
+        a.ingest(lines("h1", seq, "hay")).unwrap();
+    }
+    assert!(texts(b.poll_tail(&mut rare, &needle, 1000).unwrap()).is_empty());
+    // One more batch: the next poll reads it alone.
+    let last = a.ingest(lines("h1", 10, "hay and a needle")).unwrap();
+    let before = b.recorded().len();
+    assert_eq!(
+        texts(b.poll_tail(&mut rare, &needle, 1000).unwrap()),
+        vec!["hay and a needle"; 100]
+    );
+    let reads: Vec<String> = b.recorded()[before..]
+        .iter()
+        .map(|s| s.sql.clone())
+        .filter(|sql| sql.contains(".events "))
+        .collect();
+    assert_eq!(reads.len(), 1, "{reads:#?}");
+    assert!(
+        reads[0].contains(&format!(" AND commit_id IN ({}) ", last.stored[0].id.raw())),
+        "{}",
+        reads[0]
+    );
+    assert!(texts(b.poll_tail(&mut rare, &needle, 1000).unwrap()).is_empty());
+    assert_eq!(
+        texts(b.poll_tail(&mut every, &Filter::default(), 1000).unwrap()).len(),
+        1000
+    );
 }
