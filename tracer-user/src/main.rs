@@ -35,8 +35,15 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // The tracing front ends are one pipeline: a single thread avoids a
     // cross-thread wakeup for every hand-off (measured: most of the agent's
-    // CPU). The aggregator serves many clients and stays multi-threaded.
+    // CPU), and so are the aggregator's clients (the wakeups between the
+    // connection's task and the printing one were most of `tail -f`'s CPU
+    // during a firehose). The aggregator serves many clients and stays
+    // multi-threaded.
+    use tracer_user::aggregator::ClusterCommand;
     let builder = match cli.command {
+        Command::Cluster(
+            ClusterCommand::Timeline(_) | ClusterCommand::Grep(_) | ClusterCommand::Tail(_),
+        ) => tokio::runtime::Builder::new_current_thread(),
         Command::Attach(_)
         | Command::Agent(_)
         | Command::Demo(_)

@@ -247,10 +247,13 @@ impl Client {
     }
 }
 
-/// Reads a streamed answer line by line (JSON Lines, or SSE's lines).
+/// Reads a streamed answer line by line (JSON Lines, or SSE's lines):
+/// `f(Some(line))` for each, and `f(None)` each time the lines received so
+/// far are all handled (a follower prints them then, not after each line:
+/// a write per line was most of `tail -f`'s cost during a firehose).
 async fn for_each_line(
     mut resp: reqwest::Response,
-    mut f: impl FnMut(&str) -> Result<Flow>,
+    mut f: impl FnMut(Option<&str>) -> Result<Flow>,
 ) -> Result<()> {
     let mut buf: Vec<u8> = Vec::new();
     loop {
@@ -264,16 +267,19 @@ async fn for_each_line(
         while let Some(nl) = buf[start..].iter().position(|&b| b == b'\n') {
             let line = String::from_utf8_lossy(&buf[start..start + nl]);
             let line = line.strip_suffix('\r').unwrap_or(&line);
-            if f(line)? == Flow::Stop {
+            if f(Some(line))? == Flow::Stop {
                 return Ok(());
             }
             start += nl + 1;
         }
         buf.drain(..start);
+        if f(None)? == Flow::Stop {
+            return Ok(());
+        }
     }
     if !buf.is_empty() {
         let line = String::from_utf8_lossy(&buf);
-        f(&line)?;
+        f(Some(&line))?;
     }
     Ok(())
 }
@@ -287,28 +293,30 @@ enum Flow {
 /// Output that ends quietly when the reader goes away (`| head`).
 struct Out {
     w: io::BufWriter<io::Stdout>,
-    flush_each: bool,
     /// The reader closed stdout.
     gone: bool,
 }
 
 impl Out {
-    fn new(flush_each: bool) -> Self {
+    fn new() -> Self {
         Self {
             w: io::BufWriter::new(io::stdout()),
-            flush_each,
             gone: false,
         }
     }
 
     fn line(&mut self, s: &str) -> Result<Flow> {
-        let r = writeln!(self.w, "{s}").and_then(|()| {
-            if self.flush_each {
-                self.w.flush()
-            } else {
-                Ok(())
-            }
-        });
+        let r = writeln!(self.w, "{s}");
+        self.done(r)
+    }
+
+    /// Prints what was written so far (a follower, whenever it waits).
+    fn flush(&mut self) -> Result<Flow> {
+        let r = self.w.flush();
+        self.done(r)
+    }
+
+    fn done(&mut self, r: io::Result<()>) -> Result<Flow> {
         match r {
             Ok(()) => Ok(Flow::Go),
             Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
@@ -362,8 +370,11 @@ async fn print_events(
     json: bool,
     mut render: impl FnMut(&Event) -> String,
 ) -> Result<()> {
-    let mut out = Out::new(false);
+    let mut out = Out::new();
     for_each_line(resp, |line| {
+        let Some(line) = line else {
+            return Ok(Flow::Go);
+        };
         if line.is_empty() {
             return Ok(Flow::Go);
         }
@@ -456,7 +467,7 @@ pub async fn grep(args: GrepArgs) -> Result<()> {
             .get("count")
             .and_then(serde_json::Value::as_u64)
             .ok_or_else(|| anyhow!("the aggregator's answer has no count: {v}"))?;
-        let mut out = Out::new(false);
+        let mut out = Out::new();
         out.line(&if args.client.json {
             v.to_string()
         } else {
@@ -484,12 +495,15 @@ pub async fn tail(args: TailArgs) -> Result<()> {
         eprintln!("tracer: following {} (Ctrl-C to stop)", client.shown_url());
     }
     let json = args.client.json;
-    let mut out = Out::new(true);
+    let mut out = Out::new();
     let mut event_type = String::new();
     let mut data = String::new();
     let mut failure = None;
     // Server-Sent Events: `field: value` lines, a blank line ends an event.
     for_each_line(resp, |line| {
+        let Some(line) = line else {
+            return out.flush();
+        };
         if line.is_empty() {
             let ev = std::mem::take(&mut data);
             let ty = std::mem::take(&mut event_type);

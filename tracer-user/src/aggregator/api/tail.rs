@@ -17,7 +17,7 @@ use super::{
     ApiError, AppState, blocking,
     params::{Params, flag},
 };
-use crate::aggregator::store::{EventId, Filter, Query, Stored, TailMark};
+use crate::aggregator::store::{EventId, Filter, Query, StoreError, Stored, TailMark, TailPage};
 
 /// Most events `tail` shows before following.
 const MAX_TAIL_LINES: usize = 100_000;
@@ -124,20 +124,13 @@ async fn follow_polled(
             _ = shutdown.wait_for(|stop| *stop) => return,
             _ = tokio::time::sleep(every) => {}
         }
-        // Page by page, each sent before the next is read: a backlog of
-        // millions (a tail following a bulk load) is neither held in
-        // memory nor read on after the client left or the server began
-        // to stop.
-        loop {
-            if tx.is_closed() || *shutdown.borrow() {
-                return;
-            }
-            let (store, f, mut m) = (st.store.clone(), filter.clone(), mark.clone());
-            let polled = tokio::task::spawn_blocking(move || {
-                store.poll_tail(&mut m, &f, PAGE).map(|page| (page, m))
-            })
-            .await;
-            let page = match polled {
+        // Page by page, the next read while this one is sent, and no
+        // further: a backlog of millions (a tail following a bulk load)
+        // is neither held in memory nor read on after the client left or
+        // the server began to stop.
+        let mut next = Some(poll(&st, &filter, mark.clone()));
+        while let Some(reading) = next.take() {
+            let page = match reading.await {
                 Ok(Ok((page, m))) => {
                     mark = m;
                     page
@@ -151,16 +144,30 @@ async fn follow_polled(
                     return;
                 }
             };
+            if tx.is_closed() || *shutdown.borrow() {
+                return;
+            }
+            if page.more {
+                next = Some(poll(&st, &filter, mark.clone()));
+            }
             for s in &page.events {
                 if tx.send(sse_event(s)).await.is_err() {
                     return;
                 }
             }
-            if !page.more {
-                break;
-            }
         }
     }
+}
+
+/// One `Store::poll_tail` from `mark`, off the async workers: the page
+/// and the mark after it.
+fn poll(
+    st: &AppState,
+    filter: &Filter,
+    mut mark: TailMark,
+) -> tokio::task::JoinHandle<Result<(TailPage, TailMark), StoreError>> {
+    let (store, f) = (st.store.clone(), filter.clone());
+    tokio::task::spawn_blocking(move || store.poll_tail(&mut mark, &f, PAGE).map(|p| (p, mark)))
 }
 
 /// Sends every committed event matching `filter` with id > `last` to `tx`
