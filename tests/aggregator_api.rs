@@ -532,36 +532,7 @@ fn tail_follow_prints_a_new_line_within_a_second() {
         &[log("web-1", 1, now_ns(), StreamName::Stdout, "old line")],
         false,
     );
-    let mut child = Command::new(TRACER)
-        .args(["tail", "-f", "-n", "0", "--host", "web-1", "--aggregator"])
-        .arg(agg.url())
-        .arg("--token-file")
-        .arg(&token)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (ready_tx, ready_rx) = mpsc::channel();
-    thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            eprintln!("[tail] {line}");
-            if line.contains("following") {
-                let _ = ready_tx.send(());
-            }
-        }
-    });
-    ready_rx
-        .recv_timeout(Duration::from_secs(15))
-        .expect("tail -f did not start following");
-    let stdout = child.stdout.take().unwrap();
-    let (line_tx, line_rx) = mpsc::channel();
-    thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = line_tx.send((Instant::now(), line));
-        }
-    });
+    let (mut child, line_rx) = follow(&agg, &token, &["-n", "0", "--host", "web-1"]);
     // Another host's line is filtered out; web-1's arrives.
     ingest(
         agg.addr,
@@ -722,4 +693,105 @@ fn kill_9_mid_ingest_keeps_every_acknowledged_batch_exactly_once() {
         body.trim(),
         format!("{{\"count\":{}}}", attempted as usize * PER_BATCH)
     );
+}
+
+/// `tracer tail -f` through `agg` with `extra` options, once it follows,
+/// and its stdout lines as they come (with when).
+fn follow(
+    agg: &Aggregator,
+    token: &Path,
+    extra: &[&str],
+) -> (std::process::Child, mpsc::Receiver<(Instant, String)>) {
+    let mut child = Command::new(TRACER)
+        .args(["tail", "-f"])
+        .args(extra)
+        .arg("--aggregator")
+        .arg(agg.url())
+        .arg("--token-file")
+        .arg(token)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (ready_tx, ready_rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("[tail] {line}");
+            if line.contains("following") {
+                let _ = ready_tx.send(());
+            }
+        }
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(15))
+        .expect("tail -f did not start following");
+    let stdout = child.stdout.take().unwrap();
+    let (line_tx, line_rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = line_tx.send((Instant::now(), line));
+        }
+    });
+    (child, line_rx)
+}
+
+/// `tail -f --grep RE -i`, a live grep: first the latest matching line,
+/// then exactly the new lines that match, of any host; a bad regex is
+/// refused with the reason.
+#[test]
+fn tail_follow_greps_new_lines() {
+    let dir = TempDir::new("follow-grep");
+    let token = dir.token_file();
+    let agg = Aggregator::start(&dir.path().join("data"), &token, &[]);
+    let line = |host: &str, text: &str| log(host, 1, now_ns(), StreamName::Stdout, text);
+    ingest(
+        agg.addr,
+        "web-1",
+        0,
+        &[
+            line("web-1", "old error one"),
+            line("web-1", "old ERROR two"),
+            line("web-1", "old fine"),
+        ],
+        false,
+    );
+    let (mut child, line_rx) = follow(&agg, &token, &["-n", "1", "--grep", "error", "-i"]);
+    ingest(
+        agg.addr,
+        "web-1",
+        1,
+        &[
+            line("web-1", "fine"),
+            line("web-1", "disk Error"),
+            line("web-1", "fine again"),
+        ],
+        false,
+    );
+    ingest(
+        agg.addr,
+        "web-2",
+        0,
+        &[line("web-2", "an ERROR on web-2"), line("web-2", "errand")],
+        false,
+    );
+    let got: Vec<String> = (0..3)
+        .map(|_| {
+            line_rx
+                .recv_timeout(Duration::from_secs(5))
+                .expect("tail -f --grep printed fewer than 3 lines")
+                .1
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(500));
+    assert!(line_rx.try_recv().is_err(), "tail -f --grep printed more");
+    let _ = child.kill();
+    let _ = child.wait();
+    let texts: Vec<&str> = got.iter().map(|l| l.rsplit_once("| ").unwrap().1).collect();
+    assert_eq!(texts, ["old ERROR two", "disk Error", "an ERROR on web-2"]);
+    let bad = cli(&agg, &token, &["tail", "--grep", "(unclosed"]);
+    assert!(!bad.status.success());
+    let said = String::from_utf8_lossy(&bad.stderr);
+    assert!(said.contains("invalid regex"), "{said}");
 }

@@ -164,8 +164,9 @@ fn two_aggregators_share_one_clickhouse() {
     let mut a = Aggregator::start_with(&args);
     let b = Aggregator::start_with(&args);
 
-    // tail -f on a, before anything is stored.
+    // tail -f on a, before anything is stored; and a live grep on b.
     let (mut tail, line_rx) = follow(&a, &token, &[]);
+    let (mut grep, grep_rx) = follow(&b, &token, &["--grep", "(one|two) [13] ERROR", "-i"]);
 
     // web-1 sends through a, web-2 through b; times interleave.
     let t0 = now_ns();
@@ -217,6 +218,22 @@ fn two_aggregators_share_one_clickhouse() {
     );
     let _ = tail.kill();
     let _ = tail.wait();
+    // The live grep on b printed exactly the matching lines, ingested
+    // through a.
+    let grepped: Vec<String> = (0..2)
+        .map(|_| {
+            grep_rx
+                .recv_timeout(Duration::from_secs(10))
+                .expect("tail -f --grep on b printed fewer than 2 lines")
+                .1
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(500));
+    assert!(grep_rx.try_recv().is_err(), "tail -f --grep printed more");
+    let _ = grep.kill();
+    let _ = grep.wait();
+    assert!(grepped[0].ends_with("| one 1 error"), "{grepped:?}");
+    assert!(grepped[1].ends_with("| one 3 error"), "{grepped:?}");
 
     // a dies; b goes on. ClickHouse stops: b answers 500 (the agent would
     // keep its spool) and stores nothing; once it is back, the resent

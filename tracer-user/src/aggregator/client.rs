@@ -145,7 +145,11 @@ pub struct GrepArgs {
 #[command(after_help = "\
 Examples:
   tracer tail -f
-  tracer tail -n 50 --host web-1 --kind log")]
+  tracer tail -n 50 --host web-1 --kind log
+  tracer tail -f --grep 'ERROR|panic' -i     # a live grep across every host
+
+--grep matches what `tracer grep` matches: a log line's text, a logpoint's
+rendered text, a probe hit's text.")]
 pub struct TailArgs {
     /// Keep printing events as the aggregator stores them (Ctrl-C stops).
     #[arg(short = 'f', long)]
@@ -162,6 +166,15 @@ pub struct TailArgs {
     /// Only these kinds (repeat or comma-separate).
     #[arg(long = "kind", value_name = "KIND", value_delimiter = ',')]
     pub kinds: Vec<String>,
+
+    /// Only events whose text matches this regex (Rust regex syntax, as in
+    /// `tracer grep`).
+    #[arg(long, value_name = "REGEX")]
+    pub grep: Option<String>,
+
+    /// With --grep: match case-insensitively.
+    #[arg(short = 'i', long, requires = "grep")]
+    pub ignore_case: bool,
 
     #[command(flatten)]
     pub client: ClientArgs,
@@ -485,6 +498,12 @@ pub async fn tail(args: TailArgs) -> Result<()> {
     let mut params = common_params(None, None, &args.hosts)?;
     if !args.kinds.is_empty() {
         params.push(("kind", args.kinds.join(",")));
+    }
+    if let Some(re) = &args.grep {
+        params.push(("re", re.clone()));
+        if args.ignore_case {
+            params.push(("i", "1".into()));
+        }
     }
     params.push(("n", args.lines.to_string()));
     if args.follow {

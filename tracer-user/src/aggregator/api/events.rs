@@ -16,7 +16,7 @@ use super::{
     ApiError, AppState, blocking, error,
     params::{Params, flag},
 };
-use crate::aggregator::store::{Filter, Position, Query, Store, Stored, TextMatch};
+use crate::aggregator::store::{Filter, Position, Query, Store, Stored};
 
 /// Rows fetched from the store per step of a streamed answer.
 pub(super) const PAGE: usize = 1000;
@@ -142,15 +142,9 @@ pub(super) async fn grep(
         ],
         "/v1/grep",
     )?;
-    let Some(pattern) = p.re.clone() else {
+    let Some(text) = p.text()? else {
         return Err(error(StatusCode::BAD_REQUEST, "re= (a regex) is required"));
     };
-    let text = TextMatch {
-        pattern,
-        case_insensitive: flag(p.i.as_deref())?,
-    };
-    text.compile()
-        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("invalid regex: {e}")))?;
     let filter = Filter {
         text: Some(text),
         ..p.filter()?

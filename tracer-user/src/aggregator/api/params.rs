@@ -6,7 +6,7 @@ use serde::Deserialize;
 
 use super::{ApiError, error};
 use crate::aggregator::{
-    store::{EventKind, Filter, KINDS, parse_stream},
+    store::{EventKind, Filter, KINDS, TextMatch, parse_stream},
     timespec::parse_time,
 };
 
@@ -95,6 +95,21 @@ impl Params {
             stream,
             text: None,
         })
+    }
+
+    /// `re` (a regex over an event's text) and `i` (case-insensitive),
+    /// checked: a bad regex is a 400 that says why.
+    pub(super) fn text(&self) -> Result<Option<TextMatch>, ApiError> {
+        let Some(pattern) = self.re.clone() else {
+            return Ok(None);
+        };
+        let text = TextMatch {
+            pattern,
+            case_insensitive: flag(self.i.as_deref())?,
+        };
+        text.compile()
+            .map_err(|e| error(StatusCode::BAD_REQUEST, format!("invalid regex: {e}")))?;
+        Ok(Some(text))
     }
 
     pub(super) fn reject(&self, what: &[(&str, bool)], route: &str) -> Result<(), ApiError> {

@@ -45,15 +45,17 @@ pub(super) async fn tail(
             ("since", p.since.is_some()),
             ("until", p.until.is_some()),
             ("trace", p.trace.is_some()),
-            ("re", p.re.is_some()),
-            ("i", p.i.is_some()),
             ("count", p.count.is_some()),
             ("limit", p.limit.is_some()),
         ],
         "/v1/tail",
     )?;
     let follow = flag(p.follow.as_deref())?;
-    let filter = p.filter()?;
+    // `re` (and `i`): a live grep, the events whose text matches.
+    let filter = Filter {
+        text: p.text()?,
+        ..p.filter()?
+    };
     let n = p.n.unwrap_or(10).min(MAX_TAIL_LINES);
     // Subscribe before the snapshot: whatever commits after it is in the
     // channel, and ids at or below the snapshot's cursor are skipped.
@@ -180,6 +182,8 @@ async fn follow_live(
     tx: mpsc::Sender<sse::Event>,
 ) {
     let mut shutdown = st.shutdown.clone();
+    // Checked when the tail began (`Params::text`).
+    let re = filter.text.as_ref().and_then(|t| t.compile().ok());
     loop {
         let msg = tokio::select! {
             _ = tx.closed() => return,
@@ -189,7 +193,7 @@ async fn follow_live(
         match msg {
             Ok(batch) => {
                 for s in batch.iter() {
-                    if s.id > last && filter.matches(&s.event, None) {
+                    if s.id > last && filter.matches(&s.event, re.as_ref()) {
                         last = s.id;
                         if tx.send(sse_event(s)).await.is_err() {
                             return;
