@@ -629,7 +629,7 @@ impl ClickhouseStore {
     /// batch has ids past it; one read bounded by ids alone when some
     /// batch's times are not known (written before version 4).
     fn tail_windows(&self, cursor: EventId) -> Result<Vec<tail::Window>> {
-        let (batches, complete) = self.batches_past(cursor)?;
+        let (batches, complete) = self.batches_past(cursor, i64::MIN)?;
         if batches.iter().any(|b| !b.timed()) {
             return Ok(tail::windows(&[], cursor.raw(), false));
         }
@@ -645,9 +645,14 @@ impl ClickhouseStore {
         EventId::from_raw(IdSource::floor_at(ms))
     }
 
-    /// The rows of the batches whose last id is past `cursor`, in commit
-    /// order, at most [`MAX_TAIL_BATCHES`], and whether that was all.
-    fn batches_past(&self, cursor: EventId) -> Result<(Vec<tail::NewBatch>, bool)> {
+    /// The rows of the batches whose last id is past `cursor` and whose
+    /// commit id is past `after_commit`, in commit order, at most
+    /// [`MAX_TAIL_BATCHES`], and whether that was all.
+    fn batches_past(
+        &self,
+        cursor: EventId,
+        after_commit: i64,
+    ) -> Result<(Vec<tail::NewBatch>, bool)> {
         #[derive(Row, Deserialize)]
         struct BatchRow {
             host: String,
@@ -661,7 +666,7 @@ impl ClickhouseStore {
             "SELECT host, min_raw_ts AS lo, max_raw_ts AS hi, commit_id AS first, events \
              FROM {}.batches \
              WHERE events > 0 AND commit_id + (toInt64(events) - 1) * {step} > {} \
-             ORDER BY commit_id LIMIT {}",
+             AND commit_id > {after_commit} ORDER BY commit_id LIMIT {}",
             self.db,
             cursor.raw(),
             MAX_TAIL_BATCHES + 1
@@ -680,6 +685,30 @@ impl ClickhouseStore {
             })
             .collect();
         Ok((batches, complete))
+    }
+
+    /// The batches past `mark`'s rewind that it has not read, in commit
+    /// order, at most [`MAX_TAIL_BATCHES`] (and whether that was all):
+    /// listed page by page past the ones it has read, since more than a
+    /// listing's worth may lie in those 2 s (many hosts' small batches),
+    /// and a listing of read ones only would leave the tail where it was.
+    fn unread_batches(&self, mark: &TailMark) -> Result<(Vec<tail::NewBatch>, bool)> {
+        let from = self.rewind(mark.upto);
+        let mut after_commit = i64::MIN;
+        loop {
+            let (listed, complete) = self.batches_past(from, after_commit)?;
+            let Some(last) = listed.last().map(|b| b.first) else {
+                return Ok((Vec::new(), true));
+            };
+            let new: Vec<tail::NewBatch> = listed
+                .into_iter()
+                .filter(|b| !mark.read.contains_key(&EventId::from_raw(b.first)))
+                .collect();
+            if complete || !new.is_empty() {
+                return Ok((new, complete));
+            }
+            after_commit = last;
+        }
     }
 
     /// [`sql::committed`] for this store's layout.
@@ -1165,13 +1194,20 @@ impl Store for ClickhouseStore {
             upto: self.cursor()?,
             ..TailMark::default()
         };
-        let (batches, _) = self.batches_past(self.rewind(mark.upto))?;
-        for b in &batches {
-            mark.read
-                .insert(EventId::from_raw(b.first), EventId::from_raw(b.last));
-            mark.upto = mark.upto.max(EventId::from_raw(b.last));
+        let from = self.rewind(mark.upto);
+        let mut after_commit = i64::MIN;
+        loop {
+            let (batches, complete) = self.batches_past(from, after_commit)?;
+            for b in &batches {
+                mark.read
+                    .insert(EventId::from_raw(b.first), EventId::from_raw(b.last));
+                mark.upto = mark.upto.max(EventId::from_raw(b.last));
+                after_commit = b.first;
+            }
+            if complete {
+                return Ok(mark);
+            }
         }
-        Ok(mark)
     }
 
     /// The batches listed past the mark's rewind that it has not read,
@@ -1181,11 +1217,7 @@ impl Store for ClickhouseStore {
     /// every event after the tail's newest match, so a tail whose filter
     /// matched rarely read all the traffic since, each poll.
     fn poll_tail(&self, mark: &mut TailMark, f: &Filter, limit: usize) -> Result<TailPage> {
-        let (listed, complete) = self.batches_past(self.rewind(mark.upto))?;
-        let new: Vec<tail::NewBatch> = listed
-            .into_iter()
-            .filter(|b| !mark.read.contains_key(&EventId::from_raw(b.first)))
-            .collect();
+        let (new, complete) = self.unread_batches(mark)?;
         let mut page = TailPage {
             events: Vec::new(),
             more: !complete,

@@ -1471,3 +1471,46 @@ fn a_polled_tail_reads_late_commits_once_and_only_new_batches() {
         1000
     );
 }
+
+/// More batches in a polling tail's 2 s than one listing holds (many
+/// hosts' small batches): it reads past them, each once, and a tail that
+/// starts then shows none of them again.
+#[test]
+fn a_polled_tail_lists_past_more_batches_than_one_listing() {
+    let config = shared().config(&fresh_db());
+    let store = ClickhouseStore::open(&config).unwrap();
+    let n = super::MAX_TAIL_BATCHES + 52;
+    let mut mark = store.tail_mark().unwrap();
+    let batches: Vec<Batch> = (0..n)
+        .map(|i| {
+            let host = format!("h{}", i % 100);
+            let line =
+                conformance::log(&host, 1000 + i as u64, StreamName::Stdout, &format!("{i}"));
+            conformance::batch(&host, (i / 100) as u64, vec![line])
+        })
+        .collect();
+    for group in batches.chunks(300) {
+        for r in store.ingest_many(group.to_vec()) {
+            assert_eq!(r.unwrap().stored.len(), 1);
+        }
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..50 {
+        let page = store
+            .poll_tail(&mut mark, &Filter::default(), 10_000)
+            .unwrap();
+        for s in &page.events {
+            assert!(seen.insert(s.id), "{} twice", s.id);
+        }
+        if !page.more {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), n);
+    let mut late = store.tail_mark().unwrap();
+    assert_eq!(late.read.len(), n);
+    let page = store
+        .poll_tail(&mut late, &Filter::default(), 10_000)
+        .unwrap();
+    assert!(page.events.is_empty() && !page.more, "{page:?}");
+}
