@@ -325,6 +325,7 @@ fn web_ui_in_chromium_against_the_demo() {
         "{v}"
     );
     assert_eq!(v["tail"], true, "{v}");
+    assert_eq!(v["grep"], true, "{v}");
     assert_eq!(
         v["marked"],
         serde_json::json!(["log", "logpoint", "probe"]),

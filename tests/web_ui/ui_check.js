@@ -342,6 +342,38 @@ async function run(ctx, expected) {
   check(burst.rows === 500, `the tail keeps the newest 500 rows, has ${burst.rows}`);
   check(burst.max_frame_gap_ms < 2000, `the page froze for ${burst.max_frame_gap_ms} ms during the burst`);
   result.burst = burst;
+  // A live grep: only the lines matching its regex arrive; a bad regex
+  // says why and is not retried.
+  const needle = `webui-grep-${Date.now()}`;
+  await page.fill('#tail-grep', `${needle} (yes|YES)$`);
+  await page.press('#tail-grep', 'Enter');
+  await inject([`${needle} no`, `${needle} yes`, `${needle} maybe`, `${needle} YES`]);
+  await page.waitForFunction(
+    (n) => [...document.querySelectorAll('#tail-list .t-text')].filter((e) => e.textContent.includes(n)).length >= 2,
+    needle,
+  );
+  await page.waitForTimeout(500);
+  const grepped = await page.evaluate(() => [...document.querySelectorAll('#tail-list .t-text')].map((e) => e.textContent));
+  check(
+    JSON.stringify(grepped) === JSON.stringify([`stdout| ${needle} yes`, `stdout| ${needle} YES`]),
+    `live grep shows only its matches: ${JSON.stringify(grepped)}`,
+  );
+  const errorsBefore = errors.length;
+  await page.fill('#tail-grep', '(unclosed');
+  await page.press('#tail-grep', 'Enter');
+  await page.waitForFunction(() => document.getElementById('tail-status').textContent.startsWith('error: invalid regex'));
+  await page.waitForTimeout(2500);
+  const badGrep = await page.textContent('#tail-status');
+  check(!badGrep.includes('reconnecting') && badGrep.startsWith('error: invalid regex'), `bad regex: ${badGrep}`);
+  // Its one 400 is expected (the browser logs it); one request, not retried.
+  const during = errors.splice(errorsBefore);
+  errors.push(...during.filter((e) => !e.includes('400')));
+  const bad400 = during.filter((e) => e.includes('400'));
+  check(bad400.length === 1, `the bad regex was asked ${bad400.length} times`);
+  await page.fill('#tail-grep', '');
+  await page.press('#tail-grep', 'Enter');
+  await page.waitForFunction(() => document.getElementById('tail-status').textContent.startsWith('following'));
+  result.grep = true;
   result.tail = true;
   await page.screenshot({ path: `${ARTIFACTS}/tail.png` });
 

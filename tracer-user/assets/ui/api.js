@@ -57,7 +57,9 @@ async function call(path, params, signal) {
     } catch (_) {
       /* not JSON */
     }
-    throw new Error(msg);
+    const err = new Error(msg);
+    err.status = r.status;
+    throw err;
   }
   return r;
 }

@@ -2,7 +2,8 @@
 // between two frames are added in one DOM update per animation frame, the
 // list keeps the newest MAX_ROWS, and while paused arrivals are queued (at
 // most MAX_QUEUED; older ones are counted as skipped), so a busy cluster
-// cannot freeze the page. Host and kind filters are the server's.
+// cannot freeze the page. Host, kind and grep (a regex over the text) are
+// the server's filters.
 
 import { tail } from './api.js';
 import { describe, el, evMs, fmtClock } from './util.js';
@@ -26,9 +27,16 @@ export class LiveTail {
       el('option', { value: '' }, 'all kinds'),
       ...KINDS.map((k) => el('option', { value: k }, k)),
     );
+    // A live grep: applied when Enter is pressed or the box is left.
+    this.grep = el('input', {
+      type: 'search',
+      id: 'tail-grep',
+      placeholder: 'grep: a regex, e.g. (?i)error|panic',
+      onchange: () => this.restart(),
+    });
     this.status = el('span', { className: 'tail-status', id: 'tail-status' });
     this.list = el('div', { className: 'tail-list', id: 'tail-list' });
-    root.append(el('div', { className: 'tail-bar' }, this.pauseBtn, this.host, this.kind, this.status), this.list);
+    root.append(el('div', { className: 'tail-bar' }, this.pauseBtn, this.host, this.kind, this.grep, this.status), this.list);
   }
 
   setHosts(hosts) {
@@ -41,13 +49,17 @@ export class LiveTail {
   start() {
     if (this.stream) return;
     this.status.textContent = 'connecting…';
-    const params = { n: 50, host: this.host.value, kind: this.kind.value };
+    const params = { n: 50, host: this.host.value, kind: this.kind.value, re: this.grep.value };
     this.stream = tail(
       params,
       (events) => this.push(events),
       (state) => {
         if (state === 'open') this.setStatus('following');
-        else {
+        else if (state.status === 400) {
+          // A bad regex (or filter): trying again would fail the same way.
+          this.stream = null;
+          this.setStatus(`error: ${state.message}`);
+        } else {
           this.stream = null;
           this.setStatus(state === 'closed' ? 'stream ended; reconnecting' : `error: ${state.message}; reconnecting`);
           clearTimeout(this.retry);
