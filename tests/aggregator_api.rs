@@ -6,7 +6,7 @@
 use std::{
     collections::BTreeMap,
     fs,
-    io::{BufRead as _, BufReader, Write as _},
+    io::Write as _,
     net::SocketAddr,
     path::Path,
     process::{Command, Output, Stdio},
@@ -19,7 +19,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use aggregator_common::{Aggregator, TRACER, TempDir, auth, http, try_http};
+use aggregator_common::{Aggregator, TRACER, TempDir, auth, exactly_lines, follow, http, try_http};
 use tracer_user::event::{Event, EventData, StreamName};
 
 mod aggregator_common;
@@ -695,48 +695,6 @@ fn kill_9_mid_ingest_keeps_every_acknowledged_batch_exactly_once() {
     );
 }
 
-/// `tracer tail -f` through `agg` with `extra` options, once it follows,
-/// and its stdout lines as they come (with when).
-fn follow(
-    agg: &Aggregator,
-    token: &Path,
-    extra: &[&str],
-) -> (std::process::Child, mpsc::Receiver<(Instant, String)>) {
-    let mut child = Command::new(TRACER)
-        .args(["tail", "-f"])
-        .args(extra)
-        .arg("--aggregator")
-        .arg(agg.url())
-        .arg("--token-file")
-        .arg(token)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (ready_tx, ready_rx) = mpsc::channel();
-    thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            eprintln!("[tail] {line}");
-            if line.contains("following") {
-                let _ = ready_tx.send(());
-            }
-        }
-    });
-    ready_rx
-        .recv_timeout(Duration::from_secs(15))
-        .expect("tail -f did not start following");
-    let stdout = child.stdout.take().unwrap();
-    let (line_tx, line_rx) = mpsc::channel();
-    thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = line_tx.send((Instant::now(), line));
-        }
-    });
-    (child, line_rx)
-}
-
 /// `tail -f --grep RE -i`, a live grep: first the latest matching line,
 /// then exactly the new lines that match, of any host; a bad regex is
 /// refused with the reason.
@@ -776,16 +734,7 @@ fn tail_follow_greps_new_lines() {
         &[line("web-2", "an ERROR on web-2"), line("web-2", "errand")],
         false,
     );
-    let got: Vec<String> = (0..3)
-        .map(|_| {
-            line_rx
-                .recv_timeout(Duration::from_secs(5))
-                .expect("tail -f --grep printed fewer than 3 lines")
-                .1
-        })
-        .collect();
-    thread::sleep(Duration::from_millis(500));
-    assert!(line_rx.try_recv().is_err(), "tail -f --grep printed more");
+    let got = exactly_lines(&line_rx, 3, "tail -f --grep");
     let _ = child.kill();
     let _ = child.wait();
     let texts: Vec<&str> = got.iter().map(|l| l.rsplit_once("| ").unwrap().1).collect();

@@ -7,16 +7,14 @@
 //! under the other, and the clear errors of a bad start. Unprivileged.
 
 use std::{
-    io::{BufRead as _, BufReader},
     net::SocketAddr,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
-    sync::mpsc,
+    process::Command,
     thread,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use aggregator_common::{Aggregator, TRACER, TempDir, auth, http, try_http};
+use aggregator_common::{Aggregator, TRACER, TempDir, auth, exactly_lines, follow, http, try_http};
 use tracer_user::{
     aggregator::clickhouse::{
         SCHEMA_VERSION,
@@ -124,38 +122,6 @@ fn texts(addr: SocketAddr, path: &str) -> Vec<String> {
         .collect()
 }
 
-/// `tracer tail -f -n 0` through `a` with `extra` options, and its lines
-/// as they come (with when), once it had half a second to start following.
-fn follow(
-    a: &Aggregator,
-    token: &Path,
-    extra: &[&str],
-) -> (std::process::Child, mpsc::Receiver<(Instant, String)>) {
-    let mut tail = Command::new(TRACER)
-        .args(["tail", "-f", "-n", "0"])
-        .args(extra)
-        .arg("--aggregator")
-        .arg(a.url())
-        .arg("--token-file")
-        .arg(token)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let (line_tx, line_rx) = mpsc::channel();
-    let stdout = tail.stdout.take().unwrap();
-    thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line_tx.send((Instant::now(), line)).is_err() {
-                return;
-            }
-        }
-    });
-    thread::sleep(Duration::from_millis(500));
-    (tail, line_rx)
-}
-
 #[test]
 fn two_aggregators_share_one_clickhouse() {
     let mut server = Server::start("agg");
@@ -165,8 +131,12 @@ fn two_aggregators_share_one_clickhouse() {
     let b = Aggregator::start_with(&args);
 
     // tail -f on a, before anything is stored; and a live grep on b.
-    let (mut tail, line_rx) = follow(&a, &token, &[]);
-    let (mut grep, grep_rx) = follow(&b, &token, &["--grep", "(one|two) [13] ERROR", "-i"]);
+    let (mut tail, line_rx) = follow(&a, &token, &["-n", "0"]);
+    let (mut grep, grep_rx) = follow(
+        &b,
+        &token,
+        &["-n", "0", "--grep", "(one|two) [13] ERROR", "-i"],
+    );
 
     // web-1 sends through a, web-2 through b; times interleave.
     let t0 = now_ns();
@@ -220,16 +190,7 @@ fn two_aggregators_share_one_clickhouse() {
     let _ = tail.wait();
     // The live grep on b printed exactly the matching lines, ingested
     // through a.
-    let grepped: Vec<String> = (0..2)
-        .map(|_| {
-            grep_rx
-                .recv_timeout(Duration::from_secs(10))
-                .expect("tail -f --grep on b printed fewer than 2 lines")
-                .1
-        })
-        .collect();
-    thread::sleep(Duration::from_millis(500));
-    assert!(grep_rx.try_recv().is_err(), "tail -f --grep printed more");
+    let grepped = exactly_lines(&grep_rx, 2, "tail -f --grep on b");
     let _ = grep.kill();
     let _ = grep.wait();
     assert!(grepped[0].ends_with("| one 1 error"), "{grepped:?}");
@@ -476,28 +437,19 @@ fn a_tail_on_a_store_with_history_prints_only_new_lines() {
         .map(|i| log("busy", now_ns() + i, &format!("busy {i}")))
         .collect();
     assert_eq!(ingest(a.addr, "busy", 0, &busy), (10, false));
-    let (mut tail, line_rx) = follow(&a, &token, &["--host", "quiet"]);
+    let (mut tail, line_rx) = follow(&a, &token, &["-n", "0", "--host", "quiet"]);
     let t1 = now_ns();
     let new: Vec<Event> = (0..3)
         .map(|i| log("quiet", t1 + i, &format!("new {i}")))
         .collect();
     assert_eq!(ingest(a.addr, "quiet", 200, &new), (3, false));
-    let got: Vec<String> = (0..3)
-        .map(|_| {
-            line_rx
-                .recv_timeout(Duration::from_secs(10))
-                .expect("tail -f printed fewer than 3 lines")
-                .1
-        })
-        .collect();
+    let got = exactly_lines(&line_rx, 3, "tail -f");
     assert!(
         got.iter()
             .enumerate()
             .all(|(i, l)| l.contains(&format!("new {i}"))),
         "{got:?}"
     );
-    thread::sleep(Duration::from_millis(500));
-    assert!(line_rx.try_recv().is_err(), "tail -f printed more");
     let _ = tail.kill();
     let _ = tail.wait();
     thread::sleep(Duration::from_millis(300));
@@ -549,7 +501,7 @@ fn a_tail_started_during_a_firehose_prints_at_once() {
     let before = sent.load(Ordering::Relaxed);
     assert!(before > 10, "only {before} batches in 3 s");
     let started = Instant::now();
-    let (mut tail, line_rx) = follow(&a, &token, &[]);
+    let (mut tail, line_rx) = follow(&a, &token, &["-n", "0"]);
     let first = line_rx.recv_timeout(Duration::from_secs(10));
     let running = sent.load(Ordering::Relaxed) < 4000;
     stop.store(true, Ordering::Relaxed);

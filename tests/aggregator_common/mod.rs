@@ -15,7 +15,7 @@ use std::{
     process::{Child, ChildStderr, Command, Stdio},
     sync::mpsc,
     thread,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 pub const TRACER: &str = env!("CARGO_BIN_EXE_tracer");
@@ -243,4 +243,63 @@ fn dechunk(mut s: &str) -> String {
         out.push_str(&rest[..n]);
         s = &rest[n + 2..];
     }
+}
+
+/// `tracer tail -f` through `agg` with `extra` options, once it follows,
+/// and its stdout lines as they come (with when).
+pub fn follow(
+    agg: &Aggregator,
+    token: &Path,
+    extra: &[&str],
+) -> (std::process::Child, mpsc::Receiver<(Instant, String)>) {
+    let mut child = Command::new(TRACER)
+        .args(["tail", "-f"])
+        .args(extra)
+        .arg("--aggregator")
+        .arg(agg.url())
+        .arg("--token-file")
+        .arg(token)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (ready_tx, ready_rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("[tail] {line}");
+            if line.contains("following") {
+                let _ = ready_tx.send(());
+            }
+        }
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(15))
+        .expect("tail -f did not start following");
+    let stdout = child.stdout.take().unwrap();
+    let (line_tx, line_rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = line_tx.send((Instant::now(), line));
+        }
+    });
+    (child, line_rx)
+}
+
+/// The next `n` lines of a follower (`follow`), within 10 s each, and then
+/// no more for half a second.
+pub fn exactly_lines(rx: &mpsc::Receiver<(Instant, String)>, n: usize, what: &str) -> Vec<String> {
+    let got: Vec<String> = (0..n)
+        .map(|i| {
+            rx.recv_timeout(Duration::from_secs(10))
+                .unwrap_or_else(|_| panic!("{what} printed {i} lines, not {n}"))
+                .1
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(500));
+    if let Ok((_, more)) = rx.try_recv() {
+        panic!("{what} printed more than {n} lines: {got:?}, then {more:?}");
+    }
+    got
 }
