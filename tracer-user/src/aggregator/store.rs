@@ -459,10 +459,13 @@ pub trait Store: Send + Sync {
         let newest = self.cursor()?;
         let events = self.since_cursor(mark.upto, f, limit)?;
         let more = events.len() >= limit;
-        mark.upto = match (more, events.last()) {
-            (true, Some(last)) => last.id,
-            // Every commit up to `newest` was visible, and read.
-            _ => mark.upto.max(newest),
+        let last = events.last().map_or(mark.upto, |s| s.id);
+        mark.upto = if more {
+            last
+        } else {
+            // Every commit up to `newest` was visible, and read (and any
+            // after it that this read returned).
+            mark.upto.max(newest).max(last)
         };
         Ok(TailPage { events, more })
     }
