@@ -1,6 +1,13 @@
 //! Where a live tail's next events are.
 //!
-//! A tail reads the events after its cursor in id order, but `events` is
+//! A live tail polls by commit: each poll reads the batches committed since
+//! the last one, a group at a time ([`groups`], [`group_condition`]: their
+//! commit ids, ids' range and hosts' raw times). A read of the events after
+//! a cursor in id order (`Store::since_cursor`, which every backend
+//! answers; live tails used it until 2026-12-06) goes window by window
+//! ([`windows`]), as follows.
+//!
+//! Such a read wants the events after its cursor in id order, but `events` is
 //! sorted by host and raw time, and merges make its parts as large as the
 //! store: bounded by its ids alone, a read would cover every part whose ids
 //! reach past the cursor. Each row of `batches` records its events' ids
