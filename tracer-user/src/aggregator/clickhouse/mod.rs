@@ -1194,15 +1194,12 @@ impl Store for ClickhouseStore {
             upto: self.cursor()?,
             ..TailMark::default()
         };
-        let from = self.rewind(mark.upto);
-        let mut after_commit = i64::MIN;
         loop {
-            let (batches, complete) = self.batches_past(from, after_commit)?;
+            let (batches, complete) = self.unread_batches(&mark)?;
             for b in &batches {
-                mark.read
-                    .insert(EventId::from_raw(b.first), EventId::from_raw(b.last));
-                mark.upto = mark.upto.max(EventId::from_raw(b.last));
-                after_commit = b.first;
+                let last = EventId::from_raw(b.last);
+                mark.read.insert(EventId::from_raw(b.first), last);
+                mark.upto = mark.upto.max(last);
             }
             if complete {
                 return Ok(mark);
