@@ -491,7 +491,8 @@ fn ingest(args: &[String]) -> Result<()> {
     for n in 0..batches {
         let b = generator.batch(n, per_batch);
         let json = serde_json::to_vec(&b)?;
-        let body = zstd::encode_all(&json[..], 3)?;
+        // As agents compress (`forward.rs`): one frame that records its size.
+        let body = zstd::bulk::compress(&json, 3)?;
         json_bytes += json.len();
         wire_bytes += body.len();
         bodies.push((b.events.len(), bytes::Bytes::from(body)));
@@ -671,7 +672,7 @@ fn profile(args: &[String]) -> Result<()> {
     let bodies: Vec<Vec<u8>> = (0..events.div_ceil(BATCH_EVENTS))
         .map(|n| {
             let json = serde_json::to_vec(&generator.batch(n, BATCH_EVENTS)).unwrap();
-            zstd::encode_all(&json[..], 3).unwrap()
+            zstd::bulk::compress(&json, 3).unwrap()
         })
         .collect();
     let t = Instant::now();

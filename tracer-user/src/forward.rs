@@ -352,7 +352,9 @@ fn write_batch(spool: &Spool, host: &str, run_id: &str, seq: u64, events: &[Even
         seq,
         events,
     })?;
-    let body = zstd::encode_all(&json[..], 3)?;
+    // One call records the size in the frame: the aggregator then
+    // decodes it in one call too (`aggregator::body`).
+    let body = zstd::bulk::compress(&json, 3)?;
     let ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_millis();

@@ -60,6 +60,43 @@ pub async fn read_limited(body: Body, limit: u64) -> Result<Bytes, BodyError> {
 /// Decompresses one or more zstd frames, failing as soon as the output
 /// would pass `limit`. Blocking (CPU): call it off the async workers.
 pub fn zstd_decompress(data: &[u8], limit: u64) -> Result<Vec<u8>, BodyError> {
+    match one_frame_size(data) {
+        Some(size) if size > limit => Err(BodyError::DecompressedTooLarge { limit }),
+        // Anything odd about the frame is left to the streaming decoder,
+        // which says what is wrong with it.
+        Some(size) => decompress_sized(data, size).or_else(|_| decompress_streaming(data, limit)),
+        None => decompress_streaming(data, limit),
+    }
+}
+
+/// The size a body of exactly one zstd frame says it decompresses to, if
+/// its frame header records it (agents compress each batch in one call,
+/// which records it, `forward.rs`). zstd checks the size while decoding,
+/// so a frame that lies fails instead of writing past it.
+fn one_frame_size(data: &[u8]) -> Option<u64> {
+    let frame = zstd::zstd_safe::find_frame_compressed_size(data).ok()?;
+    if frame != data.len() {
+        return None;
+    }
+    zstd::zstd_safe::get_frame_content_size(data).ok().flatten()
+}
+
+/// Decompresses a frame of known size into a buffer of that size, in one
+/// call. Why not the streaming decoder: it copies its output out of its
+/// window and grows the buffer by doubling, which cost ~15% of the
+/// aggregator's CPU at 500k events/s (docs/benchmarks.md, 2026-12-07).
+/// A huge claimed size costs no memory until written: the buffer's pages
+/// are only mapped, and a frame that is not that large fails first.
+fn decompress_sized(data: &[u8], size: u64) -> std::io::Result<Vec<u8>> {
+    let mut decompressor = zstd::bulk::Decompressor::new()?;
+    decompressor.set_parameter(zstd::zstd_safe::DParameter::WindowLogMax(
+        ZSTD_WINDOW_LOG_MAX,
+    ))?;
+    let size = usize::try_from(size).map_err(std::io::Error::other)?;
+    decompressor.decompress(data, size)
+}
+
+fn decompress_streaming(data: &[u8], limit: u64) -> Result<Vec<u8>, BodyError> {
     let mut decoder = zstd::stream::read::Decoder::with_buffer(data)
         .map_err(|e| BodyError::BadZstd(e.to_string()))?;
     decoder
@@ -123,6 +160,54 @@ mod tests {
             Err(BodyError::DecompressedTooLarge { .. })
         ));
         assert!(start.elapsed() < Duration::from_secs(2));
+    }
+
+    /// What agents send: one frame that records its size.
+    #[test]
+    fn a_sized_frame_decodes_in_one_call_within_the_limit() {
+        let data = zstd::bulk::compress(b"hello hello hello", 3).unwrap();
+        assert_eq!(one_frame_size(&data), Some(17));
+        assert_eq!(zstd_decompress(&data, 17).unwrap(), b"hello hello hello");
+        assert!(matches!(
+            zstd_decompress(&data, 16),
+            Err(BodyError::DecompressedTooLarge { limit: 16 })
+        ));
+        // Two frames: decoded by the streaming decoder, both of them.
+        let two = [data.clone(), data].concat();
+        assert_eq!(one_frame_size(&two), None);
+        assert_eq!(
+            zstd_decompress(&two, 34).unwrap(),
+            b"hello hello hellohello hello hello"
+        );
+    }
+
+    #[test]
+    fn a_sized_bomb_is_refused_by_its_header() {
+        let bomb = zstd::bulk::compress(&vec![0u8; 256 << 20], 3).unwrap();
+        let start = std::time::Instant::now();
+        assert!(matches!(
+            zstd_decompress(&bomb, 1 << 20),
+            Err(BodyError::DecompressedTooLarge { limit: 1_048_576 })
+        ));
+        assert!(start.elapsed() < Duration::from_millis(100));
+    }
+
+    /// A frame header that claims less than the frame holds: an error,
+    /// never a buffer written past or a short body taken as whole.
+    #[test]
+    fn a_frame_that_lies_about_its_size_is_refused() {
+        let text = b"0123456789abcdef0123456789abcdef0123456789";
+        let mut data = zstd::bulk::compress(text, 3).unwrap();
+        assert_eq!(one_frame_size(&data), Some(text.len() as u64));
+        // Single-segment frame: the size is the byte after the 4-byte
+        // magic number and the frame header descriptor.
+        assert_eq!(data[5], text.len() as u8);
+        data[5] = 20;
+        assert_eq!(one_frame_size(&data), Some(20));
+        assert!(matches!(
+            zstd_decompress(&data, 1 << 20),
+            Err(BodyError::BadZstd(_))
+        ));
     }
 
     #[test]

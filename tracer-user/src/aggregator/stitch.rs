@@ -34,12 +34,19 @@ pub const MAX_SKEW_NS: i64 = 600_000_000_000;
 /// addresses are written as IPv4, so a server on `::` and a client on an
 /// IPv4 socket agree.
 pub fn conn_key(h: &HttpExchange) -> String {
+    let (c, cp, s, sp) = conn_ends(h);
+    format!("{c}:{cp}>{s}:{sp}")
+}
+
+/// The connection an exchange is on, as [`conn_key`] names it: client
+/// address and port, server address and port (addresses canonical).
+pub fn conn_ends(h: &HttpExchange) -> (IpAddr, u16, IpAddr, u16) {
     let t = &h.tuple;
     let (c, cp, s, sp) = match h.side {
         HttpSide::Client => (t.saddr, t.sport, t.daddr, t.dport),
         HttpSide::Server => (t.daddr, t.dport, t.saddr, t.sport),
     };
-    format!("{}:{cp}>{}:{sp}", canonical(c), canonical(s))
+    (canonical(c), cp, canonical(s), sp)
 }
 
 fn canonical(ip: IpAddr) -> IpAddr {

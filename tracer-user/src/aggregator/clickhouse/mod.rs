@@ -54,7 +54,10 @@ mod tests;
 
 use std::{
     collections::HashSet,
-    sync::Mutex,
+    sync::{
+        Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -211,6 +214,9 @@ pub struct ClickhouseStore {
     /// The offsets and host pairs as ingest last read them (`fresh.rs`).
     ingest_offsets: fresh::Fresh<Offsets>,
     pairs_seen: fresh::Fresh<Vec<stitch::PairRow>>,
+    /// Bytes per row of the last group's `events` insert, to size the
+    /// next one's buffer (`insert_group`).
+    event_row_bytes: AtomicUsize,
 }
 
 impl Drop for ClickhouseStore {
@@ -341,6 +347,7 @@ impl ClickhouseStore {
             sharded: config.cluster.is_some(),
             estimated: Mutex::default(),
             resolved: Mutex::default(),
+            event_row_bytes: AtomicUsize::new(0),
             ingest_offsets: fresh::Fresh::default(),
             pairs_seen: fresh::Fresh::default(),
         };
@@ -858,7 +865,10 @@ impl ClickhouseStore {
     /// batch rows: the commit.
     fn insert_group(&self, batches: &[(&Batch, i64)]) -> Result<bool> {
         let db = &self.db;
-        let mut events = RowBinary::default();
+        let rows: usize = batches.iter().map(|(b, _)| b.events.len()).sum();
+        let row_bytes = self.event_row_bytes.load(Ordering::Relaxed);
+        // A tenth more than the last group's rows took, for some margin.
+        let mut events = RowBinary::with_capacity(rows * row_bytes / 10 * 11);
         let mut http = RowBinary::default();
         // The client side's rows of `http`, again (`schema.rs`).
         let mut clients = RowBinary::default();
@@ -947,6 +957,9 @@ impl ClickhouseStore {
                 .i64(span.map_or(0, |s| s.0))
                 .i64(span.map_or(0, |s| s.1))
                 .end_row();
+        }
+        if let Some(per_row) = events.len().checked_div(rows) {
+            self.event_row_bytes.store(per_row, Ordering::Relaxed);
         }
         // Events and exchanges together (one round trip); the commit
         // rows only after all are in.

@@ -13,6 +13,19 @@ pub struct RowBinary {
 }
 
 impl RowBinary {
+    /// An empty body with room for `bytes`: a group's `events` insert is
+    /// tens of MB, and growing it by doubling copied it about twice.
+    pub fn with_capacity(bytes: usize) -> Self {
+        Self {
+            buf: Vec::with_capacity(bytes),
+            rows: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
     pub fn i64(&mut self, v: i64) -> &mut Self {
         self.buf.extend_from_slice(&v.to_le_bytes());
         self

@@ -28,10 +28,10 @@ use super::{
 };
 use crate::{
     aggregator::{
-        stitch::{self, Candidate, Edge, MAX_SKEW_NS, Side, TOLERANCE_NS, conn_key},
+        stitch::{self, Candidate, Edge, MAX_SKEW_NS, Side, TOLERANCE_NS, conn_ends, conn_key},
         store::{Batch, Result, Store as _},
     },
-    event::{EventData, HttpSide},
+    event::{EventData, HttpExchange, HttpSide},
 };
 
 /// Client exchanges per host pair a clock difference is estimated from
@@ -196,25 +196,28 @@ pub type Peer = (String, bool, std::net::IpAddr);
 pub type Resolved = HashMap<Peer, (std::time::Instant, Vec<(String, String)>)>;
 
 /// [`lookup_keys`] with the (host, side, peer) each key was chosen for.
+/// Keys are ranked by a hash of their connection's ends and written out
+/// only for the connections kept: a group has tens of thousands of
+/// exchanges, and formatting every one's key took ~2% of the aggregator's
+/// CPU under load.
 fn lookup_peers(batches: &[&Batch]) -> Vec<(Peer, String)> {
-    let rank_of = |key: &str| {
-        use std::hash::{Hash as _, Hasher as _};
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        key.hash(&mut hasher);
-        hasher.finish()
+    use std::hash::{BuildHasher as _, BuildHasherDefault};
+    // Fixed keys: the same connection ranks the same in every group.
+    let rank_of = |h: &HttpExchange| {
+        BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+            .hash_one(conn_ends(h))
     };
-    let mut by_peer: BTreeMap<(&str, bool, std::net::IpAddr), BTreeMap<u64, String>> =
-        BTreeMap::new();
+    let mut by_peer: HashMap<(&str, bool, std::net::IpAddr), BTreeMap<u64, &HttpExchange>> =
+        HashMap::new();
     for b in batches {
         for e in &b.events {
             if let EventData::Http(h) = &e.data {
-                let key = conn_key(h);
                 // The remote end, from this host's side of the connection.
                 let peer = h.tuple.daddr.to_canonical();
                 let kept = by_peer
                     .entry((e.host.as_str(), h.side == HttpSide::Client, peer))
                     .or_default();
-                kept.insert(rank_of(&key), key);
+                kept.insert(rank_of(h), h);
                 if kept.len() > KEYS_PER_PEER {
                     kept.pop_last();
                 }
@@ -228,11 +231,12 @@ fn lookup_peers(batches: &[&Batch]) -> Vec<(Peer, String)> {
             (
                 first,
                 (host.to_string(), client, ip),
-                m.into_values().collect(),
+                m.into_values().map(conn_key).collect(),
             )
         })
         .collect();
-    lists.sort_unstable_by_key(|(first, ..)| *first);
+    // By rank, then by peer: the same order whatever the map's.
+    lists.sort_unstable_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
     let mut out: Vec<(Peer, String)> = Vec::new();
     let mut taken = BTreeSet::new();
     for round in 0..KEYS_PER_PEER {
