@@ -1,9 +1,11 @@
 //! Reading ingest bodies within hard limits: the bytes on the wire
 //! (`--max-body`) and the bytes after zstd decompression
 //! (`--max-decompressed`). Neither limit can be passed by a crafted body: the
-//! wire bytes are counted as they arrive, and decompression streams into a
-//! buffer that stops one byte past the cap, with the zstd window itself
-//! capped, so a "zstd bomb" costs at most the cap.
+//! wire bytes are counted as they arrive; a frame that records its size is
+//! refused when that size is over the cap and otherwise decoded into a
+//! buffer of that size (zstd fails a frame that holds more); any other body
+//! streams into a buffer that stops one byte past the cap, with the zstd
+//! window itself capped, so a "zstd bomb" costs at most the cap.
 
 use std::{io::Read as _, time::Duration};
 
@@ -83,8 +85,9 @@ fn one_frame_size(data: &[u8]) -> Option<u64> {
 
 /// Decompresses a frame of known size into a buffer of that size, in one
 /// call. Why not the streaming decoder: it copies its output out of its
-/// window and grows the buffer by doubling, which cost ~15% of the
-/// aggregator's CPU at 500k events/s (docs/benchmarks.md, 2026-12-07).
+/// window and grows the buffer by doubling; decompressing took ~16% of
+/// the aggregator's CPU under load, about half of it those copies
+/// (docs/benchmarks.md, 2026-12-07).
 /// A huge claimed size costs no memory until written: the buffer's pages
 /// are only mapped, and a frame that is not that large fails first.
 fn decompress_sized(data: &[u8], size: u64) -> std::io::Result<Vec<u8>> {
