@@ -516,3 +516,61 @@ async fn send_file(
     }
     bail!("the aggregator at {url} answered {status}")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::StreamName;
+
+    /// What an agent spools, and so sends, is one zstd frame that records
+    /// its size: the aggregator decodes that in one call, not as a stream
+    /// (`aggregator::body`), so this is the path every agent's batch takes.
+    #[test]
+    fn a_spooled_batch_is_one_frame_that_records_its_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool {
+            dir: dir.path().to_path_buf(),
+            max_bytes: 1 << 20,
+        };
+        let events: Vec<Event> = (0..3)
+            .map(|i| Event {
+                ts_ns: 1_000 + i,
+                host: "web-1".into(),
+                pid: 7,
+                tid: 7,
+                comm: "node".into(),
+                data: EventData::Log {
+                    stream: StreamName::Stdout,
+                    path: None,
+                    text: format!("hello {i}"),
+                    truncated: false,
+                    req_id: None,
+                },
+            })
+            .collect();
+        assert_eq!(write_batch(&spool, "web-1", "run", 7, &events).unwrap(), 0);
+        let files = spool.files();
+        assert_eq!(files.len(), 1);
+        assert_eq!(files[0].2, 3);
+        let body = std::fs::read(&files[0].0).unwrap();
+        let json = serde_json::to_vec(&Batch {
+            host: "web-1",
+            run_id: "run",
+            seq: 7,
+            events: &events,
+        })
+        .unwrap();
+        assert_eq!(
+            zstd::zstd_safe::find_frame_compressed_size(&body),
+            Ok(body.len())
+        );
+        assert_eq!(
+            zstd::zstd_safe::get_frame_content_size(&body).ok(),
+            Some(Some(json.len() as u64))
+        );
+        assert_eq!(
+            crate::aggregator::body::zstd_decompress(&body, 1 << 20).unwrap(),
+            json
+        );
+    }
+}

@@ -164,7 +164,7 @@ fn candidates(clients: &[&Exchange], servers: &[&Exchange], cross_host: bool) ->
 
 /// The connections of `batches`' exchanges whose other ends
 /// [`after_ingest`] looks up: a sample of at most [`KEYS_PER_PEER`] per
-/// host, side and peer address (the ones whose keys hash lowest, so a
+/// host, side and peer address (the ones whose connections hash lowest, so a
 /// different sample each time a host's connections change),
 /// [`KEYS_PER_GROUP`] in all, every (host, side, peer) of the group taking
 /// its turn before any takes a second (in an order that changes from group
