@@ -358,6 +358,21 @@ fn zstd_bomb() -> Vec<u8> {
     enc.finish().unwrap()
 }
 
+/// 100 KB of zeros compressed in one call (which records the size in the
+/// frame header), the recorded size then changed to `claim`.
+fn sized_frame_claiming(claim: u32) -> Vec<u8> {
+    let mut frame = zstd::bulk::compress(&vec![0u8; 100_000], 1).unwrap();
+    // The frame header descriptor after the 4-byte magic number: the
+    // size field's width (bits 7-6; 2 = 4 bytes), single segment (bit 5:
+    // no window byte), dictionary id width (bits 1-0).
+    let descriptor = frame[4];
+    assert_eq!(descriptor >> 6, 2, "a 4-byte size field");
+    let at = 5 + usize::from(descriptor & 0x20 == 0) + [0, 1, 2, 4][usize::from(descriptor & 3)];
+    assert_eq!(frame[at..at + 4], 100_000u32.to_le_bytes());
+    frame[at..at + 4].copy_from_slice(&claim.to_le_bytes());
+    frame
+}
+
 #[test]
 fn rejections_do_not_stop_the_server() {
     let dir = TempDir::new("reject");
@@ -450,6 +465,37 @@ fn rejections_do_not_stop_the_server() {
         bomb.len()
     );
     assert!(peak < 96 * 1024, "peak RSS {peak} KiB after the bomb");
+
+    // Frames that record their size (as agents send): one that claims
+    // 1 GiB is refused by its header alone; one that claims 5 MB (under
+    // the cap, and under the 8 MiB window limit that a single-segment
+    // frame's size counts against) but holds 100 KB is refused as bad
+    // zstd, its buffer never written past what it held.
+    let start = Instant::now();
+    let (s, body) = ingest_raw(
+        agg.addr,
+        &sized_frame_claiming(1 << 30),
+        &[("Content-Encoding", "zstd")],
+    );
+    assert_eq!(s, 413, "{body}");
+    assert!(body.contains("decompressed"), "{body}");
+    let (s, body) = ingest_raw(
+        agg.addr,
+        &sized_frame_claiming(5_000_000),
+        &[("Content-Encoding", "zstd")],
+    );
+    assert_eq!(s, 400, "{body}");
+    assert!(body.contains("not valid zstd"), "{body}");
+    let took = start.elapsed();
+    assert!(
+        took < Duration::from_secs(3),
+        "the sized frames took {took:?}"
+    );
+    let peak = vm_kib(agg.pid(), "VmHWM:");
+    assert!(
+        peak < 96 * 1024,
+        "peak RSS {peak} KiB after the sized frames"
+    );
 
     // Bad queries: 400 with a reason.
     let a = auth();

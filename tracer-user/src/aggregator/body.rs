@@ -184,6 +184,24 @@ mod tests {
         );
     }
 
+    /// A batch larger than the 8 MiB window limit, compressed as agents
+    /// do: its frame is not single-segment (its window is the level's,
+    /// 2 MiB at level 3), so it decodes in one call within the limit.
+    #[test]
+    fn a_sized_frame_over_the_window_limit_decodes() {
+        let text: Vec<u8> = (0..12_000_000u32)
+            .map(|i| {
+                b"abcdefghijklmnopqrstuvwxyz"[(i.wrapping_mul(2_654_435_761) >> 27) as usize % 26]
+            })
+            .collect();
+        let data = zstd::bulk::compress(&text, 3).unwrap();
+        // The frame header descriptor's single-segment bit.
+        assert_eq!(data[4] & 0x20, 0);
+        assert_eq!(one_frame_size(&data), Some(12_000_000));
+        assert_eq!(decompress_sized(&data, 12_000_000).unwrap(), text);
+        assert_eq!(zstd_decompress(&data, 16 << 20).unwrap(), text);
+    }
+
     #[test]
     fn a_sized_bomb_is_refused_by_its_header() {
         let bomb = zstd::bulk::compress(&vec![0u8; 256 << 20], 3).unwrap();
