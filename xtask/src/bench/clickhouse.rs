@@ -81,6 +81,14 @@ pub struct ClickhouseArgs {
     /// clickhouse (one alone halves its time).
     #[arg(long, default_value = "sqlite,clickhouse", value_delimiter = ',')]
     growth_stores: Vec<String>,
+    /// Spread the growth part's load over this many days of event time
+    /// (an equal share each day) and measure the grown store on the day
+    /// after, as a store that grew over days is written; 0: the whole
+    /// load minutes apart, in the same day as both measurements. On
+    /// ClickHouse, whose `events` is partitioned by day, 0 measures what a
+    /// day's partition of that size costs, N what the store's size does.
+    #[arg(long, default_value_t = 0)]
+    growth_days: u64,
     /// Use the binaries in target/release as they are.
     #[arg(long)]
     no_build: bool,
@@ -709,6 +717,7 @@ fn grep_part(args: &ClickhouseArgs, ctx: &Ctx, server: &Server, tmp: &Path) -> R
 /// Largest load of one `aggregator_load ingest` run while a store grows
 /// (its batches are built in memory first).
 const LOAD_CHUNK: u64 = 4_000_000;
+const DAY_S: u64 = 86_400;
 
 /// The growth steps through `agg`: `step` events into the empty store,
 /// the load, then `step` events into the grown store. Returns both
@@ -722,10 +731,22 @@ fn grow(
     step: u64,
 ) -> Result<(Ingest, Ingest, f64, f64, f64)> {
     // Each step's events come after the previous step's, as they do in a
-    // store that grew over time (events are 1-21 µs apart).
+    // store that grew over time (events are 1-21 µs apart), or a day's
+    // share of the load a day after the previous one's.
     let load_events = args.grow_to - 2 * step;
     let load_start_s = step * 21 / 1_000_000 + 60;
-    let full_start_s = load_start_s + load_events * 21 / 1_000_000 + 60;
+    let start_of = |loaded: u64| match args.growth_days {
+        0 => load_start_s + loaded * 21 / 1_000_000,
+        days => {
+            let day = loaded * days / load_events;
+            let into_day = loaded - day * load_events / days;
+            load_start_s + day * DAY_S + into_day * 21 / 1_000_000
+        }
+    };
+    let full_start_s = match args.growth_days {
+        0 => start_of(load_events) + 60,
+        days => load_start_s + days * DAY_S,
+    };
     let empty = ingest_through(ctx, backend, agg, step, 0.0, 0)?;
     println!(
         "{}: empty store {:.0} events/s; loading {load_events} events ...",
@@ -735,9 +756,18 @@ fn grow(
     let load_started = Instant::now();
     let mut loaded = 0;
     while loaded < load_events {
-        let n = LOAD_CHUNK.min(load_events - loaded);
+        // A chunk stays within its day.
+        let n = match args.growth_days {
+            0 => LOAD_CHUNK,
+            days => {
+                let day = loaded * days / load_events;
+                ((day + 1) * load_events).div_ceil(days) - loaded
+            }
+        }
+        .min(LOAD_CHUNK)
+        .min(load_events - loaded);
         let chunk_started = Instant::now();
-        send(ctx, agg, n, load_start_s + loaded * 21 / 1_000_000)?;
+        send(ctx, agg, n, start_of(loaded))?;
         loaded += n;
         println!(
             "{}: loaded {loaded} of {load_events} ({:.0} events/s)",
@@ -782,11 +812,20 @@ fn growth_part(args: &ClickhouseArgs, ctx: &Ctx, server: &Server, tmp: &Path) ->
          once clickhouse-server is idle again (its merges of the load's parts \
          done; at most 3 min), {step} events over HTTP again, now into a store of {} \
          events. Each step's events are later than the step before's (the load \
-         generator's `--start-s`), as in a store that grew over time. First/last \
+         generator's `--start-s`), as in a store that grew over time{}. First/last \
          tenth: the rate over the first and the last 10% of a measurement's events.\n",
         args.grow_to,
         args.grow_to - 2 * step,
-        args.grow_to - step
+        args.grow_to - step,
+        match args.growth_days {
+            0 => "; the load's events span minutes, all in the day of both \
+                  measurements (on ClickHouse, one day's partition of that size)"
+                .to_string(),
+            days => format!(
+                " (`--growth-days {days}`): the load's events spread over {days} days, \
+                 an equal share a day, and the second measurement on the day after"
+            ),
+        }
     );
     let _ = writeln!(
         t,
