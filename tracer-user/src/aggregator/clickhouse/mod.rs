@@ -825,6 +825,18 @@ fn compiled(f: &Filter) -> Result<Option<Regex>> {
     Ok(f.text.as_ref().map(|t| t.compile()).transpose()?)
 }
 
+/// The earliest and the latest raw time of a batch's events (None for an
+/// empty batch): its row's `min_raw_ts` and `max_raw_ts`.
+fn raw_span(b: &Batch) -> Option<(i64, i64)> {
+    let times = b
+        .events
+        .iter()
+        .map(|e| i64::try_from(e.ts_ns).unwrap_or(i64::MAX));
+    times.fold(None, |span, t| {
+        Some(span.map_or((t, t), |(lo, hi): (i64, i64)| (lo.min(t), hi.max(t))))
+    })
+}
+
 /// A stored batch: its first id (also its commit id) and the correction
 /// its events were shown with.
 struct Placed {
@@ -839,6 +851,12 @@ impl ClickhouseStore {
         if batches.is_empty() {
             return Ok(HashSet::new());
         }
+        // A batch sent again has the same events, so the same first raw
+        // time, and its row is in that time's day partition (`schema.rs`):
+        // the lookup reads the partitions of the group's first times only,
+        // and the 0 of a row written before version 4 or of an empty batch.
+        let firsts = batches.iter().map(|b| raw_span(b).map_or(0, |s| s.0));
+        let (lo, hi) = firsts.fold((i64::MAX, i64::MIN), |(lo, hi), t| (lo.min(t), hi.max(t)));
         let keys: Vec<String> = batches
             .iter()
             .map(|b| {
@@ -852,7 +870,8 @@ impl ClickhouseStore {
             .collect();
         Ok(self
             .fetch::<BatchKey>(&format!(
-                "SELECT host, run_id, seq FROM {}.batches WHERE (host, run_id, seq) IN ({})",
+                "SELECT host, run_id, seq FROM {}.batches WHERE (host, run_id, seq) IN ({}) \
+                 AND (min_raw_ts BETWEEN {lo} AND {hi} OR min_raw_ts = 0)",
                 self.db,
                 keys.join(", ")
             ))?
@@ -876,11 +895,10 @@ impl ClickhouseStore {
         let received = now_ns();
         for &(b, first) in batches {
             // The raw times the batch spans (0, 0 for none).
-            let mut span: Option<(i64, i64)> = None;
+            let span = raw_span(b);
             for (i, e) in b.events.iter().enumerate() {
                 let id = IdSource::nth(first, i);
                 let raw = i64::try_from(e.ts_ns).unwrap_or(i64::MAX);
-                span = Some(span.map_or((raw, raw), |(lo, hi)| (lo.min(raw), hi.max(raw))));
                 let json = stored_json(e).map_err(|source| StoreError::Corrupt {
                     id: EventId::from_raw(id),
                     source,

@@ -1514,3 +1514,58 @@ fn a_polled_tail_lists_past_more_batches_than_one_listing() {
         .unwrap();
     assert!(page.events.is_empty() && !page.more, "{page:?}");
 }
+
+/// The lookup of a group's batches among those stored (`known`) reads the
+/// day partitions of their first events only: a batch sent again has the
+/// same events, so it is still found, on whatever day it is sent again,
+/// while the rows of other days are not read. Run again with ClickHouse's
+/// `max_rows_to_read`, the lookup stays below the older day's rows, which
+/// the same lookup without its day bound exceeds.
+#[test]
+fn the_lookup_of_stored_batches_reads_only_their_days() {
+    let config = shared().config(&fresh_db());
+    let store = ClickhouseStore::open_recording(&config).unwrap();
+    const DAY: u64 = 86_400_000_000_000;
+    let base = 20_000 * DAY + 3_600_000_000_000;
+    let one = |seq: u64, ts: u64| {
+        conformance::batch(
+            "web",
+            seq,
+            vec![conformance::log("web", ts, StreamName::Stdout, "x")],
+        )
+    };
+    // 3000 batches of one event on one day, 300 to a group.
+    let old: Vec<Batch> = (0..3000).map(|seq| one(seq, base + seq)).collect();
+    for group in old.chunks(300) {
+        for outcome in store.ingest_many(group.to_vec()) {
+            assert!(!outcome.unwrap().duplicate);
+        }
+    }
+    // One the next day.
+    let new = one(3000, base + DAY);
+    let before = store.recorded().len();
+    assert!(!store.ingest(new.clone()).unwrap().duplicate);
+    let lookup = store.recorded()[before..]
+        .iter()
+        .find(|s| s.sql.starts_with("SELECT host, run_id, seq FROM"))
+        .map(|s| s.sql.clone())
+        .unwrap();
+    let bound = 1024;
+    let r = read_at_most(&store, &lookup, bound);
+    assert!(r.is_ok(), "{lookup}\nread more than {bound} rows: {r:?}");
+    let (unbounded, _) = lookup.split_once(" AND (min_raw_ts").unwrap();
+    assert!(
+        read_at_most(&store, unbounded, bound).is_err(),
+        "{unbounded}\nread at most {bound} rows without its day bound"
+    );
+    // Sent again, either of them, later: found, not stored twice.
+    assert!(store.ingest(new).unwrap().duplicate);
+    assert!(store.ingest(old[1234].clone()).unwrap().duplicate);
+    let both = store
+        .ingest_many(vec![old[7].clone(), one(3001, base + 2 * DAY)])
+        .into_iter()
+        .map(|o| o.unwrap().duplicate)
+        .collect::<Vec<_>>();
+    assert_eq!(both, [true, false]);
+    assert_eq!(store.count(&Filter::default()).unwrap(), 3002);
+}
