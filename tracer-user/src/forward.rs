@@ -520,7 +520,7 @@ async fn send_file(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::StreamName;
+    use crate::{aggregator::conformance::log, event::StreamName};
 
     /// What an agent spools, and so sends, is one zstd frame that records
     /// its size: the aggregator decodes that in one call, not as a stream
@@ -533,19 +533,13 @@ mod tests {
             max_bytes: 1 << 20,
         };
         let events: Vec<Event> = (0..3)
-            .map(|i| Event {
-                ts_ns: 1_000 + i,
-                host: "web-1".into(),
-                pid: 7,
-                tid: 7,
-                comm: "node".into(),
-                data: EventData::Log {
-                    stream: StreamName::Stdout,
-                    path: None,
-                    text: format!("hello {i}"),
-                    truncated: false,
-                    req_id: None,
-                },
+            .map(|i| {
+                log(
+                    "web-1",
+                    1_000 + i,
+                    StreamName::Stdout,
+                    &format!("hello {i}"),
+                )
             })
             .collect();
         assert_eq!(write_batch(&spool, "web-1", "run", 7, &events).unwrap(), 0);

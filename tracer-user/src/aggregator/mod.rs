@@ -12,7 +12,7 @@ pub mod body;
 pub mod clickhouse;
 pub mod client;
 #[cfg(test)]
-mod conformance;
+pub(crate) mod conformance;
 pub mod migrate;
 pub mod series;
 pub mod sqlite;
