@@ -827,7 +827,11 @@ fn compiled(f: &Filter) -> Result<Option<Regex>> {
 
 /// The earliest and the latest raw time of a batch's events (None for an
 /// empty batch): its row's `min_raw_ts` and `max_raw_ts`.
-fn raw_span(b: &Batch) -> Option<(i64, i64)> {
+type RawSpan = Option<(i64, i64)>;
+
+/// A batch's [`RawSpan`], worked out once per group (`ingest_group`) for
+/// the lookup of stored batches and for the batch rows.
+fn raw_span(b: &Batch) -> RawSpan {
     let times = b
         .events
         .iter()
@@ -845,9 +849,13 @@ struct Placed {
 }
 
 impl ClickhouseStore {
-    /// Which of `batches` are stored already (by an earlier send of the
-    /// same batch).
-    fn known(&self, batches: &[&Batch]) -> Result<HashSet<(String, String, i64)>> {
+    /// Which of `batches` (with the raw times each spans, [`raw_span`])
+    /// are stored already (by an earlier send of the same batch).
+    fn known(
+        &self,
+        batches: &[Batch],
+        spans: &[RawSpan],
+    ) -> Result<HashSet<(String, String, i64)>> {
         if batches.is_empty() {
             return Ok(HashSet::new());
         }
@@ -855,7 +863,7 @@ impl ClickhouseStore {
         // time, and its row is in that time's day partition (`schema.rs`):
         // the lookup reads the partitions of the group's first times only,
         // and the 0 of a row written before version 4 or of an empty batch.
-        let firsts = batches.iter().map(|b| raw_span(b).map_or(0, |s| s.0));
+        let firsts = spans.iter().map(|s| s.map_or(0, |s| s.0));
         let (lo, hi) = firsts.fold((i64::MAX, i64::MIN), |(lo, hi), t| (lo.min(t), hi.max(t)));
         let keys: Vec<String> = batches
             .iter()
@@ -880,11 +888,11 @@ impl ClickhouseStore {
             .collect())
     }
 
-    /// Inserts the events of `batches` (with their placement), then their
-    /// batch rows: the commit.
-    fn insert_group(&self, batches: &[(&Batch, i64)]) -> Result<bool> {
+    /// Inserts the events of `batches` (with their placement and the raw
+    /// times each spans), then their batch rows: the commit.
+    fn insert_group(&self, batches: &[(&Batch, i64, RawSpan)]) -> Result<bool> {
         let db = &self.db;
-        let rows: usize = batches.iter().map(|(b, _)| b.events.len()).sum();
+        let rows: usize = batches.iter().map(|(b, ..)| b.events.len()).sum();
         let row_bytes = self.event_row_bytes.load(Ordering::Relaxed);
         // A tenth more than the last group's rows took, for some margin.
         let mut events = RowBinary::with_capacity(rows * row_bytes / 10 * 11);
@@ -893,9 +901,7 @@ impl ClickhouseStore {
         let mut clients = RowBinary::default();
         let mut commits = RowBinary::default();
         let received = now_ns();
-        for &(b, first) in batches {
-            // The raw times the batch spans (0, 0 for none).
-            let span = raw_span(b);
+        for &(b, first, span) in batches {
             for (i, e) in b.events.iter().enumerate() {
                 let id = IdSource::nth(first, i);
                 let raw = i64::try_from(e.ts_ns).unwrap_or(i64::MAX);
@@ -1018,7 +1024,8 @@ impl ClickhouseStore {
     /// Stores `batches` as one group; per batch its outcome's placement,
     /// or None for a duplicate.
     fn ingest_group(&self, batches: &[Batch]) -> Result<Vec<Option<Placed>>> {
-        let known = self.known(&batches.iter().collect::<Vec<_>>())?;
+        let spans: Vec<RawSpan> = batches.iter().map(raw_span).collect();
+        let known = self.known(batches, &spans)?;
         // Only for the times `IngestOutcome::stored` shows: what is
         // stored is the raw time.
         let offsets = self.ingest_offsets.get(|| self.offsets_now())?;
@@ -1026,7 +1033,7 @@ impl ClickhouseStore {
         let mut placed = Vec::with_capacity(batches.len());
         let mut new = Vec::new();
         let now_ms = now_ns() / 1_000_000;
-        for b in batches {
+        for (b, &span) in batches.iter().zip(&spans) {
             let key = (
                 b.host.clone(),
                 b.run_id.clone(),
@@ -1039,13 +1046,13 @@ impl ClickhouseStore {
             let (first, _) = self.ids.reserve(b.events.len(), now_ms);
             let offset = offsets.of(&b.host);
             placed.push(Some(Placed { first, offset }));
-            new.push((b, first));
+            new.push((b, first, span));
         }
         if !new.is_empty() && self.insert_group(&new)? {
             // New exchanges: re-estimate the clock differences they bear
             // on. A failure here loses nothing (the next group retries).
             if let Err(e) =
-                stitch::after_ingest(self, &new.iter().map(|(b, _)| *b).collect::<Vec<_>>())
+                stitch::after_ingest(self, &new.iter().map(|(b, ..)| *b).collect::<Vec<_>>())
             {
                 log::warn!(
                     "re-estimating clock offsets failed (retried after the next batch): {e}"

@@ -245,7 +245,11 @@ fn a_batch_stored_twice_by_racing_aggregators_counts_once() {
     );
     // Both check for the batch before either commits: both insert it.
     let first = a.ingest_group(std::slice::from_ref(&batch)).unwrap();
-    let new = [(&batch, b.ids.reserve(2, super::now_ns() / 1_000_000).0)];
+    let new = [(
+        &batch,
+        b.ids.reserve(2, super::now_ns() / 1_000_000).0,
+        super::raw_span(&batch),
+    )];
     b.insert_group(&new).unwrap();
     assert!(first[0].is_some());
     for s in [&a, &b] {
@@ -337,7 +341,8 @@ fn a_clock_estimate_counts_an_exchange_stored_twice_once() {
                 .ids
                 .reserve(batch.events.len(), super::now_ns() / 1_000_000)
                 .0;
-            s.insert_group(&[(batch, first)]).unwrap();
+            s.insert_group(&[(batch, first, super::raw_span(batch))])
+                .unwrap();
         }
     }
     assert_eq!(
