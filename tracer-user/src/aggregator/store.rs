@@ -112,6 +112,11 @@ pub struct Batch {
 /// Longest host name and run id accepted.
 pub const MAX_HOST_LEN: usize = 255;
 pub const MAX_RUN_ID_LEN: usize = 128;
+/// Most events in one batch. Agents send at most 2000
+/// (`forward::BATCH_EVENTS`); the bound lets the ClickHouse store's live
+/// tails find a batch whose ids reach past their cursor by its first id
+/// (`clickhouse::ClickhouseStore::batches_past`).
+pub const MAX_BATCH_EVENTS: usize = 1_000_000;
 
 impl Batch {
     /// Checks what the store relies on; the message goes back to the sender.
@@ -125,6 +130,7 @@ impl Batch {
         if i64::try_from(self.seq).is_err() {
             return Err("seq must be below 2^63".into());
         }
+        check_event_count(self.events.len())?;
         for (i, e) in self.events.iter().enumerate() {
             if e.host != self.host {
                 return Err(format!(
@@ -138,6 +144,17 @@ impl Batch {
         }
         Ok(())
     }
+}
+
+/// [`Batch::validate`]'s bound on a batch's events.
+fn check_event_count(n: usize) -> Result<(), String> {
+    if n > MAX_BATCH_EVENTS {
+        return Err(format!(
+            "a batch holds at most {MAX_BATCH_EVENTS} events, this one {n}: send them in \
+             several batches"
+        ));
+    }
+    Ok(())
 }
 
 /// An event as stored: its position in commit order (`id`, increasing) and
@@ -546,6 +563,11 @@ mod tests {
         assert!(b.validate().unwrap_err().contains("ts_ns"));
         b.run_id.clear();
         assert!(b.validate().unwrap_err().contains("run_id"));
+        assert_eq!(check_event_count(MAX_BATCH_EVENTS), Ok(()));
+        assert_eq!(
+            check_event_count(MAX_BATCH_EVENTS + 1).unwrap_err(),
+            "a batch holds at most 1000000 events, this one 1000001: send them in several batches"
+        );
     }
 
     #[test]

@@ -69,14 +69,15 @@ use serde::Deserialize;
 use self::{
     ids::IdSource,
     rowbinary::RowBinary,
-    sql::{Offsets, TraceSet, filter_sql, lit},
+    sql::{Offsets, RawBounds, TraceSet, filter_sql, lit},
 };
 use super::{
     series::{Sample, Series, SeriesBuilder, SeriesQuery},
     stitch::{conn_key, own_trace},
     store::{
-        Batch, EventId, EventKind, Filter, HostOffset, IngestOutcome, Query, Result, Store,
-        StoreError, Stored, TailMark, TailPage, corrected, parse_stream, stream_name,
+        Batch, EventId, EventKind, Filter, HostOffset, IngestOutcome, MAX_BATCH_EVENTS, Query,
+        Result, Store, StoreError, Stored, TailMark, TailPage, corrected, parse_stream,
+        stream_name,
     },
 };
 use crate::event::{Event, EventData, HttpSide};
@@ -669,12 +670,20 @@ impl ClickhouseStore {
             events: u32,
         }
         let step = 1i64 << ids::TAG_BITS;
+        // A batch whose last id is past the cursor begins at most its
+        // largest size's ids before it: a bound on `commit_id` alone, by
+        // which the newest parts alone are read (their commit ids' range is
+        // recorded in each, `batches` being partitioned by commit day).
+        // Without it every poll read the whole table.
+        let reach = i64::try_from(MAX_BATCH_EVENTS).unwrap_or(i64::MAX) * step;
         let rows: Vec<BatchRow> = self.fetch(&format!(
             "SELECT host, min_raw_ts AS lo, max_raw_ts AS hi, commit_id AS first, events \
              FROM {}.batches \
-             WHERE events > 0 AND commit_id + (toInt64(events) - 1) * {step} > {} \
+             WHERE commit_id > {} AND events > 0 \
+             AND commit_id + (toInt64(events) - 1) * {step} > {} \
              AND commit_id > {after_commit} ORDER BY commit_id LIMIT {}",
             self.db,
+            cursor.raw().saturating_sub(reach),
             cursor.raw(),
             MAX_TAIL_BATCHES + 1
         ))?;
@@ -719,8 +728,8 @@ impl ClickhouseStore {
     }
 
     /// [`sql::committed`] for this store's layout.
-    fn committed(&self) -> String {
-        sql::committed(&self.db, self.sharded)
+    fn committed(&self, within: RawBounds) -> String {
+        sql::committed(&self.db, self.sharded, within)
     }
 
     fn select(&self, offsets: &Offsets) -> String {
@@ -1133,7 +1142,14 @@ impl Store for ClickhouseStore {
         let offsets = self.offsets_now()?;
         let trace = self.trace_set(&q.filter)?;
         let re = compiled(&q.filter)?;
-        let mut where_ = filter_sql(&self.db, self.sharded, &q.filter, &offsets, trace.as_ref());
+        let mut where_ = filter_sql(
+            &self.db,
+            self.sharded,
+            &q.filter,
+            &offsets,
+            trace.as_ref(),
+            RawBounds::ALL,
+        );
         if let Some(a) = q.as_of {
             where_.push_str(&format!(" AND id <= {}", a.raw()));
         }
@@ -1165,7 +1181,14 @@ impl Store for ClickhouseStore {
     fn count(&self, f: &Filter) -> Result<u64> {
         let offsets = self.offsets_now()?;
         let trace = self.trace_set(f)?;
-        let where_ = filter_sql(&self.db, self.sharded, f, &offsets, trace.as_ref());
+        let where_ = filter_sql(
+            &self.db,
+            self.sharded,
+            f,
+            &offsets,
+            trace.as_ref(),
+            RawBounds::ALL,
+        );
         let from = format!("FROM {}.events WHERE {where_}", self.db);
         let ts = offsets.ts_expr();
         let Some(re) = compiled(f)? else {
@@ -1206,9 +1229,16 @@ impl Store for ClickhouseStore {
         let offsets = self.offsets_now()?;
         let trace = self.trace_set(f)?;
         let re = compiled(f)?;
-        let filtered = filter_sql(&self.db, self.sharded, f, &offsets, trace.as_ref());
         let mut out = Vec::new();
         for window in self.tail_windows(cursor)? {
+            let filtered = filter_sql(
+                &self.db,
+                self.sharded,
+                f,
+                &offsets,
+                trace.as_ref(),
+                window.raw,
+            );
             out.extend(self.scan(
                 &self.select(&offsets),
                 &format!("{filtered}{}", window.condition()),
@@ -1261,12 +1291,19 @@ impl Store for ClickhouseStore {
             let offsets = self.offsets_now()?;
             let trace = self.trace_set(f)?;
             let re = compiled(f)?;
-            let filtered = filter_sql(&self.db, self.sharded, f, &offsets, trace.as_ref());
             for group in tail::groups(&new) {
                 if page.events.len() >= limit {
                     page.more = true;
                     break;
                 }
+                let filtered = filter_sql(
+                    &self.db,
+                    self.sharded,
+                    f,
+                    &offsets,
+                    trace.as_ref(),
+                    tail::group_raw(group),
+                );
                 // All of the group's events: no more exist.
                 let events = group.iter().map(|b| b.events).sum::<u64>();
                 page.events.extend(self.scan(
@@ -1289,21 +1326,37 @@ impl Store for ClickhouseStore {
         Ok(page)
     }
 
-    /// From the committed batch rows (a batch's last id is its commit id
-    /// and `events - 1` steps on): `max(id)` over `events` read the id
-    /// column of the whole store (68M rows, 0.5 s at 56M events) each time
-    /// a tail started.
+    /// From the batch rows (a batch's last id is its commit id and
+    /// `events - 1` steps on): `max(id)` over `events` read the id column
+    /// of the whole store (68M rows, 0.5 s at 56M events) each time a tail
+    /// started. The rows of the last minute's commits are read first, then
+    /// the last day's, then all (`batches` is partitioned by commit day,
+    /// and each part records its commit ids' range): the largest id is
+    /// among the first of those that holds any, whatever the aggregators'
+    /// clocks.
+    ///
+    /// Every row counts, the second copy of a batch stored twice too: it is
+    /// a commit (its events were in before it) whose events queries leave
+    /// out, so a cursor past it skips nothing a tail would show. Before,
+    /// the commit check made this read every batch row of the store.
     fn cursor(&self) -> Result<EventId> {
-        let n: Vec<Count> = self.fetch(&format!(
-            "SELECT toUInt64(greatest(max(commit_id + (toInt64(events) - 1) * {}), \
-             toInt64(0))) AS n FROM {}.batches WHERE events > 0 AND {}",
-            1i64 << ids::TAG_BITS,
-            self.db,
-            self.committed()
-        ))?;
-        Ok(EventId::from_raw(
-            n.first().map_or(0, |c| i64::try_from(c.n).unwrap_or(0)),
-        ))
+        let now_ms = now_ns() / 1_000_000;
+        for back_ms in [Some(60_000), Some(86_400_000), None] {
+            let since = back_ms.map_or(String::new(), |b| {
+                format!(" AND commit_id >= {}", IdSource::floor_at(now_ms - b))
+            });
+            let n: Vec<Count> = self.fetch(&format!(
+                "SELECT toUInt64(greatest(max(commit_id + (toInt64(events) - 1) * {}), \
+                 toInt64(0))) AS n FROM {}.batches WHERE events > 0{since}",
+                1i64 << ids::TAG_BITS,
+                self.db,
+            ))?;
+            let n = n.first().map_or(0, |c| i64::try_from(c.n).unwrap_or(0));
+            if n > 0 {
+                return Ok(EventId::from_raw(n));
+            }
+        }
+        Ok(EventId::from_raw(0))
     }
 
     fn polled_by_tails(&self) -> Option<Duration> {
@@ -1369,7 +1422,7 @@ impl Store for ClickhouseStore {
             .collect(),
             ..Filter::default()
         };
-        let where_ = filter_sql(&self.db, self.sharded, &f, &offsets, None);
+        let where_ = filter_sql(&self.db, self.sharded, &f, &offsets, None, RawBounds::ALL);
         let rows: Vec<SeriesRow> = self.fetch(&format!(
             "SELECT id, {} AS ts, host, pid, kind, if(kind = 'log', '', json) AS json \
              FROM {}.events WHERE {where_}",

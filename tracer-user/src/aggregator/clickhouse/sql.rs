@@ -87,40 +87,104 @@ pub struct TraceSet {
     pub reqs: Vec<(String, String)>,
 }
 
+/// The raw times (the agents' clocks, ns) a read's events lie within:
+/// `lo <= raw_ts <= hi`, either end open.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RawBounds {
+    pub lo: Option<i64>,
+    pub hi: Option<i64>,
+}
+
+impl RawBounds {
+    /// No bound: any raw time.
+    pub const ALL: Self = Self { lo: None, hi: None };
+
+    pub fn between(lo: i64, hi: i64) -> Self {
+        Self {
+            lo: Some(lo),
+            hi: Some(hi),
+        }
+    }
+
+    /// The times within both.
+    pub fn and(self, other: Self) -> Self {
+        let tighter = |a: Option<i64>, b: Option<i64>, pick: fn(i64, i64) -> i64| match (a, b) {
+            (Some(a), Some(b)) => Some(pick(a, b)),
+            (a, b) => a.or(b),
+        };
+        Self {
+            lo: tighter(self.lo, other.lo, i64::max),
+            hi: tighter(self.hi, other.hi, i64::min),
+        }
+    }
+}
+
 /// The rows of `db.events` that are committed (module docs of
 /// `super`): a batch's events count once its batch row exists, and only
 /// the first commit of a batch stored twice.
+///
+/// Only the batches whose events' raw times overlap `within` are read: a
+/// batch's row records the least and the largest raw time of its events
+/// (0 and 0 in rows from before version 4, which are always read), so a
+/// batch none of whose events lie within cannot hold an event the read
+/// wants, and every copy of a batch records the same times, so the first
+/// commit of each batch read is still found. Unbounded, this read every
+/// batch ever stored for every query and every poll of a live tail: 5 s
+/// with 10M batch rows, the few hours that agents sending a small batch
+/// every 50 ms fill (docs/aggregator.md, "Flat as the store grows").
 /// With `sharded` the set is built here and sent to the shards (`GLOBAL
 /// IN`): `batches` lives on this server only.
-pub fn committed(db: &str, sharded: bool) -> String {
+pub fn committed(db: &str, sharded: bool, within: RawBounds) -> String {
     let global = if sharded { "GLOBAL " } else { "" };
+    let mut conds = Vec::new();
+    if let Some(hi) = within.hi {
+        conds.push(format!("min_raw_ts <= {hi}"));
+    }
+    if let Some(lo) = within.lo {
+        conds.push(format!("(max_raw_ts >= {lo} OR max_raw_ts = 0)"));
+    }
+    let where_ = if conds.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", conds.join(" AND "))
+    };
     format!(
-        "commit_id {global}IN (SELECT min(commit_id) FROM {db}.batches GROUP BY host, run_id, seq)"
+        "commit_id {global}IN (SELECT min(commit_id) FROM {db}.batches{where_} \
+         GROUP BY host, run_id, seq)"
     )
 }
 
 /// The WHERE clause (without `WHERE`) for `f` over `db.events`, with `ts`
 /// the corrected time (an alias the SELECT defines). The text condition
 /// here is only a prefilter ([`prefilter`]); the regex itself is applied
-/// by the caller to the rows returned.
+/// by the caller to the rows returned. `within`: the raw times the
+/// caller's read is bounded by besides the filter's (a live tail's window
+/// of batches), which bound its commit check too ([`committed`]).
 pub fn filter_sql(
     db: &str,
     sharded: bool,
     f: &Filter,
     offsets: &Offsets,
     trace: Option<&TraceSet>,
+    within: RawBounds,
 ) -> String {
-    let mut conds = vec![committed(db, sharded)];
+    let mut conds = Vec::new();
     let (lo, hi) = offsets.bounds();
+    let mut raw = RawBounds::ALL;
     if let Some(s) = f.since {
         conds.push(format!("ts >= {s}"));
         // The same bound on the raw time, which the primary key can use.
-        conds.push(format!("raw_ts >= {}", s.saturating_sub(hi)));
+        let r = s.saturating_sub(hi);
+        conds.push(format!("raw_ts >= {r}"));
+        raw.lo = Some(r);
     }
     if let Some(u) = f.until {
         conds.push(format!("ts < {u}"));
-        conds.push(format!("raw_ts < {}", u.saturating_sub(lo)));
+        let r = u.saturating_sub(lo);
+        conds.push(format!("raw_ts < {r}"));
+        raw.hi = Some(r.saturating_sub(1));
     }
+    conds.insert(0, committed(db, sharded, raw.and(within)));
     if !f.hosts.is_empty() {
         conds.push(in_list("host", f.hosts.iter().map(String::as_str)));
     }

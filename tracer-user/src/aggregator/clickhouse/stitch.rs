@@ -24,7 +24,7 @@ use serde::Deserialize;
 
 use super::{
     ClickhouseStore,
-    sql::{TraceSet, in_list, lit},
+    sql::{RawBounds, TraceSet, in_list, lit},
 };
 use crate::{
     aggregator::{
@@ -102,12 +102,24 @@ struct HostRow {
 }
 
 impl ClickhouseStore {
-    /// The committed exchanges of `http_index` that meet `cond`.
+    /// The committed exchanges of `http_index` that meet `cond`: those
+    /// that meet it, read again with the commit check of the batches
+    /// within their start times (an exchange's start is its event's raw
+    /// time), which reads those batches only (`sql::committed`).
     fn exchanges(&self, cond: &str) -> Result<Vec<Exchange>> {
+        let select = format!(
+            "SELECT {EXCHANGE_COLS} FROM {}.http_index WHERE {cond}",
+            self.db
+        );
+        let any: Vec<Exchange> = self.fetch(&select)?;
+        let lo = any.iter().map(|e| e.start_ns).min();
+        let hi = any.iter().map(|e| e.start_ns).max();
+        let (Some(lo), Some(hi)) = (lo, hi) else {
+            return Ok(Vec::new());
+        };
         self.fetch(&format!(
-            "SELECT {EXCHANGE_COLS} FROM {db}.http_index WHERE {cond} AND {c}",
-            db = self.db,
-            c = self.committed()
+            "{select} AND start_ns BETWEEN {lo} AND {hi} AND {}",
+            self.committed(RawBounds::between(lo, hi))
         ))
     }
 

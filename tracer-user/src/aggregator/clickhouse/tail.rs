@@ -24,7 +24,7 @@
 //! every event committed since its cursor, which it used to sort by id to
 //! keep the first page's worth (1.4M rows per page of 1000, measured).
 
-use super::sql;
+use super::sql::{self, RawBounds};
 
 /// Events per window: more than a tail's page (10,000), and enough that a
 /// filtered tail (which may keep few of them) needs few reads.
@@ -57,12 +57,13 @@ impl NewBatch {
 
 /// One read of a tail's page: the events with ids in (`after`, `upto`]
 /// (no upper bound when `upto` is None) that meet `spans` (any, when it is
-/// None).
+/// None), all within the raw times `raw`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Window {
     pub after: i64,
     pub upto: Option<i64>,
     pub spans: Option<String>,
+    pub raw: RawBounds,
 }
 
 impl Window {
@@ -89,10 +90,12 @@ pub fn windows(batches: &[NewBatch], cursor: i64, complete: bool) -> Vec<Window>
     let mut after = cursor;
     let (mut events, mut listed) = (0u64, 0usize);
     let cut = |after: &mut i64, upto: i64, out: &mut Vec<Window>| {
+        let (spans, raw) = spans(batches, *after, upto);
         out.push(Window {
             after: *after,
             upto: Some(upto),
-            spans: Some(spans(batches, *after, upto)),
+            spans: Some(spans),
+            raw,
         });
         *after = upto;
     };
@@ -112,11 +115,15 @@ pub fn windows(batches: &[NewBatch], cursor: i64, complete: bool) -> Vec<Window>
     }
     match (batches.last(), complete) {
         (None, true) => {}
-        (Some(_), true) => out.push(Window {
-            after,
-            upto: None,
-            spans: Some(spans(batches, after, i64::MAX)),
-        }),
+        (Some(_), true) => {
+            let (spans, raw) = spans(batches, after, i64::MAX);
+            out.push(Window {
+                after,
+                upto: None,
+                spans: Some(spans),
+                raw,
+            });
+        }
         (last, false) => {
             if let Some(last) = last
                 && last.first - 1 > after
@@ -127,6 +134,7 @@ pub fn windows(batches: &[NewBatch], cursor: i64, complete: bool) -> Vec<Window>
                 after,
                 upto: None,
                 spans: None,
+                raw: RawBounds::ALL,
             });
         }
     }
@@ -164,15 +172,26 @@ pub fn group_condition(group: &[NewBatch]) -> String {
         commits.join(", ")
     );
     if group.iter().all(NewBatch::timed) {
-        c.push_str(&format!(" AND ({})", spans(group, i64::MIN, i64::MAX)));
+        c.push_str(&format!(" AND ({})", spans(group, i64::MIN, i64::MAX).0));
     }
     c
 }
 
+/// The raw times a group's events lie within, when every row records
+/// them.
+pub fn group_raw(group: &[NewBatch]) -> RawBounds {
+    if !group.iter().all(NewBatch::timed) {
+        return RawBounds::ALL;
+    }
+    let lo = group.iter().map(|b| b.lo).min();
+    let hi = group.iter().map(|b| b.hi).max();
+    RawBounds { lo, hi }
+}
+
 /// The raw times, per host, of the batches with ids in (`after`, `upto`],
-/// as a condition on `events`; ranges of a host less than [`SPAN_GAP_NS`]
-/// apart are read as one.
-fn spans(batches: &[NewBatch], after: i64, upto: i64) -> String {
+/// as a condition on `events` (ranges of a host less than [`SPAN_GAP_NS`]
+/// apart are read as one), and the times all of them lie within.
+fn spans(batches: &[NewBatch], after: i64, upto: i64) -> (String, RawBounds) {
     let mut inside: Vec<&NewBatch> = batches
         .iter()
         .filter(|b| b.first <= upto && b.last > after)
@@ -187,11 +206,16 @@ fn spans(batches: &[NewBatch], after: i64, upto: i64) -> String {
             _ => merged.push((&b.host, b.lo, b.hi)),
         }
     }
-    merged
+    let within = RawBounds {
+        lo: merged.iter().map(|m| m.1).min(),
+        hi: merged.iter().map(|m| m.2).max(),
+    };
+    let sql = merged
         .iter()
         .map(|(host, lo, hi)| format!("host = {} AND raw_ts BETWEEN {lo} AND {hi}", sql::lit(host)))
         .collect::<Vec<_>>()
-        .join(" OR ")
+        .join(" OR ");
+    (sql, within)
 }
 
 #[cfg(test)]
@@ -225,6 +249,7 @@ mod tests {
                      host = 'b' AND raw_ts BETWEEN 5000000000 AND 5000000010"
                         .to_owned()
                 ),
+                raw: RawBounds::between(100, 5_000_000_010),
             }]
         );
     }
@@ -253,6 +278,19 @@ mod tests {
             w[1].spans.as_deref(),
             Some("host = 'a' AND raw_ts BETWEEN 2000000000 AND 2000000010")
         );
+        // The commit check of each window reads the batches of its times.
+        assert_eq!(w[1].raw, RawBounds::between(2_000_000_000, 2_000_000_010));
+        assert_eq!(w[2].raw, RawBounds::between(4_000_000_000, 4_000_000_010));
+    }
+
+    #[test]
+    fn a_group_is_within_its_batches_times_when_all_record_them() {
+        let mut g = vec![batch("a", 500, 1000, 3), batch("b", 70, 5000, 3)];
+        assert_eq!(group_raw(&g), RawBounds::between(70, 510));
+        // A row from before version 4 (no times): the check reads all.
+        g.push(batch("c", 0, 9000, 1));
+        g[2].hi = 0;
+        assert_eq!(group_raw(&g), RawBounds::ALL);
     }
 
     #[test]
@@ -298,11 +336,13 @@ mod tests {
                     after: 0,
                     upto: Some(8999),
                     spans: Some("host = 'a' AND raw_ts BETWEEN 0 AND 10".to_owned()),
+                    raw: RawBounds::between(0, 10),
                 },
                 Window {
                     after: 8999,
                     upto: None,
                     spans: None,
+                    raw: RawBounds::ALL,
                 }
             ]
         );
@@ -316,7 +356,8 @@ mod tests {
             vec![Window {
                 after: 7,
                 upto: None,
-                spans: None
+                spans: None,
+                raw: RawBounds::ALL,
             }]
         );
         assert!(windows(&[], 7, true).is_empty());

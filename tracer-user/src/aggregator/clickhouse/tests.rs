@@ -1574,3 +1574,171 @@ fn the_lookup_of_stored_batches_reads_only_their_days() {
     assert_eq!(both, [true, false]);
     assert_eq!(store.count(&Filter::default()).unwrap(), 3002);
 }
+
+/// Reads of recent events (a time window, grep, graphs, a live tail, a
+/// trace walk's exchanges) read the batch rows of their times and of the
+/// latest commits only, however many older batches the store holds: their
+/// commit checks once read every batch row, 5 s per query with 10M rows.
+#[test]
+fn reads_of_recent_events_read_only_recent_batches() {
+    let config = shared().config(&fresh_db());
+    let store = ClickhouseStore::open_recording(&config).unwrap();
+    const DAY: i64 = 86_400_000_000_000;
+    const HISTORY: i64 = 400_000;
+    let now = super::now_ns();
+    // A month of history before today: rows of batches whose events are
+    // gone or elsewhere; what matters here is how much of the table a
+    // read opens.
+    let now_ms = now / 1_000_000;
+    store
+        .exec(&format!(
+            "INSERT INTO {db}.batches SELECT concat('old', toString(number % 50)) AS host, \
+             'run' AS run_id, toInt64(number) AS seq, \
+             toInt64({c0} + number * {c_step}) AS commit_id, toUInt32(2000) AS events, \
+             toInt64(0) AS received_ns, toInt64({t0} + number * {t_step}) AS min_raw_ts, \
+             toInt64({t0} + number * {t_step} + 40000000) AS max_raw_ts \
+             FROM system.numbers LIMIT {HISTORY}",
+            db = store.db,
+            c0 = super::IdSource::floor_at(now_ms - 31 * 86_400_000),
+            c_step = super::IdSource::floor_at(30 * 86_400_000) / HISTORY,
+            t0 = now - 31 * DAY,
+            t_step = 30 * DAY / HISTORY,
+        ))
+        .unwrap();
+    // The last seconds: "web" logs and calls "api" twice.
+    let t = u64::try_from(now - 5_000_000_000).unwrap();
+    let mut web: Vec<Event> = (0..10)
+        .map(|i| {
+            conformance::log(
+                "web",
+                t + i * 1000,
+                StreamName::Stdout,
+                &format!("line {i}"),
+            )
+        })
+        .collect();
+    web.push(http(
+        "web",
+        HttpSide::Client,
+        t + 20_000,
+        3_000,
+        "w1",
+        None,
+        40001,
+    ));
+    web.push(http(
+        "web",
+        HttpSide::Client,
+        t + 30_000,
+        3_000,
+        "w2",
+        None,
+        40002,
+    ));
+    let api = vec![
+        http(
+            "api",
+            HttpSide::Server,
+            t + 21_000,
+            1_000,
+            "a1",
+            None,
+            40001,
+        ),
+        http(
+            "api",
+            HttpSide::Server,
+            t + 31_000,
+            1_000,
+            "a2",
+            None,
+            40002,
+        ),
+    ];
+    store.ingest(conformance::batch("web", 0, web)).unwrap();
+    store.ingest(conformance::batch("api", 0, api)).unwrap();
+    let mark = store.recorded().len();
+    let since = i64::try_from(t).unwrap() - 1_000_000_000;
+    let recent = Filter {
+        since: Some(since),
+        ..Filter::default()
+    };
+    let rows = store
+        .query(&Query {
+            filter: recent.clone(),
+            limit: 100,
+            ..Query::default()
+        })
+        .unwrap();
+    assert_eq!(rows.len(), 14);
+    let grep = Filter {
+        text: Some(TextMatch {
+            pattern: "line [3-5]".into(),
+            case_insensitive: false,
+        }),
+        ..recent.clone()
+    };
+    assert_eq!(store.count(&grep).unwrap(), 3);
+    let graphs = store
+        .series(
+            &crate::aggregator::series::SeriesQuery::new(
+                since,
+                now + 60_000_000_000,
+                1_000_000_000,
+                vec![],
+            )
+            .unwrap(),
+        )
+        .unwrap();
+    assert!(!graphs.procs.is_empty());
+    // A live tail: its start, then a poll that finds one new batch.
+    let mut tail = store.tail_mark().unwrap();
+    let before = store.cursor().unwrap();
+    let more: Vec<Event> = (0..3)
+        .map(|i| conformance::log("web", t + 50_000 + i, StreamName::Stderr, "late"))
+        .collect();
+    // Its ingest is not a read (the test above bounds the ingest's lookup).
+    let ingest_from = store.recorded().len();
+    store.ingest(conformance::batch("web", 1, more)).unwrap();
+    let reads_from = store.recorded().len();
+    let page = store.poll_tail(&mut tail, &Filter::default(), 100).unwrap();
+    assert_eq!(page.events.len(), 3);
+    assert_eq!(
+        store
+            .since_cursor(before, &Filter::default(), 100)
+            .unwrap()
+            .len(),
+        3
+    );
+    // A trace walk's exchanges.
+    let trace = Filter {
+        trace: Some("w2".into()),
+        ..recent
+    };
+    assert_eq!(store.count(&trace).unwrap(), 2);
+    let recorded = store.recorded();
+    let reads: Vec<String> = recorded[mark..ingest_from]
+        .iter()
+        .chain(&recorded[reads_from..])
+        .filter(|s| s.rows.is_some() && s.sql.contains(".batches"))
+        .map(|s| s.sql.clone())
+        .collect();
+    assert!(reads.len() >= 8, "{reads:#?}");
+    // A read is planned by granules (8192 rows of `events`, 1024 of
+    // `batches`), so the few parts of recent rows count for up to ~40k.
+    let bound = u64::try_from(HISTORY / 4).unwrap();
+    let unbounded = super::sql::committed(&store.db, false, super::RawBounds::ALL);
+    let mut checked_unbounded = 0;
+    for sql in &reads {
+        let r = read_at_most(&store, sql, bound);
+        assert!(r.is_ok(), "{sql}\nread more than {bound} rows: {r:?}");
+        // The same read with the commit check of old read the history.
+        if let Some(start) = sql.find("commit_id IN (SELECT min(commit_id)") {
+            let end = start + sql[start..].find("GROUP BY host, run_id, seq)").unwrap() + 27;
+            let old = format!("{}{unbounded}{}", &sql[..start], &sql[end..]);
+            assert!(read_at_most(&store, &old, bound).is_err(), "{old}");
+            checked_unbounded += 1;
+        }
+    }
+    assert!(checked_unbounded >= 5, "{reads:#?}");
+}
