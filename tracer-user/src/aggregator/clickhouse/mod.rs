@@ -215,6 +215,9 @@ pub struct ClickhouseStore {
     /// The offsets and host pairs as ingest last read them (`fresh.rs`).
     ingest_offsets: fresh::Fresh<Offsets>,
     pairs_seen: fresh::Fresh<Vec<stitch::PairRow>>,
+    /// Each host's first commit, as far as this aggregator has read
+    /// `batches` (`stitch::hosts_by_first_commit`).
+    first_commits: Mutex<stitch::FirstCommits>,
     /// Bytes per row of the last group's `events` insert, to size the
     /// next one's buffer (`insert_group`).
     event_row_bytes: AtomicUsize,
@@ -351,6 +354,7 @@ impl ClickhouseStore {
             event_row_bytes: AtomicUsize::new(0),
             ingest_offsets: fresh::Fresh::default(),
             pairs_seen: fresh::Fresh::default(),
+            first_commits: Mutex::default(),
         };
         // The login first, for a clear message when it fails.
         store

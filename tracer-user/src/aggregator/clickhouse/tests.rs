@@ -1583,28 +1583,9 @@ fn the_lookup_of_stored_batches_reads_only_their_days() {
 fn reads_of_recent_events_read_only_recent_batches() {
     let config = shared().config(&fresh_db());
     let store = ClickhouseStore::open_recording(&config).unwrap();
-    const DAY: i64 = 86_400_000_000_000;
     const HISTORY: i64 = 400_000;
     let now = super::now_ns();
-    // A month of history before today: rows of batches whose events are
-    // gone or elsewhere; what matters here is how much of the table a
-    // read opens.
-    let now_ms = now / 1_000_000;
-    store
-        .exec(&format!(
-            "INSERT INTO {db}.batches SELECT concat('old', toString(number % 50)) AS host, \
-             'run' AS run_id, toInt64(number) AS seq, \
-             toInt64({c0} + number * {c_step}) AS commit_id, toUInt32(2000) AS events, \
-             toInt64(0) AS received_ns, toInt64({t0} + number * {t_step}) AS min_raw_ts, \
-             toInt64({t0} + number * {t_step} + 40000000) AS max_raw_ts \
-             FROM system.numbers LIMIT {HISTORY}",
-            db = store.db,
-            c0 = super::IdSource::floor_at(now_ms - 31 * 86_400_000),
-            c_step = super::IdSource::floor_at(30 * 86_400_000) / HISTORY,
-            t0 = now - 31 * DAY,
-            t_step = 30 * DAY / HISTORY,
-        ))
-        .unwrap();
+    insert_history(&store, HISTORY);
     // The last seconds: "web" logs and calls "api" twice.
     let t = u64::try_from(now - 5_000_000_000).unwrap();
     let mut web: Vec<Event> = (0..10)
@@ -1741,4 +1722,97 @@ fn reads_of_recent_events_read_only_recent_batches() {
         }
     }
     assert!(checked_unbounded >= 5, "{reads:#?}");
+}
+
+/// `rows` batch rows of the month before today, as 50 hosts' small
+/// batches leave them: rows whose events are gone or elsewhere; what
+/// matters is how much of `batches` a read opens.
+fn insert_history(store: &ClickhouseStore, rows: i64) {
+    const DAY: i64 = 86_400_000_000_000;
+    let now = super::now_ns();
+    let now_ms = now / 1_000_000;
+    store
+        .exec(&format!(
+            "INSERT INTO {db}.batches SELECT concat('old', toString(number % 50)) AS host, \
+             'run' AS run_id, toInt64(number) AS seq, \
+             toInt64({c0} + number * {c_step}) AS commit_id, toUInt32(2000) AS events, \
+             toInt64(0) AS received_ns, toInt64({t0} + number * {t_step}) AS min_raw_ts, \
+             toInt64({t0} + number * {t_step} + 40000000) AS max_raw_ts \
+             FROM system.numbers LIMIT {rows}",
+            db = store.db,
+            c0 = super::IdSource::floor_at(now_ms - 31 * 86_400_000),
+            c_step = super::IdSource::floor_at(30 * 86_400_000) / rows,
+            t0 = now - 31 * DAY,
+            t_step = 30 * DAY / rows,
+        ))
+        .unwrap();
+}
+
+/// The order of hosts by first commit, which picks the reference clocks,
+/// is read from all of `batches` once per aggregator, then from the
+/// newest commits only.
+#[test]
+fn the_host_order_is_read_whole_once_then_from_new_commits() {
+    let config = shared().config(&fresh_db());
+    let store = ClickhouseStore::open_recording(&config).unwrap();
+    const HISTORY: i64 = 400_000;
+    insert_history(&store, HISTORY);
+    // "web" calls "api" (api's clock 2 ms ahead): web is seen first.
+    let t = u64::try_from(super::now_ns() - 5_000_000_000).unwrap();
+    let calls = |from: u64, n: u64| {
+        let (mut web, mut api) = (Vec::new(), Vec::new());
+        for i in from..from + n {
+            let at = t + i * 10_000_000;
+            let port = 41000 + u16::try_from(i).unwrap();
+            web.push(http(
+                "web",
+                HttpSide::Client,
+                at,
+                3_000_000,
+                &format!("w{i}"),
+                None,
+                port,
+            ));
+            api.push(http(
+                "api",
+                HttpSide::Server,
+                at + 2_000_000 + 1_000_000,
+                1_000_000,
+                &format!("a{i}"),
+                None,
+                port,
+            ));
+        }
+        (web, api)
+    };
+    let (web, api) = calls(0, 4);
+    store.ingest(conformance::batch("web", 0, web)).unwrap();
+    store.ingest(conformance::batch("api", 0, api)).unwrap();
+    // More exchanges: a better-founded estimate, offsets updated again.
+    let (web, api) = calls(4, 8);
+    store.ingest(conformance::batch("web", 1, web)).unwrap();
+    store.ingest(conformance::batch("api", 1, api)).unwrap();
+    let offsets = store.offsets().unwrap();
+    let api = offsets.iter().find(|o| o.host == "api").unwrap();
+    assert_eq!(
+        (api.reference.as_deref(), api.pairs),
+        (Some("web"), 12),
+        "{offsets:?}"
+    );
+    assert!((api.offset_ns + 2_000_000).abs() < 1_000_000, "{offsets:?}");
+    let reads: Vec<String> = store
+        .recorded()
+        .iter()
+        .map(|s| s.sql.clone())
+        .filter(|sql| sql.contains("min(commit_id) AS first"))
+        .collect();
+    assert_eq!(reads.len(), 2, "{reads:#?}");
+    let bound = u64::try_from(HISTORY / 4).unwrap();
+    assert!(
+        read_at_most(&store, &reads[0], bound).is_err(),
+        "{}",
+        reads[0]
+    );
+    let r = read_at_most(&store, &reads[1], bound);
+    assert!(r.is_ok(), "{}: {r:?}", reads[1]);
 }
