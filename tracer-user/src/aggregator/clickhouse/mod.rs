@@ -731,6 +731,86 @@ impl ClickhouseStore {
         }
     }
 
+    /// One read of [`Store::query`].
+    fn query_read(
+        &self,
+        q: &Query,
+        offsets: &Offsets,
+        trace: Option<&TraceSet>,
+        re: Option<&Regex>,
+    ) -> Result<Vec<Stored>> {
+        let mut where_ = filter_sql(
+            &self.db,
+            self.sharded,
+            &q.filter,
+            offsets,
+            trace,
+            RawBounds::ALL,
+        );
+        if let Some(a) = q.as_of {
+            where_.push_str(&format!(" AND id <= {}", a.raw()));
+        }
+        let (cmp, dir) = if q.newest_first {
+            ("<", "DESC")
+        } else {
+            (">", "ASC")
+        };
+        if let Some(p) = q.after {
+            where_.push_str(&format!(
+                " AND (ts, id) {cmp} ({}, {})",
+                p.ts_ns,
+                p.id.raw()
+            ));
+        }
+        self.scan(
+            &self.select(offsets),
+            &where_,
+            &format!("ts {dir}, id {dir}"),
+            q.limit,
+            re,
+            |s| {
+                let p = s.position();
+                format!("(ts, id) {cmp} ({}, {})", p.ts_ns, p.id.raw())
+            },
+        )
+    }
+
+    /// Where a newest-first query without `since` looks first: the last
+    /// minute, hour and day (corrected times) before its `until`, its
+    /// page's position, or the newest event time of the last day's
+    /// commits, whichever is earliest. If a window holds as many events as
+    /// asked, they are the newest: every event outside it is older. No
+    /// window when no batch was committed in the last day.
+    fn newest_windows(&self, q: &Query, offsets: &Offsets) -> Result<Vec<i64>> {
+        #[derive(Row, Deserialize)]
+        struct Newest {
+            raw: i64,
+            batches: u64,
+        }
+        let now_ms = now_ns() / 1_000_000;
+        let newest: Vec<Newest> = self.fetch(&format!(
+            "SELECT max(max_raw_ts) AS raw, count() AS batches FROM {}.batches \
+             WHERE commit_id >= {}",
+            self.db,
+            IdSource::floor_at(now_ms - 86_400_000)
+        ))?;
+        let Some(raw) = newest.first().filter(|n| n.batches > 0).map(|n| n.raw) else {
+            return Ok(Vec::new());
+        };
+        let (_, most) = offsets.bounds();
+        let mut anchor = raw.saturating_add(most).saturating_add(1);
+        if let Some(u) = q.filter.until {
+            anchor = anchor.min(u);
+        }
+        if let Some(p) = q.after {
+            anchor = anchor.min(p.ts_ns);
+        }
+        Ok([60, 3600, 86_400]
+            .iter()
+            .map(|s| anchor.saturating_sub(s * 1_000_000_000))
+            .collect())
+    }
+
     /// [`sql::committed`] for this store's layout.
     fn committed(&self, within: RawBounds) -> String {
         sql::committed(&self.db, self.sharded, within)
@@ -1139,6 +1219,12 @@ impl Store for ClickhouseStore {
         131_072
     }
 
+    /// The newest events first, with no `since`: windows of the last
+    /// minute, hour and day before the newest time first
+    /// ([`ClickhouseStore::newest_windows`]), as long as they hold fewer
+    /// than the limit, and the whole store only then. A tail's snapshot
+    /// (its last lines) and a page back in the web UI are such queries;
+    /// unbounded, each read every batch row for its commit check.
     fn query(&self, q: &Query) -> Result<Vec<Stored>> {
         if q.limit == 0 {
             return Ok(Vec::new());
@@ -1146,40 +1232,20 @@ impl Store for ClickhouseStore {
         let offsets = self.offsets_now()?;
         let trace = self.trace_set(&q.filter)?;
         let re = compiled(&q.filter)?;
-        let mut where_ = filter_sql(
-            &self.db,
-            self.sharded,
-            &q.filter,
-            &offsets,
-            trace.as_ref(),
-            RawBounds::ALL,
-        );
-        if let Some(a) = q.as_of {
-            where_.push_str(&format!(" AND id <= {}", a.raw()));
-        }
-        let (cmp, dir) = if q.newest_first {
-            ("<", "DESC")
-        } else {
-            (">", "ASC")
+        let read = |since: Option<i64>| {
+            let mut q = q.clone();
+            q.filter.since = since.or(q.filter.since);
+            self.query_read(&q, &offsets, trace.as_ref(), re.as_ref())
         };
-        if let Some(p) = q.after {
-            where_.push_str(&format!(
-                " AND (ts, id) {cmp} ({}, {})",
-                p.ts_ns,
-                p.id.raw()
-            ));
+        if q.newest_first && q.filter.since.is_none() {
+            for since in self.newest_windows(q, &offsets)? {
+                let rows = read(Some(since))?;
+                if rows.len() >= q.limit {
+                    return Ok(rows);
+                }
+            }
         }
-        self.scan(
-            &self.select(&offsets),
-            &where_,
-            &format!("ts {dir}, id {dir}"),
-            q.limit,
-            re.as_ref(),
-            |s| {
-                let p = s.position();
-                format!("(ts, id) {cmp} ({}, {})", p.ts_ns, p.id.raw())
-            },
-        )
+        read(None)
     }
 
     fn count(&self, f: &Filter) -> Result<u64> {

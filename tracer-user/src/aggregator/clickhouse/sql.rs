@@ -63,7 +63,7 @@ impl Offsets {
     }
 
     /// The least and largest correction (0 included: hosts without one).
-    fn bounds(&self) -> (i64, i64) {
+    pub fn bounds(&self) -> (i64, i64) {
         self.0
             .iter()
             .fold((0, 0), |(lo, hi), (_, o)| (lo.min(*o), hi.max(*o)))

@@ -1691,6 +1691,29 @@ fn reads_of_recent_events_read_only_recent_batches() {
             .len(),
         3
     );
+    // A tail's snapshot: its last lines, newest first.
+    let last = store
+        .query(&Query {
+            newest_first: true,
+            limit: 5,
+            as_of: Some(store.cursor().unwrap()),
+            ..Query::default()
+        })
+        .unwrap();
+    let got: Vec<(&str, u64)> = last
+        .iter()
+        .map(|r| (r.event.data.kind(), r.event.ts_ns - t))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("log", 50_002),
+            ("log", 50_001),
+            ("log", 50_000),
+            ("http", 31_000),
+            ("http", 30_000)
+        ]
+    );
     // A trace walk's exchanges.
     let trace = Filter {
         trace: Some("w2".into()),
@@ -1722,6 +1745,13 @@ fn reads_of_recent_events_read_only_recent_batches() {
         }
     }
     assert!(checked_unbounded >= 5, "{reads:#?}");
+    // Fewer events in the last day than asked: then all are read.
+    let all = Query {
+        newest_first: true,
+        limit: 100,
+        ..Query::default()
+    };
+    assert_eq!(store.query(&all).unwrap().len(), 17);
 }
 
 /// `rows` batch rows of the month before today, as 50 hosts' small
