@@ -13,6 +13,7 @@
 //!     aggregator_load count (--data DIR | --store URL --password-file F)
 //!     aggregator_load planted --lines N [--hosts H]
 //!     aggregator_load clickhouse-server --password-file F [--tag T]
+//!     aggregator_load history --store URL --password-file F --batches N
 //!
 //! `--store URL` is a ClickHouse store (`clickhouse://127.0.0.1:PORT/DB`)
 //! logged into as the user `clickhouse-server` configures; that subcommand
@@ -396,6 +397,27 @@ fn main() -> Result<()> {
             Ok(())
         }
         Some("clickhouse-server") => clickhouse_server(&args),
+        Some("history") => {
+            // `--store URL --password-file F --batches N`: N batch rows
+            // of the month before the load's events
+            // (`test_server::insert_history`).
+            let url: String = arg(&args, "--store", None)?;
+            let password =
+                std::fs::read_to_string(arg::<PathBuf>(&args, "--password-file", None)?)?;
+            let store = ClickhouseStore::open(&Config {
+                user: Some(test_server::USER.into()),
+                password: Some(password.trim().to_string()),
+                ..Config::parse(&url).map_err(anyhow::Error::msg)?
+            })?;
+            let rows: u64 = arg(&args, "--batches", None)?;
+            let t0 = Instant::now();
+            test_server::insert_history(&store, rows, FIRST_TS_NS as i64)?;
+            println!(
+                "{}",
+                serde_json::json!({"batches": rows, "seconds": t0.elapsed().as_secs_f64()})
+            );
+            Ok(())
+        }
         Some("planted") => {
             let lines: u64 = arg(&args, "--lines", None)?;
             let out: Vec<serde_json::Value> = NEEDLES
@@ -409,8 +431,8 @@ fn main() -> Result<()> {
             Ok(())
         }
         _ => bail!(
-            "usage: aggregator_load ingest|load-store|count|planted|clickhouse-server|profile ... \
-             (see the source)"
+            "usage: aggregator_load ingest|load-store|count|planted|clickhouse-server|history|\
+             profile ... (see the source)"
         ),
     }
 }

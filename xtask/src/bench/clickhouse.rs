@@ -9,7 +9,11 @@
 //! - **grep**: `tracer grep` over the same generated log lines stored in
 //!   each backend (loaded through `Store::ingest_many` directly);
 //! - **growth**: ingest rate into an empty store, then again after the
-//!   store was filled to `--grow-to` events.
+//!   store was filled to `--grow-to` events;
+//! - **history**: the reads a user makes of recent events (a window, a
+//!   grep count, a tail's start, an idle `tail -f`) on a ClickHouse store,
+//!   then again once `batches` holds `--history-batches` rows of the month
+//!   before (many hosts' small batches).
 //!
 //! The ClickHouse server is the tests' own (`test_server.rs`: Debian's
 //! 18.16, its own directory and ports), started through
@@ -44,8 +48,12 @@ use crate::{
 
 #[derive(Args)]
 pub struct ClickhouseArgs {
-    /// Which parts to run, comma-separated: ingest, grep, growth.
-    #[arg(long, default_value = "ingest,grep,growth", value_delimiter = ',')]
+    /// Which parts to run, comma-separated: ingest, grep, growth, history.
+    #[arg(
+        long,
+        default_value = "ingest,grep,growth,history",
+        value_delimiter = ','
+    )]
     parts: Vec<String>,
     /// Ingest rounds (each configuration once per round, on a fresh
     /// store); the table shows medians.
@@ -89,6 +97,11 @@ pub struct ClickhouseArgs {
     /// day's partition of that size costs, N what the store's size does.
     #[arg(long, default_value_t = 0)]
     growth_days: u64,
+    /// Rows of older batches the history part adds before its second
+    /// measurement (10M: 50 hosts' agents, a batch every 50 ms each, for
+    /// under three hours).
+    #[arg(long, default_value_t = 10_000_000)]
+    history_batches: u64,
     /// Use the binaries in target/release as they are.
     #[arg(long)]
     no_build: bool,
@@ -337,8 +350,8 @@ fn send(ctx: &Ctx, aggs: &[Aggregator], events: u64, start_s: u64) -> Result<Str
 
 pub fn run(args: &ClickhouseArgs) -> Result<()> {
     for p in &args.parts {
-        if !matches!(p.as_str(), "ingest" | "grep" | "growth") {
-            bail!("--parts: unknown part {p:?} (ingest, grep, growth)");
+        if !matches!(p.as_str(), "ingest" | "grep" | "growth" | "history") {
+            bail!("--parts: unknown part {p:?} (ingest, grep, growth, history)");
         }
     }
     for s in &args.growth_stores {
@@ -375,6 +388,9 @@ pub fn run(args: &ClickhouseArgs) -> Result<()> {
         }
         if want("growth") {
             text.push_str(&growth_part(args, &ctx, &server, tmp.path())?);
+        }
+        if want("history") {
+            text.push_str(&history_part(args, &ctx, &server)?);
         }
         Ok::<_, anyhow::Error>(())
     })();
@@ -881,6 +897,161 @@ fn growth_part(args: &ClickhouseArgs, ctx: &Ctx, server: &Server, tmp: &Path) ->
         if let Backend::Sqlite(dir) = backend {
             let _ = fs::remove_dir_all(dir);
         }
+    }
+    Ok(t)
+}
+
+/// The first event time of `aggregator_load`'s timeline (its
+/// `FIRST_TS_NS`).
+const LOAD_FIRST_TS_NS: i64 = 1_795_737_600_000_000_000;
+
+/// How long the reads of recent events took, and what an idle follower
+/// costs the server.
+struct Reads {
+    /// `tracer timeline` of one second of the load, `--limit 100`.
+    window_s: f64,
+    /// `tracer grep -c` over the same second.
+    grep_s: f64,
+    /// `tracer tail -n 10`: a tail's cursor and its last lines.
+    snapshot_s: f64,
+    /// clickhouse-server's CPU seconds over 5 s of `tracer tail -f` with
+    /// nothing arriving, from 3 s after its start.
+    idle_tail_cpu_s: f64,
+}
+
+/// Runs `tracer SUBCOMMAND ARGS --aggregator URL --token-file T` (at
+/// most 120 s): its output and wall seconds.
+fn timed_cli(ctx: &Ctx, agg: &Aggregator, cli_args: &[&str]) -> Result<(String, f64)> {
+    let mut c = Command::new(tracer::binary());
+    c.args(cli_args)
+        .args(["--aggregator", &agg.url])
+        .arg("--token-file")
+        .arg(&ctx.token);
+    let t0 = Instant::now();
+    let out = output_within(&mut c, Duration::from_secs(120))?
+        .with_context(|| format!("`{}` gave no answer within 120 s", cmd::display(&c)))?;
+    Ok((out, t0.elapsed().as_secs_f64()))
+}
+
+/// Each read of [`Reads`], the median of 3; the answers must be `expect`'s
+/// (lines of the window, the grep count).
+fn measure_reads(ctx: &Ctx, agg: &Aggregator, server: &Server) -> Result<(Reads, (usize, u64))> {
+    let since = (LOAD_FIRST_TS_NS + 1_000_000_000).to_string();
+    let until = (LOAD_FIRST_TS_NS + 2_000_000_000).to_string();
+    let window = [
+        "timeline", "--since", &since, "--until", &until, "--limit", "100",
+    ];
+    let grep = ["grep", "-c", "--since", &since, "--until", &until, "error"];
+    let (mut w, mut g, mut t) = (Vec::new(), Vec::new(), Vec::new());
+    let mut answers = (0, 0);
+    for _ in 0..3 {
+        let (out, s) = timed_cli(ctx, agg, &window)?;
+        answers.0 = out.lines().count();
+        w.push(s);
+        let (out, s) = timed_cli(ctx, agg, &grep)?;
+        answers.1 = out.trim().parse().context("grep -c printed no number")?;
+        g.push(s);
+        let (out, s) = timed_cli(ctx, agg, &["tail", "-n", "10"])?;
+        if out.lines().count() != 10 {
+            bail!("tail -n 10 printed {} lines", out.lines().count());
+        }
+        t.push(s);
+    }
+    let mut follow = Command::new(tracer::binary());
+    follow
+        .args(["tail", "-f", "-n", "0", "--aggregator", &agg.url])
+        .arg("--token-file")
+        .arg(&ctx.token)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let tail = Spawned::start("tracer tail -f", &mut follow)?;
+    std::thread::sleep(Duration::from_secs(3));
+    let s0 = server.cpu_ticks()?;
+    std::thread::sleep(Duration::from_secs(5));
+    let s1 = server.cpu_ticks()?;
+    drop(tail);
+    Ok((
+        Reads {
+            window_s: median(w),
+            grep_s: median(g),
+            snapshot_s: median(t),
+            idle_tail_cpu_s: (s1 - s0) as f64 / ctx.ticks,
+        },
+        answers,
+    ))
+}
+
+fn history_part(args: &ClickhouseArgs, ctx: &Ctx, server: &Server) -> Result<String> {
+    let backend = Backend::Clickhouse {
+        server,
+        database: "bench_history".into(),
+    };
+    let aggs = backend.start_aggregators(1, &ctx.token)?;
+    let result = (|| {
+        println!("history: {} events, then reads ...", args.events);
+        send(ctx, &aggs, args.events, 0)?;
+        settle(server)?;
+        let (empty, answers) = measure_reads(ctx, &aggs[0], server)?;
+        println!(
+            "history: adding {} rows of older batches ...",
+            args.history_batches
+        );
+        cmd::output(
+            Command::new(load_gen())
+                .arg("history")
+                .args(backend.load_args())
+                .args(["--batches", &args.history_batches.to_string()]),
+        )?;
+        settle(server)?;
+        let (full, again) = measure_reads(ctx, &aggs[0], server)?;
+        if again != answers {
+            bail!("the reads answered {again:?} with the older batches, {answers:?} without");
+        }
+        Ok::<_, anyhow::Error>((empty, full, answers))
+    })();
+    for a in aggs {
+        a.stop()?;
+    }
+    let (empty, full, (lines, matches)) = result?;
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "\n### Reads as `batches` grows\n\n`cargo xtask bench clickhouse --parts history \
+         --events {} --history-batches {}`: one aggregator on ClickHouse, {} events of the \
+         ingest mix over HTTP; then the reads a user makes of recent events through the \
+         `tracer` CLI (medians of 3; each answer the same both times: {lines} lines of the \
+         window, {matches} grep matches), and clickhouse-server's CPU over 5 s of an idle \
+         `tracer tail -f`; then again after {} rows of older batches (a month before the \
+         events, committed a month before now) were added to `batches`, as agents' small \
+         batches leave them.\n",
+        args.events, args.history_batches, args.events, args.history_batches
+    );
+    let _ = writeln!(
+        t,
+        "| read | without | with {}M older batch rows | ratio |\n|---|---:|---:|---:|",
+        args.history_batches / 1_000_000
+    );
+    for (name, a, b, unit) in [
+        (
+            "`timeline` of 1 s, `--limit 100`",
+            empty.window_s,
+            full.window_s,
+            "s",
+        ),
+        ("`grep -c` over 1 s", empty.grep_s, full.grep_s, "s"),
+        ("`tail -n 10`", empty.snapshot_s, full.snapshot_s, "s"),
+        (
+            "idle `tail -f`: server CPU over 5 s",
+            empty.idle_tail_cpu_s,
+            full.idle_tail_cpu_s,
+            "s",
+        ),
+    ] {
+        let _ = writeln!(
+            t,
+            "| {name} | {a:.3} {unit} | {b:.3} {unit} | {:.2}× |",
+            b / a.max(0.001)
+        );
     }
     Ok(t)
 }

@@ -316,6 +316,36 @@ fn remove_stale_dirs() {
     }
 }
 
+/// Adds `rows` rows to `store`'s `batches`, as 50 hosts' agents sending
+/// small batches leave them (one every 50 ms from each fills 10M rows in
+/// under three hours), for the tests and benchmarks of how reads cost as
+/// that table grows: committed over the 30 days before yesterday (this
+/// machine's clock), their events' raw times over the 30 days before the
+/// day before `before_ns`. Their events are not stored: what these rows
+/// change is how much of `batches` a read opens.
+pub fn insert_history(
+    store: &super::ClickhouseStore,
+    rows: u64,
+    before_ns: i64,
+) -> super::Result<()> {
+    const DAY_MS: i64 = 86_400_000;
+    let rows = i64::try_from(rows.max(1)).unwrap_or(i64::MAX);
+    let now_ms = super::now_ns() / 1_000_000;
+    store.exec(&format!(
+        "INSERT INTO {db}.batches SELECT concat('old', toString(number % 50)) AS host, \
+         'run' AS run_id, toInt64(number) AS seq, \
+         toInt64({c0} + number * {c_step}) AS commit_id, toUInt32(2000) AS events, \
+         toInt64(0) AS received_ns, toInt64({t0} + number * {t_step}) AS min_raw_ts, \
+         toInt64({t0} + number * {t_step} + 40000000) AS max_raw_ts \
+         FROM system.numbers LIMIT {rows}",
+        db = store.db,
+        c0 = super::IdSource::floor_at(now_ms - 31 * DAY_MS),
+        c_step = super::IdSource::floor_at(30 * DAY_MS) / rows,
+        t0 = before_ns - 31 * DAY_MS * 1_000_000,
+        t_step = 30 * DAY_MS * 1_000_000 / rows,
+    ))
+}
+
 /// Runs clickhouse-server on the config in `dir`.
 fn spawn(dir: &Path) -> Result<Child, String> {
     let mut cmd = Command::new(SERVER);

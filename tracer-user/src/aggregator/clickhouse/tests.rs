@@ -1583,9 +1583,9 @@ fn the_lookup_of_stored_batches_reads_only_their_days() {
 fn reads_of_recent_events_read_only_recent_batches() {
     let config = shared().config(&fresh_db());
     let store = ClickhouseStore::open_recording(&config).unwrap();
-    const HISTORY: i64 = 400_000;
+    const HISTORY: u64 = 400_000;
     let now = super::now_ns();
-    insert_history(&store, HISTORY);
+    super::test_server::insert_history(&store, HISTORY, super::now_ns()).unwrap();
     // The last seconds: "web" logs and calls "api" twice.
     let t = u64::try_from(now - 5_000_000_000).unwrap();
     let mut web: Vec<Event> = (0..10)
@@ -1730,7 +1730,7 @@ fn reads_of_recent_events_read_only_recent_batches() {
     assert!(reads.len() >= 8, "{reads:#?}");
     // A read is planned by granules (8192 rows of `events`, 1024 of
     // `batches`), so the few parts of recent rows count for up to ~40k.
-    let bound = u64::try_from(HISTORY / 4).unwrap();
+    let bound = HISTORY / 4;
     let unbounded = super::sql::committed(&store.db, false, super::RawBounds::ALL);
     let mut checked_unbounded = 0;
     for sql in &reads {
@@ -1754,30 +1754,6 @@ fn reads_of_recent_events_read_only_recent_batches() {
     assert_eq!(store.query(&all).unwrap().len(), 17);
 }
 
-/// `rows` batch rows of the month before today, as 50 hosts' small
-/// batches leave them: rows whose events are gone or elsewhere; what
-/// matters is how much of `batches` a read opens.
-fn insert_history(store: &ClickhouseStore, rows: i64) {
-    const DAY: i64 = 86_400_000_000_000;
-    let now = super::now_ns();
-    let now_ms = now / 1_000_000;
-    store
-        .exec(&format!(
-            "INSERT INTO {db}.batches SELECT concat('old', toString(number % 50)) AS host, \
-             'run' AS run_id, toInt64(number) AS seq, \
-             toInt64({c0} + number * {c_step}) AS commit_id, toUInt32(2000) AS events, \
-             toInt64(0) AS received_ns, toInt64({t0} + number * {t_step}) AS min_raw_ts, \
-             toInt64({t0} + number * {t_step} + 40000000) AS max_raw_ts \
-             FROM system.numbers LIMIT {rows}",
-            db = store.db,
-            c0 = super::IdSource::floor_at(now_ms - 31 * 86_400_000),
-            c_step = super::IdSource::floor_at(30 * 86_400_000) / rows,
-            t0 = now - 31 * DAY,
-            t_step = 30 * DAY / rows,
-        ))
-        .unwrap();
-}
-
 /// The order of hosts by first commit, which picks the reference clocks,
 /// is read from all of `batches` once per aggregator, then from the
 /// newest commits only.
@@ -1785,8 +1761,8 @@ fn insert_history(store: &ClickhouseStore, rows: i64) {
 fn the_host_order_is_read_whole_once_then_from_new_commits() {
     let config = shared().config(&fresh_db());
     let store = ClickhouseStore::open_recording(&config).unwrap();
-    const HISTORY: i64 = 400_000;
-    insert_history(&store, HISTORY);
+    const HISTORY: u64 = 400_000;
+    super::test_server::insert_history(&store, HISTORY, super::now_ns()).unwrap();
     // "web" calls "api" (api's clock 2 ms ahead): web is seen first.
     let t = u64::try_from(super::now_ns() - 5_000_000_000).unwrap();
     let calls = |from: u64, n: u64| {
@@ -1837,7 +1813,7 @@ fn the_host_order_is_read_whole_once_then_from_new_commits() {
         .filter(|sql| sql.contains("min(commit_id) AS first"))
         .collect();
     assert_eq!(reads.len(), 2, "{reads:#?}");
-    let bound = u64::try_from(HISTORY / 4).unwrap();
+    let bound = HISTORY / 4;
     assert!(
         read_at_most(&store, &reads[0], bound).is_err(),
         "{}",
