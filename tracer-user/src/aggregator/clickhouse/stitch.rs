@@ -655,7 +655,7 @@ const FIRST_COMMITS_REWIND_MS: i64 = 600_000;
 /// `schema.rs`). Before, every offset update read the host and commit id
 /// of every batch row (0.3 s with 10M rows, which 50 quiet hosts send
 /// in under three hours).
-pub fn hosts_by_first_commit(store: &ClickhouseStore) -> Result<Vec<String>> {
+fn hosts_by_first_commit(store: &ClickhouseStore) -> Result<Vec<String>> {
     #[derive(Row, Deserialize)]
     struct HostCommits {
         host: String,
