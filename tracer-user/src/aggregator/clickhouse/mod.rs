@@ -1366,19 +1366,14 @@ impl Store for ClickhouseStore {
                     page.more = true;
                     break;
                 }
-                let filtered = filter_sql(
-                    &self.db,
-                    self.sharded,
-                    f,
-                    &offsets,
-                    trace.as_ref(),
-                    tail::group_raw(group),
-                );
+                let (condition, within) = tail::group_condition(group);
+                let filtered =
+                    filter_sql(&self.db, self.sharded, f, &offsets, trace.as_ref(), within);
                 // All of the group's events: no more exist.
                 let events = group.iter().map(|b| b.events).sum::<u64>();
                 page.events.extend(self.scan(
                     &self.select(&offsets),
-                    &format!("{filtered}{}", tail::group_condition(group)),
+                    &format!("{filtered}{condition}"),
                     "id",
                     usize::try_from(events).unwrap_or(usize::MAX),
                     re.as_ref(),

@@ -162,8 +162,9 @@ pub fn groups(batches: &[NewBatch]) -> Vec<&[NewBatch]> {
 
 /// The conditions that read a group's events and no others: their commit
 /// ids, and (to read only their granules) their ids' range and their
-/// hosts' raw times, when every row records them.
-pub fn group_condition(group: &[NewBatch]) -> String {
+/// hosts' raw times, when every row records them; and the raw times its
+/// events lie within (any, when a row does not record them).
+pub fn group_condition(group: &[NewBatch]) -> (String, RawBounds) {
     let commits: Vec<String> = group.iter().map(|b| b.first.to_string()).collect();
     let lo = group.iter().map(|b| b.first).min().unwrap_or(0);
     let hi = group.iter().map(|b| b.last).max().unwrap_or(0);
@@ -171,21 +172,12 @@ pub fn group_condition(group: &[NewBatch]) -> String {
         " AND commit_id IN ({}) AND id >= {lo} AND id <= {hi}",
         commits.join(", ")
     );
-    if group.iter().all(NewBatch::timed) {
-        c.push_str(&format!(" AND ({})", spans(group, i64::MIN, i64::MAX).0));
-    }
-    c
-}
-
-/// The raw times a group's events lie within, when every row records
-/// them.
-pub fn group_raw(group: &[NewBatch]) -> RawBounds {
     if !group.iter().all(NewBatch::timed) {
-        return RawBounds::ALL;
+        return (c, RawBounds::ALL);
     }
-    let lo = group.iter().map(|b| b.lo).min();
-    let hi = group.iter().map(|b| b.hi).max();
-    RawBounds { lo, hi }
+    let (spans, within) = spans(group, i64::MIN, i64::MAX);
+    c.push_str(&format!(" AND ({spans})"));
+    (c, within)
 }
 
 /// The raw times, per host, of the batches with ids in (`after`, `upto`],
@@ -286,11 +278,11 @@ mod tests {
     #[test]
     fn a_group_is_within_its_batches_times_when_all_record_them() {
         let mut g = vec![batch("a", 500, 1000, 3), batch("b", 70, 5000, 3)];
-        assert_eq!(group_raw(&g), RawBounds::between(70, 510));
+        assert_eq!(group_condition(&g).1, RawBounds::between(70, 510));
         // A row from before version 4 (no times): the check reads all.
         g.push(batch("c", 0, 9000, 1));
         g[2].hi = 0;
-        assert_eq!(group_raw(&g), RawBounds::ALL);
+        assert_eq!(group_condition(&g).1, RawBounds::ALL);
     }
 
     #[test]
