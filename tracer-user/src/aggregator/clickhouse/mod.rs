@@ -992,6 +992,8 @@ impl ClickhouseStore {
         let mut http = RowBinary::default();
         // The client side's rows of `http`, again (`schema.rs`).
         let mut clients = RowBinary::default();
+        // The rows of `http` again, under each of their request ids.
+        let mut keys = RowBinary::default();
         let mut commits = RowBinary::default();
         let received = now_ns();
         for &(b, first, span) in batches {
@@ -1044,12 +1046,8 @@ impl ClickhouseStore {
                     let side = stitch::side_name(h.side);
                     let end = raw.saturating_add(i64::try_from(h.duration_ns).unwrap_or(i64::MAX));
                     let (conn, trace) = (conn_key(h), own_trace(h));
-                    let tables: &mut [&mut RowBinary] = if h.side == HttpSide::Client {
-                        &mut [&mut http, &mut clients]
-                    } else {
-                        &mut [&mut http]
-                    };
-                    for t in tables {
+                    let parent = h.parent_req_id.as_deref().unwrap_or("");
+                    let row = |t: &mut RowBinary| {
                         t.i64(id)
                             .i64(first)
                             .str(&e.host)
@@ -1058,9 +1056,17 @@ impl ClickhouseStore {
                             .i64(raw)
                             .i64(end)
                             .str(&h.req_id)
-                            .str(h.parent_req_id.as_deref().unwrap_or(""))
+                            .str(parent)
                             .str(&trace)
                             .end_row();
+                    };
+                    row(&mut http);
+                    if h.side == HttpSide::Client {
+                        row(&mut clients);
+                    }
+                    for key in schema::exchange_keys(&h.req_id, &trace, parent) {
+                        keys.str(key);
+                        row(&mut keys);
                     }
                 }
             }
@@ -1091,12 +1097,16 @@ impl ClickhouseStore {
             ));
         }
         let had_http = http.rows() > 0;
-        for (table, rows) in [("http_index", http), ("http_clients", clients)] {
+        for (table, key, rows) in [
+            ("http_index", "", http),
+            ("http_clients", "", clients),
+            ("http_keys", "key, ", keys),
+        ] {
             if rows.rows() > 0 {
                 inserts.push((
                     format!(
-                        "INSERT INTO {db}.{table} (id, commit_id, host, side, conn, start_ns, \
-                         end_ns, req_id, parent_req_id, own_trace) FORMAT RowBinary"
+                        "INSERT INTO {db}.{table} ({key}{}) FORMAT RowBinary",
+                        schema::EXCHANGE_COLUMN_NAMES
                     ),
                     rows,
                 ));

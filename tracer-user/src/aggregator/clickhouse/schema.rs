@@ -16,8 +16,13 @@
 /// table): a tracer of version 3 would not write it, and the clock
 /// estimates of the others would miss the exchanges it stores; and the
 /// raw times each batch's events span (`batches.min_raw_ts`,
-/// `max_raw_ts`, [`ADDED`]), which bound a live tail's reads.
-pub const SCHEMA_VERSION: u32 = 4;
+/// `max_raw_ts`, [`ADDED`]), which bound a live tail's reads. Version 5
+/// added the table `http_keys`, each exchange again under each of its
+/// request ids, which a trace's lookups read: a tracer of version 4 would
+/// not write it, and traces through the exchanges it stores would break.
+/// An older store gets it filled from `http_index` when an aggregator
+/// opens it ([`http_keys_from`], `upgrade.rs`).
+pub const SCHEMA_VERSION: u32 = 5;
 
 /// A column added to a table after version 1: a store of an older version
 /// gets it by `ALTER TABLE ... ADD COLUMN` when an aggregator opens it
@@ -99,13 +104,15 @@ pub fn create(db: &str, cluster: Option<&str>) -> Vec<String> {
 const EVENTS: usize = 2;
 const HTTP_INDEX: usize = 4;
 const HTTP_CLIENTS: usize = 8;
+const HTTP_KEYS: usize = 9;
 
 /// The tables a cluster spreads over its shards, by their place in
 /// [`create_single`]'s list.
-pub const SHARDED: [(usize, &str); 3] = [
+pub const SHARDED: [(usize, &str); 4] = [
     (EVENTS, "events"),
     (HTTP_INDEX, "http_index"),
     (HTTP_CLIENTS, "http_clients"),
+    (HTTP_KEYS, "http_keys"),
 ];
 
 /// What every shard of a cluster holds: the big tables, under `_local`.
@@ -124,7 +131,58 @@ pub fn http_index(db: &str, name: &str) -> String {
     create_single(db)[HTTP_INDEX].replacen(".http_index (", &format!(".{name} ("), 1)
 }
 
-/// The columns of `http_index` and `http_clients`.
+/// The statements that fill `into` (`http_keys` or a shard's
+/// `http_keys_local`) from `from` (the `http_index` holding the same
+/// hosts' rows): each exchange under each of its distinct request ids, as
+/// ingest writes them ([`KEYED_BY`]). For a store of a version before 5.
+pub fn http_keys_from(db: &str, into: &str, from: &str) -> Vec<String> {
+    KEYED_BY
+        .iter()
+        .map(|(column, unless)| {
+            format!(
+                "INSERT INTO {db}.{into} (key, {cols}) SELECT {column} AS key, {cols} \
+                 FROM {db}.{from} WHERE {column} != ''{unless}",
+                cols = EXCHANGE_COLUMN_NAMES
+            )
+        })
+        .collect()
+}
+
+/// The request ids an exchange is found by in `http_keys`: its own, its
+/// trace's and the server request it was made within (a client call's),
+/// each once, and an empty one never: (column, the SQL condition that it
+/// is not one of those before it).
+pub const KEYED_BY: [(&str, &str); 3] = [
+    ("req_id", ""),
+    ("own_trace", " AND own_trace != req_id"),
+    (
+        "parent_req_id",
+        " AND parent_req_id != req_id AND parent_req_id != own_trace",
+    ),
+];
+
+/// The keys ingest writes an exchange under in `http_keys`, as
+/// [`KEYED_BY`] says: its request id, trace and parent request, each
+/// once, none empty.
+pub fn exchange_keys<'a>(
+    req_id: &'a str,
+    own_trace: &'a str,
+    parent_req_id: &'a str,
+) -> impl Iterator<Item = &'a str> {
+    let trace = (own_trace != req_id).then_some(own_trace);
+    let parent = (parent_req_id != req_id && parent_req_id != own_trace).then_some(parent_req_id);
+    [Some(req_id), trace, parent]
+        .into_iter()
+        .flatten()
+        .filter(|k| !k.is_empty())
+}
+
+/// The names of [`EXCHANGE_COLUMNS`], in order.
+pub const EXCHANGE_COLUMN_NAMES: &str =
+    "id, commit_id, host, side, conn, start_ns, end_ns, req_id, parent_req_id, own_trace";
+
+/// The columns of `http_index`, `http_clients` and (after its key)
+/// `http_keys`.
 const EXCHANGE_COLUMNS: &str = "id Int64, commit_id Int64, host String, side String, \
     conn String, start_ns Int64, end_ns Int64, req_id String, parent_req_id String, \
     own_trace String";
@@ -279,6 +337,22 @@ fn create_single(db: &str) -> Vec<String> {
             "CREATE TABLE IF NOT EXISTS {db}.http_clients ({EXCHANGE_COLUMNS}) ENGINE = MergeTree
             PARTITION BY intDiv(start_ns, 86400000000000)
             ORDER BY (host, start_ns)
+            SETTINGS index_granularity = 1024"
+        ),
+        // Every exchange again under each of its request ids (`KEYED_BY`):
+        // a trace's lookups by request id (`stitch.rs`, `trace`: the id
+        // asked for, a trace's roots, a client call's server request and
+        // the calls made within one). On `http_index`, sorted by
+        // connection, each read all of it, so a trace took longer the
+        // longer the store had been written; here each reads the granule
+        // that may hold its key in each part. Partitioned by day of
+        // `start_ns` like `http_index`: a lookup with no time reads a
+        // granule per part of every day kept. Since version 5.
+        format!(
+            "CREATE TABLE IF NOT EXISTS {db}.http_keys (key String, {EXCHANGE_COLUMNS}) \
+             ENGINE = MergeTree
+            PARTITION BY intDiv(start_ns, 86400000000000)
+            ORDER BY key
             SETTINGS index_granularity = 1024"
         ),
     ]

@@ -5,6 +5,8 @@
 //! parameters), escaped here: in a ClickHouse string literal only the
 //! backslash and the quote need escaping (and NUL, for safety).
 
+use std::collections::BTreeSet;
+
 use regex_syntax::hir::literal::{ExtractKind, Extractor};
 
 use crate::aggregator::store::{EventKind, Filter, TEXT_KINDS, TextMatch, stream_name};
@@ -85,7 +87,18 @@ pub struct TraceSet {
     pub ids: Vec<i64>,
     /// `(host, req_id)` of those exchanges: their log lines.
     pub reqs: Vec<(String, String)>,
+    /// The raw times all of the trace's events lie within, when it has
+    /// exchanges: from the first one's start to the last one's end,
+    /// give or take [`TRACE_SLACK_NS`]. A log line or logpoint hit
+    /// belongs to a request when the agent saw it written while that
+    /// request was in flight on its host, that is within the exchange's
+    /// times on the same clock.
+    pub raw: RawBounds,
 }
+
+/// Margin on a trace's raw times ([`TraceSet::raw`]): the line and the
+/// exchange are timed by one host's clock, so this is only a margin.
+pub const TRACE_SLACK_NS: i64 = 1_000_000_000;
 
 /// The raw times (the agents' clocks, ns) a read's events lie within:
 /// `lo <= raw_ts <= hi`, either end open.
@@ -184,7 +197,19 @@ pub fn filter_sql(
         conds.push(format!("raw_ts < {r}"));
         raw.hi = Some(r.saturating_sub(1));
     }
-    conds.insert(0, committed(db, sharded, raw.and(within)));
+    let trace_raw = if f.trace.is_some() {
+        trace.map_or(RawBounds::ALL, |t| t.raw)
+    } else {
+        RawBounds::ALL
+    };
+    if let (Some(lo), Some(hi), Some(t)) = (trace_raw.lo, trace_raw.hi, trace) {
+        // The primary key (host, raw_ts, id) then reads only the trace's
+        // hosts at its times, however long the store has been written.
+        let hosts: BTreeSet<&str> = t.reqs.iter().map(|(h, _)| h.as_str()).collect();
+        conds.push(in_list("host", hosts));
+        conds.push(format!("raw_ts BETWEEN {lo} AND {hi}"));
+    }
+    conds.insert(0, committed(db, sharded, raw.and(within).and(trace_raw)));
     if !f.hosts.is_empty() {
         conds.push(in_list("host", f.hosts.iter().map(String::as_str)));
     }

@@ -24,7 +24,7 @@ use serde::Deserialize;
 
 use super::{
     ClickhouseStore,
-    sql::{RawBounds, TraceSet, in_list, lit},
+    sql::{RawBounds, TRACE_SLACK_NS, TraceSet, in_list, lit},
 };
 use crate::{
     aggregator::{
@@ -97,15 +97,34 @@ pub(super) struct PairRow {
 }
 
 impl ClickhouseStore {
-    /// The committed exchanges of `http_index` that meet `cond`: those
-    /// that meet it, read again with the commit check of the batches
-    /// within their start times (an exchange's start is its event's raw
-    /// time), which reads those batches only (`sql::committed`).
+    /// The committed exchanges of `http_index` that meet `cond`.
     fn exchanges(&self, cond: &str) -> Result<Vec<Exchange>> {
-        let select = format!(
-            "SELECT {EXCHANGE_COLS} FROM {}.http_index WHERE {cond}",
+        self.committed_exchanges(&format!("{}.http_index WHERE {cond}", self.db))
+    }
+
+    /// The committed exchanges whose `column` (`req_id`, `own_trace` or
+    /// `parent_req_id`) is `key` and that meet `cond`, each once: read
+    /// from `http_keys`, sorted by key, where an exchange is under each of
+    /// its request ids (filled twice if two aggregators upgraded a store
+    /// at once, `upgrade.rs`).
+    fn exchanges_by(&self, column: &str, key: &str, cond: &str) -> Result<Vec<Exchange>> {
+        let k = lit(key);
+        let mut rows = self.committed_exchanges(&format!(
+            "{}.http_keys WHERE key = {k} AND {column} = {k}{cond}",
             self.db
-        );
+        ))?;
+        let mut seen = HashSet::new();
+        rows.retain(|e| seen.insert(e.id));
+        Ok(rows)
+    }
+
+    /// The committed exchanges of `from_where` (a table and its
+    /// condition): those that meet it, read again with the commit check
+    /// of the batches within their start times (an exchange's start is
+    /// its event's raw time), which reads those batches only
+    /// (`sql::committed`).
+    fn committed_exchanges(&self, from_where: &str) -> Result<Vec<Exchange>> {
+        let select = format!("SELECT {EXCHANGE_COLS} FROM {from_where}");
         let any: Vec<Exchange> = self.fetch(&select)?;
         let lo = any.iter().map(|e| e.start_ns).min();
         let hi = any.iter().map(|e| e.start_ns).max();
@@ -791,11 +810,11 @@ impl Walker<'_> {
                 .map(|l| l.0);
             Ok(client.and_then(|c| self.nodes.get(&c).cloned()))
         } else if !n.parent_req_id.is_empty() {
-            let rows = self.store.exchanges(&format!(
-                "host = {} AND req_id = {} AND side = 'server'",
-                lit(&n.host),
-                lit(&n.parent_req_id)
-            ))?;
+            let rows = self.store.exchanges_by(
+                "req_id",
+                &n.parent_req_id,
+                &format!(" AND host = {} AND side = 'server'", lit(&n.host)),
+            )?;
             Ok(rows.into_iter().min_by_key(|e| e.id))
         } else {
             Ok(None)
@@ -805,11 +824,11 @@ impl Walker<'_> {
     /// The exchanges one level down.
     fn down(&mut self, n: &Exchange) -> Result<Vec<Exchange>> {
         if n.side == "server" {
-            self.store.exchanges(&format!(
-                "host = {} AND parent_req_id = {} AND side = 'client'",
-                lit(&n.host),
-                lit(&n.req_id)
-            ))
+            self.store.exchanges_by(
+                "parent_req_id",
+                &n.req_id,
+                &format!(" AND host = {} AND side = 'client'", lit(&n.host)),
+            )
         } else {
             let id = n.id;
             let servers: Vec<i64> = self
@@ -854,12 +873,12 @@ pub fn trace(store: &ClickhouseStore, t: &str) -> Result<TraceSet> {
         nodes: HashMap::new(),
     };
     let mut traces = BTreeSet::from([t.to_owned()]);
-    for n in store.exchanges(&format!("req_id = {}", lit(t)))? {
+    for n in store.exchanges_by("req_id", t, "")? {
         traces.insert(w.root_trace(n)?);
     }
     let mut stack = Vec::new();
     for tr in &traces {
-        for n in store.exchanges(&format!("own_trace = {}", lit(tr)))? {
+        for n in store.exchanges_by("own_trace", tr, "")? {
             if w.up(&n)?.is_none() {
                 stack.push(n);
             }
@@ -870,13 +889,22 @@ pub fn trace(store: &ClickhouseStore, t: &str) -> Result<TraceSet> {
         ..TraceSet::default()
     };
     let mut seen = HashSet::new();
+    let (mut first, mut last) = (i64::MAX, i64::MIN);
     while let Some(n) = stack.pop() {
         if !seen.insert(n.id) || seen.len() > super::MAX_TRACE_EXCHANGES {
             continue;
         }
         stack.extend(w.down(&n)?);
+        first = first.min(n.start_ns);
+        last = last.max(n.end_ns.max(n.start_ns));
         out.ids.push(n.id);
         out.reqs.push((n.host, n.req_id));
+    }
+    if !out.ids.is_empty() {
+        out.raw = RawBounds::between(
+            first.saturating_sub(TRACE_SLACK_NS),
+            last.saturating_add(TRACE_SLACK_NS),
+        );
     }
     out.ids.sort_unstable();
     out.reqs.sort();

@@ -1822,3 +1822,253 @@ fn the_host_order_is_read_whole_once_then_from_new_commits() {
     let r = read_at_most(&store, &reads[1], bound);
     assert!(r.is_ok(), "{}: {r:?}", reads[1]);
 }
+
+/// "web" serves w0 at `t`, and within it logs a line and calls "api"
+/// twice (w1 and w2, served as a1 and a2, a2 with a log line of its own):
+/// one trace of five exchanges and two lines, as the agents send it.
+fn traced_request(store: &ClickhouseStore, t: u64) {
+    let line = |host: &str, at: u64, req: &str| {
+        let mut e = conformance::log(host, at, StreamName::Stdout, &format!("in {req}"));
+        if let EventData::Log { req_id, .. } = &mut e.data {
+            *req_id = Some(req.into());
+        }
+        e
+    };
+    let web = vec![
+        http("web", HttpSide::Server, t, 100_000, "w0", None, 40000),
+        line("web", t + 10_000, "w0"),
+        http(
+            "web",
+            HttpSide::Client,
+            t + 20_000,
+            3_000,
+            "w1",
+            Some("w0"),
+            40001,
+        ),
+        http(
+            "web",
+            HttpSide::Client,
+            t + 30_000,
+            3_000,
+            "w2",
+            Some("w0"),
+            40002,
+        ),
+    ];
+    let api = vec![
+        http(
+            "api",
+            HttpSide::Server,
+            t + 21_000,
+            1_000,
+            "a1",
+            None,
+            40001,
+        ),
+        http(
+            "api",
+            HttpSide::Server,
+            t + 31_000,
+            1_000,
+            "a2",
+            None,
+            40002,
+        ),
+        line("api", t + 31_500, "a2"),
+    ];
+    store.ingest(conformance::batch("web", 0, web)).unwrap();
+    store.ingest(conformance::batch("api", 0, api)).unwrap();
+}
+
+/// A trace's reads (its lookups by request id, of its connections, of its
+/// events) read the granules of its keys and the rows of its hosts and
+/// times only, however many older exchanges the store holds. Each once
+/// read all of `http_index` (looked up by request id, which it is not
+/// sorted by) or all of `events` (no time bound).
+#[test]
+fn a_trace_reads_only_its_keys_hosts_and_times() {
+    let config = shared().config(&fresh_db());
+    let store = ClickhouseStore::open_recording(&config).unwrap();
+    const HISTORY: u64 = 400_000;
+    let now = super::now_ns();
+    super::test_server::insert_exchange_history(&store, HISTORY, now).unwrap();
+    let t = u64::try_from(now - 5_000_000_000).unwrap();
+    traced_request(&store, t);
+    let mark = store.recorded().len();
+    let trace = Filter {
+        trace: Some("w2".into()),
+        ..Filter::default()
+    };
+    assert_eq!(store.count(&trace).unwrap(), 7);
+    let rows = store
+        .query(&Query {
+            filter: trace,
+            limit: 100,
+            ..Query::default()
+        })
+        .unwrap();
+    let got: Vec<(&str, &str, u64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.event.host.as_str(),
+                r.event.data.kind(),
+                r.event.ts_ns - t,
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("web", "http", 0),
+            ("web", "log", 10_000),
+            ("web", "http", 20_000),
+            ("api", "http", 21_000),
+            ("web", "http", 30_000),
+            ("api", "http", 31_000),
+            ("api", "log", 31_500),
+        ]
+    );
+    let reads: Vec<String> = store.recorded()[mark..]
+        .iter()
+        .filter(|s| s.rows.is_some())
+        .map(|s| s.sql.clone())
+        .filter(|sql| {
+            [".http_keys ", ".http_index ", ".events "]
+                .iter()
+                .any(|t| sql.contains(t))
+        })
+        .collect();
+    // Per trace: its lookups by key (w2, its root's trace, the calls
+    // within w0, w0 above w2), its connections, its events.
+    let keyed = reads.iter().filter(|s| s.contains(".http_keys ")).count();
+    assert!(keyed >= 4, "{reads:#?}");
+    let bound = HISTORY / 4;
+    for sql in &reads {
+        let r = read_at_most(&store, sql, bound);
+        assert!(r.is_ok(), "{sql}\nread more than {bound} rows: {r:?}");
+    }
+    // The same lookups on `http_index`, and the same read of the events
+    // without the trace's hosts and times, read the history.
+    let by_req = format!(
+        "SELECT count() FROM {}.http_index WHERE req_id = 'w2'",
+        store.db
+    );
+    assert!(read_at_most(&store, &by_req, bound).is_err());
+    let bounds =
+        regex::Regex::new(r"host IN \([^)]*\) AND raw_ts BETWEEN \d+ AND \d+ AND ").unwrap();
+    let events: Vec<&String> = reads.iter().filter(|s| s.contains(".events ")).collect();
+    assert_eq!(events.len(), 2, "{reads:#?}");
+    for sql in events {
+        assert!(bounds.is_match(sql), "{sql}");
+        let unbounded = bounds.replace(sql, "");
+        assert!(
+            read_at_most(&store, &unbounded, bound).is_err(),
+            "{unbounded}"
+        );
+    }
+}
+
+/// A store of version 4 gets `http_keys` filled from `http_index` when an
+/// aggregator opens it: the same rows ingest writes (each exchange under
+/// its request id, its trace and its parent request, each once), and its
+/// traces are whole again.
+fn http_keys_are_filled_on_upgrade(config: &Config) {
+    let store = ClickhouseStore::open(config).unwrap();
+    let t = u64::try_from(super::now_ns() - 5_000_000_000).unwrap();
+    traced_request(&store, t);
+    // An exchange with a W3C trace: its own trace is the trace id.
+    let mut traced = http(
+        "api",
+        HttpSide::Server,
+        t + 50_000,
+        1_000,
+        "a3",
+        None,
+        40003,
+    );
+    if let EventData::Http(h) = &mut traced.data {
+        h.traceparent = Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into());
+    }
+    store
+        .ingest(conformance::batch("api", 1, vec![traced]))
+        .unwrap();
+    let trace = Filter {
+        trace: Some("w2".into()),
+        ..Filter::default()
+    };
+    assert_eq!(store.count(&trace).unwrap(), 7);
+    let keys = |store: &ClickhouseStore| -> Vec<String> {
+        #[derive(clickhouse::Row, serde::Deserialize)]
+        struct Key {
+            k: String,
+        }
+        let rows: Vec<Key> = store
+            .fetch(&format!(
+                "SELECT concat(key, ' ', req_id) AS k FROM {}.http_keys ORDER BY k",
+                store.db
+            ))
+            .unwrap();
+        rows.into_iter().map(|r| r.k).collect()
+    };
+    let written = keys(&store);
+    assert_eq!(
+        written,
+        [
+            "4bf92f3577b34da6a3ce929d0e0e4736 a3",
+            "a1 a1",
+            "a2 a2",
+            "a3 a3",
+            "w0 w0",
+            "w0 w1",
+            "w0 w2",
+            "w1 w1",
+            "w2 w2",
+        ]
+    );
+    // Version 4: no `http_keys`.
+    let db = &store.db;
+    for t in store.with_columns_of(config, "http_keys") {
+        store
+            .block_on(
+                t.client
+                    .query_raw(&format!("DROP TABLE {db}.{}", t.name))
+                    .execute(),
+            )
+            .unwrap();
+    }
+    store
+        .exec(&format!("DROP TABLE {db}.schema_version"))
+        .unwrap();
+    store
+        .exec(&format!(
+            "CREATE TABLE {db}.schema_version (version UInt32, applied_ns Int64) \
+             ENGINE = MergeTree ORDER BY version"
+        ))
+        .unwrap();
+    store
+        .exec(&format!(
+            "INSERT INTO {db}.schema_version (version, applied_ns) VALUES (4, 0)"
+        ))
+        .unwrap();
+    drop(store);
+    let store = ClickhouseStore::open(config).unwrap();
+    assert_eq!(keys(&store), written);
+    assert_eq!(store.count(&trace).unwrap(), 7);
+    let by_trace = Filter {
+        trace: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
+        ..Filter::default()
+    };
+    assert_eq!(store.count(&by_trace).unwrap(), 1);
+}
+
+#[test]
+fn http_keys_are_filled_on_upgrade_on_one_server() {
+    http_keys_are_filled_on_upgrade(&shared().config(&fresh_db()));
+}
+
+#[test]
+fn http_keys_are_filled_on_upgrade_on_two_shards() {
+    http_keys_are_filled_on_upgrade(&two_shards::config());
+}

@@ -2,7 +2,8 @@
 //! aggregator opens it: each column added since its version
 //! (`schema::ADDED`) is added to every table that holds the rows (on a
 //! cluster each shard's `_local` table first, then the `Distributed` one,
-//! whose inserts name the column), then the version is recorded.
+//! whose inserts name the column); a store before version 5 gets
+//! `http_keys` filled from `http_index`; then the version is recorded.
 //!
 //! Several aggregators may open an older store at once. Each checks that
 //! the column is missing before adding it, and an `ALTER` that fails
@@ -26,11 +27,45 @@ impl ClickhouseStore {
                 self.add_column(config, t, added)?;
             }
         }
+        if found < 5 {
+            self.fill_http_keys(config)?;
+        }
         log::info!(
             "ClickHouse database {} upgraded from tracer schema version {found} to {}",
             self.db,
             schema::SCHEMA_VERSION
         );
+        Ok(())
+    }
+
+    /// Fills `http_keys` (new in version 5) from the exchanges stored
+    /// before: on a cluster each shard's from its own `http_index_local`
+    /// (both spread by host, so the rows stay on their shard). Two
+    /// aggregators upgrading at once both fill it; a trace's lookups read
+    /// each exchange once whatever the copies (`stitch.rs`, `exchanges`).
+    fn fill_http_keys(&self, config: &Config) -> Result<()> {
+        for t in self.holding(config, "http_index") {
+            let into = t.name.replacen("http_index", "http_keys", 1);
+            log::info!(
+                "filling {}.{into} on {} from {} (each exchange under its request ids, \
+                 for traces)",
+                self.db,
+                t.url,
+                t.name
+            );
+            for sql in schema::http_keys_from(&self.db, &into, &t.name) {
+                self.note(&sql, None, None);
+                self.block_on(t.client.query_raw(&sql).execute())
+                    .map_err(|e| {
+                        StoreError::Open(format!(
+                            "upgrading {}.{into} on {} to schema version 5: {}",
+                            self.db,
+                            t.url,
+                            ch_err(e)
+                        ))
+                    })?;
+            }
+        }
         Ok(())
     }
 
