@@ -398,9 +398,11 @@ fn main() -> Result<()> {
         }
         Some("clickhouse-server") => clickhouse_server(&args),
         Some("history") => {
-            // `--store URL --password-file F --batches N`: N batch rows
-            // of the month before the load's events
-            // (`test_server::insert_history`).
+            // `--store URL --password-file F --batches N [--exchanges M
+            // --hosts K]`: N batch rows of the month before the load's
+            // events (`test_server::insert_history`), and M exchanges of
+            // its hosts host-1..host-K with a log line each
+            // (`test_server::insert_exchange_history`).
             let url: String = arg(&args, "--store", None)?;
             let password =
                 std::fs::read_to_string(arg::<PathBuf>(&args, "--password-file", None)?)?;
@@ -410,11 +412,32 @@ fn main() -> Result<()> {
                 ..Config::parse(&url).map_err(anyhow::Error::msg)?
             })?;
             let rows: u64 = arg(&args, "--batches", None)?;
+            let exchanges: u64 = arg(&args, "--exchanges", Some(0))?;
+            let hosts: usize = arg(&args, "--hosts", Some(50))?;
             let t0 = Instant::now();
             test_server::insert_history(&store, rows, FIRST_TS_NS as i64)?;
+            let batches_s = t0.elapsed().as_secs_f64();
+            let mut keys_filled_s = 0.0;
+            if exchanges > 0 {
+                let names: Vec<String> = (1..=hosts).map(|h| format!("host-{h}")).collect();
+                let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                keys_filled_s = test_server::insert_exchange_history(
+                    &store,
+                    exchanges,
+                    FIRST_TS_NS as i64,
+                    &names,
+                )?
+                .as_secs_f64();
+            }
             println!(
                 "{}",
-                serde_json::json!({"batches": rows, "seconds": t0.elapsed().as_secs_f64()})
+                serde_json::json!({
+                    "batches": rows,
+                    "batches_seconds": batches_s,
+                    "exchanges": exchanges,
+                    "http_keys_filled_seconds": keys_filled_s,
+                    "seconds": t0.elapsed().as_secs_f64(),
+                })
             );
             Ok(())
         }

@@ -13,7 +13,9 @@
 //! - **history**: the reads a user makes of recent events (a window, a
 //!   grep count, a tail's start, an idle `tail -f`) on a ClickHouse store,
 //!   then again once `batches` holds `--history-batches` rows of the month
-//!   before (many hosts' small batches).
+//!   before (many hosts' small batches), and the store
+//!   `--history-exchanges` older exchanges of the same hosts; and a trace
+//!   looked up with no time, as the web UI's trace view does.
 //!
 //! The ClickHouse server is the tests' own (`test_server.rs`: Debian's
 //! 18.16, its own directory and ports), started through
@@ -102,6 +104,11 @@ pub struct ClickhouseArgs {
     /// under three hours).
     #[arg(long, default_value_t = 10_000_000)]
     history_batches: u64,
+    /// Older HTTP exchanges the history part adds too (each a row of
+    /// `http_index` and `http_keys` and two of `events`), of the load's
+    /// hosts over the same month.
+    #[arg(long, default_value_t = 10_000_000)]
+    history_exchanges: u64,
     /// Use the binaries in target/release as they are.
     #[arg(long)]
     no_build: bool,
@@ -914,6 +921,10 @@ struct Reads {
     grep_s: f64,
     /// `tracer tail -n 10`: a tail's cursor and its last lines.
     snapshot_s: f64,
+    /// `tracer timeline --since 0 --trace ID`: a trace as the web UI's
+    /// trace view asks for it (no time), for a client call of the
+    /// window's.
+    trace_s: f64,
     /// clickhouse-server's CPU seconds over 5 s of `tracer tail -f` with
     /// nothing arriving, from 3 s after its start.
     idle_tail_cpu_s: f64,
@@ -933,17 +944,44 @@ fn timed_cli(ctx: &Ctx, agg: &Aggregator, cli_args: &[&str]) -> Result<(String, 
     Ok((out, t0.elapsed().as_secs_f64()))
 }
 
-/// Each read of [`Reads`], the median of 3; the answers must be `expect`'s
-/// (lines of the window, the grep count).
-fn measure_reads(ctx: &Ctx, agg: &Aggregator, server: &Server) -> Result<(Reads, (usize, u64))> {
+/// The answers of [`measure_reads`]: lines of the window, the grep
+/// count, the trace's lines.
+type Answers = (usize, u64, usize);
+
+/// The request id of the window's first client call (the load's calls
+/// cross to the next host, so its trace spans two).
+fn a_client_call(ctx: &Ctx, agg: &Aggregator, since: &str, until: &str) -> Result<String> {
+    let (out, _) = timed_cli(
+        ctx,
+        agg,
+        &[
+            "timeline", "--since", since, "--until", until, "--kind", "http", "--limit", "100",
+            "--json",
+        ],
+    )?;
+    for line in out.lines() {
+        let e: serde_json::Value = serde_json::from_str(line).context("timeline --json")?;
+        if e["side"] == "client"
+            && let Some(id) = e["req_id"].as_str()
+        {
+            return Ok(id.to_string());
+        }
+    }
+    bail!("no client call among the window's first 100 exchanges")
+}
+
+/// Each read of [`Reads`], the median of 3, and their [`Answers`].
+fn measure_reads(ctx: &Ctx, agg: &Aggregator, server: &Server) -> Result<(Reads, Answers)> {
     let since = (LOAD_FIRST_TS_NS + 1_000_000_000).to_string();
     let until = (LOAD_FIRST_TS_NS + 2_000_000_000).to_string();
     let window = [
         "timeline", "--since", &since, "--until", &until, "--limit", "100",
     ];
     let grep = ["grep", "-c", "--since", &since, "--until", &until, "error"];
-    let (mut w, mut g, mut t) = (Vec::new(), Vec::new(), Vec::new());
-    let mut answers = (0, 0);
+    let call = a_client_call(ctx, agg, &since, &until)?;
+    let trace = ["timeline", "--since", "0", "--trace", &call];
+    let (mut w, mut g, mut t, mut tr) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut answers = (0, 0, 0);
     for _ in 0..3 {
         let (out, s) = timed_cli(ctx, agg, &window)?;
         answers.0 = out.lines().count();
@@ -956,6 +994,9 @@ fn measure_reads(ctx: &Ctx, agg: &Aggregator, server: &Server) -> Result<(Reads,
             bail!("tail -n 10 printed {} lines", out.lines().count());
         }
         t.push(s);
+        let (out, s) = timed_cli(ctx, agg, &trace)?;
+        answers.2 = out.lines().count();
+        tr.push(s);
     }
     let mut follow = Command::new(tracer::binary());
     follow
@@ -975,6 +1016,7 @@ fn measure_reads(ctx: &Ctx, agg: &Aggregator, server: &Server) -> Result<(Reads,
             window_s: median(w),
             grep_s: median(g),
             snapshot_s: median(t),
+            trace_s: median(tr),
             idle_tail_cpu_s: (s1 - s0) as f64 / ctx.ticks,
         },
         answers,
@@ -993,15 +1035,18 @@ fn history_part(args: &ClickhouseArgs, ctx: &Ctx, server: &Server) -> Result<Str
         settle(server)?;
         let (empty, answers) = measure_reads(ctx, &aggs[0], server)?;
         println!(
-            "history: adding {} rows of older batches ...",
-            args.history_batches
+            "history: adding {} rows of older batches and {} older exchanges ...",
+            args.history_batches, args.history_exchanges
         );
-        cmd::output(
+        let added = cmd::output(
             Command::new(load_gen())
                 .arg("history")
                 .args(backend.load_args())
-                .args(["--batches", &args.history_batches.to_string()]),
+                .args(["--batches", &args.history_batches.to_string()])
+                .args(["--exchanges", &args.history_exchanges.to_string()])
+                .args(["--hosts", &ctx.hosts.to_string()]),
         )?;
+        println!("history: added {}", added.trim());
         settle(server)?;
         let (full, again) = measure_reads(ctx, &aggs[0], server)?;
         if again != answers {
@@ -1012,7 +1057,7 @@ fn history_part(args: &ClickhouseArgs, ctx: &Ctx, server: &Server) -> Result<Str
     for a in aggs {
         a.stop()?;
     }
-    let (empty, full, (lines, matches)) = result?;
+    let (empty, full, (lines, matches, trace_lines)) = result?;
     let mut t = String::new();
     let _ = writeln!(
         t,
@@ -1020,16 +1065,24 @@ fn history_part(args: &ClickhouseArgs, ctx: &Ctx, server: &Server) -> Result<Str
          --events {} --history-batches {}`: one aggregator on ClickHouse, {} events of the \
          ingest mix over HTTP; then the reads a user makes of recent events through the \
          `tracer` CLI (medians of 3; each answer the same both times: {lines} lines of the \
-         window, {matches} grep matches), and clickhouse-server's CPU over 5 s of an idle \
-         `tracer tail -f`; then again after {} rows of older batches (a month before the \
-         events, committed a month before now) were added to `batches`, as agents' small \
-         batches leave them.\n",
-        args.events, args.history_batches, args.events, args.history_batches
+         window, {matches} grep matches, {trace_lines} lines of the trace), and \
+         clickhouse-server's CPU over 5 s of an idle `tracer tail -f`; then again after {} \
+         rows of older batches (a month before the events, committed a month before now) \
+         were added to `batches`, as agents' small batches leave them, and {} older \
+         exchanges of the same hosts (over the same month, each with a log line of its \
+         request) to `http_index`, `http_keys` and `events`.\n",
+        args.events,
+        args.history_batches,
+        args.events,
+        args.history_batches,
+        args.history_exchanges
     );
     let _ = writeln!(
         t,
-        "| read | without | with {}M older batch rows | ratio |\n|---|---:|---:|---:|",
-        args.history_batches / 1_000_000
+        "| read | without | with {}M older batch rows, {}M older exchanges | ratio |\n\
+         |---|---:|---:|---:|",
+        args.history_batches / 1_000_000,
+        args.history_exchanges / 1_000_000
     );
     for (name, a, b, unit) in [
         (
@@ -1040,6 +1093,12 @@ fn history_part(args: &ClickhouseArgs, ctx: &Ctx, server: &Server) -> Result<Str
         ),
         ("`grep -c` over 1 s", empty.grep_s, full.grep_s, "s"),
         ("`tail -n 10`", empty.snapshot_s, full.snapshot_s, "s"),
+        (
+            "`timeline --since 0 --trace ID`",
+            empty.trace_s,
+            full.trace_s,
+            "s",
+        ),
         (
             "idle `tail -f`: server CPU over 5 s",
             empty.idle_tail_cpu_s,

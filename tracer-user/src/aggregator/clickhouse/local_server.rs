@@ -346,50 +346,55 @@ pub fn insert_history(
     ))
 }
 
-/// Adds `exchanges` older HTTP exchanges of hosts `web` and `api` to
-/// `store` (each a row of `http_index` and of `http_keys`, and two of
-/// `events`: its event and a log line of its request), their raw times
-/// over the 30 days before the day before `before_ns`, for the tests and
-/// benchmarks of how a trace's reads cost as a store grows. Their batches
-/// are not recorded (they never show): what they change is how much of
-/// each table a read opens.
+/// Adds `exchanges` older HTTP exchanges of `hosts` (in turn) to `store`
+/// (each a row of `http_index` and of `http_keys`, and two of `events`:
+/// its event and a log line of its request), their raw times over the 30
+/// days before the day before `before_ns`, for the tests and benchmarks
+/// of how a trace's reads cost as a store grows. Their batches are not
+/// recorded (they never show): what they change is how much of each
+/// table a read opens. `http_keys` is filled from `http_index` as an
+/// upgrade fills it: how long that took is returned.
 pub fn insert_exchange_history(
     store: &super::ClickhouseStore,
     exchanges: u64,
     before_ns: i64,
-) -> super::Result<()> {
+    hosts: &[&str],
+) -> super::Result<std::time::Duration> {
     const DAY_NS: i64 = 86_400_000_000_000;
     let n = i64::try_from(exchanges.max(1)).unwrap_or(i64::MAX);
     let t0 = before_ns - 31 * DAY_NS;
     let step = 30 * DAY_NS / n;
     let db = &store.db;
+    let names: Vec<String> = hosts.iter().map(|h| super::sql::lit(h)).collect();
+    let host = |of: &str| format!("[{}][{of} % {} + 1]", names.join(", "), hosts.len().max(1));
     let req = "concat('old-', toString(number))";
-    for (table, key) in [("http_index", ""), ("http_keys", "key, ")] {
-        let key_value = if key.is_empty() {
-            String::new()
-        } else {
-            format!("{req}, ")
-        };
-        store.exec(&format!(
-            "INSERT INTO {db}.{table} ({key}{cols}) SELECT {key_value}toInt64(number), \
-             toInt64(number), if(number % 2 = 0, 'web', 'api'), \
-             if(number % 2 = 0, 'client', 'server'), \
-             concat('10.9.0.1:', toString(number % 60000), '>10.9.0.2:80'), \
-             toInt64({t0} + number * {step}), toInt64({t0} + number * {step} + 1000000), \
-             {req}, '', {req} FROM system.numbers LIMIT {n}",
-            cols = super::schema::EXCHANGE_COLUMN_NAMES,
-        ))?;
+    store.exec(&format!(
+        "INSERT INTO {db}.http_index ({cols}) SELECT toInt64(number), toInt64(number), {host}, \
+         if(number % 2 = 0, 'client', 'server'), \
+         concat('10.9.0.1:', toString(number % 60000), '>10.9.0.2:80'), \
+         toInt64({t0} + number * {step}), toInt64({t0} + number * {step} + 1000000), \
+         {req}, '', {req} FROM system.numbers LIMIT {n}",
+        cols = super::schema::EXCHANGE_COLUMN_NAMES,
+        host = host("number"),
+    ))?;
+    // `http_keys` as an upgrade fills it, of these rows alone.
+    let filling = std::time::Instant::now();
+    for fill in super::schema::http_keys_from(db, "http_keys", "http_index") {
+        store.exec(&format!("{fill} AND startsWith(req_id, 'old-')"))?;
     }
+    let filled_in = filling.elapsed();
     let x = "intDiv(number, 2)";
     store.exec(&format!(
         "INSERT INTO {db}.events (id, commit_id, raw_ts, host, pid, tid, comm, kind, stream, \
          text, req_id, json) SELECT toInt64(number), toInt64({x}), \
-         toInt64({t0} + {x} * {step} + number % 2), if({x} % 2 = 0, 'web', 'api'), \
+         toInt64({t0} + {x} * {step} + number % 2), {}, \
          toUInt32(1), toUInt32(1), 'node', if(number % 2 = 0, 'http', 'log'), \
          if(number % 2 = 0, '', 'stdout'), if(number % 2 = 0, '', 'handling'), \
          concat('old-', toString({x})), '' FROM system.numbers LIMIT {}",
+        host(x),
         2 * n
-    ))
+    ))?;
+    Ok(filled_in)
 }
 
 /// Runs clickhouse-server on the config in `dir`.

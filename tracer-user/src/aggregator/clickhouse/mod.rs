@@ -990,9 +990,8 @@ impl ClickhouseStore {
         // A tenth more than the last group's rows took, for some margin.
         let mut events = RowBinary::with_capacity(rows * row_bytes / 10 * 11);
         let mut http = RowBinary::default();
-        // The client side's rows of `http`, again (`schema.rs`).
-        let mut clients = RowBinary::default();
-        // The rows of `http` again, under each of their request ids.
+        // The rows of `http` again under the keys they are looked up by
+        // (`schema.rs`): a client call's host, each request id.
         let mut keys = RowBinary::default();
         let mut commits = RowBinary::default();
         let received = now_ns();
@@ -1062,10 +1061,11 @@ impl ClickhouseStore {
                     };
                     row(&mut http);
                     if h.side == HttpSide::Client {
-                        row(&mut clients);
+                        keys.str(schema::BY_CLIENT).str(&e.host);
+                        row(&mut keys);
                     }
                     for key in schema::exchange_keys(&h.req_id, &trace, parent) {
-                        keys.str(key);
+                        keys.str(schema::BY_REQUEST).str(key);
                         row(&mut keys);
                     }
                 }
@@ -1097,11 +1097,7 @@ impl ClickhouseStore {
             ));
         }
         let had_http = http.rows() > 0;
-        for (table, key, rows) in [
-            ("http_index", "", http),
-            ("http_clients", "", clients),
-            ("http_keys", "key, ", keys),
-        ] {
+        for (table, key, rows) in [("http_index", "", http), ("http_keys", "kind, key, ", keys)] {
             if rows.rows() > 0 {
                 inserts.push((
                     format!(

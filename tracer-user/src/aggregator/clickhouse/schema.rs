@@ -17,11 +17,14 @@
 /// estimates of the others would miss the exchanges it stores; and the
 /// raw times each batch's events span (`batches.min_raw_ts`,
 /// `max_raw_ts`, [`ADDED`]), which bound a live tail's reads. Version 5
-/// added the table `http_keys`, each exchange again under each of its
-/// request ids, which a trace's lookups read: a tracer of version 4 would
-/// not write it, and traces through the exchanges it stores would break.
-/// An older store gets it filled from `http_index` when an aggregator
-/// opens it ([`http_keys_from`], `upgrade.rs`).
+/// replaced `http_clients` with `http_keys`: each exchange again under
+/// the keys it is looked up by, a client call under its host (what
+/// `http_clients` held) and every exchange under each of its request ids,
+/// which a trace's lookups read. A tracer of version 4 would not write
+/// it, and the clock estimates and traces of the others would miss the
+/// exchanges it stores. An older store gets it filled from `http_index`
+/// when an aggregator opens it ([`http_keys_from`], `upgrade.rs`); its
+/// `http_clients` stays, no longer written or read.
 pub const SCHEMA_VERSION: u32 = 5;
 
 /// A column added to a table after version 1: a store of an older version
@@ -103,15 +106,13 @@ pub fn create(db: &str, cluster: Option<&str>) -> Vec<String> {
 /// Where the big tables are in [`create_single`]'s list.
 const EVENTS: usize = 2;
 const HTTP_INDEX: usize = 4;
-const HTTP_CLIENTS: usize = 8;
-const HTTP_KEYS: usize = 9;
+const HTTP_KEYS: usize = 8;
 
 /// The tables a cluster spreads over its shards, by their place in
 /// [`create_single`]'s list.
-pub const SHARDED: [(usize, &str); 4] = [
+pub const SHARDED: [(usize, &str); 3] = [
     (EVENTS, "events"),
     (HTTP_INDEX, "http_index"),
-    (HTTP_CLIENTS, "http_clients"),
     (HTTP_KEYS, "http_keys"),
 ];
 
@@ -133,20 +134,30 @@ pub fn http_index(db: &str, name: &str) -> String {
 
 /// The statements that fill `into` (`http_keys` or a shard's
 /// `http_keys_local`) from `from` (the `http_index` holding the same
-/// hosts' rows): each exchange under each of its distinct request ids, as
-/// ingest writes them ([`KEYED_BY`]). For a store of a version before 5.
+/// hosts' rows) as ingest writes it: each client call under its host,
+/// each exchange under each of its distinct request ids ([`KEYED_BY`]).
+/// For a store of a version before 5.
 pub fn http_keys_from(db: &str, into: &str, from: &str) -> Vec<String> {
-    KEYED_BY
-        .iter()
-        .map(|(column, unless)| {
-            format!(
-                "INSERT INTO {db}.{into} (key, {cols}) SELECT {column} AS key, {cols} \
-                 FROM {db}.{from} WHERE {column} != ''{unless}",
-                cols = EXCHANGE_COLUMN_NAMES
-            )
-        })
-        .collect()
+    let cols = EXCHANGE_COLUMN_NAMES;
+    let mut out = vec![format!(
+        "INSERT INTO {db}.{into} (kind, key, {cols}) SELECT '{BY_CLIENT}', host, {cols} \
+         FROM {db}.{from} WHERE side = 'client'"
+    )];
+    out.extend(KEYED_BY.iter().map(|(column, unless)| {
+        format!(
+            "INSERT INTO {db}.{into} (kind, key, {cols}) SELECT '{BY_REQUEST}', {column}, \
+             {cols} FROM {db}.{from} WHERE {column} != ''{unless}"
+        )
+    }));
+    out
 }
+
+/// `http_keys.kind` of a client call under its host (the clock
+/// estimates' reads of a client host's latest exchanges).
+pub const BY_CLIENT: &str = "client";
+/// `http_keys.kind` of an exchange under one of its request ids (a
+/// trace's lookups, [`KEYED_BY`]).
+pub const BY_REQUEST: &str = "request";
 
 /// The request ids an exchange is found by in `http_keys`: its own, its
 /// trace's and the server request it was made within (a client call's),
@@ -161,9 +172,9 @@ pub const KEYED_BY: [(&str, &str); 3] = [
     ),
 ];
 
-/// The keys ingest writes an exchange under in `http_keys`, as
-/// [`KEYED_BY`] says: its request id, trace and parent request, each
-/// once, none empty.
+/// The request ids ingest writes an exchange under in `http_keys`
+/// ([`BY_REQUEST`]), as [`KEYED_BY`] says: its own, its trace and its
+/// parent request, each once, none empty.
 pub fn exchange_keys<'a>(
     req_id: &'a str,
     own_trace: &'a str,
@@ -181,8 +192,8 @@ pub fn exchange_keys<'a>(
 pub const EXCHANGE_COLUMN_NAMES: &str =
     "id, commit_id, host, side, conn, start_ns, end_ns, req_id, parent_req_id, own_trace";
 
-/// The columns of `http_index`, `http_clients` and (after its key)
-/// `http_keys`.
+/// The columns of `http_index` and (after its kind and key) `http_keys`
+/// (and of version 4's `http_clients`).
 const EXCHANGE_COLUMNS: &str = "id Int64, commit_id Int64, host String, side String, \
     conn String, start_ns Int64, end_ns Int64, req_id String, parent_req_id String, \
     own_trace String";
@@ -323,36 +334,35 @@ fn create_single(db: &str) -> Vec<String> {
                 name String
             ) ENGINE = MergeTree ORDER BY (tag, started_ns)"
         ),
-        // The client side's rows of `http_index` again, sorted by host and
-        // time: the clock estimates after ingest read a client host's
-        // latest exchanges (stitch.rs, `estimate`). On `http_index`,
-        // sorted by connection, that read could skip only the parts
-        // whose start times all lie before its bound; once merges joined
-        // the new parts to the older ones of the day, it read them whole
-        // (at 49M events 215k rows per read, 36 reads per 1M events
-        // ingested, docs/aggregator.md, "Flat as the store grows"). Here
-        // the primary key bounds it to the host's exchanges since the
-        // bound, however the parts were merged. Since version 4.
+        // Every exchange again under the keys it is looked up by, one
+        // table for both (one more small insert per group, and the parts
+        // it makes and merges, cost the server ~20% more CPU per event
+        // than one more table's rows, docs/benchmarks.md 2026-12-07):
+        // - kind `client`: a client call under its host, sorted by time:
+        //   the clock estimates after ingest read a client host's latest
+        //   exchanges (stitch.rs, `estimate`). On `http_index`, sorted by
+        //   connection, that read could skip only the parts whose start
+        //   times all lie before its bound; once merges joined the new
+        //   parts to the older ones of the day, it read them whole (at
+        //   49M events 215k rows per read, 36 reads per 1M events
+        //   ingested, docs/aggregator.md, "Flat as the store grows").
+        //   Version 4 kept these rows in a table of their own,
+        //   `http_clients`.
+        // - kind `request`: every exchange under each of its request ids
+        //   (`KEYED_BY`): a trace's lookups (stitch.rs, `trace`: the id
+        //   asked for, a trace's roots, a client call's server request,
+        //   the calls made within one). On `http_index` each read all of
+        //   it, so a trace took longer the longer the store had been
+        //   written.
+        // Here the primary key bounds each read to its key (and time),
+        // however the parts were merged. Partitioned by day of `start_ns`
+        // like `http_index`: a lookup by request id, which has no time,
+        // reads a granule per part of every day kept. Since version 5.
         format!(
-            "CREATE TABLE IF NOT EXISTS {db}.http_clients ({EXCHANGE_COLUMNS}) ENGINE = MergeTree
+            "CREATE TABLE IF NOT EXISTS {db}.http_keys (kind String, key String, \
+             {EXCHANGE_COLUMNS}) ENGINE = MergeTree
             PARTITION BY intDiv(start_ns, 86400000000000)
-            ORDER BY (host, start_ns)
-            SETTINGS index_granularity = 1024"
-        ),
-        // Every exchange again under each of its request ids (`KEYED_BY`):
-        // a trace's lookups by request id (`stitch.rs`, `trace`: the id
-        // asked for, a trace's roots, a client call's server request and
-        // the calls made within one). On `http_index`, sorted by
-        // connection, each read all of it, so a trace took longer the
-        // longer the store had been written; here each reads the granule
-        // that may hold its key in each part. Partitioned by day of
-        // `start_ns` like `http_index`: a lookup with no time reads a
-        // granule per part of every day kept. Since version 5.
-        format!(
-            "CREATE TABLE IF NOT EXISTS {db}.http_keys (key String, {EXCHANGE_COLUMNS}) \
-             ENGINE = MergeTree
-            PARTITION BY intDiv(start_ns, 86400000000000)
-            ORDER BY key
+            ORDER BY (kind, key, start_ns)
             SETTINGS index_granularity = 1024"
         ),
     ]

@@ -24,6 +24,7 @@ use serde::Deserialize;
 
 use super::{
     ClickhouseStore,
+    schema::{BY_CLIENT, BY_REQUEST},
     sql::{RawBounds, TRACE_SLACK_NS, TraceSet, in_list, lit},
 };
 use crate::{
@@ -103,14 +104,22 @@ impl ClickhouseStore {
     }
 
     /// The committed exchanges whose `column` (`req_id`, `own_trace` or
-    /// `parent_req_id`) is `key` and that meet `cond`, each once: read
-    /// from `http_keys`, sorted by key, where an exchange is under each of
-    /// its request ids (filled twice if two aggregators upgraded a store
-    /// at once, `upgrade.rs`).
-    fn exchanges_by(&self, column: &str, key: &str, cond: &str) -> Result<Vec<Exchange>> {
+    /// `parent_req_id`) is `key`, of one (host, side) if given, each once:
+    /// read from `http_keys`, sorted by key, where an exchange is under
+    /// each of its request ids (filled twice if two aggregators upgraded
+    /// a store at once, `upgrade.rs`).
+    fn exchanges_by(
+        &self,
+        column: &str,
+        key: &str,
+        of: Option<(&str, &str)>,
+    ) -> Result<Vec<Exchange>> {
         let k = lit(key);
+        let of = of.map_or(String::new(), |(host, side)| {
+            format!(" AND host = {} AND side = {}", lit(host), lit(side))
+        });
         let mut rows = self.committed_exchanges(&format!(
-            "{}.http_keys WHERE key = {k} AND {column} = {k}{cond}",
+            "{}.http_keys WHERE kind = '{BY_REQUEST}' AND key = {k} AND {column} = {k}{of}",
             self.db
         ))?;
         let mut seen = HashSet::new();
@@ -379,7 +388,8 @@ fn estimate(
     let latest_clients = |since: Option<i64>| {
         store
             .fetch::<Exchange>(&format!(
-                "SELECT {EXCHANGE_COLS} FROM {db}.http_clients WHERE host = {h}{bound} \
+                "SELECT {EXCHANGE_COLS} FROM {db}.http_keys WHERE kind = '{BY_CLIENT}' \
+                 AND key = {h}{bound} \
                  ORDER BY start_ns DESC LIMIT {SAMPLE}",
                 db = store.db,
                 h = lit(ch),
@@ -455,8 +465,8 @@ fn replaces(known: Option<(i64, i64)>, theta: i64, links: i64) -> bool {
 /// Every read is bounded in time by the group's own exchanges (raw times,
 /// give or take [`MAX_SKEW_NS`] between hosts), and by keys its table is
 /// sorted by: connections in `http_index` (sorted by connection, side,
-/// start), a client host's latest exchanges in `http_clients` (sorted by
-/// host, start). None makes the commit check, which reads all of
+/// start), a client host's latest exchanges in `http_keys` (sorted by
+/// kind, key, start: its host's client calls by start). None makes the commit check, which reads all of
 /// `batches` ([`distinct`] says why it is not needed). What a group reads
 /// then depends on the recent traffic, not on the size of the store
 /// (docs/aggregator.md, "Flat as the store grows").
@@ -810,11 +820,9 @@ impl Walker<'_> {
                 .map(|l| l.0);
             Ok(client.and_then(|c| self.nodes.get(&c).cloned()))
         } else if !n.parent_req_id.is_empty() {
-            let rows = self.store.exchanges_by(
-                "req_id",
-                &n.parent_req_id,
-                &format!(" AND host = {} AND side = 'server'", lit(&n.host)),
-            )?;
+            let rows =
+                self.store
+                    .exchanges_by("req_id", &n.parent_req_id, Some((&n.host, "server")))?;
             Ok(rows.into_iter().min_by_key(|e| e.id))
         } else {
             Ok(None)
@@ -824,11 +832,8 @@ impl Walker<'_> {
     /// The exchanges one level down.
     fn down(&mut self, n: &Exchange) -> Result<Vec<Exchange>> {
         if n.side == "server" {
-            self.store.exchanges_by(
-                "parent_req_id",
-                &n.req_id,
-                &format!(" AND host = {} AND side = 'client'", lit(&n.host)),
-            )
+            self.store
+                .exchanges_by("parent_req_id", &n.req_id, Some((&n.host, "client")))
         } else {
             let id = n.id;
             let servers: Vec<i64> = self
@@ -873,12 +878,12 @@ pub fn trace(store: &ClickhouseStore, t: &str) -> Result<TraceSet> {
         nodes: HashMap::new(),
     };
     let mut traces = BTreeSet::from([t.to_owned()]);
-    for n in store.exchanges_by("req_id", t, "")? {
+    for n in store.exchanges_by("req_id", t, None)? {
         traces.insert(w.root_trace(n)?);
     }
     let mut stack = Vec::new();
     for tr in &traces {
-        for n in store.exchanges_by("own_trace", tr, "")? {
+        for n in store.exchanges_by("own_trace", tr, None)? {
             if w.up(&n)?.is_none() {
                 stack.push(n);
             }

@@ -874,7 +874,7 @@ fn only_loopback_servers_are_sent_uncompressed() {
 /// Merges are stopped first, so that the new exchanges stay in parts of
 /// their own, as they are between merges; then everything is merged into
 /// one part, as merges do in time, and the client host's latest exchanges
-/// are still read within their bound (from `http_clients`), where the
+/// are still read within their bound (from `http_keys`), where the
 /// same read on `http_index` would read the older traffic too.
 #[test]
 fn reads_after_a_group_skip_older_traffic() {
@@ -882,7 +882,7 @@ fn reads_after_a_group_skip_older_traffic() {
     let a = ClickhouseStore::open(&config).unwrap();
     // Each load in parts of its own first (merges stopped), then all of
     // it in one part (below).
-    for table in ["http_index", "http_clients"] {
+    for table in ["http_index", "http_keys"] {
         a.exec(&format!("SYSTEM STOP MERGES {}.{table}", a.db))
             .unwrap();
     }
@@ -910,7 +910,7 @@ fn reads_after_a_group_skip_older_traffic() {
         .iter()
         .filter(|s| {
             s.sql.starts_with("SELECT")
-                && (s.sql.contains(".http_index ") || s.sql.contains(".http_clients "))
+                && (s.sql.contains(".http_index ") || s.sql.contains(".http_keys "))
         })
         .cloned()
         .collect();
@@ -948,9 +948,9 @@ fn reads_after_a_group_skip_older_traffic() {
     // Once merges joined the new exchanges to the older ones (here all in
     // one part), a part's range of times no longer keeps the older out:
     // the client host's latest exchanges, read from `http_index` (sorted
-    // by connection), would read them all; from `http_clients` (sorted by
-    // host and time) the primary key still bounds the read.
-    for table in ["http_index", "http_clients"] {
+    // by connection), would read them all; from `http_keys` (a client
+    // host's calls sorted by time) the primary key still bounds the read.
+    for table in ["http_index", "http_keys"] {
         b.exec(&format!("SYSTEM START MERGES {}.{table}", b.db))
             .unwrap();
         merge_into_one_part(&b, table);
@@ -958,14 +958,14 @@ fn reads_after_a_group_skip_older_traffic() {
     let latest: Vec<&str> = reads
         .iter()
         .map(|s| s.sql.as_str())
-        .filter(|sql| sql.contains(".http_clients "))
+        .filter(|sql| sql.contains(".http_keys "))
         .collect();
     assert_eq!(latest.len(), 2, "{reads:#?}");
     for sql in latest {
         let r = rows_at_most(sql);
         assert!(r.is_ok(), "{sql}\nread more than {bound} rows: {r:?}");
         let on_index = sql.replace(
-            ".http_clients WHERE host = 'api'",
+            ".http_keys WHERE kind = 'client' AND key = 'api'",
             ".http_index WHERE host = 'api' AND side = 'client'",
         );
         assert_ne!(on_index, sql);
@@ -1892,7 +1892,7 @@ fn a_trace_reads_only_its_keys_hosts_and_times() {
     let store = ClickhouseStore::open_recording(&config).unwrap();
     const HISTORY: u64 = 400_000;
     let now = super::now_ns();
-    super::test_server::insert_exchange_history(&store, HISTORY, now).unwrap();
+    super::test_server::insert_exchange_history(&store, HISTORY, now, &["web", "api"]).unwrap();
     let t = u64::try_from(now - 5_000_000_000).unwrap();
     traced_request(&store, t);
     let mark = store.recorded().len();
@@ -1971,9 +1971,9 @@ fn a_trace_reads_only_its_keys_hosts_and_times() {
 }
 
 /// A store of version 4 gets `http_keys` filled from `http_index` when an
-/// aggregator opens it: the same rows ingest writes (each exchange under
-/// its request id, its trace and its parent request, each once), and its
-/// traces are whole again.
+/// aggregator opens it: the same rows ingest writes (each client call
+/// under its host; each exchange under its request id, its trace and its
+/// parent request, each once), and its traces are whole again.
 fn http_keys_are_filled_on_upgrade(config: &Config) {
     let store = ClickhouseStore::open(config).unwrap();
     let t = u64::try_from(super::now_ns() - 5_000_000_000).unwrap();
@@ -2006,7 +2006,7 @@ fn http_keys_are_filled_on_upgrade(config: &Config) {
         }
         let rows: Vec<Key> = store
             .fetch(&format!(
-                "SELECT concat(key, ' ', req_id) AS k FROM {}.http_keys ORDER BY k",
+                "SELECT concat(kind, ' ', key, ' ', req_id) AS k FROM {}.http_keys ORDER BY k",
                 store.db
             ))
             .unwrap();
@@ -2016,15 +2016,17 @@ fn http_keys_are_filled_on_upgrade(config: &Config) {
     assert_eq!(
         written,
         [
-            "4bf92f3577b34da6a3ce929d0e0e4736 a3",
-            "a1 a1",
-            "a2 a2",
-            "a3 a3",
-            "w0 w0",
-            "w0 w1",
-            "w0 w2",
-            "w1 w1",
-            "w2 w2",
+            "client web w1",
+            "client web w2",
+            "request 4bf92f3577b34da6a3ce929d0e0e4736 a3",
+            "request a1 a1",
+            "request a2 a2",
+            "request a3 a3",
+            "request w0 w0",
+            "request w0 w1",
+            "request w0 w2",
+            "request w1 w1",
+            "request w2 w2",
         ]
     );
     // Version 4: no `http_keys`.
