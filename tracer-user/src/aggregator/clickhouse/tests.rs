@@ -1834,49 +1834,35 @@ fn traced_request(store: &ClickhouseStore, t: u64) {
         }
         e
     };
-    let web = vec![
+    let mut web = vec![
         http("web", HttpSide::Server, t, 100_000, "w0", None, 40000),
         line("web", t + 10_000, "w0"),
-        http(
+    ];
+    let mut api = Vec::new();
+    // Call n starts at t + n * 10 µs + 10 µs and is served 1 µs later.
+    for n in 1..=2u16 {
+        let (at, port) = (t + u64::from(n) * 10_000 + 10_000, 40000 + n);
+        let (call, served) = (format!("w{n}"), format!("a{n}"));
+        web.push(http(
             "web",
             HttpSide::Client,
-            t + 20_000,
+            at,
             3_000,
-            "w1",
+            &call,
             Some("w0"),
-            40001,
-        ),
-        http(
-            "web",
-            HttpSide::Client,
-            t + 30_000,
-            3_000,
-            "w2",
-            Some("w0"),
-            40002,
-        ),
-    ];
-    let api = vec![
-        http(
+            port,
+        ));
+        api.push(http(
             "api",
             HttpSide::Server,
-            t + 21_000,
+            at + 1_000,
             1_000,
-            "a1",
+            &served,
             None,
-            40001,
-        ),
-        http(
-            "api",
-            HttpSide::Server,
-            t + 31_000,
-            1_000,
-            "a2",
-            None,
-            40002,
-        ),
-        line("api", t + 31_500, "a2"),
-    ];
+            port,
+        ));
+    }
+    api.push(line("api", t + 31_500, "a2"));
     store.ingest(conformance::batch("web", 0, web)).unwrap();
     store.ingest(conformance::batch("api", 0, api)).unwrap();
 }
