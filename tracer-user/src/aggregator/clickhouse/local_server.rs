@@ -343,6 +343,13 @@ pub fn insert_history(
         c_step = super::IdSource::floor_at(30 * DAY_MS) / rows,
         t0 = before_ns - 31 * DAY_MS * 1_000_000,
         t_step = 30 * DAY_MS * 1_000_000 / rows,
+    ))?;
+    // Their hosts' first commits, as the aggregators that stored them
+    // would have recorded them.
+    store.exec(&format!(
+        "INSERT INTO {db}.hosts (host, first_commit) SELECT host, min(commit_id) \
+         FROM {db}.batches WHERE startsWith(host, 'old') GROUP BY host",
+        db = store.db
     ))
 }
 

@@ -53,7 +53,7 @@ pub use self::local_server as test_server;
 mod tests;
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     sync::{
         Mutex,
         atomic::{AtomicUsize, Ordering},
@@ -207,7 +207,7 @@ pub struct ClickhouseStore {
     sharded: bool,
     /// When this aggregator last re-estimated each host pair's clock
     /// difference (`stitch::after_ingest`): only how often, never what.
-    estimated: Mutex<std::collections::HashMap<(String, String), std::time::Instant>>,
+    estimated: Mutex<HashMap<(String, String), std::time::Instant>>,
     /// The host pairs this aggregator last found behind each (host, side,
     /// peer address) of a group, and when (`stitch::after_ingest`): only
     /// how often to look again, never what a query answers.
@@ -215,9 +215,9 @@ pub struct ClickhouseStore {
     /// The offsets and host pairs as ingest last read them (`fresh.rs`).
     ingest_offsets: fresh::Fresh<Offsets>,
     pairs_seen: fresh::Fresh<Vec<stitch::PairRow>>,
-    /// Each host's first commit, as far as this aggregator has read
-    /// `batches` (`stitch::hosts_by_first_commit`).
-    first_commits: Mutex<stitch::FirstCommits>,
+    /// The hosts this aggregator has recorded in `hosts` (with the commit
+    /// of the first group it stored of each, `insert_group`).
+    hosts_recorded: Mutex<HashSet<String>>,
     /// Bytes per row of the last group's `events` insert, to size the
     /// next one's buffer (`insert_group`).
     event_row_bytes: AtomicUsize,
@@ -354,7 +354,7 @@ impl ClickhouseStore {
             event_row_bytes: AtomicUsize::new(0),
             ingest_offsets: fresh::Fresh::default(),
             pairs_seen: fresh::Fresh::default(),
-            first_commits: Mutex::default(),
+            hosts_recorded: Mutex::default(),
         };
         // The login first, for a clear message when it fails.
         store
@@ -1108,7 +1108,22 @@ impl ClickhouseStore {
                 ));
             }
         }
+        let new_hosts = self.new_hosts(batches);
+        if !new_hosts.is_empty() {
+            let mut rows = RowBinary::default();
+            for (host, first) in &new_hosts {
+                rows.str(host).i64(*first).end_row();
+            }
+            inserts.push((
+                format!("INSERT INTO {db}.hosts (host, first_commit) FORMAT RowBinary"),
+                rows,
+            ));
+        }
         self.insert_all(inserts)?;
+        self.hosts_recorded
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend(new_hosts.into_keys());
         self.insert(
             &format!(
                 "INSERT INTO {db}.batches (host, run_id, seq, commit_id, events, received_ns, \
@@ -1118,6 +1133,27 @@ impl ClickhouseStore {
         )
         .map_err(|e| StoreError::Commit(e.to_string()))?;
         Ok(had_http)
+    }
+
+    /// The hosts of `batches` this aggregator has not recorded in `hosts`
+    /// yet, each with the least commit id among its batches here. The
+    /// first commit of every host is then in `hosts` (whichever
+    /// aggregator stored it recorded it with its events), and the order
+    /// of hosts by first commit reads that small table, not `batches`
+    /// (`stitch::hosts_by_first_commit`).
+    fn new_hosts(&self, batches: &[(&Batch, i64, RawSpan)]) -> HashMap<String, i64> {
+        let recorded = self
+            .hosts_recorded
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut out: HashMap<String, i64> = HashMap::new();
+        for &(b, first, _) in batches {
+            if !recorded.contains(&b.host) {
+                let f = out.entry(b.host.clone()).or_insert(first);
+                *f = (*f).min(first);
+            }
+        }
+        out
     }
 
     /// Stores `batches` as one group; per batch its outcome's placement,

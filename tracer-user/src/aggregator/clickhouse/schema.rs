@@ -24,7 +24,10 @@
 /// it, and the clock estimates and traces of the others would miss the
 /// exchanges it stores. An older store gets it filled from `http_index`
 /// when an aggregator opens it ([`http_keys_from`], `upgrade.rs`); its
-/// `http_clients` stays, no longer written or read.
+/// `http_clients` stays, no longer written or read. Version 5 also added
+/// `hosts`, each host's first commit, which the clock offsets' order of
+/// hosts reads instead of all of `batches` (filled from `batches` on
+/// upgrade, [`HOSTS_FROM_BATCHES`]).
 pub const SCHEMA_VERSION: u32 = 5;
 
 /// A column added to a table after version 1: a store of an older version
@@ -151,6 +154,12 @@ pub fn http_keys_from(db: &str, into: &str, from: &str) -> Vec<String> {
     }));
     out
 }
+
+/// The statement that fills `hosts` from `batches` (`{db}` the
+/// database): each host's first commit. For a store of a version before
+/// 5.
+pub const HOSTS_FROM_BATCHES: &str = "INSERT INTO {db}.hosts (host, first_commit) \
+     SELECT host, min(commit_id) FROM {db}.batches GROUP BY host";
 
 /// `http_keys.kind` of a client call under its host (the clock
 /// estimates' reads of a client host's latest exchanges).
@@ -364,6 +373,18 @@ fn create_single(db: &str) -> Vec<String> {
             PARTITION BY intDiv(start_ns, 86400000000000)
             ORDER BY (kind, key, start_ns)
             SETTINGS index_granularity = 1024"
+        ),
+        // Each host an aggregator stored, with the commit of the first
+        // group of it that aggregator stored: the least of a host's rows
+        // is its first commit. The clock offsets pick their references
+        // by it (stitch.rs, `hosts_by_first_commit`); a row per host and
+        // aggregator start, where `batches` has one per batch. Since
+        // version 5.
+        format!(
+            "CREATE TABLE IF NOT EXISTS {db}.hosts (
+                host String,
+                first_commit Int64
+            ) ENGINE = MergeTree ORDER BY (host, first_commit)"
         ),
     ]
 }

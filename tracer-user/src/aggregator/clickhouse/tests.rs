@@ -1755,10 +1755,10 @@ fn reads_of_recent_events_read_only_recent_batches() {
 }
 
 /// The order of hosts by first commit, which picks the reference clocks,
-/// is read from all of `batches` once per aggregator, then from the
-/// newest commits only.
+/// reads `hosts` (a row per host and aggregator start), never `batches`:
+/// the same cost however many batches the store holds.
 #[test]
-fn the_host_order_is_read_whole_once_then_from_new_commits() {
+fn the_host_order_reads_hosts_not_batches() {
     let config = shared().config(&fresh_db());
     let store = ClickhouseStore::open_recording(&config).unwrap();
     const HISTORY: u64 = 400_000;
@@ -1806,21 +1806,41 @@ fn the_host_order_is_read_whole_once_then_from_new_commits() {
         "{offsets:?}"
     );
     assert!((api.offset_ns + 2_000_000).abs() < 1_000_000, "{offsets:?}");
+    // The 50 hosts of a month ago first (by their first commits), then
+    // web, then api.
+    let order = super::stitch::hosts_by_first_commit(&store).unwrap();
+    let mut old: Vec<String> = (0..50).map(|i| format!("old{i}")).collect();
+    old.sort_by_key(|h| h[3..].parse::<u32>().unwrap());
+    assert_eq!(order[..50], old[..]);
+    assert_eq!(order[50..], ["web", "api"]);
     let reads: Vec<String> = store
         .recorded()
         .iter()
         .map(|s| s.sql.clone())
-        .filter(|sql| sql.contains("min(commit_id) AS first"))
+        .filter(|sql| sql.starts_with("SELECT") && sql.contains(".hosts "))
         .collect();
-    assert_eq!(reads.len(), 2, "{reads:#?}");
-    let bound = HISTORY / 4;
+    // Each offset update's, and none reads `batches`.
+    assert!(reads.len() >= 2, "{reads:#?}");
     assert!(
-        read_at_most(&store, &reads[0], bound).is_err(),
-        "{}",
-        reads[0]
+        store
+            .recorded()
+            .iter()
+            .filter(|s| s.sql.starts_with("SELECT") && s.sql.contains(".batches"))
+            .all(|s| !s.sql.ends_with("GROUP BY host")),
+        "the host order was read from batches"
     );
-    let r = read_at_most(&store, &reads[1], bound);
-    assert!(r.is_ok(), "{}: {r:?}", reads[1]);
+    // Planned by granules (8192 rows of each part of `hosts`).
+    let bound = HISTORY / 8;
+    for sql in &reads {
+        let r = read_at_most(&store, sql, bound);
+        assert!(r.is_ok(), "{sql}: {r:?}");
+    }
+    // As it was read before (every batch row's host and commit).
+    let before = format!(
+        "SELECT host, min(commit_id) AS first FROM {}.batches GROUP BY host",
+        store.db
+    );
+    assert!(read_at_most(&store, &before, bound).is_err());
 }
 
 /// "web" serves w0 at `t`, and within it logs a line and calls "api"
@@ -1959,7 +1979,8 @@ fn a_trace_reads_only_its_keys_hosts_and_times() {
 /// A store of version 4 gets `http_keys` filled from `http_index` when an
 /// aggregator opens it: the same rows ingest writes (each client call
 /// under its host; each exchange under its request id, its trace and its
-/// parent request, each once), and its traces are whole again.
+/// parent request, each once), and its traces are whole again; and
+/// `hosts` from `batches`, giving the same order of hosts.
 fn http_keys_are_filled_on_upgrade(config: &Config) {
     let store = ClickhouseStore::open(config).unwrap();
     let t = u64::try_from(super::now_ns() - 5_000_000_000).unwrap();
@@ -2015,8 +2036,11 @@ fn http_keys_are_filled_on_upgrade(config: &Config) {
             "request w2 w2",
         ]
     );
-    // Version 4: no `http_keys`.
+    let order = super::stitch::hosts_by_first_commit(&store).unwrap();
+    assert_eq!(order, ["web", "api"]);
+    // Version 4: no `http_keys`, no `hosts`.
     let db = &store.db;
+    store.exec(&format!("DROP TABLE {db}.hosts")).unwrap();
     for t in store.with_columns_of(config, "http_keys") {
         store
             .block_on(
@@ -2043,6 +2067,7 @@ fn http_keys_are_filled_on_upgrade(config: &Config) {
     drop(store);
     let store = ClickhouseStore::open(config).unwrap();
     assert_eq!(keys(&store), written);
+    assert_eq!(super::stitch::hosts_by_first_commit(&store).unwrap(), order);
     assert_eq!(store.count(&trace).unwrap(), 7);
     let by_trace = Filter {
         trace: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),

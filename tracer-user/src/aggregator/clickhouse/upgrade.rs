@@ -3,7 +3,8 @@
 //! (`schema::ADDED`) is added to every table that holds the rows (on a
 //! cluster each shard's `_local` table first, then the `Distributed` one,
 //! whose inserts name the column); a store before version 5 gets
-//! `http_keys` filled from `http_index`; then the version is recorded.
+//! `http_keys` filled from `http_index` and `hosts` from `batches`; then
+//! the version is recorded.
 //!
 //! Several aggregators may open an older store at once. Each checks that
 //! the column is missing before adding it, and an `ALTER` that fails
@@ -29,6 +30,13 @@ impl ClickhouseStore {
         }
         if found < 5 {
             self.fill_http_keys(config)?;
+            let sql = schema::HOSTS_FROM_BATCHES.replace("{db}", &self.db);
+            self.exec(&sql).map_err(|e| {
+                StoreError::Open(format!(
+                    "upgrading {}.hosts to schema version 5: {e}",
+                    self.db
+                ))
+            })?;
         }
         log::info!(
             "ClickHouse database {} upgraded from tracer schema version {found} to {}",
