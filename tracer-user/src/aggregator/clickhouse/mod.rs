@@ -1120,6 +1120,9 @@ impl ClickhouseStore {
             ));
         }
         self.insert_all(inserts)?;
+        // Recorded even if the commit below fails: a host's row then
+        // holds an id below its first commit, which orders it as seen
+        // when it first sent, as it was.
         self.hosts_recorded
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

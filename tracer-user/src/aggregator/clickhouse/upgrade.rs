@@ -49,14 +49,15 @@ impl ClickhouseStore {
     /// Fills `http_keys` (new in version 5) from the exchanges stored
     /// before: on a cluster each shard's from its own `http_index_local`
     /// (both spread by host, so the rows stay on their shard). Two
-    /// aggregators upgrading at once both fill it; a trace's lookups read
-    /// each exchange once whatever the copies (`stitch.rs`, `exchanges`).
+    /// aggregators upgrading at once both fill it; a trace's lookups and
+    /// the clock estimates read each exchange once whatever the copies
+    /// (`stitch.rs`, `exchanges_by` and `distinct`).
     fn fill_http_keys(&self, config: &Config) -> Result<()> {
         for t in self.holding(config, "http_index") {
             let into = t.name.replacen("http_index", "http_keys", 1);
             log::info!(
-                "filling {}.{into} on {} from {} (each exchange under its request ids, \
-                 for traces)",
+                "filling {}.{into} on {} from {} (client calls by host, for the clock \
+                 estimates; each exchange under its request ids, for traces)",
                 self.db,
                 t.url,
                 t.name
