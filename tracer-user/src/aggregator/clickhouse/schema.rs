@@ -344,9 +344,10 @@ fn create_single(db: &str) -> Vec<String> {
             ) ENGINE = MergeTree ORDER BY (tag, started_ns)"
         ),
         // Every exchange again under the keys it is looked up by, one
-        // table for both (one more small insert per group, and the parts
-        // it makes and merges, cost the server ~20% more CPU per event
-        // than one more table's rows, docs/benchmarks.md 2026-12-07):
+        // table for both: a table of its own for the request ids, one
+        // more small insert per group and the parts it makes and merges,
+        // cost the server ~25% more CPU per event; their rows here, 4-5%
+        // (docs/benchmarks.md, 2026-12-07):
         // - kind `client`: a client call under its host, sorted by time:
         //   the clock estimates after ingest read a client host's latest
         //   exchanges (stitch.rs, `estimate`). On `http_index`, sorted by

@@ -197,11 +197,8 @@ pub fn filter_sql(
         conds.push(format!("raw_ts < {r}"));
         raw.hi = Some(r.saturating_sub(1));
     }
-    let trace_raw = if f.trace.is_some() {
-        trace.map_or(RawBounds::ALL, |t| t.raw)
-    } else {
-        RawBounds::ALL
-    };
+    let trace = trace.filter(|_| f.trace.is_some());
+    let trace_raw = trace.map_or(RawBounds::ALL, |t| t.raw);
     if let (Some(lo), Some(hi), Some(t)) = (trace_raw.lo, trace_raw.hi, trace) {
         // The primary key (host, raw_ts, id) then reads only the trace's
         // hosts at its times, however long the store has been written.

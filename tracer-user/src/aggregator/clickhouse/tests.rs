@@ -1008,6 +1008,12 @@ fn read_at_most(store: &ClickhouseStore, sql: &str, bound: u64) -> clickhouse::e
     )
 }
 
+/// Panics unless `sql` runs within `bound` rows ([`read_at_most`]).
+fn assert_reads_at_most(store: &ClickhouseStore, sql: &str, bound: u64) {
+    let r = read_at_most(store, sql, bound);
+    assert!(r.is_ok(), "{sql}\nread more than {bound} rows: {r:?}");
+}
+
 /// The reads of `events` past a cursor that `store` sent since its
 /// `before`th statement.
 fn cursor_reads(store: &ClickhouseStore, before: usize) -> Vec<String> {
@@ -1734,8 +1740,7 @@ fn reads_of_recent_events_read_only_recent_batches() {
     let unbounded = super::sql::committed(&store.db, false, super::RawBounds::ALL);
     let mut checked_unbounded = 0;
     for sql in &reads {
-        let r = read_at_most(&store, sql, bound);
-        assert!(r.is_ok(), "{sql}\nread more than {bound} rows: {r:?}");
+        assert_reads_at_most(&store, sql, bound);
         // The same read with the commit check of old read the history.
         if let Some(start) = sql.find("commit_id IN (SELECT min(commit_id)") {
             let end = start + sql[start..].find("GROUP BY host, run_id, seq)").unwrap() + 27;
@@ -1832,8 +1837,7 @@ fn the_host_order_reads_hosts_not_batches() {
     // Planned by granules (8192 rows of each part of `hosts`).
     let bound = HISTORY / 8;
     for sql in &reads {
-        let r = read_at_most(&store, sql, bound);
-        assert!(r.is_ok(), "{sql}: {r:?}");
+        assert_reads_at_most(&store, sql, bound);
     }
     // As it was read before (every batch row's host and commit).
     let before = format!(
@@ -1952,8 +1956,7 @@ fn a_trace_reads_only_its_keys_hosts_and_times() {
     assert!(keyed >= 4, "{reads:#?}");
     let bound = HISTORY / 4;
     for sql in &reads {
-        let r = read_at_most(&store, sql, bound);
-        assert!(r.is_ok(), "{sql}\nread more than {bound} rows: {r:?}");
+        assert_reads_at_most(&store, sql, bound);
     }
     // The same lookups on `http_index`, and the same read of the events
     // without the trace's hosts and times, read the history.
