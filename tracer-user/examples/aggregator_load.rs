@@ -11,6 +11,7 @@
 //!     aggregator_load load-store (--data DIR | --store URL --password-file F) --lines N [--hosts H] [--mixed]
 //!                                [--start-s S]
 //!     aggregator_load count (--data DIR | --store URL --password-file F)
+//!     aggregator_load groups --store URL --password-file F
 //!     aggregator_load planted --lines N [--hosts H]
 //!     aggregator_load clickhouse-server --password-file F [--tag T]
 //!     aggregator_load history --store URL --password-file F --batches N
@@ -396,6 +397,16 @@ fn main() -> Result<()> {
             println!("{{\"events\":{}}}", store.count(&Filter::default())?);
             Ok(())
         }
+        Some("groups") => {
+            // `--store URL --password-file F`: the batches stored and the
+            // groups they were stored in.
+            let (batches, groups) = test_server::groups(&clickhouse_store(&args)?)?;
+            println!(
+                "{}",
+                serde_json::json!({"batches": batches, "groups": groups})
+            );
+            Ok(())
+        }
         Some("clickhouse-server") => clickhouse_server(&args),
         Some("history") => {
             // `--store URL --password-file F --batches N [--exchanges M
@@ -403,14 +414,7 @@ fn main() -> Result<()> {
             // events (`test_server::insert_history`), and M exchanges of
             // its hosts host-1..host-K with a log line each
             // (`test_server::insert_exchange_history`).
-            let url: String = arg(&args, "--store", None)?;
-            let password =
-                std::fs::read_to_string(arg::<PathBuf>(&args, "--password-file", None)?)?;
-            let store = ClickhouseStore::open(&Config {
-                user: Some(test_server::USER.into()),
-                password: Some(password.trim().to_string()),
-                ..Config::parse(&url).map_err(anyhow::Error::msg)?
-            })?;
+            let store = clickhouse_store(&args)?;
             let rows: u64 = arg(&args, "--batches", None)?;
             let exchanges: u64 = arg(&args, "--exchanges", Some(0))?;
             let hosts: usize = arg(&args, "--hosts", Some(50))?;
@@ -464,18 +468,23 @@ fn main() -> Result<()> {
 /// (SQLite) names.
 fn open_store(args: &[String]) -> Result<Box<dyn Store>> {
     if args.iter().any(|a| a == "--store") {
-        let url: String = arg(args, "--store", None)?;
-        let password = std::fs::read_to_string(arg::<PathBuf>(args, "--password-file", None)?)?;
-        let config = Config {
-            user: Some(test_server::USER.into()),
-            password: Some(password.trim().to_string()),
-            ..Config::parse(&url).map_err(anyhow::Error::msg)?
-        };
-        return Ok(Box::new(ClickhouseStore::open(&config)?));
+        return Ok(Box::new(clickhouse_store(args)?));
     }
     Ok(Box::new(SqliteStore::open(&arg::<PathBuf>(
         args, "--data", None,
     )?)?))
+}
+
+/// The ClickHouse store of `--store URL --password-file F`, logged into
+/// as `clickhouse-server` configures.
+fn clickhouse_store(args: &[String]) -> Result<ClickhouseStore> {
+    let url: String = arg(args, "--store", None)?;
+    let password = std::fs::read_to_string(arg::<PathBuf>(args, "--password-file", None)?)?;
+    Ok(ClickhouseStore::open(&Config {
+        user: Some(test_server::USER.into()),
+        password: Some(password.trim().to_string()),
+        ..Config::parse(&url).map_err(anyhow::Error::msg)?
+    })?)
 }
 
 /// Runs a clickhouse-server of its own (own directory, config and free

@@ -412,6 +412,24 @@ pub struct TailPage {
     pub more: bool,
 }
 
+/// How the API's writer gathers a group after its first batch, as an
+/// agent cuts a batch (`forward.rs`): it closes once no batch came for
+/// `quiet`, `most` after its first batch, or at the store's
+/// [`Store::max_group_events`], whichever comes first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GroupWait {
+    pub quiet: std::time::Duration,
+    pub most: std::time::Duration,
+}
+
+impl GroupWait {
+    /// A group of what is waiting when its first batch is taken.
+    pub const NONE: Self = Self {
+        quiet: std::time::Duration::ZERO,
+        most: std::time::Duration::ZERO,
+    };
+}
+
 /// The storage backend. Calls block (run them off the async workers).
 pub trait Store: Send + Sync {
     /// Stores a validated batch in one transaction and returns only once it
@@ -434,6 +452,16 @@ pub trait Store: Send + Sync {
     /// more.
     fn max_group_events(&self) -> usize {
         32_768
+    }
+
+    /// How long the API's writer waits for more batches after a group's
+    /// first (and those already waiting) before storing it: none by
+    /// default, since a backend whose groups fill while the previous one
+    /// commits (SQLite, at [`Store::max_group_events`]) gains nothing
+    /// from waiting. ClickHouse makes a part of every insert, whatever
+    /// its size, so its server's cost per event falls as groups grow.
+    fn group_wait(&self) -> GroupWait {
+        GroupWait::NONE
     }
 
     /// A page of events matching `q`, ordered by corrected time then id.

@@ -230,6 +230,21 @@ impl Backend<'_> {
             "events",
         )
     }
+
+    /// ClickHouse's batches and the groups they were stored in (the
+    /// batches of a group share their receive time); SQLite keeps no
+    /// such record: NaN.
+    fn groups(&self) -> Result<(f64, f64)> {
+        if let Self::Sqlite(_) = self {
+            return Ok((f64::NAN, f64::NAN));
+        }
+        let out = cmd::output(
+            Command::new(load_gen())
+                .arg("groups")
+                .args(self.load_args()),
+        )?;
+        Ok((json_num(&out, "batches")?, json_num(&out, "groups")?))
+    }
 }
 
 /// CPU ticks of the aggregators and of the server, summed.
@@ -252,6 +267,8 @@ struct Ingest {
     settle_cpu_us: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// Batches per group stored (ClickHouse; NaN on SQLite).
+    per_group: f64,
     first_tenth: f64,
     last_tenth: f64,
     load: f64,
@@ -307,6 +324,7 @@ fn ingest_through(
         settle(server)?;
     }
     let load = cpu::load_average().unwrap_or(f64::NAN);
+    let (b0, g0) = backend.groups()?;
     let (a0, s0) = ticks(aggs, backend.server())?;
     let out = send(ctx, aggs, events, start_s)?;
     let (a1, s1) = ticks(aggs, backend.server())?;
@@ -319,6 +337,7 @@ fn ingest_through(
             count - expect_before
         );
     }
+    let (b1, g1) = backend.groups()?;
     let settle_ticks = match backend.server() {
         Some(server) => settle(server)?,
         None => 0,
@@ -330,6 +349,7 @@ fn ingest_through(
         settle_cpu_us: settle_ticks as f64 / ctx.ticks * 1e6 / acked,
         p50_ms: json_num(&out, "batch_ms_p50")?,
         p99_ms: json_num(&out, "batch_ms_p99")?,
+        per_group: (b1 - b0) / (g1 - g0),
         first_tenth: json_num(&out, "first_tenth_events_per_sec")?,
         last_tenth: json_num(&out, "last_tenth_events_per_sec")?,
         load,
@@ -427,8 +447,16 @@ fn ingest_part(args: &ClickhouseArgs, ctx: &Ctx, server: &Server, tmp: &Path) ->
             let r = ingest_once(ctx, &backend, *n, args.events, 0.0, 0)?;
             println!(
                 "round {round}: {label}: {:.0} events/s, CPU µs/event aggregator {:.2} server {:.2} \
-                 (+{:.2} merging after), batch p50 {:.0} ms p99 {:.0} ms (count exact; load {:.2})",
-                r.rate, r.agg_cpu_us, r.server_cpu_us, r.settle_cpu_us, r.p50_ms, r.p99_ms, r.load
+                 (+{:.2} merging after), batch p50 {:.0} ms p99 {:.0} ms, {} batches per \
+                 group (count exact; load {:.2})",
+                r.rate,
+                r.agg_cpu_us,
+                r.server_cpu_us,
+                r.settle_cpu_us,
+                r.p50_ms,
+                r.p99_ms,
+                per_group_text(r.per_group),
+                r.load
             );
             rows[k].push(r);
             if let Backend::Sqlite(dir) = &backend {
@@ -453,7 +481,9 @@ fn ingest_part(args: &ClickhouseArgs, ctx: &Ctx, server: &Server, tmp: &Path) ->
          Each ClickHouse measurement starts with the server idle (its merges \
          of earlier measurements done) and ends when it is idle again; the \
          server's CPU in that wait, the merges of the parts the load wrote, is \
-         the \"after\" column. \
+         the \"after\" column. Batches per group: ClickHouse's batch rows over \
+         the groups they were stored in (the rows of a group share their \
+         receive time). \
          The senders, the aggregators and the server share the 2 cores.\n",
         args.rounds,
         args.events,
@@ -465,21 +495,22 @@ fn ingest_part(args: &ClickhouseArgs, ctx: &Ctx, server: &Server, tmp: &Path) ->
     );
     let _ = writeln!(
         t,
-        "| setup | median events/s | vs SQLite | aggregator CPU µs/event | server CPU µs/event | server after the load | batch answer p50 / p99 |\n\
-         |---|---:|---:|---:|---:|---:|---:|"
+        "| setup | median events/s | vs SQLite | aggregator CPU µs/event | server CPU µs/event | server after the load | batch answer p50 / p99 | batches per group |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|"
     );
     let base = med(0, |r| r.rate);
     for (k, (label, _, _)) in configs.iter().enumerate() {
         let rate = med(k, |r| r.rate);
         let _ = writeln!(
             t,
-            "| {label} | {rate:.0} | {:.2}× | {:.2} | {:.2} | {:.2} | {:.0} / {:.0} ms |",
+            "| {label} | {rate:.0} | {:.2}× | {:.2} | {:.2} | {:.2} | {:.0} / {:.0} ms | {} |",
             rate / base,
             med(k, |r| r.agg_cpu_us),
             med(k, |r| r.server_cpu_us),
             med(k, |r| r.settle_cpu_us),
             med(k, |r| r.p50_ms),
             med(k, |r| r.p99_ms),
+            per_group_text(med(k, |r| r.per_group)),
         );
     }
     let _ = writeln!(t, "\nRounds (events/s per setup, load average):");
@@ -505,6 +536,16 @@ fn ingest_part(args: &ClickhouseArgs, ctx: &Ctx, server: &Server, tmp: &Path) ->
         met(ch2 >= INGEST_AIM_EVENTS_PER_SEC)
     );
     Ok(t)
+}
+
+/// Batches per group as the tables show it ("-" for SQLite, which keeps
+/// no record of its groups).
+fn per_group_text(v: f64) -> String {
+    if v.is_nan() {
+        "-".into()
+    } else {
+        format!("{v:.1}")
+    }
 }
 
 /// The stdout of `c` if it exits successfully within `limit`; None (and

@@ -1,10 +1,13 @@
 //! POST /v1/ingest: a body decoded on the blocking pool, then stored by
-//! the one writer thread with whatever else is waiting (group commit:
-//! `Store::ingest_many`), answered only once its group is durable.
+//! the one writer thread with whatever else is waiting, and on ClickHouse
+//! what comes within a few milliseconds more (group commit:
+//! `Store::ingest_many`, `Store::group_wait`), answered only once its
+//! group is durable.
 
 use std::{
     borrow::Cow,
-    sync::{Arc, PoisonError},
+    sync::{Arc, PoisonError, mpsc::Receiver},
+    time::Instant,
 };
 
 use axum::{
@@ -21,7 +24,7 @@ use tokio::sync::{broadcast, oneshot};
 use super::{ApiError, AppState, Limits, error, internal};
 use crate::aggregator::{
     body::{BodyError, read_limited, zstd_decompress},
-    store::{Batch, Store, StoreError, Stored},
+    store::{Batch, GroupWait, Store, StoreError, Stored},
 };
 
 /// A decoded batch and where its answer goes.
@@ -37,29 +40,21 @@ pub(super) struct Ingested {
     unpublished: Vec<Stored>,
 }
 
-/// The one thread that writes: it takes every batch waiting, stores them
+/// The one thread that writes: it takes every batch waiting (and those
+/// that come within the store's [`GroupWait`]), stores them
 /// together (`Store::ingest_many`: one transaction, one fsync), publishes
 /// what was stored to live tails in commit order, then answers each
 /// batch. Ends when the state (and so every sender) is gone.
 pub(super) fn writer_thread(
     store: Arc<dyn Store>,
     live: broadcast::Sender<Arc<Vec<Stored>>>,
-    queue: std::sync::mpsc::Receiver<Pending>,
+    queue: Receiver<Pending>,
 ) {
     // Most events committed in one group (`Store::max_group_events`).
     let group_events = store.max_group_events();
+    let wait = store.group_wait();
     while let Ok(first) = queue.recv() {
-        let mut events = first.0.events.len();
-        let mut group = vec![first];
-        while events < group_events {
-            match queue.try_recv() {
-                Ok(p) => {
-                    events += p.0.events.len();
-                    group.push(p);
-                }
-                Err(_) => break,
-            }
-        }
+        let group = gather(first, &queue, group_events, wait);
         let (batches, replies): (Vec<Batch>, Vec<_>) = group.into_iter().unzip();
         let n = batches.len();
         // A panic in the store must not stop the only writer: the group is
@@ -98,6 +93,42 @@ pub(super) fn writer_thread(
             // The client may have gone; the batch is stored either way.
             let _ = reply.send(answer);
         }
+    }
+}
+
+/// A group: `first`, then what `queue` holds and what comes within the
+/// store's `wait` ([`GroupWait`]), up to `most_events` events.
+fn gather<T: Grouped>(
+    first: T,
+    queue: &Receiver<T>,
+    most_events: usize,
+    wait: GroupWait,
+) -> Vec<T> {
+    let started = Instant::now();
+    let mut events = first.events();
+    let mut group = vec![first];
+    while events < most_events {
+        let left = wait.most.saturating_sub(started.elapsed());
+        let next = if left.is_zero() || wait.quiet.is_zero() {
+            queue.try_recv().ok()
+        } else {
+            queue.recv_timeout(wait.quiet.min(left)).ok()
+        };
+        let Some(p) = next else { break };
+        events += p.events();
+        group.push(p);
+    }
+    group
+}
+
+/// What [`gather`] counts in a group.
+trait Grouped {
+    fn events(&self) -> usize;
+}
+
+impl Grouped for Pending {
+    fn events(&self) -> usize {
+        self.0.events.len()
     }
 }
 
@@ -207,5 +238,104 @@ pub(super) async fn ingest(
             Err(e)
         }
         Err(e) => Err(internal(format!("ingest task failed: {e}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{sync::mpsc, thread, time::Duration};
+
+    use super::*;
+
+    /// A pending batch of this many events.
+    struct Events(usize);
+
+    impl Grouped for Events {
+        fn events(&self) -> usize {
+            self.0
+        }
+    }
+
+    fn wait(quiet_ms: u64, most_ms: u64) -> GroupWait {
+        GroupWait {
+            quiet: Duration::from_millis(quiet_ms),
+            most: Duration::from_millis(most_ms),
+        }
+    }
+
+    #[test]
+    fn without_a_wait_a_group_is_what_is_waiting() {
+        let (tx, rx) = mpsc::channel();
+        for _ in 0..3 {
+            tx.send(Events(2000)).unwrap();
+        }
+        let started = Instant::now();
+        let group = gather(Events(2000), &rx, 131_072, GroupWait::NONE);
+        assert_eq!(group.len(), 4);
+        // Nothing more waiting: the next group is its first batch alone,
+        // at once, though the sender is still there.
+        assert_eq!(gather(Events(1), &rx, 131_072, GroupWait::NONE).len(), 1);
+        assert!(started.elapsed() < Duration::from_millis(100));
+    }
+
+    #[test]
+    fn a_group_takes_the_batches_that_come_within_the_quiet_time() {
+        let (tx, rx) = mpsc::channel();
+        let sender = thread::spawn(move || {
+            for _ in 0..4 {
+                thread::sleep(Duration::from_millis(20));
+                tx.send(Events(2000)).unwrap();
+            }
+            // Past the quiet time: the next group's.
+            thread::sleep(Duration::from_millis(1500));
+            tx.send(Events(7)).unwrap();
+        });
+        let started = Instant::now();
+        let group = gather(Events(2000), &rx, 131_072, wait(400, 10_000));
+        assert_eq!(group.len(), 5, "the four sent 20 ms apart join the first");
+        assert!(
+            started.elapsed() < Duration::from_millis(1500),
+            "closed {:?} after its first batch",
+            started.elapsed()
+        );
+        let next = rx.recv().unwrap();
+        assert_eq!(next.0, 7);
+        sender.join().unwrap();
+    }
+
+    #[test]
+    fn a_group_closes_at_most_its_longest_wait_after_its_first_batch() {
+        let (tx, rx) = mpsc::channel();
+        let sender = thread::spawn(move || {
+            // Every 10 ms for 3 s, until the receiver is gone.
+            for _ in 0..300 {
+                thread::sleep(Duration::from_millis(10));
+                if tx.send(Events(1)).is_err() {
+                    break;
+                }
+            }
+        });
+        let started = Instant::now();
+        let group = gather(Events(1), &rx, 131_072, wait(1000, 300));
+        let took = started.elapsed();
+        drop(rx);
+        assert!(group.len() > 1, "{} batches", group.len());
+        assert!(group.len() < 300, "{} batches", group.len());
+        assert!(
+            took >= Duration::from_millis(300) && took < Duration::from_millis(1500),
+            "closed {took:?} after its first batch"
+        );
+        sender.join().unwrap();
+    }
+
+    #[test]
+    fn a_group_stops_at_the_stores_most_events() {
+        let (tx, rx) = mpsc::channel();
+        for _ in 0..10 {
+            tx.send(Events(2000)).unwrap();
+        }
+        let group = gather(Events(2000), &rx, 8000, wait(1000, 5000));
+        assert_eq!(group.len(), 4, "8000 events reached with the fourth batch");
+        assert_eq!(rx.try_iter().count(), 7);
     }
 }

@@ -353,6 +353,24 @@ pub fn insert_history(
     ))
 }
 
+/// How many batches `store` holds and in how many groups they were
+/// stored: the batches of one group share their `received_ns` (taken
+/// once per group, `insert_group`), for the benchmarks' batches per
+/// group.
+pub fn groups(store: &super::ClickhouseStore) -> super::Result<(u64, u64)> {
+    #[derive(clickhouse::Row, serde::Deserialize)]
+    struct Groups {
+        batches: u64,
+        groups: u64,
+    }
+    let found: Vec<Groups> = store.fetch(&format!(
+        "SELECT toUInt64(count()) AS batches, toUInt64(uniqExact(received_ns)) AS groups \
+         FROM {}.batches",
+        store.db
+    ))?;
+    Ok(found.first().map_or((0, 0), |g| (g.batches, g.groups)))
+}
+
 /// Adds `exchanges` older HTTP exchanges of `hosts` (in turn) to `store`
 /// (each a row of `http_index` and of `http_keys`, and two of `events`:
 /// its event and a log line of its request), their raw times over the 30
