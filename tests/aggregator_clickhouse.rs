@@ -518,3 +518,49 @@ fn a_tail_started_during_a_firehose_prints_at_once() {
         at - started
     );
 }
+
+/// A grep whose lines fill more than one page of the answer (ClickHouse
+/// reads 10,000 rows per page, `Store::page_rows`) lists every match
+/// exactly once, in time order, through both pages; a limit cuts it
+/// exactly; the whole timeline, 2.5 pages, comes back whole.
+#[test]
+fn a_long_grep_listing_is_exact_across_pages() {
+    let server = Server::start("pages");
+    let (_dir, token, password, url) = store_files(&server, "clickhouse-pages");
+    let a = Aggregator::start_with(&store_args(&url, &password, &token));
+    let t0 = now_ns();
+    let all: Vec<Event> = (0..25_000u64)
+        .map(|i| {
+            let text = if i % 2 == 0 {
+                format!("match {i}")
+            } else {
+                format!("other {i}")
+            };
+            log("pages", t0 + i * 1000, &text)
+        })
+        .collect();
+    for (seq, chunk) in all.chunks(2000).enumerate() {
+        assert_eq!(
+            ingest(a.addr, "pages", seq as u64, chunk),
+            (chunk.len() as u64, false)
+        );
+    }
+    let matches: Vec<String> = (0..25_000u64)
+        .step_by(2)
+        .map(|i| format!("pages:match {i}"))
+        .collect();
+    assert_eq!(texts(a.addr, "/v1/grep?re=match"), matches);
+    assert_eq!(
+        texts(a.addr, "/v1/grep?re=match&limit=10001"),
+        matches[..10_001]
+    );
+    let timeline = texts(a.addr, "/v1/events");
+    assert_eq!(timeline.len(), 25_000);
+    assert!(
+        timeline
+            .iter()
+            .enumerate()
+            .all(|(i, t)| t.ends_with(&format!(" {i}"))),
+        "the timeline is out of order"
+    );
+}

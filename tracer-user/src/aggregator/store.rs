@@ -454,6 +454,13 @@ pub trait Store: Send + Sync {
         32_768
     }
 
+    /// Rows the API reads per store query of a streamed answer
+    /// (`/v1/events`, `/v1/grep`: `query` with `after` the previous page's
+    /// last row). SQLite: 1000, each page a short read of its blocks.
+    fn page_rows(&self) -> usize {
+        1000
+    }
+
     /// How long the API's writer waits for more batches after a group's
     /// first (and those already waiting) before storing it: none by
     /// default, since a backend whose groups fill while the previous one

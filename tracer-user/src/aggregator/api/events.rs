@@ -18,9 +18,6 @@ use super::{
 };
 use crate::aggregator::store::{Filter, Position, Query, Store, Stored};
 
-/// Rows fetched from the store per step of a streamed answer.
-pub(super) const PAGE: usize = 1000;
-
 fn json_lines(rows: &[Stored]) -> Bytes {
     let mut buf = Vec::with_capacity(rows.len() * 160);
     for s in rows {
@@ -35,6 +32,8 @@ fn json_lines(rows: &[Stored]) -> Bytes {
 struct Pages {
     store: Arc<dyn Store>,
     query: Query,
+    /// Rows per store query (`Store::page_rows`).
+    page: usize,
     remaining: usize,
     next: Option<Vec<Stored>>,
     done: bool,
@@ -50,9 +49,10 @@ async fn stream_events(
     limit: Option<usize>,
 ) -> Result<Response, ApiError> {
     let remaining = limit.unwrap_or(usize::MAX);
+    let page = store.page_rows();
     let query = Query {
         filter,
-        limit: PAGE.min(remaining),
+        limit: page.min(remaining),
         ..Query::default()
     };
     let first = if remaining == 0 {
@@ -64,6 +64,7 @@ async fn stream_events(
     let pages = Pages {
         store,
         query,
+        page,
         remaining,
         next: Some(first),
         done: false,
@@ -97,7 +98,7 @@ async fn stream_events(
             return None;
         }
         p.query.after = rows.last().map(Position::from);
-        p.query.limit = PAGE.min(p.remaining.max(1));
+        p.query.limit = p.page.min(p.remaining.max(1));
         Some((Ok(json_lines(&rows)), p))
     });
     Ok((

@@ -1264,6 +1264,15 @@ impl Store for ClickhouseStore {
         131_072
     }
 
+    /// Each page is a query, and a grep's scans the text of the rest of
+    /// its time range until it has its rows: with pages of 1000, listing
+    /// the 2001 lines of `grep -i 'connection reset by peer'` over 10M
+    /// lines took three such scans (2.4 s; docs/benchmarks.md,
+    /// 2026-12-07 10:40). 10,000 rows are ~2 MB of answer.
+    fn page_rows(&self) -> usize {
+        10_000
+    }
+
     /// A group waits for batches that come within 15 ms of each other,
     /// up to 100 ms: agents with a backlog send their next batches as
     /// soon as a group answers theirs, and those arrive spread over tens
