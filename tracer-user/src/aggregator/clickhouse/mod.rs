@@ -1268,7 +1268,7 @@ impl Store for ClickhouseStore {
     /// its time range until it has its rows: with pages of 1000, listing
     /// the 2001 lines of `grep -i 'connection reset by peer'` over 10M
     /// lines took three such scans (2.4 s; docs/benchmarks.md,
-    /// 2026-12-07 10:40). 10,000 rows are ~2 MB of answer.
+    /// 2026-12-07 10:23). 10,000 rows are ~2 MB of answer.
     fn page_rows(&self) -> usize {
         10_000
     }
